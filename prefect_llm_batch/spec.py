@@ -1,0 +1,159 @@
+"""The job as data: what to ask, of which model, through which provider, under which limits.
+
+Everything here is plain pydantic, with no I/O, so a job can be built, validated, hashed and
+shown in the Prefect UI without touching the network.
+
+Examples:
+    >>> spec = JobSpec(prompt="Classify: {{ review }}", model="gpt-4o-mini")
+    >>> spec.provider, spec.endpoint, spec.limits.max_requests_per_batch
+    ('openai', '/v1/chat/completions', 50000)
+    >>> ErrorKind.BATCH_EXPIRED.retryable, ErrorKind.AUTH.retryable
+    (True, False)
+"""
+
+from __future__ import annotations
+
+import enum
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+#: Bump when the request-key encoding changes; old cache entries then stop matching.
+KEY_VERSION = 1
+
+#: Provider names understood by this version.
+ProviderName = Literal["openai"]
+
+#: OpenAI documents these per batch input file.
+OPENAI_MAX_REQUESTS_PER_BATCH = 50_000
+OPENAI_MAX_BATCH_BYTES = 200 * 1024 * 1024
+
+#: Default share of rows allowed to fail before the flow run is marked failed.
+DEFAULT_MAX_ERROR_RATE = 0.1
+
+
+class ErrorKind(str, enum.Enum):
+    """Why a row has no (good) answer. One fixed vocabulary; each kind is retryable or not.
+
+    ======================  =========  ==================================================
+    kind                    retryable  meaning
+    ======================  =========  ==================================================
+    ``invalid_request``     no         the provider rejected the request (HTTP 400/404/422)
+    ``auth``                no         HTTP 401/403
+    ``insufficient_quota``  no         the account has no credit left
+    ``rate_limited``        yes        HTTP 429 for the request
+    ``server_error``        yes        HTTP 5xx or 408/409 for the request
+    ``batch_expired``       yes        the batch window ended before the request ran
+    ``batch_cancelled``     yes        the batch was cancelled before the request ran
+    ``request_timeout``     yes        the provider timed the request out
+    ``missing``             yes        the provider returned no line for the request
+    ``parse_error``         no         the answer could not be parsed
+    ``refusal``             no         the model refused (``message.refusal``)
+    ``content_filter``      no         the answer was stopped by a content filter
+    ``length``              no         the answer was cut at ``max_tokens`` (text kept)
+    ======================  =========  ==================================================
+    """
+
+    INVALID_REQUEST = "invalid_request"
+    AUTH = "auth"
+    INSUFFICIENT_QUOTA = "insufficient_quota"
+    RATE_LIMITED = "rate_limited"
+    SERVER_ERROR = "server_error"
+    BATCH_EXPIRED = "batch_expired"
+    BATCH_CANCELLED = "batch_cancelled"
+    REQUEST_TIMEOUT = "request_timeout"
+    MISSING = "missing"
+    PARSE_ERROR = "parse_error"
+    REFUSAL = "refusal"
+    CONTENT_FILTER = "content_filter"
+    LENGTH = "length"
+
+    @property
+    def retryable(self) -> bool:
+        """True when sending the same request again may give an answer."""
+        return self in _RETRYABLE
+
+
+_RETRYABLE = frozenset(
+    {
+        ErrorKind.RATE_LIMITED,
+        ErrorKind.SERVER_ERROR,
+        ErrorKind.BATCH_EXPIRED,
+        ErrorKind.BATCH_CANCELLED,
+        ErrorKind.REQUEST_TIMEOUT,
+        ErrorKind.MISSING,
+    }
+)
+
+
+class BatchLimits(BaseModel):
+    """How big one provider batch may get. Defaults are OpenAI's documented limits.
+
+    Examples:
+        >>> BatchLimits(max_requests_per_batch=2).max_batch_bytes
+        209715200
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    max_requests_per_batch: int = Field(OPENAI_MAX_REQUESTS_PER_BATCH, ge=1, le=OPENAI_MAX_REQUESTS_PER_BATCH)
+    max_batch_bytes: int = Field(OPENAI_MAX_BATCH_BYTES, ge=1024, le=OPENAI_MAX_BATCH_BYTES)
+
+
+class JobSpec(BaseModel):
+    """One enrichment job: a prompt template over a table's columns, a model, and where to send it.
+
+    Attributes:
+        prompt: Jinja2 template rendered once per row; the row's columns are its variables
+            (``{{ review }}``), and ``row`` holds them all (``{{ row["odd name"] }}``).
+        system: Optional system prompt, also a template over the row.
+        model: Model name (for Azure: the deployment name).
+        params: Extra body parameters passed through as given (``temperature``, ``max_tokens``...).
+        provider: Which wire format to speak.
+        base_url: API base URL including ``/v1`` (OpenAI convention); ``None`` reads
+            ``OPENAI_BASE_URL`` or uses the provider's default.
+        endpoint: Endpoint every request of the job goes to.
+        id_column: Optional column that identifies rows; must be unique and non-null when given.
+        limits: Batch size limits.
+
+    Examples:
+        >>> JobSpec(prompt="{{ a }}", model="m", params={"temperature": 0}).params
+        {'temperature': 0}
+        >>> JobSpec(prompt="  ", model="m")
+        Traceback (most recent call last):
+        ...
+        pydantic_core._pydantic_core.ValidationError: 1 validation error for JobSpec
+        prompt
+          Value error, the prompt template is empty [type=value_error, input_value='  ', input_type=str]
+        ...
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    prompt: str
+    system: str | None = None
+    model: str = Field(min_length=1)
+    params: dict[str, Any] = Field(default_factory=dict)
+    provider: ProviderName = "openai"
+    base_url: str | None = None
+    endpoint: Literal["/v1/chat/completions"] = "/v1/chat/completions"
+    id_column: str | None = None
+    limits: BatchLimits = Field(default_factory=BatchLimits)
+
+    @field_validator("prompt")
+    @classmethod
+    def _prompt_not_empty(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("the prompt template is empty")
+        return value
+
+    @field_validator("params")
+    @classmethod
+    def _params_not_reserved(cls, value: dict[str, Any]) -> dict[str, Any]:
+        reserved = {"model", "messages", "stream"} & set(value)
+        if reserved:
+            raise ValueError(
+                f"params may not set {sorted(reserved)}: model and messages come from the job, "
+                "and batch requests cannot stream"
+            )
+        return value
