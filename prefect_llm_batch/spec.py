@@ -6,7 +6,7 @@ shown in the Prefect UI without touching the network.
 Examples:
     >>> spec = JobSpec(prompt="Classify: {{ review }}", model="gpt-4o-mini")
     >>> spec.provider, spec.endpoint, spec.limits.max_requests_per_batch
-    ('openai', '/v1/chat/completions', 50000)
+    ('simulator', '/v1/chat/completions', 50000)
     >>> ErrorKind.BATCH_EXPIRED.retryable, ErrorKind.AUTH.retryable
     (True, False)
 """
@@ -21,8 +21,12 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 #: Bump when the request-key encoding changes; old cache entries then stop matching.
 KEY_VERSION = 1
 
-#: Provider names understood by this version.
-ProviderName = Literal["openai"]
+#: Provider names understood by this version. ``simulator`` is the bundled fake OpenAI server,
+#: started for the run: no network, no key, no cost, and answers that are not a model's.
+ProviderName = Literal["simulator", "openai"]
+
+#: Base URL written into the request keys of simulator jobs, whatever port the simulator used.
+SIMULATOR_KEY_BASE_URL = "simulator://local/v1"
 
 #: OpenAI documents these per batch input file.
 OPENAI_MAX_REQUESTS_PER_BATCH = 50_000
@@ -109,7 +113,9 @@ class JobSpec(BaseModel):
         system: Optional system prompt, also a template over the row.
         model: Model name (for Azure: the deployment name).
         params: Extra body parameters passed through as given (``temperature``, ``max_tokens``...).
-        provider: Which wire format to speak.
+        provider: Where requests go: ``simulator`` (default; the bundled offline fake, which
+            costs nothing and answers with made-up text) or ``openai`` (the real OpenAI Batch API, or
+            any OpenAI-compatible service through ``base_url``; needs a key and costs money).
         base_url: API base URL including ``/v1`` (OpenAI convention); ``None`` reads
             ``OPENAI_BASE_URL`` or uses the provider's default.
         endpoint: Endpoint every request of the job goes to.
@@ -134,7 +140,7 @@ class JobSpec(BaseModel):
     system: str | None = None
     model: str = Field(min_length=1)
     params: dict[str, Any] = Field(default_factory=dict)
-    provider: ProviderName = "openai"
+    provider: ProviderName = "simulator"
     base_url: str | None = None
     endpoint: Literal["/v1/chat/completions"] = "/v1/chat/completions"
     id_column: str | None = None
@@ -157,3 +163,19 @@ class JobSpec(BaseModel):
                 "and batch requests cannot stream"
             )
         return value
+
+
+class ProviderTarget(BaseModel):
+    """Where a job's HTTP goes, and how its request keys name the provider (no secrets).
+
+    Attributes:
+        provider: The provider identity in request keys.
+        base_url: Where HTTP requests go (includes ``/v1``).
+        key_base_url: The base URL written into request keys (the simulator uses a fixed one).
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    provider: ProviderName
+    base_url: str
+    key_base_url: str

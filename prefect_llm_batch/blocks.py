@@ -1,0 +1,52 @@
+"""Prefect blocks: provider credentials, stored encrypted and shown as ``********``.
+
+Registered through the ``prefect.collections`` entry point, or by hand with
+``prefect block register -m prefect_llm_batch.blocks``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from prefect.blocks.core import Block
+from pydantic import Field, SecretStr
+
+from .providers import make_provider, openai_target
+from .providers.base import BatchProvider
+from .spec import BatchLimits
+
+
+class OpenAIBatchCredentials(Block):
+    """Credentials for the OpenAI Batch API, or any OpenAI-compatible service.
+
+    Attributes:
+        api_key: The API key, sent as ``Authorization: Bearer``.
+        base_url: Base URL including ``/v1``; empty for ``https://api.openai.com/v1``
+            (or ``OPENAI_BASE_URL`` when set).
+
+    Examples:
+        >>> creds = OpenAIBatchCredentials(api_key="test-key")
+        >>> creds.api_key
+        SecretStr('**********')
+        >>> provider = creds.get_client()
+        >>> provider.key_base_url
+        'https://api.openai.com/v1'
+        >>> provider.close()
+    """
+
+    _block_type_name = "LLM Batch OpenAI Credentials"
+    _block_type_slug = "llm-batch-openai-credentials"
+    _logo_url = "https://cdn.sanity.io/images/3ugk85nk/production/6f9b2b5c5a6a2ea1a8b6bd6e8b2b5e2d2f5d3c9b-250x250.png"  # noqa: E501
+    _documentation_url = "https://github.com/prefect-llm-batch/prefect-llm-batch#readme"
+
+    api_key: SecretStr = Field(default=..., description="The OpenAI (or compatible service) API key.")
+    base_url: str | None = Field(
+        default=None,
+        description="Base URL including /v1, for OpenAI-compatible services. Empty means api.openai.com.",
+    )
+
+    def get_client(self, limits: BatchLimits | None = None, **options: Any) -> BatchProvider:
+        """Return a **new** batch provider client using these credentials (close it after use)."""
+        return make_provider(
+            openai_target(self.base_url), api_key=self.api_key.get_secret_value(), limits=limits, **options
+        )

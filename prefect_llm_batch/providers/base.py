@@ -1,0 +1,140 @@
+"""What every batch provider offers: one small interface, one status vocabulary.
+
+A provider owns all HTTP of its wire format. Its ``build_line`` / ``parse_line`` are pure;
+the rest talks to the network and raises only :mod:`prefect_llm_batch.errors` errors.
+Provider statuses are mapped to :class:`BatchStatus`; the raw status is kept, and an unknown
+status is an error, never a guess.
+"""
+
+from __future__ import annotations
+
+import enum
+from abc import ABC, abstractmethod
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..results import RowResult
+from ..spec import BatchLimits
+
+
+class BatchStatus(str, enum.Enum):
+    """Where a provider batch is in its life."""
+
+    VALIDATING = "validating"
+    IN_PROGRESS = "in_progress"
+    FINALIZING = "finalizing"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    EXPIRED = "expired"
+    CANCELLING = "cancelling"
+    CANCELLED = "cancelled"
+
+    @property
+    def ended(self) -> bool:
+        """True once the batch will not change any more."""
+        return self in (BatchStatus.COMPLETED, BatchStatus.FAILED, BatchStatus.EXPIRED, BatchStatus.CANCELLED)
+
+    @property
+    def has_results(self) -> bool:
+        """True when result files can be downloaded (possibly partial ones)."""
+        return self in (BatchStatus.COMPLETED, BatchStatus.EXPIRED, BatchStatus.CANCELLED)
+
+
+@dataclass
+class BatchInfo:
+    """A provider batch as last seen."""
+
+    id: str
+    status: BatchStatus
+    raw_status: str
+    total: int | None = None
+    completed: int | None = None
+    failed: int | None = None
+    input_file_id: str | None = None
+    output_file_id: str | None = None
+    error_file_id: str | None = None
+    created_at: float | None = None
+    errors: list[dict[str, Any]] = field(default_factory=list)
+    metadata: dict[str, str] = field(default_factory=dict)
+    usage: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def first_error_code(self) -> str | None:
+        """The ``code`` of the first entry of ``errors``, if any."""
+        return str(self.errors[0].get("code")) if self.errors and self.errors[0].get("code") else None
+
+    def error_summary(self) -> str:
+        """The provider's validation errors as one line (at most five quoted)."""
+        parts = []
+        for err in self.errors[:5]:
+            line = f" (line {err['line']})" if err.get("line") is not None else ""
+            parts.append(f"{err.get('code')}: {err.get('message')}{line}")
+        more = f" and {len(self.errors) - 5} more" if len(self.errors) > 5 else ""
+        return "; ".join(parts) + more if parts else "no error details given"
+
+
+class BatchProvider(ABC):
+    """A provider batch API. Instances own an HTTP client: use them as context managers."""
+
+    #: Identity of the provider in request keys (``"openai"``, ``"simulator"``...).
+    name: str
+    #: Size limits of one batch.
+    limits: BatchLimits
+
+    @property
+    @abstractmethod
+    def key_base_url(self) -> str:
+        """The base URL used in request keys (normalised, without credentials)."""
+
+    @property
+    @abstractmethod
+    def endpoint(self) -> str:
+        """The endpoint requests go to, as written in request keys."""
+
+    @abstractmethod
+    def build_line(self, custom_id: str, body: dict[str, Any]) -> dict[str, Any]:
+        """Return the input line (a JSON object) of one request. Pure."""
+
+    @abstractmethod
+    def parse_line(self, line: dict[str, Any], batch_id: str | None) -> RowResult:
+        """Turn one result line into a :class:`RowResult`. Pure."""
+
+    @abstractmethod
+    def upload(self, data: bytes, filename: str) -> str:
+        """Upload a batch input file and return its id."""
+
+    @abstractmethod
+    def create(self, input_file_id: str, metadata: dict[str, str]) -> BatchInfo:
+        """Create a batch. Raises :class:`~prefect_llm_batch.errors.AmbiguousCreate` when the
+        outcome is unknown: the caller must then look for it with :meth:`find_batch`."""
+
+    @abstractmethod
+    def find_batch(self, metadata: dict[str, str], created_after: float | None = None) -> BatchInfo | None:
+        """Return the newest batch whose metadata contains ``metadata``, looking back to ``created_after``."""
+
+    @abstractmethod
+    def retrieve(self, batch_id: str) -> BatchInfo:
+        """Fetch a batch's current state."""
+
+    @abstractmethod
+    def cancel(self, batch_id: str) -> BatchInfo:
+        """Ask the provider to cancel a batch."""
+
+    @abstractmethod
+    def iter_results(self, batch: BatchInfo) -> Iterator[RowResult]:
+        """Download the output and error files of an ended batch and yield one result per line."""
+
+    @abstractmethod
+    def delete_file(self, file_id: str) -> None:
+        """Delete an uploaded file (input files once their batch has ended)."""
+
+    @abstractmethod
+    def close(self) -> None:
+        """Release the HTTP client."""
+
+    def __enter__(self) -> BatchProvider:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

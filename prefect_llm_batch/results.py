@@ -1,0 +1,247 @@
+"""From provider answers to typed output columns joined back to the input rows (pure).
+
+A provider turns each result line into one :class:`RowResult`, keyed by ``custom_id``.
+:func:`join_results` then maps every input row to its result through the row's request key
+(never through line order), marks rows with no result as ``missing``, and appends the fixed
+output columns. The output schema never depends on which rows failed:
+
+=============================  =========  ==============================================
+column                         type       holds
+=============================  =========  ==============================================
+``response``                   string     the answer text (kept for ``length``)
+``response_error_kind``        string     an :class:`~prefect_llm_batch.spec.ErrorKind` value
+``response_error``             string     a short human message
+``response_input_tokens``      int64      prompt tokens of the request that answered the row
+``response_output_tokens``     int64      completion tokens of that request
+``response_finish_reason``     string     ``stop``, ``length``, ``content_filter``...
+``response_model``             string     the model that answered
+``response_batch_id``          string     the provider batch that carried the request
+=============================  =========  ==============================================
+
+Rows that share a request share its answer and its token counts: sum the token columns over
+distinct requests, not rows, to get what was billed (the job summary does this).
+
+Examples:
+    >>> import pyarrow as pa
+    >>> table = pa.table({"q": ["a", "b"]})
+    >>> ok = RowResult(custom_id="k1", response="yes", input_tokens=3, output_tokens=1)
+    >>> out = join_results(table, ["k1", "k2"], [ok])
+    >>> out.column_names[:3], out["response"].to_pylist(), out["response_error_kind"].to_pylist()
+    (['q', 'response', 'response_error_kind'], ['yes', None], [None, 'missing'])
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from .spec import ErrorKind
+
+#: Longest error message kept in ``response_error``.
+MAX_ERROR_CHARS = 500
+
+OUTPUT_FIELDS: tuple[pa.Field, ...] = (
+    pa.field("response", pa.string()),
+    pa.field("response_error_kind", pa.string()),
+    pa.field("response_error", pa.string()),
+    pa.field("response_input_tokens", pa.int64()),
+    pa.field("response_output_tokens", pa.int64()),
+    pa.field("response_finish_reason", pa.string()),
+    pa.field("response_model", pa.string()),
+    pa.field("response_batch_id", pa.string()),
+)
+OUTPUT_COLUMNS: tuple[str, ...] = tuple(f.name for f in OUTPUT_FIELDS)
+RESULT_SCHEMA = pa.schema([pa.field("custom_id", pa.string()), *OUTPUT_FIELDS])
+
+
+@dataclass
+class RowResult:
+    """The normalised outcome of one request (one ``custom_id``)."""
+
+    custom_id: str
+    response: str | None = None
+    error_kind: ErrorKind | None = None
+    error: str | None = None
+    input_tokens: int | None = None
+    output_tokens: int | None = None
+    finish_reason: str | None = None
+    model: str | None = None
+    batch_id: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        """True when the request produced an answer without error."""
+        return self.error_kind is None
+
+
+def short(message: str) -> str:
+    """Trim a message to :data:`MAX_ERROR_CHARS` characters.
+
+    Examples:
+        >>> len(short("x" * 1000))
+        500
+    """
+    message = " ".join(message.split())
+    return message if len(message) <= MAX_ERROR_CHARS else message[: MAX_ERROR_CHARS - 1] + "…"
+
+
+def error_kind_for_status(status: int, code: str | None = None, error_type: str | None = None) -> ErrorKind:
+    """Map an HTTP status (plus the provider's error code/type) to an :class:`ErrorKind`.
+
+    Examples:
+        >>> error_kind_for_status(429, "rate_limit_exceeded").value
+        'rate_limited'
+        >>> error_kind_for_status(429, "insufficient_quota").value
+        'insufficient_quota'
+        >>> error_kind_for_status(503).value, error_kind_for_status(401).value
+        ('server_error', 'auth')
+    """
+    if code == "insufficient_quota" or error_type == "insufficient_quota":
+        return ErrorKind.INSUFFICIENT_QUOTA
+    if status == 429:
+        return ErrorKind.RATE_LIMITED
+    if status in (401, 403):
+        return ErrorKind.AUTH
+    if status in (408, 409) or status >= 500:
+        return ErrorKind.SERVER_ERROR
+    return ErrorKind.INVALID_REQUEST
+
+
+#: Top-level ``error.code`` values of requests that never ran.
+NEVER_RAN_CODES: dict[str, ErrorKind] = {
+    "batch_expired": ErrorKind.BATCH_EXPIRED,
+    "batch_cancelled": ErrorKind.BATCH_CANCELLED,
+    "request_timeout": ErrorKind.REQUEST_TIMEOUT,
+}
+
+
+def parse_chat_completion(custom_id: str, body: dict[str, Any], batch_id: str | None = None) -> RowResult:
+    """Turn a successful chat-completions response body into a :class:`RowResult`.
+
+    ``message.refusal`` becomes ``refusal``; ``finish_reason`` ``length`` keeps the cut text and
+    is marked ``length``; ``content_filter`` is marked ``content_filter``; a body without a
+    choice or content is a ``parse_error``.
+
+    Examples:
+        >>> body = {"model": "m", "choices": [{"message": {"content": "hi"}, "finish_reason": "stop"}],
+        ...         "usage": {"prompt_tokens": 5, "completion_tokens": 1}}
+        >>> r = parse_chat_completion("k", body)
+        >>> r.response, r.error_kind, r.input_tokens, r.output_tokens
+        ('hi', None, 5, 1)
+    """
+    usage = body.get("usage") or {}
+    result = RowResult(
+        custom_id=custom_id,
+        input_tokens=_int_or_none(usage.get("prompt_tokens")),
+        output_tokens=_int_or_none(usage.get("completion_tokens")),
+        model=body.get("model") if isinstance(body.get("model"), str) else None,
+        batch_id=batch_id,
+    )
+    choices = body.get("choices")
+    if not isinstance(choices, list) or not choices or not isinstance(choices[0], dict):
+        result.error_kind, result.error = ErrorKind.PARSE_ERROR, "the response has no choices"
+        return result
+    choice = choices[0]
+    message = choice.get("message") or {}
+    finish = choice.get("finish_reason")
+    result.finish_reason = finish if isinstance(finish, str) else None
+    content = message.get("content") if isinstance(message, dict) else None
+    refusal = message.get("refusal") if isinstance(message, dict) else None
+    if isinstance(content, str):
+        result.response = content
+    if refusal:
+        result.error_kind, result.error = ErrorKind.REFUSAL, short(f"the model refused: {refusal}")
+    elif finish == "content_filter":
+        result.error_kind, result.error = ErrorKind.CONTENT_FILTER, "the answer was stopped by a content filter"
+    elif finish == "length":
+        result.error_kind = ErrorKind.LENGTH
+        result.error = "the answer was cut at the token limit (max_tokens); the partial text is kept"
+    elif not isinstance(content, str):
+        result.error_kind, result.error = ErrorKind.PARSE_ERROR, "the response message has no text content"
+    return result
+
+
+def _int_or_none(value: Any) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+def results_to_table(results: Iterable[RowResult]) -> pa.Table:
+    """Collect row results into an Arrow table of :data:`RESULT_SCHEMA`.
+
+    Examples:
+        >>> results_to_table([RowResult("k", response="a")]).num_rows
+        1
+    """
+    columns: dict[str, list[Any]] = {name: [] for name in RESULT_SCHEMA.names}
+    for r in results:
+        columns["custom_id"].append(r.custom_id)
+        columns["response"].append(r.response)
+        columns["response_error_kind"].append(r.error_kind.value if r.error_kind else None)
+        columns["response_error"].append(r.error)
+        columns["response_input_tokens"].append(r.input_tokens)
+        columns["response_output_tokens"].append(r.output_tokens)
+        columns["response_finish_reason"].append(r.finish_reason)
+        columns["response_model"].append(r.model)
+        columns["response_batch_id"].append(r.batch_id)
+    return pa.table(columns, schema=RESULT_SCHEMA)
+
+
+def empty_results() -> pa.Table:
+    """An empty table of :data:`RESULT_SCHEMA`."""
+    return RESULT_SCHEMA.empty_table()
+
+
+def join_results(
+    table: pa.Table, row_ids: Sequence[str] | pa.Array, results: Iterable[RowResult] | pa.Table
+) -> pa.Table:
+    """Append the output columns to ``table``, each row taking the result of its ``custom_id``.
+
+    Vectorised: rows are matched to results with an Arrow hash lookup, not per-row Python.
+    A row whose ``custom_id`` has no result gets ``response_error_kind = "missing"``.
+
+    Args:
+        table: The input table (its columns are kept unchanged, in order).
+        row_ids: The ``custom_id`` of each input row.
+        results: Row results (or a table of :data:`RESULT_SCHEMA`); a ``custom_id`` may appear
+            once only.
+
+    Returns:
+        ``table`` with the :data:`OUTPUT_FIELDS` columns appended.
+
+    Raises:
+        ValueError: ``row_ids`` does not have one entry per row, or a result id repeats.
+    """
+    result_table = results if isinstance(results, pa.Table) else results_to_table(results)
+    result_table = result_table.select(RESULT_SCHEMA.names).cast(RESULT_SCHEMA)
+    ids = row_ids if isinstance(row_ids, pa.Array) else pa.array(list(row_ids), type=pa.string())
+    if len(ids) != table.num_rows:
+        raise ValueError(f"{len(ids)} row ids for {table.num_rows} rows")
+    result_ids = result_table.column("custom_id").combine_chunks()
+    if len(pc.unique(result_ids)) != len(result_ids):
+        raise ValueError("a custom_id has more than one result")
+    positions = pc.index_in(ids, value_set=result_ids)
+    missing = pc.is_null(positions)
+    taken = result_table.take(positions)
+    out = table
+    for field in OUTPUT_FIELDS:
+        column = taken.column(field.name).combine_chunks()
+        if field.name == "response_error_kind":
+            column = pc.if_else(missing, pa.scalar(ErrorKind.MISSING.value), column)
+        elif field.name == "response_error":
+            column = pc.if_else(missing, pa.scalar("the provider returned no result for this request"), column)
+        out = out.append_column(field, column)
+    return out
+
+
+def output_schema(input_schema: pa.Schema) -> pa.Schema:
+    """The output schema for an input schema: input fields, then :data:`OUTPUT_FIELDS`.
+
+    Examples:
+        >>> output_schema(pa.schema([("a", pa.int64())])).names[:2]
+        ['a', 'response']
+    """
+    return pa.schema([*input_schema, *OUTPUT_FIELDS], metadata=input_schema.metadata)

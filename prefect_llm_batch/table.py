@@ -1,0 +1,776 @@
+"""Reading and writing tables through pyarrow and fsspec.
+
+This is the only module of the package that touches table files. Everything goes through
+`fsspec <https://filesystem-spec.readthedocs.io>`_, so a source or destination may be a local
+path or any fsspec URL (``file://``, ``memory://``, ``s3://``, ``gs://``, ``az://`` ...);
+``storage_options`` are passed to the filesystem as given.
+
+Formats are told by extension (see :func:`table_format`): CSV (``.csv``, optionally compressed:
+``.csv.gz``, ``.csv.bz2``, ``.csv.xz``...), Parquet (``.parquet``, ``.pq``) and JSON Lines
+(``.jsonl``, ``.ndjson``, optionally compressed).
+
+Tables are read with pyarrow's own readers (never pandas), so types survive:
+
+* an integer column with nulls stays ``int64`` with nulls (no ``1.0``);
+* ISO-8601 timestamps in CSV and JSON Lines become ``timestamp`` columns (values with a zone
+  offset become ``timestamp[..., tz=UTC]`` in CSV; pyarrow's JSON reader converts them to UTC);
+* Parquet keeps every type it stores;
+* CSV cells may hold any Unicode and quoted newlines;
+* a CSV column whose first rows look numeric but a later row does not becomes a wider type
+  (``int64`` -> ``float64`` -> ``string``) instead of failing, and a JSON Lines field that
+  mixes strings and numbers becomes a ``string`` column holding the JSON text of the
+  non-string values;
+* a CSV or JSON Lines column with no values at all (a header-only CSV) is a ``string`` column.
+
+``columns_types`` forces a column's type: ``"string"``, ``"int64"``, ``"float64"``, ``"bool"``
+or ``"timestamp"`` (timezone-naive, or UTC when the values carry zone offsets). A value that
+does not fit a forced type is an error naming the column.
+
+Writes are atomic: readers never see a half-written file. On the local filesystem the bytes go
+to a temporary file next to the destination, which is then renamed over it; on any other
+filesystem (object stores) the file is built in memory and sent with one put.
+
+Every failure is raised as :class:`~prefect_llm_batch.errors.TableError` naming the path
+(with any credentials in the URL and its query string hidden).
+
+Examples:
+    >>> import pyarrow as pa
+    >>> write_parquet_atomic(pa.table({"id": [1, None]}), "memory://docs/ids.parquet", overwrite=True)
+    >>> read_table("memory://docs/ids.parquet").column("id").to_pylist()
+    [1, None]
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import io
+import os
+import re
+import secrets
+from collections.abc import Callable, Iterator, Mapping
+from typing import IO, Any, Literal
+
+import fsspec
+import fsspec.core
+import fsspec.utils
+import orjson
+import pyarrow as pa
+import pyarrow.csv as pa_csv
+import pyarrow.json as pa_json
+import pyarrow.parquet as pq
+from fsspec.implementations.local import LocalFileSystem
+
+from prefect_llm_batch.errors import TableError
+
+__all__ = [
+    "COLUMN_TYPES",
+    "TableFormat",
+    "exists",
+    "fingerprint",
+    "read_bytes",
+    "read_table",
+    "table_format",
+    "write_bytes_atomic",
+    "write_parquet_atomic",
+]
+
+#: The formats :func:`read_table` understands.
+TableFormat = Literal["csv", "parquet", "jsonl"]
+
+#: Type names accepted by ``columns_types``.
+COLUMN_TYPES: Mapping[str, pa.DataType] = {
+    "string": pa.string(),
+    "int64": pa.int64(),
+    "float64": pa.float64(),
+    "bool": pa.bool_(),
+    "timestamp": pa.timestamp("us"),
+}
+
+#: Bytes per block handed to pyarrow's CSV reader (its default). Tests lower it to exercise
+#: type inference across blocks without writing huge files.
+CSV_BLOCK_SIZE = 1 << 20
+
+#: Bytes per block handed to pyarrow's JSON reader (its default).
+JSON_BLOCK_SIZE = 1 << 20
+
+#: Bytes read at a time by :func:`fingerprint`.
+FINGERPRINT_BLOCK_SIZE = 8 << 20
+
+#: Rows per batch when reading the first rows of a Parquet file.
+_PARQUET_BATCH_ROWS = 65_536
+
+_EXTENSIONS: Mapping[str, TableFormat] = {
+    ".csv": "csv",
+    ".parquet": "parquet",
+    ".pq": "parquet",
+    ".jsonl": "jsonl",
+    ".ndjson": "jsonl",
+}
+_SUPPORTED = (
+    ".csv, .parquet, .pq, .jsonl, .ndjson (CSV and JSON Lines may be compressed: "
+    + ", ".join(f".{ext}" for ext in sorted(fsspec.utils.compressions))
+    + ")"
+)
+#: Compression suffixes fsspec knows of but cannot decode without an extra package.
+_OPTIONAL_COMPRESSIONS = {".zst": "zstandard", ".lz4": "lz4", ".snappy": "python-snappy"}
+
+_TIMESTAMP_UTC = pa.timestamp("us", tz="UTC")
+_CSV_CONVERSION_ERROR = re.compile(
+    r"In CSV column #(?P<index>\d+): .*?CSV conversion error to (?P<type>[^:]+): "
+)
+_JSON_TYPE_CHANGE = re.compile(r"Column\((?P<path>[^)]*)\) changed from (?P<old>\w+) to (?P<new>\w+)")
+_URL_USERINFO = re.compile(r"^(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*://)[^/@]*@")
+
+
+def table_format(source: str) -> TableFormat:
+    """Tell a table's format from its file name.
+
+    Args:
+        source: A path or fsspec URL. A compression suffix after the format's own
+            (``data.csv.gz``) is allowed for CSV and JSON Lines.
+
+    Returns:
+        ``"csv"``, ``"parquet"`` or ``"jsonl"``.
+
+    Raises:
+        TableError: The extension is unknown, is ``.json`` (only JSON Lines are supported),
+            or is a compressed Parquet file.
+
+    Examples:
+        >>> table_format("s3://bucket/reviews.csv.gz"), table_format("out.pq"), table_format("x.ndjson")
+        ('csv', 'parquet', 'jsonl')
+        >>> table_format("data.json")
+        Traceback (most recent call last):
+        ...
+        prefect_llm_batch.errors.TableError: cannot read 'data.json': .json files are not supported; ...
+    """
+    shown = _redact(source)
+    name = _path_part(source).lower().rsplit("/", 1)[-1]
+    base, ext = os.path.splitext(name)
+    compression = fsspec.utils.infer_compression(name)
+    if compression is not None:
+        base, ext = os.path.splitext(base)
+    elif ext in _OPTIONAL_COMPRESSIONS:
+        raise TableError(
+            f"cannot read {shown}: {ext} compression needs the {_OPTIONAL_COMPRESSIONS[ext]} package; "
+            "install it or decompress the file"
+        )
+    if ext == ".json":
+        raise TableError(
+            f"cannot read {shown}: .json files are not supported; if the file holds one JSON object "
+            "per line (JSON Lines), rename it to .jsonl; otherwise convert it to JSON Lines, CSV or Parquet"
+        )
+    fmt = _EXTENSIONS.get(ext)
+    if fmt is None:
+        raise TableError(
+            f"cannot tell the format of {shown} from its extension; supported extensions: {_SUPPORTED}"
+        )
+    if fmt == "parquet" and compression is not None:
+        raise TableError(
+            f"cannot read {shown}: Parquet files are compressed internally and cannot be read "
+            f"through {compression}; decompress the file first"
+        )
+    return fmt
+
+
+def read_table(
+    source: str,
+    *,
+    limit: int | None = None,
+    columns_types: dict[str, str] | None = None,
+    storage_options: dict[str, Any] | None = None,
+) -> pa.Table:
+    """Read a CSV, Parquet or JSON Lines table into Arrow, keeping its types.
+
+    Args:
+        source: A local path or fsspec URL; the format comes from the extension
+            (see :func:`table_format`).
+        limit: Read only the first ``limit`` rows (for trials). Streaming readers stop
+            early, so the rest of the file is not read. Types are then inferred from the rows
+            read only, and may be narrower than for the whole file.
+        columns_types: Force column types, e.g. ``{"zip": "string"}``; names from
+            :data:`COLUMN_TYPES`.
+        storage_options: Passed to the fsspec filesystem (credentials, endpoint...).
+
+    Returns:
+        The table. An empty file gives a table without columns; a header-only CSV gives an
+        empty table whose columns are strings.
+
+    Raises:
+        TableError: The file is missing or unreadable, a forced type is unknown or does not
+            fit the values, or ``limit`` is negative.
+
+    Examples:
+        >>> write_bytes_atomic("memory://docs/people.csv", b"name,age\\nAda,36\\nAlan,\\n")
+        >>> table = read_table("memory://docs/people.csv")
+        >>> table.schema.types
+        [DataType(string), DataType(int64)]
+        >>> table.column("age").to_pylist()
+        [36, None]
+        >>> read_table("memory://docs/people.csv", limit=1, columns_types={"age": "string"}).to_pylist()
+        [{'name': 'Ada', 'age': '36'}]
+    """
+    fmt = table_format(source)
+    shown = _redact(source)
+    if limit is not None and limit < 0:
+        raise TableError(f"cannot read {shown}: limit must be >= 0, not {limit}")
+    forced = _parse_column_types(columns_types or {}, shown)
+    options = storage_options or {}
+    try:
+        if fmt == "csv":
+            table = _read_csv(source, options, limit, forced, shown)
+        elif fmt == "jsonl":
+            table = _read_jsonl(source, options, limit, forced, shown)
+        else:
+            table = _read_parquet(source, options, limit)
+    except FileNotFoundError as exc:
+        raise TableError(f"cannot read {shown}: no such file") from exc
+    except (OSError, ValueError, pa.ArrowException) as exc:
+        raise TableError(f"cannot read {shown} as {_FORMAT_NAMES[fmt]}: {exc}") from exc
+    missing = [name for name in forced if name not in table.column_names]
+    if missing:
+        raise TableError(
+            f"columns_types names column {missing[0]!r}, which {shown} does not have; "
+            f"available columns: {', '.join(table.column_names)}"
+        )
+    if fmt == "parquet":
+        for name, data_type in forced.items():
+            table = _cast_column(table, name, data_type, shown)
+    return table
+
+
+def write_parquet_atomic(
+    table: pa.Table,
+    destination: str,
+    *,
+    overwrite: bool = False,
+    metadata: dict[str, str] | None = None,
+    storage_options: dict[str, Any] | None = None,
+) -> None:
+    """Write a table to Parquet so that readers never see a partial file.
+
+    Locally the file is written to a temporary file in the destination's directory and renamed
+    over the destination; on other filesystems it is built in memory and sent with one put.
+    Parent directories are created as needed.
+
+    Args:
+        table: The table to write.
+        destination: A local path or fsspec URL.
+        overwrite: Replace an existing file. Without it an existing destination is an error.
+        metadata: Key-value pairs stored in the Parquet schema metadata, merged over the
+            table's own (such as pandas' ``pandas`` entry).
+        storage_options: Passed to the fsspec filesystem.
+
+    Raises:
+        TableError: The destination exists and ``overwrite`` is false, or the write failed
+            (no temporary file is left behind).
+
+    Examples:
+        >>> import pyarrow as pa
+        >>> write_parquet_atomic(pa.table({"a": [1]}), "memory://docs/a.parquet", overwrite=True,
+        ...                      metadata={"job_id": "j1"})
+        >>> import pyarrow.parquet as pq
+        >>> pq.read_schema(io.BytesIO(read_bytes("memory://docs/a.parquet"))).metadata[b"job_id"]
+        b'j1'
+        >>> write_parquet_atomic(pa.table({"a": [2]}), "memory://docs/a.parquet")
+        Traceback (most recent call last):
+        ...
+        prefect_llm_batch.errors.TableError: 'memory://docs/a.parquet' already exists; pass overwrite=True ...
+    """
+    shown = _redact(destination)
+    if metadata:
+        merged = dict(table.schema.metadata or {})
+        merged.update({key.encode(): value.encode() for key, value in metadata.items()})
+        table = table.replace_schema_metadata(merged)
+
+    def write(sink: Any) -> None:
+        pq.write_table(table, sink)
+
+    _write_atomic(destination, write, overwrite=overwrite, storage_options=storage_options, shown=shown)
+
+
+def write_bytes_atomic(
+    destination: str, data: bytes, *, storage_options: dict[str, Any] | None = None
+) -> None:
+    """Write bytes to a file so that readers see either the old or the new content, never a mix.
+
+    An existing file is replaced. Parent directories are created as needed.
+
+    Args:
+        destination: A local path or fsspec URL.
+        data: The whole new content.
+        storage_options: Passed to the fsspec filesystem.
+
+    Raises:
+        TableError: The write failed (no temporary file is left behind).
+
+    Examples:
+        >>> write_bytes_atomic("memory://docs/state/manifest.json", b'{"chunks": []}')
+        >>> read_bytes("memory://docs/state/manifest.json")
+        b'{"chunks": []}'
+    """
+
+    def write(sink: Any) -> None:
+        sink.write(data)
+
+    _write_atomic(
+        destination, write, overwrite=True, storage_options=storage_options, shown=_redact(destination)
+    )
+
+
+def read_bytes(path: str, *, storage_options: dict[str, Any] | None = None) -> bytes:
+    """Read a whole file.
+
+    Args:
+        path: A local path or fsspec URL.
+        storage_options: Passed to the fsspec filesystem.
+
+    Returns:
+        The file's content.
+
+    Raises:
+        TableError: The file is missing or cannot be read.
+
+    Examples:
+        >>> write_bytes_atomic("memory://docs/hello.txt", b"hello")
+        >>> read_bytes("memory://docs/hello.txt")
+        b'hello'
+    """
+    shown = _redact(path)
+    try:
+        fs, fs_path = _filesystem(path, storage_options)
+        data = fs.cat_file(fs_path)
+    except FileNotFoundError as exc:
+        raise TableError(f"cannot read {shown}: no such file") from exc
+    except (OSError, ValueError) as exc:
+        raise TableError(f"cannot read {shown}: {exc}") from exc
+    return bytes(data)
+
+
+def exists(path: str, *, storage_options: dict[str, Any] | None = None) -> bool:
+    """Tell whether a file (or directory) exists.
+
+    Args:
+        path: A local path or fsspec URL.
+        storage_options: Passed to the fsspec filesystem.
+
+    Returns:
+        True when something exists at ``path``.
+
+    Examples:
+        >>> write_bytes_atomic("memory://docs/here.txt", b"")
+        >>> exists("memory://docs/here.txt"), exists("memory://docs/nowhere.txt")
+        (True, False)
+    """
+    fs, fs_path = _filesystem(path, storage_options)
+    return bool(fs.exists(fs_path))
+
+
+def fingerprint(source: str, *, storage_options: dict[str, Any] | None = None) -> str:
+    """Hash a file's bytes, reading it in blocks so that big files need little memory.
+
+    The hash is of the stored bytes (a ``.csv.gz`` is hashed compressed), so it changes exactly
+    when the file's content does.
+
+    Args:
+        source: A local path or fsspec URL.
+        storage_options: Passed to the fsspec filesystem.
+
+    Returns:
+        The SHA-256 of the content, as 64 hex digits.
+
+    Raises:
+        TableError: The file is missing or cannot be read.
+
+    Examples:
+        >>> write_bytes_atomic("memory://docs/abc.txt", b"abc")
+        >>> fingerprint("memory://docs/abc.txt")
+        'ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad'
+    """
+    shown = _redact(source)
+    digest = hashlib.sha256()
+    try:
+        fs, fs_path = _filesystem(source, storage_options)
+        with fs.open(fs_path, "rb") as file:
+            while block := file.read(FINGERPRINT_BLOCK_SIZE):
+                digest.update(block)
+    except FileNotFoundError as exc:
+        raise TableError(f"cannot read {shown}: no such file") from exc
+    except (OSError, ValueError) as exc:
+        raise TableError(f"cannot read {shown}: {exc}") from exc
+    return digest.hexdigest()
+
+
+# -- reading ---------------------------------------------------------------------------------
+
+_FORMAT_NAMES: Mapping[TableFormat, str] = {"csv": "CSV", "parquet": "Parquet", "jsonl": "JSON Lines"}
+
+
+def _parse_column_types(columns_types: Mapping[str, str], shown: str) -> dict[str, pa.DataType]:
+    parsed: dict[str, pa.DataType] = {}
+    for name, type_name in columns_types.items():
+        data_type = COLUMN_TYPES.get(type_name)
+        if data_type is None:
+            raise TableError(
+                f"columns_types gives column {name!r} of {shown} the unknown type {type_name!r}; "
+                f"known types: {', '.join(COLUMN_TYPES)}"
+            )
+        parsed[name] = data_type
+    return parsed
+
+
+@contextlib.contextmanager
+def _open(source: str, options: Mapping[str, Any], *, compression: str | None) -> Iterator[IO[bytes]]:
+    with fsspec.open(source, mode="rb", compression=compression, **options) as file:
+        yield file
+
+
+def _read_csv(
+    source: str,
+    options: Mapping[str, Any],
+    limit: int | None,
+    forced: Mapping[str, pa.DataType],
+    shown: str,
+) -> pa.Table:
+    """Read a CSV, widening columns whose later blocks do not fit the type inferred first.
+
+    pyarrow's streaming reader infers types from the first block only and fails on a later
+    block that does not fit ("In CSV column #3: CSV conversion error to int64: invalid value
+    'abc'"). Each such failure widens that column (int64 -> float64 -> string) and reads again.
+    Columns the user forced are never widened: a value that does not fit them is an error.
+    """
+    user = dict(forced)
+    widened: dict[str, pa.DataType] = {}
+    names: list[str] | None = None
+    while True:
+        try:
+            table = _read_csv_once(source, options, limit, {**widened, **user})
+            break
+        except pa.ArrowInvalid as exc:
+            if "Empty CSV file" in str(exc):
+                return pa.table({})
+            match = _CSV_CONVERSION_ERROR.search(str(exc))
+            if match is None:
+                raise
+            if names is None:
+                names = _csv_column_names(source, options)
+            index = int(match["index"])
+            if index >= len(names):
+                raise
+            name = names[index]
+            if name in user:
+                if user[name] == COLUMN_TYPES["timestamp"] and "expected no zone offset" in str(exc):
+                    user[name] = _TIMESTAMP_UTC
+                    continue
+                raise TableError(
+                    f"cannot read {shown}: column {name!r} was forced to {user[name]} but holds a value "
+                    f"that is not one: {_conversion_detail(str(exc))}"
+                ) from exc
+            failed = widened.get(name)
+            if failed is None or failed == pa.int64():
+                widened[name] = pa.float64() if match["type"] == "int64" else pa.string()
+            elif failed == pa.float64():
+                widened[name] = pa.string()
+            else:
+                raise
+    return _nulls_to_strings(table)
+
+
+def _read_csv_once(
+    source: str, options: Mapping[str, Any], limit: int | None, column_types: Mapping[str, pa.DataType]
+) -> pa.Table:
+    parse_options = pa_csv.ParseOptions(newlines_in_values=True)
+    convert_options = pa_csv.ConvertOptions(column_types=dict(column_types))
+    with _open(source, options, compression="infer") as file:
+        if limit is None:
+            read_options = pa_csv.ReadOptions(block_size=CSV_BLOCK_SIZE, use_threads=True)
+            return pa_csv.read_csv(
+                file, read_options=read_options, parse_options=parse_options, convert_options=convert_options
+            )
+        # Single-threaded, so nothing beyond the rows asked for is read ahead.
+        read_options = pa_csv.ReadOptions(block_size=CSV_BLOCK_SIZE, use_threads=False)
+        reader = pa_csv.open_csv(
+            file, read_options=read_options, parse_options=parse_options, convert_options=convert_options
+        )
+        return _first_rows(reader, limit)
+
+
+def _csv_column_names(source: str, options: Mapping[str, Any]) -> list[str]:
+    read_options = pa_csv.ReadOptions(block_size=CSV_BLOCK_SIZE, use_threads=False)
+    parse_options = pa_csv.ParseOptions(newlines_in_values=True)
+    with _open(source, options, compression="infer") as file:
+        reader = pa_csv.open_csv(file, read_options=read_options, parse_options=parse_options)
+        return list(reader.schema.names)
+
+
+def _conversion_detail(message: str) -> str:
+    found = re.search(r"CSV conversion error to .*", message)
+    return found.group(0) if found else message
+
+
+def _first_rows(reader: pa.RecordBatchReader, limit: int) -> pa.Table:
+    batches: list[pa.RecordBatch] = []
+    rows = 0
+    while rows < limit:
+        try:
+            batch = reader.read_next_batch()
+        except StopIteration:
+            break
+        batches.append(batch)
+        rows += batch.num_rows
+    return pa.Table.from_batches(batches, schema=reader.schema).slice(0, limit)
+
+
+def _read_jsonl(
+    source: str,
+    options: Mapping[str, Any],
+    limit: int | None,
+    forced: Mapping[str, pa.DataType],
+    shown: str,
+) -> pa.Table:
+    """Read JSON Lines; fields mixing strings and numbers (or objects...) become strings.
+
+    pyarrow's JSON reader refuses a field whose JSON type changes ("Column(/a) changed from
+    number to string in row 20000") even when asked for a string column. Such fields are
+    rewritten as JSON strings (``7`` -> ``"7"``) line by line in Python, then read again.
+    """
+    strings = {name for name, data_type in forced.items() if data_type == pa.string()}
+    stringified: set[str] = set()
+    while True:
+        try:
+            if stringified:
+                table = _read_jsonl_rewritten(source, options, limit, strings, stringified, shown)
+            else:
+                table = _read_jsonl_once(source, options, limit, strings)
+            break
+        except pa.ArrowInvalid as exc:
+            if "Empty JSON file" in str(exc):
+                return pa.table({})
+            match = _JSON_TYPE_CHANGE.search(str(exc))
+            if match is None:
+                raise
+            path = match["path"]
+            name = path[1:].split("/", 1)[0] if path.startswith("/") else ""
+            if not name:
+                raise TableError(f"cannot read {shown}: each line must hold one JSON object ({exc})") from exc
+            if name in stringified or (name in forced and name not in strings):
+                raise
+            stringified.add(name)
+    for name, data_type in forced.items():
+        if data_type != pa.string():
+            table = _cast_column(table, name, data_type, shown)
+    return _nulls_to_strings(table)
+
+
+def _read_jsonl_once(
+    source: str, options: Mapping[str, Any], limit: int | None, strings: set[str]
+) -> pa.Table:
+    parse_options = _json_parse_options(strings)
+    with _open(source, options, compression="infer") as file:
+        if limit is None:
+            read_options = pa_json.ReadOptions(block_size=JSON_BLOCK_SIZE, use_threads=True)
+            return pa_json.read_json(file, read_options=read_options, parse_options=parse_options)
+        read_options = pa_json.ReadOptions(block_size=JSON_BLOCK_SIZE, use_threads=False)
+        reader = pa_json.open_json(file, read_options=read_options, parse_options=parse_options)
+        return _first_rows(reader, limit)
+
+
+def _read_jsonl_rewritten(
+    source: str,
+    options: Mapping[str, Any],
+    limit: int | None,
+    strings: set[str],
+    stringified: set[str],
+    shown: str,
+) -> pa.Table:
+    with _open(source, options, compression="infer") as file:
+        lines: list[bytes] = []
+        for number, line in enumerate(file, start=1):
+            if limit is not None and len(lines) >= limit:
+                break
+            if not line.strip():
+                continue
+            try:
+                record = orjson.loads(line)
+            except orjson.JSONDecodeError as exc:
+                raise TableError(f"cannot read {shown}: line {number} is not valid JSON: {exc}") from exc
+            if not isinstance(record, dict):
+                raise TableError(f"cannot read {shown}: line {number} is not a JSON object")
+            for name in stringified:
+                value = record.get(name)
+                if value is not None and not isinstance(value, str):
+                    record[name] = orjson.dumps(value).decode()
+            lines.append(orjson.dumps(record))
+    if not lines:
+        return pa.table({})
+    data = io.BytesIO(b"\n".join(lines) + b"\n")
+    read_options = pa_json.ReadOptions(block_size=JSON_BLOCK_SIZE, use_threads=True)
+    return pa_json.read_json(
+        data, read_options=read_options, parse_options=_json_parse_options(strings | stringified)
+    )
+
+
+def _json_parse_options(strings: set[str]) -> pa_json.ParseOptions:
+    if not strings:
+        return pa_json.ParseOptions(newlines_in_values=False)
+    schema = pa.schema([(name, pa.string()) for name in sorted(strings)])
+    return pa_json.ParseOptions(
+        explicit_schema=schema, unexpected_field_behavior="infer", newlines_in_values=False
+    )
+
+
+def _read_parquet(source: str, options: Mapping[str, Any], limit: int | None) -> pa.Table:
+    with _open(source, options, compression=None) as file:
+        parquet = pq.ParquetFile(file)
+        if limit is None:
+            return parquet.read()
+        batches: list[pa.RecordBatch] = []
+        rows = 0
+        if limit > 0:
+            for batch in parquet.iter_batches(batch_size=min(limit, _PARQUET_BATCH_ROWS)):
+                batches.append(batch)
+                rows += batch.num_rows
+                if rows >= limit:
+                    break
+        return pa.Table.from_batches(batches, schema=parquet.schema_arrow).slice(0, limit)
+
+
+def _cast_column(table: pa.Table, name: str, data_type: pa.DataType, shown: str) -> pa.Table:
+    index = table.schema.get_field_index(name)
+    column = table.column(index)
+    try:
+        try:
+            cast = column.cast(data_type)
+        except pa.ArrowInvalid:
+            if data_type != COLUMN_TYPES["timestamp"] or not pa.types.is_string(column.type):
+                raise
+            cast = column.cast(_TIMESTAMP_UTC)
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
+        raise TableError(
+            f"cannot read {shown}: column {name!r} cannot be read as {data_type}: {exc}"
+        ) from exc
+    return table.set_column(index, table.schema.field(index).with_type(cast.type), cast)
+
+
+def _nulls_to_strings(table: pa.Table) -> pa.Table:
+    for index, field in enumerate(table.schema):
+        if pa.types.is_null(field.type):
+            table = table.set_column(
+                index, field.with_type(pa.string()), table.column(index).cast(pa.string())
+            )
+    return table
+
+
+# -- writing ---------------------------------------------------------------------------------
+
+
+def _write_atomic(
+    destination: str,
+    write: Callable[[Any], None],
+    *,
+    overwrite: bool,
+    storage_options: Mapping[str, Any] | None,
+    shown: str,
+) -> None:
+    try:
+        fs, path = _filesystem(destination, storage_options)
+        if isinstance(fs, LocalFileSystem):
+            _write_local(path, write, overwrite=overwrite, shown=shown)
+            return
+        if not overwrite and fs.exists(path):
+            raise _exists_error(shown)
+        buffer = pa.BufferOutputStream()
+        write(buffer)
+        data = buffer.getvalue().to_pybytes()
+        try:
+            fs.pipe_file(path, data)
+        except FileNotFoundError:
+            # Object stores have no directories; other filesystems may need the parents first.
+            fs.makedirs(fs._parent(path), exist_ok=True)
+            fs.pipe_file(path, data)
+    except TableError:
+        raise
+    except (OSError, ValueError, pa.ArrowException) as exc:
+        raise TableError(f"cannot write {shown}: {exc}") from exc
+
+
+def _write_local(path: str, write: Callable[[Any], None], *, overwrite: bool, shown: str) -> None:
+    directory = os.path.dirname(path) or "."
+    os.makedirs(directory, exist_ok=True)
+    if not overwrite and os.path.lexists(path):
+        raise _exists_error(shown)
+    temporary = os.path.join(directory, f".{os.path.basename(path)}.{secrets.token_hex(6)}.tmp")
+    # 0o666 lets the umask decide the final permissions, as for any newly created file.
+    descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+    try:
+        with os.fdopen(descriptor, "wb") as file:
+            write(file)
+            file.flush()
+            os.fsync(file.fileno())
+        if overwrite:
+            os.replace(temporary, path)
+        else:
+            _publish_without_overwrite(temporary, path, shown)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(temporary)
+        raise
+    _fsync_directory(directory)
+
+
+def _publish_without_overwrite(temporary: str, path: str, shown: str) -> None:
+    """Move ``temporary`` to ``path`` unless something appeared there since the check."""
+    try:
+        os.link(temporary, path)  # fails if ``path`` exists, unlike a rename
+    except FileExistsError:
+        raise _exists_error(shown) from None
+    except OSError:  # hard links unsupported here: fall back to a checked rename
+        if os.path.lexists(path):
+            raise _exists_error(shown) from None
+        os.replace(temporary, path)
+    else:
+        os.unlink(temporary)
+
+
+def _fsync_directory(directory: str) -> None:
+    """Make the rename durable where the platform allows it."""
+    try:
+        descriptor = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(descriptor)
+    except OSError:
+        pass
+    finally:
+        os.close(descriptor)
+
+
+def _exists_error(shown: str) -> TableError:
+    return TableError(
+        f"{shown} already exists; pass overwrite=True (--overwrite on the command line) to replace it"
+    )
+
+
+# -- paths -----------------------------------------------------------------------------------
+
+
+def _filesystem(path: str, storage_options: Mapping[str, Any] | None) -> tuple[Any, str]:
+    fs, fs_path = fsspec.core.url_to_fs(path, **(storage_options or {}))
+    return fs, fs_path
+
+
+def _path_part(source: str) -> str:
+    """Drop an HTTP(S) URL's query and fragment, which are not part of the file name."""
+    if source.lower().startswith(("http://", "https://")):
+        return re.split(r"[?#]", source, maxsplit=1)[0]
+    return source
+
+
+def _redact(source: str) -> str:
+    """Quote a path for messages, hiding URL credentials and query strings (signed URLs)."""
+    shown = _URL_USERINFO.sub(r"\g<scheme>***@", source)
+    if shown.lower().startswith(("http://", "https://")) and "?" in shown:
+        shown = shown.split("?", 1)[0] + "?***"
+    return repr(shown)

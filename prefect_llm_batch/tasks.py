@@ -1,0 +1,127 @@
+"""Thin Prefect tasks: one step of :mod:`prefect_llm_batch.jobs` each, plus retries and logs.
+
+Tasks pass references (a :class:`~prefect_llm_batch.jobs.JobRef`, chunk numbers, paths), never
+DataFrames, and use ``cache_policy=NONE``: the job's state lives in its state directory, not in
+Prefect's task cache, and Prefect never hashes or persists a big input.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from prefect import task
+from prefect.cache_policies import NONE
+from prefect.client.schemas.objects import State, TaskRun
+from prefect.logging import get_run_logger
+from prefect.tasks import Task
+
+from . import jobs
+from .blocks import OpenAIBatchCredentials
+from .errors import TableError, is_transient
+from .providers import make_provider
+from .providers.base import BatchProvider
+from .spec import JobSpec, ProviderTarget
+from .table import exists
+
+
+def retry_if_transient(task: Task[Any, Any], task_run: TaskRun, state: State[Any]) -> bool:
+    """Prefect ``retry_condition_fn``: retry only errors marked :class:`~prefect_llm_batch.errors.Transient`."""
+    try:
+        state.result()
+    except Exception as exc:
+        return is_transient(exc)
+    return False
+
+
+def _provider(target: ProviderTarget, spec: JobSpec, credentials: OpenAIBatchCredentials | None) -> BatchProvider:
+    """A new provider client; the key comes from the block (a SecretStr) or ``OPENAI_API_KEY``."""
+    key = credentials.api_key.get_secret_value() if credentials is not None else None
+    return make_provider(target, api_key=key, limits=spec.limits)
+
+
+def _log() -> logging.Logger | logging.LoggerAdapter[logging.Logger]:
+    return get_run_logger()
+
+
+@task(name="prepare-job", cache_policy=NONE)
+def prepare_job(
+    source: str,
+    output: str,
+    spec: JobSpec,
+    target: ProviderTarget,
+    state_dir: str,
+    limit: int | None = None,
+    overwrite: bool = False,
+    credentials: OpenAIBatchCredentials | None = None,
+) -> jobs.JobRef:
+    """Read and render the table, plan the batches and write the plan (no HTTP)."""
+    if not overwrite and exists(output):
+        raise TableError(f"the output {output} already exists; pass overwrite=True (--overwrite) to replace it")
+    with _provider(target, spec, credentials) as provider:
+        ref = jobs.prepare(source, spec, provider, target, state_dir=state_dir, limit=limit)
+    _log().info(
+        "job %s: %d rows, %d unique requests, %d batch(es); state in %s",
+        ref.job_id, ref.rows, ref.unique_requests, ref.chunks, state_dir,
+    )
+    return ref
+
+
+@task(
+    name="submit-batch",
+    cache_policy=NONE,
+    retries=3,
+    retry_delay_seconds=[10, 60, 300],
+    retry_condition_fn=retry_if_transient,
+    task_run_name="submit-batch-{chunk_id}",
+)
+def submit_batch(
+    ref: jobs.JobRef, chunk_id: int, spec: JobSpec, target: ProviderTarget, credentials: OpenAIBatchCredentials | None = None
+) -> str:
+    """Create the provider batch of one chunk, at most once (see :func:`jobs.submit_chunk`)."""
+    with _provider(target, spec, credentials) as provider:
+        state = jobs.submit_chunk(ref, chunk_id, provider)
+    assert state.batch_id is not None
+    return state.batch_id
+
+
+@task(
+    name="wait-for-batches",
+    cache_policy=NONE,
+    retries=5,
+    retry_delay_seconds=60,
+    retry_condition_fn=retry_if_transient,
+)
+def wait_for_batches(
+    ref: jobs.JobRef, spec: JobSpec, target: ProviderTarget, poll_interval: float, credentials: OpenAIBatchCredentials | None = None
+) -> list[int]:
+    """Poll the job's batches until all have ended; log only when something changed."""
+    log = _log()
+
+    def report(p: jobs.Progress) -> None:
+        log.info("job %s: %s", ref.job_id, p.describe())
+
+    with _provider(target, spec, credentials) as provider:
+        return jobs.wait(ref, provider, poll_interval=poll_interval, on_change=report)
+
+
+@task(
+    name="collect-batch",
+    cache_policy=NONE,
+    retries=3,
+    retry_delay_seconds=[10, 60, 300],
+    retry_condition_fn=retry_if_transient,
+    task_run_name="collect-batch-{chunk_id}",
+)
+def collect_batch(
+    ref: jobs.JobRef, chunk_id: int, spec: JobSpec, target: ProviderTarget, credentials: OpenAIBatchCredentials | None = None
+) -> int:
+    """Download and store the results of one ended batch."""
+    with _provider(target, spec, credentials) as provider:
+        return jobs.collect_chunk(ref, chunk_id, provider)
+
+
+@task(name="write-output", cache_policy=NONE)
+def write_output(ref: jobs.JobRef, output: str, overwrite: bool = False) -> jobs.JobSummary:
+    """Join the results back to the rows and write the output Parquet atomically."""
+    return jobs.assemble(ref, output=output, overwrite=overwrite)

@@ -1,0 +1,1326 @@
+"""A fake OpenAI-compatible batch provider, served over real HTTP.
+
+:class:`FakeProviderServer` runs a Starlette app under uvicorn on ``127.0.0.1`` in a background
+thread. It speaks the OpenAI Files and Batch API wire format literally (see
+``provider-batch-apis.md``), moves batches through their states as time passes, validates input
+files the way OpenAI does, and writes output and error files with the documented line shapes.
+Answers are deterministic (:mod:`prefect_llm_batch.testing.answers`).
+
+Statuses advance lazily, on each request that reads a batch (no background work):
+``validating`` for ``validating_seconds``, then ``in_progress`` for ``in_progress_seconds``
+(requests finish in input order, evenly over that time), then ``finalizing`` for
+``finalizing_seconds`` (counts show 100%), then ``completed``. With
+``expire_after_requests=N`` (fewer than the batch's requests) the batch ends ``expired`` after
+``in_progress``, with the first N requests answered. A cancel answers ``cancelling`` and the
+batch is ``cancelled`` ``cancelling_seconds`` later (0: on the next read).
+``request_counts.completed``/``failed`` count finished requests only: on ``expired`` and
+``cancelled`` batches they add up to less than ``total``.
+
+Rows misbehave on purpose through markers in any message content:
+
+===========================  ===============================================================
+marker                       effect in a batch (and on ``POST /v1/chat/completions``)
+===========================  ===============================================================
+``[[fake:400]]``             error-file line, ``status_code`` 400, ``invalid_request_error``
+``[[fake:500]]``             error-file line, ``status_code`` 500, ``server_error``
+``[[fake:refusal]]``         output line, ``content`` null, ``refusal`` set
+``[[fake:length]]``          output line, ``finish_reason`` ``length``, content cut short
+``[[fake:content_filter]]``  output line, ``finish_reason`` ``content_filter``, content null
+``[[fake:drop]]``            no line in either file (realtime: HTTP 500)
+``[[fake:timeout]]``         error-file line, ``response`` null, ``error.code`` ``request_timeout``
+                             (realtime: HTTP 408)
+===========================  ===============================================================
+
+Batch validation failures (``status: failed``, ``errors.data[].code``): ``empty_file``,
+``invalid_json_line`` (also for lines missing ``custom_id``/``method``/``url``/``body``),
+``duplicate_custom_id``, ``url_mismatch``, ``model_mismatch``, ``invalid_request`` (a body with
+``stream: true``) and, with ``enqueued_token_limit`` set, ``token_limit_exceeded``.
+
+Examples:
+    >>> import json, urllib.request
+    >>> with FakeProviderServer() as server:
+    ...     req = urllib.request.Request(server.base_url + "/batches", headers={"Authorization": "Bearer x"})
+    ...     json.load(urllib.request.urlopen(req))["object"]
+    'list'
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import math
+import random
+import socket
+import threading
+import time
+import uuid
+from collections import Counter
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from types import TracebackType
+from typing import Any, Literal
+
+import orjson
+import uvicorn
+from starlette.applications import Starlette
+from starlette.datastructures import UploadFile
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from prefect_llm_batch.testing.answers import (
+    default_answer,
+    estimate_tokens,
+    find_markers,
+    prompt_tokens,
+)
+
+__all__ = [
+    "FakeBatch",
+    "FakeFile",
+    "FakeProviderServer",
+    "FakeServerConfig",
+    "ServerStats",
+    "create_app",
+    "serve",
+]
+
+#: Endpoints a batch may target in this fake (answers are chat completions).
+SUPPORTED_ENDPOINTS = frozenset({"/v1/chat/completions"})
+#: Endpoints OpenAI accepts for batches; the others are refused with a clear message.
+OPENAI_BATCH_ENDPOINTS = frozenset(
+    {"/v1/chat/completions", "/v1/embeddings", "/v1/responses", "/v1/completions", "/v1/moderations"}
+)
+#: Route templates, as used in :attr:`ServerStats.calls` and :meth:`FakeProviderServer.fail_next`.
+ROUTES: tuple[str, ...] = (
+    "POST /v1/files",
+    "GET /v1/files",
+    "GET /v1/files/{id}",
+    "GET /v1/files/{id}/content",
+    "DELETE /v1/files/{id}",
+    "POST /v1/batches",
+    "GET /v1/batches",
+    "GET /v1/batches/{id}",
+    "POST /v1/batches/{id}/cancel",
+    "POST /v1/chat/completions",
+)
+
+REFUSAL_TEXT = "I can't help with that."
+TERMINAL_STATUSES = frozenset({"completed", "failed", "expired", "cancelled"})
+_FILE_TTL_SECONDS = 30 * 24 * 3600
+_BATCH_WINDOW_SECONDS = 24 * 3600
+_DEFAULT_ERROR_MESSAGES = {
+    400: "Invalid request.",
+    401: "Incorrect API key provided.",
+    403: "You are not allowed to perform this request.",
+    404: "Not found.",
+    408: "Request timed out.",
+    409: "Conflict.",
+    429: "Rate limit reached for requests. Please try again later.",
+    500: "The server had an error while processing your request. Sorry about that!",
+    502: "Bad gateway.",
+    503: "The engine is currently overloaded, please try again later.",
+}
+
+AnswerFunction = Callable[[dict[str, Any]], str]
+BatchStatus = Literal[
+    "validating", "failed", "in_progress", "finalizing", "completed", "expired", "cancelling", "cancelled"
+]
+
+
+@dataclass(frozen=True)
+class FakeServerConfig:
+    """How the fake provider behaves.
+
+    Attributes:
+        validating_seconds: Time a new batch spends in ``validating``.
+        in_progress_seconds: Time it spends in ``in_progress``; requests finish evenly over it.
+        finalizing_seconds: Time it spends in ``finalizing`` before ``completed``.
+        cancelling_seconds: Time a cancelled batch spends in ``cancelling`` (0: until the next read).
+        shuffle: Shuffle the lines of output and error files (as OpenAI does not keep order).
+        seed: Seed of the shuffle; the same seed and input give the same order.
+        api_key: If set, only ``Authorization: Bearer <api_key>`` is accepted; if ``None``, any
+            Bearer token is. A missing ``Authorization`` header is always 401.
+        expire_after_requests: If set, a batch with more requests than this ends ``expired``
+            once this many have finished; the rest get ``batch_expired`` error lines.
+        answer: Replaces :func:`~prefect_llm_batch.testing.answers.default_answer`: a callable
+            from the request body to the answer text. If it raises, the request fails with 500.
+        enqueued_token_limit: If set, a batch whose prompt tokens, added to those of batches
+            still running for the same model, exceed it ends ``failed`` with
+            ``token_limit_exceeded``.
+        max_file_bytes: Largest upload accepted (OpenAI: 200 MB); larger is 400 ``File is too large.``
+
+    Examples:
+        >>> FakeServerConfig(in_progress_seconds=0.5).shuffle
+        True
+    """
+
+    validating_seconds: float = 0.0
+    in_progress_seconds: float = 0.0
+    finalizing_seconds: float = 0.0
+    cancelling_seconds: float = 0.0
+    shuffle: bool = True
+    seed: int = 0
+    api_key: str | None = field(default=None, repr=False)
+    expire_after_requests: int | None = None
+    answer: AnswerFunction | None = None
+    enqueued_token_limit: int | None = None
+    max_file_bytes: int = 200 * 1024 * 1024
+
+
+@dataclass
+class ServerStats:
+    """What the fake provider has been asked so far.
+
+    Attributes:
+        creates: Successful ``POST /v1/batches`` calls (each made a batch).
+        uploads: Files uploaded.
+        requests_received: Request lines in the input files of created batches.
+        calls: Calls per route template, e.g. ``calls["GET /v1/batches/{id}"]``; includes calls
+            answered with an error.
+
+    Examples:
+        >>> ServerStats().calls["POST /v1/batches"]
+        0
+    """
+
+    creates: int = 0
+    uploads: int = 0
+    requests_received: int = 0
+    calls: Counter[str] = field(default_factory=Counter)
+
+
+@dataclass
+class FakeFile:
+    """A stored file (an uploaded input or a result file).
+
+    Examples:
+        >>> FakeFile("file-1", b"{}\\n", "in.jsonl", "batch", 1, 2).to_dict()["bytes"]
+        3
+    """
+
+    id: str
+    data: bytes
+    filename: str
+    purpose: str
+    created_at: int
+    expires_at: int | None
+
+    def to_dict(self) -> dict[str, Any]:
+        """Return the OpenAI file object."""
+        return {
+            "id": self.id,
+            "object": "file",
+            "bytes": len(self.data),
+            "created_at": self.created_at,
+            "expires_at": self.expires_at,
+            "filename": self.filename,
+            "purpose": self.purpose,
+            "status": "processed",
+            "status_details": None,
+        }
+
+
+@dataclass
+class _Outcome:
+    """What happened to one request: its result line (``None``: dropped) and whether it succeeded."""
+
+    custom_id: str
+    line: dict[str, Any] | None
+    succeeded: bool
+    input_tokens: int = 0
+    output_tokens: int = 0
+
+
+@dataclass
+class FakeBatch:
+    """One batch and everything the fake knows about it.
+
+    Read :attr:`status`, :attr:`request_counts` and the rest directly, or :meth:`to_dict` for
+    the wire object. ``outcomes`` holds one entry per request in input order once validated.
+
+    Examples:
+        >>> b = FakeBatch(id="batch_1", endpoint="/v1/chat/completions", input_file_id="file-1",
+        ...               completion_window="24h", metadata=None, created_at=0, input_data=b"")
+        >>> b.to_dict()["status"], b.to_dict()["expires_at"]
+        ('validating', 86400)
+    """
+
+    id: str
+    endpoint: str
+    input_file_id: str
+    completion_window: str
+    metadata: dict[str, str] | None
+    created_at: int
+    input_data: bytes
+    created_clock: float = 0.0
+    status: BatchStatus = "validating"
+    model: str | None = None
+    errors: dict[str, Any] | None = None
+    output_file_id: str | None = None
+    error_file_id: str | None = None
+    in_progress_at: int | None = None
+    finalizing_at: int | None = None
+    completed_at: int | None = None
+    failed_at: int | None = None
+    expired_at: int | None = None
+    cancelling_at: int | None = None
+    cancelled_at: int | None = None
+    outcomes: list[_Outcome] = field(default_factory=list)
+    run_limit: int = 0
+    finished: int = 0
+    enqueued_tokens: int = 0
+    cancel_clock: float | None = None
+    status_before_cancel: BatchStatus | None = None
+
+    @property
+    def request_counts(self) -> dict[str, int]:
+        """``{total, completed, failed}`` as OpenAI reports them (finished requests only)."""
+        done = self.outcomes[: self.finished]
+        completed = sum(o.succeeded for o in done)
+        return {"total": len(self.outcomes), "completed": completed, "failed": len(done) - completed}
+
+    def to_dict(self) -> dict[str, Any]:
+        """Return the OpenAI batch object."""
+        done = self.outcomes[: self.finished]
+        input_tokens = sum(o.input_tokens for o in done)
+        output_tokens = sum(o.output_tokens for o in done)
+        return {
+            "id": self.id,
+            "object": "batch",
+            "endpoint": self.endpoint,
+            "model": self.model,
+            "errors": self.errors,
+            "input_file_id": self.input_file_id,
+            "completion_window": self.completion_window,
+            "status": self.status,
+            "output_file_id": self.output_file_id,
+            "error_file_id": self.error_file_id,
+            "created_at": self.created_at,
+            "in_progress_at": self.in_progress_at,
+            "expires_at": self.created_at + _BATCH_WINDOW_SECONDS,
+            "finalizing_at": self.finalizing_at,
+            "completed_at": self.completed_at,
+            "failed_at": self.failed_at,
+            "expired_at": self.expired_at,
+            "cancelling_at": self.cancelling_at,
+            "cancelled_at": self.cancelled_at,
+            "request_counts": self.request_counts,
+            "metadata": self.metadata,
+            "usage": {
+                "input_tokens": input_tokens,
+                "input_tokens_details": {"cached_tokens": 0},
+                "output_tokens": output_tokens,
+                "output_tokens_details": {"reasoning_tokens": 0},
+                "total_tokens": input_tokens + output_tokens,
+            },
+        }
+
+
+@dataclass
+class _Fault:
+    status: int
+    remaining: int
+    retry_after: float | None
+    code: str | None
+    message: str | None
+
+
+class _ApiError(Exception):
+    """Raised inside handlers; becomes an OpenAI error envelope."""
+
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        *,
+        type: str = "invalid_request_error",
+        param: str | None = None,
+        code: str | None = None,
+        headers: Mapping[str, str] | None = None,
+    ) -> None:
+        super().__init__(status, message)
+        self.status = status
+        self.message = message
+        self.type = type
+        self.param = param
+        self.code = code
+        self.headers = dict(headers or {})
+
+    def response(self) -> Response:
+        body = {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
+        return _json(body, self.status, self.headers)
+
+
+def _json(body: Any, status: int = 200, headers: Mapping[str, str] | None = None) -> Response:
+    return Response(orjson.dumps(body), status_code=status, media_type="application/json", headers=headers)
+
+
+def _error_type(status: int) -> str:
+    if status == 401:
+        return "invalid_request_error"
+    if status == 429:
+        return "requests"
+    if status >= 500:
+        return "server_error"
+    return "invalid_request_error"
+
+
+def _hex(n: int = 24) -> str:
+    return uuid.uuid4().hex[:n]
+
+
+def _error_body(message: str, type: str, code: str | None = None, param: str | None = None) -> dict[str, Any]:
+    return {"error": {"message": message, "type": type, "param": param, "code": code}}
+
+
+class _State:
+    """All mutable state of one fake provider, guarded by one lock."""
+
+    def __init__(self, config: FakeServerConfig) -> None:
+        self.config = config
+        self.lock = threading.RLock()
+        self.stopping = threading.Event()
+        self.files: dict[str, FakeFile] = {}
+        self.batches: dict[str, FakeBatch] = {}
+        self.stats = ServerStats()
+        self.faults: dict[str, list[_Fault]] = {}
+        self.stalls: list[float] = []
+
+    def reset(self) -> None:
+        with self.lock:
+            self.files.clear()
+            self.batches.clear()
+            self.faults.clear()
+            self.stalls.clear()
+            self.stats.creates = self.stats.uploads = self.stats.requests_received = 0
+            self.stats.calls.clear()
+
+    # ----- time -----------------------------------------------------------------------------
+
+    def advance(self, batch: FakeBatch, now: float | None = None) -> None:
+        """Move a batch to the state it has reached by ``now`` (a ``time.monotonic()`` value)."""
+        cfg = self.config
+        now = time.monotonic() if now is None else now
+        t_validated = batch.created_clock + cfg.validating_seconds
+        t_ran = t_validated + cfg.in_progress_seconds
+        t_final = t_ran + cfg.finalizing_seconds
+        if batch.status == "validating" and now >= t_validated:
+            self._validate(batch, self._wall(batch, t_validated))
+        if batch.status == "in_progress":
+            if cfg.in_progress_seconds > 0:
+                fraction = min(1.0, max(0.0, (now - t_validated) / cfg.in_progress_seconds))
+            else:
+                fraction = 1.0
+            batch.finished = math.floor(batch.run_limit * fraction)
+            if now >= t_ran:
+                batch.finished = batch.run_limit
+                if batch.run_limit < len(batch.outcomes):
+                    batch.status = "expired"
+                    batch.expired_at = self._wall(batch, t_ran)
+                    self._write_results(batch, "batch_expired")
+                else:
+                    batch.status = "finalizing"
+                    batch.finalizing_at = self._wall(batch, t_ran)
+        if batch.status == "finalizing" and now >= t_final:
+            batch.status = "completed"
+            batch.completed_at = self._wall(batch, t_final)
+            self._write_results(batch, None)
+        if batch.status == "cancelling" and batch.cancel_clock is not None:
+            t_cancelled = batch.cancel_clock + cfg.cancelling_seconds
+            if cfg.cancelling_seconds == 0 or now >= t_cancelled:
+                if batch.status_before_cancel == "validating":
+                    # Cancelled before it ran: learn the requests (to answer each with
+                    # batch_cancelled) but keep no trace of validation itself.
+                    self._validate(batch, batch.created_at)
+                    if batch.errors is not None:
+                        batch.outcomes = []
+                    batch.errors = batch.in_progress_at = batch.failed_at = None
+                    batch.finished = 0
+                batch.status = "cancelled"
+                batch.cancelled_at = self._wall(batch, max(t_cancelled, batch.cancel_clock))
+                self._write_results(batch, "batch_cancelled")
+
+    def _wall(self, batch: FakeBatch, clock: float) -> int:
+        return int(batch.created_at + (clock - batch.created_clock))
+
+    def cancel(self, batch: FakeBatch) -> None:
+        self.advance(batch)
+        if batch.status in TERMINAL_STATUSES or batch.status == "cancelling":
+            raise _ApiError(
+                400,
+                f"Cannot cancel a batch with status '{batch.status}'.",
+                code="batch_not_cancellable" if batch.status != "cancelling" else "batch_already_cancelling",
+            )
+        batch.status_before_cancel = batch.status
+        batch.status = "cancelling"
+        batch.cancel_clock = time.monotonic()
+        batch.cancelling_at = int(time.time())
+        if batch.status_before_cancel == "finalizing":
+            batch.finished = batch.run_limit
+
+    # ----- validation and running -----------------------------------------------------------
+
+    def _validate(self, batch: FakeBatch, at: int) -> None:
+        """Check the input file as OpenAI does; on success plan every request's outcome."""
+        errors: list[dict[str, Any]] = []
+        parsed: list[tuple[int, dict[str, Any]]] = []
+
+        def fail(code: str, message: str, line: int | None = None, param: str | None = None) -> None:
+            errors.append({"code": code, "message": message, "param": param, "line": line})
+
+        for number, raw in enumerate(batch.input_data.split(b"\n"), start=1):
+            if not raw.strip():
+                continue
+            try:
+                obj = orjson.loads(raw)
+            except orjson.JSONDecodeError:
+                fail(
+                    "invalid_json_line", f"This line is not parseable as valid JSON (line {number}).", number
+                )
+                continue
+            if not isinstance(obj, dict):
+                fail("invalid_json_line", f"Line {number} is not a JSON object.", number)
+                continue
+            missing = [k for k in ("custom_id", "method", "url", "body") if k not in obj]
+            if missing:
+                fail(
+                    "invalid_json_line",
+                    f"Line {number} is missing required field(s): {', '.join(missing)}.",
+                    number,
+                    missing[0],
+                )
+                continue
+            if not isinstance(obj["custom_id"], str) or not isinstance(obj["body"], dict):
+                fail(
+                    "invalid_json_line",
+                    f"Line {number}: custom_id must be a string and body an object.",
+                    number,
+                )
+                continue
+            if obj["method"] != "POST":
+                fail("invalid_json_line", f"Line {number}: method must be 'POST'.", number, "method")
+                continue
+            parsed.append((number, obj))
+
+        if not errors and not parsed:
+            fail("empty_file", "The input file is empty. Please provide at least one request.")
+        if not errors:
+            seen: set[str] = set()
+            model: str | None = None
+            for number, obj in parsed:
+                body = obj["body"]
+                if obj["custom_id"] in seen:
+                    fail(
+                        "duplicate_custom_id",
+                        f"The custom_id for this request is a duplicate of another "
+                        f"request: {obj['custom_id']!r}.",
+                        number,
+                        "custom_id",
+                    )
+                seen.add(obj["custom_id"])
+                if obj["url"] != batch.endpoint:
+                    fail(
+                        "url_mismatch",
+                        f"The url provided for this request does not match the batch "
+                        f"endpoint: {obj['url']!r} != {batch.endpoint!r}.",
+                        number,
+                        "url",
+                    )
+                line_model = body.get("model")
+                if isinstance(line_model, str):
+                    if model is None:
+                        model = line_model
+                    elif line_model != model:
+                        fail(
+                            "model_mismatch",
+                            f"The provided model {line_model!r} does not match the model "
+                            f"of earlier requests in the batch ({model!r}).",
+                            number,
+                            "body.model",
+                        )
+                if body.get("stream") is True:
+                    fail(
+                        "invalid_request",
+                        "Streaming is not supported in the Batch API.",
+                        number,
+                        "body.stream",
+                    )
+            batch.model = model
+        limit = self.config.enqueued_token_limit
+        if not errors and limit is not None:
+            enqueued = sum(
+                other.enqueued_tokens
+                for other in self.batches.values()
+                if other is not batch
+                and other.model == batch.model
+                and other.status in ("in_progress", "finalizing")
+            )
+            if sum(prompt_tokens(obj["body"]) for _, obj in parsed) + enqueued > limit:
+                fail(
+                    "token_limit_exceeded",
+                    f"Enqueued token limit reached for {batch.model} in organization "
+                    f"org-fake. Limit: {limit:,} enqueued tokens. Please try submitting an earlier batch "
+                    "once it has completed.",
+                )
+
+        if errors:
+            batch.status = "failed"
+            batch.failed_at = at
+            batch.errors = {"object": "list", "data": errors[:1000]}
+            return
+        batch.enqueued_tokens = sum(prompt_tokens(obj["body"]) for _, obj in parsed)
+        batch.outcomes = [self.run_request(obj["custom_id"], obj["body"], at) for _, obj in parsed]
+        expire = self.config.expire_after_requests
+        batch.run_limit = len(batch.outcomes) if expire is None else min(max(expire, 0), len(batch.outcomes))
+        batch.finished = 0
+        batch.status = "in_progress"
+        batch.in_progress_at = at
+
+    def run_request(self, custom_id: str, body: dict[str, Any], created: int) -> _Outcome:
+        """Answer one batch request; returns its result line (or ``None`` for a dropped one)."""
+        status, response_body, never_ran = complete_chat(body, self.config.answer, created)
+        line: dict[str, Any] = {"id": f"batch_req_{_hex()}", "custom_id": custom_id}
+        if never_ran == "drop":
+            return _Outcome(custom_id, None, succeeded=True)
+        if never_ran is not None:
+            line["response"] = None
+            line["error"] = {
+                "code": never_ran,
+                "message": "The request timed out before it could be completed.",
+            }
+            return _Outcome(custom_id, line, succeeded=False)
+        line["response"] = {"status_code": status, "request_id": f"req_{_hex(32)}", "body": response_body}
+        line["error"] = None
+        usage = response_body.get("usage") or {}
+        return _Outcome(
+            custom_id,
+            line,
+            succeeded=status < 400,
+            input_tokens=int(usage.get("prompt_tokens", 0)),
+            output_tokens=int(usage.get("completion_tokens", 0)),
+        )
+
+    def _write_results(self, batch: FakeBatch, unfinished_code: str | None) -> None:
+        """Write output and error files: finished requests, then ``unfinished_code`` lines for the rest."""
+        output: list[dict[str, Any]] = []
+        failed: list[dict[str, Any]] = []
+        for index, outcome in enumerate(batch.outcomes):
+            if index < batch.finished:
+                if outcome.line is not None:
+                    (output if outcome.succeeded else failed).append(outcome.line)
+            elif unfinished_code is not None:
+                what = "expired" if unfinished_code == "batch_expired" else "was cancelled"
+                failed.append(
+                    {
+                        "id": f"batch_req_{_hex()}",
+                        "custom_id": outcome.custom_id,
+                        "response": None,
+                        "error": {
+                            "code": unfinished_code,
+                            "message": f"This request could not be executed before the batch {what}.",
+                        },
+                    }
+                )
+        if self.config.shuffle:
+            digest = hashlib.sha256(batch.input_data).hexdigest()
+            rng = random.Random(f"{self.config.seed}:{digest}")
+            rng.shuffle(output)
+            rng.shuffle(failed)
+        now = int(time.time())
+        if output:
+            batch.output_file_id = self._store_result_file(f"batch_{batch.id}_output.jsonl", output, now).id
+        if failed:
+            batch.error_file_id = self._store_result_file(f"batch_{batch.id}_error.jsonl", failed, now).id
+
+    def _store_result_file(self, filename: str, lines: list[dict[str, Any]], now: int) -> FakeFile:
+        data = b"".join(orjson.dumps(line) + b"\n" for line in lines)
+        stored = FakeFile(f"file-{_hex()}", data, filename, "batch_output", now, now + _FILE_TTL_SECONDS)
+        self.files[stored.id] = stored
+        return stored
+
+
+def complete_chat(
+    body: dict[str, Any], answer: AnswerFunction | None, created: int
+) -> tuple[int, dict[str, Any], str | None]:
+    """Answer one chat completions body, honouring the ``[[fake:...]]`` markers.
+
+    Args:
+        body: The request body.
+        answer: Custom answer function, or ``None`` for the default.
+        created: The ``created`` timestamp of the completion.
+
+    Returns:
+        ``(status_code, response_body, never_ran)``: ``never_ran`` is ``"drop"`` or
+        ``"request_timeout"`` when the request produced no response, else ``None``.
+
+    Examples:
+        >>> status, body, _ = complete_chat({"model": "m", "messages": [{"role": "user", "content": "hi"}]},
+        ...                                 None, 0)
+        >>> status, body["object"], body["choices"][0]["message"]["content"]
+        (200, 'chat.completion', '[simulated] hi')
+        >>> complete_chat({"messages": [{"role": "user", "content": "[[fake:500]]"}]}, None, 0)[0]
+        500
+    """
+    markers = find_markers(body)
+    if "drop" in markers:
+        return 500, _error_body(_DEFAULT_ERROR_MESSAGES[500], "server_error"), "drop"
+    if "timeout" in markers:
+        return (
+            408,
+            _error_body("The request timed out.", "server_error", "request_timeout"),
+            "request_timeout",
+        )
+    if "400" in markers:
+        return 400, _error_body("Invalid request (simulated by [[fake:400]]).", "invalid_request_error"), None
+    if "500" in markers:
+        return 500, _error_body(_DEFAULT_ERROR_MESSAGES[500], "server_error"), None
+    model = body.get("model")
+    if not isinstance(model, str) or not model:
+        return (
+            400,
+            _error_body("you must provide a model parameter", "invalid_request_error", param="model"),
+            None,
+        )
+    try:
+        text: str | None = (answer or default_answer)(body)
+    except Exception as exc:
+        message = f"The answer function raised {type(exc).__name__}: {exc}"
+        return 500, _error_body(message, "server_error"), None
+    refusal: str | None = None
+    finish_reason = "stop"
+    if "refusal" in markers:
+        text, refusal = None, REFUSAL_TEXT
+    elif "content_filter" in markers:
+        text, finish_reason = None, "content_filter"
+    elif "length" in markers and text is not None:
+        finish_reason = "length"
+        max_tokens = body.get("max_completion_tokens") or body.get("max_tokens")
+        keep = max_tokens * 4 if isinstance(max_tokens, int) and max_tokens > 0 else max(1, len(text) // 2)
+        text = text[: min(keep, max(1, len(text) - 1))]
+    p_tokens = prompt_tokens(body)
+    c_tokens = estimate_tokens(text or refusal or "")
+    completion = {
+        "id": f"chatcmpl-{_hex(29)}",
+        "object": "chat.completion",
+        "created": created,
+        "model": model,
+        "choices": [
+            {
+                "index": 0,
+                "message": {"role": "assistant", "content": text, "refusal": refusal},
+                "finish_reason": finish_reason,
+                "logprobs": None,
+            }
+        ],
+        "usage": {
+            "prompt_tokens": p_tokens,
+            "completion_tokens": c_tokens,
+            "total_tokens": p_tokens + c_tokens,
+        },
+        "system_fingerprint": None,
+    }
+    return 200, completion, None
+
+
+# ----- HTTP layer -------------------------------------------------------------------------------
+
+
+async def _json_body(request: Request) -> dict[str, Any]:
+    raw = await request.body()
+    try:
+        body = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        raise _ApiError(400, "We could not parse the JSON body of your request.") from None
+    if not isinstance(body, dict):
+        raise _ApiError(400, "The request body must be a JSON object.")
+    return body
+
+
+def _query_limit(request: Request, default: int, maximum: int) -> int:
+    raw = request.query_params.get("limit")
+    if raw is None:
+        return default
+    try:
+        limit = int(raw)
+    except ValueError:
+        raise _ApiError(400, f"Invalid 'limit': {raw!r} is not an integer.", param="limit") from None
+    if not 1 <= limit <= maximum:
+        raise _ApiError(400, f"Invalid 'limit': must be between 1 and {maximum}.", param="limit")
+    return limit
+
+
+def _page(items: list[dict[str, Any]], after: str | None, limit: int, kind: str) -> dict[str, Any]:
+    start = 0
+    if after is not None:
+        ids = [item["id"] for item in items]
+        if after not in ids:
+            raise _ApiError(404, f"No {kind} found with id '{after}'.", param="after")
+        start = ids.index(after) + 1
+    data = items[start : start + limit]
+    return {
+        "object": "list",
+        "data": data,
+        "first_id": data[0]["id"] if data else None,
+        "last_id": data[-1]["id"] if data else None,
+        "has_more": start + limit < len(items),
+    }
+
+
+def _check_metadata(metadata: Any) -> dict[str, str] | None:
+    if metadata is None:
+        return None
+    if not isinstance(metadata, dict):
+        raise _ApiError(
+            400, "Invalid type for 'metadata': expected an object.", param="metadata", code="invalid_type"
+        )
+    if len(metadata) > 16:
+        raise _ApiError(
+            400,
+            "Invalid 'metadata': too many properties. Expected an object with at most 16 "
+            f"properties, but got an object with {len(metadata)} properties instead.",
+            param="metadata",
+            code="object_above_max_size",
+        )
+    for key, value in metadata.items():
+        if len(key) > 64:
+            raise _ApiError(
+                400,
+                f"Invalid 'metadata': key {key[:20]!r}... is longer than 64 characters.",
+                param="metadata",
+                code="string_above_max_length",
+            )
+        if not isinstance(value, str):
+            raise _ApiError(
+                400,
+                f"Invalid type for 'metadata.{key}': expected a string.",
+                param=f"metadata.{key}",
+                code="invalid_type",
+            )
+        if len(value) > 512:
+            raise _ApiError(
+                400,
+                f"Invalid 'metadata.{key}': string too long. Expected a string with maximum "
+                f"length 512, but got a string with length {len(value)} instead.",
+                param=f"metadata.{key}",
+                code="string_above_max_length",
+            )
+    return dict(metadata)
+
+
+Handler = Callable[[Request], Awaitable[Response]]
+
+
+def create_app(state: _State) -> Starlette:
+    """Build the ASGI app serving one fake provider's state.
+
+    Most users want :class:`FakeProviderServer` instead; use this to serve the fake through
+    another ASGI server or ``httpx.ASGITransport``.
+    """
+
+    def lookup_file(file_id: str) -> FakeFile:
+        stored = state.files.get(file_id)
+        if stored is None:
+            raise _ApiError(404, f"No such File object: {file_id}", param="id")
+        return stored
+
+    def lookup_batch(batch_id: str) -> FakeBatch:
+        batch = state.batches.get(batch_id)
+        if batch is None:
+            raise _ApiError(404, f"No batch found with id '{batch_id}'.", param="batch_id")
+        return batch
+
+    async def upload_file(request: Request) -> Response:
+        async with request.form() as form:
+            upload = form.get("file")
+            purpose = form.get("purpose")
+            seconds = form.get("expires_after[seconds]")
+            if not isinstance(upload, UploadFile):
+                raise _ApiError(
+                    400,
+                    "Missing required parameter: 'file'.",
+                    param="file",
+                    code="missing_required_parameter",
+                )
+            if not isinstance(purpose, str):
+                raise _ApiError(
+                    400,
+                    "Missing required parameter: 'purpose'.",
+                    param="purpose",
+                    code="missing_required_parameter",
+                )
+            if purpose != "batch":
+                raise _ApiError(
+                    400,
+                    f"Invalid value for 'purpose': the fake provider only accepts 'batch', got {purpose!r}.",
+                    param="purpose",
+                    code="invalid_value",
+                )
+            filename = upload.filename or "upload"
+            if not filename.endswith(".jsonl"):
+                raise _ApiError(400, "Invalid file format for Batch API. Must be .jsonl", param="file")
+            data = await upload.read()
+        if len(data) > state.config.max_file_bytes:
+            raise _ApiError(400, "File is too large.", param="file")
+        ttl = _FILE_TTL_SECONDS
+        if isinstance(seconds, str):
+            if not seconds.isdigit() or not 3600 <= int(seconds) <= 2592000:
+                raise _ApiError(
+                    400,
+                    "Invalid 'expires_after[seconds]': must be between 3600 and 2592000.",
+                    param="expires_after[seconds]",
+                )
+            ttl = int(seconds)
+        now = int(time.time())
+        stored = FakeFile(f"file-{_hex()}", data, filename, purpose, now, now + ttl)
+        with state.lock:
+            state.files[stored.id] = stored
+            state.stats.uploads += 1
+        return _json(stored.to_dict())
+
+    async def list_files(request: Request) -> Response:
+        limit = _query_limit(request, 10000, 10000)
+        purpose = request.query_params.get("purpose")
+        order = request.query_params.get("order", "desc")
+        if order not in ("asc", "desc"):
+            raise _ApiError(400, "Invalid 'order': must be 'asc' or 'desc'.", param="order")
+        with state.lock:
+            files = [f for f in state.files.values() if purpose is None or f.purpose == purpose]
+            items = [f.to_dict() for f in (files if order == "asc" else reversed(files))]
+        return _json(_page(items, request.query_params.get("after"), limit, "file"))
+
+    async def get_file(request: Request) -> Response:
+        with state.lock:
+            return _json(lookup_file(request.path_params["id"]).to_dict())
+
+    async def get_file_content(request: Request) -> Response:
+        with state.lock:
+            data = lookup_file(request.path_params["id"]).data
+        return Response(data, media_type="application/octet-stream")
+
+    async def delete_file(request: Request) -> Response:
+        with state.lock:
+            stored = lookup_file(request.path_params["id"])
+            del state.files[stored.id]
+        return _json({"id": stored.id, "object": "file", "deleted": True})
+
+    async def create_batch(request: Request) -> Response:
+        body = await _json_body(request)
+        for name in ("input_file_id", "endpoint", "completion_window"):
+            if name not in body:
+                raise _ApiError(
+                    400,
+                    f"Missing required parameter: '{name}'.",
+                    param=name,
+                    code="missing_required_parameter",
+                )
+        endpoint = body["endpoint"]
+        if endpoint not in OPENAI_BATCH_ENDPOINTS:
+            raise _ApiError(
+                400,
+                f"Invalid value for 'endpoint': {endpoint!r} is not a supported batch endpoint.",
+                param="endpoint",
+                code="invalid_value",
+            )
+        if endpoint not in SUPPORTED_ENDPOINTS:
+            raise _ApiError(
+                400,
+                f"The fake provider only runs {sorted(SUPPORTED_ENDPOINTS)} batches, not {endpoint!r}.",
+                param="endpoint",
+                code="invalid_value",
+            )
+        if body["completion_window"] != "24h":
+            raise _ApiError(
+                400,
+                "Invalid value for 'completion_window': expected '24h'.",
+                param="completion_window",
+                code="invalid_value",
+            )
+        metadata = _check_metadata(body.get("metadata"))
+        with state.lock:
+            input_file = state.files.get(str(body["input_file_id"]))
+            if input_file is None:
+                raise _ApiError(400, f"No such File object: {body['input_file_id']}", param="input_file_id")
+            if input_file.purpose != "batch":
+                raise _ApiError(
+                    400,
+                    f"File {input_file.id} has purpose {input_file.purpose!r}; batches need "
+                    "an input file with purpose 'batch'.",
+                    param="input_file_id",
+                )
+            batch = FakeBatch(
+                id=f"batch_{_hex()}",
+                endpoint=endpoint,
+                input_file_id=input_file.id,
+                completion_window="24h",
+                metadata=metadata,
+                created_at=int(time.time()),
+                created_clock=time.monotonic(),
+                input_data=input_file.data,
+            )
+            state.batches[batch.id] = batch
+            state.stats.creates += 1
+            state.stats.requests_received += sum(1 for line in input_file.data.split(b"\n") if line.strip())
+            answer = batch.to_dict()
+            stall = state.stalls.pop(0) if state.stalls else 0.0
+        deadline = time.monotonic() + stall
+        while not state.stopping.is_set() and time.monotonic() < deadline:
+            await asyncio.sleep(min(0.05, max(0.0, deadline - time.monotonic())))
+        return _json(answer)
+
+    async def list_batches(request: Request) -> Response:
+        limit = _query_limit(request, 20, 100)
+        with state.lock:
+            batches = list(reversed(state.batches.values()))
+            for batch in batches:
+                state.advance(batch)
+            items = [batch.to_dict() for batch in batches]
+        return _json(_page(items, request.query_params.get("after"), limit, "batch"))
+
+    async def get_batch(request: Request) -> Response:
+        with state.lock:
+            batch = lookup_batch(request.path_params["id"])
+            state.advance(batch)
+            return _json(batch.to_dict())
+
+    async def cancel_batch(request: Request) -> Response:
+        with state.lock:
+            batch = lookup_batch(request.path_params["id"])
+            state.cancel(batch)
+            return _json(batch.to_dict())
+
+    async def chat_completions(request: Request) -> Response:
+        body = await _json_body(request)
+        if body.get("stream") is True:
+            raise _ApiError(400, "The fake provider does not stream.", param="stream")
+        status, response_body, _ = complete_chat(body, state.config.answer, int(time.time()))
+        return _json(response_body, status, {"x-request-id": f"req_{_hex(32)}"})
+
+    handlers: dict[str, Handler] = {
+        "POST /v1/files": upload_file,
+        "GET /v1/files": list_files,
+        "GET /v1/files/{id}": get_file,
+        "GET /v1/files/{id}/content": get_file_content,
+        "DELETE /v1/files/{id}": delete_file,
+        "POST /v1/batches": create_batch,
+        "GET /v1/batches": list_batches,
+        "GET /v1/batches/{id}": get_batch,
+        "POST /v1/batches/{id}/cancel": cancel_batch,
+        "POST /v1/chat/completions": chat_completions,
+    }
+
+    def check_auth(request: Request) -> None:
+        header = request.headers.get("authorization")
+        if header is None:
+            raise _ApiError(
+                401,
+                "You didn't provide an API key. You need to provide your API key in an "
+                "Authorization header using Bearer auth (i.e. Authorization: Bearer YOUR_KEY).",
+            )
+        scheme, _, token = header.partition(" ")
+        expected = state.config.api_key
+        if scheme.lower() != "bearer" or not token.strip() or (expected is not None and token != expected):
+            raise _ApiError(
+                401,
+                "Incorrect API key provided. You can find your API key at "
+                "https://platform.openai.com/account/api-keys.",
+                code="invalid_api_key",
+            )
+
+    def take_fault(key: str) -> None:
+        with state.lock:
+            queue = state.faults.get(key)
+            if not queue:
+                return
+            fault = queue[0]
+            fault.remaining -= 1
+            if fault.remaining <= 0:
+                queue.pop(0)
+        headers: dict[str, str] = {}
+        if fault.retry_after is not None:
+            headers["retry-after"] = f"{fault.retry_after:g}"
+            headers["retry-after-ms"] = str(round(fault.retry_after * 1000))
+        message = fault.message or _DEFAULT_ERROR_MESSAGES.get(
+            fault.status, f"Simulated HTTP {fault.status}."
+        )
+        code = fault.code
+        if code is None and fault.status == 429:
+            code = "rate_limit_exceeded"
+        error_type = "insufficient_quota" if code == "insufficient_quota" else _error_type(fault.status)
+        raise _ApiError(fault.status, message, type=error_type, code=code, headers=headers)
+
+    def make_route(key: str, handler: Handler) -> Route:
+        method, path = key.split(" ", 1)
+
+        async def endpoint(request: Request) -> Response:
+            with state.lock:
+                state.stats.calls[key] += 1
+            try:
+                check_auth(request)
+                take_fault(key)
+                return await handler(request)
+            except _ApiError as exc:
+                return exc.response()
+
+        return Route(path, endpoint, methods=[method])
+
+    async def not_found(request: Request, exc: Exception) -> Response:
+        status = exc.status_code if isinstance(exc, HTTPException) else 500
+        message = f"Invalid URL ({request.method} {request.url.path})"
+        return _ApiError(status, message).response()
+
+    return Starlette(
+        routes=[make_route(key, handler) for key, handler in handlers.items()],
+        exception_handlers={HTTPException: not_found},
+    )
+
+
+class FakeProviderServer:
+    """A fake OpenAI batch provider on ``127.0.0.1``, served by uvicorn in a background thread.
+
+    Args:
+        config: Behaviour of the fake; defaults to :class:`FakeServerConfig()` (instant batches).
+        port: Port to listen on; ``0`` (the default) picks a free one. A stopped server started
+            again listens on the same port and keeps its files and batches.
+        host: Interface to listen on.
+
+    Attributes:
+        config: The configuration.
+        stats: Counters of what the fake was asked (:class:`ServerStats`).
+
+    Examples:
+        >>> import json, urllib.request
+        >>> with FakeProviderServer(FakeServerConfig(api_key="sk-test")) as server:
+        ...     req = urllib.request.Request(server.base_url + "/files",
+        ...                                  headers={"Authorization": "Bearer sk-test"})
+        ...     listing = json.load(urllib.request.urlopen(req))
+        ...     calls = server.stats.calls["GET /v1/files"]
+        >>> listing["data"], calls, server.base_url.startswith("http://127.0.0.1:")
+        ([], 1, True)
+    """
+
+    def __init__(
+        self, config: FakeServerConfig | None = None, port: int = 0, host: str = "127.0.0.1"
+    ) -> None:
+        self.config = config or FakeServerConfig()
+        self.host = host
+        self._port = port
+        self._state = _State(self.config)
+        self.app = create_app(self._state)
+        self._server: uvicorn.Server | None = None
+        self._thread: threading.Thread | None = None
+        self._socket: socket.socket | None = None
+
+    # ----- lifecycle ------------------------------------------------------------------------
+
+    @property
+    def port(self) -> int:
+        """The port listened on (known once started)."""
+        if not self._port:
+            raise RuntimeError("the fake provider has not been started: no port yet")
+        return self._port
+
+    @property
+    def base_url(self) -> str:
+        """API base URL including ``/v1``, as ``OPENAI_BASE_URL`` expects."""
+        return f"http://{self.host}:{self.port}/v1"
+
+    @property
+    def running(self) -> bool:
+        """True between :meth:`start` and :meth:`stop`."""
+        return self._thread is not None and self._thread.is_alive()
+
+    def start(self, timeout: float = 10.0) -> FakeProviderServer:
+        """Start serving in a background thread; returns once connections are accepted.
+
+        Raises:
+            RuntimeError: If the server is already running or does not come up within ``timeout``.
+        """
+        if self.running:
+            raise RuntimeError("the fake provider is already running")
+        self._state.stopping.clear()
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((self.host, self._port))
+        except OSError:
+            sock.close()
+            raise
+        self._port = sock.getsockname()[1]
+        self._socket = sock
+        config = uvicorn.Config(
+            self.app,
+            log_config=None,
+            log_level="warning",
+            access_log=False,
+            lifespan="off",
+            ws="none",
+            timeout_graceful_shutdown=2,
+        )
+        server = uvicorn.Server(config)
+        self._server = server
+        self._thread = threading.Thread(
+            target=server.run, kwargs={"sockets": [sock]}, name=f"fake-provider-{self._port}", daemon=True
+        )
+        self._thread.start()
+        deadline = time.monotonic() + timeout
+        while not server.started:
+            if not self._thread.is_alive() or time.monotonic() > deadline:
+                self.stop()
+                raise RuntimeError(f"the fake provider did not start on {self.host}:{self._port}")
+            time.sleep(0.005)
+        return self
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """Stop serving (idempotent). Stalled creates are cut short; state is kept."""
+        self._state.stopping.set()
+        server, thread = self._server, self._thread
+        if server is not None:
+            server.should_exit = True
+        if thread is not None:
+            thread.join(timeout)
+            if thread.is_alive() and server is not None:
+                server.force_exit = True
+                thread.join(timeout)
+        if self._socket is not None:
+            self._socket.close()
+        self._server = self._thread = self._socket = None
+
+    def __enter__(self) -> FakeProviderServer:
+        return self.start()
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.stop()
+
+    # ----- inspection and control ----------------------------------------------------------
+
+    @property
+    def stats(self) -> ServerStats:
+        """Counters of what the fake was asked (live object)."""
+        return self._state.stats
+
+    @property
+    def batches(self) -> dict[str, FakeBatch]:
+        """A snapshot of the batches by id, oldest first, each advanced to the present."""
+        with self._state.lock:
+            for batch in self._state.batches.values():
+                self._state.advance(batch)
+            return dict(self._state.batches)
+
+    @property
+    def files(self) -> dict[str, FakeFile]:
+        """A snapshot of the stored files by id (inputs and results)."""
+        with self._state.lock:
+            return dict(self._state.files)
+
+    def batch(self, batch_id: str) -> dict[str, Any]:
+        """Return the wire object of one batch, advanced to the present.
+
+        Raises:
+            KeyError: If there is no such batch.
+        """
+        with self._state.lock:
+            batch = self._state.batches[batch_id]
+            self._state.advance(batch)
+            return batch.to_dict()
+
+    def cancel_batch(self, batch_id: str) -> dict[str, Any]:
+        """Cancel a batch from the provider's side (as someone in the provider's console would).
+
+        Returns:
+            The batch object, now ``cancelling``.
+
+        Raises:
+            KeyError: If there is no such batch.
+            ValueError: If the batch already ended or is being cancelled.
+        """
+        with self._state.lock:
+            batch = self._state.batches[batch_id]
+            try:
+                self._state.cancel(batch)
+            except _ApiError as exc:
+                raise ValueError(exc.message) from None
+            return batch.to_dict()
+
+    def fail_next(
+        self,
+        method: str,
+        route: str,
+        status: int = 500,
+        times: int = 1,
+        retry_after: float | None = None,
+        *,
+        code: str | None = None,
+        message: str | None = None,
+    ) -> None:
+        """Make the next ``times`` calls to a route fail without doing any work.
+
+        Args:
+            method: HTTP method, e.g. ``"POST"``.
+            route: Route template as listed in :data:`ROUTES`, e.g. ``"/v1/batches/{id}"``.
+            status: HTTP status to answer, with an OpenAI error envelope.
+            times: How many calls fail.
+            retry_after: If given, sent as ``retry-after`` (seconds) and ``retry-after-ms``.
+            code: ``error.code`` (429 defaults to ``rate_limit_exceeded``; ``insufficient_quota``
+                also sets ``error.type`` to ``insufficient_quota``).
+            message: ``error.message`` (a default per status otherwise).
+
+        Raises:
+            ValueError: For an unknown route or a bad status or count.
+
+        Examples:
+            >>> server = FakeProviderServer()
+            >>> server.fail_next("POST", "/v1/batches", status=429, retry_after=0.05)
+            >>> server.fail_next("GET", "/v1/batch/{id}")
+            Traceback (most recent call last):
+            ...
+            ValueError: unknown route 'GET /v1/batch/{id}'; known: ...
+        """
+        key = f"{method.upper()} {route}"
+        if key not in ROUTES:
+            raise ValueError(f"unknown route {key!r}; known: {', '.join(ROUTES)}")
+        if not 400 <= status <= 599 or times < 1:
+            raise ValueError("status must be 4xx/5xx and times at least 1")
+        with self._state.lock:
+            self._state.faults.setdefault(key, []).append(_Fault(status, times, retry_after, code, message))
+
+    def stall_next_create(self, seconds: float = 3.0) -> None:
+        """Make the next ``POST /v1/batches`` create its batch, then wait ``seconds`` before answering.
+
+        A client whose read timeout is shorter sees a timeout although the batch exists (and
+        counts in :attr:`ServerStats.creates`): the ambiguous create a client must resolve by listing.
+        """
+        with self._state.lock:
+            self._state.stalls.append(seconds)
+
+    def reset(self) -> None:
+        """Forget all files, batches, pending faults and stalls; zero the stats."""
+        self._state.reset()
+
+
+def serve(
+    port: int = 8000,
+    config: FakeServerConfig | None = None,
+    *,
+    host: str = "127.0.0.1",
+    log_level: str = "info",
+) -> None:
+    """Serve a fake provider in the foreground until interrupted (Ctrl-C).
+
+    Args:
+        port: Port to listen on.
+        config: Behaviour of the fake.
+        host: Interface to listen on.
+        log_level: uvicorn log level (``"info"`` shows each request).
+    """
+    state = _State(config or FakeServerConfig())
+    uvicorn_config = uvicorn.Config(
+        create_app(state), host=host, port=port, log_level=log_level, lifespan="off", ws="none"
+    )
+    try:
+        uvicorn.Server(uvicorn_config).run()
+    finally:
+        state.stopping.set()
