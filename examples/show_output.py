@@ -23,8 +23,10 @@ def main(path: str) -> None:
     print(shown.to_string(index=False))
     print("\nanswers:", frame["response"].value_counts(dropna=False).to_dict())
     if meta.get("provider") == "simulator":
-        print("\nNote: these answers come from the bundled simulator, not from a model. "
-              "Run `make demo LIVE=1` (with OPENAI_API_KEY set) to ask the real OpenAI Batch API.")
+        print(
+            "\nNote: these answers come from the bundled simulator, not from a model. "
+            "Run `make demo LIVE=1` (with OPENAI_API_KEY set) to ask the real OpenAI Batch API."
+        )
 
 
 if __name__ == "__main__":

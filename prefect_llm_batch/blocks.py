@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from prefect.blocks.core import Block
-from pydantic import Field, SecretStr
+from pydantic import Field, HttpUrl, SecretStr
 
 from .providers import make_provider, openai_target
 from .providers.base import BatchProvider
@@ -36,8 +36,8 @@ class OpenAIBatchCredentials(Block):
 
     _block_type_name = "LLM Batch OpenAI Credentials"
     _block_type_slug = "llm-batch-openai-credentials"
-    _logo_url = "https://cdn.sanity.io/images/3ugk85nk/production/6f9b2b5c5a6a2ea1a8b6bd6e8b2b5e2d2f5d3c9b-250x250.png"  # noqa: E501
-    _documentation_url = "https://github.com/prefect-llm-batch/prefect-llm-batch#readme"
+    _logo_url = HttpUrl("https://cdn.openai.com/API/logo-assets/openai-logomark.png")
+    _documentation_url = HttpUrl("https://platform.openai.com/docs/guides/batch")
 
     api_key: SecretStr = Field(default=..., description="The OpenAI (or compatible service) API key.")
     base_url: str | None = Field(

@@ -16,11 +16,11 @@ from __future__ import annotations
 import json
 import os
 import sys
-from typing import Annotated, Any
+from typing import Annotated, Any, cast
 
 import typer
 
-from .spec import DEFAULT_MAX_ERROR_RATE, OPENAI_MAX_BATCH_BYTES, OPENAI_MAX_REQUESTS_PER_BATCH
+from .spec import DEFAULT_MAX_ERROR_RATE, OPENAI_MAX_BATCH_BYTES, OPENAI_MAX_REQUESTS_PER_BATCH, ProviderName
 
 app = typer.Typer(
     name="prefect-llm-batch",
@@ -54,28 +54,43 @@ def _prefect_defaults() -> None:
 
 @app.command()
 def run(
-    source: Annotated[str, typer.Argument(help="Table to enrich: .csv, .parquet or .jsonl; a path or fsspec URL.")],
+    source: Annotated[
+        str, typer.Argument(help="Table to enrich: .csv, .parquet or .jsonl; a path or fsspec URL.")
+    ],
     output: Annotated[str, typer.Argument(help="Parquet file to write (path or fsspec URL).")],
-    prompt: Annotated[str, typer.Option(help="Jinja2 template over the row's columns, e.g. 'Summarise: {{ text }}'.")],
+    prompt: Annotated[
+        str, typer.Option(help="Jinja2 template over the row's columns, e.g. 'Summarise: {{ text }}'.")
+    ],
     model: Annotated[str, typer.Option(help="Model name, e.g. gpt-4o-mini.")],
     system: Annotated[str | None, typer.Option(help="System prompt (also a template).")] = None,
-    id_column: Annotated[str | None, typer.Option(help="Unique, non-null column that identifies rows.")] = None,
+    id_column: Annotated[
+        str | None, typer.Option(help="Unique, non-null column that identifies rows.")
+    ] = None,
     param: Annotated[
-        list[str] | None, typer.Option(help="Request parameter key=value (value parsed as JSON when it can be).")
+        list[str] | None,
+        typer.Option(help="Request parameter key=value (value parsed as JSON when it can be)."),
     ] = None,
     provider: Annotated[
-        str, typer.Option(help="'simulator' (default: offline, free, made-up answers) or 'openai' (real, costs money).")
+        str,
+        typer.Option(
+            help="'simulator' (default: offline, free, made-up answers) or 'openai' (real, costs money)."
+        ),
     ] = "simulator",
     base_url: Annotated[
         str | None, typer.Option(help="OpenAI-compatible base URL including /v1 (default: OPENAI_BASE_URL).")
     ] = None,
     state_dir: Annotated[
-        str | None, typer.Option(help="Job state directory, any fsspec URL (default: PREFECT_LLM_BATCH_STATE_DIR).")
+        str | None,
+        typer.Option(help="Job state directory, any fsspec URL (default: PREFECT_LLM_BATCH_STATE_DIR)."),
     ] = None,
     limit: Annotated[int | None, typer.Option(help="Only the first N rows (a trial run).")] = None,
     overwrite: Annotated[bool, typer.Option(help="Replace the output if it exists.")] = False,
-    max_requests_per_batch: Annotated[int, typer.Option(help="Most requests per batch.")] = OPENAI_MAX_REQUESTS_PER_BATCH,
-    max_batch_bytes: Annotated[int, typer.Option(help="Largest batch input file, in bytes.")] = OPENAI_MAX_BATCH_BYTES,
+    max_requests_per_batch: Annotated[
+        int, typer.Option(help="Most requests per batch.")
+    ] = OPENAI_MAX_REQUESTS_PER_BATCH,
+    max_batch_bytes: Annotated[
+        int, typer.Option(help="Largest batch input file, in bytes.")
+    ] = OPENAI_MAX_BATCH_BYTES,
     poll_interval: Annotated[
         float | None, typer.Option(help="Seconds between status checks (default 30; 0.5 for the simulator).")
     ] = None,
@@ -99,7 +114,7 @@ def run(
             model=model,
             system=system,
             params=params,
-            provider=provider,  # type: ignore[arg-type]
+            provider=cast(ProviderName, provider),
             base_url=base_url,
             id_column=id_column,
             state_dir=state_dir,

@@ -65,7 +65,9 @@ class Terminal(LLMBatchError):
 class ProviderUnavailable(Transient):
     """The provider answered 408/409/5xx or could not be reached on an idempotent call."""
 
-    def __init__(self, message: str, status_code: int | None = None, retry_after: float | None = None) -> None:
+    def __init__(
+        self, message: str, status_code: int | None = None, retry_after: float | None = None
+    ) -> None:
         super().__init__(message, status_code, retry_after)
         self.status_code = status_code
         self.retry_after = retry_after

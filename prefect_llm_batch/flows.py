@@ -16,7 +16,7 @@ from prefect.logging import get_run_logger
 
 from .blocks import OpenAIBatchCredentials
 from .errors import BatchFailed, ErrorRateExceeded
-from .jobs import JobSummary, failed_batches
+from .jobs import MAX_CHUNK_ATTEMPTS, JobSummary, failed_batches
 from .providers import openai_target
 from .spec import (
     DEFAULT_MAX_ERROR_RATE,
@@ -35,7 +35,7 @@ DEFAULT_POLL_INTERVAL = 30.0
 #: Poll interval against the simulator, whose batches end within seconds.
 SIMULATOR_POLL_INTERVAL = 0.5
 #: Resubmission rounds for chunks whose batch failed in a retryable way.
-MAX_ROUNDS = 3
+MAX_ROUNDS = MAX_CHUNK_ATTEMPTS
 
 
 @contextlib.contextmanager
@@ -48,7 +48,9 @@ def resolve_target(
 
         config = FakeServerConfig(validating_seconds=0.5, in_progress_seconds=1.5, finalizing_seconds=0.5)
         with FakeProviderServer(config) as server:
-            yield ProviderTarget(provider="simulator", base_url=server.base_url, key_base_url=SIMULATOR_KEY_BASE_URL)
+            yield ProviderTarget(
+                provider="simulator", base_url=server.base_url, key_base_url=SIMULATOR_KEY_BASE_URL
+            )
         return
     yield openai_target(base_url or (credentials.base_url if credentials else None))
 
@@ -131,21 +133,23 @@ def enrich_table(
         log.warning("provider 'simulator': answers come from the bundled simulator, not from a model")
     state = state_dir or default_state_dir()
     with resolve_target(provider, base_url, credentials) as target:
-        interval = poll_interval if poll_interval is not None else (
-            SIMULATOR_POLL_INTERVAL if provider == "simulator" else DEFAULT_POLL_INTERVAL
+        interval = (
+            poll_interval
+            if poll_interval is not None
+            else (SIMULATOR_POLL_INTERVAL if provider == "simulator" else DEFAULT_POLL_INTERVAL)
         )
         ref = prepare_job(source, output, spec, target, state, limit, overwrite, credentials)
         chunks = list(range(ref.chunks))
         for _round in range(MAX_ROUNDS):
             submitted = [submit_batch.submit(ref, i, spec, target, credentials) for i in chunks]
-            for future in submitted:
-                future.result()
+            for submitted_future in submitted:
+                submitted_future.result()
             chunks = wait_for_batches(ref, spec, target, interval, credentials)
             if not chunks:
                 break
-        collected = [collect_batch.submit(ref, i, spec, target, credentials) for i in range(ref.chunks)]
-        for future in collected:
-            future.result()
+        collecting = [collect_batch.submit(ref, i, spec, target, credentials) for i in range(ref.chunks)]
+        for collecting_future in collecting:
+            collecting_future.result()
         summary = write_output(ref, output, overwrite)
 
     failed = failed_batches(ref)

@@ -89,7 +89,9 @@ class JobSummary(BaseModel):
 def effective_limits(spec: JobSpec, provider: BatchProvider) -> BatchLimits:
     """The tighter of the job's and the provider's limits."""
     return BatchLimits(
-        max_requests_per_batch=min(spec.limits.max_requests_per_batch, provider.limits.max_requests_per_batch),
+        max_requests_per_batch=min(
+            spec.limits.max_requests_per_batch, provider.limits.max_requests_per_batch
+        ),
         max_batch_bytes=min(spec.limits.max_batch_bytes, provider.limits.max_batch_bytes),
     )
 
@@ -134,10 +136,10 @@ def _check_id_column(table: pa.Table, id_column: str | None) -> None:
         )
     column = table.column(id_column)
     if column.null_count:
-        row = pc.index(pc.is_null(column), True).as_py()
+        row = pc.index(pc.is_null(column), pa.scalar(True)).as_py()
         raise InputError(f"id column {id_column!r} is null in row {row}")
     counts = pc.value_counts(column)
-    dupes = pc.filter(counts, pc.greater(counts.field("counts"), 1))
+    dupes = pc.filter(counts, pc.greater(counts.field("counts"), pa.scalar(1)))
     if len(dupes):
         value = dupes[0]["values"].as_py()
         rows = pc.indices_nonzero(pc.equal(column, pa.scalar(value, column.type))).to_pylist()[:5]
@@ -230,7 +232,10 @@ def prepare(
     store.write_job(record)  # last: its presence means the plan is complete
     logger.info(
         "prepared job %s: %d rows, %d unique requests in %d batch(es)",
-        job_id, record.rows, record.unique_requests, len(chunks),
+        job_id,
+        record.rows,
+        record.unique_requests,
+        len(chunks),
     )
     return _ref(record, state_dir)
 
@@ -333,7 +338,8 @@ class Progress(BaseModel):
         """
         statuses = ", ".join(f"{k}: {v}" for k, v in sorted(self.statuses.items()))
         return (
-            f"batches {self.batches_ended}/{self.batches} ended, requests {self.requests_done}/{self.requests} done"
+            f"batches {self.batches_ended}/{self.batches} ended, "
+            f"requests {self.requests_done}/{self.requests} done"
             f" ({statuses})"
         )
 
@@ -386,7 +392,9 @@ def wait(
         for chunk_id in list(pending):
             state = store.read_chunk(chunk_id)
             if not state.batch_id:
-                raise StateError(f"chunk {chunk_id} of job {ref.job_id} has no batch: submit it before waiting")
+                raise StateError(
+                    f"chunk {chunk_id} of job {ref.job_id} has no batch: submit it before waiting"
+                )
             info = provider.retrieve(state.batch_id)
             if _apply(state, info):
                 changed = True
@@ -399,12 +407,17 @@ def wait(
             if info.status is BatchStatus.FAILED and info.first_error_code in RETRYABLE_BATCH_CODES:
                 if state.attempt >= MAX_CHUNK_ATTEMPTS:
                     raise BatchFailed(
-                        f"batch {info.id} of chunk {chunk_id} failed {state.attempt} times: {info.error_summary()}",
+                        f"batch {info.id} of chunk {chunk_id} failed {state.attempt} times: "
+                        f"{info.error_summary()}",
                         batch_id=info.id,
                         code=info.first_error_code,
                     )
-                logger.warning("chunk %d: batch %s failed (%s); it will be resubmitted", chunk_id, info.id,
-                               info.error_summary())
+                logger.warning(
+                    "chunk %d: batch %s failed (%s); it will be resubmitted",
+                    chunk_id,
+                    info.id,
+                    info.error_summary(),
+                )
                 _reset_for_resubmission(store, state)
                 resubmit.append(chunk_id)
         if changed and on_change is not None:
@@ -429,7 +442,9 @@ def _reset_for_resubmission(store: JobStore, state: ChunkState) -> None:
     store.write_chunk(state)
 
 
-def collect_chunk(ref: JobRef, chunk_id: int, provider: BatchProvider, *, delete_input_file: bool = True) -> int:
+def collect_chunk(
+    ref: JobRef, chunk_id: int, provider: BatchProvider, *, delete_input_file: bool = True
+) -> int:
     """Download, parse and store the results of one ended batch.
 
     A batch that failed validation gives every one of its requests an ``invalid_request`` error
@@ -453,7 +468,9 @@ def collect_chunk(ref: JobRef, chunk_id: int, provider: BatchProvider, *, delete
         expected = set(_chunk_custom_ids(store, chunk_id))
         for result in provider.iter_results(info):
             if result.custom_id not in expected:
-                logger.warning("chunk %d: ignoring a result for unknown custom_id %s", chunk_id, result.custom_id)
+                logger.warning(
+                    "chunk %d: ignoring a result for unknown custom_id %s", chunk_id, result.custom_id
+                )
                 continue
             previous = results.get(result.custom_id)
             if previous is None or (not previous.ok and result.ok):
@@ -470,7 +487,9 @@ def collect_chunk(ref: JobRef, chunk_id: int, provider: BatchProvider, *, delete
 
 
 def _chunk_custom_ids(store: JobStore, chunk_id: int) -> list[str]:
-    return [str(orjson.loads(line)["custom_id"]) for line in store.read_chunk_input(chunk_id).splitlines() if line]
+    return [
+        str(orjson.loads(line)["custom_id"]) for line in store.read_chunk_input(chunk_id).splitlines() if line
+    ]
 
 
 def assemble(
@@ -517,7 +536,9 @@ def assemble(
             }
         ).decode()
     }
-    write_parquet_atomic(joined, output, overwrite=overwrite, metadata=metadata, storage_options=storage_options)
+    write_parquet_atomic(
+        joined, output, overwrite=overwrite, metadata=metadata, storage_options=storage_options
+    )
 
     kinds = joined.column("response_error_kind")
     counts = {str(k): int(v) for k, v in Counter(kinds.drop_null().to_pylist()).items()}
@@ -542,8 +563,12 @@ def assemble(
         output_tokens=output_tokens,
     )
     logger.info(
-        "wrote %s: %d rows, %d ok, %d with errors %s", output, summary.rows, summary.ok_rows,
-        summary.error_rows, summary.errors_by_kind or "",
+        "wrote %s: %d rows, %d ok, %d with errors %s",
+        output,
+        summary.rows,
+        summary.ok_rows,
+        summary.error_rows,
+        summary.errors_by_kind or "",
     )
     return summary
 
@@ -551,7 +576,9 @@ def assemble(
 def failed_batches(ref: JobRef) -> list[ChunkState]:
     """Chunks whose batch failed for good (validation), for the caller to report."""
     store = JobStore(ref.state_dir, ref.job_id)
-    return [s for s in (store.read_chunk(i) for i in range(ref.chunks)) if s.status == BatchStatus.FAILED.value]
+    return [
+        s for s in (store.read_chunk(i) for i in range(ref.chunks)) if s.status == BatchStatus.FAILED.value
+    ]
 
 
 __all__ = [

@@ -209,7 +209,9 @@ class ChunkPlan:
         return self.stop - self.start
 
 
-def plan_chunks(line_sizes: Sequence[int], limits: BatchLimits, first_row: Sequence[int] | None = None) -> list[ChunkPlan]:
+def plan_chunks(
+    line_sizes: Sequence[int], limits: BatchLimits, first_row: Sequence[int] | None = None
+) -> list[ChunkPlan]:
     """Split requests into batches that respect both the count and the byte limit.
 
     Greedy and order-preserving: a chunk is closed as soon as the next line would break a limit.

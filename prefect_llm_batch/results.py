@@ -44,7 +44,7 @@ from .spec import ErrorKind
 #: Longest error message kept in ``response_error``.
 MAX_ERROR_CHARS = 500
 
-OUTPUT_FIELDS: tuple[pa.Field, ...] = (
+OUTPUT_FIELDS: tuple[pa.Field[Any], ...] = (
     pa.field("response", pa.string()),
     pa.field("response_error_kind", pa.string()),
     pa.field("response_error", pa.string()),
@@ -156,7 +156,10 @@ def parse_chat_completion(custom_id: str, body: dict[str, Any], batch_id: str | 
     if refusal:
         result.error_kind, result.error = ErrorKind.REFUSAL, short(f"the model refused: {refusal}")
     elif finish == "content_filter":
-        result.error_kind, result.error = ErrorKind.CONTENT_FILTER, "the answer was stopped by a content filter"
+        result.error_kind, result.error = (
+            ErrorKind.CONTENT_FILTER,
+            "the answer was stopped by a content filter",
+        )
     elif finish == "length":
         result.error_kind = ErrorKind.LENGTH
         result.error = "the answer was cut at the token limit (max_tokens); the partial text is kept"
@@ -196,7 +199,7 @@ def empty_results() -> pa.Table:
 
 
 def join_results(
-    table: pa.Table, row_ids: Sequence[str] | pa.Array, results: Iterable[RowResult] | pa.Table
+    table: pa.Table, row_ids: Sequence[str] | pa.Array[Any], results: Iterable[RowResult] | pa.Table
 ) -> pa.Table:
     """Append the output columns to ``table``, each row taking the result of its ``custom_id``.
 
@@ -232,7 +235,9 @@ def join_results(
         if field.name == "response_error_kind":
             column = pc.if_else(missing, pa.scalar(ErrorKind.MISSING.value), column)
         elif field.name == "response_error":
-            column = pc.if_else(missing, pa.scalar("the provider returned no result for this request"), column)
+            column = pc.if_else(
+                missing, pa.scalar("the provider returned no result for this request"), column
+            )
         out = out.append_column(field, column)
     return out
 
@@ -244,4 +249,4 @@ def output_schema(input_schema: pa.Schema) -> pa.Schema:
         >>> output_schema(pa.schema([("a", pa.int64())])).names[:2]
         ['a', 'response']
     """
-    return pa.schema([*input_schema, *OUTPUT_FIELDS], metadata=input_schema.metadata)
+    return pa.schema([*input_schema, *OUTPUT_FIELDS], metadata=input_schema.metadata)  # type: ignore[arg-type]

@@ -147,18 +147,25 @@ class JobStore:
         except FileNotFoundError as exc:
             raise StateError(f"job {self.job_id} is not prepared in {self.state_dir}") from exc
         except ValueError as exc:
-            raise StateError(f"the state of job {self.job_id} in {self.state_dir} is unreadable: {exc}") from exc
+            raise StateError(
+                f"the state of job {self.job_id} in {self.state_dir} is unreadable: {exc}"
+            ) from exc
         if record.format != STATE_FORMAT:
-            raise StateError(f"job {self.job_id} was written by state format {record.format}, not {STATE_FORMAT}")
+            raise StateError(
+                f"job {self.job_id} was written by state format {record.format}, not {STATE_FORMAT}"
+            )
         return record
 
     # rows and requests ------------------------------------------------------------------
 
     def write_row_ids(self, row_ids: list[str]) -> None:
         """Write the custom_id of every input row."""
-        self._write(self._path("rows.parquet"), _parquet_bytes(pa.table({"custom_id": pa.array(row_ids, pa.string())})))
+        self._write(
+            self._path("rows.parquet"),
+            _parquet_bytes(pa.table({"custom_id": pa.array(row_ids, pa.string())})),
+        )
 
-    def read_row_ids(self) -> pa.Array:
+    def read_row_ids(self) -> pa.Array[Any]:
         """Read the custom_id of every input row."""
         table = pq.read_table(io.BytesIO(self._read(self._path("rows.parquet"))))
         return table.column("custom_id").combine_chunks()

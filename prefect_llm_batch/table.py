@@ -437,7 +437,8 @@ def _read_csv(
 
     pyarrow's streaming reader infers types from the first block only and fails on a later
     block that does not fit ("In CSV column #3: CSV conversion error to int64: invalid value
-    'abc'"). Each such failure widens that column (int64 -> float64 -> string) and reads again.
+    'abc'"). Each such failure widens that column (int64 -> float64 when the value is a number,
+    anything else -> string) and reads again.
     Columns the user forced are never widened: a value that does not fit them is an error.
     """
     user = dict(forced)
@@ -467,13 +468,9 @@ def _read_csv(
                     f"cannot read {shown}: column {name!r} was forced to {user[name]} but holds a value "
                     f"that is not one: {_conversion_detail(str(exc))}"
                 ) from exc
-            failed = widened.get(name)
-            if failed is None or failed == pa.int64():
-                widened[name] = pa.float64() if match["type"] == "int64" else pa.string()
-            elif failed == pa.float64():
-                widened[name] = pa.string()
-            else:
+            if widened.get(name) == pa.string():
                 raise
+            widened[name] = pa.float64() if _widens_to_float(match["type"], str(exc)) else pa.string()
     return _nulls_to_strings(table)
 
 
@@ -502,6 +499,18 @@ def _csv_column_names(source: str, options: Mapping[str, Any]) -> list[str]:
     with _open(source, options, compression="infer") as file:
         reader = pa_csv.open_csv(file, read_options=read_options, parse_options=parse_options)
         return list(reader.schema.names)
+
+
+def _widens_to_float(failed_type: str, message: str) -> bool:
+    """Whether an int64 column that failed on a value may hold it as float64 (``1.5``, ``1e3``)."""
+    value = re.search(r"invalid value '(.*)'", message)
+    if failed_type != "int64" or value is None:
+        return False
+    try:
+        float(value.group(1))
+    except ValueError:
+        return False
+    return True
 
 
 def _conversion_detail(message: str) -> str:
@@ -545,7 +554,7 @@ def _read_jsonl(
                 table = _read_jsonl_once(source, options, limit, strings)
             break
         except pa.ArrowInvalid as exc:
-            if "Empty JSON file" in str(exc):
+            if str(exc).startswith(("Empty JSON file", "Empty JSON stream")):
                 return pa.table({})
             match = _JSON_TYPE_CHANGE.search(str(exc))
             if match is None:

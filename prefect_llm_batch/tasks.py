@@ -26,7 +26,7 @@ from .table import exists
 
 
 def retry_if_transient(task: Task[Any, Any], task_run: TaskRun, state: State[Any]) -> bool:
-    """Prefect ``retry_condition_fn``: retry only errors marked :class:`~prefect_llm_batch.errors.Transient`."""
+    """Prefect ``retry_condition_fn``: retry only :class:`~prefect_llm_batch.errors.Transient` errors."""
     try:
         state.result()
     except Exception as exc:
@@ -34,7 +34,9 @@ def retry_if_transient(task: Task[Any, Any], task_run: TaskRun, state: State[Any
     return False
 
 
-def _provider(target: ProviderTarget, spec: JobSpec, credentials: OpenAIBatchCredentials | None) -> BatchProvider:
+def _provider(
+    target: ProviderTarget, spec: JobSpec, credentials: OpenAIBatchCredentials | None
+) -> BatchProvider:
     """A new provider client; the key comes from the block (a SecretStr) or ``OPENAI_API_KEY``."""
     key = credentials.api_key.get_secret_value() if credentials is not None else None
     return make_provider(target, api_key=key, limits=spec.limits)
@@ -57,12 +59,18 @@ def prepare_job(
 ) -> jobs.JobRef:
     """Read and render the table, plan the batches and write the plan (no HTTP)."""
     if not overwrite and exists(output):
-        raise TableError(f"the output {output} already exists; pass overwrite=True (--overwrite) to replace it")
+        raise TableError(
+            f"the output {output} already exists; pass overwrite=True (--overwrite) to replace it"
+        )
     with _provider(target, spec, credentials) as provider:
         ref = jobs.prepare(source, spec, provider, target, state_dir=state_dir, limit=limit)
     _log().info(
         "job %s: %d rows, %d unique requests, %d batch(es); state in %s",
-        ref.job_id, ref.rows, ref.unique_requests, ref.chunks, state_dir,
+        ref.job_id,
+        ref.rows,
+        ref.unique_requests,
+        ref.chunks,
+        state_dir,
     )
     return ref
 
@@ -76,7 +84,11 @@ def prepare_job(
     task_run_name="submit-batch-{chunk_id}",
 )
 def submit_batch(
-    ref: jobs.JobRef, chunk_id: int, spec: JobSpec, target: ProviderTarget, credentials: OpenAIBatchCredentials | None = None
+    ref: jobs.JobRef,
+    chunk_id: int,
+    spec: JobSpec,
+    target: ProviderTarget,
+    credentials: OpenAIBatchCredentials | None = None,
 ) -> str:
     """Create the provider batch of one chunk, at most once (see :func:`jobs.submit_chunk`)."""
     with _provider(target, spec, credentials) as provider:
@@ -93,7 +105,11 @@ def submit_batch(
     retry_condition_fn=retry_if_transient,
 )
 def wait_for_batches(
-    ref: jobs.JobRef, spec: JobSpec, target: ProviderTarget, poll_interval: float, credentials: OpenAIBatchCredentials | None = None
+    ref: jobs.JobRef,
+    spec: JobSpec,
+    target: ProviderTarget,
+    poll_interval: float,
+    credentials: OpenAIBatchCredentials | None = None,
 ) -> list[int]:
     """Poll the job's batches until all have ended; log only when something changed."""
     log = _log()
@@ -114,7 +130,11 @@ def wait_for_batches(
     task_run_name="collect-batch-{chunk_id}",
 )
 def collect_batch(
-    ref: jobs.JobRef, chunk_id: int, spec: JobSpec, target: ProviderTarget, credentials: OpenAIBatchCredentials | None = None
+    ref: jobs.JobRef,
+    chunk_id: int,
+    spec: JobSpec,
+    target: ProviderTarget,
+    credentials: OpenAIBatchCredentials | None = None,
 ) -> int:
     """Download and store the results of one ended batch."""
     with _provider(target, spec, credentials) as provider:

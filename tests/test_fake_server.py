@@ -234,6 +234,17 @@ def test_token_limit_exceeded() -> None:
         assert batch["errors"]["data"][0]["code"] == "token_limit_exceeded"
 
 
+def test_forced_validation_error() -> None:
+    with (
+        FakeProviderServer(FakeServerConfig(validation_error="token_limit_exceeded")) as server,
+        httpx.Client(base_url=server.base_url, headers=AUTH) as client,
+    ):
+        batch = retrieve(client, submit(client, [request_line("a", "x")])["id"])
+        assert batch["status"] == "failed" and batch["model"] == MODEL
+        assert batch["errors"]["data"][0]["code"] == "token_limit_exceeded"
+        assert MODEL in batch["errors"]["data"][0]["message"]
+
+
 def test_markers_make_single_rows_misbehave(client: httpx.Client) -> None:
     lines = [request_line("ok", "Summarize: all is well")] + [
         request_line(name, f"Summarize this text please [[fake:{name}]]")
@@ -288,6 +299,14 @@ def test_realtime_chat_completions(client: httpx.Client) -> None:
     assert answer.status_code == 200
     assert answer.json()["object"] == "chat.completion"
     assert answer.json()["choices"][0]["message"]["content"] == "positive"
+    for marker, status in (("400", 400), ("500", 500), ("timeout", 408), ("drop", 500)):
+        failed = client.post("/chat/completions", json=request_line("x", f"Hi [[fake:{marker}]]")["body"])
+        assert failed.status_code == status and set(failed.json()["error"]) == {
+            "message",
+            "type",
+            "param",
+            "code",
+        }
     failed = client.post("/chat/completions", json=request_line("x", "Hi [[fake:400]]")["body"])
     assert failed.status_code == 400 and failed.json()["error"]["type"] == "invalid_request_error"
 
@@ -328,6 +347,10 @@ def test_fail_next_answers_429_with_retry_after(server: FakeProviderServer, clie
     assert client.post("/batches", json=payload).status_code == 200
     assert server.stats.creates == 1 and server.stats.calls["POST /v1/batches"] == 3
 
+    server.fail_next("POST", "/v1/chat/completions", status=429, code="insufficient_quota")
+    quota = client.post("/chat/completions", json=request_line("x", "hi")["body"])
+    assert quota.status_code == 429 and "retry-after" not in quota.headers
+    assert quota.json()["error"]["code"] == quota.json()["error"]["type"] == "insufficient_quota"
     server.fail_next("GET", "/v1/files/{id}/content", status=503)
     assert client.get(f"/files/{file_id}/content").status_code == 503
     assert client.get(f"/files/{file_id}/content").status_code == 200

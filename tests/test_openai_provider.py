@@ -28,14 +28,23 @@ def provider(handler: Handler, **kwargs: object) -> OpenAIBatchProvider:
     )
 
 
-def err(status: int, message: str, code: str | None = None, headers: dict[str, str] | None = None) -> httpx.Response:
+def err(
+    status: int, message: str, code: str | None = None, headers: dict[str, str] | None = None
+) -> httpx.Response:
     body = {"error": {"message": message, "type": "x", "param": None, "code": code}}
     return httpx.Response(status, json=body, headers=headers)
 
 
 def batch(status: str = "validating", **extra: object) -> dict[str, object]:
-    return {"id": "batch_1", "object": "batch", "status": status, "created_at": 100,
-            "request_counts": {"total": 2, "completed": 1, "failed": 0}, "metadata": {}, **extra}
+    return {
+        "id": "batch_1",
+        "object": "batch",
+        "status": status,
+        "created_at": 100,
+        "request_counts": {"total": 2, "completed": 1, "failed": 0},
+        "metadata": {},
+        **extra,
+    }
 
 
 def test_missing_key_is_a_config_error() -> None:
@@ -73,8 +82,12 @@ def test_create_sends_window_endpoint_metadata_and_retries_429() -> None:
         info = p.create("file-1", {"job_id": "j", "chunk_id": "0"})
     assert info.status is BatchStatus.VALIDATING
     assert len(calls) == 2
-    assert calls[1] == {"input_file_id": "file-1", "endpoint": "/v1/chat/completions", "completion_window": "24h",
-                        "metadata": {"job_id": "j", "chunk_id": "0"}}
+    assert calls[1] == {
+        "input_file_id": "file-1",
+        "endpoint": "/v1/chat/completions",
+        "completion_window": "24h",
+        "metadata": {"job_id": "j", "chunk_id": "0"},
+    }
 
 
 @pytest.mark.parametrize(
@@ -105,7 +118,9 @@ def test_transient_errors_are_retried_then_give_up() -> None:
     assert len(calls) == 3
 
 
-@pytest.mark.parametrize(("status", "code"), [(401, None), (403, None), (429, "insufficient_quota"), (400, None)])
+@pytest.mark.parametrize(
+    ("status", "code"), [(401, None), (403, None), (429, "insufficient_quota"), (400, None)]
+)
 def test_terminal_errors_quote_the_provider_and_are_not_retried(status: int, code: str | None) -> None:
     calls = []
 
@@ -133,12 +148,38 @@ def test_empty_error_file_id_is_no_file() -> None:
 
 
 def test_results_come_from_output_and_error_files() -> None:
-    ok = {"id": "r1", "custom_id": "a", "error": None, "response": {"status_code": 200, "request_id": "q", "body": {
-        "model": "m", "choices": [{"message": {"content": "yes"}, "finish_reason": "stop"}],
-        "usage": {"prompt_tokens": 4, "completion_tokens": 1}}}}
-    bad = {"id": "r2", "custom_id": "b", "error": None, "response": {"status_code": 400, "request_id": "q", "body": {
-        "error": {"message": "bad param", "type": "invalid_request_error", "param": "x", "code": None}}}}
-    never = {"id": "r3", "custom_id": "c", "response": None, "error": {"code": "batch_expired", "message": "late"}}
+    ok = {
+        "id": "r1",
+        "custom_id": "a",
+        "error": None,
+        "response": {
+            "status_code": 200,
+            "request_id": "q",
+            "body": {
+                "model": "m",
+                "choices": [{"message": {"content": "yes"}, "finish_reason": "stop"}],
+                "usage": {"prompt_tokens": 4, "completion_tokens": 1},
+            },
+        },
+    }
+    bad = {
+        "id": "r2",
+        "custom_id": "b",
+        "error": None,
+        "response": {
+            "status_code": 400,
+            "request_id": "q",
+            "body": {
+                "error": {"message": "bad param", "type": "invalid_request_error", "param": "x", "code": None}
+            },
+        },
+    }
+    never = {
+        "id": "r3",
+        "custom_id": "c",
+        "response": None,
+        "error": {"code": "batch_expired", "message": "late"},
+    }
     files = {"file-o": [ok], "file-e": [bad, never]}
 
     def handler(request: httpx.Request) -> httpx.Response:
@@ -156,7 +197,11 @@ def test_results_come_from_output_and_error_files() -> None:
 def test_all_failed_batch_has_no_output_file() -> None:
     def handler(request: httpx.Request) -> httpx.Response:
         assert request.url.path == "/v1/files/file-e/content"
-        line = {"custom_id": "a", "response": {"status_code": 500, "body": {"error": {"message": "x"}}}, "error": None}
+        line = {
+            "custom_id": "a",
+            "response": {"status_code": 500, "body": {"error": {"message": "x"}}},
+            "error": None,
+        }
         return httpx.Response(200, content=json.dumps(line).encode())
 
     info = OpenAIBatchProvider.batch_info(batch("completed", output_file_id=None, error_file_id="file-e"))
@@ -167,9 +212,16 @@ def test_all_failed_batch_has_no_output_file() -> None:
 
 def test_find_batch_pages_through_the_list() -> None:
     pages = {
-        None: {"data": [batch(id="batch_3", metadata={"job_id": "other"})], "has_more": True, "last_id": "batch_3"},
-        "batch_3": {"data": [{**batch(), "id": "batch_2", "metadata": {"job_id": "j", "chunk_id": "1"}}],
-                    "has_more": False, "last_id": "batch_2"},
+        None: {
+            "data": [batch(id="batch_3", metadata={"job_id": "other"})],
+            "has_more": True,
+            "last_id": "batch_3",
+        },
+        "batch_3": {
+            "data": [{**batch(), "id": "batch_2", "metadata": {"job_id": "j", "chunk_id": "1"}}],
+            "has_more": False,
+            "last_id": "batch_2",
+        },
     }
 
     def handler(request: httpx.Request) -> httpx.Response:

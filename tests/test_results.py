@@ -19,16 +19,35 @@ from prefect_llm_batch.spec import ErrorKind
 def _body(content: str | None = "ok", finish: str = "stop", refusal: str | None = None) -> dict[str, object]:
     return {
         "model": "gpt-4o-mini-2024-07-18",
-        "choices": [{"index": 0, "message": {"role": "assistant", "content": content, "refusal": refusal},
-                     "finish_reason": finish}],
+        "choices": [
+            {
+                "index": 0,
+                "message": {"role": "assistant", "content": content, "refusal": refusal},
+                "finish_reason": finish,
+            }
+        ],
         "usage": {"prompt_tokens": 11, "completion_tokens": 2, "total_tokens": 13},
     }
 
 
 def test_success() -> None:
     r = parse_chat_completion("k", _body("positive"), "batch_1")
-    assert (r.response, r.error_kind, r.input_tokens, r.output_tokens, r.finish_reason, r.model, r.batch_id) == (
-        "positive", None, 11, 2, "stop", "gpt-4o-mini-2024-07-18", "batch_1",
+    assert (
+        r.response,
+        r.error_kind,
+        r.input_tokens,
+        r.output_tokens,
+        r.finish_reason,
+        r.model,
+        r.batch_id,
+    ) == (
+        "positive",
+        None,
+        11,
+        2,
+        "stop",
+        "gpt-4o-mini-2024-07-18",
+        "batch_1",
     )
 
 
@@ -36,7 +55,10 @@ def test_refusal_length_and_filter_are_row_errors() -> None:
     assert parse_chat_completion("k", _body(None, refusal="no")).error_kind is ErrorKind.REFUSAL
     cut = parse_chat_completion("k", _body("half an ans", finish="length"))
     assert cut.error_kind is ErrorKind.LENGTH and cut.response == "half an ans"
-    assert parse_chat_completion("k", _body(None, finish="content_filter")).error_kind is ErrorKind.CONTENT_FILTER
+    assert (
+        parse_chat_completion("k", _body(None, finish="content_filter")).error_kind
+        is ErrorKind.CONTENT_FILTER
+    )
     assert parse_chat_completion("k", {"choices": []}).error_kind is ErrorKind.PARSE_ERROR
 
 
@@ -61,8 +83,14 @@ def test_status_mapping(status: int, code: str | None, kind: ErrorKind) -> None:
 
 def test_retryable_vocabulary() -> None:
     retryable = {k.value for k in ErrorKind if k.retryable}
-    assert retryable == {"rate_limited", "server_error", "batch_expired", "batch_cancelled", "request_timeout",
-                         "missing"}
+    assert retryable == {
+        "rate_limited",
+        "server_error",
+        "batch_expired",
+        "batch_cancelled",
+        "request_timeout",
+        "missing",
+    }
 
 
 def test_join_maps_by_key_not_order_and_fans_out_duplicates() -> None:

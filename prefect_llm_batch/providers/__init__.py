@@ -9,7 +9,14 @@ from ..spec import BatchLimits, ProviderTarget
 from .base import BatchInfo, BatchProvider, BatchStatus
 from .openai import DEFAULT_BASE_URL, OpenAIBatchProvider
 
-__all__ = ["BatchInfo", "BatchProvider", "BatchStatus", "OpenAIBatchProvider", "make_provider", "openai_target"]
+__all__ = [
+    "BatchInfo",
+    "BatchProvider",
+    "BatchStatus",
+    "OpenAIBatchProvider",
+    "make_provider",
+    "openai_target",
+]
 
 #: The key the simulator accepts; it is not a secret.
 SIMULATOR_API_KEY = "simulator-key"
@@ -28,7 +35,11 @@ def openai_target(base_url: str | None = None) -> ProviderTarget:
 
 
 def make_provider(
-    target: ProviderTarget, *, api_key: str | None = None, limits: BatchLimits | None = None, **options: object
+    target: ProviderTarget,
+    *,
+    api_key: str | None = None,
+    limits: BatchLimits | None = None,
+    **options: object,
 ) -> BatchProvider:
     """Build a new provider client for a target.
 

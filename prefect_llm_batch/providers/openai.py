@@ -194,15 +194,22 @@ class OpenAIBatchProvider(BatchProvider):
             kind = error_kind_for_status(status_code, err.get("code"), err.get("type"))
             message = err.get("message") or f"HTTP {status_code}"
             return RowResult(
-                custom_id=cid, error_kind=kind, error=short(f"HTTP {status_code}: {message}"), batch_id=batch_id
+                custom_id=cid,
+                error_kind=kind,
+                error=short(f"HTTP {status_code}: {message}"),
+                batch_id=batch_id,
             )
         if isinstance(error, dict):
             code = str(error.get("code") or "")
             kind = NEVER_RAN_CODES.get(code, ErrorKind.SERVER_ERROR)
             message = error.get("message") or code or "the request did not run"
-            return RowResult(custom_id=cid, error_kind=kind, error=short(f"{code}: {message}"), batch_id=batch_id)
+            return RowResult(
+                custom_id=cid, error_kind=kind, error=short(f"{code}: {message}"), batch_id=batch_id
+            )
         return RowResult(
-            custom_id=cid, error_kind=ErrorKind.PARSE_ERROR, error="result line has neither response nor error",
+            custom_id=cid,
+            error_kind=ErrorKind.PARSE_ERROR,
+            error="result line has neither response nor error",
             batch_id=batch_id,
         )
 
@@ -218,7 +225,9 @@ class OpenAIBatchProvider(BatchProvider):
 
     def _retrying(self, fn: Callable[[], T]) -> T:
         retrying = Retrying(
-            retry=retry_if_exception(lambda e: isinstance(e, Transient) and not isinstance(e, AmbiguousCreate)),
+            retry=retry_if_exception(
+                lambda e: isinstance(e, Transient) and not isinstance(e, AmbiguousCreate)
+            ),
             stop=stop_after_attempt(self._max_retries),
             wait=self._wait,
             sleep=self._sleep,
@@ -226,11 +235,15 @@ class OpenAIBatchProvider(BatchProvider):
         )
         return retrying(fn)
 
-    def _send(self, method: str, path: str, what: str, *, idempotent: bool = True, **kwargs: Any) -> httpx.Response:
+    def _send(
+        self, method: str, path: str, what: str, *, idempotent: bool = True, **kwargs: Any
+    ) -> httpx.Response:
         try:
             response = self._client.request(method, path, **kwargs)
         except httpx.ConnectError as exc:  # nothing reached the server
-            raise ProviderUnavailable(f"{what}: cannot connect to {self._key_base_url} ({type(exc).__name__})") from exc
+            raise ProviderUnavailable(
+                f"{what}: cannot connect to {self._key_base_url} ({type(exc).__name__})"
+            ) from exc
         except (httpx.TimeoutException, httpx.NetworkError, httpx.RemoteProtocolError) as exc:
             message = f"{what}: no answer from {self._key_base_url} ({type(exc).__name__})"
             if not idempotent:
@@ -256,8 +269,11 @@ class OpenAIBatchProvider(BatchProvider):
     def upload(self, data: bytes, filename: str) -> str:
         def call() -> httpx.Response:
             return self._send(
-                "POST", "/files", "upload of the batch input file",
-                files={"file": (filename, data, "application/jsonl")}, data={"purpose": "batch"},
+                "POST",
+                "/files",
+                "upload of the batch input file",
+                files={"file": (filename, data, "application/jsonl")},
+                data={"purpose": "batch"},
             )
 
         payload = self._retrying(call).json()
@@ -272,7 +288,9 @@ class OpenAIBatchProvider(BatchProvider):
         }
         # A 429 means the batch was not made: retry it. Anything that may have reached the
         # server raises AmbiguousCreate and is resolved by the caller through find_batch.
-        response = self._retrying(lambda: self._send("POST", "/batches", "create batch", idempotent=False, json=body))
+        response = self._retrying(
+            lambda: self._send("POST", "/batches", "create batch", idempotent=False, json=body)
+        )
         return self.batch_info(response.json())
 
     def find_batch(self, metadata: dict[str, str], created_after: float | None = None) -> BatchInfo | None:
@@ -319,7 +337,9 @@ class OpenAIBatchProvider(BatchProvider):
                         f"line {number} of the {what} file of batch {batch.id} is not JSON"
                     ) from exc
                 if not isinstance(line, dict) or "custom_id" not in line:
-                    raise ProviderUnavailable(f"line {number} of the {what} file of batch {batch.id} has no custom_id")
+                    raise ProviderUnavailable(
+                        f"line {number} of the {what} file of batch {batch.id} has no custom_id"
+                    )
                 yield self.parse_line(line, batch.id)
 
     def delete_file(self, file_id: str) -> None:
@@ -339,7 +359,9 @@ class OpenAIBatchProvider(BatchProvider):
         raw_status = str(raw.get("status"))
         status = _STATUSES.get(raw_status.lower())
         if status is None:
-            raise ProviderRejected(f"batch {raw.get('id')} has the unknown status {raw_status!r}; refusing to guess")
+            raise ProviderRejected(
+                f"batch {raw.get('id')} has the unknown status {raw_status!r}; refusing to guess"
+            )
         counts = raw.get("request_counts") or {}
         errors = raw.get("errors") or {}
         created = raw.get("created_at")

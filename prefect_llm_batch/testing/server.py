@@ -123,6 +123,17 @@ _DEFAULT_ERROR_MESSAGES = {
     503: "The engine is currently overloaded, please try again later.",
 }
 
+_LINE_CODES = frozenset({"invalid_json_line", "duplicate_custom_id", "url_mismatch", "model_mismatch"})
+_FORCED_VALIDATION_MESSAGES = {
+    "invalid_json_line": "This line is not parseable as valid JSON.",
+    "duplicate_custom_id": "The custom_id for this request is a duplicate of another request.",
+    "url_mismatch": "The url provided for this request does not match the batch endpoint {endpoint}.",
+    "model_mismatch": "The provided model does not match the model of other requests in the batch ({model}).",
+    "empty_file": "The input file is empty. Please provide at least one request.",
+    "token_limit_exceeded": "Enqueued token limit reached for {model} in organization org-fake. "
+    "Please try submitting an earlier batch once it has completed.",
+}
+
 AnswerFunction = Callable[[dict[str, Any]], str]
 BatchStatus = Literal[
     "validating", "failed", "in_progress", "finalizing", "completed", "expired", "cancelling", "cancelled"
@@ -150,6 +161,8 @@ class FakeServerConfig:
             still running for the same model, exceed it ends ``failed`` with
             ``token_limit_exceeded``.
         max_file_bytes: Largest upload accepted (OpenAI: 200 MB); larger is 400 ``File is too large.``
+        validation_error: If set, every batch with a well-formed input ends ``failed`` with this
+            ``errors.data[0].code`` (e.g. ``"model_mismatch"``, ``"token_limit_exceeded"``).
 
     Examples:
         >>> FakeServerConfig(in_progress_seconds=0.5).shuffle
@@ -167,6 +180,7 @@ class FakeServerConfig:
     answer: AnswerFunction | None = None
     enqueued_token_limit: int | None = None
     max_file_bytes: int = 200 * 1024 * 1024
+    validation_error: str | None = None
 
 
 @dataclass
@@ -447,12 +461,10 @@ class _State:
 
     def cancel(self, batch: FakeBatch) -> None:
         self.advance(batch)
-        if batch.status in TERMINAL_STATUSES or batch.status == "cancelling":
-            raise _ApiError(
-                400,
-                f"Cannot cancel a batch with status '{batch.status}'.",
-                code="batch_not_cancellable" if batch.status != "cancelling" else "batch_already_cancelling",
-            )
+        if batch.status == "cancelling":
+            return
+        if batch.status in TERMINAL_STATUSES:
+            raise _ApiError(400, f"Cannot cancel a batch with status '{batch.status}'.")
         batch.status_before_cancel = batch.status
         batch.status = "cancelling"
         batch.cancel_clock = time.monotonic()
@@ -548,6 +560,11 @@ class _State:
                         "body.stream",
                     )
             batch.model = model
+        forced = self.config.validation_error
+        if not errors and forced is not None:
+            message = _FORCED_VALIDATION_MESSAGES.get(forced, f"Simulated validation failure: {forced}.")
+            line = 1 if forced in _LINE_CODES else None
+            fail(forced, message.format(model=batch.model, endpoint=batch.endpoint), line)
         limit = self.config.enqueued_token_limit
         if not errors and limit is not None:
             enqueued = sum(
@@ -1065,14 +1082,17 @@ def create_app(state: _State) -> Starlette:
 
         return Route(path, endpoint, methods=[method])
 
-    async def not_found(request: Request, exc: Exception) -> Response:
+    async def http_error(request: Request, exc: Exception) -> Response:
         status = exc.status_code if isinstance(exc, HTTPException) else 500
-        message = f"Invalid URL ({request.method} {request.url.path})"
-        return _ApiError(status, message).response()
+        if status in (404, 405):
+            message = f"Invalid URL ({request.method} {request.url.path})"
+        else:
+            message = exc.detail if isinstance(exc, HTTPException) else "Internal error."
+        return _ApiError(status, message, type=_error_type(status)).response()
 
     return Starlette(
         routes=[make_route(key, handler) for key, handler in handlers.items()],
-        exception_handlers={HTTPException: not_found},
+        exception_handlers={HTTPException: http_error},
     )
 
 
@@ -1235,7 +1255,7 @@ class FakeProviderServer:
 
         Raises:
             KeyError: If there is no such batch.
-            ValueError: If the batch already ended or is being cancelled.
+            ValueError: If the batch already ended (cancelling one being cancelled is a no-op).
         """
         with self._state.lock:
             batch = self._state.batches[batch_id]

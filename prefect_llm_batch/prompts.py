@@ -1,0 +1,415 @@
+"""Compile prompt templates once and render them for every row of a table.
+
+Templates are `Jinja2 <https://jinja.palletsprojects.com>`_, compiled once in a sandbox
+(``jinja2.sandbox.SandboxedEnvironment``) with strict undefined variables, no HTML escaping and
+the template's trailing newline kept. This module is pure: no I/O, no Prefect, no HTTP.
+
+Variables:
+    Every column of the table, by name (``{{ review }}``), and ``row``, a dict of all columns,
+    for names that are not identifiers (``{{ row["star rating"] }}``). ``row`` is always that
+    dict, even when a column is named ``row`` (reach it as ``row["row"]``). Using a column the
+    table does not have is an error before anything is rendered.
+
+How values render:
+    Rendered prompts feed request keys (hashes), so these rules are part of the contract and must
+    not change without bumping the key version. Values reach Jinja as the Python objects Arrow
+    gives (``to_pylist()``, never pandas), so ``{% if x is none %}`` and arithmetic work; only
+    what ``{{ ... }}`` prints follows the table below (:func:`render_value` implements it).
+
+    ==================================  =========================================================
+    value                               rendered as
+    ==================================  =========================================================
+    null, and NaN in a float column     the empty string (in Jinja the value is ``None``, so
+                                        ``{{ x if x is not none else "n/a" }}`` works)
+    string                              itself
+    integer                             its digits: ``42``, ``-7`` (never ``42.0``, nulls or not)
+    float                               Python's shortest round-trip ``repr``: ``1.5``, ``0.1``,
+                                        ``3.0``, ``1e+16``, ``inf``; float32 values print their
+                                        own shortest form (``0.1``, not ``0.10000000149011612``)
+    boolean                             ``True`` / ``False`` (Python's, as Jinja prints them)
+    timestamp                           ISO 8601: ``2024-01-02T03:04:05``, with fractional seconds
+                                        only when present (``.123000``) and the offset when
+                                        zone-aware (``2024-01-02T03:04:05+00:00``)
+    date / time                         ISO 8601: ``2024-01-02`` / ``03:04:05``
+    decimal                             ``str()``, keeping the scale: ``1.50``
+    binary                              decoded as UTF-8 (invalid bytes become U+FFFD)
+    list, struct, map (and ``row``)     JSON (``["a", "b"]``, ``{"k": 1}``), non-ASCII kept,
+                                        nested values as above
+    anything else (durations...)        ``str()``
+    ==================================  =========================================================
+
+Speed:
+    A template made only of text and plain ``{{ column }}`` substitutions over string columns is
+    rendered without Jinja, by joining the column values; it gives byte-identical output.
+
+Examples:
+    >>> import pyarrow as pa
+    >>> table = pa.table({"name": ["Ada", None], "age": [36, None], "score": [1.5, float("nan")]})
+    >>> PromptTemplate("{{ name }} ({{ age }}): {{ score }}").render_table(table)
+    ['Ada (36): 1.5', ' (): ']
+    >>> PromptTemplate('{{ age if age is not none else "n/a" }}').render_table(table)
+    ['36', 'n/a']
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import decimal
+import difflib
+import itertools
+import json
+import math
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import jinja2
+import jinja2.meta
+import pyarrow as pa
+import pyarrow.compute as pc
+from jinja2 import nodes
+from jinja2.sandbox import SandboxedEnvironment
+
+from prefect_llm_batch.errors import InputError, TemplateError
+
+__all__ = ["PromptTemplate", "render_value"]
+
+#: Most column names quoted in an error message.
+_MAX_NAMES_SHOWN = 50
+
+
+def render_value(value: Any) -> str:
+    """Turn one value into the text ``{{ value }}`` prints in a prompt.
+
+    See the module docstring for the table of rules.
+
+    Args:
+        value: A Python value as Arrow's ``to_pylist()`` gives it (or any value a template
+            computes).
+
+    Returns:
+        The text.
+
+    Examples:
+        >>> import datetime
+        >>> [render_value(v) for v in (None, float("nan"), "x", 3, 3.0, 0.1, True)]
+        ['', '', 'x', '3', '3.0', '0.1', 'True']
+        >>> render_value(datetime.datetime(2024, 1, 2, 3, 4, 5, tzinfo=datetime.timezone.utc))
+        '2024-01-02T03:04:05+00:00'
+        >>> render_value({"tags": ["é", None], "at": datetime.date(2024, 1, 2)})
+        '{"tags": ["é", null], "at": "2024-01-02"}'
+    """
+    if value is None:
+        return ""
+    if isinstance(value, str):
+        return str(value)
+    if isinstance(value, bool):
+        return "True" if value else "False"
+    if isinstance(value, int):
+        return str(int(value))
+    if isinstance(value, float):
+        return "" if math.isnan(value) else repr(float(value))
+    if isinstance(value, (datetime.datetime, datetime.date, datetime.time)):
+        return value.isoformat()
+    if isinstance(value, decimal.Decimal):
+        return str(value)
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        return bytes(value).decode("utf-8", errors="replace")
+    if isinstance(value, (list, tuple, dict)):
+        try:
+            return json.dumps(value, ensure_ascii=False, default=render_value)
+        except (TypeError, ValueError):
+            return str(value)
+    return str(value)
+
+
+def _finalize(value: Any) -> Any:
+    # Undefined values must reach str() so that StrictUndefined raises; everything else is text.
+    if isinstance(value, jinja2.Undefined):
+        return value
+    return render_value(value)
+
+
+_ENV = SandboxedEnvironment(
+    undefined=jinja2.StrictUndefined,
+    autoescape=False,
+    keep_trailing_newline=True,
+    finalize=_finalize,
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class _Column:
+    """A plain ``{{ name }}`` substitution in a template made only of text and substitutions."""
+
+    name: str
+
+
+class PromptTemplate:
+    """A Jinja2 prompt template, compiled once, rendered for every row of a table.
+
+    Args:
+        source: The template text.
+        name: What error messages call the template (``"prompt"``, ``"system prompt"``).
+
+    Raises:
+        TemplateError: The template does not compile; the message names the template and the line.
+
+    Examples:
+        >>> import pyarrow as pa
+        >>> template = PromptTemplate("Classify: {{ review }}\\nStars: {{ row['star rating'] }}")
+        >>> sorted(template.variables)
+        ['review']
+        >>> template.render_table(pa.table({"review": ["great"], "star rating": [5]}))
+        ['Classify: great\\nStars: 5']
+        >>> PromptTemplate("{{ review }", name="system prompt")
+        Traceback (most recent call last):
+        ...
+        prefect_llm_batch.errors.TemplateError: system prompt has a syntax error on line 1: ...
+    """
+
+    def __init__(self, source: str, *, name: str = "prompt") -> None:
+        self.source = source
+        self.name = name
+        try:
+            tree = _ENV.parse(source, name=name)
+            self._template = _ENV.from_string(source)
+        except jinja2.TemplateSyntaxError as exc:
+            raise TemplateError(_syntax_message(name, source, exc)) from exc
+        undeclared = jinja2.meta.find_undeclared_variables(tree)
+        self._variables = frozenset(undeclared - {"row"})
+        self._uses_row = "row" in undeclared
+        # Names a column may fill: undeclared ones, and Jinja globals (``range``...) a column shadows.
+        self._loaded = frozenset(
+            node.name for node in tree.find_all(nodes.Name) if node.ctx == "load" and node.name != "row"
+        )
+        self._row_keys = frozenset(_row_keys(tree)) if self._uses_row else frozenset()
+        self._plain = _plain_parts(tree)
+
+    def __repr__(self) -> str:
+        return f"PromptTemplate({self.source!r}, name={self.name!r})"
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (_rebuild, (self.source, self.name))
+
+    @property
+    def variables(self) -> frozenset[str]:
+        """The columns the template uses by name (its undeclared variables, without ``row``).
+
+        Examples:
+            >>> sorted(PromptTemplate("{% for t in tags %}{{ t }}{% endfor %} {{ title }}").variables)
+            ['tags', 'title']
+        """
+        return self._variables
+
+    def check_columns(self, columns: Sequence[str]) -> None:
+        """Fail unless the table has every column the template uses.
+
+        Columns used through ``row`` with a constant key (``row["a b"]``, ``row.title``) are
+        checked too.
+
+        Args:
+            columns: The table's column names.
+
+        Raises:
+            TemplateError: A column is missing; the message lists the available columns and
+                suggests a close name.
+
+        Examples:
+            >>> PromptTemplate("{{ reveiw }}").check_columns(["id", "review"])
+            Traceback (most recent call last):
+            ...
+            prefect_llm_batch.errors.TemplateError: prompt uses column 'reveiw', which the table does not have; available columns: id, review; did you mean 'review'?
+        """  # noqa: E501
+        available = list(columns)
+        present = set(available)
+        missing = sorted(name for name in self._variables | self._row_keys if name not in present)
+        if not missing:
+            return
+        quoted = ", ".join(repr(name) for name in missing)
+        shown = ", ".join(available[:_MAX_NAMES_SHOWN]) or "(none)"
+        if len(available) > _MAX_NAMES_SHOWN:
+            shown += f" and {len(available) - _MAX_NAMES_SHOWN} more"
+        what = "column" if len(missing) == 1 else "columns"
+        message = (
+            f"{self.name} uses {what} {quoted}, which the table does not have; available columns: {shown}"
+        )
+        hints = []
+        for name in missing:
+            close = difflib.get_close_matches(name, available, n=1, cutoff=0.6)
+            if close:
+                hints.append(f"{close[0]!r}" if len(missing) == 1 else f"{close[0]!r} for {name!r}")
+        if hints:
+            message += f"; did you mean {', '.join(hints)}?"
+        raise TemplateError(message)
+
+    def render_table(self, table: pa.Table, id_column: str | None = None) -> list[str]:
+        """Render the template once per row.
+
+        Args:
+            table: The rows. Values are taken with Arrow's ``to_pylist()``; see the module
+                docstring for how they print.
+            id_column: A column naming rows in error messages.
+
+        Returns:
+            One prompt per row, in row order.
+
+        Raises:
+            TemplateError: A column is missing, or a row does not render; the message names the
+                0-based row number (and its id when ``id_column`` is given) and Jinja's reason.
+            InputError: ``id_column`` is not a column of the table.
+
+        Examples:
+            >>> import pyarrow as pa
+            >>> table = pa.table({"id": ["a", "b"], "n": [2, 0]})
+            >>> PromptTemplate("{{ 10 // n }}").render_table(table, id_column="id")
+            Traceback (most recent call last):
+            ...
+            prefect_llm_batch.errors.TemplateError: prompt does not render for row 1 (id 'b'): ZeroDivisionError: integer division or modulo by zero
+        """  # noqa: E501
+        names = table.column_names
+        self.check_columns(names)
+        if id_column is not None and id_column not in names:
+            raise InputError(
+                f"id column {id_column!r} is not a column of the table; available columns: {', '.join(names)}"
+            )
+        if self._can_render_plain(table):
+            return self._render_plain(table)
+        return self._render_jinja(table, id_column)
+
+    # -- the two ways to render ---------------------------------------------------------------
+
+    def _can_render_plain(self, table: pa.Table) -> bool:
+        if self._plain is None:
+            return False
+        schema = table.schema
+        for part in self._plain:
+            if isinstance(part, _Column):
+                if len(schema.get_all_field_indices(part.name)) != 1:
+                    return False  # not a column (a Jinja global such as ``range``), or ambiguous
+                field_type = schema.field(part.name).type
+                if not (pa.types.is_string(field_type) or pa.types.is_large_string(field_type)):
+                    return False
+        return True
+
+    def _render_plain(self, table: pa.Table) -> list[str]:
+        """Join text and string columns without Jinja; same bytes as :meth:`_render_jinja`.
+
+        Arrow's ``binary_join_element_wise`` measured about twice as fast as any pure-Python
+        join (and 25x faster than Jinja) on 200k rows.
+        """
+        assert self._plain is not None
+        names = [part.name for part in self._plain if isinstance(part, _Column)]
+        large = any(pa.types.is_large_string(table.schema.field(name).type) for name in names)
+        text_type = pa.large_string() if large else pa.string()  # the join wants one type
+        text_type = pa.large_string()
+        parts: list[Any] = []
+        for part in self._plain:
+            if isinstance(part, _Column):
+                column = table.column(part.name).cast(text_type)
+                parts.append(column.fill_null(pa.scalar("", text_type)))
+            elif part:
+                parts.append(pa.scalar(part, text_type))
+        if not names:
+            return ["".join(part for part in self._plain if isinstance(part, str))] * table.num_rows
+        joined = parts[0] if len(parts) == 1 else pc.binary_join_element_wise(*parts, "")
+        prompts: list[str] = joined.to_pylist()
+        return prompts
+
+    def _render_jinja(self, table: pa.Table, id_column: str | None) -> list[str]:
+        names = table.column_names
+        wanted = names if self._uses_row else [name for name in names if name in self._loaded]
+        duplicated = sorted({name for name in wanted if names.count(name) > 1})
+        if duplicated:
+            raise InputError(
+                f"{self.name} cannot tell apart the table's columns named {', '.join(map(repr, duplicated))}"
+            )
+        values = [_python_values(table.column(name)) for name in wanted]
+        # Template.render() copies Jinja's globals (a ChainMap) into a new dict for every call;
+        # building the context dict here and sharing it is 2.5x faster and renders the same.
+        template = self._template
+        root_render = template.root_render_func
+        new_context = template.new_context
+        base = dict(template.globals)
+        rows: Iterator[tuple[Any, ...]] = (
+            zip(*values, strict=True) if values else itertools.repeat((), table.num_rows)
+        )
+        prompts: list[str] = []
+        try:
+            for row_values in rows:
+                context = base.copy()
+                if self._uses_row:
+                    row = dict(zip(wanted, row_values, strict=True))
+                    context.update(row)
+                    context["row"] = row
+                else:
+                    context.update(zip(wanted, row_values, strict=True))
+                prompts.append("".join(root_render(new_context(context, shared=True))))
+        except Exception as exc:
+            raise TemplateError(self._row_error(table, len(prompts), id_column, exc)) from exc
+        return prompts
+
+    def _row_error(self, table: pa.Table, index: int, id_column: str | None, exc: Exception) -> str:
+        where = f"row {index}"
+        if id_column is not None:
+            where += f" (id {table.column(id_column)[index].as_py()!r})"
+        reason = str(exc) if isinstance(exc, jinja2.TemplateError) else f"{type(exc).__name__}: {exc}"
+        return f"{self.name} does not render for {where}: {reason}"
+
+
+def _rebuild(source: str, name: str) -> PromptTemplate:
+    return PromptTemplate(source, name=name)
+
+
+def _syntax_message(name: str, source: str, exc: jinja2.TemplateSyntaxError) -> str:
+    message = f"{name} has a syntax error on line {exc.lineno}: {exc.message}"
+    lines = source.splitlines()
+    if 1 <= exc.lineno <= len(lines):
+        message += f"\n    {lines[exc.lineno - 1].strip()}"
+    return message
+
+
+def _plain_parts(tree: nodes.Template) -> tuple[str | _Column, ...] | None:
+    """The template as text and ``{{ name }}`` parts, or None when it does more than that."""
+    parts: list[str | _Column] = []
+    for node in tree.body:
+        if not isinstance(node, nodes.Output):
+            return None
+        for child in node.nodes:
+            if isinstance(child, nodes.TemplateData):
+                parts.append(child.data)
+            elif isinstance(child, nodes.Name) and child.ctx == "load" and child.name != "row":
+                parts.append(_Column(child.name))
+            else:
+                return None
+    return tuple(parts)
+
+
+def _row_keys(tree: nodes.Template) -> set[str]:
+    """Column names used as ``row["name"]`` or ``row.name`` (when ``name`` is no dict method)."""
+    keys: set[str] = set()
+    for node in tree.find_all((nodes.Getitem, nodes.Getattr)):
+        if not isinstance(node, (nodes.Getitem, nodes.Getattr)):
+            continue
+        target = node.node
+        if not (isinstance(target, nodes.Name) and target.name == "row"):
+            continue
+        if isinstance(node, nodes.Getitem):
+            if isinstance(node.arg, nodes.Const) and isinstance(node.arg.value, str):
+                keys.add(node.arg.value)
+        elif not hasattr(dict, node.attr):
+            keys.add(node.attr)
+    return keys
+
+
+def _python_values(column: pa.ChunkedArray[Any]) -> list[Any]:
+    """A column's values as Python objects, NaN turned into None, float32 at its shortest."""
+    data_type = column.type
+    if pa.types.is_floating(data_type):
+        if data_type != pa.float64():
+            # float32 0.1 is 0.10000000149011612 as a double; its own shortest text is "0.1".
+            column = pc.cast(pc.cast(column, pa.string()), pa.float64())
+        nan = pc.is_nan(column)
+        if pc.any(nan).as_py():
+            column = pc.if_else(nan, pa.scalar(None, pa.float64()), column)
+    return column.to_pylist()
