@@ -300,8 +300,8 @@ class PromptTemplate:
         """
         assert self._plain is not None
         names = [part.name for part in self._plain if isinstance(part, _Column)]
-        large = any(pa.types.is_large_string(table.schema.field(name).type) for name in names)
-        text_type = pa.large_string() if large else pa.string()  # the join wants one type
+        # One type for every input of the join; 64-bit offsets so that long prompts times many
+        # rows cannot overflow a chunk (measured as fast as 32-bit ``string``).
         text_type = pa.large_string()
         parts: list[Any] = []
         for part in self._plain:
@@ -312,7 +312,9 @@ class PromptTemplate:
                 parts.append(pa.scalar(part, text_type))
         if not names:
             return ["".join(part for part in self._plain if isinstance(part, str))] * table.num_rows
-        joined = parts[0] if len(parts) == 1 else pc.binary_join_element_wise(*parts, "")
+        joined = (
+            parts[0] if len(parts) == 1 else pc.binary_join_element_wise(*parts, pa.scalar("", text_type))
+        )
         prompts: list[str] = joined.to_pylist()
         return prompts
 

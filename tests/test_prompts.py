@@ -145,7 +145,8 @@ def test_missing_columns_without_close_match_and_several() -> None:
     assert str(info.value) == (
         "system prompt uses column 'zzz', which the table does not have; available columns: a, b"
     )
-    with pytest.raises(TemplateError, match=r"uses columns 'Title', 'zzz',.*did you mean 'title' for 'Title'\?"):
+    expected = r"uses columns 'Title', 'zzz',.*did you mean 'title' for 'Title'\?"
+    with pytest.raises(TemplateError, match=expected):
         PromptTemplate("{{ zzz }}{{ Title }}").check_columns(["title"])
 
 
@@ -199,7 +200,7 @@ def test_render_error_names_row_and_id() -> None:
 
 
 def test_render_error_quotes_jinja_message() -> None:
-    table = pa.table({"user": pa.array([{"name": "a"}, 7], pa.struct([("name", pa.string())]))
+    table = pa.table({"user": pa.array([{"name": "a"}, None], pa.struct([("name", pa.string())]))})
     with pytest.raises(TemplateError, match=r"row 1: 'None' has no attribute 'name'"):
         PromptTemplate("{{ user.name }}").render_table(table)
 
@@ -343,7 +344,9 @@ def test_non_string_columns_go_through_jinja() -> None:
             "i": pa.array([1, None], pa.int64()),
             "f": [0.5, 3.0],
             "b": [True, False],
-            "t": pa.array([datetime.datetime(2024, 5, 6, 7, 8, 9, tzinfo=UTC), None], pa.timestamp("us", "UTC")),
+            "t": pa.array(
+                [datetime.datetime(2024, 5, 6, 7, 8, 9, tzinfo=UTC), None], pa.timestamp("us", "UTC")
+            ),
         }
     )
     template = PromptTemplate("{{ i }};{{ f }};{{ b }};{{ t }}")
