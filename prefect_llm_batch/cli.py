@@ -102,8 +102,21 @@ def run(
     if provider not in ("simulator", "openai"):
         raise typer.BadParameter(f"--provider must be 'simulator' or 'openai', not {provider!r}")
     params = dict(parse_param(p) for p in param or [])
-    _prefect_defaults()
     from .errors import LLMBatchError
+    from .jobs import preflight
+    from .spec import JobSpec
+
+    try:
+        spec = JobSpec(prompt=prompt, system=system, model=model, params=params, id_column=id_column)
+        preflight(source, spec)
+    except LLMBatchError as exc:
+        typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
+        raise typer.Exit(1) from None
+    except ValueError as exc:  # pydantic validation of the options
+        typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
+        raise typer.Exit(2) from None
+
+    _prefect_defaults()
     from .flows import enrich_table
 
     try:

@@ -146,6 +146,44 @@ def _check_id_column(table: pa.Table, id_column: str | None) -> None:
         raise InputError(f"id column {id_column!r} repeats the value {value!r} (rows {rows})")
 
 
+def _check_templates(spec: JobSpec, table: pa.Table) -> tuple[list[str], list[str | None] | None]:
+    """Compile, check and render both templates over ``table``; returns prompts and system prompts."""
+    clash = [c for c in OUTPUT_COLUMNS if c in table.column_names]
+    if clash:
+        raise InputError(
+            f"the input already has column(s) {', '.join(clash)}, which the output adds; rename them first"
+        )
+    template = PromptTemplate(spec.prompt, name="prompt")
+    template.check_columns(table.column_names)
+    system_template = PromptTemplate(spec.system, name="system prompt") if spec.system else None
+    if system_template is not None:
+        system_template.check_columns(table.column_names)
+    prompts = template.render_table(table, id_column=spec.id_column)
+    systems: list[str | None] | None = None
+    if system_template is not None:
+        systems = list(system_template.render_table(table, id_column=spec.id_column))
+    return prompts, systems
+
+
+#: Rows read by :func:`preflight`.
+PREFLIGHT_ROWS = 100
+
+
+def preflight(source: str, spec: JobSpec, *, storage_options: dict[str, Any] | None = None) -> None:
+    """Cheap checks on the first rows, before anything heavier starts (a Prefect server, HTTP).
+
+    Catches the usual mistakes in well under a second: an unreadable table, a template that does
+    not compile, a column that does not exist, an id column that is missing, an output column clash.
+    :func:`prepare` checks every row again.
+
+    Raises:
+        InputError: As :func:`prepare` would.
+    """
+    table = read_table(source, limit=PREFLIGHT_ROWS, storage_options=storage_options)
+    _check_id_column(table, spec.id_column)
+    _check_templates(spec, table)
+
+
 def prepare(
     source: str,
     spec: JobSpec,
@@ -177,19 +215,7 @@ def prepare(
 
     table = read_table(source, limit=limit, storage_options=storage_options)
     _check_id_column(table, spec.id_column)
-    clash = [c for c in OUTPUT_COLUMNS if c in table.column_names]
-    if clash:
-        raise InputError(
-            f"the input already has column(s) {', '.join(clash)}, which the output adds; rename them first"
-        )
-    template = PromptTemplate(spec.prompt, name="prompt")
-    template.check_columns(table.column_names)
-    prompts = template.render_table(table, id_column=spec.id_column)
-    systems: list[str | None] | None = None
-    if spec.system:
-        system_template = PromptTemplate(spec.system, name="system prompt")
-        system_template.check_columns(table.column_names)
-        systems = list(system_template.render_table(table, id_column=spec.id_column))
+    prompts, systems = _check_templates(spec, table)
 
     request_set = build_request_set(
         provider=target.provider,

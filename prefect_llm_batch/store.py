@@ -25,7 +25,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from pydantic import BaseModel, Field
 
-from .errors import StateError
+from .errors import StateError, TableError
 from .table import exists, read_bytes, write_bytes_atomic
 
 #: Environment variable naming the state directory.
@@ -144,7 +144,7 @@ class JobStore:
         """
         try:
             record = JobRecord.model_validate_json(self._read(self._path("job.json")))
-        except FileNotFoundError as exc:
+        except (FileNotFoundError, TableError) as exc:
             raise StateError(f"job {self.job_id} is not prepared in {self.state_dir}") from exc
         except ValueError as exc:
             raise StateError(
@@ -196,7 +196,7 @@ class JobStore:
         """Read one chunk's state."""
         try:
             return ChunkState.model_validate_json(self._read(self._chunk_path(chunk_id)))
-        except FileNotFoundError as exc:
+        except (FileNotFoundError, TableError) as exc:
             raise StateError(f"chunk {chunk_id} of job {self.job_id} has no state") from exc
 
     # results ----------------------------------------------------------------------------

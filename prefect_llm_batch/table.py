@@ -358,13 +358,19 @@ def exists(path: str, *, storage_options: dict[str, Any] | None = None) -> bool:
     Returns:
         True when something exists at ``path``.
 
+    Raises:
+        TableError: The filesystem cannot be asked (credentials, network...).
+
     Examples:
         >>> write_bytes_atomic("memory://docs/here.txt", b"")
         >>> exists("memory://docs/here.txt"), exists("memory://docs/nowhere.txt")
         (True, False)
     """
-    fs, fs_path = _filesystem(path, storage_options)
-    return bool(fs.exists(fs_path))
+    try:
+        fs, fs_path = _filesystem(path, storage_options)
+        return bool(fs.exists(fs_path))
+    except (OSError, ValueError) as exc:
+        raise TableError(f"cannot tell whether {_redact(path)} exists: {exc}") from exc
 
 
 def fingerprint(source: str, *, storage_options: dict[str, Any] | None = None) -> str:
