@@ -3,6 +3,7 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
+LINTED := prefect_llm_batch tests examples conftest.py $(wildcard benchmarks)
 
 # Quiet, offline-friendly Prefect defaults (see README "Running offline").
 export PREFECT_SERVER_ANALYTICS_ENABLED ?= false
@@ -31,8 +32,8 @@ test: install
 	$(BIN)/python -m pytest
 
 lint: install
-	$(BIN)/ruff check prefect_llm_batch tests benchmarks examples
-	$(BIN)/ruff format --check prefect_llm_batch tests benchmarks examples
+	$(BIN)/ruff check $(LINTED)
+	$(BIN)/ruff format --check $(LINTED)
 	$(BIN)/mypy
 
 check: lint test

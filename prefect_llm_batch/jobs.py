@@ -221,10 +221,9 @@ def prepare(
         provider=target.provider,
         base_url=target.key_base_url,
         endpoint=spec.endpoint,
-        model=spec.model,
         prompts=prompts,
         systems=systems,
-        params=spec.params,
+        build_body=lambda prompt, system: provider.build_body(spec.model, prompt, system, spec.params),
     )
     lines = [
         encode_line(provider.build_line(cid, body))
@@ -314,35 +313,35 @@ def submit_chunk(ref: JobRef, chunk_id: int, provider: BatchProvider) -> ChunkSt
     if state.batch_id:
         return state
     metadata = _metadata(ref, state)
+    n_requests = store.read_job().chunks[chunk_id].requests
     if state.intent_at is not None:
-        found = provider.find_batch(metadata, created_after=state.intent_at - ADOPT_LOOKBACK_S)
+        found = provider.find_batch(
+            metadata, created_after=state.intent_at - ADOPT_LOOKBACK_S, requests=n_requests
+        )
         if found is not None:
             logger.info("chunk %d: adopted batch %s created by an earlier run", chunk_id, found.id)
             return _record_batch(store, state, found)
+    data = store.read_chunk_input(chunk_id)
     if state.input_file_id is None:
-        data = store.read_chunk_input(chunk_id)
         state.input_file_id = provider.upload(data, f"{ref.job_id}-chunk-{chunk_id:05d}.jsonl")
         store.write_chunk(state)
     state.intent_at = time.time()
     store.write_chunk(state)
     try:
-        info = provider.create(state.input_file_id, metadata)
+        info = provider.create(data, state.input_file_id, metadata, requests=n_requests)
     except AmbiguousCreate as exc:
         logger.warning("chunk %d: create had no clear answer (%s); looking for the batch", chunk_id, exc)
-        found = provider.find_batch(metadata, created_after=state.intent_at - ADOPT_LOOKBACK_S)
+        found = provider.find_batch(
+            metadata, created_after=state.intent_at - ADOPT_LOOKBACK_S, requests=n_requests
+        )
         if found is None:
             logger.warning("chunk %d: no batch carries its metadata; creating it", chunk_id)
-            info = provider.create(state.input_file_id, metadata)
+            info = provider.create(data, state.input_file_id, metadata, requests=n_requests)
         else:
             logger.info("chunk %d: adopted batch %s", chunk_id, found.id)
             info = found
-    logger.info("chunk %d: created batch %s (%d requests)", chunk_id, info.id, ref_requests(store, chunk_id))
+    logger.info("chunk %d: batch %s has %d requests", chunk_id, info.id, n_requests)
     return _record_batch(store, state, info)
-
-
-def ref_requests(store: JobStore, chunk_id: int) -> int:
-    """Number of requests planned for a chunk."""
-    return store.read_job().chunks[chunk_id].requests
 
 
 class Progress(BaseModel):

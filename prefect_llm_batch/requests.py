@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
@@ -141,10 +141,9 @@ def build_request_set(
     provider: str,
     base_url: str,
     endpoint: str,
-    model: str,
     prompts: Sequence[str],
     systems: Sequence[str | None] | None = None,
-    params: dict[str, Any] | None = None,
+    build_body: Callable[[str, str | None], dict[str, Any]],
 ) -> RequestSet:
     """Build one body per row, key it, and keep each distinct request once.
 
@@ -152,17 +151,17 @@ def build_request_set(
         provider: Provider identity for the key (``"openai"``, ``"simulator"``...).
         base_url: Base URL for the key (normalised here).
         endpoint: The endpoint every request goes to.
-        model: Model name.
         prompts: Rendered user prompt of every row.
         systems: Rendered system prompt of every row, or None.
-        params: Extra body parameters.
+        build_body: The provider's body builder, from (prompt, system) to a request body.
 
     Returns:
         The de-duplicated :class:`RequestSet`.
 
     Examples:
         >>> rs = build_request_set(provider="openai", base_url="https://x/v1",
-        ...     endpoint="/v1/chat/completions", model="m", prompts=["a", "b", "a"])
+        ...     endpoint="/v1/chat/completions", prompts=["a", "b", "a"],
+        ...     build_body=lambda prompt, system: chat_body("m", prompt, system))
         >>> len(rs.row_ids), len(rs.unique_ids), rs.row_ids[0] == rs.row_ids[2], rs.first_row
         (3, 2, True, [0, 1])
     """
@@ -174,7 +173,7 @@ def build_request_set(
     first_row: list[int] = []
     for row, prompt in enumerate(prompts):
         system = systems[row] if systems is not None else None
-        body = chat_body(model, prompt, system, params)
+        body = build_body(prompt, system)
         cid = custom_id(provider, base, endpoint, body)
         row_ids.append(cid)
         if cid not in seen:

@@ -79,7 +79,7 @@ def test_create_sends_window_endpoint_metadata_and_retries_429() -> None:
         return httpx.Response(200, json=batch())
 
     with provider(handler) as p:
-        info = p.create("file-1", {"job_id": "j", "chunk_id": "0"})
+        info = p.create(b"", "file-1", {"job_id": "j", "chunk_id": "0"}, requests=1)
     assert info.status is BatchStatus.VALIDATING
     assert len(calls) == 2
     assert calls[1] == {
@@ -102,7 +102,7 @@ def test_create_that_may_have_happened_is_ambiguous_and_not_retried(failure: Han
         return failure(request)
 
     with provider(handler) as p, pytest.raises(AmbiguousCreate):
-        p.create("file-1", {})
+        p.create(b"", "file-1", {}, requests=1)
     assert len(calls) == 1
 
 

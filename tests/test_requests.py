@@ -88,9 +88,9 @@ def test_duplicates_are_sent_once_and_fanned_out() -> None:
         provider="openai",
         base_url="https://x/v1",
         endpoint="/v1/chat/completions",
-        model="m",
         prompts=["a", "b", "a", "c", "b"],
         systems=["s", "s", "s", "s", "t"],
+        build_body=lambda prompt, system: chat_body("m", prompt, system),
     )
     assert len(rs.row_ids) == 5
     assert rs.row_ids[0] == rs.row_ids[2]

@@ -93,6 +93,12 @@ class BatchProvider(ABC):
         """The endpoint requests go to, as written in request keys."""
 
     @abstractmethod
+    def build_body(
+        self, model: str, prompt: str, system: str | None, params: dict[str, Any]
+    ) -> dict[str, Any]:
+        """Return the request body of one prompt (what the request key hashes). Pure."""
+
+    @abstractmethod
     def build_line(self, custom_id: str, body: dict[str, Any]) -> dict[str, Any]:
         """Return the input line (a JSON object) of one request. Pure."""
 
@@ -101,17 +107,29 @@ class BatchProvider(ABC):
         """Turn one result line into a :class:`RowResult`. Pure."""
 
     @abstractmethod
-    def upload(self, data: bytes, filename: str) -> str:
-        """Upload a batch input file and return its id."""
+    def upload(self, data: bytes, filename: str) -> str | None:
+        """Store a batch input file (JSONL of :meth:`build_line` lines) where the provider needs it.
+
+        Returns:
+            The file id, or None for providers that take requests inline at create.
+        """
 
     @abstractmethod
-    def create(self, input_file_id: str, metadata: dict[str, str]) -> BatchInfo:
-        """Create a batch. Raises :class:`~prefect_llm_batch.errors.AmbiguousCreate` when the
-        outcome is unknown: the caller must then look for it with :meth:`find_batch`."""
+    def create(
+        self, data: bytes, input_file_id: str | None, metadata: dict[str, str], *, requests: int
+    ) -> BatchInfo:
+        """Create a batch from an uploaded file (``input_file_id``) or inline ``data``.
+
+        Raises :class:`~prefect_llm_batch.errors.AmbiguousCreate` when the outcome is unknown:
+        the caller must then look for it with :meth:`find_batch`, never create blindly.
+        """
 
     @abstractmethod
-    def find_batch(self, metadata: dict[str, str], created_after: float | None = None) -> BatchInfo | None:
-        """Return the newest batch whose metadata contains ``metadata``, looking back to ``created_after``."""
+    def find_batch(
+        self, metadata: dict[str, str], created_after: float | None = None, *, requests: int | None = None
+    ) -> BatchInfo | None:
+        """Return the newest batch created by :meth:`create` with ``metadata``, looking back to
+        ``created_after``. Providers without batch metadata may match on ``requests`` and time."""
 
     @abstractmethod
     def retrieve(self, batch_id: str) -> BatchInfo:

@@ -42,7 +42,7 @@ from ..errors import (
     RateLimited,
     Transient,
 )
-from ..requests import normalise_base_url
+from ..requests import chat_body, normalise_base_url
 from ..results import NEVER_RAN_CODES, RowResult, error_kind_for_status, parse_chat_completion, short
 from ..spec import BatchLimits, ErrorKind
 from .base import BatchInfo, BatchProvider, BatchStatus
@@ -176,6 +176,11 @@ class OpenAIBatchProvider(BatchProvider):
 
     # ---- pure ---------------------------------------------------------------------------
 
+    def build_body(
+        self, model: str, prompt: str, system: str | None, params: dict[str, Any]
+    ) -> dict[str, Any]:
+        return chat_body(model, prompt, system, params)
+
     def build_line(self, custom_id: str, body: dict[str, Any]) -> dict[str, Any]:
         return {"custom_id": custom_id, "method": "POST", "url": self.endpoint, "body": body}
 
@@ -279,7 +284,11 @@ class OpenAIBatchProvider(BatchProvider):
         payload = self._retrying(call).json()
         return str(payload["id"])
 
-    def create(self, input_file_id: str, metadata: dict[str, str]) -> BatchInfo:
+    def create(
+        self, data: bytes, input_file_id: str | None, metadata: dict[str, str], *, requests: int
+    ) -> BatchInfo:
+        if not input_file_id:
+            raise ValueError("the OpenAI Batch API creates batches from an uploaded file: upload first")
         body = {
             "input_file_id": input_file_id,
             "endpoint": self.endpoint,
@@ -293,7 +302,9 @@ class OpenAIBatchProvider(BatchProvider):
         )
         return self.batch_info(response.json())
 
-    def find_batch(self, metadata: dict[str, str], created_after: float | None = None) -> BatchInfo | None:
+    def find_batch(
+        self, metadata: dict[str, str], created_after: float | None = None, *, requests: int | None = None
+    ) -> BatchInfo | None:
         after: str | None = None
         for _ in range(1000):  # 100,000 batches at most
             params: dict[str, Any] = {"limit": 100}
