@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+from pathlib import Path
 from typing import Annotated, Any, cast
 
 import typer
@@ -47,6 +48,20 @@ def parse_param(text: str) -> tuple[str, Any]:
         return key.strip(), value
 
 
+def _read_schema(path: Path) -> dict[str, Any]:
+    from .errors import InputError
+
+    try:
+        value = json.loads(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise InputError(f"cannot read the schema file {path}: {exc.strerror}") from None
+    except ValueError as exc:
+        raise InputError(f"the schema file {path} is not valid JSON: {exc}") from None
+    if not isinstance(value, dict):
+        raise InputError(f"the schema file {path} must hold a JSON object")
+    return value
+
+
 def _prefect_defaults() -> None:
     # The temporary local server needs more than the default 20 s on small machines.
     os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "60")
@@ -63,6 +78,13 @@ def run(
     ],
     model: Annotated[str, typer.Option(help="Model name, e.g. gpt-4o-mini.")],
     system: Annotated[str | None, typer.Option(help="System prompt (also a template).")] = None,
+    schema: Annotated[
+        Path | None,
+        typer.Option(
+            help="JSON Schema file the answers must follow; each top-level property becomes a column."
+        ),
+    ] = None,
+    column_prefix: Annotated[str, typer.Option(help="Prefix for the schema's typed columns.")] = "",
     id_column: Annotated[
         str | None, typer.Option(help="Unique, non-null column that identifies rows.")
     ] = None,
@@ -104,10 +126,20 @@ def run(
     params = dict(parse_param(p) for p in param or [])
     from .errors import LLMBatchError
     from .jobs import preflight
+    from .schemas import ResponseSchema
     from .spec import JobSpec
 
     try:
-        spec = JobSpec(prompt=prompt, system=system, model=model, params=params, id_column=id_column)
+        response_format = _read_schema(schema) if schema is not None else None
+        spec = JobSpec(
+            prompt=prompt,
+            system=system,
+            model=model,
+            params=params,
+            id_column=id_column,
+            response_schema=ResponseSchema(response_format).schema if response_format is not None else None,
+            column_prefix=column_prefix,
+        )
         preflight(source, spec)
     except LLMBatchError as exc:
         typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
@@ -127,6 +159,8 @@ def run(
             model=model,
             system=system,
             params=params,
+            response_format=json.dumps(response_format) if response_format is not None else None,
+            column_prefix=column_prefix,
             provider=cast(ProviderName, provider),
             base_url=base_url,
             id_column=id_column,

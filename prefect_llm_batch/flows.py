@@ -8,16 +8,18 @@ inputs resumes the same job from its state directory instead of paying again.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any, Literal
 
 from prefect import flow
 from prefect.logging import get_run_logger
+from pydantic import BaseModel
 
 from .blocks import OpenAIBatchCredentials
 from .errors import BatchFailed, ErrorRateExceeded
 from .jobs import MAX_CHUNK_ATTEMPTS, JobSummary, failed_batches
 from .providers import openai_target
+from .schemas import ResponseSchema
 from .spec import (
     DEFAULT_MAX_ERROR_RATE,
     OPENAI_MAX_BATCH_BYTES,
@@ -69,6 +71,9 @@ def enrich_table(
     model: str,
     system: str | None = None,
     params: dict[str, Any] | None = None,
+    response_format: dict[str, Any] | str | type[BaseModel] | None = None,
+    column_prefix: str = "",
+    parser: Callable[[str], Any] | None = None,
     provider: Literal["simulator", "openai"] = "simulator",
     base_url: str | None = None,
     credentials: OpenAIBatchCredentials | None = None,
@@ -90,6 +95,13 @@ def enrich_table(
         model: Model name.
         system: Optional system prompt (also a template).
         params: Extra request parameters (``temperature``, ``max_tokens``...).
+        response_format: A pydantic model class, a JSON Schema as JSON text, or a JSON Schema dict
+            the answers must follow; each top-level property becomes a typed column (see
+            :mod:`prefect_llm_batch.schemas`). Prefect reads any dict parameter holding a ``"$ref"``
+            key as a block reference, so pass schemas that use ``$ref`` as JSON text or a model.
+        column_prefix: Prefix for those typed columns.
+        parser: Optional function from answer text to a dict, for answers that need their own
+            parsing (Python API only); its result is still checked against ``response_format``.
         provider: ``simulator`` (default: the bundled offline fake, free, made-up answers) or
             ``openai`` (real: needs ``OPENAI_API_KEY`` or ``credentials``, and costs money).
         base_url: OpenAI-compatible base URL including ``/v1`` (default ``OPENAI_BASE_URL`` or OpenAI).
@@ -119,11 +131,14 @@ def enrich_table(
         ...     overwrite=True)  # doctest: +SKIP
     """
     log = get_run_logger()
+    schema = ResponseSchema.from_user(response_format) if response_format is not None else None
     spec = JobSpec(
         prompt=prompt,
         system=system,
         model=model,
         params=params or {},
+        response_schema=schema.schema if schema is not None else None,
+        column_prefix=column_prefix,
         provider=provider,
         base_url=base_url,
         id_column=id_column,
@@ -150,7 +165,7 @@ def enrich_table(
         collecting = [collect_batch.submit(ref, i, spec, target, credentials) for i in range(ref.chunks)]
         for collecting_future in collecting:
             collecting_future.result()
-        summary = write_output(ref, output, overwrite)
+        summary = write_output(ref, output, overwrite, parser)
 
     failed = failed_batches(ref)
     if failed:

@@ -38,7 +38,16 @@ from .errors import AmbiguousCreate, BatchFailed, InputError, StateError
 from .prompts import PromptTemplate
 from .providers.base import BatchInfo, BatchProvider, BatchStatus
 from .requests import build_request_set, canonical_json, encode_line, normalise_base_url, plan_chunks
-from .results import OUTPUT_COLUMNS, RowResult, join_results, results_to_table, short
+from .results import (
+    OUTPUT_COLUMNS,
+    RowResult,
+    empty_results,
+    join_results,
+    parse_structured,
+    results_to_table,
+    short,
+)
+from .schemas import ResponseSchema
 from .spec import BatchLimits, ErrorKind, JobSpec, ProviderTarget
 from .store import ChunkPlanRecord, ChunkState, JobRecord, JobStore
 from .table import fingerprint, read_table, write_parquet_atomic
@@ -122,6 +131,7 @@ def compute_job_id(
         # batches that lived in another one. (Request keys, and so cached answers, ignore it.)
         "http_base_url": normalise_base_url(target.base_url),
         "id_column": spec.id_column,
+        "response_schema": spec.response_schema,
         "limits": limits.model_dump(),
     }
     return hashlib.sha256(canonical_json(payload)).hexdigest()[:32]
@@ -146,13 +156,28 @@ def _check_id_column(table: pa.Table, id_column: str | None) -> None:
         raise InputError(f"id column {id_column!r} repeats the value {value!r} (rows {rows})")
 
 
+def response_schema(spec: JobSpec) -> ResponseSchema | None:
+    """The job's response schema, normalised (or None)."""
+    return ResponseSchema(spec.response_schema) if spec.response_schema is not None else None
+
+
 def _check_templates(spec: JobSpec, table: pa.Table) -> tuple[list[str], list[str | None] | None]:
-    """Compile, check and render both templates over ``table``; returns prompts and system prompts."""
+    """Check output column names, then compile, check and render both templates over ``table``."""
     clash = [c for c in OUTPUT_COLUMNS if c in table.column_names]
     if clash:
         raise InputError(
             f"the input already has column(s) {', '.join(clash)}, which the output adds; rename them first"
         )
+    schema = response_schema(spec)
+    if schema is not None:
+        for prop in schema.properties:
+            name = spec.column_prefix + prop
+            if name in table.column_names or name in OUTPUT_COLUMNS:
+                raise InputError(
+                    f"response schema property {prop!r} would become column {name!r}, which "
+                    f"{'the input already has' if name in table.column_names else 'the output uses'}; "
+                    "rename it or set column_prefix"
+                )
     template = PromptTemplate(spec.prompt, name="prompt")
     template.check_columns(table.column_names)
     system_template = PromptTemplate(spec.system, name="system prompt") if spec.system else None
@@ -216,6 +241,7 @@ def prepare(
     table = read_table(source, limit=limit, storage_options=storage_options)
     _check_id_column(table, spec.id_column)
     prompts, systems = _check_templates(spec, table)
+    schema = response_schema(spec)
 
     request_set = build_request_set(
         provider=target.provider,
@@ -223,7 +249,9 @@ def prepare(
         endpoint=spec.endpoint,
         prompts=prompts,
         systems=systems,
-        build_body=lambda prompt, system: provider.build_body(spec.model, prompt, system, spec.params),
+        build_body=lambda prompt, system: provider.build_body(
+            spec.model, prompt, system, spec.params, schema
+        ),
     )
     lines = [
         encode_line(provider.build_line(cid, body))
@@ -247,6 +275,8 @@ def prepare(
         endpoint=spec.endpoint,
         model=spec.model,
         template_sha256=template_hash,
+        response_schema=spec.response_schema,
+        column_prefix=spec.column_prefix,
         rows=table.num_rows,
         unique_requests=len(request_set.unique_ids),
         chunks=[
@@ -522,9 +552,12 @@ def assemble(
     *,
     output: str,
     overwrite: bool = False,
+    parser: Callable[[str], Any] | None = None,
     storage_options: dict[str, Any] | None = None,
 ) -> JobSummary:
     """Join every chunk's results back to the input rows and write the output Parquet.
+
+    With a response schema, answers are parsed (by ``parser``, default JSON) into typed columns.
 
     Raises:
         StateError: The source changed since the job was prepared, or a chunk is not collected.
@@ -543,8 +576,11 @@ def assemble(
         parts.append(store.read_results(plan.chunk_id))
         if state.batch_id:
             batch_ids.append(state.batch_id)
-    results = pa.concat_tables(parts) if parts else None
-    joined = join_results(table, store.read_row_ids(), results if results is not None else [])
+    results = pa.concat_tables(parts) if parts else empty_results()
+    if record.response_schema is not None:
+        schema = ResponseSchema(record.response_schema)
+        results = parse_structured(results, schema, parser=parser, column_prefix=record.column_prefix)
+    joined = join_results(table, store.read_row_ids(), results)
     metadata = {
         "prefect_llm_batch": canonical_json(
             {
@@ -569,7 +605,7 @@ def assemble(
     counts = {str(k): int(v) for k, v in Counter(kinds.drop_null().to_pylist()).items()}
     error_rows = sum(counts.values())
     input_tokens = output_tokens = 0
-    if results is not None and results.num_rows:
+    if results.num_rows:
         input_tokens = int(pc.sum(results.column("response_input_tokens")).as_py() or 0)
         output_tokens = int(pc.sum(results.column("response_output_tokens")).as_py() or 0)
     summary = JobSummary(

@@ -18,6 +18,11 @@ column                         type       holds
 ``response_batch_id``          string     the provider batch that carried the request
 =============================  =========  ==============================================
 
+With a response schema, :func:`parse_structured` adds one typed column per top-level property
+(after the columns above, optionally prefixed); a row whose answer is not valid JSON
+(``parse_error``) or does not fit the schema (``schema_violation``) keeps its raw text in
+``response`` and has nulls in the typed columns.
+
 Rows that share a request share its answer and its token counts: sum the token columns over
 distinct requests, not rows, to get what was billed (the job summary does this).
 
@@ -32,13 +37,15 @@ Examples:
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import orjson
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from .schemas import ResponseSchema, SchemaViolation
 from .spec import ErrorKind
 
 #: Longest error message kept in ``response_error``.
@@ -198,6 +205,71 @@ def empty_results() -> pa.Table:
     return RESULT_SCHEMA.empty_table()
 
 
+def parse_structured(
+    results: pa.Table,
+    schema: ResponseSchema,
+    *,
+    parser: Callable[[str], Any] | None = None,
+    column_prefix: str = "",
+) -> pa.Table:
+    """Parse the answers of a results table against a schema and append the typed columns.
+
+    Only rows without an error are parsed. Invalid JSON (or a ``parser`` that raises) becomes
+    ``parse_error``; JSON that does not fit becomes ``schema_violation`` naming the path.
+
+    Args:
+        results: A table of :data:`RESULT_SCHEMA` (one row per request).
+        schema: The response schema.
+        parser: Optional function from the answer text to a dict (default: JSON).
+        column_prefix: Prefix of the typed column names.
+
+    Returns:
+        ``results`` with updated error columns and one typed column per schema property.
+
+    Examples:
+        >>> schema = ResponseSchema({"type": "object", "properties": {"n": {"type": "integer"}}})
+        >>> res = results_to_table([RowResult("a", response='{"n": 2}'),
+        ...     RowResult("b", response='{"n": "x"}'), RowResult("c", response="oops")])
+        >>> out = parse_structured(res, schema)
+        >>> out["n"].to_pylist(), out["response_error_kind"].to_pylist()
+        ([2, None, None], [None, 'schema_violation', 'parse_error'])
+    """
+    loads = parser or orjson.loads
+    texts = results.column("response").to_pylist()
+    kinds = results.column("response_error_kind").to_pylist()
+    messages = results.column("response_error").to_pylist()
+    values: list[dict[str, Any] | None] = []
+    for i, (text, kind) in enumerate(zip(texts, kinds, strict=True)):
+        if kind is not None or text is None:
+            values.append(None)
+            continue
+        try:
+            parsed = loads(text)
+        except Exception as exc:  # a user's parser may raise anything
+            kinds[i], messages[i] = ErrorKind.PARSE_ERROR.value, short(f"the answer is not valid JSON: {exc}")
+            values.append(None)
+            continue
+        try:
+            values.append(schema.convert(parsed))
+        except SchemaViolation as exc:
+            kinds[i], messages[i] = (
+                ErrorKind.SCHEMA_VIOLATION.value,
+                short(f"the answer does not fit the schema: {exc}"),
+            )
+            values.append(None)
+    out = results.set_column(
+        results.schema.get_field_index("response_error_kind"),
+        "response_error_kind",
+        pa.array(kinds, pa.string()),
+    )
+    out = out.set_column(
+        out.schema.get_field_index("response_error"), "response_error", pa.array(messages, pa.string())
+    )
+    for (name, data_type), array in zip(schema.arrow_fields(), schema.to_arrays(values), strict=True):
+        out = out.append_column(pa.field(column_prefix + name, data_type), array)
+    return out
+
+
 def join_results(
     table: pa.Table, row_ids: Sequence[str] | pa.Array[Any], results: Iterable[RowResult] | pa.Table
 ) -> pa.Table:
@@ -209,17 +281,20 @@ def join_results(
     Args:
         table: The input table (its columns are kept unchanged, in order).
         row_ids: The ``custom_id`` of each input row.
-        results: Row results (or a table of :data:`RESULT_SCHEMA`); a ``custom_id`` may appear
-            once only.
+        results: Row results (or a table of :data:`RESULT_SCHEMA`, possibly followed by typed
+            answer columns from :func:`parse_structured`); a ``custom_id`` may appear once only.
 
     Returns:
-        ``table`` with the :data:`OUTPUT_FIELDS` columns appended.
+        ``table`` with the :data:`OUTPUT_FIELDS` columns (then any typed answer columns) appended.
 
     Raises:
         ValueError: ``row_ids`` does not have one entry per row, or a result id repeats.
     """
     result_table = results if isinstance(results, pa.Table) else results_to_table(results)
-    result_table = result_table.select(RESULT_SCHEMA.names).cast(RESULT_SCHEMA)
+    extra = [f for f in result_table.schema if f.name not in RESULT_SCHEMA.names]
+    result_table = result_table.select([*RESULT_SCHEMA.names, *(f.name for f in extra)]).cast(
+        pa.schema([*RESULT_SCHEMA, *extra])
+    )
     ids = row_ids if isinstance(row_ids, pa.Array) else pa.array(list(row_ids), type=pa.string())
     if len(ids) != table.num_rows:
         raise ValueError(f"{len(ids)} row ids for {table.num_rows} rows")
@@ -230,7 +305,7 @@ def join_results(
     missing = pc.is_null(positions)
     taken = result_table.take(positions)
     out = table
-    for field in OUTPUT_FIELDS:
+    for field in [*OUTPUT_FIELDS, *extra]:
         column = taken.column(field.name).combine_chunks()
         if field.name == "response_error_kind":
             column = pc.if_else(missing, pa.scalar(ErrorKind.MISSING.value), column)

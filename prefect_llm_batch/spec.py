@@ -51,7 +51,8 @@ class ErrorKind(str, enum.Enum):
     ``batch_cancelled``     yes        the batch was cancelled before the request ran
     ``request_timeout``     yes        the provider timed the request out
     ``missing``             yes        the provider returned no line for the request
-    ``parse_error``         no         the answer could not be parsed
+    ``parse_error``         no         the answer could not be parsed (e.g. invalid JSON)
+    ``schema_violation``    no         the answer is JSON but does not fit the response schema
     ``refusal``             no         the model refused (``message.refusal``)
     ``content_filter``      no         the answer was stopped by a content filter
     ``length``              no         the answer was cut at ``max_tokens`` (text kept)
@@ -68,6 +69,7 @@ class ErrorKind(str, enum.Enum):
     REQUEST_TIMEOUT = "request_timeout"
     MISSING = "missing"
     PARSE_ERROR = "parse_error"
+    SCHEMA_VIOLATION = "schema_violation"
     REFUSAL = "refusal"
     CONTENT_FILTER = "content_filter"
     LENGTH = "length"
@@ -120,6 +122,10 @@ class JobSpec(BaseModel):
             ``OPENAI_BASE_URL`` or uses the provider's default.
         endpoint: Endpoint every request of the job goes to.
         id_column: Optional column that identifies rows; must be unique and non-null when given.
+        response_schema: Optional JSON Schema (an object) the answers must follow; each top-level
+            property becomes a typed column. Build it with
+            :meth:`prefect_llm_batch.schemas.ResponseSchema.from_user` from a pydantic model.
+        column_prefix: Prefix for the typed answer columns (default none).
         limits: Batch size limits.
 
     Examples:
@@ -144,6 +150,8 @@ class JobSpec(BaseModel):
     base_url: str | None = None
     endpoint: Literal["/v1/chat/completions"] = "/v1/chat/completions"
     id_column: str | None = None
+    response_schema: dict[str, Any] | None = None
+    column_prefix: str = ""
     limits: BatchLimits = Field(default_factory=BatchLimits)
 
     @field_validator("prompt")
@@ -156,11 +164,11 @@ class JobSpec(BaseModel):
     @field_validator("params")
     @classmethod
     def _params_not_reserved(cls, value: dict[str, Any]) -> dict[str, Any]:
-        reserved = {"model", "messages", "stream"} & set(value)
+        reserved = {"model", "messages", "stream", "response_format"} & set(value)
         if reserved:
             raise ValueError(
-                f"params may not set {sorted(reserved)}: model and messages come from the job, "
-                "and batch requests cannot stream"
+                f"params may not set {sorted(reserved)}: model, messages and the response format come "
+                "from the job (use response_schema), and batch requests cannot stream"
             )
         return value
 

@@ -71,6 +71,8 @@ class JobRecord(BaseModel):
     endpoint: str
     model: str
     template_sha256: str
+    response_schema: dict[str, Any] | None = None
+    column_prefix: str = ""
     rows: int
     unique_requests: int
     chunks: list[ChunkPlanRecord]

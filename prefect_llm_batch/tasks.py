@@ -8,6 +8,7 @@ Prefect's task cache, and Prefect never hashes or persists a big input.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from typing import Any
 
 from prefect import task
@@ -142,6 +143,8 @@ def collect_batch(
 
 
 @task(name="write-output", cache_policy=NONE)
-def write_output(ref: jobs.JobRef, output: str, overwrite: bool = False) -> jobs.JobSummary:
-    """Join the results back to the rows and write the output Parquet atomically."""
-    return jobs.assemble(ref, output=output, overwrite=overwrite)
+def write_output(
+    ref: jobs.JobRef, output: str, overwrite: bool = False, parser: Callable[[str], Any] | None = None
+) -> jobs.JobSummary:
+    """Join the results back to the rows (typed columns with a schema) and write the output Parquet."""
+    return jobs.assemble(ref, output=output, overwrite=overwrite, parser=parser)

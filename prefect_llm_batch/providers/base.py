@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..results import RowResult
+from ..schemas import ResponseSchema
 from ..spec import BatchLimits
 
 
@@ -94,9 +95,17 @@ class BatchProvider(ABC):
 
     @abstractmethod
     def build_body(
-        self, model: str, prompt: str, system: str | None, params: dict[str, Any]
+        self,
+        model: str,
+        prompt: str,
+        system: str | None,
+        params: dict[str, Any],
+        schema: ResponseSchema | None = None,
     ) -> dict[str, Any]:
-        """Return the request body of one prompt (what the request key hashes). Pure."""
+        """Return the request body of one prompt (what the request key hashes). Pure.
+
+        With a ``schema``, the body asks for structured answers in the provider's way.
+        """
 
     @abstractmethod
     def build_line(self, custom_id: str, body: dict[str, Any]) -> dict[str, Any]:

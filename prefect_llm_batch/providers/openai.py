@@ -44,6 +44,7 @@ from ..errors import (
 )
 from ..requests import chat_body, normalise_base_url
 from ..results import NEVER_RAN_CODES, RowResult, error_kind_for_status, parse_chat_completion, short
+from ..schemas import ResponseSchema
 from ..spec import BatchLimits, ErrorKind
 from .base import BatchInfo, BatchProvider, BatchStatus
 
@@ -177,9 +178,17 @@ class OpenAIBatchProvider(BatchProvider):
     # ---- pure ---------------------------------------------------------------------------
 
     def build_body(
-        self, model: str, prompt: str, system: str | None, params: dict[str, Any]
+        self,
+        model: str,
+        prompt: str,
+        system: str | None,
+        params: dict[str, Any],
+        schema: ResponseSchema | None = None,
     ) -> dict[str, Any]:
-        return chat_body(model, prompt, system, params)
+        body = chat_body(model, prompt, system, params)
+        if schema is not None:
+            body["response_format"] = schema.openai_response_format()
+        return body
 
     def build_line(self, custom_id: str, body: dict[str, Any]) -> dict[str, Any]:
         return {"custom_id": custom_id, "method": "POST", "url": self.endpoint, "body": body}
