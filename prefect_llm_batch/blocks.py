@@ -1,23 +1,51 @@
-"""Prefect blocks: provider credentials, stored encrypted and shown as ``********``.
+"""Prefect blocks: provider credentials (stored encrypted, shown as ``********``) and a saved job.
 
-Registered through the ``prefect.collections`` entry point, or by hand with
+Registered through the ``prefect.collections`` entry point (any Prefect server started after
+installing this package knows them), or by hand on a running server with
 ``prefect block register -m prefect_llm_batch.blocks``.
+
+==========================  ================================  ========================================
+class                       block type slug                   holds
+==========================  ================================  ========================================
+``OpenAIBatchCredentials``  ``llm-batch-openai-credentials``  an OpenAI (or compatible) key, base URL
+``LLMBatchJob``             ``llm-batch-job``                 a job defined once (in the UI): prompt,
+                                                              model, params, provider, credentials
+==========================  ================================  ========================================
+
+The names differ from ``prefect-openai``'s ``OpenAI Credentials`` on purpose, so both collections
+can be installed side by side.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+from prefect.blocks.abstract import CredentialsBlock
 from prefect.blocks.core import Block
-from pydantic import Field, HttpUrl, SecretStr
+from pydantic import ConfigDict, Field, HttpUrl, SecretStr, model_validator
 
+from .errors import TemplateError
+from .prompts import PromptTemplate
 from .providers import make_provider, openai_target
 from .providers.base import BatchProvider
-from .spec import BatchLimits
+from .spec import BatchLimits, JobSpec, ProviderName
+
+__all__ = ["LLMBatchJob", "OpenAIBatchCredentials"]
+
+#: OpenAI's mark as Prefect hosts it for its own prefect-openai blocks (a PNG scaled to 250 px).
+OPENAI_LOGO_URL = (
+    "https://images.ctfassets.net/gm98wzqotmnx/QE8JwcbZBmIfiognXDLcY/"
+    "2bcd4c759f877d37159f576101218b49/open-ai-logo-8B9BFEDC26-seeklogo.com.png?h=250"
+)
+#: The provider's guide to the API these blocks drive (until the project has a public home).
+DOCUMENTATION_URL = "https://platform.openai.com/docs/guides/batch"
 
 
-class OpenAIBatchCredentials(Block):
+class OpenAIBatchCredentials(CredentialsBlock):
     """Credentials for the OpenAI Batch API, or any OpenAI-compatible service.
+
+    The key is a ``SecretStr``: Prefect stores it encrypted, and the UI, ``repr`` and logs show
+    ``********``. Use :meth:`get_client` to talk to the provider.
 
     Attributes:
         api_key: The API key, sent as ``Authorization: Bearer``.
@@ -25,28 +53,173 @@ class OpenAIBatchCredentials(Block):
             (or ``OPENAI_BASE_URL`` when set).
 
     Examples:
-        >>> creds = OpenAIBatchCredentials(api_key="test-key")
-        >>> creds.api_key
-        SecretStr('**********')
-        >>> provider = creds.get_client()
-        >>> provider.key_base_url
+        >>> creds = OpenAIBatchCredentials(api_key="sk-test")
+        >>> creds
+        OpenAIBatchCredentials(api_key=SecretStr('**********'), base_url=None)
+        >>> with creds.get_client() as provider:
+        ...     provider.key_base_url
         'https://api.openai.com/v1'
-        >>> provider.close()
     """
 
     _block_type_name = "LLM Batch OpenAI Credentials"
     _block_type_slug = "llm-batch-openai-credentials"
-    _logo_url = HttpUrl("https://cdn.openai.com/API/logo-assets/openai-logomark.png")
-    _documentation_url = HttpUrl("https://platform.openai.com/docs/guides/batch")
+    _logo_url = HttpUrl(OPENAI_LOGO_URL)
+    _documentation_url = HttpUrl(DOCUMENTATION_URL)
+    _code_example = """\
+        ```python
+        from prefect_llm_batch.blocks import OpenAIBatchCredentials
 
-    api_key: SecretStr = Field(default=..., description="The OpenAI (or compatible service) API key.")
+        credentials = OpenAIBatchCredentials.load("BLOCK_NAME")
+        with credentials.get_client() as provider:
+            ...
+        ```"""
+
+    # Validation errors would otherwise echo the raw input, key included.
+    model_config = ConfigDict(hide_input_in_errors=True)
+
+    api_key: SecretStr = Field(
+        default=...,
+        title="API Key",
+        description="The OpenAI (or compatible service) API key.",
+    )
     base_url: str | None = Field(
         default=None,
+        title="Base URL",
         description="Base URL including /v1, for OpenAI-compatible services. Empty means api.openai.com.",
     )
 
     def get_client(self, limits: BatchLimits | None = None, **options: Any) -> BatchProvider:
-        """Return a **new** batch provider client using these credentials (close it after use)."""
+        """Return a **new** batch provider client using these credentials.
+
+        Each call builds its own client (no shared state); close it after use, or use it as a
+        context manager.
+
+        Args:
+            limits: Batch size limits (default OpenAI's).
+            **options: Passed to the provider (timeouts, retries, backoff).
+
+        Returns:
+            A provider for ``base_url`` (else ``OPENAI_BASE_URL``, else OpenAI).
+        """
         return make_provider(
             openai_target(self.base_url), api_key=self.api_key.get_secret_value(), limits=limits, **options
+        )
+
+
+class LLMBatchJob(Block):
+    """An enrichment job saved once (in the UI or from code) and reused by deployments and notebooks.
+
+    It holds what to ask and where to send it; the table, the output and the state directory are
+    given per run. The fields are checked when the block is built, so a bad template or reserved
+    parameter fails when the block is saved, not hours later in a scheduled run.
+
+    Attributes:
+        prompt: Jinja2 template rendered per row, e.g. ``"Classify: {{ review }}"``.
+        system: Optional system prompt (also a template).
+        model: Model name.
+        params: Extra request parameters (``temperature``, ``max_tokens``...).
+        provider: ``simulator`` (offline fake, free) or ``openai`` (real, costs money).
+        base_url: OpenAI-compatible base URL including ``/v1``; empty uses the credentials' or OpenAI's.
+        id_column: Column that identifies rows (unique, non-null); named in error messages.
+        response_schema: Optional JSON Schema (an object) the answers must follow.
+        credentials: Credentials for ``openai``; empty reads ``OPENAI_API_KEY``.
+
+    Examples:
+        >>> job = LLMBatchJob(prompt="Sentiment of: {{ review }}", model="gpt-4o-mini",
+        ...     params={"temperature": 0}, id_column="review_id")
+        >>> spec = job.to_spec()
+        >>> spec.provider, spec.model, spec.params
+        ('simulator', 'gpt-4o-mini', {'temperature': 0})
+        >>> real = LLMBatchJob(prompt="{{ text }}", model="gpt-4o-mini", provider="openai",
+        ...     credentials=OpenAIBatchCredentials(api_key="sk-test", base_url="https://gw.example/v1"))
+        >>> real.credentials.api_key
+        SecretStr('**********')
+        >>> real.to_spec().base_url
+        'https://gw.example/v1'
+        >>> LLMBatchJob(prompt="{{ review }", model="gpt-4o-mini")
+        Traceback (most recent call last):
+        ...
+        pydantic_core._pydantic_core.ValidationError: 1 validation error for LLMBatchJob
+          Value error, prompt has a syntax error on line 1: ...
+    """
+
+    _block_type_name = "LLM Batch Job"
+    _block_type_slug = "llm-batch-job"
+    _logo_url = HttpUrl(OPENAI_LOGO_URL)
+    _documentation_url = HttpUrl(DOCUMENTATION_URL)
+    _code_example = """\
+        ```python
+        from prefect_llm_batch.blocks import LLMBatchJob
+
+        job = LLMBatchJob.load("BLOCK_NAME")
+        spec = job.to_spec()
+        ```"""
+
+    # Validation errors would otherwise echo the raw input, nested credentials included.
+    model_config = ConfigDict(hide_input_in_errors=True)
+
+    prompt: str = Field(
+        default=...,
+        description="Jinja2 template rendered once per row; the row's columns are its variables.",
+    )
+    system: str | None = Field(default=None, description="Optional system prompt, also a template.")
+    model: str = Field(default=..., description="Model name, e.g. gpt-4o-mini.")
+    params: dict[str, Any] = Field(
+        default_factory=dict,
+        description="Extra request parameters passed through as given (temperature, max_tokens...).",
+    )
+    provider: ProviderName = Field(
+        default="simulator",
+        description="simulator (the bundled offline fake: free, made-up answers) or openai (costs money).",
+    )
+    base_url: str | None = Field(
+        default=None,
+        title="Base URL",
+        description="OpenAI-compatible base URL including /v1. Empty uses the credentials' or OpenAI's.",
+    )
+    id_column: str | None = Field(
+        default=None, description="Column that identifies rows (unique, non-null); named in errors."
+    )
+    response_schema: dict[str, Any] | None = Field(
+        default=None,
+        description="Optional JSON Schema (an object) the answers must follow; one column per property.",
+    )
+    credentials: OpenAIBatchCredentials | None = Field(
+        default=None, description="Credentials for the openai provider; empty reads OPENAI_API_KEY."
+    )
+
+    @model_validator(mode="after")
+    def _valid_job(self) -> LLMBatchJob:
+        spec = self.to_spec()
+        try:
+            PromptTemplate(spec.prompt)
+            if spec.system is not None:
+                PromptTemplate(spec.system, name="system prompt")
+        except TemplateError as exc:
+            raise ValueError(str(exc)) from exc
+        return self
+
+    def to_spec(self, limits: BatchLimits | None = None) -> JobSpec:
+        """The job as a :class:`~prefect_llm_batch.spec.JobSpec` (no secrets in it).
+
+        Args:
+            limits: Batch size limits (default OpenAI's).
+
+        Returns:
+            The spec; its ``base_url`` is this block's, else the credentials'.
+
+        Raises:
+            pydantic.ValidationError: A field is not valid (empty prompt, reserved parameter...).
+        """
+        base_url = self.base_url or (self.credentials.base_url if self.credentials is not None else None)
+        return JobSpec(
+            prompt=self.prompt,
+            system=self.system,
+            model=self.model,
+            params=self.params,
+            provider=self.provider,
+            base_url=base_url,
+            id_column=self.id_column,
+            response_schema=self.response_schema,
+            limits=limits or BatchLimits(),
         )

@@ -22,6 +22,7 @@ Prefect tasks drive ``retry_condition_fn`` from that marker (see :func:`is_trans
           ├── BatchFailed              a batch that failed validation (quotes errors.data)
           ├── BatchCancelled           a batch cancelled by the user
           ├── StateError               the job state directory is unusable or inconsistent
+          ├── JobLocked                another run of the same job holds its lease
           └── ErrorRateExceeded        more rows failed than max_error_rate allows (output was written)
 
 Messages never contain secrets: providers quote response bodies, never request headers.
@@ -134,6 +135,10 @@ class BatchCancelled(Terminal):
 
 class StateError(Terminal):
     """The job state directory cannot be used (unreadable, inconsistent, or of another version)."""
+
+
+class JobLocked(Terminal):
+    """Another run of the same job holds its lease (one runner per job)."""
 
 
 class ErrorRateExceeded(Terminal):

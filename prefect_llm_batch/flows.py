@@ -1,24 +1,29 @@
 """Prefect flows: one public flow per use case.
 
-``enrich_table`` runs a whole job in one flow run: prepare, one ``submit-batch`` task per batch,
-wait, one ``collect-batch`` task per batch, write the output. Running it again with the same
-inputs resumes the same job from its state directory instead of paying again.
+``enrich_table`` runs a whole job in one flow run: prepare, then per round one ``submit-batch``
+task per batch, ``wait-for-batches``, one ``collect-batch`` task per batch and ``plan-retry``, and
+finally ``write-output``. Running it again with the same inputs resumes the same job from its
+state directory instead of paying again; one run at a time holds a job (a lease).
 """
 
 from __future__ import annotations
 
 import contextlib
+import time
 from collections.abc import Callable, Iterator
 from typing import Any, Literal
 
 from prefect import flow
-from prefect.logging import get_run_logger
+from prefect.client.schemas.objects import FlowRun, State
+from prefect.context import FlowRunContext
+from prefect.flows import Flow
+from prefect.logging import get_logger, get_run_logger
 from pydantic import BaseModel
 
 from .blocks import OpenAIBatchCredentials
-from .errors import BatchFailed, ErrorRateExceeded
-from .jobs import MAX_CHUNK_ATTEMPTS, JobSummary, failed_batches
-from .providers import openai_target
+from .errors import BatchCancelled, BatchFailed, ErrorRateExceeded
+from .jobs import JobRef, JobSummary, cancel_job, failed_batches, job_ref
+from .providers import make_provider, openai_target
 from .schemas import ResponseSchema
 from .spec import (
     DEFAULT_MAX_ERROR_RATE,
@@ -26,18 +31,20 @@ from .spec import (
     OPENAI_MAX_REQUESTS_PER_BATCH,
     SIMULATOR_KEY_BASE_URL,
     BatchLimits,
+    CacheMode,
     JobSpec,
     ProviderTarget,
+    RunOptions,
 )
-from .store import default_state_dir
-from .tasks import collect_batch, prepare_job, submit_batch, wait_for_batches, write_output
+from .store import JobStore, default_state_dir, job_for_run, record_run
+from .tasks import collect_batch, plan_retry, prepare_job, submit_batch, wait_for_batches, write_output
 
 #: Poll interval (seconds) against real providers, which recommend 30-60 s.
 DEFAULT_POLL_INTERVAL = 30.0
 #: Poll interval against the simulator, whose batches end within seconds.
 SIMULATOR_POLL_INTERVAL = 0.5
-#: Resubmission rounds for chunks whose batch failed in a retryable way.
-MAX_ROUNDS = MAX_CHUNK_ATTEMPTS
+#: Seconds before the second round of retries against real providers (doubles per round).
+DEFAULT_RETRY_BACKOFF = 60.0
 
 
 @contextlib.contextmanager
@@ -57,12 +64,36 @@ def resolve_target(
     yield openai_target(base_url or (credentials.base_url if credentials else None))
 
 
+def cancel_provider_batches(flow: Flow[Any, Any], flow_run: FlowRun, state: State[Any]) -> None:
+    """``on_cancellation`` hook: cancelling the flow run in the UI cancels the job's provider batches.
+
+    Finished rows stay in the state directory; running the job again resumes the rest.
+    """
+    log = get_logger("prefect_llm_batch")
+    state_dir = flow_run.parameters.get("state_dir") or default_state_dir()
+    found = job_for_run(state_dir, str(flow_run.id))
+    if found is None:
+        log.info("flow run %s had not planned a job yet: nothing to cancel", flow_run.id)
+        return
+    store = JobStore(state_dir, found)
+    record = store.read_job()
+    if record.provider == "simulator":
+        return  # the simulator's batches ended with the run's process
+    credentials = flow_run.parameters.get("credentials")
+    key = credentials.api_key.get_secret_value() if isinstance(credentials, OpenAIBatchCredentials) else None
+    target = openai_target(record.base_url)
+    with make_provider(target, api_key=key) as provider:
+        cancelled = cancel_job(job_ref(record, state_dir), provider, "the flow run was cancelled")
+    log.info("cancelled %d provider batch(es) of job %s", len(cancelled), found)
+
+
 @flow(
     name="enrich-table",
     description=(
         "Render one prompt per row of a table, send the requests through a provider batch API, "
         "and write the table with the answers as new columns to Parquet."
     ),
+    on_cancellation=[cancel_provider_batches],
 )
 def enrich_table(
     source: str,
@@ -85,6 +116,13 @@ def enrich_table(
     max_batch_bytes: int = OPENAI_MAX_BATCH_BYTES,
     poll_interval: float | None = None,
     max_error_rate: float = DEFAULT_MAX_ERROR_RATE,
+    max_attempts: int = 3,
+    retry_backoff: float | None = None,
+    cache: CacheMode = "use",
+    max_in_flight_batches: int | None = None,
+    max_enqueued_tokens: int | None = None,
+    max_wait: float | None = None,
+    keep_input_files: bool = False,
 ) -> JobSummary:
     """Enrich a table with one LLM answer per row, through a provider batch API.
 
@@ -107,8 +145,8 @@ def enrich_table(
         base_url: OpenAI-compatible base URL including ``/v1`` (default ``OPENAI_BASE_URL`` or OpenAI).
         credentials: An ``LLM Batch OpenAI Credentials`` block; else ``OPENAI_API_KEY`` is read.
         id_column: Column that identifies rows (unique, non-null); named in error messages.
-        state_dir: Where job state lives (any fsspec URL); default ``$PREFECT_LLM_BATCH_STATE_DIR``
-            or ``~/.local/state/prefect-llm-batch``.
+        state_dir: Where job state and the response cache live (any fsspec URL); default
+            ``$PREFECT_LLM_BATCH_STATE_DIR`` or ``~/.local/state/prefect-llm-batch``.
         limit: Only the first N rows (a trial run).
         overwrite: Replace an existing output.
         max_requests_per_batch: Most requests per batch (OpenAI allows 50,000).
@@ -116,6 +154,15 @@ def enrich_table(
         poll_interval: Seconds between status checks (default 30; 0.5 for the simulator).
         max_error_rate: Share of rows that may fail before the run is marked failed (default 0.1);
             the output is written either way.
+        max_attempts: Rounds a request is sent in at most; rows with a retryable error go into
+            follow-up batches (default 3).
+        retry_backoff: Seconds before the second round, doubling per round (default 60; 0 for the
+            simulator).
+        cache: ``use`` the response cache (default), ``refresh`` it, or leave it ``off``.
+        max_in_flight_batches: Most batches of this job running at once.
+        max_enqueued_tokens: Most estimated prompt tokens of this job enqueued at once.
+        max_wait: Seconds a batch may run before it is cancelled and its unrun rows retried.
+        keep_input_files: Keep uploaded batch input files once their batch has ended.
 
     Returns:
         The job summary.
@@ -123,6 +170,8 @@ def enrich_table(
     Raises:
         ErrorRateExceeded: More than ``max_error_rate`` of rows failed (after writing the output).
         BatchFailed: A batch failed validation (after writing the output, its rows marked).
+        BatchCancelled: The user cancelled the job (after writing the finished rows).
+        JobLocked: Another run of the same job is in progress.
 
     Examples:
         >>> from prefect_llm_batch.flows import enrich_table
@@ -144,29 +193,49 @@ def enrich_table(
         id_column=id_column,
         limits=BatchLimits(max_requests_per_batch=max_requests_per_batch, max_batch_bytes=max_batch_bytes),
     )
-    if provider == "simulator":
+    simulated = provider == "simulator"
+    options = RunOptions(
+        poll_interval=poll_interval if poll_interval is not None else (
+            SIMULATOR_POLL_INTERVAL if simulated else DEFAULT_POLL_INTERVAL
+        ),
+        max_attempts=max_attempts,
+        retry_backoff=(
+            retry_backoff if retry_backoff is not None else (0.0 if simulated else DEFAULT_RETRY_BACKOFF)
+        ),
+        cache=cache,
+        max_in_flight_batches=max_in_flight_batches,
+        max_enqueued_tokens=max_enqueued_tokens,
+        max_wait=max_wait,
+        keep_input_files=keep_input_files,
+    )  # fmt: skip
+    if simulated:
         log.warning("provider 'simulator': answers come from the bundled simulator, not from a model")
     state = state_dir or default_state_dir()
     with resolve_target(provider, base_url, credentials) as target:
-        interval = (
-            poll_interval
-            if poll_interval is not None
-            else (SIMULATOR_POLL_INTERVAL if provider == "simulator" else DEFAULT_POLL_INTERVAL)
-        )
-        ref = prepare_job(source, output, spec, target, state, limit, overwrite, credentials)
-        chunks = list(range(ref.chunks))
-        for _round in range(MAX_ROUNDS):
-            submitted = [submit_batch.submit(ref, i, spec, target, credentials) for i in chunks]
-            for submitted_future in submitted:
-                submitted_future.result()
-            chunks = wait_for_batches(ref, spec, target, interval, credentials)
-            if not chunks:
-                break
-        collecting = [collect_batch.submit(ref, i, spec, target, credentials) for i in range(ref.chunks)]
-        for collecting_future in collecting:
-            collecting_future.result()
-        summary = write_output(ref, output, overwrite, parser)
+        ref = prepare_job(source, output, spec, target, state, limit, overwrite, options, credentials)
+        store = JobStore(state, ref.job_id)
+        run_context = FlowRunContext.get()
+        if run_context is not None and run_context.flow_run is not None:
+            record_run(state, str(run_context.flow_run.id), ref.job_id)
+        with store.lease():
+            store.clear_cancel()  # a new run resumes a job a user cancelled earlier
+            round_, chunks = 1, store.read_job().round_chunks(1)
+            while chunks:
+                _run_round(ref, chunks, spec, target, options, credentials)
+                chunks = plan_retry(ref, round_, options)
+                if chunks:
+                    pause = options.retry_backoff * 2 ** (round_ - 1)
+                    log.info("round %d: retrying %d batch(es) in %.0f s", round_ + 1, len(chunks), pause)
+                    time.sleep(pause)
+                    round_ += 1
+            summary = write_output(ref, output, overwrite, parser)
+            user_cancelled = store.is_cancelled()
 
+    if user_cancelled:
+        raise BatchCancelled(
+            f"job {ref.job_id} was cancelled: {summary.ok_rows} of {summary.rows} rows are answered in "
+            f"{output}; run the same command again to finish the rest"
+        )
     failed = failed_batches(ref)
     if failed:
         first = failed[0]
@@ -185,3 +254,22 @@ def enrich_table(
             output=output,
         )
     return summary
+
+
+def _run_round(
+    ref: JobRef,
+    chunks: list[int],
+    spec: JobSpec,
+    target: ProviderTarget,
+    options: RunOptions,
+    credentials: OpenAIBatchCredentials | None,
+) -> None:
+    """Submit, wait for and collect the batches of one round (resubmitting token-limit failures)."""
+    pending = list(chunks)
+    while pending:
+        for chunk_id in pending:  # one after the other: each may wait for capacity
+            submit_batch(ref, chunk_id, spec, target, options, credentials)
+        pending = wait_for_batches(ref, spec, target, options, credentials)
+    futures = [collect_batch.submit(ref, i, spec, target, options, credentials) for i in chunks]
+    for future in futures:
+        future.result()

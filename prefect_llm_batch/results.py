@@ -16,6 +16,8 @@ column                         type       holds
 ``response_finish_reason``     string     ``stop``, ``length``, ``content_filter``...
 ``response_model``             string     the model that answered
 ``response_batch_id``          string     the provider batch that carried the request
+``response_cached``            bool       true when the answer came from the response cache
+``response_attempts``          int64      times this job sent the request (0 when cached)
 =============================  =========  ==============================================
 
 With a response schema, :func:`parse_structured` adds one typed column per top-level property
@@ -60,6 +62,8 @@ OUTPUT_FIELDS: tuple[pa.Field[Any], ...] = (
     pa.field("response_finish_reason", pa.string()),
     pa.field("response_model", pa.string()),
     pa.field("response_batch_id", pa.string()),
+    pa.field("response_cached", pa.bool_()),
+    pa.field("response_attempts", pa.int64()),
 )
 OUTPUT_COLUMNS: tuple[str, ...] = tuple(f.name for f in OUTPUT_FIELDS)
 RESULT_SCHEMA = pa.schema([pa.field("custom_id", pa.string()), *OUTPUT_FIELDS])
@@ -78,6 +82,8 @@ class RowResult:
     finish_reason: str | None = None
     model: str | None = None
     batch_id: str | None = None
+    cached: bool = False
+    attempts: int | None = None
 
     @property
     def ok(self) -> bool:
@@ -197,6 +203,8 @@ def results_to_table(results: Iterable[RowResult]) -> pa.Table:
         columns["response_finish_reason"].append(r.finish_reason)
         columns["response_model"].append(r.model)
         columns["response_batch_id"].append(r.batch_id)
+        columns["response_cached"].append(r.cached)
+        columns["response_attempts"].append(r.attempts)
     return pa.table(columns, schema=RESULT_SCHEMA)
 
 

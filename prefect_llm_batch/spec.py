@@ -187,3 +187,43 @@ class ProviderTarget(BaseModel):
     provider: ProviderName
     base_url: str
     key_base_url: str
+
+
+#: What to do with the response cache: ``use`` it, ``refresh`` it (send everything, store the
+#: answers), or leave it ``off`` (neither read nor write).
+CacheMode = Literal["use", "refresh", "off"]
+
+
+class RunOptions(BaseModel):
+    """How a job runs (not what it asks): waiting, retrying, limits on what is in flight.
+
+    Attributes:
+        poll_interval: Seconds between status checks (providers advise 30-60 s).
+        max_attempts: Rounds a request is sent in at most: rows whose error is retryable
+            (``rate_limited``, ``server_error``, ``batch_expired``, ``batch_cancelled`` when the user
+            did not cancel, ``request_timeout``, ``missing``) go into follow-up batches.
+        retry_backoff: Seconds to wait before the second round; doubles for each further round.
+        cache: Response cache mode.
+        max_in_flight_batches: Most batches of this job running at once (None: no limit).
+        max_enqueued_tokens: Most estimated prompt tokens of this job enqueued at once (None: no
+            limit). Tokens are estimated as UTF-8 bytes of the request body / 4 (tokenizer files
+            are not available offline); keep a margin below the provider's limit.
+        max_wait: Seconds a batch may take from its creation before it is cancelled; its unrun
+            requests are then retried in the next round (None: wait for the provider's own expiry).
+        keep_input_files: Keep uploaded batch input files after their batch has ended.
+
+    Examples:
+        >>> RunOptions().max_attempts, RunOptions().cache
+        (3, 'use')
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    poll_interval: float = Field(30.0, ge=0)
+    max_attempts: int = Field(3, ge=1, le=20)
+    retry_backoff: float = Field(60.0, ge=0)
+    cache: CacheMode = "use"
+    max_in_flight_batches: int | None = Field(None, ge=1)
+    max_enqueued_tokens: int | None = Field(None, ge=1)
+    max_wait: float | None = Field(None, gt=0)
+    keep_input_files: bool = False

@@ -7,6 +7,16 @@ Layout under ``{state_dir}/jobs/{job_id}/``::
     requests/chunk-00000.jsonl the batch input file of each chunk, exactly as uploaded
     chunks/chunk-00000.json    each chunk's state: intent, input file, batch id, status, history
     results/chunk-00000.parquet each chunk's parsed results (one row per custom_id)
+    results/cached.parquet     answers taken from the response cache when the job was prepared
+    lease.json                 who is running the job now (one runner per job)
+    cancel.json                present while a user's cancel applies to the running job
+
+and, shared by every job of the state directory, the **response cache**::
+
+    {state_dir}/cache/segments/{job_id}-chunk-00000.parquet   successful answers by custom_id
+
+The cache holds answers (and so, indirectly, prompts' content): clear it with
+``prefect-llm-batch cache clear`` (optionally ``--older-than DAYS``) or delete the folder.
 
 Every file is written whole (temporary file and rename locally, one put on object stores), so a
 reader never sees half a state. Each chunk has its own state file, so concurrent tasks working on
@@ -16,22 +26,34 @@ different chunks never overwrite each other's state. Nothing here ever holds an 
 from __future__ import annotations
 
 import io
+import logging
 import os
+import socket
+import threading
 import time
+import uuid
 from pathlib import Path
 from typing import Any
 
+import fsspec
+import orjson
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from pydantic import BaseModel, Field
 
-from .errors import StateError, TableError
+from .errors import JobLocked, StateError, TableError
+from .spec import BatchLimits
 from .table import exists, read_bytes, write_bytes_atomic
+
+logger = logging.getLogger("prefect_llm_batch")
 
 #: Environment variable naming the state directory.
 STATE_DIR_ENV = "PREFECT_LLM_BATCH_STATE_DIR"
 #: Bump when the layout changes incompatibly.
-STATE_FORMAT = 1
+STATE_FORMAT = 2
+#: How long a job lease lives without renewal.
+LEASE_TTL_S = 120.0
 
 
 def default_state_dir() -> str:
@@ -48,13 +70,13 @@ def default_state_dir() -> str:
 
 
 class ChunkPlanRecord(BaseModel):
-    """One planned batch: a slice of the job's unique requests."""
+    """One planned batch: ``requests`` requests of retry round ``round`` (1 = first sending)."""
 
     chunk_id: int
-    start: int
-    stop: int
     requests: int
     bytes: int
+    round: int = 1
+    est_tokens: int = 0
 
 
 class JobRecord(BaseModel):
@@ -75,7 +97,18 @@ class JobRecord(BaseModel):
     column_prefix: str = ""
     rows: int
     unique_requests: int
+    cached_requests: int = 0
     chunks: list[ChunkPlanRecord]
+    limits: BatchLimits | None = None
+
+    def round_chunks(self, round_: int) -> list[int]:
+        """Ids of the chunks of one round."""
+        return [c.chunk_id for c in self.chunks if c.round == round_]
+
+    @property
+    def rounds(self) -> int:
+        """The highest round planned so far (0 when nothing had to be sent)."""
+        return max((c.round for c in self.chunks), default=0)
 
 
 class ChunkState(BaseModel):
@@ -83,6 +116,7 @@ class ChunkState(BaseModel):
 
     chunk_id: int
     attempt: int = 1
+    cancelled_by: str | None = None
     input_file_id: str | None = None
     intent_at: float | None = None
     batch_id: str | None = None
@@ -210,6 +244,265 @@ class JobStore:
     def read_results(self, chunk_id: int) -> pa.Table:
         """Read one chunk's parsed results."""
         return pq.read_table(io.BytesIO(self._read(self._path("results", f"chunk-{chunk_id:05d}.parquet"))))
+
+    def write_cached_results(self, table: pa.Table) -> None:
+        """Write the answers the job took from the response cache."""
+        self._write(self._path("results", "cached.parquet"), _parquet_bytes(table))
+
+    def read_cached_results(self) -> pa.Table | None:
+        """Read the answers the job took from the response cache (None if it took none)."""
+        path = self._path("results", "cached.parquet")
+        if not exists(path, storage_options=self._options):
+            return None
+        return pq.read_table(io.BytesIO(self._read(path)))
+
+    # cancel marker ----------------------------------------------------------------------
+
+    def write_cancel(self, reason: str) -> None:
+        """Record that the user cancelled the job (the running flow stops retrying)."""
+        self._write(self._path("cancel.json"), orjson_dumps({"at": time.time(), "reason": reason}))
+
+    def is_cancelled(self) -> bool:
+        """True while a user's cancel applies."""
+        return exists(self._path("cancel.json"), storage_options=self._options)
+
+    def clear_cancel(self) -> None:
+        """Forget a user's cancel (a new run resumes the job)."""
+        fs, path = fsspec.core.url_to_fs(self._path("cancel.json"), **(self._options or {}))
+        if fs.exists(path):
+            fs.rm(path)
+
+    # lease ------------------------------------------------------------------------------
+
+    def lease(self, ttl: float = LEASE_TTL_S) -> Lease:
+        """A lease on this job; use it as a context manager (see :class:`Lease`)."""
+        return Lease(self, ttl)
+
+    def _lease_path(self) -> str:
+        return self._path("lease.json")
+
+
+def orjson_dumps(value: Any) -> bytes:
+    """Encode JSON (orjson)."""
+    return orjson.dumps(value)
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def record_run(
+    state_dir: str, run_id: str, job_id: str, storage_options: dict[str, Any] | None = None
+) -> None:
+    """Remember which job a flow run works on (for its cancellation hook)."""
+    write_bytes_atomic(
+        f"{state_dir.rstrip('/')}/runs/{run_id}.json",
+        orjson_dumps({"job_id": job_id, "at": time.time()}),
+        storage_options=storage_options,
+    )
+
+
+def job_for_run(state_dir: str, run_id: str, storage_options: dict[str, Any] | None = None) -> str | None:
+    """The job a flow run worked on, if it got that far."""
+    path = f"{state_dir.rstrip('/')}/runs/{run_id}.json"
+    if not exists(path, storage_options=storage_options):
+        return None
+    return str(orjson.loads(read_bytes(path, storage_options=storage_options))["job_id"])
+
+
+class Lease:
+    """One runner per job: a lease file in the job's state directory.
+
+    Taken on entry, renewed every ``ttl / 3`` seconds by a background thread while held, and
+    released on exit. A lease is free when it is absent, expired, or held by a process of this
+    host that no longer exists (so a rerun right after a crash does not wait for expiry).
+
+    On a local state directory the lease file is created atomically (``O_EXCL``). On object
+    stores, which have no atomic create here, the lease is written and read back after a short
+    pause; two runners starting within that pause could both believe they hold it (documented).
+
+    Examples:
+        >>> store = JobStore("memory://doc-lease", "job1")
+        >>> with store.lease() as lease:
+        ...     lease.holder()["host"] == socket.gethostname()
+        True
+    """
+
+    def __init__(self, store: JobStore, ttl: float) -> None:
+        self.store = store
+        self.ttl = ttl
+        self.owner = {"id": uuid.uuid4().hex, "host": socket.gethostname(), "pid": os.getpid()}
+        self.path = store._lease_path()
+        self._fs, self._fs_path = fsspec.core.url_to_fs(self.path, **(store._options or {}))
+
+    def holder(self) -> dict[str, Any] | None:
+        """The current lease record, or None."""
+        try:
+            with self._fs.open(self._fs_path, "rb") as handle:
+                value = orjson.loads(handle.read())
+        except FileNotFoundError:
+            return None
+        except ValueError:
+            return None  # a torn or empty file: treat as free
+        return value if isinstance(value, dict) else None
+
+    def _free(self, record: dict[str, Any] | None) -> bool:
+        if record is None:
+            return True
+        if record.get("id") == self.owner["id"]:
+            return True
+        if float(record.get("expires_at", 0)) < time.time():
+            return True
+        same_host = record.get("host") == self.owner["host"]
+        return same_host and isinstance(record.get("pid"), int) and not _pid_alive(record["pid"])
+
+    def _record(self) -> bytes:
+        return orjson_dumps({**self.owner, "acquired_at": time.time(), "expires_at": time.time() + self.ttl})
+
+    def acquire(self) -> None:
+        """Take the lease.
+
+        Raises:
+            JobLocked: Another live run holds it; the message says who and until when.
+        """
+        record = self.holder()
+        if not self._free(record):
+            assert record is not None
+            until = time.strftime("%H:%M:%S", time.localtime(float(record.get("expires_at", 0))))
+            raise JobLocked(
+                f"job {self.store.job_id} is being run by process {record.get('pid')} "
+                f"on {record.get('host')} "
+                f"(lease renewed until {until}); wait for it to finish, or run again once it has stopped"
+            )
+        if "file" in self._fs.protocol:
+            self._fs.makedirs(self._fs._parent(self._fs_path), exist_ok=True)
+            if record is not None:
+                self._fs.rm(self._fs_path)  # stale: remove, then race for a fresh O_EXCL create
+            try:
+                fd = os.open(self._fs_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            except FileExistsError:
+                raise JobLocked(f"job {self.store.job_id} was just taken by another run") from None
+            with os.fdopen(fd, "wb") as handle:
+                handle.write(self._record())
+            return
+        write_bytes_atomic(self.path, self._record(), storage_options=self.store._options)
+        time.sleep(0.2)
+        record = self.holder()
+        if record is None or record.get("id") != self.owner["id"]:
+            raise JobLocked(f"job {self.store.job_id} was just taken by another run")
+
+    def renew(self) -> None:
+        """Extend the lease; call it at least every ``ttl / 3`` seconds."""
+        write_bytes_atomic(self.path, self._record(), storage_options=self.store._options)
+
+    def release(self) -> None:
+        """Give the lease up (only if this runner still holds it)."""
+        record = self.holder()
+        if record is not None and record.get("id") == self.owner["id"]:
+            self._fs.rm(self._fs_path)
+
+    def __enter__(self) -> Lease:
+        self.acquire()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._keep_alive, name="llm-batch-lease", daemon=True)
+        self._thread.start()
+        return self
+
+    def _keep_alive(self) -> None:
+        while not self._stop.wait(self.ttl / 3):
+            try:
+                self.renew()
+            except Exception as exc:  # a missed renewal is retried; expiry is ttl away
+                logger.warning("could not renew the lease of job %s: %s", self.store.job_id, exc)
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+        self.release()
+
+
+class ResponseCache:
+    """Successful answers by ``custom_id``, in segment files shared by all jobs of a state directory.
+
+    One segment per collected chunk (not one object per request: a million-row job makes a few
+    dozen storage calls, not a million). A lookup reads the ``custom_id`` column of every segment,
+    then the matching rows. Since a ``custom_id`` hashes provider, base URL, endpoint and body
+    (model, params, prompt), a changed model or provider never finds a stale answer.
+
+    Examples:
+        >>> import pyarrow as pa
+        >>> cache = ResponseCache("memory://doc-cache")
+        >>> cache.add("job-chunk-0", pa.table({"custom_id": ["a", "b"], "response": ["x", "y"]}))
+        >>> cache.lookup(["b", "c"]).to_pylist()
+        [{'custom_id': 'b', 'response': 'y'}]
+    """
+
+    def __init__(self, state_dir: str, storage_options: dict[str, Any] | None = None) -> None:
+        self.root = f"{state_dir.rstrip('/')}/cache/segments"
+        self._options = storage_options
+        self._fs, self._fs_root = fsspec.core.url_to_fs(self.root, **(storage_options or {}))
+
+    def segments(self) -> list[str]:
+        """Paths of the segment files (oldest name first)."""
+        if not self._fs.exists(self._fs_root):
+            return []
+        return sorted(p for p in self._fs.ls(self._fs_root, detail=False) if str(p).endswith(".parquet"))
+
+    def add(self, name: str, table: pa.Table) -> None:
+        """Store a segment of answers (rows with a ``custom_id``)."""
+        if table.num_rows == 0:
+            return
+        write_bytes_atomic(
+            f"{self.root}/{name}.parquet", _parquet_bytes(table), storage_options=self._options
+        )
+
+    def lookup(self, custom_ids: list[str]) -> pa.Table | None:
+        """Cached rows for the given ids (each id at most once), or None when none is cached."""
+        if not custom_ids:
+            return None
+        wanted = pa.array(custom_ids, pa.string())
+        found: list[pa.Table] = []
+        seen: pa.Array[Any] = pa.array([], pa.string())
+        for path in reversed(self.segments()):  # newest segment name wins
+            with self._fs.open(path, "rb") as handle:
+                segment = pq.read_table(handle)
+            ids = segment.column("custom_id")
+            mask = pc.and_(pc.is_in(ids, value_set=wanted), pc.invert(pc.is_in(ids, value_set=seen)))
+            hits = segment.filter(mask)
+            if hits.num_rows:
+                found.append(hits)
+                seen = pa.concat_arrays([seen, hits.column("custom_id").combine_chunks()])
+        if not found:
+            return None
+        return pa.concat_tables(found, promote_options="default")
+
+    def stats(self) -> tuple[int, int, int]:
+        """(segments, answers, bytes) in the cache."""
+        paths = self.segments()
+        answers = sum(pq.ParquetFile(self._fs.open(p, "rb")).metadata.num_rows for p in paths)
+        size = sum(int(self._fs.info(p).get("size") or 0) for p in paths)
+        return len(paths), answers, size
+
+    def clear(self, older_than_s: float | None = None) -> int:
+        """Delete segments (only those older than ``older_than_s`` seconds when given); returns how many."""
+        removed = 0
+        now = time.time()
+        for path in self.segments():
+            if older_than_s is not None:
+                info = self._fs.info(path)
+                modified = info.get("mtime") or info.get("created") or info.get("LastModified")
+                stamp = modified.timestamp() if hasattr(modified, "timestamp") else float(modified or now)
+                if now - stamp < older_than_s:
+                    continue
+            self._fs.rm(path)
+            removed += 1
+        return removed
 
 
 def _parquet_bytes(table: pa.Table) -> bytes:

@@ -22,7 +22,7 @@ from .blocks import OpenAIBatchCredentials
 from .errors import TableError, is_transient
 from .providers import make_provider
 from .providers.base import BatchProvider
-from .spec import JobSpec, ProviderTarget
+from .spec import JobSpec, ProviderTarget, RunOptions
 from .table import exists
 
 
@@ -35,7 +35,7 @@ def retry_if_transient(task: Task[Any, Any], task_run: TaskRun, state: State[Any
     return False
 
 
-def _provider(
+def provider_for(
     target: ProviderTarget, spec: JobSpec, credentials: OpenAIBatchCredentials | None
 ) -> BatchProvider:
     """A new provider client; the key comes from the block (a SecretStr) or ``OPENAI_API_KEY``."""
@@ -47,6 +47,14 @@ def _log() -> logging.Logger | logging.LoggerAdapter[logging.Logger]:
     return get_run_logger()
 
 
+_RETRIED: dict[str, Any] = {
+    "cache_policy": NONE,
+    "retries": 3,
+    "retry_delay_seconds": [10, 60, 300],
+    "retry_condition_fn": retry_if_transient,
+}
+
+
 @task(name="prepare-job", cache_policy=NONE)
 def prepare_job(
     source: str,
@@ -56,44 +64,36 @@ def prepare_job(
     state_dir: str,
     limit: int | None = None,
     overwrite: bool = False,
+    options: RunOptions | None = None,
     credentials: OpenAIBatchCredentials | None = None,
 ) -> jobs.JobRef:
-    """Read and render the table, plan the batches and write the plan (no HTTP)."""
+    """Read and render the table, take cached answers, plan the batches, write the plan (no HTTP)."""
     if not overwrite and exists(output):
         raise TableError(
             f"the output {output} already exists; pass overwrite=True (--overwrite) to replace it"
         )
-    with _provider(target, spec, credentials) as provider:
-        ref = jobs.prepare(source, spec, provider, target, state_dir=state_dir, limit=limit)
+    cache = (options or RunOptions()).cache
+    with provider_for(target, spec, credentials) as provider:
+        ref = jobs.prepare(source, spec, provider, target, state_dir=state_dir, limit=limit, cache=cache)
     _log().info(
-        "job %s: %d rows, %d unique requests, %d batch(es); state in %s",
-        ref.job_id,
-        ref.rows,
-        ref.unique_requests,
-        ref.chunks,
-        state_dir,
-    )
+        "job %s: %d rows, %d unique requests, %d answered from the cache, %d batch(es); state in %s",
+        ref.job_id, ref.rows, ref.unique_requests, ref.cached_requests, ref.chunks, state_dir,
+    )  # fmt: skip
     return ref
 
 
-@task(
-    name="submit-batch",
-    cache_policy=NONE,
-    retries=3,
-    retry_delay_seconds=[10, 60, 300],
-    retry_condition_fn=retry_if_transient,
-    task_run_name="submit-batch-{chunk_id}",
-)
+@task(name="submit-batch", task_run_name="submit-batch-{chunk_id}", **_RETRIED)
 def submit_batch(
     ref: jobs.JobRef,
     chunk_id: int,
     spec: JobSpec,
     target: ProviderTarget,
+    options: RunOptions,
     credentials: OpenAIBatchCredentials | None = None,
 ) -> str:
     """Create the provider batch of one chunk, at most once (see :func:`jobs.submit_chunk`)."""
-    with _provider(target, spec, credentials) as provider:
-        state = jobs.submit_chunk(ref, chunk_id, provider)
+    with provider_for(target, spec, credentials) as provider:
+        state = jobs.submit_chunk(ref, chunk_id, provider, options)
     assert state.batch_id is not None
     return state.batch_id
 
@@ -109,7 +109,7 @@ def wait_for_batches(
     ref: jobs.JobRef,
     spec: JobSpec,
     target: ProviderTarget,
-    poll_interval: float,
+    options: RunOptions,
     credentials: OpenAIBatchCredentials | None = None,
 ) -> list[int]:
     """Poll the job's batches until all have ended; log only when something changed."""
@@ -118,28 +118,28 @@ def wait_for_batches(
     def report(p: jobs.Progress) -> None:
         log.info("job %s: %s", ref.job_id, p.describe())
 
-    with _provider(target, spec, credentials) as provider:
-        return jobs.wait(ref, provider, poll_interval=poll_interval, on_change=report)
+    with provider_for(target, spec, credentials) as provider:
+        return jobs.wait(ref, provider, options, on_change=report)
 
 
-@task(
-    name="collect-batch",
-    cache_policy=NONE,
-    retries=3,
-    retry_delay_seconds=[10, 60, 300],
-    retry_condition_fn=retry_if_transient,
-    task_run_name="collect-batch-{chunk_id}",
-)
+@task(name="collect-batch", task_run_name="collect-batch-{chunk_id}", **_RETRIED)
 def collect_batch(
     ref: jobs.JobRef,
     chunk_id: int,
     spec: JobSpec,
     target: ProviderTarget,
+    options: RunOptions,
     credentials: OpenAIBatchCredentials | None = None,
 ) -> int:
     """Download and store the results of one ended batch."""
-    with _provider(target, spec, credentials) as provider:
-        return jobs.collect_chunk(ref, chunk_id, provider)
+    with provider_for(target, spec, credentials) as provider:
+        return jobs.collect_chunk(ref, chunk_id, provider, options)
+
+
+@task(name="plan-retry", cache_policy=NONE)
+def plan_retry(ref: jobs.JobRef, round_: int, options: RunOptions) -> list[int]:
+    """Plan the next round from the requests that failed in a retryable way."""
+    return jobs.plan_retry_round(ref, round_, options)
 
 
 @task(name="write-output", cache_policy=NONE)

@@ -49,6 +49,7 @@ def run(server: Any, source: str, output: str, state_dir: str, **kwargs: Any) ->
         "base_url": server.base_url,
         "state_dir": state_dir,
         "poll_interval": 0.05,
+        "retry_backoff": 0,
         **kwargs,
     }
     return enrich_table(source=source, output=output, **options)
@@ -182,10 +183,25 @@ def test_expired_batch_keeps_finished_rows(
     source = write_csv(tmp_path / "in.csv", reviews(10))
     out = tmp_path / "out.parquet"
     with FakeProviderServer(FakeServerConfig(expire_after_requests=6)) as srv:
-        summary = run(srv, source, str(out), state_dir, max_error_rate=1.0)
+        summary = run(srv, source, str(out), state_dir, max_error_rate=1.0, max_attempts=1)
     kinds = pq.read_table(out).column("response_error_kind").to_pylist()
     assert kinds.count(None) == 6 and kinds.count("batch_expired") == 4
     assert summary.errors_by_kind == {"batch_expired": 4}
+
+
+def test_expired_rows_are_retried_and_finished_rows_are_not_sent_again(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, state_dir: str
+) -> None:
+    monkeypatch.setenv("OPENAI_API_KEY", API_KEY)
+    source = write_csv(tmp_path / "in.csv", reviews(10))
+    out = tmp_path / "out.parquet"
+    with FakeProviderServer(FakeServerConfig(expire_after_requests=6)) as srv:
+        summary = run(srv, source, str(out), state_dir)
+        assert srv.stats.creates == 2 and srv.stats.requests_received == 14  # 10, then the 4 expired
+    table = pq.read_table(out)
+    assert table.column("response_error_kind").null_count == 10
+    assert sorted(table.column("response_attempts").to_pylist()) == [1] * 6 + [2] * 4
+    assert summary.rounds == 2 and len(summary.batch_ids) == 2
 
 
 def test_missing_template_column_fails_before_any_request(

@@ -16,11 +16,12 @@ import pyarrow.parquet as pq
 
 from prefect_llm_batch import jobs
 from prefect_llm_batch.providers import make_provider
-from prefect_llm_batch.spec import JobSpec, ProviderTarget
+from prefect_llm_batch.spec import JobSpec, ProviderTarget, RunOptions
 from prefect_llm_batch.store import JobStore
 from prefect_llm_batch.testing import FakeProviderServer, FakeServerConfig
 
 KEY = "test-key-jobs-0000"
+FAST = RunOptions(poll_interval=0.02, retry_backoff=0)
 
 
 def target(server: FakeProviderServer) -> ProviderTarget:
@@ -102,7 +103,7 @@ def test_state_dir_on_memory_filesystem(tmp_path: Path) -> None:
                 source(tmp_path), spec, provider, target(server), state_dir="memory://plb-state"
             )
             jobs.submit_chunk(ref, 0, provider)
-            jobs.wait(ref, provider, poll_interval=0.01)
+            jobs.wait(ref, provider, FAST)
             jobs.collect_chunk(ref, 0, provider)
         summary = jobs.assemble(ref, output="memory://plb-out/out.parquet")
     assert summary.ok_rows == 5 and summary.rows == 5
@@ -121,10 +122,10 @@ def test_token_limit_failure_is_resubmitted_after_running_batches_finish(tmp_pat
         assert ref.chunks == 2
         for chunk in range(2):
             jobs.submit_chunk(ref, chunk, provider)
-        retry = jobs.wait(ref, provider, poll_interval=0.05)
+        retry = jobs.wait(ref, provider, FAST)
         assert retry == [1]
         jobs.submit_chunk(ref, 1, provider)
-        assert jobs.wait(ref, provider, poll_interval=0.05) == []
+        assert jobs.wait(ref, provider, FAST) == []
         for chunk in range(2):
             jobs.collect_chunk(ref, chunk, provider)
         summary = jobs.assemble(ref, output=str(tmp_path / "out.parquet"))

@@ -11,6 +11,10 @@ The fake server (:mod:`prefect_llm_batch.testing.server`) answers every chat req
 * With ``response_format`` ``json_schema``, the answer is a JSON document that fits the schema
   (strings from the rules above, enums prefer the sentiment label); with ``json_object``,
   ``{"answer": ...}``.
+* Anthropic Messages bodies work the same way (``content`` a string or a list of text blocks,
+  ``system`` at the top level). When ``tool_choice`` forces a tool (``{"type": "tool", "name": N}``
+  with ``N`` among ``tools``), :func:`forced_tool` finds it and :func:`tool_input` builds an
+  ``input`` that fits the tool's ``input_schema``, by the same rules as ``json_schema`` answers.
 
 Markers such as ``[[fake:400]]`` (see :data:`MARKERS`) are removed before answering; the server
 reads them with :func:`find_markers` to make single rows misbehave.
@@ -27,6 +31,13 @@ Examples:
     ['500']
     >>> estimate_tokens("abcde")
     2
+    >>> schema = {"type": "object", "properties": {"label": {"type": "string"}}}
+    >>> tool = {"name": "answer", "input_schema": schema}
+    >>> anthropic = {"system": "Be brief", "messages": [{"role": "user", "content": [
+    ...     {"type": "text", "text": "Sentiment of: great"}]}],
+    ...     "tools": [tool], "tool_choice": {"type": "tool", "name": "answer"}}
+    >>> tool_input(anthropic, forced_tool(anthropic)["input_schema"])
+    {'label': 'positive'}
 """
 
 from __future__ import annotations
@@ -96,8 +107,10 @@ def _messages(body: Mapping[str, Any]) -> list[Mapping[str, Any]]:
 def find_markers(body: Mapping[str, Any]) -> frozenset[str]:
     """Return the ``[[fake:...]]`` marker names found in any message of a request body.
 
+    The top-level ``system`` of an Anthropic Messages body is searched too.
+
     Args:
-        body: A chat completions request body.
+        body: A chat completions or Anthropic Messages request body.
 
     Returns:
         The marker names (only those in :data:`MARKERS`).
@@ -106,7 +119,7 @@ def find_markers(body: Mapping[str, Any]) -> frozenset[str]:
         >>> sorted(find_markers({"messages": [{"role": "system", "content": "[[fake:drop]] [[fake:nope]]"}]}))
         ['drop']
     """
-    found: set[str] = set()
+    found: set[str] = set(_MARKER_RE.findall(content_text(body.get("system"))))
     for message in _messages(body):
         found.update(_MARKER_RE.findall(content_text(message.get("content"))))
     return frozenset(found & MARKERS)
@@ -148,12 +161,18 @@ def estimate_tokens(text: str) -> int:
 def prompt_tokens(body: Mapping[str, Any]) -> int:
     """Count the prompt tokens of a body: ``ceil(characters of all message texts / 4)``.
 
+    An Anthropic body's top-level ``system`` (a string or text blocks) counts too.
+
     Examples:
         >>> prompt_tokens({"messages": [{"role": "system", "content": "abc"},
         ...                             {"role": "user", "content": "de"}]})
         2
+        >>> prompt_tokens({"system": "abc", "messages": [{"role": "user", "content": "de"}]})
+        2
     """
-    return estimate_tokens("".join(content_text(m.get("content")) for m in _messages(body)))
+    texts = [content_text(body.get("system"))]
+    texts.extend(content_text(m.get("content")) for m in _messages(body))
+    return estimate_tokens("".join(texts))
 
 
 def classify_sentiment(text: str) -> str:
@@ -260,3 +279,39 @@ def default_answer(body: Mapping[str, Any]) -> str:
         if response_format.get("type") == "json_object":
             return json.dumps({"answer": _text_answer(text)}, ensure_ascii=False)
     return _text_answer(text)
+
+
+def forced_tool(body: Mapping[str, Any]) -> Mapping[str, Any] | None:
+    """Return the tool an Anthropic Messages body forces, or ``None``.
+
+    A tool is forced by ``tool_choice: {"type": "tool", "name": N}`` when ``tools`` holds a
+    tool named ``N``.
+
+    Examples:
+        >>> forced_tool({"tools": [{"name": "a", "input_schema": {}}],
+        ...              "tool_choice": {"type": "tool", "name": "a"}})["name"]
+        'a'
+        >>> forced_tool({"tools": [{"name": "a"}], "tool_choice": {"type": "auto"}}) is None
+        True
+    """
+    choice = body.get("tool_choice")
+    tools = body.get("tools")
+    if not isinstance(choice, Mapping) or choice.get("type") != "tool" or not isinstance(tools, list):
+        return None
+    name = choice.get("name")
+    return next((t for t in tools if isinstance(t, Mapping) and t.get("name") == name), None)
+
+
+def tool_input(body: Mapping[str, Any], input_schema: Any) -> dict[str, Any]:
+    """Build a deterministic tool ``input`` for a body that fits ``input_schema``.
+
+    Values follow the ``json_schema`` answer rules (see the module docstring).
+
+    Examples:
+        >>> tool_input({"messages": [{"role": "user", "content": "count these words"}]},
+        ...            {"type": "object", "properties": {"n": {"type": "integer"}}})
+        {'n': 3}
+    """
+    text = last_user_text(body)
+    value = _schema_value(input_schema, text, classify_sentiment(text))
+    return value if isinstance(value, dict) else {}

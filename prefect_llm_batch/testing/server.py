@@ -1,9 +1,10 @@
-"""A fake OpenAI-compatible batch provider, served over real HTTP.
+"""A fake batch provider speaking the OpenAI and Anthropic wire formats, served over real HTTP.
 
 :class:`FakeProviderServer` runs a Starlette app under uvicorn on ``127.0.0.1`` in a background
 thread. It speaks the OpenAI Files and Batch API wire format literally (see
 ``provider-batch-apis.md``), moves batches through their states as time passes, validates input
 files the way OpenAI does, and writes output and error files with the documented line shapes.
+On the same port it speaks the Anthropic Message Batches API (see *Anthropic* below).
 Answers are deterministic (:mod:`prefect_llm_batch.testing.answers`).
 
 Statuses advance lazily, on each request that reads a batch (no background work):
@@ -36,6 +37,39 @@ Batch validation failures (``status: failed``, ``errors.data[].code``): ``empty_
 ``duplicate_custom_id``, ``url_mismatch``, ``model_mismatch``, ``invalid_request`` (a body with
 ``stream: true``) and, with ``enqueued_token_limit`` set, ``token_limit_exceeded``.
 
+Anthropic
+---------
+Base URL :attr:`FakeProviderServer.anthropic_base_url` (no ``/v1``, as ``ANTHROPIC_BASE_URL``).
+Routes: ``POST /v1/messages/batches``, ``GET /v1/messages/batches`` (``limit`` 1..1000,
+``after_id`` / ``before_id``, newest first), ``GET /v1/messages/batches/{id}``,
+``POST /v1/messages/batches/{id}/cancel``, ``DELETE /v1/messages/batches/{id}`` (once ended,
+else 400), ``GET /v1/messages/batches/{id}/results`` (JSONL, shuffled like OpenAI's files; 400
+before the batch ends) and realtime ``POST /v1/messages``. They need ``x-api-key`` (checked
+against ``api_key`` like the Bearer token; 401 ``authentication_error`` otherwise) and an
+``anthropic-version`` header (400 without), and answer errors with Anthropic's envelope
+``{"type": "error", "error": {"type", "message"}, "request_id"}``.
+
+A create checks ``custom_id`` (``^[a-zA-Z0-9_-]{1,64}$``, unique: 400 ``invalid_request_error``)
+and size (over ``anthropic_max_requests`` requests or ``anthropic_max_bytes`` bytes: 413
+``request_too_large``), but not ``params``: a request without ``model``, ``messages`` or a
+``max_tokens`` >= 1, or with ``stream``, comes back as an ``errored`` result with
+``invalid_request_error``. Batches are ``in_progress`` for ``validating_seconds +
+in_progress_seconds + finalizing_seconds`` (Anthropic has no validating nor finalizing; requests
+finish evenly over ``in_progress_seconds``), then ``ended``. ``request_counts`` show every request
+as ``processing`` until then. ``expire_after_requests`` answers the first N and gives the rest
+``expired`` results; a cancel answers ``canceling`` (``cancel_initiated_at`` set), and the batch
+ends ``cancelling_seconds`` later (0: on the next read) with unfinished requests ``canceled``.
+
+Markers in a batch: ``[[fake:400]]`` -> ``errored`` ``invalid_request_error``; ``[[fake:500]]``
+-> ``errored`` ``api_error``; ``[[fake:refusal]]`` (and ``[[fake:content_filter]]``, Anthropic's
+nearest equivalent) -> ``stop_reason`` ``refusal`` with empty content; ``[[fake:length]]`` ->
+``stop_reason`` ``max_tokens``, text cut short; ``[[fake:drop]]`` -> no line (counted as
+succeeded); ``[[fake:timeout]]`` -> an ``expired`` result. Realtime ``POST /v1/messages`` answers
+400 / 500 / 500 / 504 ``timeout_error`` for ``400`` / ``500`` / ``drop`` / ``timeout``. When
+``tool_choice`` forces a tool (``{"type": "tool", "name": N}``, ``N`` among ``tools``), the
+answer is one ``tool_use`` block whose ``input`` fits the tool's ``input_schema`` (a custom
+``answer`` function must then return a JSON object as text).
+
 Examples:
     >>> import json, urllib.request
     >>> with FakeProviderServer() as server:
@@ -50,6 +84,7 @@ import asyncio
 import hashlib
 import math
 import random
+import re
 import socket
 import threading
 import time
@@ -57,6 +92,7 @@ import uuid
 from collections import Counter
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from types import TracebackType
 from typing import Any, Literal
 
@@ -73,12 +109,15 @@ from prefect_llm_batch.testing.answers import (
     default_answer,
     estimate_tokens,
     find_markers,
+    forced_tool,
     prompt_tokens,
+    tool_input,
 )
 
 __all__ = [
     "FakeBatch",
     "FakeFile",
+    "FakeMessageBatch",
     "FakeProviderServer",
     "FakeServerConfig",
     "ServerStats",
@@ -104,7 +143,41 @@ ROUTES: tuple[str, ...] = (
     "GET /v1/batches/{id}",
     "POST /v1/batches/{id}/cancel",
     "POST /v1/chat/completions",
+    "POST /v1/messages/batches",
+    "GET /v1/messages/batches",
+    "GET /v1/messages/batches/{id}",
+    "POST /v1/messages/batches/{id}/cancel",
+    "DELETE /v1/messages/batches/{id}",
+    "GET /v1/messages/batches/{id}/results",
+    "POST /v1/messages",
 )
+#: Routes that speak the Anthropic wire format (``x-api-key`` auth, Anthropic error envelope).
+ANTHROPIC_ROUTES: frozenset[str] = frozenset(r for r in ROUTES if " /v1/messages" in r)
+#: Create routes whose answer :meth:`FakeProviderServer.stall_next_create` can delay.
+CREATE_ROUTES: tuple[str, ...] = ("/v1/batches", "/v1/messages/batches")
+#: The ``custom_id`` pattern of Anthropic message batches.
+ANTHROPIC_CUSTOM_ID = re.compile(r"^[a-zA-Z0-9_-]{1,64}$")
+#: Anthropic error ``type`` per HTTP status (others: ``api_error`` for 5xx, else ``invalid_request_error``).
+ANTHROPIC_ERROR_TYPES: dict[int, str] = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    402: "billing_error",
+    403: "permission_error",
+    404: "not_found_error",
+    413: "request_too_large",
+    429: "rate_limit_error",
+    500: "api_error",
+    504: "timeout_error",
+    529: "overloaded_error",
+}
+_ANTHROPIC_ERROR_MESSAGES = {
+    401: "invalid x-api-key",
+    413: "Request exceeds the maximum allowed number of bytes.",
+    429: "Number of requests has exceeded your per-minute rate limit.",
+    500: "Internal server error",
+    504: "Request timed out.",
+    529: "Overloaded",
+}
 
 REFUSAL_TEXT = "I can't help with that."
 TERMINAL_STATUSES = frozenset({"completed", "failed", "expired", "cancelled"})
@@ -135,6 +208,7 @@ _FORCED_VALIDATION_MESSAGES = {
 }
 
 AnswerFunction = Callable[[dict[str, Any]], str]
+MessageBatchStatus = Literal["in_progress", "canceling", "ended"]
 BatchStatus = Literal[
     "validating", "failed", "in_progress", "finalizing", "completed", "expired", "cancelling", "cancelled"
 ]
@@ -144,6 +218,9 @@ BatchStatus = Literal[
 class FakeServerConfig:
     """How the fake provider behaves.
 
+    The timing fields apply to Anthropic message batches too, which stay ``in_progress`` through
+    the validating, in-progress and finalizing times before they end.
+
     Attributes:
         validating_seconds: Time a new batch spends in ``validating``.
         in_progress_seconds: Time it spends in ``in_progress``; requests finish evenly over it.
@@ -151,8 +228,8 @@ class FakeServerConfig:
         cancelling_seconds: Time a cancelled batch spends in ``cancelling`` (0: until the next read).
         shuffle: Shuffle the lines of output and error files (as OpenAI does not keep order).
         seed: Seed of the shuffle; the same seed and input give the same order.
-        api_key: If set, only ``Authorization: Bearer <api_key>`` is accepted; if ``None``, any
-            Bearer token is. A missing ``Authorization`` header is always 401.
+        api_key: If set, only ``Authorization: Bearer <api_key>`` (Anthropic routes:
+            ``x-api-key: <api_key>``) is accepted; if ``None``, any key is. A missing key is always 401.
         expire_after_requests: If set, a batch with more requests than this ends ``expired``
             once this many have finished; the rest get ``batch_expired`` error lines.
         answer: Replaces :func:`~prefect_llm_batch.testing.answers.default_answer`: a callable
@@ -163,6 +240,9 @@ class FakeServerConfig:
         max_file_bytes: Largest upload accepted (OpenAI: 200 MB); larger is 400 ``File is too large.``
         validation_error: If set, every batch with a well-formed input ends ``failed`` with this
             ``errors.data[0].code`` (e.g. ``"model_mismatch"``, ``"token_limit_exceeded"``).
+        anthropic_max_requests: Most requests in one Anthropic message batch (Anthropic: 100,000);
+            more is 413 ``request_too_large``.
+        anthropic_max_bytes: Largest Anthropic create body (Anthropic: 256 MB); larger is 413.
 
     Examples:
         >>> FakeServerConfig(in_progress_seconds=0.5).shuffle
@@ -181,6 +261,8 @@ class FakeServerConfig:
     enqueued_token_limit: int | None = None
     max_file_bytes: int = 200 * 1024 * 1024
     validation_error: str | None = None
+    anthropic_max_requests: int = 100_000
+    anthropic_max_bytes: int = 256 * 1024 * 1024
 
 
 @dataclass
@@ -188,9 +270,10 @@ class ServerStats:
     """What the fake provider has been asked so far.
 
     Attributes:
-        creates: Successful ``POST /v1/batches`` calls (each made a batch).
+        creates: Successful ``POST /v1/batches`` and ``POST /v1/messages/batches`` calls (each
+            made a batch).
         uploads: Files uploaded.
-        requests_received: Request lines in the input files of created batches.
+        requests_received: Requests in created batches (lines of input files, or inline requests).
         calls: Calls per route template, e.g. ``calls["GET /v1/batches/{id}"]``; includes calls
             answered with an error.
 
@@ -332,6 +415,80 @@ class FakeBatch:
         }
 
 
+def _rfc3339(epoch: float | None) -> str | None:
+    """Format a unix time as an RFC 3339 string in UTC with microseconds (``...Z``)."""
+    if epoch is None:
+        return None
+    return datetime.fromtimestamp(epoch, tz=timezone.utc).isoformat(timespec="microseconds")[:-6] + "Z"
+
+
+@dataclass
+class _MessageOutcome:
+    """What happened to one message batch request: its ``result`` (``None``: dropped) and kind."""
+
+    custom_id: str
+    result: dict[str, Any] | None
+    kind: Literal["succeeded", "errored", "expired"]
+
+
+@dataclass
+class FakeMessageBatch:
+    """One Anthropic message batch and everything the fake knows about it.
+
+    Times (``created_at``, ``ended_at``, ``cancel_initiated_at``) are unix seconds; :meth:`to_dict`
+    writes them as RFC 3339 strings. ``outcomes`` holds one entry per request in input order.
+
+    Examples:
+        >>> b = FakeMessageBatch(id="msgbatch_1", created_at=0.0)
+        >>> wire = b.to_dict("http://127.0.0.1:1")
+        >>> wire["processing_status"], wire["expires_at"], wire["results_url"]
+        ('in_progress', '1970-01-02T00:00:00.000000Z', None)
+    """
+
+    id: str
+    created_at: float
+    outcomes: list[_MessageOutcome] = field(default_factory=list)
+    created_clock: float = 0.0
+    digest: str = ""
+    processing_status: MessageBatchStatus = "in_progress"
+    run_limit: int = 0
+    finished: int = 0
+    ended_at: float | None = None
+    cancel_initiated_at: float | None = None
+    cancel_clock: float | None = None
+    unfinished: Literal["canceled", "expired"] | None = None
+    results: bytes = b""
+
+    @property
+    def request_counts(self) -> dict[str, int]:
+        """``{processing, succeeded, errored, canceled, expired}``: all but ``processing`` 0 until ended."""
+        counts = dict.fromkeys(("processing", "succeeded", "errored", "canceled", "expired"), 0)
+        if self.processing_status != "ended":
+            counts["processing"] = len(self.outcomes)
+            return counts
+        for outcome in self.outcomes[: self.finished]:
+            counts[outcome.kind] += 1
+        if self.unfinished is not None:
+            counts[self.unfinished] += len(self.outcomes) - self.finished
+        return counts
+
+    def to_dict(self, root_url: str = "") -> dict[str, Any]:
+        """Return the Anthropic message batch object; ``root_url`` prefixes ``results_url``."""
+        ended = self.processing_status == "ended"
+        return {
+            "id": self.id,
+            "type": "message_batch",
+            "processing_status": self.processing_status,
+            "request_counts": self.request_counts,
+            "ended_at": _rfc3339(self.ended_at),
+            "created_at": _rfc3339(self.created_at),
+            "expires_at": _rfc3339(self.created_at + _BATCH_WINDOW_SECONDS),
+            "archived_at": None,
+            "cancel_initiated_at": _rfc3339(self.cancel_initiated_at),
+            "results_url": f"{root_url}/v1/messages/batches/{self.id}/results" if ended else None,
+        }
+
+
 @dataclass
 class _Fault:
     status: int
@@ -366,6 +523,15 @@ class _ApiError(Exception):
         body = {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
         return _json(body, self.status, self.headers)
 
+    def anthropic_response(self) -> Response:
+        """The same error in Anthropic's envelope; ``type`` is kept when it is an Anthropic type
+        other than the default ``invalid_request_error``, else derived from the status."""
+        etype = self.type
+        if etype == "invalid_request_error" or etype not in ANTHROPIC_ERROR_TYPES.values():
+            etype = _anthropic_error_type(self.status)
+        body = _anthropic_error_body(etype, self.message)
+        return _json(body, self.status, {**self.headers, "request-id": body["request_id"]})
+
 
 def _json(body: Any, status: int = 200, headers: Mapping[str, str] | None = None) -> Response:
     return Response(orjson.dumps(body), status_code=status, media_type="application/json", headers=headers)
@@ -389,6 +555,16 @@ def _error_body(message: str, type: str, code: str | None = None, param: str | N
     return {"error": {"message": message, "type": type, "param": param, "code": code}}
 
 
+def _anthropic_error_type(status: int) -> str:
+    if status in ANTHROPIC_ERROR_TYPES:
+        return ANTHROPIC_ERROR_TYPES[status]
+    return "api_error" if status >= 500 else "invalid_request_error"
+
+
+def _anthropic_error_body(type: str, message: str) -> dict[str, Any]:
+    return {"type": "error", "error": {"type": type, "message": message}, "request_id": f"req_{_hex()}"}
+
+
 class _State:
     """All mutable state of one fake provider, guarded by one lock."""
 
@@ -399,13 +575,15 @@ class _State:
         self.files: dict[str, FakeFile] = {}
         self.batches: dict[str, FakeBatch] = {}
         self.stats = ServerStats()
+        self.message_batches: dict[str, FakeMessageBatch] = {}
         self.faults: dict[str, list[_Fault]] = {}
-        self.stalls: list[float] = []
+        self.stalls: dict[str, list[float]] = {}
 
     def reset(self) -> None:
         with self.lock:
             self.files.clear()
             self.batches.clear()
+            self.message_batches.clear()
             self.faults.clear()
             self.stalls.clear()
             self.stats.creates = self.stats.uploads = self.stats.requests_received = 0
@@ -458,6 +636,81 @@ class _State:
 
     def _wall(self, batch: FakeBatch, clock: float) -> int:
         return int(batch.created_at + (clock - batch.created_clock))
+
+    def take_stall(self, route: str) -> float:
+        """Seconds the next answer of a create route (``"/v1/batches"``...) must wait."""
+        queue = self.stalls.get(route)
+        return queue.pop(0) if queue else 0.0
+
+    # ----- Anthropic message batches --------------------------------------------------------
+
+    def advance_message_batch(self, batch: FakeMessageBatch, now: float | None = None) -> None:
+        """Move a message batch to the state it has reached by ``now`` (a ``time.monotonic()`` value)."""
+        cfg = self.config
+        now = time.monotonic() if now is None else now
+        t_started = batch.created_clock + cfg.validating_seconds
+        t_ran = t_started + cfg.in_progress_seconds
+        t_ended = t_ran + cfg.finalizing_seconds
+        if batch.processing_status == "in_progress":
+            if now < t_started:
+                fraction = 0.0
+            elif cfg.in_progress_seconds > 0:
+                fraction = min(1.0, (now - t_started) / cfg.in_progress_seconds)
+            else:
+                fraction = 1.0
+            batch.finished = math.floor(batch.run_limit * fraction)
+            if now >= t_ended:
+                batch.finished = batch.run_limit
+                self._end_message_batch(batch, t_ended, "expired")
+        if batch.processing_status == "canceling" and batch.cancel_clock is not None:
+            t_cancelled = batch.cancel_clock + cfg.cancelling_seconds
+            if cfg.cancelling_seconds == 0 or now >= t_cancelled:
+                self._end_message_batch(batch, t_cancelled, "canceled")
+
+    def cancel_message_batch(self, batch: FakeMessageBatch) -> None:
+        self.advance_message_batch(batch)
+        if batch.processing_status == "canceling":
+            return
+        if batch.processing_status == "ended":
+            raise _ApiError(400, f"Batch '{batch.id}' has already ended and cannot be canceled.")
+        batch.processing_status = "canceling"
+        batch.cancel_clock = time.monotonic()
+        batch.cancel_initiated_at = time.time()
+
+    def _end_message_batch(
+        self, batch: FakeMessageBatch, clock: float, unfinished: Literal["canceled", "expired"]
+    ) -> None:
+        """End a batch: finished requests keep their results, the rest get ``unfinished`` ones."""
+        batch.processing_status = "ended"
+        batch.ended_at = batch.created_at + (clock - batch.created_clock)
+        batch.unfinished = unfinished
+        lines: list[dict[str, Any]] = []
+        for index, outcome in enumerate(batch.outcomes):
+            if index >= batch.finished:
+                lines.append({"custom_id": outcome.custom_id, "result": {"type": unfinished}})
+            elif outcome.result is not None:
+                lines.append({"custom_id": outcome.custom_id, "result": outcome.result})
+        if self.config.shuffle:
+            random.Random(f"{self.config.seed}:{batch.digest}").shuffle(lines)
+        batch.results = b"".join(orjson.dumps(line) + b"\n" for line in lines)
+
+    def run_message_request(self, custom_id: str, params: Any) -> _MessageOutcome:
+        """Answer one message batch request (bad params become an ``errored`` result)."""
+        if not isinstance(params, dict):
+            status, body, never_ran = (
+                400,
+                _anthropic_error_body("invalid_request_error", "params: Input should be a valid dictionary"),
+                None,
+            )
+        else:
+            status, body, never_ran = complete_message(params, self.config.answer, batch=True)
+        if never_ran == "drop":
+            return _MessageOutcome(custom_id, None, "succeeded")
+        if never_ran is not None:
+            return _MessageOutcome(custom_id, {"type": "expired"}, "expired")
+        if status >= 400:
+            return _MessageOutcome(custom_id, {"type": "errored", "error": body}, "errored")
+        return _MessageOutcome(custom_id, {"type": "succeeded", "message": body}, "succeeded")
 
     def cancel(self, batch: FakeBatch) -> None:
         self.advance(batch)
@@ -741,6 +994,113 @@ def complete_chat(
     return 200, completion, None
 
 
+def _message_params_problem(body: Mapping[str, Any], batch: bool) -> str | None:
+    """What Anthropic would reject in a Messages body, or ``None``."""
+    model = body.get("model")
+    if not isinstance(model, str) or not model:
+        return "model: Field required"
+    if "max_tokens" not in body:
+        return "max_tokens: Field required"
+    max_tokens = body["max_tokens"]
+    if not isinstance(max_tokens, int) or isinstance(max_tokens, bool) or max_tokens < 1:
+        return "max_tokens: Input should be an integer greater than or equal to 1"
+    messages = body.get("messages")
+    if not isinstance(messages, list) or not messages:
+        return "messages: at least one message is required"
+    if body.get("stream"):
+        return (
+            "stream: Batch requests cannot stream." if batch else "stream: the fake provider does not stream."
+        )
+    return None
+
+
+def complete_message(
+    body: dict[str, Any], answer: AnswerFunction | None, *, batch: bool = False
+) -> tuple[int, dict[str, Any], str | None]:
+    """Answer one Anthropic Messages body, honouring the ``[[fake:...]]`` markers.
+
+    Args:
+        body: The Messages API params.
+        answer: Custom answer function, or ``None`` for the default.
+        batch: True inside a message batch (only changes a message).
+
+    Returns:
+        ``(status_code, body, never_ran)``: ``body`` is a ``message`` or an Anthropic error
+        envelope; ``never_ran`` is ``"drop"`` or ``"timeout"`` when the request produced nothing.
+
+    Examples:
+        >>> status, message, _ = complete_message({"model": "claude", "max_tokens": 20,
+        ...     "messages": [{"role": "user", "content": "hi"}]}, None)
+        >>> status, message["type"], message["content"], message["stop_reason"]
+        (200, 'message', [{'type': 'text', 'text': '[simulated] hi'}], 'end_turn')
+        >>> status, error, _ = complete_message({"model": "claude", "messages": []}, None)
+        >>> status, error["error"]
+        (400, {'type': 'invalid_request_error', 'message': 'max_tokens: Field required'})
+    """
+    markers = find_markers(body)
+    if "drop" in markers:
+        return 500, _anthropic_error_body("api_error", _ANTHROPIC_ERROR_MESSAGES[500]), "drop"
+    if "timeout" in markers:
+        return 504, _anthropic_error_body("timeout_error", _ANTHROPIC_ERROR_MESSAGES[504]), "timeout"
+    if "400" in markers:
+        return (
+            400,
+            _anthropic_error_body("invalid_request_error", "Invalid request (simulated by [[fake:400]])."),
+            None,
+        )
+    if "500" in markers:
+        return 500, _anthropic_error_body("api_error", _ANTHROPIC_ERROR_MESSAGES[500]), None
+    problem = _message_params_problem(body, batch)
+    if problem is not None:
+        return 400, _anthropic_error_body("invalid_request_error", problem), None
+    tool = forced_tool(body)
+    content: list[dict[str, Any]]
+    try:
+        if tool is not None:
+            if answer is None:
+                value: Any = tool_input(body, tool.get("input_schema"))
+            else:
+                value = orjson.loads(answer(body))
+                if not isinstance(value, dict):
+                    raise ValueError("a forced tool needs a JSON object as answer")
+            content = [
+                {"type": "tool_use", "id": f"toolu_{_hex()}", "name": tool.get("name"), "input": value}
+            ]
+            out_text = orjson.dumps(value).decode()
+        else:
+            out_text = (answer or default_answer)(body)
+            content = [{"type": "text", "text": out_text}]
+    except Exception as exc:
+        failure = f"The answer function raised {type(exc).__name__}: {exc}"
+        return 500, _anthropic_error_body("api_error", failure), None
+    stop_reason = "tool_use" if tool is not None else "end_turn"
+    if "refusal" in markers or "content_filter" in markers:
+        content, out_text, stop_reason = [], "", "refusal"
+    elif "length" in markers:
+        stop_reason = "max_tokens"
+        if tool is None:
+            keep = body["max_tokens"] * 4
+            out_text = out_text[: min(keep, max(1, len(out_text) - 1))]
+            content = [{"type": "text", "text": out_text}]
+    input_tokens = prompt_tokens(body)
+    reply = {
+        "id": f"msg_{_hex()}",
+        "type": "message",
+        "role": "assistant",
+        "model": body["model"],
+        "content": content,
+        "stop_reason": stop_reason,
+        "stop_sequence": None,
+        "usage": {
+            "input_tokens": input_tokens,
+            "output_tokens": estimate_tokens(out_text),
+            "cache_creation_input_tokens": 0,
+            "cache_read_input_tokens": 0,
+        },
+    }
+    return 200, reply, None
+
+
 # ----- HTTP layer -------------------------------------------------------------------------------
 
 
@@ -980,7 +1340,7 @@ def create_app(state: _State) -> Starlette:
             state.stats.creates += 1
             state.stats.requests_received += sum(1 for line in input_file.data.split(b"\n") if line.strip())
             answer = batch.to_dict()
-            stall = state.stalls.pop(0) if state.stalls else 0.0
+            stall = state.take_stall("/v1/batches")
         deadline = time.monotonic() + stall
         while not state.stopping.is_set() and time.monotonic() < deadline:
             await asyncio.sleep(min(0.05, max(0.0, deadline - time.monotonic())))
@@ -1014,6 +1374,140 @@ def create_app(state: _State) -> Starlette:
         status, response_body, _ = complete_chat(body, state.config.answer, int(time.time()))
         return _json(response_body, status, {"x-request-id": f"req_{_hex(32)}"})
 
+    # ----- Anthropic Message Batches ----------------------------------------------------------
+
+    def root_url(request: Request) -> str:
+        return str(request.base_url).rstrip("/")
+
+    def lookup_message_batch(batch_id: str) -> FakeMessageBatch:
+        batch = state.message_batches.get(batch_id)
+        if batch is None:
+            raise _ApiError(404, f"No batch found with id '{batch_id}'.", type="not_found_error")
+        state.advance_message_batch(batch)
+        return batch
+
+    async def create_message_batch(request: Request) -> Response:
+        raw = await request.body()
+        cfg = state.config
+        if len(raw) > cfg.anthropic_max_bytes:
+            raise _ApiError(413, _ANTHROPIC_ERROR_MESSAGES[413], type="request_too_large")
+        body = await _json_body(request)
+        items = body.get("requests")
+        if not isinstance(items, list) or not items:
+            raise _ApiError(400, "requests: List should have at least 1 item after validation")
+        if len(items) > cfg.anthropic_max_requests:
+            raise _ApiError(
+                413,
+                f"Batch has {len(items)} requests; at most {cfg.anthropic_max_requests} are allowed.",
+                type="request_too_large",
+            )
+        seen: set[str] = set()
+        for index, item in enumerate(items):
+            if not isinstance(item, dict) or "custom_id" not in item or "params" not in item:
+                raise _ApiError(400, f"requests.{index}: custom_id and params are required")
+            custom_id = item["custom_id"]
+            if not isinstance(custom_id, str) or not ANTHROPIC_CUSTOM_ID.match(custom_id):
+                raise _ApiError(
+                    400,
+                    f"requests.{index}.custom_id: String should match pattern "
+                    f"'{ANTHROPIC_CUSTOM_ID.pattern}'",
+                )
+            if custom_id in seen:
+                raise _ApiError(
+                    400,
+                    f"requests.{index}.custom_id: Duplicate custom_id {custom_id!r}; "
+                    "custom_id must be unique within a batch",
+                )
+            seen.add(custom_id)
+        outcomes = [state.run_message_request(item["custom_id"], item["params"]) for item in items]
+        expire = cfg.expire_after_requests
+        with state.lock:
+            batch = FakeMessageBatch(
+                id=f"msgbatch_{_hex()}",
+                created_at=time.time(),
+                outcomes=outcomes,
+                created_clock=time.monotonic(),
+                digest=hashlib.sha256(raw).hexdigest(),
+                run_limit=len(outcomes) if expire is None else min(max(expire, 0), len(outcomes)),
+            )
+            state.message_batches[batch.id] = batch
+            state.stats.creates += 1
+            state.stats.requests_received += len(outcomes)
+            answer = batch.to_dict(root_url(request))
+            stall = state.take_stall("/v1/messages/batches")
+        deadline = time.monotonic() + stall
+        while not state.stopping.is_set() and time.monotonic() < deadline:
+            await asyncio.sleep(min(0.05, max(0.0, deadline - time.monotonic())))
+        return _json(answer)
+
+    async def list_message_batches(request: Request) -> Response:
+        limit = _query_limit(request, 20, 1000)
+        after = request.query_params.get("after_id")
+        before = request.query_params.get("before_id")
+        if after is not None and before is not None:
+            raise _ApiError(400, "Give at most one of after_id and before_id.")
+        with state.lock:
+            batches = list(reversed(state.message_batches.values()))
+            for batch in batches:
+                state.advance_message_batch(batch)
+            items = [batch.to_dict(root_url(request)) for batch in batches]
+        ids = [item["id"] for item in items]
+        cursor = after if after is not None else before
+        if cursor is not None and cursor not in ids:
+            raise _ApiError(404, f"No batch found with id '{cursor}'.", type="not_found_error")
+        if before is not None:
+            stop = ids.index(before)
+            start = max(0, stop - limit)
+            has_more = start > 0
+        else:
+            start = ids.index(after) + 1 if after is not None else 0
+            stop = start + limit
+            has_more = stop < len(items)
+        data = items[start:stop]
+        return _json(
+            {
+                "data": data,
+                "has_more": has_more,
+                "first_id": data[0]["id"] if data else None,
+                "last_id": data[-1]["id"] if data else None,
+            }
+        )
+
+    async def get_message_batch(request: Request) -> Response:
+        with state.lock:
+            return _json(lookup_message_batch(request.path_params["id"]).to_dict(root_url(request)))
+
+    async def cancel_message_batch(request: Request) -> Response:
+        with state.lock:
+            batch = lookup_message_batch(request.path_params["id"])
+            state.cancel_message_batch(batch)
+            return _json(batch.to_dict(root_url(request)))
+
+    async def delete_message_batch(request: Request) -> Response:
+        with state.lock:
+            batch = lookup_message_batch(request.path_params["id"])
+            if batch.processing_status != "ended":
+                raise _ApiError(
+                    400,
+                    f"Batch '{batch.id}' cannot be deleted while it is processing; cancel it first.",
+                )
+            del state.message_batches[batch.id]
+        return _json({"id": batch.id, "type": "message_batch_deleted"})
+
+    async def message_batch_results(request: Request) -> Response:
+        with state.lock:
+            batch = lookup_message_batch(request.path_params["id"])
+            if batch.processing_status != "ended":
+                raise _ApiError(400, f"Batch '{batch.id}' has not ended yet; its results are not available.")
+            data = batch.results
+        return Response(data, media_type="application/x-jsonl")
+
+    async def messages(request: Request) -> Response:
+        body = await _json_body(request)
+        status, response_body, _ = complete_message(body, state.config.answer)
+        request_id = response_body.get("request_id") or f"req_{_hex()}"
+        return _json(response_body, status, {"request-id": request_id})
+
     handlers: dict[str, Handler] = {
         "POST /v1/files": upload_file,
         "GET /v1/files": list_files,
@@ -1025,7 +1519,24 @@ def create_app(state: _State) -> Starlette:
         "GET /v1/batches/{id}": get_batch,
         "POST /v1/batches/{id}/cancel": cancel_batch,
         "POST /v1/chat/completions": chat_completions,
+        "POST /v1/messages/batches": create_message_batch,
+        "GET /v1/messages/batches": list_message_batches,
+        "GET /v1/messages/batches/{id}": get_message_batch,
+        "POST /v1/messages/batches/{id}/cancel": cancel_message_batch,
+        "DELETE /v1/messages/batches/{id}": delete_message_batch,
+        "GET /v1/messages/batches/{id}/results": message_batch_results,
+        "POST /v1/messages": messages,
     }
+    assert set(handlers) == set(ROUTES)
+
+    def check_anthropic_auth(request: Request) -> None:
+        key = request.headers.get("x-api-key")
+        if not key:
+            raise _ApiError(401, "x-api-key header is required", type="authentication_error")
+        if state.config.api_key is not None and key != state.config.api_key:
+            raise _ApiError(401, _ANTHROPIC_ERROR_MESSAGES[401], type="authentication_error")
+        if not request.headers.get("anthropic-version"):
+            raise _ApiError(400, "anthropic-version: header is required")
 
     def check_auth(request: Request) -> None:
         header = request.headers.get("authorization")
@@ -1057,7 +1568,15 @@ def create_app(state: _State) -> Starlette:
         headers: dict[str, str] = {}
         if fault.retry_after is not None:
             headers["retry-after"] = f"{fault.retry_after:g}"
-            headers["retry-after-ms"] = str(round(fault.retry_after * 1000))
+            if key not in ANTHROPIC_ROUTES:
+                headers["retry-after-ms"] = str(round(fault.retry_after * 1000))
+        if key in ANTHROPIC_ROUTES:
+            message = fault.message or _ANTHROPIC_ERROR_MESSAGES.get(
+                fault.status, _DEFAULT_ERROR_MESSAGES.get(fault.status, f"Simulated HTTP {fault.status}.")
+            )
+            raise _ApiError(
+                fault.status, message, type=fault.code or _anthropic_error_type(fault.status), headers=headers
+            )
         message = fault.message or _DEFAULT_ERROR_MESSAGES.get(
             fault.status, f"Simulated HTTP {fault.status}."
         )
@@ -1070,15 +1589,20 @@ def create_app(state: _State) -> Starlette:
     def make_route(key: str, handler: Handler) -> Route:
         method, path = key.split(" ", 1)
 
+        anthropic = key in ANTHROPIC_ROUTES
+
         async def endpoint(request: Request) -> Response:
             with state.lock:
                 state.stats.calls[key] += 1
             try:
-                check_auth(request)
+                if anthropic:
+                    check_anthropic_auth(request)
+                else:
+                    check_auth(request)
                 take_fault(key)
                 return await handler(request)
             except _ApiError as exc:
-                return exc.response()
+                return exc.anthropic_response() if anthropic else exc.response()
 
         return Route(path, endpoint, methods=[method])
 
@@ -1088,7 +1612,8 @@ def create_app(state: _State) -> Starlette:
             message = f"Invalid URL ({request.method} {request.url.path})"
         else:
             message = exc.detail if isinstance(exc, HTTPException) else "Internal error."
-        return _ApiError(status, message, type=_error_type(status)).response()
+        error = _ApiError(status, message, type=_error_type(status))
+        return error.anthropic_response() if request.url.path.startswith("/v1/messages") else error.response()
 
     return Starlette(
         routes=[make_route(key, handler) for key, handler in handlers.items()],
@@ -1145,6 +1670,11 @@ class FakeProviderServer:
     def base_url(self) -> str:
         """API base URL including ``/v1``, as ``OPENAI_BASE_URL`` expects."""
         return f"http://{self.host}:{self.port}/v1"
+
+    @property
+    def anthropic_base_url(self) -> str:
+        """API base URL **without** ``/v1``, as ``ANTHROPIC_BASE_URL`` expects."""
+        return f"http://{self.host}:{self.port}"
 
     @property
     def running(self) -> bool:
@@ -1231,6 +1761,43 @@ class FakeProviderServer:
             return dict(self._state.batches)
 
     @property
+    def message_batches(self) -> dict[str, FakeMessageBatch]:
+        """A snapshot of the Anthropic message batches by id, oldest first, each advanced to the present."""
+        with self._state.lock:
+            for batch in self._state.message_batches.values():
+                self._state.advance_message_batch(batch)
+            return dict(self._state.message_batches)
+
+    def message_batch(self, batch_id: str) -> dict[str, Any]:
+        """Return the wire object of one Anthropic message batch, advanced to the present.
+
+        Raises:
+            KeyError: If there is no such batch.
+        """
+        with self._state.lock:
+            batch = self._state.message_batches[batch_id]
+            self._state.advance_message_batch(batch)
+            return batch.to_dict(self.anthropic_base_url)
+
+    def cancel_message_batch(self, batch_id: str) -> dict[str, Any]:
+        """Cancel an Anthropic message batch from the provider's side (as in the provider's console).
+
+        Returns:
+            The batch object, now ``canceling``.
+
+        Raises:
+            KeyError: If there is no such batch.
+            ValueError: If the batch already ended (cancelling one being canceled is a no-op).
+        """
+        with self._state.lock:
+            batch = self._state.message_batches[batch_id]
+            try:
+                self._state.cancel_message_batch(batch)
+            except _ApiError as exc:
+                raise ValueError(exc.message) from None
+            return batch.to_dict(self.anthropic_base_url)
+
+    @property
     def files(self) -> dict[str, FakeFile]:
         """A snapshot of the stored files by id (inputs and results)."""
         with self._state.lock:
@@ -1281,11 +1848,15 @@ class FakeProviderServer:
         Args:
             method: HTTP method, e.g. ``"POST"``.
             route: Route template as listed in :data:`ROUTES`, e.g. ``"/v1/batches/{id}"``.
-            status: HTTP status to answer, with an OpenAI error envelope.
+            status: HTTP status to answer, with an OpenAI error envelope (Anthropic routes: an
+                Anthropic one, ``error.type`` from the status, e.g. 429 ``rate_limit_error``,
+                529 ``overloaded_error``, 413 ``request_too_large``).
             times: How many calls fail.
-            retry_after: If given, sent as ``retry-after`` (seconds) and ``retry-after-ms``.
+            retry_after: If given, sent as ``retry-after`` (seconds) and, except on Anthropic
+                routes, ``retry-after-ms``.
             code: ``error.code`` (429 defaults to ``rate_limit_exceeded``; ``insufficient_quota``
-                also sets ``error.type`` to ``insufficient_quota``).
+                also sets ``error.type`` to ``insufficient_quota``). On Anthropic routes, which
+                have no codes: ``error.type``.
             message: ``error.message`` (a default per status otherwise).
 
         Raises:
@@ -1307,17 +1878,30 @@ class FakeProviderServer:
         with self._state.lock:
             self._state.faults.setdefault(key, []).append(_Fault(status, times, retry_after, code, message))
 
-    def stall_next_create(self, seconds: float = 3.0) -> None:
-        """Make the next ``POST /v1/batches`` create its batch, then wait ``seconds`` before answering.
+    def stall_next_create(self, seconds: float = 3.0, route: str = "/v1/batches") -> None:
+        """Make the next create create its batch, then wait ``seconds`` before answering.
 
         A client whose read timeout is shorter sees a timeout although the batch exists (and
         counts in :attr:`ServerStats.creates`): the ambiguous create a client must resolve by listing.
+
+        Args:
+            seconds: How long the answer waits.
+            route: The create route: ``"/v1/batches"`` (OpenAI, the default) or
+                ``"/v1/messages/batches"`` (Anthropic).
+
+        Raises:
+            ValueError: For another route.
+
+        Examples:
+            >>> FakeProviderServer().stall_next_create(1.0, route="/v1/messages/batches")
         """
+        if route not in CREATE_ROUTES:
+            raise ValueError(f"unknown create route {route!r}; known: {', '.join(CREATE_ROUTES)}")
         with self._state.lock:
-            self._state.stalls.append(seconds)
+            self._state.stalls.setdefault(route, []).append(seconds)
 
     def reset(self) -> None:
-        """Forget all files, batches, pending faults and stalls; zero the stats."""
+        """Forget all files, batches (message batches too), pending faults and stalls; zero the stats."""
         self._state.reset()
 
 

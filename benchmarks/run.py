@@ -1,0 +1,830 @@
+"""The benchmark suite: our prepare and collect against a naive baseline and a floor, in one run.
+
+Usage::
+
+    python benchmarks/run.py                 # 1,000,000 rows, end to end at 100,000 rows
+    python benchmarks/run.py --rows 200000   # smaller
+    python benchmarks/run.py --quick         # 20,000 rows, seconds (what CI runs; never fails on targets)
+    python benchmarks/run.py --profile       # also cProfile prepare, collect and end to end
+
+Every stage runs in its own Python process, so its peak memory is its own: wall time covers the
+stage's work only (not interpreter start-up nor imports), peak RSS is the process' high-water
+mark (``VmHWM``, imports included; the ``base`` column is the RSS before the work started), CPU
+is user + system time of the process (all its threads) over the same span.
+
+Stages and variants (the workload of issue 7: prompts of ~400 bytes from a template substituting
+two string columns, request keys and de-duplication included, text answers):
+
+* **prepare** -- ``ours``: :func:`prefect_llm_batch.jobs.prepare` itself (fingerprint, read the
+  Parquet table, render, key and de-duplicate, encode the JSONL lines, plan chunks, write the chunk
+  files, row ids and plan to a state directory on local disk) with an ``OpenAIBatchProvider``;
+  ``ours, by step``: the same calls one by one, timed separately (the breakdown);
+  ``naive``: pandas ``read_parquet``, ``df.apply`` rendering a compiled Jinja2 template per row,
+  ``json.dumps`` per body for the key and per line, a dict for de-duplication, files of 50,000
+  lines; ``floor``: writing the JSONL bytes ``ours`` produced, already in memory.
+* **collect** -- ``ours``: read the output and error files, ``OpenAIBatchProvider.parse_line``
+  per line (de-duplicated as ``jobs.collect_chunk`` does), ``results_to_table``, read the input
+  table, ``join_results`` through the rows' ``custom_id`` s, ``write_parquet_atomic``;
+  ``naive``: ``json.loads`` per line, a dict per result, a dict lookup per row, ``pd.DataFrame``
+  and ``to_parquet``; ``floor``: ``orjson.loads`` of every line and nothing else.
+* **end to end** -- ``jobs.prepare -> submit_chunk -> wait(poll_interval=0) -> collect_chunk ->
+  assemble`` against the fake provider (instant batches) running in a *separate* process, so the
+  CPU milliseconds per row are ours only; the server's CPU is reported beside it.
+
+Targets (issue 7) are checked at the end; outside ``--quick`` a missed target exits with status 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import cProfile
+import inspect
+import io
+import json
+import os
+import pstats
+import resource
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from data import DATA_DIR, MODEL, TEMPLATE, ensure_results, ensure_table
+
+#: Where the suite writes state directories and outputs (removed afterwards).
+WORK_ROOT = DATA_DIR / "work"
+#: Profiles written by ``--profile``.
+PROFILE_DIR = DATA_DIR / "profiles"
+#: Endpoint of every request.
+ENDPOINT = "/v1/chat/completions"
+#: Base URL in the request keys of the prepare and collect stages (no HTTP is made there).
+KEY_BASE_URL = "https://api.openai.com/v1"
+#: Requests per chunk file of the naive baseline (OpenAI's per-batch limit).
+NAIVE_CHUNK = 50_000
+
+# Targets of issue 7.
+TARGET_PREPARE_VS_NAIVE = 10.0
+TARGET_PREPARE_VS_FLOOR = 3.0
+TARGET_COLLECT_VS_FLOOR = 2.0
+TARGET_PEAK_RSS_MB = 2500.0
+TARGET_E2E_MS_PER_ROW = 0.07
+
+Stage = Callable[["StageContext"], dict[str, Any]]
+
+
+# -- measuring, inside a stage's process ------------------------------------------------------
+
+
+def _status_mb(field_name: str) -> float:
+    """A ``VmRSS``/``VmHWM`` line of ``/proc/self/status`` in MB (0 where there is no /proc)."""
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith(field_name + ":"):
+                return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def _cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+@dataclass
+class StageContext:
+    """What a stage's process is given (from the command line)."""
+
+    rows: int
+    seed: int
+    work: Path
+    server_url: str | None = None
+    steps: dict[str, float] = field(default_factory=dict)
+
+    @contextlib.contextmanager
+    def step(self, name: str) -> Iterator[None]:
+        """Time one step of the stage (wall seconds, accumulated under ``name``)."""
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.steps[name] = self.steps.get(name, 0.0) + time.perf_counter() - start
+
+
+def warm_up() -> tuple[float, float]:
+    """Import what every stage uses, before any timing; returns the wall and CPU seconds it took.
+
+    pyarrow imports pandas on its first array (about a second when no bytecode is cached), so a
+    first tiny array is made here too: stages measure steady-state work, not imports.
+    """
+    cpu = _cpu_seconds()
+    start = time.perf_counter()
+    import jinja2  # noqa: F401
+    import orjson  # noqa: F401
+    import pandas  # noqa: F401
+    import pyarrow as pa
+    import pyarrow.compute
+    import pyarrow.parquet
+
+    import prefect_llm_batch.jobs
+    import prefect_llm_batch.providers.openai  # noqa: F401
+
+    pa.array(["warm-up"]).to_pylist()
+    return time.perf_counter() - start, _cpu_seconds() - cpu
+
+
+def run_stage(name: str, context: StageContext, profile_to: Path | None) -> dict[str, Any]:
+    """Run one stage in this process and measure it (after :func:`warm_up`)."""
+    stage = STAGES[name]
+    import_wall, import_cpu = warm_up()
+    base_rss = _status_mb("VmRSS")
+    profiler = cProfile.Profile() if profile_to is not None else None
+    cpu = _cpu_seconds()
+    start = time.perf_counter()
+    if profiler is not None:
+        profiler.enable()
+    extra = stage(context)
+    if profiler is not None:
+        profiler.disable()
+    wall = time.perf_counter() - start
+    cpu = _cpu_seconds() - cpu
+    if profiler is not None and profile_to is not None:
+        profile_to.parent.mkdir(parents=True, exist_ok=True)
+        profiler.dump_stats(str(profile_to))
+    return {
+        "stage": name,
+        "wall_s": wall,
+        "cpu_s": cpu,
+        "base_rss_mb": base_rss,
+        "import_wall_s": import_wall,
+        "import_cpu_s": import_cpu,
+        "peak_rss_mb": _status_mb("VmHWM"),
+        "steps": context.steps,
+        **extra,
+    }
+
+
+# -- the stages ---------------------------------------------------------------------------
+
+
+def _spec_and_target(base_url: str) -> tuple[Any, Any]:
+    from prefect_llm_batch.spec import JobSpec, ProviderTarget
+
+    spec = JobSpec(prompt=TEMPLATE, model=MODEL, provider="openai", base_url=base_url)
+    return spec, ProviderTarget(provider="openai", base_url=base_url, key_base_url=base_url)
+
+
+def _dir_bytes(directory: Path) -> int:
+    return sum(path.stat().st_size for path in directory.rglob("*") if path.is_file())
+
+
+def prepare_ours(context: StageContext) -> dict[str, Any]:
+    """``jobs.prepare`` itself, into a fresh state directory on local disk."""
+    from prefect_llm_batch import jobs
+    from prefect_llm_batch.providers.openai import OpenAIBatchProvider
+
+    source = str(ensure_table(context.rows, context.seed))
+    spec, target = _spec_and_target(KEY_BASE_URL)
+    provider = OpenAIBatchProvider(api_key="bench-key", base_url=KEY_BASE_URL)
+    state = context.work / "prepare-ours"
+    shutil.rmtree(state, ignore_errors=True)
+    ref = jobs.prepare(source, spec, provider, target, state_dir=str(state))
+    requests = state / "jobs" / ref.job_id / "requests"
+    return {
+        "rows": ref.rows,
+        "unique": ref.unique_requests,
+        "chunks": ref.chunks,
+        "jsonl_bytes": _dir_bytes(requests),
+        "requests_dir": str(requests),
+    }
+
+
+def prepare_steps(context: StageContext) -> dict[str, Any]:
+    """The calls of ``jobs.prepare``, in its order, each timed (the breakdown of ``prepare_ours``)."""
+    from prefect_llm_batch.prompts import PromptTemplate
+    from prefect_llm_batch.providers.openai import OpenAIBatchProvider
+    from prefect_llm_batch.requests import build_request_set, encode_line, plan_chunks
+    from prefect_llm_batch.store import ChunkState, JobStore
+    from prefect_llm_batch.table import fingerprint, read_table
+
+    source = str(ensure_table(context.rows, context.seed))
+    provider = OpenAIBatchProvider(api_key="bench-key", base_url=KEY_BASE_URL)
+    state = context.work / "prepare-steps"
+    shutil.rmtree(state, ignore_errors=True)
+    store = JobStore(str(state), "bench")
+    with context.step("fingerprint"):
+        fingerprint(source)
+    with context.step("read table"):
+        table = read_table(source)
+    with context.step("render"):
+        prompts = PromptTemplate(TEMPLATE).render_table(table)
+    with context.step("keys+dedup"):
+        request_set = build_request_set(
+            provider="openai",
+            base_url=KEY_BASE_URL,
+            endpoint=ENDPOINT,
+            prompts=prompts,
+            build_body=lambda prompt, system: provider.build_body(MODEL, prompt, system, {}),
+        )
+    with context.step("encode lines"):
+        if hasattr(request_set, "body_json"):  # a package whose request set keeps the bodies' JSON
+            import prefect_llm_batch.requests as requests_module
+
+            encode = requests_module.line_encoder(provider.build_line)
+            pairs = zip(request_set.unique_ids, request_set.body_json, strict=True)
+            lines = [encode(cid, body) for cid, body in pairs]
+        else:
+            lines = [
+                encode_line(provider.build_line(cid, body))
+                for cid, body in zip(request_set.unique_ids, request_set.bodies, strict=True)
+            ]
+    with context.step("plan chunks"):
+        chunks = plan_chunks([len(line) for line in lines], provider.limits, request_set.first_row)
+    with context.step("write chunks"):
+        for index, chunk in enumerate(chunks):
+            store.write_chunk_input(index, b"".join(lines[chunk.start : chunk.stop]))
+            store.write_chunk(ChunkState(chunk_id=index))
+    with context.step("write row ids"):
+        store.write_row_ids(request_set.row_ids)
+    return {"rows": table.num_rows, "unique": len(request_set.unique_ids), "chunks": len(chunks)}
+
+
+def prepare_naive(context: StageContext) -> dict[str, Any]:
+    """What a user would write: pandas, ``df.apply`` with Jinja2, ``json.dumps`` per line."""
+    import hashlib
+
+    import jinja2
+    import pandas as pd
+
+    source = ensure_table(context.rows, context.seed)
+    out = context.work / "prepare-naive"
+    shutil.rmtree(out, ignore_errors=True)
+    out.mkdir(parents=True)
+    with context.step("read table"):
+        df = pd.read_parquet(source)
+    with context.step("render"):
+        template = jinja2.Template(TEMPLATE)
+        prompts = df.apply(lambda row: template.render(**row), axis=1)
+    with context.step("keys+dedup+encode"):
+        row_keys: list[str] = []
+        seen: set[str] = set()
+        lines: list[str] = []
+        for prompt in prompts:
+            body = {"model": MODEL, "messages": [{"role": "user", "content": prompt}]}
+            key = hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
+            row_keys.append(key)
+            if key in seen:
+                continue
+            seen.add(key)
+            line = {"custom_id": key, "method": "POST", "url": ENDPOINT, "body": body}
+            lines.append(json.dumps(line) + "\n")
+    with context.step("write chunks"):
+        for index, start in enumerate(range(0, len(lines), NAIVE_CHUNK)):
+            with open(out / f"chunk-{index:05d}.jsonl", "w", encoding="utf-8") as file:
+                file.writelines(lines[start : start + NAIVE_CHUNK])
+    with context.step("write row ids"):
+        pd.DataFrame({"custom_id": row_keys}).to_parquet(out / "rows.parquet")
+    return {"rows": len(df), "unique": len(lines)}
+
+
+def prepare_floor(context: StageContext) -> dict[str, Any]:
+    """Write the JSONL bytes ``prepare_ours`` made (read into memory first, untimed)."""
+    requests = Path(os.environ["BENCH_REQUESTS_DIR"])
+    chunks = [path.read_bytes() for path in sorted(requests.glob("*.jsonl"))]
+    out = context.work / "prepare-floor"
+    shutil.rmtree(out, ignore_errors=True)
+    out.mkdir(parents=True)
+    context.steps.clear()
+    start = time.perf_counter()
+    for index, data in enumerate(chunks):
+        with open(out / f"chunk-{index:05d}.jsonl", "wb") as file:
+            file.write(data)
+    context.steps["write"] = time.perf_counter() - start
+    return {"rows": context.rows, "jsonl_bytes": sum(map(len, chunks))}
+
+
+def collect_ours(context: StageContext) -> dict[str, Any]:
+    """Parse with ``parse_line``, ``results_to_table``, ``join_results``, ``write_parquet_atomic``."""
+    import orjson
+    import pyarrow.parquet as pq
+
+    from prefect_llm_batch.providers.openai import OpenAIBatchProvider
+    from prefect_llm_batch.results import RowResult, join_results, results_to_table
+    from prefect_llm_batch.table import read_table, write_parquet_atomic
+
+    files = ensure_results(context.rows, context.seed)
+    source = str(ensure_table(context.rows, context.seed))
+    provider = OpenAIBatchProvider(api_key="bench-key", base_url=KEY_BASE_URL)
+    output = context.work / "collect-ours" / "out.parquet"
+    batch_id = "batch_bench"
+    results: dict[str, RowResult] = {}
+    lines = 0
+    for path in (files.output, files.error):
+        with context.step("read files"):
+            data = path.read_bytes()
+        with context.step("parse lines"):
+            for raw in data.splitlines():
+                if not raw.strip():
+                    continue
+                result = provider.parse_line(orjson.loads(raw), batch_id)
+                lines += 1
+                previous = results.get(result.custom_id)
+                if previous is None or (not previous.ok and result.ok):
+                    results[result.custom_id] = result
+        del data
+    with context.step("results_to_table"):
+        result_table = results_to_table(results.values())
+    del results
+    with context.step("read table + row ids"):
+        table = read_table(source)
+        row_ids = pq.read_table(files.row_ids).column("custom_id").combine_chunks()
+    with context.step("join_results"):
+        joined = join_results(table, row_ids, result_table)
+    with context.step("write parquet"):
+        write_parquet_atomic(joined, str(output), overwrite=True, metadata={"job": "bench"})
+    ok_rows = joined.column("response_error_kind").null_count
+    return {"rows": joined.num_rows, "lines": lines, "ok_rows": ok_rows}
+
+
+def collect_naive(context: StageContext) -> dict[str, Any]:
+    """What a user would write: ``json.loads`` and a dict per line, a lookup per row, pandas."""
+    import pandas as pd
+
+    files = ensure_results(context.rows, context.seed)
+    source = ensure_table(context.rows, context.seed)
+    output = context.work / "collect-naive" / "out.parquet"
+    output.parent.mkdir(parents=True, exist_ok=True)
+    by_id: dict[str, dict[str, Any]] = {}
+    lines = 0
+    with context.step("parse lines"):
+        for path in (files.output, files.error):
+            with open(path, encoding="utf-8") as file:
+                for raw in file:
+                    line = json.loads(raw)
+                    lines += 1
+                    response = line.get("response") or {}
+                    body = response.get("body") or {}
+                    if response.get("status_code") == 200:
+                        choice = body["choices"][0]
+                        usage = body.get("usage") or {}
+                        record = {
+                            "response": choice["message"].get("content"),
+                            "response_error_kind": None,
+                            "response_error": None,
+                            "response_input_tokens": usage.get("prompt_tokens"),
+                            "response_output_tokens": usage.get("completion_tokens"),
+                            "response_finish_reason": choice.get("finish_reason"),
+                            "response_model": body.get("model"),
+                        }
+                    else:
+                        error = line.get("error") or body.get("error") or {}
+                        record = {
+                            "response": None,
+                            "response_error_kind": error.get("code") or "error",
+                            "response_error": error.get("message"),
+                            "response_input_tokens": None,
+                            "response_output_tokens": None,
+                            "response_finish_reason": None,
+                            "response_model": None,
+                        }
+                    by_id[line["custom_id"]] = record
+    with context.step("read table + row ids"):
+        df = pd.read_parquet(source)
+        row_ids = pd.read_parquet(files.row_ids)["custom_id"]
+    with context.step("lookup per row"):
+        missing = {"response_error_kind": "missing"}
+        records = [by_id.get(cid, missing) for cid in row_ids]
+        answers = pd.DataFrame(records, index=df.index)
+        df = pd.concat([df, answers], axis=1)
+    with context.step("write parquet"):
+        df.to_parquet(output)
+    return {"rows": len(df), "lines": lines}
+
+
+def collect_floor(context: StageContext) -> dict[str, Any]:
+    """``orjson.loads`` of every output and error line, and nothing else."""
+    import orjson
+
+    files = ensure_results(context.rows, context.seed)
+    lines = 0
+    for path in (files.output, files.error):
+        for raw in path.read_bytes().splitlines():
+            orjson.loads(raw)
+            lines += 1
+    return {"rows": context.rows, "lines": lines}
+
+
+def end_to_end(context: StageContext) -> dict[str, Any]:
+    """prepare -> submit_chunk -> wait -> collect_chunk -> assemble against the fake server."""
+    from prefect_llm_batch import jobs
+    from prefect_llm_batch.providers.openai import OpenAIBatchProvider
+
+    assert context.server_url is not None
+    source = str(ensure_table(context.rows, context.seed))
+    spec, target = _spec_and_target(context.server_url)
+    provider = OpenAIBatchProvider(api_key="bench-key", base_url=context.server_url)
+    state = context.work / "e2e-state"
+    shutil.rmtree(state, ignore_errors=True)
+    output = context.work / "e2e" / "out.parquet"
+    with context.step("prepare"):
+        ref = jobs.prepare(source, spec, provider, target, state_dir=str(state))
+    with context.step("submit"):
+        for chunk in range(ref.chunks):
+            jobs.submit_chunk(ref, chunk, provider)
+    with context.step("wait"):
+        if "poll_interval" in inspect.signature(jobs.wait).parameters:
+            jobs.wait(ref, provider, poll_interval=0)
+        else:  # the interval moved into RunOptions
+            from prefect_llm_batch.spec import RunOptions  # type: ignore[attr-defined]
+
+            jobs.wait(ref, provider, RunOptions(poll_interval=0))
+    with context.step("collect"):
+        for chunk in range(ref.chunks):
+            jobs.collect_chunk(ref, chunk, provider)
+    with context.step("assemble"):
+        summary = jobs.assemble(ref, output=str(output), overwrite=True)
+    provider.close()
+    if summary.rows != context.rows:
+        raise RuntimeError(f"end to end wrote {summary.rows} rows, not {context.rows}")
+    return {"rows": summary.rows, "unique": ref.unique_requests, "chunks": ref.chunks}
+
+
+STAGES: dict[str, Stage] = {
+    "prepare_ours": prepare_ours,
+    "prepare_steps": prepare_steps,
+    "prepare_naive": prepare_naive,
+    "prepare_floor": prepare_floor,
+    "collect_ours": collect_ours,
+    "collect_naive": collect_naive,
+    "collect_floor": collect_floor,
+    "e2e": end_to_end,
+}
+
+
+# -- the driver ---------------------------------------------------------------------------
+
+
+def _log(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def _child(
+    stage: str,
+    rows: int,
+    seed: int,
+    work: Path,
+    *,
+    server_url: str | None = None,
+    profile: bool = False,
+    env: dict[str, str] | None = None,
+    repeat: int = 1,
+) -> dict[str, Any]:
+    """Run one stage in a new Python process (``repeat`` times: the fastest run counts)."""
+    command = [sys.executable, str(Path(__file__).resolve()), "--stage", stage, "--rows", str(rows)]
+    command += ["--seed", str(seed), "--work", str(work)]
+    if server_url:
+        command += ["--server-url", server_url]
+    if profile:
+        command += ["--profile-to", str(PROFILE_DIR / f"{stage}-{rows}.prof")]
+    _log(f"  {stage} ({rows:,} rows)...")
+    best: dict[str, Any] | None = None
+    for _ in range(max(1, repeat)):
+        os.sync()  # the previous stage's dirty pages are not this stage's I/O
+        busy = _system_busy_seconds()
+        done = subprocess.run(
+            command, capture_output=True, text=True, env={**os.environ, **(env or {})}, check=False
+        )
+        busy = _system_busy_seconds() - busy
+        if done.returncode != 0:
+            raise RuntimeError(f"stage {stage} failed:\n{done.stdout}\n{done.stderr}")
+        lines = [line for line in done.stdout.splitlines() if line.startswith("RESULT ")]
+        if not lines:
+            raise RuntimeError(f"stage {stage} printed no result:\n{done.stdout}\n{done.stderr}")
+        result: dict[str, Any] = json.loads(lines[-1][len("RESULT ") :])
+        # CPU the rest of the machine used meanwhile (the stage's own start-up and imports included).
+        result["others_cpu_s"] = max(0.0, busy - result["cpu_s"] - result["import_cpu_s"] - 0.3)
+        _log(
+            f"    {result['wall_s']:.2f} s, CPU {result['cpu_s']:.2f} s, "
+            f"peak {result['peak_rss_mb']:.0f} MB, others busy {result['others_cpu_s']:.1f} CPU s"
+        )
+        if best is None or result["wall_s"] < best["wall_s"]:
+            peak = max(result["peak_rss_mb"], best["peak_rss_mb"] if best else 0.0)
+            best = {**result, "peak_rss_mb": peak}
+        else:
+            best["peak_rss_mb"] = max(best["peak_rss_mb"], result["peak_rss_mb"])
+    assert best is not None
+    return best
+
+
+def _system_busy_seconds() -> float:
+    """CPU seconds the whole machine has spent busy since boot (0 without /proc)."""
+    try:
+        fields = Path("/proc/stat").read_text().splitlines()[0].split()[1:]
+    except OSError:
+        return 0.0
+    ticks = [int(value) for value in fields]
+    idle = ticks[3] + (ticks[4] if len(ticks) > 4 else 0)
+    return (sum(ticks[:8]) - idle) / os.sysconf("SC_CLK_TCK")
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def _process_cpu_seconds(pid: int) -> float:
+    """User + system CPU of another process, from ``/proc/PID/stat`` (0 without /proc)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+@contextlib.contextmanager
+def fake_server(cwd: Path) -> Iterator[tuple[str, int]]:
+    """Run the fake provider (instant batches) in its own process; yield its base URL and pid."""
+    port = _free_port()
+    code = f"from prefect_llm_batch.testing import serve; serve({port}, log_level='warning')"
+    # Started in ``cwd``: ``python -c`` puts the current directory first on sys.path, and the
+    # package measured must be the one the stages import.
+    process = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.DEVNULL, cwd=cwd)
+    url = f"http://127.0.0.1:{port}/v1"
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            request = urllib.request.Request(url + "/batches", headers={"Authorization": "Bearer bench-key"})
+            try:
+                with urllib.request.urlopen(request, timeout=2):
+                    break
+            except OSError:
+                if process.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError("the fake provider did not start") from None
+                time.sleep(0.1)
+        yield url, process.pid
+    finally:
+        process.terminate()
+        try:
+            process.wait(10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+@dataclass
+class Suite:
+    """The measurements of one run, and how to show them."""
+
+    rows: int
+    naive_rows: int
+    e2e_rows: int
+    package: str = ""
+    results: dict[str, dict[str, Any]] = field(default_factory=dict)
+    checks: list[tuple[str, str, bool | None]] = field(default_factory=list)
+
+    def per_row(self, stage: str) -> float:
+        """Wall seconds per row of a stage."""
+        result = self.results[stage]
+        return float(result["wall_s"]) / max(1, int(result["rows"]))
+
+    def has(self, *stages: str) -> bool:
+        """True when every named stage ran."""
+        return all(stage in self.results for stage in stages)
+
+
+def _ratio(numerator: float, denominator: float) -> float:
+    return numerator / denominator if denominator > 0 else float("inf")
+
+
+def _package_location() -> str:
+    """Which ``prefect_llm_batch`` the stages import, and its git commit when it is in a work tree."""
+    code = "import os, prefect_llm_batch as p; print(os.path.dirname(os.path.dirname(p.__file__)))"
+    root = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=WORK_ROOT
+    ).stdout.strip()
+    described = subprocess.run(
+        ["git", "-C", root, "describe", "--always", "--dirty"], capture_output=True, text=True, check=False
+    )
+    commit = described.stdout.strip() if described.returncode == 0 else "not a git work tree"
+    return f"{root} ({commit})"
+
+
+def run_suite(args: argparse.Namespace) -> Suite:
+    """Generate the data, run the stages, each in its own process, and check the targets."""
+    rows, naive_rows, e2e_rows = args.rows, args.naive_rows or args.rows, args.e2e_rows
+    wanted = set(args.stages.split(",")) if args.stages else set(STAGES)
+    if args.skip_e2e:
+        wanted.discard("e2e")
+    if "prepare_floor" in wanted:
+        wanted.add("prepare_ours")  # the floor writes the bytes ours made
+    suite = Suite(rows=rows, naive_rows=naive_rows, e2e_rows=e2e_rows)
+    work = WORK_ROOT / f"run-{os.getpid()}"
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True)
+    suite.package = _package_location()
+    _log(f"measuring prefect_llm_batch from {suite.package}")
+    seed, repeat = args.seed, args.repeat
+    r = suite.results
+    try:
+        _log("generating (or finding) the data...")
+        generate = [sys.executable, str(Path(__file__).resolve().with_name("data.py")), "--seed", str(seed)]
+        counts = {rows} | ({naive_rows} if wanted & {"prepare_naive", "collect_naive"} else set())
+        counts |= {e2e_rows} if "e2e" in wanted else set()
+        for count in sorted(counts):
+            subprocess.run([*generate, "--rows", str(count)], check=True, stdout=subprocess.DEVNULL)
+        for stage in STAGES:
+            if stage not in wanted:
+                continue
+            stage_rows = {"prepare_naive": naive_rows, "collect_naive": naive_rows, "e2e": e2e_rows}.get(
+                stage, rows
+            )
+            profile = args.profile and stage in PROFILED
+            if stage == "prepare_floor":
+                env = {"BENCH_REQUESTS_DIR": r["prepare_ours"]["requests_dir"]}
+                r[stage] = _child(stage, stage_rows, seed, work, env=env, repeat=repeat)
+            elif stage == "e2e":
+                with fake_server(work) as (url, pid):
+                    server_cpu = _process_cpu_seconds(pid)
+                    r[stage] = _child(stage, stage_rows, seed, work, server_url=url, profile=profile)
+                    r[stage]["server_cpu_s"] = _process_cpu_seconds(pid) - server_cpu
+            else:
+                r[stage] = _child(stage, stage_rows, seed, work, profile=profile, repeat=repeat)
+    finally:
+        if not args.keep:
+            shutil.rmtree(work, ignore_errors=True)
+    _check_targets(suite)
+    return suite
+
+
+#: Stages that ``--profile`` runs under cProfile (their wall times are then inflated).
+PROFILED = frozenset({"prepare_steps", "collect_ours", "e2e"})
+
+
+def _check_targets(suite: Suite) -> None:
+    r = suite.results
+    checks = suite.checks
+    if suite.has("prepare_ours", "prepare_naive"):
+        ratio = _ratio(suite.per_row("prepare_naive"), suite.per_row("prepare_ours"))
+        checks.append((f"prepare >= {TARGET_PREPARE_VS_NAIVE:g}x naive", f"{ratio:.1f}x", ratio >= 10))
+    if suite.has("prepare_ours", "prepare_floor"):
+        ratio = _ratio(r["prepare_ours"]["wall_s"], r["prepare_floor"]["wall_s"])
+        limit = TARGET_PREPARE_VS_FLOOR
+        checks.append((f"prepare within {limit:g}x of floor", f"{ratio:.1f}x", ratio <= limit))
+    if suite.has("collect_ours", "collect_floor"):
+        ratio = _ratio(r["collect_ours"]["wall_s"], r["collect_floor"]["wall_s"])
+        limit = TARGET_COLLECT_VS_FLOOR
+        checks.append((f"collect within {limit:g}x of floor", f"{ratio:.1f}x", ratio <= limit))
+    peaks = [r[stage]["peak_rss_mb"] for stage in ("prepare_ours", "collect_ours") if stage in r]
+    if peaks:
+        checks.append(
+            (
+                f"peak RSS < {TARGET_PEAK_RSS_MB:g} MB at 1M rows",
+                f"{max(peaks):,.0f} MB at {suite.rows:,} rows",
+                max(peaks) < TARGET_PEAK_RSS_MB if suite.rows >= 1_000_000 else None,
+            )
+        )
+    if "e2e" in r:
+        ms = 1000 * r["e2e"]["cpu_s"] / r["e2e"]["rows"]
+        target = TARGET_E2E_MS_PER_ROW
+        checks.append((f"end to end < {target:g} CPU ms/row", f"{ms:.3f} ms/row", ms < target))
+
+
+_LABELS = {
+    "prepare_ours": ("prepare", "ours (jobs.prepare)"),
+    "prepare_steps": ("prepare", "ours, step by step"),
+    "prepare_naive": ("prepare", "naive"),
+    "prepare_floor": ("prepare", "floor (write bytes)"),
+    "collect_ours": ("collect", "ours"),
+    "collect_naive": ("collect", "naive"),
+    "collect_floor": ("collect", "floor (orjson.loads)"),
+    "e2e": ("end to end", "ours, fake server"),
+}
+
+
+def render(suite: Suite) -> str:
+    """The results as a Markdown table, the step breakdowns and the target checks."""
+    r = suite.results
+    out = io.StringIO()
+    out.write(
+        "| stage | variant | rows | wall s | rows/s | lines/s | CPU s | peak RSS MB | vs naive | vs floor "
+        "| others' CPU s |\n"
+    )
+    out.write("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n")
+    for key, (stage, variant) in _LABELS.items():
+        if key not in r:
+            continue
+        result = r[key]
+        rows = int(result["rows"])
+        wall = float(result["wall_s"])
+        lines = f"{result['lines'] / wall:,.0f}" if "lines" in result else ""
+        group = key.split("_")[0]
+        vs_naive = vs_floor = ""
+        if group in ("prepare", "collect") and not key.endswith(("naive", "floor")):
+            if f"{group}_naive" in r:
+                vs_naive = f"{_ratio(suite.per_row(f'{group}_naive'), wall / rows):.1f}x"
+            if f"{group}_floor" in r:
+                vs_floor = f"{_ratio(wall, r[f'{group}_floor']['wall_s']):.2f}x"
+        out.write(
+            f"| {stage} | {variant} | {rows:,} | {wall:.2f} | {rows / wall:,.0f} | {lines} | "
+            f"{result['cpu_s']:.2f} | {result['peak_rss_mb']:,.0f} | {vs_naive} | {vs_floor} | "
+            f"{result.get('others_cpu_s', 0.0):.1f} |\n"
+        )
+    out.write(
+        "\n`vs naive`: naive wall per row / ours (higher is better); `vs floor`: ours wall / floor's; "
+        "`others' CPU s`: CPU the rest of the machine used during the stage (noise when large).\n"
+    )
+    out.write("\nSteps (wall s):\n\n")
+    for key in ("prepare_steps", "prepare_naive", "collect_ours", "collect_naive", "e2e"):
+        if key in r and r[key]["steps"]:
+            steps = ", ".join(f"{name} {seconds:.2f}" for name, seconds in r[key]["steps"].items())
+            out.write(f"- {_LABELS[key][0]}, {_LABELS[key][1]}: {steps}\n")
+    if "e2e" in r:
+        e2e = r["e2e"]
+        out.write(
+            f"\nEnd to end at {e2e['rows']:,} rows ({e2e['chunks']} batches): our process "
+            f"{1000 * e2e['cpu_s'] / e2e['rows']:.3f} CPU ms/row ({e2e['cpu_s']:.2f} s, after imports, "
+            f"which took {e2e['import_cpu_s']:.2f} CPU s); the fake server, in its own process and not "
+            f"counted, {1000 * e2e['server_cpu_s'] / e2e['rows']:.3f} CPU ms/row.\n"
+        )
+    if suite.naive_rows != suite.rows and suite.has("prepare_naive"):
+        out.write(
+            f"\nThe naive baseline ran on {suite.naive_rows:,} rows; its ratios compare time per row.\n"
+        )
+    out.write("\n| target | measured | |\n|---|---|---|\n")
+    for name, measured, passed in suite.checks:
+        verdict = "n/a" if passed is None else ("PASS" if passed else "FAIL")
+        out.write(f"| {name} | {measured} | {verdict} |\n")
+    return out.getvalue()
+
+
+def print_profiles(limit: int = 25) -> None:
+    """Print the top functions of every profile written by this run."""
+    for path in sorted(PROFILE_DIR.glob("*.prof")):
+        for sort in ("tottime", "cumulative"):
+            stream = io.StringIO()
+            stats = pstats.Stats(str(path), stream=stream)
+            stats.strip_dirs().sort_stats(sort).print_stats(limit)
+            print(f"\n===== {path.name} by {sort} =====")
+            print(stream.getvalue())
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the suite (or, with ``--stage``, one stage in this process)."""
+    parser = argparse.ArgumentParser(description="Benchmark prepare, collect and end to end (issue 7).")
+    parser.add_argument(
+        "--rows", type=int, default=None, help="rows of prepare and collect (default 1,000,000)"
+    )
+    parser.add_argument("--quick", action="store_true", help="20,000 rows, e2e at 5,000: what CI runs")
+    parser.add_argument("--naive-rows", type=int, default=None, help="rows of the naive baseline")
+    parser.add_argument("--e2e-rows", type=int, default=None, help="rows end to end (default 100,000)")
+    parser.add_argument("--skip-e2e", action="store_true", help="leave out the end-to-end stage")
+    parser.add_argument("--profile", action="store_true", help="cProfile prepare, collect and e2e")
+    parser.add_argument("--stages", default=None, help=f"comma-separated subset of: {', '.join(STAGES)}")
+    parser.add_argument("--repeat", type=int, default=1, help="runs per stage; the fastest counts")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--keep", action="store_true", help="keep the work directory")
+    parser.add_argument("--json", type=Path, default=None, help="also write the measurements here")
+    parser.add_argument("--stage", choices=sorted(STAGES), help=argparse.SUPPRESS)
+    parser.add_argument("--work", type=Path, default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--server-url", default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--profile-to", type=Path, default=None, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.stage:
+        context = StageContext(args.rows, args.seed, args.work, args.server_url)
+        print("RESULT " + json.dumps(run_stage(args.stage, context, args.profile_to)), flush=True)
+        return 0
+    if args.rows is None:
+        args.rows = 20_000 if args.quick else 1_000_000
+    if args.e2e_rows is None:
+        args.e2e_rows = 5_000 if args.quick else 100_000
+    if args.profile:
+        shutil.rmtree(PROFILE_DIR, ignore_errors=True)
+    started = time.perf_counter()
+    WORK_ROOT.mkdir(parents=True, exist_ok=True)
+    suite = run_suite(args)
+    print(f"prefect_llm_batch measured: {suite.package}\n")
+    print(render(suite))
+    print(f"(suite ran in {time.perf_counter() - started:.0f} s)")
+    if args.json is not None:
+        payload = {
+            "rows": suite.rows,
+            "package": suite.package,
+            "results": suite.results,
+            "checks": suite.checks,
+        }
+        args.json.write_text(json.dumps(payload, indent=1))
+    if args.profile:
+        print_profiles()
+    failed = [name for name, _, passed in suite.checks if passed is False]
+    return 1 if failed and not args.quick else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

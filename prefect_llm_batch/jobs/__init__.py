@@ -1,0 +1,72 @@
+"""The job lifecycle, provider-agnostic and Prefect-free.
+
+::
+
+    prepare    read the table, render every prompt, key and de-duplicate the requests, take what
+               the response cache already answered, plan chunks, write the plan (no HTTP: bad
+               input fails here)
+    submit     per chunk: wait for capacity, upload, record the intent, create the batch (or adopt
+               the one an interrupted run made), record the batch id
+    wait       poll every unfinished batch until it ends; log state changes only; cancel batches
+               older than ``max_wait`` or when the user cancelled
+    collect    per chunk: download output and error files, parse, store the results, cache answers
+    retry      plan the next round from the requests that failed in a retryable way
+    assemble   join every row to its request's latest result, write Parquet
+
+Each step reads and writes the job's state directory (:mod:`prefect_llm_batch.store`), so any
+step can run in another process, and running the same job again resumes it: chunks that already
+have a batch are polled, never submitted again.
+
+A **job id** is a hash of what determines the requests: the source's content fingerprint, the
+row limit, the templates, response schema, model, params, endpoint, provider, base URL, id column
+and batch limits. Change any of them and it is another job (whose unchanged requests the
+response cache still answers).
+"""
+
+from .batches import (
+    MAX_CHUNK_ATTEMPTS,
+    Progress,
+    cancel_job,
+    collect_chunk,
+    ended,
+    failed_batches,
+    progress,
+    submit_chunk,
+    wait,
+    wait_for_capacity,
+)
+from .output import JobSummary, assemble, latest_results
+from .plan import (
+    JobRef,
+    compute_job_id,
+    effective_limits,
+    job_ref,
+    plan_retry_round,
+    preflight,
+    prepare,
+    response_schema,
+)
+
+__all__ = [
+    "MAX_CHUNK_ATTEMPTS",
+    "JobRef",
+    "JobSummary",
+    "Progress",
+    "assemble",
+    "cancel_job",
+    "collect_chunk",
+    "compute_job_id",
+    "effective_limits",
+    "ended",
+    "failed_batches",
+    "job_ref",
+    "latest_results",
+    "plan_retry_round",
+    "preflight",
+    "prepare",
+    "progress",
+    "response_schema",
+    "submit_chunk",
+    "wait",
+    "wait_for_capacity",
+]

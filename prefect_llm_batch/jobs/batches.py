@@ -1,0 +1,400 @@
+"""Driving provider batches: submit at most once, wait, collect, cancel."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import Counter
+from collections.abc import Callable
+
+import orjson
+from pydantic import BaseModel
+
+from ..errors import AmbiguousCreate, BatchFailed, StateError
+from ..providers.base import BatchInfo, BatchProvider, BatchStatus
+from ..results import RowResult, results_to_table, short
+from ..spec import ErrorKind, RunOptions
+from ..store import ChunkState, JobRecord, JobStore, ResponseCache
+from .plan import JobRef
+
+logger = logging.getLogger("prefect_llm_batch")
+
+#: Batch failure codes that a later resubmission can fix.
+RETRYABLE_BATCH_CODES = frozenset({"token_limit_exceeded"})
+#: How many times one chunk is submitted at most (after retryable batch failures).
+MAX_CHUNK_ATTEMPTS = 3
+#: How far back (seconds) to look when adopting a batch whose create was ambiguous.
+ADOPT_LOOKBACK_S = 3600.0
+
+
+def _metadata(ref: JobRef, state: ChunkState) -> dict[str, str]:
+    return {"job_id": ref.job_id, "chunk_id": str(state.chunk_id), "attempt": str(state.attempt)}
+
+
+def _apply(state: ChunkState, info: BatchInfo) -> bool:
+    """Copy a batch's status into a chunk state; True when anything visible changed."""
+    before = (state.status, state.completed, state.failed, state.total)
+    state.status = info.status.value
+    state.raw_status = info.raw_status
+    state.total, state.completed, state.failed = info.total, info.completed, info.failed
+    if info.errors:
+        state.error = short(info.error_summary())
+        state.error_code = info.first_error_code
+    return before != (state.status, state.completed, state.failed, state.total)
+
+
+def _record_batch(store: JobStore, state: ChunkState, info: BatchInfo) -> ChunkState:
+    state.batch_id = info.id
+    _apply(state, info)
+    store.write_chunk(state)
+    return state
+
+
+def ended(state: ChunkState) -> bool:
+    """True once the chunk's batch will not change any more."""
+    return state.status is not None and BatchStatus(state.status).ended
+
+
+def _in_flight(store: JobStore, record: JobRecord, exclude: int) -> list[ChunkState]:
+    states = (store.read_chunk(c.chunk_id) for c in record.chunks if c.chunk_id != exclude)
+    return [s for s in states if s.batch_id and not ended(s)]
+
+
+def wait_for_capacity(
+    ref: JobRef,
+    chunk_id: int,
+    provider: BatchProvider,
+    options: RunOptions,
+    sleep: Callable[[float], None] = time.sleep,
+) -> None:
+    """Block until submitting ``chunk_id`` keeps the job within ``max_in_flight_batches`` and
+    ``max_enqueued_tokens``, refreshing the status of the job's running batches meanwhile.
+    A chunk that alone exceeds the token budget is sent once nothing else is in flight."""
+    if options.max_in_flight_batches is None and options.max_enqueued_tokens is None:
+        return
+    store = JobStore(ref.state_dir, ref.job_id)
+    record = store.read_job()
+    tokens = {c.chunk_id: c.est_tokens for c in record.chunks}
+    logged = False
+    while True:
+        running = _in_flight(store, record, chunk_id)
+        full = options.max_in_flight_batches is not None and len(running) >= options.max_in_flight_batches
+        enqueued = sum(tokens.get(s.chunk_id, 0) for s in running)
+        over = (
+            options.max_enqueued_tokens is not None
+            and running
+            and enqueued + tokens.get(chunk_id, 0) > options.max_enqueued_tokens
+        )
+        if not full and not over:
+            return
+        if not logged:
+            logger.info(
+                "chunk %d waits: %d batch(es) with ~%d tokens in flight", chunk_id, len(running), enqueued
+            )
+            logged = True
+        sleep(options.poll_interval)
+        for state in running:
+            assert state.batch_id is not None
+            if _apply(state, provider.retrieve(state.batch_id)):
+                store.write_chunk(state)
+
+
+def submit_chunk(
+    ref: JobRef,
+    chunk_id: int,
+    provider: BatchProvider,
+    options: RunOptions | None = None,
+    sleep: Callable[[float], None] = time.sleep,
+) -> ChunkState:
+    """Make sure chunk ``chunk_id`` has a provider batch, creating one at most once.
+
+    Order of events, so that no crash can make us pay twice: if the chunk already has a batch,
+    nothing is sent; if an earlier run recorded the intent to create but no batch id, the
+    provider's batches are listed and one carrying this chunk's ``{job_id, chunk_id, attempt}``
+    metadata is adopted; otherwise the input file is uploaded, the intent recorded, and the batch
+    created. A create that fails ambiguously is resolved by listing, and only created again when
+    no batch carries the metadata.
+    """
+    options = options or RunOptions()
+    store = JobStore(ref.state_dir, ref.job_id)
+    state = store.read_chunk(chunk_id)
+    if state.batch_id:
+        return state
+    metadata = _metadata(ref, state)
+    n_requests = next(c.requests for c in store.read_job().chunks if c.chunk_id == chunk_id)
+    if state.intent_at is not None:
+        found = provider.find_batch(
+            metadata, created_after=state.intent_at - ADOPT_LOOKBACK_S, requests=n_requests
+        )
+        if found is not None:
+            logger.info("chunk %d: adopted batch %s created by an earlier run", chunk_id, found.id)
+            return _record_batch(store, state, found)
+    wait_for_capacity(ref, chunk_id, provider, options, sleep)
+    data = store.read_chunk_input(chunk_id)
+    if state.input_file_id is None:
+        state.input_file_id = provider.upload(data, f"{ref.job_id}-chunk-{chunk_id:05d}.jsonl")
+        store.write_chunk(state)
+    state.intent_at = time.time()
+    store.write_chunk(state)
+    try:
+        info = provider.create(data, state.input_file_id, metadata, requests=n_requests)
+    except AmbiguousCreate as exc:
+        logger.warning("chunk %d: create had no clear answer (%s); looking for the batch", chunk_id, exc)
+        found = provider.find_batch(
+            metadata, created_after=state.intent_at - ADOPT_LOOKBACK_S, requests=n_requests
+        )
+        if found is None:
+            logger.warning("chunk %d: no batch carries its metadata; creating it", chunk_id)
+            info = provider.create(data, state.input_file_id, metadata, requests=n_requests)
+        else:
+            logger.info("chunk %d: adopted batch %s", chunk_id, found.id)
+            info = found
+    logger.info("chunk %d: batch %s has %d requests", chunk_id, info.id, n_requests)
+    return _record_batch(store, state, info)
+
+
+class Progress(BaseModel):
+    """Where a job's batches stand, for progress displays.
+
+    ``requests_done`` counts requests the provider reports finished; a batch that is
+    ``finalizing`` may already show all of them, so ``ended`` is what says a batch is done.
+    """
+
+    batches: int
+    batches_ended: int
+    requests: int
+    requests_done: int
+    statuses: dict[str, int]
+
+    def describe(self) -> str:
+        """One line for logs.
+
+        Examples:
+            >>> Progress(batches=3, batches_ended=1, requests=600, requests_done=340,
+            ...          statuses={"completed": 1, "in_progress": 2}).describe()
+            'batches 1/3 ended, requests 340/600 done (completed: 1, in_progress: 2)'
+        """
+        statuses = ", ".join(f"{k}: {v}" for k, v in sorted(self.statuses.items()))
+        return (
+            f"batches {self.batches_ended}/{self.batches} ended, "
+            f"requests {self.requests_done}/{self.requests} done ({statuses})"
+        )
+
+
+def progress(ref: JobRef, chunk_ids: list[int] | None = None) -> Progress:
+    """Read the progress of a job's chunks (all, or ``chunk_ids``) from its state directory (no HTTP)."""
+    store = JobStore(ref.state_dir, ref.job_id)
+    record = store.read_job()
+    plans = [c for c in record.chunks if chunk_ids is None or c.chunk_id in chunk_ids]
+    statuses: Counter[str] = Counter()
+    done = ended_count = 0
+    for plan in plans:
+        state = store.read_chunk(plan.chunk_id)
+        statuses[state.status or "not submitted"] += 1
+        if ended(state):
+            ended_count += 1
+        done += min(plan.requests, (state.completed or 0) + (state.failed or 0))
+    return Progress(
+        batches=len(plans),
+        batches_ended=ended_count,
+        requests=sum(p.requests for p in plans),
+        requests_done=done,
+        statuses=dict(statuses),
+    )
+
+
+def wait(
+    ref: JobRef,
+    provider: BatchProvider,
+    options: RunOptions | None = None,
+    *,
+    on_change: Callable[[Progress], None] | None = None,
+    sleep: Callable[[float], None] = time.sleep,
+) -> list[int]:
+    """Poll every submitted, unfinished batch of a job until all have ended.
+
+    Along the way: a batch older than ``options.max_wait`` is cancelled (its unrun requests are
+    retried in the next round); while a user's cancel applies, running batches are cancelled.
+
+    Returns:
+        The chunks whose batch failed in a retryable way (``token_limit_exceeded``); they have
+        been reset for resubmission (their old batch is kept in ``history``).
+
+    Raises:
+        BatchFailed: A chunk was submitted :data:`MAX_CHUNK_ATTEMPTS` times and still fails.
+    """
+    options = options or RunOptions()
+    store = JobStore(ref.state_dir, ref.job_id)
+    record = store.read_job()
+    watched = [c.chunk_id for c in record.chunks if store.read_chunk(c.chunk_id).batch_id]
+    pending = [i for i in watched if not ended(store.read_chunk(i))]
+    resubmit: list[int] = []
+    if on_change is not None and pending:
+        on_change(progress(ref, watched))
+    while pending:
+        changed = False
+        cancelled_by_user = store.is_cancelled()
+        for chunk_id in list(pending):
+            state = store.read_chunk(chunk_id)
+            assert state.batch_id is not None
+            info = provider.retrieve(state.batch_id)
+            if _apply(state, info):
+                changed = True
+                if info.status.ended:
+                    logger.info("chunk %d: batch %s %s", chunk_id, info.id, info.status.value)
+                store.write_chunk(state)
+            if not info.status.ended:
+                reason = _cancel_reason(state, options, cancelled_by_user)
+                if reason is not None and state.cancelled_by is None:
+                    logger.warning("chunk %d: cancelling batch %s (%s)", chunk_id, info.id, reason)
+                    _apply(state, provider.cancel(state.batch_id))
+                    state.cancelled_by = reason
+                    store.write_chunk(state)
+                continue
+            pending.remove(chunk_id)
+            if info.status is BatchStatus.FAILED and info.first_error_code in RETRYABLE_BATCH_CODES:
+                if state.attempt >= MAX_CHUNK_ATTEMPTS:
+                    raise BatchFailed(
+                        f"batch {info.id} of chunk {chunk_id} failed {state.attempt} times: "
+                        f"{info.error_summary()}",
+                        batch_id=info.id,
+                        code=info.first_error_code,
+                    )
+                logger.warning(
+                    "chunk %d: batch %s failed (%s); it will be resubmitted",
+                    chunk_id,
+                    info.id,
+                    info.error_summary(),
+                )
+                _reset_for_resubmission(store, state)
+                resubmit.append(chunk_id)
+        if changed and on_change is not None:
+            on_change(progress(ref, watched))
+        if pending:
+            sleep(options.poll_interval)
+    return resubmit
+
+
+def _cancel_reason(state: ChunkState, options: RunOptions, cancelled_by_user: bool) -> str | None:
+    if cancelled_by_user:
+        return "user"
+    too_old = options.max_wait is not None and state.intent_at is not None
+    if too_old and time.time() - (state.intent_at or 0) > (options.max_wait or 0):
+        return "max_wait"
+    return None
+
+
+def _reset_for_resubmission(store: JobStore, state: ChunkState) -> None:
+    state.history.append(
+        {"batch_id": state.batch_id, "status": state.status, "error": state.error, "attempt": state.attempt}
+    )
+    state.attempt += 1
+    state.batch_id = state.intent_at = None
+    state.status = state.raw_status = state.error = state.error_code = None
+    state.total = state.completed = state.failed = None
+    store.write_chunk(state)
+
+
+def _chunk_custom_ids(store: JobStore, chunk_id: int) -> list[str]:
+    return [
+        str(orjson.loads(line)["custom_id"]) for line in store.read_chunk_input(chunk_id).splitlines() if line
+    ]
+
+
+def collect_chunk(
+    ref: JobRef,
+    chunk_id: int,
+    provider: BatchProvider,
+    options: RunOptions | None = None,
+) -> int:
+    """Download, parse and store the results of one ended batch; add its answers to the cache.
+
+    Every request of the chunk gets a result: a batch that failed validation gives each an
+    ``invalid_request`` error quoting the provider, and a request with no line is ``missing``.
+    Returns the number of results stored.
+    """
+    options = options or RunOptions()
+    store = JobStore(ref.state_dir, ref.job_id)
+    state = store.read_chunk(chunk_id)
+    if state.collected:
+        return store.read_results(chunk_id).num_rows
+    if not state.batch_id or not ended(state):
+        raise StateError(f"chunk {chunk_id} of job {ref.job_id} has not ended; wait for it first")
+    round_ = next(c.round for c in store.read_job().chunks if c.chunk_id == chunk_id)
+    info = provider.retrieve(state.batch_id)
+    expected = _chunk_custom_ids(store, chunk_id)
+    results: dict[str, RowResult] = {}
+    if info.status is BatchStatus.FAILED:
+        message = short(f"batch {info.id} failed validation: {info.error_summary()}")
+        for cid in expected:
+            results[cid] = RowResult(
+                cid, error_kind=ErrorKind.INVALID_REQUEST, error=message, batch_id=info.id
+            )
+    else:
+        wanted = set(expected)
+        for result in provider.iter_results(info):
+            if result.custom_id not in wanted:
+                logger.warning(
+                    "chunk %d: ignoring a result for unknown custom_id %s", chunk_id, result.custom_id
+                )
+                continue
+            previous = results.get(result.custom_id)
+            if previous is None or (not previous.ok and result.ok):
+                results[result.custom_id] = result
+        missing = [cid for cid in expected if cid not in results]
+        if missing:
+            logger.warning(
+                "chunk %d: batch %s returned no line for %d request(s)", chunk_id, info.id, len(missing)
+            )
+        for cid in missing:
+            results[cid] = RowResult(
+                cid,
+                error_kind=ErrorKind.MISSING,
+                error="the provider returned no result line",
+                batch_id=info.id,
+            )
+    for result in results.values():
+        result.attempts = round_
+    table = results_to_table(results[cid] for cid in expected)
+    store.write_results(chunk_id, table)
+    if options.cache != "off":
+        ok = table.filter(table.column("response_error_kind").is_null())
+        ResponseCache(ref.state_dir).add(f"{ref.job_id}-chunk-{chunk_id:05d}-a{state.attempt}", ok)
+    state.collected = True
+    store.write_chunk(state)
+    if not options.keep_input_files and state.input_file_id:
+        try:
+            provider.delete_file(state.input_file_id)
+        except Exception as exc:  # cleanup must not fail a collected chunk
+            logger.warning("chunk %d: could not delete input file %s: %s", chunk_id, state.input_file_id, exc)
+    return len(results)
+
+
+def cancel_job(ref: JobRef, provider: BatchProvider, reason: str = "cancelled by the user") -> list[str]:
+    """Cancel every running batch of a job and mark the job cancelled (no retry rounds this run).
+
+    Finished rows are kept; running the job again resumes the rest. Returns the cancelled batch ids.
+    """
+    store = JobStore(ref.state_dir, ref.job_id)
+    store.write_cancel(reason)
+    cancelled = []
+    for plan in store.read_job().chunks:
+        state = store.read_chunk(plan.chunk_id)
+        if state.batch_id and not ended(state):
+            _apply(state, provider.cancel(state.batch_id))
+            state.cancelled_by = "user"
+            store.write_chunk(state)
+            cancelled.append(state.batch_id)
+    logger.info("job %s: cancel requested for %d batch(es)", ref.job_id, len(cancelled))
+    return cancelled
+
+
+def failed_batches(ref: JobRef) -> list[ChunkState]:
+    """Chunks whose batch failed for good (validation), for the caller to report."""
+    store = JobStore(ref.state_dir, ref.job_id)
+    states = [store.read_chunk(c.chunk_id) for c in store.read_job().chunks]
+    return [
+        s
+        for s in states
+        if s.status == BatchStatus.FAILED.value and s.error_code not in RETRYABLE_BATCH_CODES
+    ]

@@ -1,0 +1,152 @@
+"""Assembling the output: every row, in order, joined to the latest answer of its request."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import Counter
+from collections.abc import Callable
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.compute as pc
+from pydantic import BaseModel, Field
+
+from .. import __version__
+from ..errors import StateError
+from ..requests import canonical_json
+from ..results import RESULT_SCHEMA, join_results, parse_structured
+from ..schemas import ResponseSchema
+from ..store import JobStore
+from ..table import fingerprint, read_table, write_parquet_atomic
+from .plan import JobRef
+
+logger = logging.getLogger("prefect_llm_batch")
+
+
+class JobSummary(BaseModel):
+    """What a finished job did.
+
+    Token counts are those of distinct requests sent by this job (what was billed), not a sum
+    over rows, and exclude answers taken from the cache.
+    """
+
+    job_id: str
+    output: str
+    state_dir: str
+    provider: str
+    model: str
+    rows: int
+    unique_requests: int
+    cached_requests: int = 0
+    ok_rows: int
+    error_rows: int
+    errors_by_kind: dict[str, int] = Field(default_factory=dict)
+    batch_ids: list[str] = Field(default_factory=list)
+    rounds: int = 0
+    input_tokens: int = 0
+    output_tokens: int = 0
+
+    @property
+    def error_rate(self) -> float:
+        """Share of rows with an error (0 for an empty table)."""
+        return self.error_rows / self.rows if self.rows else 0.0
+
+
+def latest_results(store: JobStore) -> tuple[pa.Table, list[str]]:
+    """Every request's latest result (cached answers, then each round in order), and the batch ids."""
+    record = store.read_job()
+    parts: list[pa.Table] = []
+    cached = store.read_cached_results()
+    if cached is not None:
+        parts.append(cached)
+    batch_ids: list[str] = []
+    for plan in sorted(record.chunks, key=lambda c: (c.round, c.chunk_id)):
+        state = store.read_chunk(plan.chunk_id)
+        if not state.collected:
+            raise StateError(f"chunk {plan.chunk_id} of job {record.job_id} is not collected yet")
+        parts.append(store.read_results(plan.chunk_id).select(RESULT_SCHEMA.names).cast(RESULT_SCHEMA))
+        batch_ids.extend(h["batch_id"] for h in state.history if h.get("batch_id"))
+        if state.batch_id:
+            batch_ids.append(state.batch_id)
+    if not parts:
+        return RESULT_SCHEMA.empty_table(), batch_ids
+    results = pa.concat_tables(parts)
+    # A request retried in a later round has several results: keep the last one.
+    order = pa.array(range(results.num_rows), pa.int64())
+    last = results.append_column("_order", order).group_by("custom_id").aggregate([("_order", "max")])
+    keep = pc.sort_indices(last.column("_order_max"))
+    return results.take(pc.take(last.column("_order_max"), keep)), batch_ids
+
+
+def assemble(
+    ref: JobRef,
+    *,
+    output: str,
+    overwrite: bool = False,
+    parser: Callable[[str], Any] | None = None,
+    storage_options: dict[str, Any] | None = None,
+) -> JobSummary:
+    """Join every request's latest result back to the input rows and write the output Parquet.
+
+    With a response schema, answers are parsed (by ``parser``, default JSON) into typed columns.
+
+    Raises:
+        StateError: The source changed since the job was prepared, or a chunk is not collected.
+    """
+    store = JobStore(ref.state_dir, ref.job_id)
+    record = store.read_job()
+    if fingerprint(record.source, storage_options=storage_options) != record.source_fingerprint:
+        raise StateError(f"{record.source} changed since job {ref.job_id} was prepared; run the job again")
+    table = read_table(record.source, limit=record.limit, storage_options=storage_options)
+    results, batch_ids = latest_results(store)
+    if record.response_schema is not None:
+        schema = ResponseSchema(record.response_schema)
+        results = parse_structured(results, schema, parser=parser, column_prefix=record.column_prefix)
+    joined = join_results(table, store.read_row_ids(), results)
+    metadata = {
+        "prefect_llm_batch": canonical_json(
+            {
+                "package_version": __version__,
+                "job_id": record.job_id,
+                "provider": record.provider,
+                "base_url": record.base_url,
+                "endpoint": record.endpoint,
+                "model": record.model,
+                "template_sha256": record.template_sha256,
+                "source_fingerprint": record.source_fingerprint,
+                "batch_ids": batch_ids,
+                "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            }
+        ).decode()
+    }
+    write_parquet_atomic(
+        joined, output, overwrite=overwrite, metadata=metadata, storage_options=storage_options
+    )
+
+    kinds = joined.column("response_error_kind")
+    counts = {str(k): int(v) for k, v in Counter(kinds.drop_null().to_pylist()).items()}
+    error_rows = sum(counts.values())
+    sent = results.filter(pc.invert(results.column("response_cached")))
+    summary = JobSummary(
+        job_id=record.job_id,
+        output=output,
+        state_dir=ref.state_dir,
+        provider=record.provider,
+        model=record.model,
+        rows=joined.num_rows,
+        unique_requests=record.unique_requests,
+        cached_requests=record.cached_requests,
+        ok_rows=joined.num_rows - error_rows,
+        error_rows=error_rows,
+        errors_by_kind=dict(sorted(counts.items())),
+        batch_ids=batch_ids,
+        rounds=record.rounds,
+        input_tokens=int(pc.sum(sent.column("response_input_tokens")).as_py() or 0),
+        output_tokens=int(pc.sum(sent.column("response_output_tokens")).as_py() or 0),
+    )
+    logger.info(
+        "wrote %s: %d rows, %d ok, %d with errors %s",
+        output, summary.rows, summary.ok_rows, summary.error_rows, summary.errors_by_kind or "",
+    )  # fmt: skip
+    return summary

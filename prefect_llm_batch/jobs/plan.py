@@ -1,0 +1,346 @@
+"""Planning a job: its id, the checks before anything is sent, the chunks of each round."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import time
+from typing import Any
+
+import orjson
+import pyarrow as pa
+import pyarrow.compute as pc
+from pydantic import BaseModel
+
+from ..errors import InputError
+from ..prompts import PromptTemplate
+from ..providers.base import BatchProvider
+from ..requests import build_request_set, canonical_json, encode_line, normalise_base_url, plan_chunks
+from ..results import OUTPUT_COLUMNS, RESULT_SCHEMA
+from ..schemas import ResponseSchema
+from ..spec import BatchLimits, CacheMode, ErrorKind, JobSpec, ProviderTarget, RunOptions
+from ..store import ChunkPlanRecord, ChunkState, JobRecord, JobStore, ResponseCache
+from ..table import fingerprint, read_table
+
+logger = logging.getLogger("prefect_llm_batch")
+
+#: Rows read by :func:`preflight`.
+PREFLIGHT_ROWS = 100
+
+
+class JobRef(BaseModel):
+    """A reference to a prepared job: what tasks pass around instead of DataFrames."""
+
+    job_id: str
+    state_dir: str
+    rows: int
+    unique_requests: int
+    cached_requests: int = 0
+    chunks: int
+
+
+def effective_limits(spec: JobSpec, provider: BatchProvider) -> BatchLimits:
+    """The tighter of the job's and the provider's limits."""
+    return BatchLimits(
+        max_requests_per_batch=min(
+            spec.limits.max_requests_per_batch, provider.limits.max_requests_per_batch
+        ),
+        max_batch_bytes=min(spec.limits.max_batch_bytes, provider.limits.max_batch_bytes),
+    )
+
+
+def compute_job_id(
+    spec: JobSpec,
+    target: ProviderTarget,
+    source_fingerprint: str,
+    limit: int | None,
+    limits: BatchLimits,
+    cache: CacheMode = "use",
+) -> str:
+    """Hash everything that determines a job's requests and batches into its id (32 hex digits).
+
+    Examples:
+        >>> t = ProviderTarget(provider="openai", base_url="https://x/v1", key_base_url="https://x/v1")
+        >>> a = compute_job_id(JobSpec(prompt="{{ a }}", model="m"), t, "f", None, BatchLimits())
+        >>> b = compute_job_id(JobSpec(prompt="{{ a }}", model="m2"), t, "f", None, BatchLimits())
+        >>> len(a), a == b
+        (32, False)
+    """
+    payload: dict[str, Any] = {
+        "source": source_fingerprint,
+        "limit": limit,
+        "prompt": spec.prompt,
+        "system": spec.system,
+        "model": spec.model,
+        "params": spec.params,
+        "endpoint": spec.endpoint,
+        "provider": target.provider,
+        "base_url": normalise_base_url(target.key_base_url),
+        # Where HTTP goes too: each simulator run is its own server, so its jobs never resume
+        # batches that lived in another one. (Request keys, and so cached answers, ignore it.)
+        "http_base_url": normalise_base_url(target.base_url),
+        "id_column": spec.id_column,
+        "response_schema": spec.response_schema,
+        "limits": limits.model_dump(),
+    }
+    if cache != "use":  # a refresh must not resume (and so reuse) the answers of a normal run
+        payload["cache"] = cache
+    return hashlib.sha256(canonical_json(payload)).hexdigest()[:32]
+
+
+def check_id_column(table: pa.Table, id_column: str | None) -> None:
+    """The id column must exist, be non-null and unique; the message names the rows."""
+    if id_column is None:
+        return
+    if id_column not in table.column_names:
+        raise InputError(
+            f"id column {id_column!r} is not in the table; available columns: {', '.join(table.column_names)}"
+        )
+    column = table.column(id_column)
+    if column.null_count:
+        row = pc.index(pc.is_null(column), pa.scalar(True)).as_py()
+        raise InputError(f"id column {id_column!r} is null in row {row}")
+    counts = pc.value_counts(column)
+    dupes = pc.filter(counts, pc.greater(counts.field("counts"), pa.scalar(1)))
+    if len(dupes):
+        value = dupes[0]["values"].as_py()
+        rows = pc.indices_nonzero(pc.equal(column, pa.scalar(value, column.type))).to_pylist()[:5]
+        raise InputError(f"id column {id_column!r} repeats the value {value!r} (rows {rows})")
+
+
+def response_schema(spec: JobSpec) -> ResponseSchema | None:
+    """The job's response schema, normalised (or None)."""
+    return ResponseSchema(spec.response_schema) if spec.response_schema is not None else None
+
+
+def check_and_render(spec: JobSpec, table: pa.Table) -> tuple[list[str], list[str | None] | None]:
+    """Check output column names, then compile, check and render both templates over ``table``."""
+    clash = [c for c in OUTPUT_COLUMNS if c in table.column_names]
+    if clash:
+        raise InputError(
+            f"the input already has column(s) {', '.join(clash)}, which the output adds; rename them first"
+        )
+    schema = response_schema(spec)
+    if schema is not None:
+        for prop in schema.properties:
+            name = spec.column_prefix + prop
+            if name in table.column_names or name in OUTPUT_COLUMNS:
+                raise InputError(
+                    f"response schema property {prop!r} would become column {name!r}, which "
+                    f"{'the input already has' if name in table.column_names else 'the output uses'}; "
+                    "rename it or set column_prefix"
+                )
+    template = PromptTemplate(spec.prompt, name="prompt")
+    template.check_columns(table.column_names)
+    system_template = PromptTemplate(spec.system, name="system prompt") if spec.system else None
+    if system_template is not None:
+        system_template.check_columns(table.column_names)
+    prompts = template.render_table(table, id_column=spec.id_column)
+    systems: list[str | None] | None = None
+    if system_template is not None:
+        systems = list(system_template.render_table(table, id_column=spec.id_column))
+    return prompts, systems
+
+
+def preflight(source: str, spec: JobSpec, *, storage_options: dict[str, Any] | None = None) -> None:
+    """Cheap checks on the first rows, before anything heavier starts (a Prefect server, HTTP).
+
+    Catches the usual mistakes in well under a second: an unreadable table, a template that does
+    not compile, a column that does not exist, a bad id column, an output column clash.
+    :func:`prepare` checks every row again.
+
+    Raises:
+        InputError: As :func:`prepare` would.
+    """
+    table = read_table(source, limit=PREFLIGHT_ROWS, storage_options=storage_options)
+    check_id_column(table, spec.id_column)
+    check_and_render(spec, table)
+
+
+def estimate_tokens(line: bytes) -> int:
+    """Heuristic prompt tokens of one request line: UTF-8 bytes / 4 (documented in RunOptions).
+
+    Examples:
+        >>> estimate_tokens(b"x" * 400)
+        100
+    """
+    return max(1, len(line) // 4)
+
+
+def _write_chunks(
+    store: JobStore,
+    lines: list[bytes],
+    limits: BatchLimits,
+    first_id: int,
+    round_: int,
+    where: list[int] | None,
+) -> list[ChunkPlanRecord]:
+    records = []
+    for offset, chunk in enumerate(plan_chunks([len(line) for line in lines], limits, where)):
+        chunk_id = first_id + offset
+        part = lines[chunk.start : chunk.stop]
+        store.write_chunk_input(chunk_id, b"".join(part))
+        if not store.has_chunk(chunk_id):
+            store.write_chunk(ChunkState(chunk_id=chunk_id))
+        records.append(
+            ChunkPlanRecord(
+                chunk_id=chunk_id,
+                requests=chunk.size,
+                bytes=chunk.n_bytes,
+                round=round_,
+                est_tokens=sum(estimate_tokens(line) for line in part),
+            )
+        )
+    return records
+
+
+def prepare(
+    source: str,
+    spec: JobSpec,
+    provider: BatchProvider,
+    target: ProviderTarget,
+    *,
+    state_dir: str,
+    limit: int | None = None,
+    cache: CacheMode = "use",
+    storage_options: dict[str, Any] | None = None,
+) -> JobRef:
+    """Read, render, key, de-duplicate, look up the cache and plan a job; write the plan (no HTTP).
+
+    Running it again for the same inputs finds the same job id and keeps the existing state.
+
+    Raises:
+        InputError: The table, a template, or the id column is wrong (the message names the row,
+            column or field); nothing has been sent.
+    """
+    if limit is not None and limit < 1:
+        raise InputError(f"limit must be at least 1, not {limit}")
+    source_fp = fingerprint(source, storage_options=storage_options)
+    limits = effective_limits(spec, provider)
+    job_id = compute_job_id(spec, target, source_fp, limit, limits, cache)
+    store = JobStore(state_dir, job_id)
+    if store.is_prepared():
+        logger.info("job %s is already prepared in %s: resuming it", job_id, state_dir)
+        return job_ref(store.read_job(), state_dir)
+
+    table = read_table(source, limit=limit, storage_options=storage_options)
+    check_id_column(table, spec.id_column)
+    prompts, systems = check_and_render(spec, table)
+    schema = response_schema(spec)
+    request_set = build_request_set(
+        provider=target.provider,
+        base_url=target.key_base_url,
+        endpoint=spec.endpoint,
+        prompts=prompts,
+        systems=systems,
+        build_body=lambda prompt, system: provider.build_body(
+            spec.model, prompt, system, spec.params, schema
+        ),
+    )
+
+    cached_ids: set[str] = set()
+    if cache == "use":
+        hits = ResponseCache(state_dir, storage_options).lookup(request_set.unique_ids)
+        if hits is not None:
+            hits = _as_cached(hits)
+            store.write_cached_results(hits)
+            cached_ids = {str(cid) for cid in hits.column("custom_id").to_pylist()}
+    lines: list[bytes] = []
+    first_rows: list[int] = []
+    for cid, body, row in zip(request_set.unique_ids, request_set.bodies, request_set.first_row, strict=True):
+        if cid not in cached_ids:
+            lines.append(encode_line(provider.build_line(cid, body)))
+            first_rows.append(row)
+    chunks = _write_chunks(store, lines, limits, 0, 1, first_rows)
+    store.write_row_ids(request_set.row_ids)
+    record = JobRecord(
+        job_id=job_id,
+        created_at=time.time(),
+        source=source,
+        source_fingerprint=source_fp,
+        limit=limit,
+        provider=target.provider,
+        base_url=normalise_base_url(target.key_base_url),
+        endpoint=spec.endpoint,
+        model=spec.model,
+        template_sha256=hashlib.sha256(
+            canonical_json({"prompt": spec.prompt, "system": spec.system})
+        ).hexdigest(),
+        response_schema=spec.response_schema,
+        column_prefix=spec.column_prefix,
+        rows=table.num_rows,
+        unique_requests=len(request_set.unique_ids),
+        cached_requests=len(cached_ids),
+        chunks=chunks,
+        limits=limits,
+    )
+    store.write_job(record)  # last: its presence means the plan is complete
+    logger.info(
+        "prepared job %s: %d rows, %d unique requests (%d from the cache), %d to send in %d batch(es)",
+        job_id, record.rows, record.unique_requests, len(cached_ids), len(lines), len(chunks),
+    )  # fmt: skip
+    return job_ref(record, state_dir)
+
+
+def _as_cached(hits: pa.Table) -> pa.Table:
+    hits = hits.select(RESULT_SCHEMA.names).cast(RESULT_SCHEMA)
+    n = hits.num_rows
+    hits = hits.set_column(
+        RESULT_SCHEMA.get_field_index("response_cached"), "response_cached", pa.array([True] * n, pa.bool_())
+    )
+    return hits.set_column(
+        RESULT_SCHEMA.get_field_index("response_attempts"), "response_attempts", pa.array([0] * n, pa.int64())
+    )
+
+
+def job_ref(record: JobRecord, state_dir: str) -> JobRef:
+    """The reference of a job record."""
+    return JobRef(
+        job_id=record.job_id,
+        state_dir=state_dir,
+        rows=record.rows,
+        unique_requests=record.unique_requests,
+        cached_requests=record.cached_requests,
+        chunks=len(record.chunks),
+    )
+
+
+def plan_retry_round(ref: JobRef, round_: int, options: RunOptions) -> list[int]:
+    """Plan round ``round_ + 1``: resend the requests of round ``round_`` whose error is retryable.
+
+    Idempotent: when the next round is already planned (a resumed run), its chunks are returned.
+    Nothing is planned after ``options.max_attempts`` rounds or while a user's cancel applies.
+
+    Returns:
+        The chunk ids of the next round (empty when there is nothing to retry).
+    """
+    store = JobStore(ref.state_dir, ref.job_id)
+    record = store.read_job()
+    planned = record.round_chunks(round_ + 1)
+    if planned:
+        return planned
+    if round_ >= options.max_attempts or store.is_cancelled():
+        return []
+    retryable = pa.array([k.value for k in ErrorKind if k.retryable], pa.string())
+    retry_ids: set[str] = set()
+    for chunk_id in record.round_chunks(round_):
+        results = store.read_results(chunk_id)
+        failed = results.filter(pc.is_in(results.column("response_error_kind"), value_set=retryable))
+        retry_ids.update(str(cid) for cid in failed.column("custom_id").to_pylist())
+    if not retry_ids:
+        return []
+    lines = [
+        line
+        for chunk_id in record.round_chunks(round_)
+        for line in store.read_chunk_input(chunk_id).splitlines(keepends=True)
+        if line.strip() and str(orjson.loads(line)["custom_id"]) in retry_ids
+    ]
+    first_id = max((c.chunk_id for c in record.chunks), default=-1) + 1
+    chunks = _write_chunks(store, lines, record.limits or BatchLimits(), first_id, round_ + 1, None)
+    record.chunks.extend(chunks)
+    store.write_job(record)
+    logger.info(
+        "job %s: %d request(s) failed in a retryable way in round %d; round %d sends them in %d batch(es)",
+        ref.job_id, len(lines), round_, round_ + 1, len(chunks),
+    )  # fmt: skip
+    return [c.chunk_id for c in chunks]

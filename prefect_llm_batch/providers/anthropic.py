@@ -1,0 +1,586 @@
+"""The Anthropic Message Batches API, over httpx.
+
+Implements the wire facts of the project's provider reference literally: headers ``x-api-key``
+and ``anthropic-version: 2023-06-01``; requests sent **inline** at create
+(``POST /v1/messages/batches`` with ``{"requests": [{"custom_id", "params"}]}``, no file upload);
+``processing_status`` mapped to :class:`~.base.BatchStatus`; results read as one JSONL stream
+(``GET /v1/messages/batches/{id}/results``) whose lines ``{"custom_id", "result"}`` are joined
+by ``custom_id``. The base URL has **no** ``/v1`` (``ANTHROPIC_BASE_URL`` convention).
+
+Status mapping (the raw ``processing_status`` is kept in :attr:`~.base.BatchInfo.raw_status`):
+
+=====================  ===========================================================  ==============
+``processing_status``  condition                                                    status
+=====================  ===========================================================  ==============
+``in_progress``                                                                     ``in_progress``
+``canceling``                                                                       ``cancelling``
+``ended``              ``cancel_initiated_at`` is set                               ``cancelled``
+``ended``              otherwise, ``request_counts.expired`` > 0                    ``expired``
+``ended``              otherwise                                                    ``completed``
+anything else                                                                       error
+=====================  ===========================================================  ==============
+
+Anthropic gives ``expired`` results only to requests that had not run when the batch's 24 h
+window closed, so ``expired`` > 0 means exactly what OpenAI's ``expired`` status means: the
+window ran out, finished requests have results, the rest must be sent again. A cancel wins
+over expiry because someone asked for it (the caller decides whether that was the user).
+``request_counts`` only count finished requests once the batch has ended, so ``completed`` and
+``failed`` are ``None`` before then; ``total`` is always the sum of the counts.
+
+Batch metadata: Anthropic batches carry **none**, so :meth:`AnthropicBatchProvider.find_batch`
+cannot recognise "the batch of chunk 3 of job J". It adopts a batch only when the choice is
+unambiguous: among the batches created since ``created_after``, **exactly one** has ``requests``
+requests. With none, or several (two chunks of the same size, or another client submitting
+batches of that size), it returns ``None`` and the caller creates the batch: paying twice for a
+chunk is possible then, attaching the wrong batch to a chunk is not made more likely by guessing.
+Even a unique match can be another client's batch of the same size; its results carry foreign
+``custom_id`` values, which the caller ignores, so its rows come back as ``missing`` and are retried.
+
+Retries: 408, 409, 429, 5xx (Anthropic's 529 ``overloaded_error`` included) and network errors
+are retried with exponential backoff and jitter, honouring ``retry-after-ms`` / ``retry-after``.
+A create is the exception, exactly as in :mod:`.openai`: 429 (``rate_limit_error``: nothing was
+created) is retried, but a timeout, a dropped connection or a 5xx answer raises
+:class:`~prefect_llm_batch.errors.AmbiguousCreate` and is never retried. HTTP 413
+``request_too_large`` is :class:`~prefect_llm_batch.errors.ProviderRejected` (terminal).
+
+Limits: Anthropic allows 100,000 requests or 256 MB per batch, but
+:class:`~prefect_llm_batch.spec.BatchLimits` caps its fields at OpenAI's 50,000 requests and
+200 MB, so this provider uses ``BatchLimits()`` (OpenAI's limits, which are stricter) by default.
+
+Examples:
+    >>> p = AnthropicBatchProvider(api_key="test-key")
+    >>> body = p.build_body("claude-3-5-haiku-latest", "Hi", "Be brief", {"temperature": 0})
+    >>> body["max_tokens"], body["messages"], body["system"], body["temperature"]
+    (1024, [{'role': 'user', 'content': 'Hi'}], 'Be brief', 0)
+    >>> p.build_line("k1", {"model": "m"})
+    {'custom_id': 'k1', 'params': {'model': 'm'}}
+    >>> p.parse_line({"custom_id": "k1", "result": {"type": "expired"}}, "msgbatch_1").error_kind.value
+    'batch_expired'
+    >>> p.close()
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import Callable, Iterator
+from datetime import datetime, timezone
+from typing import Any
+from urllib.parse import urlsplit
+
+import httpx
+import orjson
+
+from ..errors import ConfigError, InputError, LLMBatchError, ProviderRejected, ProviderUnavailable
+from ..requests import normalise_base_url
+from ..results import RowResult, short
+from ..schemas import ResponseSchema
+from ..spec import BatchLimits, ErrorKind
+from .base import BatchInfo, BatchProvider, BatchStatus
+from .http import RetryingHTTP, http_timeout
+from .openai import _error_fields, error_for_response
+
+DEFAULT_BASE_URL = "https://api.anthropic.com"
+#: The ``anthropic-version`` header sent with every call.
+ANTHROPIC_VERSION = "2023-06-01"
+#: ``max_tokens`` of a request whose params do not set it: Anthropic requires the field (>= 1),
+#: OpenAI does not, so jobs written without it still run. Set ``max_tokens`` in the job's params
+#: for longer answers (a cut answer is marked ``length``).
+DEFAULT_MAX_TOKENS = 1024
+#: Batches listed per page by :meth:`AnthropicBatchProvider.find_batch`.
+LIST_PAGE_SIZE = 100
+
+#: ``error.error.type`` of an ``errored`` result -> error kind; other types are ``server_error``.
+ERROR_TYPE_KINDS: dict[str, ErrorKind] = {
+    "invalid_request_error": ErrorKind.INVALID_REQUEST,
+    "authentication_error": ErrorKind.AUTH,
+    "permission_error": ErrorKind.AUTH,
+    "rate_limit_error": ErrorKind.RATE_LIMITED,
+    "overloaded_error": ErrorKind.SERVER_ERROR,
+    "api_error": ErrorKind.SERVER_ERROR,
+}
+
+_FRACTION_RE = re.compile(r"\.(\d+)")
+
+
+def parse_rfc3339(value: Any) -> float | None:
+    """Read an RFC 3339 timestamp (``2024-08-20T18:37:24.100435Z``) as a unix epoch in seconds.
+
+    Returns ``None`` for ``None`` or anything unreadable; a timestamp without an offset is UTC.
+
+    Examples:
+        >>> parse_rfc3339("1970-01-01T00:01:40.5Z")
+        100.5
+        >>> parse_rfc3339("1970-01-01T01:00:00+01:00"), parse_rfc3339(None)
+        (0.0, None)
+    """
+    if not isinstance(value, str) or not value:
+        return None
+    text = value.strip().replace("z", "Z")
+    if text.endswith("Z"):
+        text = text[:-1] + "+00:00"
+    # Python 3.10 reads 3 or 6 fraction digits only: pad or cut to 6.
+    text = _FRACTION_RE.sub(lambda m: "." + m.group(1)[:6].ljust(6, "0"), text, count=1)
+    try:
+        when = datetime.fromisoformat(text)
+    except ValueError:
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=timezone.utc)
+    return when.timestamp()
+
+
+def tool_for_schema(schema: dict[str, Any], name: str = "answer") -> dict[str, Any]:
+    """Body parameters that make Claude answer with one forced tool call shaped by ``schema``.
+
+    Anthropic has no ``response_format``: structured answers come from a tool whose
+    ``input_schema`` is the schema, forced with ``tool_choice``. The tool call's ``input`` is then
+    the answer (:func:`parse_message` turns it into canonical JSON text).
+
+    Args:
+        schema: A JSON Schema whose top level is an object.
+        name: The tool's name (letters, digits, ``_`` and ``-``, at most 64 characters).
+
+    Returns:
+        ``{"tools": [{"name", "description", "input_schema"}], "tool_choice": {"type": "tool", "name"}}``,
+        to merge into a Messages body.
+
+    Examples:
+        >>> params = tool_for_schema({"type": "object", "properties": {"label": {"type": "string"}}})
+        >>> params["tools"][0]["name"], params["tools"][0]["input_schema"]["type"], params["tool_choice"]
+        ('answer', 'object', {'type': 'tool', 'name': 'answer'})
+    """
+    tool = {
+        "name": name,
+        "description": "Record the answer. Its input must follow the JSON Schema given as input_schema.",
+        "input_schema": schema,
+    }
+    return {"tools": [tool], "tool_choice": {"type": "tool", "name": name}}
+
+
+def _int(value: Any) -> int:
+    return value if isinstance(value, int) and not isinstance(value, bool) else 0
+
+
+def _dict(value: Any) -> dict[str, Any]:
+    return value if isinstance(value, dict) else {}
+
+
+def _int_or_none(value: Any) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+def parse_message(custom_id: str, message: Any, batch_id: str | None = None) -> RowResult:
+    """Turn a Messages API response (a ``succeeded`` result's ``message``) into a :class:`RowResult`.
+
+    The answer is the ``text`` blocks of ``content`` joined; a ``tool_use`` block (a forced tool
+    call, see :func:`tool_for_schema`) wins, its ``input`` written as canonical JSON (sorted keys).
+    ``stop_reason`` is kept as the finish reason; ``max_tokens`` is marked ``length`` (the cut
+    text is kept), ``refusal`` is marked ``refusal``; no text and no tool call is a ``parse_error``.
+
+    Examples:
+        >>> msg = {"model": "claude", "stop_reason": "end_turn",
+        ...        "content": [{"type": "text", "text": "Hel"}, {"type": "text", "text": "lo"}],
+        ...        "usage": {"input_tokens": 5, "output_tokens": 2}}
+        >>> r = parse_message("k", msg)
+        >>> r.response, r.finish_reason, r.error_kind, r.input_tokens, r.output_tokens, r.model
+        ('Hello', 'end_turn', None, 5, 2, 'claude')
+        >>> parse_message("k", {"content": [{"type": "tool_use", "input": {"b": 1, "a": [2]}}],
+        ...                     "stop_reason": "tool_use"}).response
+        '{"a":[2],"b":1}'
+    """
+    if not isinstance(message, dict):
+        return RowResult(
+            custom_id=custom_id,
+            error_kind=ErrorKind.PARSE_ERROR,
+            error="the succeeded result has no message",
+            batch_id=batch_id,
+        )
+    usage = _dict(message.get("usage"))
+    stop = message.get("stop_reason")
+    model = message.get("model")
+    result = RowResult(
+        custom_id=custom_id,
+        input_tokens=_int_or_none(usage.get("input_tokens")),
+        output_tokens=_int_or_none(usage.get("output_tokens")),
+        finish_reason=stop if isinstance(stop, str) else None,
+        model=model if isinstance(model, str) else None,
+        batch_id=batch_id,
+    )
+    blocks = [b for b in message.get("content") or [] if isinstance(b, dict)]
+    tool_use = next((b for b in blocks if b.get("type") == "tool_use"), None)
+    texts = [b["text"] for b in blocks if b.get("type") == "text" and isinstance(b.get("text"), str)]
+    if tool_use is not None:
+        result.response = orjson.dumps(tool_use.get("input"), option=orjson.OPT_SORT_KEYS).decode()
+    elif texts:
+        result.response = "".join(texts)
+    if stop == "refusal":
+        result.error_kind = ErrorKind.REFUSAL
+        result.error = "the model refused to answer (stop_reason refusal)"
+    elif stop == "max_tokens":
+        result.error_kind = ErrorKind.LENGTH
+        result.error = "the answer was cut at the token limit (max_tokens); the partial text is kept"
+    elif result.response is None:
+        result.error_kind, result.error = ErrorKind.PARSE_ERROR, "the message has no text content"
+    return result
+
+
+def _errored(custom_id: str, error: Any, batch_id: str | None) -> RowResult:
+    # The reference shape is {"type": "error", "error": {"type", "message"}, "request_id"};
+    # read a flat {"type", "message"} too.
+    inner = error.get("error") if isinstance(error, dict) else None
+    if not isinstance(inner, dict):
+        inner = error if isinstance(error, dict) else {}
+    etype = str(inner.get("type") or "api_error")
+    message = inner.get("message") or "the request failed"
+    return RowResult(
+        custom_id=custom_id,
+        error_kind=ERROR_TYPE_KINDS.get(etype, ErrorKind.SERVER_ERROR),
+        error=short(f"{etype}: {message}"),
+        batch_id=batch_id,
+    )
+
+
+def _origin(url: str | httpx.URL) -> tuple[str, str, int | None]:
+    parts = urlsplit(str(url))
+    default = {"http": 80, "https": 443}.get(parts.scheme.lower())
+    return parts.scheme.lower(), (parts.hostname or "").lower(), parts.port or default
+
+
+class AnthropicBatchProvider(RetryingHTTP, BatchProvider):
+    """The Anthropic Message Batches API.
+
+    Args:
+        api_key: The API key (sent as ``x-api-key``, and only to the base URL's origin). Never
+            logged or stored.
+        base_url: Base URL **without** ``/v1`` (``ANTHROPIC_BASE_URL`` convention).
+        name: Provider identity in request keys.
+        key_base_url: Base URL written into request keys, when it differs from where requests go.
+        limits: Batch size limits; default ``BatchLimits()`` (see the module docstring).
+        max_retries: Attempts for retryable calls, first one included.
+        backoff: Initial backoff in seconds; it doubles per attempt, with jitter, up to ``max_backoff``.
+        max_backoff: Longest wait between two attempts when the server gives no ``retry-after``.
+        read_timeout: Read timeout of ordinary calls in seconds.
+        transport: Optional httpx transport (tests pass ``httpx.MockTransport``).
+        sleep: Sleep function used between retries (tests may pass a fake).
+
+    Raises:
+        ConfigError: ``api_key`` is empty.
+
+    Examples:
+        >>> import httpx
+        >>> def answer(request: httpx.Request) -> httpx.Response:
+        ...     assert request.headers["anthropic-version"] == "2023-06-01"
+        ...     return httpx.Response(200, json={"id": "msgbatch_1", "type": "message_batch",
+        ...         "processing_status": "ended", "cancel_initiated_at": None,
+        ...         "created_at": "2024-08-20T18:37:24.100435Z",
+        ...         "request_counts": {"processing": 0, "succeeded": 2, "errored": 1,
+        ...                            "canceled": 0, "expired": 0}})
+        >>> with AnthropicBatchProvider(api_key="k", transport=httpx.MockTransport(answer)) as p:
+        ...     info = p.retrieve("msgbatch_1")
+        >>> info.status.value, info.raw_status, info.total, info.completed, info.failed
+        ('completed', 'ended', 3, 2, 1)
+    """
+
+    def __init__(
+        self,
+        *,
+        api_key: str,
+        base_url: str = DEFAULT_BASE_URL,
+        name: str = "anthropic",
+        key_base_url: str | None = None,
+        limits: BatchLimits | None = None,
+        max_retries: int = 6,
+        backoff: float = 0.5,
+        max_backoff: float = 8.0,
+        read_timeout: float = 120.0,
+        transport: httpx.BaseTransport | None = None,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        if not api_key:
+            raise ConfigError("no API key: set ANTHROPIC_API_KEY or pass a credentials block")
+        self.name = name
+        self.limits = limits or BatchLimits()
+        self._base_url = base_url.rstrip("/")
+        self._key_base_url = normalise_base_url(key_base_url or base_url)
+        self._max_retries = max_retries
+        self._backoff = backoff
+        self._max_backoff = max_backoff
+        self._sleep = sleep
+        self._origin = _origin(self._base_url)
+        self._client = httpx.Client(
+            base_url=self._base_url,
+            headers={
+                "x-api-key": api_key,
+                "anthropic-version": ANTHROPIC_VERSION,
+                "content-type": "application/json",
+            },
+            timeout=http_timeout(read_timeout),
+            transport=transport,
+            follow_redirects=True,
+            event_hooks={"request": [self._keep_key_at_home]},
+        )
+
+    def _keep_key_at_home(self, request: httpx.Request) -> None:
+        # httpx strips Authorization on cross-origin redirects, but not x-api-key.
+        if _origin(request.url) != self._origin:
+            request.headers.pop("x-api-key", None)
+
+    @property
+    def key_base_url(self) -> str:
+        return self._key_base_url
+
+    @property
+    def endpoint(self) -> str:
+        return "/v1/messages"
+
+    # ---- pure ---------------------------------------------------------------------------
+
+    def build_body(
+        self,
+        model: str,
+        prompt: str,
+        system: str | None,
+        params: dict[str, Any],
+        schema: ResponseSchema | None = None,
+    ) -> dict[str, Any]:
+        """Build a Messages API body; ``max_tokens`` defaults to :data:`DEFAULT_MAX_TOKENS`.
+
+        With a ``schema``, a tool shaped by it is forced (:func:`tool_for_schema`).
+
+        Raises:
+            InputError: ``params`` asks to stream, or has a ``max_tokens`` that is not an integer >= 1.
+        """
+        if params.get("stream"):
+            raise InputError("params.stream: the Message Batches API does not stream; remove 'stream'")
+        max_tokens = params.get("max_tokens", DEFAULT_MAX_TOKENS)
+        if not isinstance(max_tokens, int) or isinstance(max_tokens, bool) or max_tokens < 1:
+            raise InputError(f"params.max_tokens must be an integer >= 1 for Anthropic, not {max_tokens!r}")
+        body: dict[str, Any] = {
+            "model": model,
+            "max_tokens": max_tokens,
+            "messages": [{"role": "user", "content": prompt}],
+        }
+        if system:
+            body["system"] = system
+        body.update(params)
+        if schema is not None:
+            body.update(tool_for_schema(schema.schema, name=schema.name))
+        return body
+
+    def build_line(self, custom_id: str, body: dict[str, Any]) -> dict[str, Any]:
+        return {"custom_id": custom_id, "params": body}
+
+    def parse_line(self, line: dict[str, Any], batch_id: str | None) -> RowResult:
+        cid = str(line.get("custom_id"))
+        result = line.get("result")
+        rtype = result.get("type") if isinstance(result, dict) else None
+        if not isinstance(result, dict):
+            message = "result line has no result"
+        elif rtype == "succeeded":
+            return parse_message(cid, result.get("message"), batch_id)
+        elif rtype == "errored":
+            return _errored(cid, result.get("error"), batch_id)
+        elif rtype == "canceled":
+            return RowResult(
+                custom_id=cid,
+                error_kind=ErrorKind.BATCH_CANCELLED,
+                error="canceled: the batch was canceled before this request ran",
+                batch_id=batch_id,
+            )
+        elif rtype == "expired":
+            return RowResult(
+                custom_id=cid,
+                error_kind=ErrorKind.BATCH_EXPIRED,
+                error="expired: the batch reached its 24 hour limit before this request ran",
+                batch_id=batch_id,
+            )
+        else:
+            message = short(f"result line has the unknown result type {rtype!r}")
+        return RowResult(custom_id=cid, error_kind=ErrorKind.PARSE_ERROR, error=message, batch_id=batch_id)
+
+    @staticmethod
+    def batch_info(raw: dict[str, Any]) -> BatchInfo:
+        """Map a Message Batch object to :class:`BatchInfo` (see the module docstring's table).
+
+        For want of files, ``output_file_id`` holds the batch's ``results_url`` (``None`` until it ends).
+
+        Raises:
+            ProviderRejected: The ``processing_status`` is unknown (never guessed).
+
+        Examples:
+            >>> counts = {"processing": 0, "succeeded": 1, "errored": 0, "canceled": 0, "expired": 2}
+            >>> info = AnthropicBatchProvider.batch_info(
+            ...     {"id": "msgbatch_1", "processing_status": "ended", "request_counts": counts})
+            >>> info.status.value, info.total, info.completed, info.failed
+            ('expired', 3, 1, 2)
+        """
+        raw_status = str(raw.get("processing_status"))
+        counts = _dict(raw.get("request_counts"))
+        normal = raw_status.lower()
+        if normal == "in_progress":
+            status = BatchStatus.IN_PROGRESS
+        elif normal == "canceling":
+            status = BatchStatus.CANCELLING
+        elif normal == "ended":
+            if raw.get("cancel_initiated_at"):
+                status = BatchStatus.CANCELLED
+            elif _int(counts.get("expired")) > 0:
+                status = BatchStatus.EXPIRED
+            else:
+                status = BatchStatus.COMPLETED
+        else:
+            raise ProviderRejected(
+                f"batch {raw.get('id')} has the unknown status {raw_status!r}; refusing to guess"
+            )
+        total = sum(_int(v) for v in counts.values())
+        completed = failed = None
+        if status.ended:
+            completed = _int(counts.get("succeeded"))
+            failed = sum(_int(counts.get(k)) for k in ("errored", "canceled", "expired"))
+        results_url = raw.get("results_url")
+        return BatchInfo(
+            id=str(raw["id"]),
+            status=status,
+            raw_status=raw_status,
+            total=total if counts else None,
+            completed=completed,
+            failed=failed,
+            output_file_id=results_url if isinstance(results_url, str) and results_url else None,
+            created_at=parse_rfc3339(raw.get("created_at")),
+        )
+
+    # ---- HTTP ---------------------------------------------------------------------------
+
+    def _error_for_response(self, response: httpx.Response, what: str) -> LLMBatchError:
+        error = error_for_response(response, what)
+        if isinstance(error, ProviderRejected) and error.code is None:
+            # Anthropic's envelope has no code: its error type (request_too_large...) is the code.
+            _, _, etype = _error_fields(response)
+            return ProviderRejected(error.message, status_code=error.status_code, code=etype)
+        return error
+
+    def upload(self, data: bytes, filename: str) -> None:
+        """Nothing to upload: requests go inline with :meth:`create`."""
+        return None
+
+    def create(
+        self, data: bytes, input_file_id: str | None, metadata: dict[str, str], *, requests: int
+    ) -> BatchInfo:
+        """Create a batch from ``data`` (JSONL of :meth:`build_line` lines), sent inline.
+
+        ``input_file_id`` and ``metadata`` are ignored: Anthropic batches have neither.
+
+        Raises:
+            AmbiguousCreate: A timeout, dropped connection or 5xx: the batch may exist.
+            ProviderRejected: 4xx other than 429, e.g. 413 ``request_too_large``.
+            ValueError: A line of ``data`` is not a JSON object with ``custom_id`` and ``params``.
+        """
+        lines = []
+        for number, raw in enumerate(data.splitlines(), start=1):
+            if not raw.strip():
+                continue
+            try:
+                line = orjson.loads(raw)
+            except orjson.JSONDecodeError as exc:
+                raise ValueError(f"line {number} of the batch input is not JSON") from exc
+            if not isinstance(line, dict) or "custom_id" not in line or "params" not in line:
+                raise ValueError(f"line {number} of the batch input is not a {{custom_id, params}} object")
+            lines.append(line)
+        payload = orjson.dumps({"requests": lines})
+        # A 429 means the batch was not made: retry it. Anything that may have reached the
+        # server raises AmbiguousCreate and is resolved by the caller through find_batch.
+        response = self._retrying(
+            lambda: self._send(
+                "POST", "/v1/messages/batches", "create message batch", idempotent=False, content=payload
+            )
+        )
+        return self.batch_info(response.json())
+
+    def find_batch(
+        self, metadata: dict[str, str], created_after: float | None = None, *, requests: int | None = None
+    ) -> BatchInfo | None:
+        """Adopt the one batch since ``created_after`` with ``requests`` requests (see the module docstring).
+
+        ``metadata`` is ignored (Anthropic batches carry none). Without ``requests`` nothing can
+        be matched and the answer is ``None``.
+        """
+        if requests is None:
+            return None
+        matches: list[BatchInfo] = []
+        after: str | None = None
+        for _ in range(10_000):  # 1,000,000 batches at most
+            params: dict[str, Any] = {"limit": LIST_PAGE_SIZE}
+            if after:
+                params["after_id"] = after
+            page = self._json("GET", "/v1/messages/batches", "list message batches", params=params)
+            data = [raw for raw in page.get("data") or [] if isinstance(raw, dict)]
+            too_old = False
+            for raw in data:
+                created = parse_rfc3339(raw.get("created_at"))
+                if created_after is not None and created is not None and created < created_after:
+                    too_old = True  # newest first: the rest are older still
+                    break
+                counts = raw.get("request_counts")
+                if isinstance(counts, dict) and sum(_int(v) for v in counts.values()) == requests:
+                    matches.append(self.batch_info(raw))
+                    if len(matches) > 1:
+                        return None
+            if too_old or not page.get("has_more") or not data:
+                break
+            after = str(page.get("last_id") or data[-1].get("id"))
+        return matches[0] if len(matches) == 1 else None
+
+    def retrieve(self, batch_id: str) -> BatchInfo:
+        return self.batch_info(
+            self._json("GET", f"/v1/messages/batches/{batch_id}", f"retrieve message batch {batch_id}")
+        )
+
+    def cancel(self, batch_id: str) -> BatchInfo:
+        return self.batch_info(
+            self._json("POST", f"/v1/messages/batches/{batch_id}/cancel", f"cancel message batch {batch_id}")
+        )
+
+    def _results_url(self, batch: BatchInfo) -> str:
+        url = batch.output_file_id
+        # Follow results_url only on the base URL's origin (a gateway's batch may name
+        # api.anthropic.com): the key goes nowhere else.
+        if url and url.startswith(("http://", "https://")) and _origin(url) == self._origin:
+            return url
+        return f"/v1/messages/batches/{batch.id}/results"
+
+    def iter_results(self, batch: BatchInfo) -> Iterator[RowResult]:
+        """Stream the batch's results (JSONL) and yield one result per line, ``batch_id`` set.
+
+        Opening the stream is retried; a stream cut halfway raises
+        :class:`~prefect_llm_batch.errors.ProviderUnavailable` (collect again from the start).
+        """
+        what = f"download of the results of message batch {batch.id}"
+        url = self._results_url(batch)
+        response = self._retrying(lambda: self._send("GET", url, what, stream=True))
+        try:
+            for number, raw in enumerate(response.iter_lines(), start=1):
+                if not raw.strip():
+                    continue
+                try:
+                    line = orjson.loads(raw)
+                except orjson.JSONDecodeError as exc:
+                    raise ProviderUnavailable(
+                        f"line {number} of the results of message batch {batch.id} is not JSON"
+                    ) from exc
+                if not isinstance(line, dict) or "custom_id" not in line:
+                    raise ProviderUnavailable(
+                        f"line {number} of the results of message batch {batch.id} has no custom_id"
+                    )
+                yield self.parse_line(line, batch.id)
+        except (httpx.TimeoutException, httpx.NetworkError, httpx.RemoteProtocolError) as exc:
+            raise ProviderUnavailable(f"{what}: the stream broke off ({type(exc).__name__})") from exc
+        finally:
+            response.close()
+
+    def delete_file(self, file_id: str) -> None:
+        """Nothing to delete: Anthropic batches have no files."""
+        return None
+
+    def close(self) -> None:
+        self._client.close()
