@@ -26,17 +26,19 @@ from pydantic import ConfigDict, Field, HttpUrl, SecretStr, model_validator
 
 from .errors import TemplateError
 from .prompts import PromptTemplate
-from .providers import make_provider, openai_target
+from .providers import anthropic_target, make_provider, openai_target
 from .providers.base import BatchProvider
 from .spec import BatchLimits, JobSpec, ProviderName
 
-__all__ = ["LLMBatchJob", "OpenAIBatchCredentials"]
+__all__ = ["AnthropicBatchCredentials", "LLMBatchJob", "OpenAIBatchCredentials"]
 
 #: OpenAI's mark as Prefect hosts it for its own prefect-openai blocks (a PNG scaled to 250 px).
 OPENAI_LOGO_URL = (
     "https://images.ctfassets.net/gm98wzqotmnx/QE8JwcbZBmIfiognXDLcY/"
     "2bcd4c759f877d37159f576101218b49/open-ai-logo-8B9BFEDC26-seeklogo.com.png?h=250"
 )
+#: Anthropic's mark, on the same image host (a PNG scaled to 250 px).
+ANTHROPIC_LOGO_URL = "https://images.ctfassets.net/gm98wzqotmnx/anthropic-logo/anthropic.png?h=250"
 #: The provider's guide to the API these blocks drive (until the project has a public home).
 DOCUMENTATION_URL = "https://platform.openai.com/docs/guides/batch"
 
@@ -103,6 +105,48 @@ class OpenAIBatchCredentials(CredentialsBlock):
         """
         return make_provider(
             openai_target(self.base_url), api_key=self.api_key.get_secret_value(), limits=limits, **options
+        )
+
+
+class AnthropicBatchCredentials(CredentialsBlock):
+    """Credentials for Anthropic's Message Batches API (block type ``llm-batch-anthropic-credentials``).
+
+    Attributes:
+        api_key: The API key, sent as ``x-api-key``.
+        base_url: Base URL **without** ``/v1``; empty for ``https://api.anthropic.com`` (or
+            ``ANTHROPIC_BASE_URL`` when set).
+
+    Examples:
+        >>> creds = AnthropicBatchCredentials(api_key="test-key")
+        >>> with creds.get_client() as provider:
+        ...     provider.endpoint
+        '/v1/messages'
+    """
+
+    _block_type_name = "LLM Batch Anthropic Credentials"
+    _block_type_slug = "llm-batch-anthropic-credentials"
+    _logo_url = HttpUrl(ANTHROPIC_LOGO_URL)
+    _documentation_url = HttpUrl("https://docs.anthropic.com/en/docs/build-with-claude/batch-processing")
+    _code_example = """\\
+        ```python
+        from prefect_llm_batch.blocks import AnthropicBatchCredentials
+
+        credentials = AnthropicBatchCredentials.load("BLOCK_NAME")
+        with credentials.get_client() as provider:
+            ...
+        ```"""
+
+    model_config = ConfigDict(hide_input_in_errors=True)
+
+    api_key: SecretStr = Field(default=..., title="API Key", description="The Anthropic API key.")
+    base_url: str | None = Field(
+        default=None, title="Base URL", description="Base URL without /v1. Empty means api.anthropic.com."
+    )
+
+    def get_client(self, limits: BatchLimits | None = None, **options: Any) -> BatchProvider:
+        """Return a **new** Anthropic batch provider client using these credentials."""
+        return make_provider(
+            anthropic_target(self.base_url), api_key=self.api_key.get_secret_value(), limits=limits, **options
         )
 
 
@@ -223,3 +267,7 @@ class LLMBatchJob(Block):
             response_schema=self.response_schema,
             limits=limits or BatchLimits(),
         )
+
+
+#: Either provider's credentials block.
+ProviderCredentials = OpenAIBatchCredentials | AnthropicBatchCredentials

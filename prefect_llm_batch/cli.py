@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+import time
 from pathlib import Path
 from typing import Annotated, Any, cast
 
@@ -95,11 +96,16 @@ def run(
     provider: Annotated[
         str,
         typer.Option(
-            help="'simulator' (default: offline, free, made-up answers) or 'openai' (real, costs money)."
+            help="'simulator' (default: offline, free, made-up answers), 'openai' or 'anthropic' "
+            "(real: needs OPENAI_API_KEY / ANTHROPIC_API_KEY, costs money, a batch can take 24 h)."
         ),
     ] = "simulator",
     base_url: Annotated[
-        str | None, typer.Option(help="OpenAI-compatible base URL including /v1 (default: OPENAI_BASE_URL).")
+        str | None,
+        typer.Option(
+            help="Base URL: OpenAI-compatible including /v1 (default OPENAI_BASE_URL); "
+            "Anthropic without /v1 (default ANTHROPIC_BASE_URL)."
+        ),
     ] = None,
     state_dir: Annotated[
         str | None,
@@ -119,10 +125,39 @@ def run(
     max_error_rate: Annotated[
         float, typer.Option(help="Fail the run when more than this share of rows failed.")
     ] = DEFAULT_MAX_ERROR_RATE,
+    max_attempts: Annotated[
+        int, typer.Option(help="Rounds a request is sent in at most (rows with retryable errors are resent).")
+    ] = 3,
+    retry_backoff: Annotated[
+        float | None,
+        typer.Option(help="Seconds before the second round, doubling per round (default 60; 0 simulator)."),
+    ] = None,
+    no_cache: Annotated[
+        bool, typer.Option("--no-cache", help="Neither read nor write the response cache.")
+    ] = False,
+    refresh_cache: Annotated[
+        bool, typer.Option("--refresh-cache", help="Send every request again and store the new answers.")
+    ] = False,
+    max_in_flight_batches: Annotated[
+        int | None, typer.Option(help="Most batches of this job running at once.")
+    ] = None,
+    max_enqueued_tokens: Annotated[
+        int | None,
+        typer.Option(help="Most estimated prompt tokens enqueued at once (estimate: body bytes / 4)."),
+    ] = None,
+    max_wait: Annotated[
+        float | None,
+        typer.Option(help="Seconds a batch may run before it is cancelled and its rows retried."),
+    ] = None,
+    keep_input_files: Annotated[
+        bool, typer.Option(help="Keep uploaded batch input files after their batch ended.")
+    ] = False,
 ) -> None:
     """Enrich SOURCE with one answer per row and write OUTPUT (Parquet)."""
-    if provider not in ("simulator", "openai"):
-        raise typer.BadParameter(f"--provider must be 'simulator' or 'openai', not {provider!r}")
+    if provider not in ("simulator", "openai", "anthropic"):
+        raise typer.BadParameter(f"--provider must be simulator, openai or anthropic, not {provider!r}")
+    if no_cache and refresh_cache:
+        raise typer.BadParameter("--no-cache and --refresh-cache exclude each other")
     params = dict(parse_param(p) for p in param or [])
     from .errors import LLMBatchError
     from .jobs import preflight
@@ -171,6 +206,13 @@ def run(
             max_batch_bytes=max_batch_bytes,
             poll_interval=poll_interval,
             max_error_rate=max_error_rate,
+            max_attempts=max_attempts,
+            retry_backoff=retry_backoff,
+            cache="off" if no_cache else ("refresh" if refresh_cache else "use"),
+            max_in_flight_batches=max_in_flight_batches,
+            max_enqueued_tokens=max_enqueued_tokens,
+            max_wait=max_wait,
+            keep_input_files=keep_input_files,
         )
     except LLMBatchError as exc:
         typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
@@ -186,7 +228,11 @@ def print_summary(summary: Any) -> None:
     table = Table(title=f"job {summary.job_id}", show_header=False)
     table.add_row("output", summary.output)
     table.add_row("provider / model", f"{summary.provider} / {summary.model}")
-    table.add_row("rows", f"{summary.rows} ({summary.unique_requests} unique requests)")
+    table.add_row(
+        "rows",
+        f"{summary.rows} ({summary.unique_requests} unique requests, "
+        f"{summary.cached_requests} from the cache, {summary.rounds} round(s))",
+    )
     table.add_row("answered", str(summary.ok_rows))
     errors = ", ".join(f"{k}: {v}" for k, v in summary.errors_by_kind.items()) or "none"
     table.add_row("errors", f"{summary.error_rows} ({errors})")
@@ -197,6 +243,127 @@ def print_summary(summary: Any) -> None:
     console.print(table)
     if summary.provider == "simulator":
         console.print("[yellow]These answers come from the bundled simulator, not from a model.[/yellow]")
+
+
+def _state_dir(state_dir: str | None) -> str:
+    from .store import default_state_dir
+
+    return state_dir or default_state_dir()
+
+
+StateDirOption = Annotated[
+    str | None,
+    typer.Option(help="Job state directory (default: PREFECT_LLM_BATCH_STATE_DIR or ~/.local/state)."),
+]
+
+
+@app.command()
+def status(
+    job_id: Annotated[str | None, typer.Argument(help="A job id (default: list the jobs).")] = None,
+    state_dir: StateDirOption = None,
+) -> None:
+    """Show the jobs of a state directory, or one job's batches and progress (no HTTP)."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from .jobs import job_ref, progress
+    from .store import JobStore, list_jobs
+
+    root = _state_dir(state_dir)
+    console = Console()
+    if job_id is None:
+        table = Table("job", "created", "provider / model", "rows", "batches", "source")
+        for record in list_jobs(root):
+            created = time.strftime("%Y-%m-%d %H:%M", time.localtime(record.created_at))
+            table.add_row(
+                record.job_id, created, f"{record.provider} / {record.model}", str(record.rows),
+                str(len(record.chunks)), record.source,
+            )  # fmt: skip
+        console.print(table)
+        return
+    store = JobStore(root, job_id)
+    record = store.read_job()
+    table = Table("chunk", "round", "requests", "batch", "status", "done", "collected")
+    for plan in record.chunks:
+        chunk = store.read_chunk(plan.chunk_id)
+        done = f"{(chunk.completed or 0) + (chunk.failed or 0)}/{plan.requests}"
+        table.add_row(
+            str(plan.chunk_id), str(plan.round), str(plan.requests), chunk.batch_id or "-",
+            chunk.status or "not submitted", done, "yes" if chunk.collected else "no",
+        )  # fmt: skip
+    console.print(table)
+    console.print(progress(job_ref(record, root)).describe())
+    if store.is_cancelled():
+        console.print("[yellow]cancelled by the user; run the job again to resume it[/yellow]")
+
+
+@app.command()
+def cancel(
+    job_id: Annotated[str, typer.Argument(help="The job id (see `prefect-llm-batch status`).")],
+    state_dir: StateDirOption = None,
+    wait: Annotated[bool, typer.Option(help="Wait until every batch has stopped.")] = False,
+    poll_interval: Annotated[float, typer.Option(help="Seconds between checks with --wait.")] = 10.0,
+) -> None:
+    """Cancel the provider batches of a job. Finished rows are kept; running the job again resumes it."""
+    from .errors import LLMBatchError
+    from .jobs import cancel_job, ended, job_ref
+    from .providers import make_provider, target_for
+    from .store import JobStore
+
+    root = _state_dir(state_dir)
+    store = JobStore(root, job_id)
+    try:
+        record = store.read_job()
+        if record.provider == "simulator":
+            typer.echo("simulator jobs end with their run; nothing to cancel")
+            return
+        with make_provider(target_for(record.provider, record.base_url)) as provider:
+            cancelled = cancel_job(job_ref(record, root), provider)
+            typer.echo(
+                f"cancel requested for {len(cancelled)} batch(es): {', '.join(cancelled) or 'none running'}"
+            )
+            while wait:
+                states = [store.read_chunk(c.chunk_id) for c in record.chunks]
+                running = [s for s in states if s.batch_id and not ended(s)]
+                if not running:
+                    typer.echo("every batch has stopped")
+                    break
+                time.sleep(poll_interval)
+                for state in running:
+                    assert state.batch_id is not None
+                    info = provider.retrieve(state.batch_id)
+                    state.status, state.raw_status = info.status.value, info.raw_status
+                    store.write_chunk(state)
+    except LLMBatchError as exc:
+        typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
+        raise typer.Exit(1) from None
+
+
+cache_app = typer.Typer(help="Inspect or clear the response cache (it holds answers to your prompts).")
+app.add_typer(cache_app, name="cache")
+
+
+@cache_app.command("info")
+def cache_info(state_dir: StateDirOption = None) -> None:
+    """How many answers the cache holds, and where."""
+    from .store import ResponseCache
+
+    cache = ResponseCache(_state_dir(state_dir))
+    segments, answers, size = cache.stats()
+    typer.echo(f"{cache.root}: {answers} answers in {segments} segment(s), {size / 1e6:.1f} MB")
+
+
+@cache_app.command("clear")
+def cache_clear(
+    state_dir: StateDirOption = None,
+    older_than: Annotated[float | None, typer.Option(help="Only segments older than this many days.")] = None,
+) -> None:
+    """Delete cached answers (all, or those older than --older-than days)."""
+    from .store import ResponseCache
+
+    cache = ResponseCache(_state_dir(state_dir))
+    removed = cache.clear(older_than * 86400 if older_than is not None else None)
+    typer.echo(f"removed {removed} segment(s) from {cache.root}")
 
 
 @app.command("fake-server")

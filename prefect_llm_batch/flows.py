@@ -11,7 +11,7 @@ from __future__ import annotations
 import contextlib
 import time
 from collections.abc import Callable, Iterator
-from typing import Any, Literal
+from typing import Any
 
 from prefect import flow
 from prefect.client.schemas.objects import FlowRun, State
@@ -20,10 +20,10 @@ from prefect.flows import Flow
 from prefect.logging import get_logger, get_run_logger
 from pydantic import BaseModel
 
-from .blocks import OpenAIBatchCredentials
+from .blocks import AnthropicBatchCredentials, OpenAIBatchCredentials, ProviderCredentials
 from .errors import BatchCancelled, BatchFailed, ErrorRateExceeded
 from .jobs import JobRef, JobSummary, cancel_job, failed_batches, job_ref
-from .providers import make_provider, openai_target
+from .providers import make_provider, target_for
 from .schemas import ResponseSchema
 from .spec import (
     DEFAULT_MAX_ERROR_RATE,
@@ -33,6 +33,7 @@ from .spec import (
     BatchLimits,
     CacheMode,
     JobSpec,
+    ProviderName,
     ProviderTarget,
     RunOptions,
 )
@@ -49,7 +50,7 @@ DEFAULT_RETRY_BACKOFF = 60.0
 
 @contextlib.contextmanager
 def resolve_target(
-    provider: str, base_url: str | None, credentials: OpenAIBatchCredentials | None
+    provider: str, base_url: str | None, credentials: ProviderCredentials | None
 ) -> Iterator[ProviderTarget]:
     """Yield where the job's HTTP goes; for ``simulator``, start the bundled fake server for the run."""
     if provider == "simulator":
@@ -61,7 +62,7 @@ def resolve_target(
                 provider="simulator", base_url=server.base_url, key_base_url=SIMULATOR_KEY_BASE_URL
             )
         return
-    yield openai_target(base_url or (credentials.base_url if credentials else None))
+    yield target_for(provider, base_url or (credentials.base_url if credentials else None))
 
 
 def cancel_provider_batches(flow: Flow[Any, Any], flow_run: FlowRun, state: State[Any]) -> None:
@@ -80,8 +81,12 @@ def cancel_provider_batches(flow: Flow[Any, Any], flow_run: FlowRun, state: Stat
     if record.provider == "simulator":
         return  # the simulator's batches ended with the run's process
     credentials = flow_run.parameters.get("credentials")
-    key = credentials.api_key.get_secret_value() if isinstance(credentials, OpenAIBatchCredentials) else None
-    target = openai_target(record.base_url)
+    key = (
+        credentials.api_key.get_secret_value()
+        if isinstance(credentials, (OpenAIBatchCredentials, AnthropicBatchCredentials))
+        else None
+    )
+    target = target_for(record.provider, record.base_url)
     with make_provider(target, api_key=key) as provider:
         cancelled = cancel_job(job_ref(record, state_dir), provider, "the flow run was cancelled")
     log.info("cancelled %d provider batch(es) of job %s", len(cancelled), found)
@@ -105,9 +110,9 @@ def enrich_table(
     response_format: dict[str, Any] | str | type[BaseModel] | None = None,
     column_prefix: str = "",
     parser: Callable[[str], Any] | None = None,
-    provider: Literal["simulator", "openai"] = "simulator",
+    provider: ProviderName = "simulator",
     base_url: str | None = None,
-    credentials: OpenAIBatchCredentials | None = None,
+    credentials: ProviderCredentials | None = None,
     id_column: str | None = None,
     state_dir: str | None = None,
     limit: int | None = None,
@@ -141,7 +146,8 @@ def enrich_table(
         parser: Optional function from answer text to a dict, for answers that need their own
             parsing (Python API only); its result is still checked against ``response_format``.
         provider: ``simulator`` (default: the bundled offline fake, free, made-up answers) or
-            ``openai`` (real: needs ``OPENAI_API_KEY`` or ``credentials``, and costs money).
+            ``openai`` (real: needs ``OPENAI_API_KEY`` or ``credentials``, and costs money), or
+            ``anthropic`` (real: Message Batches; needs ``ANTHROPIC_API_KEY`` or ``credentials``).
         base_url: OpenAI-compatible base URL including ``/v1`` (default ``OPENAI_BASE_URL`` or OpenAI).
         credentials: An ``LLM Batch OpenAI Credentials`` block; else ``OPENAI_API_KEY`` is read.
         id_column: Column that identifies rows (unique, non-null); named in error messages.
@@ -262,7 +268,7 @@ def _run_round(
     spec: JobSpec,
     target: ProviderTarget,
     options: RunOptions,
-    credentials: OpenAIBatchCredentials | None,
+    credentials: ProviderCredentials | None,
 ) -> None:
     """Submit, wait for and collect the batches of one round (resubmitting token-limit failures)."""
     pending = list(chunks)

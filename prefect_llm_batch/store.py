@@ -297,6 +297,20 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
+def list_jobs(state_dir: str, storage_options: dict[str, Any] | None = None) -> list[JobRecord]:
+    """Every prepared job of a state directory, newest first."""
+    fs, root = fsspec.core.url_to_fs(f"{state_dir.rstrip('/')}/jobs", **(storage_options or {}))
+    if not fs.exists(root):
+        return []
+    records = []
+    for path in fs.ls(root, detail=False):
+        job_id = str(path).rstrip("/").rsplit("/", 1)[-1]
+        store = JobStore(state_dir, job_id, storage_options)
+        if store.is_prepared():
+            records.append(store.read_job())
+    return sorted(records, key=lambda r: r.created_at, reverse=True)
+
+
 def record_run(
     state_dir: str, run_id: str, job_id: str, storage_options: dict[str, Any] | None = None
 ) -> None:

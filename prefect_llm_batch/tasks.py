@@ -18,7 +18,7 @@ from prefect.logging import get_run_logger
 from prefect.tasks import Task
 
 from . import jobs
-from .blocks import OpenAIBatchCredentials
+from .blocks import ProviderCredentials
 from .errors import TableError, is_transient
 from .providers import make_provider
 from .providers.base import BatchProvider
@@ -36,7 +36,7 @@ def retry_if_transient(task: Task[Any, Any], task_run: TaskRun, state: State[Any
 
 
 def provider_for(
-    target: ProviderTarget, spec: JobSpec, credentials: OpenAIBatchCredentials | None
+    target: ProviderTarget, spec: JobSpec, credentials: ProviderCredentials | None
 ) -> BatchProvider:
     """A new provider client; the key comes from the block (a SecretStr) or ``OPENAI_API_KEY``."""
     key = credentials.api_key.get_secret_value() if credentials is not None else None
@@ -65,7 +65,7 @@ def prepare_job(
     limit: int | None = None,
     overwrite: bool = False,
     options: RunOptions | None = None,
-    credentials: OpenAIBatchCredentials | None = None,
+    credentials: ProviderCredentials | None = None,
 ) -> jobs.JobRef:
     """Read and render the table, take cached answers, plan the batches, write the plan (no HTTP)."""
     if not overwrite and exists(output):
@@ -89,7 +89,7 @@ def submit_batch(
     spec: JobSpec,
     target: ProviderTarget,
     options: RunOptions,
-    credentials: OpenAIBatchCredentials | None = None,
+    credentials: ProviderCredentials | None = None,
 ) -> str:
     """Create the provider batch of one chunk, at most once (see :func:`jobs.submit_chunk`)."""
     with provider_for(target, spec, credentials) as provider:
@@ -110,7 +110,7 @@ def wait_for_batches(
     spec: JobSpec,
     target: ProviderTarget,
     options: RunOptions,
-    credentials: OpenAIBatchCredentials | None = None,
+    credentials: ProviderCredentials | None = None,
 ) -> list[int]:
     """Poll the job's batches until all have ended; log only when something changed."""
     log = _log()
@@ -129,7 +129,7 @@ def collect_batch(
     spec: JobSpec,
     target: ProviderTarget,
     options: RunOptions,
-    credentials: OpenAIBatchCredentials | None = None,
+    credentials: ProviderCredentials | None = None,
 ) -> int:
     """Download and store the results of one ended batch."""
     with provider_for(target, spec, credentials) as provider:

@@ -20,7 +20,7 @@ from prefect.blocks.core import Block
 from prefect.testing.standard_test_suites.blocks import BlockStandardTestSuite
 from pydantic import ValidationError
 
-from prefect_llm_batch.blocks import LLMBatchJob, OpenAIBatchCredentials
+from prefect_llm_batch.blocks import AnthropicBatchCredentials, LLMBatchJob, OpenAIBatchCredentials
 from prefect_llm_batch.errors import LLMBatchError
 from prefect_llm_batch.spec import BatchLimits, JobSpec
 
@@ -77,6 +77,12 @@ class TestOpenAIBatchCredentialsStandards(OfflineBlockStandardTestSuite):
     @pytest.fixture
     def block(self) -> type[Block]:
         return OpenAIBatchCredentials
+
+
+class TestAnthropicBatchCredentialsStandards(OfflineBlockStandardTestSuite):
+    @pytest.fixture
+    def block(self) -> type[Block]:
+        return AnthropicBatchCredentials
 
 
 class TestLLMBatchJobStandards(OfflineBlockStandardTestSuite):
@@ -263,7 +269,7 @@ def test_a_flow_that_logs_its_credentials_shows_them_masked() -> None:
 
 
 @pytest.mark.usefixtures("prefect_harness")
-def test_prefect_block_register_registers_both_block_types() -> None:
+def test_prefect_block_register_registers_every_block_type() -> None:
     from prefect.client.orchestration import get_client
     from prefect.settings import PREFECT_API_URL
 
@@ -277,7 +283,7 @@ def test_prefect_block_register_registers_both_block_types() -> None:
         check=False,
     )
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "Successfully registered 2 blocks" in result.stdout, result.stdout
+    assert "Successfully registered 3 blocks" in result.stdout, result.stdout
     with get_client(sync_client=True) as client:
-        for slug in ("llm-batch-openai-credentials", "llm-batch-job"):
+        for slug in ("llm-batch-openai-credentials", "llm-batch-anthropic-credentials", "llm-batch-job"):
             assert client.read_block_type_by_slug(slug).slug == slug

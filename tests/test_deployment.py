@@ -36,7 +36,7 @@ RESULT_COLUMNS = [
     "response_input_tokens",
     "response_output_tokens",
 ]
-BLOCK_TYPE_SLUGS = ["llm-batch-openai-credentials", "llm-batch-job"]
+BLOCK_TYPE_SLUGS = ["llm-batch-openai-credentials", "llm-batch-anthropic-credentials", "llm-batch-job"]
 
 SERVER_START_TIMEOUT = 60.0
 CLI_TIMEOUT = 60.0

@@ -6,17 +6,25 @@ import os
 
 from ..errors import ConfigError
 from ..spec import BatchLimits, ProviderTarget
+from .anthropic import DEFAULT_BASE_URL as ANTHROPIC_DEFAULT_BASE_URL
+from .anthropic import AnthropicBatchProvider
 from .base import BatchInfo, BatchProvider, BatchStatus
 from .openai import DEFAULT_BASE_URL, OpenAIBatchProvider
 
 __all__ = [
+    "AnthropicBatchProvider",
     "BatchInfo",
     "BatchProvider",
     "BatchStatus",
     "OpenAIBatchProvider",
+    "anthropic_target",
     "make_provider",
     "openai_target",
+    "target_for",
 ]
+
+#: Environment variables holding each real provider's key (as the official SDKs read them).
+KEY_ENV = {"openai": "OPENAI_API_KEY", "anthropic": "ANTHROPIC_API_KEY"}
 
 #: The key the simulator accepts; it is not a secret.
 SIMULATOR_API_KEY = "simulator-key"
@@ -34,6 +42,31 @@ def openai_target(base_url: str | None = None) -> ProviderTarget:
     return ProviderTarget(provider="openai", base_url=url, key_base_url=url)
 
 
+def anthropic_target(base_url: str | None = None) -> ProviderTarget:
+    """The target of Anthropic's API: ``base_url``, else ``ANTHROPIC_BASE_URL``, else
+    ``https://api.anthropic.com`` (no ``/v1``, as the official SDK reads it).
+
+    Examples:
+        >>> anthropic_target("https://proxy.example").base_url
+        'https://proxy.example'
+    """
+    url = base_url or os.environ.get("ANTHROPIC_BASE_URL") or ANTHROPIC_DEFAULT_BASE_URL
+    return ProviderTarget(provider="anthropic", base_url=url, key_base_url=url)
+
+
+def target_for(provider: str, base_url: str | None = None) -> ProviderTarget:
+    """The target of a real provider by name (``openai`` or ``anthropic``).
+
+    Raises:
+        ConfigError: An unknown provider name.
+    """
+    if provider == "openai":
+        return openai_target(base_url)
+    if provider == "anthropic":
+        return anthropic_target(base_url)
+    raise ConfigError(f"unknown provider {provider!r}; use simulator, openai or anthropic")
+
+
 def make_provider(
     target: ProviderTarget,
     *,
@@ -45,7 +78,8 @@ def make_provider(
 
     Args:
         target: Where to send requests.
-        api_key: The key; ``None`` reads ``OPENAI_API_KEY`` (not needed for the simulator).
+        api_key: The key; ``None`` reads ``OPENAI_API_KEY`` or ``ANTHROPIC_API_KEY`` (not needed
+            for the simulator).
         limits: Batch size limits.
         **options: Passed to the provider class (timeouts, retries, backoff).
 
@@ -55,12 +89,21 @@ def make_provider(
     if target.provider == "simulator":
         key = api_key or SIMULATOR_API_KEY
     else:
-        key = api_key or os.environ.get("OPENAI_API_KEY") or ""
+        env = KEY_ENV[target.provider]
+        key = api_key or os.environ.get(env) or ""
         if not key:
             raise ConfigError(
-                "the openai provider needs an API key: set OPENAI_API_KEY (or use the default "
+                f"the {target.provider} provider needs an API key: set {env} (or use the default "
                 "--provider simulator to try things offline)"
             )
+    if target.provider == "anthropic":
+        return AnthropicBatchProvider(
+            api_key=key,
+            base_url=target.base_url,
+            key_base_url=target.key_base_url,
+            limits=limits,
+            **options,  # type: ignore[arg-type]
+        )
     return OpenAIBatchProvider(
         api_key=key,
         base_url=target.base_url,

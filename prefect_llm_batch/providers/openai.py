@@ -24,40 +24,30 @@ Examples:
 from __future__ import annotations
 
 import email.utils
-import random
 import time
 from collections.abc import Callable, Iterator
-from typing import Any, TypeVar
+from typing import Any
 
 import httpx
 import orjson
-from tenacity import RetryCallState, Retrying, retry_if_exception, stop_after_attempt
 
 from ..errors import (
-    AmbiguousCreate,
     ConfigError,
     LLMBatchError,
     ProviderRejected,
     ProviderUnavailable,
     RateLimited,
-    Transient,
 )
 from ..requests import chat_body, normalise_base_url
 from ..results import NEVER_RAN_CODES, RowResult, error_kind_for_status, parse_chat_completion, short
 from ..schemas import ResponseSchema
 from ..spec import BatchLimits, ErrorKind
 from .base import BatchInfo, BatchProvider, BatchStatus
+from .http import RetryingHTTP, http_timeout
 
 DEFAULT_BASE_URL = "https://api.openai.com/v1"
 
 _STATUSES = {s.value: s for s in BatchStatus}
-
-T = TypeVar("T")
-
-
-def _timeout(read: float) -> httpx.Timeout:
-    # Uploads may be 200 MB: give writes room; reads of big result files too.
-    return httpx.Timeout(connect=15.0, read=read, write=600.0, pool=30.0)
 
 
 def parse_retry_after(headers: httpx.Headers) -> float | None:
@@ -116,7 +106,7 @@ def error_for_response(response: httpx.Response, what: str) -> LLMBatchError:
     return ProviderRejected(text, status_code=status, code=code)
 
 
-class OpenAIBatchProvider(BatchProvider):
+class OpenAIBatchProvider(RetryingHTTP, BatchProvider):
     """The OpenAI Batch API.
 
     Args:
@@ -162,7 +152,7 @@ class OpenAIBatchProvider(BatchProvider):
         self._client = httpx.Client(
             base_url=self._base_url,
             headers={"Authorization": f"Bearer {api_key}"},
-            timeout=_timeout(read_timeout),
+            timeout=http_timeout(read_timeout),
             transport=transport,
             follow_redirects=True,
         )
@@ -229,58 +219,10 @@ class OpenAIBatchProvider(BatchProvider):
 
     # ---- HTTP ---------------------------------------------------------------------------
 
-    def _wait(self, state: RetryCallState) -> float:
-        exc = state.outcome.exception() if state.outcome else None
-        retry_after = getattr(exc, "retry_after", None)
-        if isinstance(retry_after, (int, float)):
-            return min(float(retry_after), 60.0)
-        ceiling = min(self._max_backoff, self._backoff * 2 ** (state.attempt_number - 1))
-        return random.uniform(ceiling / 2, ceiling)
+    def _error_for_response(self, response: httpx.Response, what: str) -> LLMBatchError:
+        return error_for_response(response, what)
 
-    def _retrying(self, fn: Callable[[], T]) -> T:
-        retrying = Retrying(
-            retry=retry_if_exception(
-                lambda e: isinstance(e, Transient) and not isinstance(e, AmbiguousCreate)
-            ),
-            stop=stop_after_attempt(self._max_retries),
-            wait=self._wait,
-            sleep=self._sleep,
-            reraise=True,
-        )
-        return retrying(fn)
-
-    def _send(
-        self, method: str, path: str, what: str, *, idempotent: bool = True, **kwargs: Any
-    ) -> httpx.Response:
-        try:
-            response = self._client.request(method, path, **kwargs)
-        except httpx.ConnectError as exc:  # nothing reached the server
-            raise ProviderUnavailable(
-                f"{what}: cannot connect to {self._key_base_url} ({type(exc).__name__})"
-            ) from exc
-        except (httpx.TimeoutException, httpx.NetworkError, httpx.RemoteProtocolError) as exc:
-            message = f"{what}: no answer from {self._key_base_url} ({type(exc).__name__})"
-            if not idempotent:
-                raise AmbiguousCreate(message) from exc
-            raise ProviderUnavailable(message) from exc
-        if response.status_code >= 400:
-            error = error_for_response(response, what)
-            if not idempotent and isinstance(error, ProviderUnavailable):
-                raise AmbiguousCreate(str(error)) from None
-            raise error
-        return response
-
-    def _json(self, method: str, path: str, what: str, **kwargs: Any) -> dict[str, Any]:
-        response = self._retrying(lambda: self._send(method, path, what, **kwargs))
-        try:
-            payload = response.json()
-        except ValueError as exc:
-            raise ProviderUnavailable(f"{what}: the answer is not JSON") from exc
-        if not isinstance(payload, dict):
-            raise ProviderUnavailable(f"{what}: the answer is not a JSON object")
-        return payload
-
-    def upload(self, data: bytes, filename: str) -> str:
+    def upload(self, data: bytes, filename: str) -> str | None:
         def call() -> httpx.Response:
             return self._send(
                 "POST",
