@@ -230,7 +230,7 @@ def prepare(
     request_set = build_request_set(
         provider=target.provider,
         base_url=target.key_base_url,
-        endpoint=spec.endpoint,
+        endpoint=provider.endpoint,
         prompts=prompts,
         systems=systems,
         build_body=lambda prompt, system: provider.build_body(
@@ -261,7 +261,7 @@ def prepare(
         limit=limit,
         provider=target.provider,
         base_url=normalise_base_url(target.key_base_url),
-        endpoint=spec.endpoint,
+        endpoint=provider.endpoint,
         model=spec.model,
         template_sha256=hashlib.sha256(
             canonical_json({"prompt": spec.prompt, "system": spec.system})
