@@ -12,6 +12,7 @@ import contextlib
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
+from uuid import UUID
 
 from prefect import flow
 from prefect.client.schemas.objects import FlowRun, State
@@ -20,6 +21,7 @@ from prefect.flows import Flow
 from prefect.logging import get_logger, get_run_logger
 from pydantic import BaseModel
 
+from . import artifacts
 from .blocks import AnthropicBatchCredentials, OpenAIBatchCredentials, ProviderCredentials
 from .errors import BatchCancelled, BatchFailed, ErrorRateExceeded
 from .jobs import JobRef, JobSummary, cancel_job, failed_batches, job_ref
@@ -219,6 +221,7 @@ def enrich_table(
     state = state_dir or default_state_dir()
     with resolve_target(provider, base_url, credentials) as target:
         ref = prepare_job(source, output, spec, target, state, limit, overwrite, options, credentials)
+        progress_id = artifacts.start_progress(ref.job_id)
         store = JobStore(state, ref.job_id)
         run_context = FlowRunContext.get()
         if run_context is not None and run_context.flow_run is not None:
@@ -227,14 +230,17 @@ def enrich_table(
             store.clear_cancel()  # a new run resumes a job a user cancelled earlier
             round_, chunks = 1, store.read_job().round_chunks(1)
             while chunks:
-                _run_round(ref, chunks, spec, target, options, credentials)
+                _run_round(ref, chunks, spec, target, options, credentials, progress_id)
                 chunks = plan_retry(ref, round_, options)
                 if chunks:
                     pause = options.retry_backoff * 2 ** (round_ - 1)
                     log.info("round %d: retrying %d batch(es) in %.0f s", round_ + 1, len(chunks), pause)
                     time.sleep(pause)
                     round_ += 1
+            artifacts.set_progress(progress_id, artifacts.COLLECTED)
             summary = write_output(ref, output, overwrite, parser)
+            artifacts.set_progress(progress_id, 100.0)
+            artifacts.publish_summary(summary)
             user_cancelled = store.is_cancelled()
 
     if user_cancelled:
@@ -269,13 +275,14 @@ def _run_round(
     target: ProviderTarget,
     options: RunOptions,
     credentials: ProviderCredentials | None,
+    progress_id: UUID | None = None,
 ) -> None:
     """Submit, wait for and collect the batches of one round (resubmitting token-limit failures)."""
     pending = list(chunks)
     while pending:
         for chunk_id in pending:  # one after the other: each may wait for capacity
             submit_batch(ref, chunk_id, spec, target, options, credentials)
-        pending = wait_for_batches(ref, spec, target, options, credentials)
+        pending = wait_for_batches(ref, spec, target, options, credentials, progress_id)
     futures = [collect_batch.submit(ref, i, spec, target, options, credentials) for i in chunks]
     for future in futures:
         future.result()

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from typing import Any
+from uuid import UUID
 
 from prefect import task
 from prefect.cache_policies import NONE
@@ -17,7 +18,7 @@ from prefect.client.schemas.objects import State, TaskRun
 from prefect.logging import get_run_logger
 from prefect.tasks import Task
 
-from . import jobs
+from . import artifacts, jobs
 from .blocks import ProviderCredentials
 from .errors import TableError, is_transient
 from .providers import make_provider
@@ -111,12 +112,15 @@ def wait_for_batches(
     target: ProviderTarget,
     options: RunOptions,
     credentials: ProviderCredentials | None = None,
+    progress_id: UUID | None = None,
 ) -> list[int]:
-    """Poll the job's batches until all have ended; log only when something changed."""
+    """Poll the job's batches until all have ended; log and update the progress artifact only
+    when something changed."""
     log = _log()
 
     def report(p: jobs.Progress) -> None:
         log.info("job %s: %s", ref.job_id, p.describe())
+        artifacts.set_progress(progress_id, artifacts.waiting_progress(p))
 
     with provider_for(target, spec, credentials) as provider:
         return jobs.wait(ref, provider, options, on_change=report)
