@@ -152,6 +152,9 @@ def run(
     keep_input_files: Annotated[
         bool, typer.Option(help="Keep uploaded batch input files after their batch ended.")
     ] = False,
+    max_cost_usd: Annotated[
+        float | None, typer.Option(help="Refuse to send a job whose estimated batch cost is higher.")
+    ] = None,
 ) -> None:
     """Enrich SOURCE with one answer per row and write OUTPUT (Parquet)."""
     if provider not in ("simulator", "openai", "anthropic"):
@@ -160,7 +163,7 @@ def run(
         raise typer.BadParameter("--no-cache and --refresh-cache exclude each other")
     params = dict(parse_param(p) for p in param or [])
     from .errors import LLMBatchError
-    from .jobs import preflight
+    from .jobs import JobSummary, preflight
     from .schemas import ResponseSchema
     from .spec import JobSpec
 
@@ -213,11 +216,65 @@ def run(
             max_enqueued_tokens=max_enqueued_tokens,
             max_wait=max_wait,
             keep_input_files=keep_input_files,
+            max_cost_usd=max_cost_usd,
         )
     except LLMBatchError as exc:
         typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
         raise typer.Exit(1) from None
+    assert isinstance(summary, JobSummary)
     print_summary(summary)
+
+
+@app.command()
+def estimate(
+    source: Annotated[
+        str, typer.Argument(help="Table to enrich: .csv, .parquet or .jsonl; a path or fsspec URL.")
+    ],
+    prompt: Annotated[str, typer.Option(help="Jinja2 template over the row's columns.")],
+    model: Annotated[str, typer.Option(help="Model name, e.g. gpt-4o-mini.")],
+    system: Annotated[str | None, typer.Option(help="System prompt (also a template).")] = None,
+    param: Annotated[list[str] | None, typer.Option(help="Request parameter key=value.")] = None,
+    provider: Annotated[str, typer.Option(help="openai, anthropic or simulator.")] = "openai",
+    base_url: Annotated[str | None, typer.Option(help="Base URL (see `run --help`).")] = None,
+    state_dir: StateDirOption = None,
+    limit: Annotated[int | None, typer.Option(help="Only the first N rows.")] = None,
+    expected_output_tokens: Annotated[
+        int, typer.Option(help="Output tokens assumed per request when no max_tokens param is set.")
+    ] = 100,
+) -> None:
+    """Rows, unique requests, cache hits, estimated tokens and batch cost, before anything is sent.
+
+    Nothing goes over the network and no key is needed: the job is planned in the state
+    directory (a later `run` with the same options reuses the plan).
+    """
+    from .costs import BATCH_PRICES
+    from .errors import LLMBatchError
+    from .jobs import estimate as estimate_job
+    from .jobs import prepare
+    from .providers import make_provider, target_for
+    from .spec import SIMULATOR_KEY_BASE_URL, JobSpec, ProviderTarget
+
+    try:
+        spec = JobSpec(
+            prompt=prompt, system=system, model=model, params=dict(parse_param(p) for p in param or [])
+        )
+        if provider == "simulator":
+            target = ProviderTarget(
+                provider="simulator", base_url=SIMULATOR_KEY_BASE_URL, key_base_url=SIMULATOR_KEY_BASE_URL
+            )
+        else:
+            target = target_for(provider, base_url)
+        with make_provider(target, api_key="not-used-for-estimates") as client:  # builds bodies only
+            ref = prepare(source, spec, client, target, state_dir=_state_dir(state_dir), limit=limit)
+        result = estimate_job(ref, spec.params, expected_output_tokens=expected_output_tokens)
+    except LLMBatchError as exc:
+        typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
+        raise typer.Exit(1) from None
+    typer.echo(result.describe())
+    if result.cost_usd is None:
+        typer.echo(
+            f"known models: {', '.join(sorted(BATCH_PRICES))} (prices at batch rates, USD per 1M tokens)"
+        )
 
 
 def print_summary(summary: Any) -> None:

@@ -23,6 +23,7 @@ Prefect tasks drive ``retry_condition_fn`` from that marker (see :func:`is_trans
           ├── BatchCancelled           a batch cancelled by the user
           ├── StateError               the job state directory is unusable or inconsistent
           ├── JobLocked                another run of the same job holds its lease
+          ├── CostLimitExceeded        the estimate is over max_cost_usd (nothing was sent)
           └── ErrorRateExceeded        more rows failed than max_error_rate allows (output was written)
 
 Messages never contain secrets: providers quote response bodies, never request headers.
@@ -139,6 +140,10 @@ class StateError(Terminal):
 
 class JobLocked(Terminal):
     """Another run of the same job holds its lease (one runner per job)."""
+
+
+class CostLimitExceeded(Terminal):
+    """A job's cost estimate exceeds ``max_cost_usd``; nothing was sent."""
 
 
 class ErrorRateExceeded(Terminal):

@@ -23,7 +23,8 @@ from pydantic import BaseModel
 
 from . import artifacts
 from .blocks import AnthropicBatchCredentials, OpenAIBatchCredentials, ProviderCredentials
-from .errors import BatchCancelled, BatchFailed, ErrorRateExceeded
+from .costs import DEFAULT_EXPECTED_OUTPUT_TOKENS, Estimate
+from .errors import BatchCancelled, BatchFailed, CostLimitExceeded, ErrorRateExceeded
 from .jobs import JobRef, JobSummary, cancel_job, failed_batches, job_ref
 from .providers import make_provider, target_for
 from .schemas import ResponseSchema
@@ -40,7 +41,15 @@ from .spec import (
     RunOptions,
 )
 from .store import JobStore, default_state_dir, job_for_run, record_run
-from .tasks import collect_batch, plan_retry, prepare_job, submit_batch, wait_for_batches, write_output
+from .tasks import (
+    collect_batch,
+    estimate_job,
+    plan_retry,
+    prepare_job,
+    submit_batch,
+    wait_for_batches,
+    write_output,
+)
 
 #: Poll interval (seconds) against real providers, which recommend 30-60 s.
 DEFAULT_POLL_INTERVAL = 30.0
@@ -130,7 +139,11 @@ def enrich_table(
     max_enqueued_tokens: int | None = None,
     max_wait: float | None = None,
     keep_input_files: bool = False,
-) -> JobSummary:
+    dry_run: bool = False,
+    max_cost_usd: float | None = None,
+    prices: dict[str, tuple[float, float]] | None = None,
+    expected_output_tokens: int = DEFAULT_EXPECTED_OUTPUT_TOKENS,
+) -> JobSummary | Estimate:
     """Enrich a table with one LLM answer per row, through a provider batch API.
 
     Args:
@@ -171,9 +184,14 @@ def enrich_table(
         max_enqueued_tokens: Most estimated prompt tokens of this job enqueued at once.
         max_wait: Seconds a batch may run before it is cancelled and its unrun rows retried.
         keep_input_files: Keep uploaded batch input files once their batch has ended.
+        dry_run: Plan the job and return its :class:`~prefect_llm_batch.costs.Estimate` (rows,
+            unique requests, cache hits, tokens, cost) without sending anything.
+        max_cost_usd: Refuse to send a job whose estimated cost is higher (or unknown).
+        prices: USD per 1M batch tokens ``{"model-prefix": (input, output)}``, over the built-in table.
+        expected_output_tokens: Output tokens assumed per request when ``params`` sets no max_tokens.
 
     Returns:
-        The job summary.
+        The job summary (or, with ``dry_run``, the estimate).
 
     Raises:
         ErrorRateExceeded: More than ``max_error_rate`` of rows failed (after writing the output).
@@ -221,6 +239,18 @@ def enrich_table(
     state = state_dir or default_state_dir()
     with resolve_target(provider, base_url, credentials) as target:
         ref = prepare_job(source, output, spec, target, state, limit, overwrite, options, credentials)
+        planned = estimate_job(ref, spec.params, prices, expected_output_tokens)
+        log.info("job %s: %s", ref.job_id, planned.describe())
+        if dry_run:
+            return planned
+        if max_cost_usd is not None and (planned.cost_usd is None or planned.cost_usd > max_cost_usd):
+            known = (
+                f"${planned.cost_usd:.4f}" if planned.cost_usd is not None else "unknown (no price for it)"
+            )
+            raise CostLimitExceeded(
+                f"the estimated cost of job {ref.job_id} is {known}, over max_cost_usd=${max_cost_usd:.4f}: "
+                f"{planned.describe()}. Nothing was sent; raise the limit, or pass prices= for the model."
+            )
         progress_id = artifacts.start_progress(ref.job_id)
         store = JobStore(state, ref.job_id)
         run_context = FlowRunContext.get()

@@ -20,6 +20,7 @@ from prefect.tasks import Task
 
 from . import artifacts, jobs
 from .blocks import ProviderCredentials
+from .costs import DEFAULT_EXPECTED_OUTPUT_TOKENS, Estimate
 from .errors import TableError, is_transient
 from .providers import make_provider
 from .providers.base import BatchProvider
@@ -152,3 +153,14 @@ def write_output(
 ) -> jobs.JobSummary:
     """Join the results back to the rows (typed columns with a schema) and write the output Parquet."""
     return jobs.assemble(ref, output=output, overwrite=overwrite, parser=parser)
+
+
+@task(name="estimate-job", cache_policy=NONE)
+def estimate_job(
+    ref: jobs.JobRef,
+    params: dict[str, Any],
+    prices: dict[str, tuple[float, float]] | None = None,
+    expected_output_tokens: int = DEFAULT_EXPECTED_OUTPUT_TOKENS,
+) -> Estimate:
+    """Tokens and cost of what the job still has to send (no HTTP)."""
+    return jobs.estimate(ref, params, prices=prices, expected_output_tokens=expected_output_tokens)

@@ -35,6 +35,7 @@ from .batches import (
     wait,
     wait_for_capacity,
 )
+from .estimate import estimate
 from .output import JobSummary, assemble, latest_results
 from .plan import (
     JobRef,
@@ -58,6 +59,7 @@ __all__ = [
     "compute_job_id",
     "effective_limits",
     "ended",
+    "estimate",
     "failed_batches",
     "job_ref",
     "latest_results",

@@ -13,6 +13,7 @@ import pyarrow.compute as pc
 from pydantic import BaseModel, Field
 
 from .. import __version__
+from ..costs import estimate_cost
 from ..errors import StateError
 from ..requests import canonical_json
 from ..results import RESULT_SCHEMA, join_results, parse_structured
@@ -46,6 +47,7 @@ class JobSummary(BaseModel):
     rounds: int = 0
     input_tokens: int = 0
     output_tokens: int = 0
+    cost_usd: float | None = None
 
     @property
     def error_rate(self) -> float:
@@ -145,6 +147,7 @@ def assemble(
         input_tokens=int(pc.sum(sent.column("response_input_tokens")).as_py() or 0),
         output_tokens=int(pc.sum(sent.column("response_output_tokens")).as_py() or 0),
     )
+    summary.cost_usd = estimate_cost(summary.model, summary.input_tokens, summary.output_tokens)
     logger.info(
         "wrote %s: %d rows, %d ok, %d with errors %s",
         output, summary.rows, summary.ok_rows, summary.error_rows, summary.errors_by_kind or "",
