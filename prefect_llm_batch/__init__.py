@@ -23,6 +23,7 @@ _LAZY = {
     "ErrorKind": "prefect_llm_batch.spec",
     "LLMBatchError": "prefect_llm_batch.errors",
     "enrich_table": "prefect_llm_batch.flows",
+    "enrich": "prefect_llm_batch.notebook",
     "JobSummary": "prefect_llm_batch.jobs",
 }
 

@@ -1,0 +1,178 @@
+"""``enrich``: a DataFrame in, the same DataFrame with answer columns out, for notebooks.
+
+Runs the job in this process (no Prefect server needed), with a progress bar, and works inside
+Jupyter, whose event loop is already running (everything here is synchronous). The same state
+directory, cache and resume rules as the ``enrich_table`` flow apply: running the same cell again
+after a kernel restart resumes the job instead of paying again. For that, the DataFrame is saved
+under its content hash in ``{state_dir}/inputs/`` (remove it with the state directory: it holds
+your data).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import tempfile
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+from pydantic import BaseModel
+
+from .jobs import JobSummary, Progress, assemble, prepare
+from .jobs.runner import run_batches
+from .providers import make_provider, target_for
+from .schemas import ResponseSchema
+from .spec import (
+    SIMULATOR_KEY_BASE_URL,
+    BatchLimits,
+    CacheMode,
+    JobSpec,
+    ProviderName,
+    ProviderTarget,
+    RunOptions,
+)
+from .store import default_state_dir
+from .table import exists, write_parquet_atomic
+
+INDEX_COLUMN = "__enrich_index__"
+
+
+@contextlib.contextmanager
+def _target(provider: ProviderName, base_url: str | None) -> Iterator[ProviderTarget]:
+    if provider == "simulator":
+        from .testing import FakeProviderServer, FakeServerConfig
+
+        config = FakeServerConfig(validating_seconds=0.2, in_progress_seconds=1.0, finalizing_seconds=0.2)
+        with FakeProviderServer(config) as server:
+            yield ProviderTarget(
+                provider="simulator", base_url=server.base_url, key_base_url=SIMULATOR_KEY_BASE_URL
+            )
+        return
+    yield target_for(provider, base_url)
+
+
+class _Bar:
+    """A rich progress bar (renders in terminals and Jupyter)."""
+
+    def __init__(self, show: bool) -> None:
+        self.show = show
+        self.progress: Any = None
+        self.task: Any = None
+
+    def __enter__(self) -> _Bar:
+        if self.show:
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+            self.progress = Progress(
+                TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn()
+            )
+            self.progress.start()
+            self.task = self.progress.add_task("requests", total=None)
+        return self
+
+    def update(self, p: Progress) -> None:
+        if self.progress is not None:
+            statuses = ", ".join(f"{k} {v}" for k, v in sorted(p.statuses.items()))
+            self.progress.update(self.task, total=p.requests, completed=p.requests_done, description=statuses)
+
+    def __exit__(self, *exc: object) -> None:
+        if self.progress is not None:
+            self.progress.stop()
+
+
+def enrich(
+    df: pd.DataFrame,
+    prompt: str,
+    model: str,
+    *,
+    system: str | None = None,
+    params: dict[str, Any] | None = None,
+    response_format: dict[str, Any] | str | type[BaseModel] | None = None,
+    column_prefix: str = "",
+    parser: Callable[[str], Any] | None = None,
+    provider: ProviderName = "simulator",
+    base_url: str | None = None,
+    api_key: str | None = None,
+    state_dir: str | None = None,
+    poll_interval: float | None = None,
+    max_attempts: int = 3,
+    cache: CacheMode = "use",
+    max_requests_per_batch: int = 50_000,
+    progress: bool = True,
+    return_summary: bool = False,
+) -> pd.DataFrame | tuple[pd.DataFrame, JobSummary]:
+    """Enrich a DataFrame with one answer per row through a provider batch API.
+
+    Args:
+        df: The rows to enrich; its index is kept.
+        prompt: Jinja2 template over the columns, e.g. ``"Summarise: {{ review }}"``.
+        model: Model name.
+        system: Optional system prompt (a template too).
+        params: Extra request parameters.
+        response_format: A pydantic model, JSON Schema (dict or JSON text): typed answer columns.
+        column_prefix: Prefix of the typed columns.
+        parser: Optional function from answer text to a dict.
+        provider: ``simulator`` (default, offline, made-up answers), ``openai`` or ``anthropic``.
+        base_url: Provider base URL (see the flow).
+        api_key: The key; default ``OPENAI_API_KEY`` / ``ANTHROPIC_API_KEY``.
+        state_dir: Job state and response cache (default as the flow's).
+        poll_interval: Seconds between status checks (default 30; 0.2 for the simulator).
+        max_attempts: Rounds a request is sent in at most.
+        cache: ``use``, ``refresh`` or ``off``.
+        max_requests_per_batch: Most requests per batch.
+        progress: Show a progress bar.
+        return_summary: Also return the :class:`~prefect_llm_batch.jobs.JobSummary`.
+
+    Returns:
+        ``df`` with the answer columns appended (and the summary when asked for).
+
+    Examples:
+        >>> import pandas as pd
+        >>> out = enrich(pd.DataFrame({"text": ["I love it", "awful"]}),
+        ...              "Sentiment of: {{ text }}", "gpt-4o-mini", progress=False)  # doctest: +SKIP
+        >>> out["response"].tolist()  # doctest: +SKIP
+        ['positive', 'negative']
+    """
+    simulated = provider == "simulator"
+    schema = ResponseSchema.from_user(response_format) if response_format is not None else None
+    spec = JobSpec(
+        prompt=prompt,
+        system=system,
+        model=model,
+        params=params or {},
+        provider=provider,
+        base_url=base_url,
+        response_schema=schema.schema if schema is not None else None,
+        column_prefix=column_prefix,
+        limits=BatchLimits(max_requests_per_batch=max_requests_per_batch),
+    )
+    options = RunOptions(
+        poll_interval=poll_interval if poll_interval is not None else (0.2 if simulated else 30.0),
+        max_attempts=max_attempts,
+        retry_backoff=0.0 if simulated else 60.0,
+        cache=cache,
+    )
+    table = pa.Table.from_pandas(df.reset_index(drop=True), preserve_index=False)
+    state = state_dir or default_state_dir()
+    # The input is written under its content hash, so a rerun finds the same source and job.
+    hashed = pd.util.hash_pandas_object(df, index=False).to_numpy().tobytes()
+    digest = hashlib.sha256(hashed + ",".join(map(str, df.columns)).encode()).hexdigest()[:24]
+    source = f"{state.rstrip('/')}/inputs/{digest}.parquet"
+    if not exists(source):
+        write_parquet_atomic(table, source, overwrite=True)
+    with _target(provider, base_url) as target, make_provider(target, api_key=api_key) as client:
+        ref = prepare(source, spec, client, target, state_dir=state, cache=cache)
+        with _Bar(progress) as bar:
+            run_batches(ref, client, options, on_change=bar.update)
+    with tempfile.TemporaryDirectory() as scratch:
+        output = str(Path(scratch) / "out.parquet")
+        summary = assemble(ref, output=output, parser=parser)
+        result = pq.read_table(output).to_pandas()
+    answers = result.drop(columns=list(df.columns))
+    answers.index = df.index
+    enriched = pd.concat([df, answers], axis=1)
+    return (enriched, summary) if return_summary else enriched

@@ -1,0 +1,63 @@
+"""enrich() for notebooks: inside a running event loop, and the example notebook end to end."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from prefect_llm_batch import enrich
+from prefect_llm_batch.jobs import JobSummary
+
+EXAMPLES = Path(__file__).parent.parent / "examples"
+
+
+def test_enrich_inside_a_running_event_loop_keeps_index_and_rows(tmp_path: Path) -> None:
+    df = pd.DataFrame(
+        {"text": ["I love it, great", "awful and broken", "I love it, great"]}, index=[10, 20, 30]
+    )
+
+    async def in_loop() -> tuple[pd.DataFrame, JobSummary]:
+        result = enrich(
+            df, "Sentiment of: {{ text }}", "gpt-4o-mini", state_dir=str(tmp_path), return_summary=True
+        )
+        assert isinstance(result, tuple)
+        return result
+
+    out, summary = asyncio.run(in_loop())
+    assert list(out.index) == [10, 20, 30]
+    assert out["text"].tolist() == df["text"].tolist()
+    assert out["response"].tolist() == ["positive", "negative", "positive"]
+    assert summary.unique_requests == 2
+
+    again = enrich(df, "Sentiment of: {{ text }}", "gpt-4o-mini", state_dir=str(tmp_path), progress=False)
+    assert isinstance(again, pd.DataFrame)
+    assert again["response"].tolist() == out["response"].tolist()
+
+
+def test_enrich_with_a_fresh_cache_state_answers_from_cache(tmp_path: Path) -> None:
+    df = pd.DataFrame({"text": ["one", "two"]})
+    enrich(df, "Summarise {{ text }}", "m", state_dir=str(tmp_path), progress=False)
+    more = pd.DataFrame({"text": ["one", "two", "three"]})
+    out = enrich(more, "Summarise {{ text }}", "m", state_dir=str(tmp_path), progress=False)
+    assert isinstance(out, pd.DataFrame)
+    assert out["response_cached"].tolist() == [True, True, False]
+
+
+@pytest.mark.timeout(240)
+def test_example_notebook_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import nbformat
+    from nbclient import NotebookClient
+
+    monkeypatch.setenv("PREFECT_LLM_BATCH_STATE_DIR", str(tmp_path / "state"))
+    notebook = nbformat.read(EXAMPLES / "enrich_dataframe.ipynb", as_version=4)
+    NotebookClient(
+        notebook, timeout=180, kernel_name="python3", resources={"metadata": {"path": str(EXAMPLES)}}
+    ).execute()
+    outputs = [o for cell in notebook.cells if cell.cell_type == "code" for o in cell.outputs]
+    assert not [o for o in outputs if o.output_type == "error"]
+    assert any(
+        "response_cached" in str(o.get("data", "")) or "True" in str(o.get("data", "")) for o in outputs
+    )
