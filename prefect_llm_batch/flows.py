@@ -11,7 +11,7 @@ from __future__ import annotations
 import contextlib
 import time
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import Any, Literal
 from uuid import UUID
 
 from prefect import flow
@@ -118,6 +118,7 @@ def enrich_table(
     model: str,
     system: str | None = None,
     params: dict[str, Any] | None = None,
+    endpoint: Literal["chat/completions", "embeddings"] = "chat/completions",
     response_format: dict[str, Any] | str | type[BaseModel] | None = None,
     column_prefix: str = "",
     parser: Callable[[str], Any] | None = None,
@@ -152,7 +153,10 @@ def enrich_table(
         prompt: Jinja2 template over the row's columns, e.g. ``"Summarise: {{ review }}"``.
         model: Model name.
         system: Optional system prompt (also a template).
-        params: Extra request parameters (``temperature``, ``max_tokens``...).
+        params: Extra request parameters (``temperature``, ``max_tokens``; ``dimensions`` for embeddings).
+        endpoint: ``chat/completions`` (default) or ``embeddings``: then ``prompt`` renders each
+            row's input text and the answer is the ``response_embedding`` column (float32 vectors,
+            fixed-size when the width is known).
         response_format: A pydantic model class, a JSON Schema as JSON text, or a JSON Schema dict
             the answers must follow; each top-level property becomes a typed column (see
             :mod:`prefect_llm_batch.schemas`). Prefect reads any dict parameter holding a ``"$ref"``
@@ -212,6 +216,7 @@ def enrich_table(
         system=system,
         model=model,
         params=params or {},
+        endpoint="/v1/embeddings" if endpoint == "embeddings" else "/v1/chat/completions",
         response_schema=schema.schema if schema is not None else None,
         column_prefix=column_prefix,
         provider=provider,

@@ -84,6 +84,7 @@ class RowResult:
     batch_id: str | None = None
     cached: bool = False
     attempts: int | None = None
+    embedding: list[float] | None = None
 
     @property
     def ok(self) -> bool:
@@ -179,6 +180,87 @@ def parse_chat_completion(custom_id: str, body: dict[str, Any], batch_id: str | 
     elif not isinstance(content, str):
         result.error_kind, result.error = ErrorKind.PARSE_ERROR, "the response message has no text content"
     return result
+
+
+def parse_embedding(custom_id: str, body: dict[str, Any], batch_id: str | None = None) -> RowResult:
+    """Turn a successful embeddings response body into a :class:`RowResult` (one input per request).
+
+    Examples:
+        >>> r = parse_embedding("k", {"model": "m", "data": [{"index": 0, "embedding": [0.5, -1.0]}],
+        ...                           "usage": {"prompt_tokens": 3, "total_tokens": 3}})
+        >>> r.embedding, r.input_tokens, r.error_kind
+        ([0.5, -1.0], 3, None)
+    """
+    usage = body.get("usage") or {}
+    result = RowResult(
+        custom_id=custom_id,
+        input_tokens=_int_or_none(usage.get("prompt_tokens")),
+        model=body.get("model") if isinstance(body.get("model"), str) else None,
+        batch_id=batch_id,
+    )
+    data = body.get("data")
+    vector = (
+        data[0].get("embedding") if isinstance(data, list) and data and isinstance(data[0], dict) else None
+    )
+    if not isinstance(vector, list) or not all(isinstance(v, (int, float)) for v in vector):
+        result.error_kind, result.error = ErrorKind.PARSE_ERROR, "the response has no embedding vector"
+        return result
+    result.embedding = [float(v) for v in vector]
+    return result
+
+
+#: Vector width of OpenAI's embedding models when no ``dimensions`` parameter is sent.
+EMBEDDING_WIDTHS: dict[str, int] = {
+    "text-embedding-3-small": 1536,
+    "text-embedding-3-large": 3072,
+    "text-embedding-ada-002": 1536,
+}
+EMBEDDING_COLUMN = "response_embedding"
+
+
+def embedding_type(model: str, params: dict[str, Any]) -> pa.DataType:
+    """Arrow type of ``response_embedding``: a fixed-size list of float32 when the width is known
+    (a ``dimensions`` parameter, or a model in :data:`EMBEDDING_WIDTHS`), else a list of float32.
+
+    Examples:
+        >>> str(embedding_type("text-embedding-3-small", {"dimensions": 8}))
+        'fixed_size_list<item: float>[8]'
+        >>> str(embedding_type("my-local-model", {}))
+        'list<item: float>'
+    """
+    width = params.get("dimensions")
+    if not isinstance(width, int):
+        width = next((w for name, w in EMBEDDING_WIDTHS.items() if model.startswith(name)), None)
+    return pa.list_(pa.float32(), width) if isinstance(width, int) and width > 0 else pa.list_(pa.float32())
+
+
+def embedding_column(results: Iterable[RowResult]) -> pa.Array[Any]:
+    """The embeddings of results as a list<float32> array (null where there is none)."""
+    return pa.array([r.embedding for r in results], pa.list_(pa.float32()))
+
+
+def cast_embeddings(results: pa.Table, data_type: pa.DataType) -> pa.Table:
+    """Cast a results table's ``response_embedding`` to its final type; a vector of another
+    width becomes a ``parse_error`` row instead of failing the job."""
+    vectors = results.column(EMBEDDING_COLUMN).combine_chunks()
+    if isinstance(data_type, pa.FixedSizeListType):
+        lengths = pc.list_value_length(vectors)
+        wrong = pc.fill_null(pc.not_equal(lengths, pa.scalar(data_type.list_size, pa.int32())), False)
+        if pc.any(wrong).as_py():
+            kinds = pc.if_else(
+                wrong, pa.scalar(ErrorKind.PARSE_ERROR.value), results.column("response_error_kind")
+            )
+            message = f"the embedding does not have {data_type.list_size} dimensions"
+            errors = pc.if_else(wrong, pa.scalar(message), results.column("response_error"))
+            results = results.set_column(
+                results.schema.get_field_index("response_error_kind"), "response_error_kind", kinds
+            )
+            results = results.set_column(
+                results.schema.get_field_index("response_error"), "response_error", errors
+            )
+            vectors = pc.if_else(wrong, pa.nulls(len(vectors), vectors.type), vectors)
+    index = results.schema.get_field_index(EMBEDDING_COLUMN)
+    return results.set_column(index, pa.field(EMBEDDING_COLUMN, data_type), vectors.cast(data_type))
 
 
 def _int_or_none(value: Any) -> int | None:

@@ -148,7 +148,7 @@ class JobSpec(BaseModel):
     params: dict[str, Any] = Field(default_factory=dict)
     provider: ProviderName = "simulator"
     base_url: str | None = None
-    endpoint: Literal["/v1/chat/completions"] = "/v1/chat/completions"
+    endpoint: Literal["/v1/chat/completions", "/v1/embeddings"] = "/v1/chat/completions"
     id_column: str | None = None
     response_schema: dict[str, Any] | None = None
     column_prefix: str = ""

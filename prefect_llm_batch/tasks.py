@@ -42,7 +42,7 @@ def provider_for(
 ) -> BatchProvider:
     """A new provider client; the key comes from the block (a SecretStr) or ``OPENAI_API_KEY``."""
     key = credentials.api_key.get_secret_value() if credentials is not None else None
-    return make_provider(target, api_key=key, limits=spec.limits)
+    return make_provider(target, api_key=key, limits=spec.limits, endpoint=spec.endpoint)
 
 
 def _log() -> logging.Logger | logging.LoggerAdapter[logging.Logger]:

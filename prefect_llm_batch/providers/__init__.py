@@ -72,6 +72,7 @@ def make_provider(
     *,
     api_key: str | None = None,
     limits: BatchLimits | None = None,
+    endpoint: str | None = None,
     **options: object,
 ) -> BatchProvider:
     """Build a new provider client for a target.
@@ -81,6 +82,7 @@ def make_provider(
         api_key: The key; ``None`` reads ``OPENAI_API_KEY`` or ``ANTHROPIC_API_KEY`` (not needed
             for the simulator).
         limits: Batch size limits.
+        endpoint: The endpoint of the job's requests (default chat completions).
         **options: Passed to the provider class (timeouts, retries, backoff).
 
     Raises:
@@ -97,6 +99,8 @@ def make_provider(
                 "--provider simulator to try things offline)"
             )
     if target.provider == "anthropic":
+        if endpoint not in (None, "/v1/chat/completions", "/v1/messages"):
+            raise ConfigError(f"the anthropic provider has no {endpoint} batches; use openai for embeddings")
         return AnthropicBatchProvider(
             api_key=key,
             base_url=target.base_url,
@@ -110,5 +114,6 @@ def make_provider(
         name=target.provider,
         key_base_url=target.key_base_url,
         limits=limits,
+        endpoint=endpoint or "/v1/chat/completions",
         **options,  # type: ignore[arg-type]
     )

@@ -33,19 +33,31 @@ import orjson
 
 from ..errors import (
     ConfigError,
+    InputError,
     LLMBatchError,
     ProviderRejected,
     ProviderUnavailable,
     RateLimited,
 )
 from ..requests import chat_body, normalise_base_url
-from ..results import NEVER_RAN_CODES, RowResult, error_kind_for_status, parse_chat_completion, short
+from ..results import (
+    NEVER_RAN_CODES,
+    RowResult,
+    error_kind_for_status,
+    parse_chat_completion,
+    parse_embedding,
+    short,
+)
 from ..schemas import ResponseSchema
 from ..spec import BatchLimits, ErrorKind
 from .base import BatchInfo, BatchProvider, BatchStatus
 from .http import RetryingHTTP, http_timeout
 
 DEFAULT_BASE_URL = "https://api.openai.com/v1"
+CHAT_ENDPOINT = "/v1/chat/completions"
+EMBEDDINGS_ENDPOINT = "/v1/embeddings"
+#: Endpoints this provider builds requests for.
+ENDPOINTS = frozenset({CHAT_ENDPOINT, EMBEDDINGS_ENDPOINT})
 
 _STATUSES = {s.value: s for s in BatchStatus}
 
@@ -130,6 +142,7 @@ class OpenAIBatchProvider(RetryingHTTP, BatchProvider):
         api_key: str,
         base_url: str = DEFAULT_BASE_URL,
         name: str = "openai",
+        endpoint: str = CHAT_ENDPOINT,
         key_base_url: str | None = None,
         limits: BatchLimits | None = None,
         max_retries: int = 6,
@@ -142,6 +155,9 @@ class OpenAIBatchProvider(RetryingHTTP, BatchProvider):
         if not api_key:
             raise ConfigError("no API key: set OPENAI_API_KEY or pass a credentials block")
         self.name = name
+        if endpoint not in ENDPOINTS:
+            raise ConfigError(f"endpoint {endpoint!r} is not supported; use one of {sorted(ENDPOINTS)}")
+        self._endpoint = endpoint
         self.limits = limits or BatchLimits()
         self._base_url = base_url.rstrip("/")
         self._key_base_url = normalise_base_url(key_base_url or base_url)
@@ -163,7 +179,7 @@ class OpenAIBatchProvider(RetryingHTTP, BatchProvider):
 
     @property
     def endpoint(self) -> str:
-        return "/v1/chat/completions"
+        return self._endpoint
 
     # ---- pure ---------------------------------------------------------------------------
 
@@ -175,6 +191,10 @@ class OpenAIBatchProvider(RetryingHTTP, BatchProvider):
         params: dict[str, Any],
         schema: ResponseSchema | None = None,
     ) -> dict[str, Any]:
+        if self._endpoint == EMBEDDINGS_ENDPOINT:
+            if schema is not None or system:
+                raise InputError("embeddings take one input template: no system prompt or response schema")
+            return {"model": model, "input": prompt, **params}
         body = chat_body(model, prompt, system, params)
         if schema is not None:
             body["response_format"] = schema.openai_response_format()
@@ -191,6 +211,8 @@ class OpenAIBatchProvider(RetryingHTTP, BatchProvider):
             status = response.get("status_code")
             body = response.get("body")
             if status == 200 and isinstance(body, dict):
+                if self._endpoint == EMBEDDINGS_ENDPOINT:
+                    return parse_embedding(cid, body, batch_id)
                 return parse_chat_completion(cid, body, batch_id)
             err = body.get("error") if isinstance(body, dict) else None
             err = err if isinstance(err, dict) else {}
