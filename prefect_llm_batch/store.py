@@ -9,11 +9,14 @@ Layout under ``{state_dir}/jobs/{job_id}/``::
     results/chunk-00000.parquet each chunk's parsed results (one row per custom_id)
     results/cached.parquet     answers taken from the response cache when the job was prepared
     lease.json                 who is running the job now (one runner per job)
+    lease.json.lock            an empty file locked (flock) while a local runner takes the lease
     cancel.json                present while a user's cancel applies to the running job
 
 and, shared by every job of the state directory, the **response cache**::
 
-    {state_dir}/cache/segments/{job_id}-chunk-00000.parquet   successful answers by custom_id
+    {state_dir}/cache/segments/{time_ns}-{job_id}-chunk-00000-a1.parquet   successful answers by custom_id
+
+(named by write time, so that the newest answer to a request wins, e.g. after a refresh)
 
 The cache holds answers (and so, indirectly, prompts' content): clear it with
 ``prefect-llm-batch cache clear`` (optionally ``--older-than DAYS``) or delete the folder.
@@ -25,6 +28,7 @@ different chunks never overwrite each other's state. Nothing here ever holds an 
 
 from __future__ import annotations
 
+import contextlib
 import io
 import logging
 import os
@@ -32,6 +36,7 @@ import socket
 import threading
 import time
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -45,6 +50,11 @@ from pydantic import BaseModel, Field
 from .errors import JobLocked, StateError, TableError
 from .spec import BatchLimits
 from .table import exists, read_bytes, write_bytes_atomic
+
+try:
+    import fcntl
+except ImportError:  # pragma: no cover - Windows: no OS lock, the check-then-write race remains
+    fcntl = None  # type: ignore[assignment]
 
 logger = logging.getLogger("prefect_llm_batch")
 
@@ -330,6 +340,19 @@ def job_for_run(state_dir: str, run_id: str, storage_options: dict[str, Any] | N
     return str(orjson.loads(read_bytes(path, storage_options=storage_options))["job_id"])
 
 
+@contextlib.contextmanager
+def _os_lock(path: str) -> Iterator[None]:
+    """Hold an exclusive OS lock on a local file (released by the OS if the process dies)."""
+    with open(path, "a+b") as handle:
+        if fcntl is not None:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            if fcntl is not None:
+                fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+
+
 class Lease:
     """One runner per job: a lease file in the job's state directory.
 
@@ -337,7 +360,8 @@ class Lease:
     released on exit. A lease is free when it is absent, expired, or held by a process of this
     host that no longer exists (so a rerun right after a crash does not wait for expiry).
 
-    On a local state directory the lease file is created atomically (``O_EXCL``). On object
+    On a local state directory the lease is checked and written under an OS file lock
+    (``lease.json.lock``, ``flock``; not on Windows). On object
     stores, which have no atomic create here, the lease is written and read back after a short
     pause; two runners starting within that pause could both believe they hold it (documented).
 
@@ -379,12 +403,7 @@ class Lease:
     def _record(self) -> bytes:
         return orjson_dumps({**self.owner, "acquired_at": time.time(), "expires_at": time.time() + self.ttl})
 
-    def acquire(self) -> None:
-        """Take the lease.
-
-        Raises:
-            JobLocked: Another live run holds it; the message says who and until when.
-        """
+    def _check_free(self) -> None:
         record = self.holder()
         if not self._free(record):
             assert record is not None
@@ -394,17 +413,22 @@ class Lease:
                 f"on {record.get('host')} "
                 f"(lease renewed until {until}); wait for it to finish, or run again once it has stopped"
             )
+
+    def acquire(self) -> None:
+        """Take the lease.
+
+        Raises:
+            JobLocked: Another live run holds it; the message says who and until when.
+        """
         if "file" in self._fs.protocol:
+            # Check and write under an OS lock: two runners taking over the same stale lease
+            # cannot both win, and the lease file is only ever replaced whole (never torn).
             self._fs.makedirs(self._fs._parent(self._fs_path), exist_ok=True)
-            if record is not None:
-                self._fs.rm(self._fs_path)  # stale: remove, then race for a fresh O_EXCL create
-            try:
-                fd = os.open(self._fs_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-            except FileExistsError:
-                raise JobLocked(f"job {self.store.job_id} was just taken by another run") from None
-            with os.fdopen(fd, "wb") as handle:
-                handle.write(self._record())
+            with _os_lock(self._fs_path + ".lock"):
+                self._check_free()
+                write_bytes_atomic(self.path, self._record(), storage_options=self.store._options)
             return
+        self._check_free()
         write_bytes_atomic(self.path, self._record(), storage_options=self.store._options)
         time.sleep(0.2)
         record = self.holder()
@@ -469,11 +493,14 @@ class ResponseCache:
         return sorted(p for p in self._fs.ls(self._fs_root, detail=False) if str(p).endswith(".parquet"))
 
     def add(self, name: str, table: pa.Table) -> None:
-        """Store a segment of answers (rows with a ``custom_id``)."""
+        """Store a segment of answers (rows with a ``custom_id``); its file name starts with the
+        time, so that :meth:`lookup` prefers the newest answer."""
         if table.num_rows == 0:
             return
         write_bytes_atomic(
-            f"{self.root}/{name}.parquet", _parquet_bytes(table), storage_options=self._options
+            f"{self.root}/{time.time_ns():020d}-{name}.parquet",
+            _parquet_bytes(table),
+            storage_options=self._options,
         )
 
     def lookup(self, custom_ids: list[str]) -> pa.Table | None:
@@ -483,7 +510,7 @@ class ResponseCache:
         wanted = pa.array(custom_ids, pa.string())
         found: list[pa.Table] = []
         seen: pa.Array[Any] = pa.array([], pa.string())
-        for path in reversed(self.segments()):  # newest segment name wins
+        for path in reversed(self.segments()):  # newest segment (by its time-stamped name) wins
             with self._fs.open(path, "rb") as handle:
                 segment = pq.read_table(handle)
             ids = segment.column("custom_id")

@@ -10,7 +10,7 @@ from collections.abc import Callable
 import orjson
 from pydantic import BaseModel
 
-from ..errors import AmbiguousCreate, BatchFailed, StateError
+from ..errors import AmbiguousCreate, BatchFailed, ProviderRejected, StateError
 from ..providers.base import BatchInfo, BatchProvider, BatchStatus
 from ..results import RowResult, results_to_table, short
 from ..spec import ErrorKind, RunOptions
@@ -41,6 +41,17 @@ def _apply(state: ChunkState, info: BatchInfo) -> bool:
         state.error = short(info.error_summary())
         state.error_code = info.first_error_code
     return before != (state.status, state.completed, state.failed, state.total)
+
+
+def _cancel(provider: BatchProvider, batch_id: str) -> BatchInfo:
+    """Cancel a batch; one that ended since it was last read (so the provider refuses) is just read."""
+    try:
+        return provider.cancel(batch_id)
+    except ProviderRejected:
+        info = provider.retrieve(batch_id)
+        if info.status.ended:
+            return info
+        raise
 
 
 def _record_batch(store: JobStore, state: ChunkState, info: BatchInfo) -> ChunkState:
@@ -247,8 +258,10 @@ def wait(
                 reason = _cancel_reason(state, options, cancelled_by_user)
                 if reason is not None and state.cancelled_by is None:
                     logger.warning("chunk %d: cancelling batch %s (%s)", chunk_id, info.id, reason)
-                    _apply(state, provider.cancel(state.batch_id))
-                    state.cancelled_by = reason
+                    cancelled = _cancel(provider, state.batch_id)
+                    _apply(state, cancelled)
+                    if not cancelled.status.ended:  # else it ended on its own meanwhile
+                        state.cancelled_by = reason
                     store.write_chunk(state)
                 continue
             pending.remove(chunk_id)
@@ -381,10 +394,12 @@ def cancel_job(ref: JobRef, provider: BatchProvider, reason: str = "cancelled by
     for plan in store.read_job().chunks:
         state = store.read_chunk(plan.chunk_id)
         if state.batch_id and not ended(state):
-            _apply(state, provider.cancel(state.batch_id))
-            state.cancelled_by = "user"
+            info = _cancel(provider, state.batch_id)
+            _apply(state, info)
+            if not info.status.ended:
+                state.cancelled_by = "user"
+                cancelled.append(state.batch_id)
             store.write_chunk(state)
-            cancelled.append(state.batch_id)
     logger.info("job %s: cancel requested for %d batch(es)", ref.job_id, len(cancelled))
     return cancelled
 
