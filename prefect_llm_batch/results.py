@@ -267,15 +267,25 @@ def _int_or_none(value: Any) -> int | None:
     return value if isinstance(value, int) and not isinstance(value, bool) else None
 
 
-def results_to_table(results: Iterable[RowResult]) -> pa.Table:
-    """Collect row results into an Arrow table of :data:`RESULT_SCHEMA`.
+def result_schema(embeddings: bool = False) -> pa.Schema:
+    """:data:`RESULT_SCHEMA`, plus ``response_embedding`` (list of float32) for embeddings jobs."""
+    if not embeddings:
+        return RESULT_SCHEMA
+    return RESULT_SCHEMA.append(pa.field(EMBEDDING_COLUMN, pa.list_(pa.float32())))
+
+
+def results_to_table(results: Iterable[RowResult], *, embeddings: bool = False) -> pa.Table:
+    """Collect row results into an Arrow table of :data:`RESULT_SCHEMA` (plus
+    ``response_embedding``, a list of float32, for embeddings jobs).
 
     Examples:
         >>> results_to_table([RowResult("k", response="a")]).num_rows
         1
     """
     columns: dict[str, list[Any]] = {name: [] for name in RESULT_SCHEMA.names}
+    vectors: list[list[float] | None] = []
     for r in results:
+        vectors.append(r.embedding)
         columns["custom_id"].append(r.custom_id)
         columns["response"].append(r.response)
         columns["response_error_kind"].append(r.error_kind.value if r.error_kind else None)
@@ -287,7 +297,10 @@ def results_to_table(results: Iterable[RowResult]) -> pa.Table:
         columns["response_batch_id"].append(r.batch_id)
         columns["response_cached"].append(r.cached)
         columns["response_attempts"].append(r.attempts)
-    return pa.table(columns, schema=RESULT_SCHEMA)
+    table = pa.table(columns, schema=RESULT_SCHEMA)
+    if embeddings:
+        table = table.append_column(EMBEDDING_COLUMN, pa.array(vectors, pa.list_(pa.float32())))
+    return table
 
 
 def empty_results() -> pa.Table:

@@ -105,6 +105,7 @@ class JobRecord(BaseModel):
     template_sha256: str
     response_schema: dict[str, Any] | None = None
     column_prefix: str = ""
+    params: dict[str, Any] = Field(default_factory=dict)
     rows: int
     unique_requests: int
     cached_requests: int = 0
@@ -436,7 +437,15 @@ class Lease:
             raise JobLocked(f"job {self.store.job_id} was just taken by another run")
 
     def renew(self) -> None:
-        """Extend the lease; call it at least every ``ttl / 3`` seconds."""
+        """Extend the lease; call it at least every ``ttl / 3`` seconds.
+
+        Raises:
+            JobLocked: The lease expired and another runner took it meanwhile (this runner was
+                suspended longer than the lease lives); it must stop rather than overwrite it.
+        """
+        record = self.holder()
+        if record is not None and record.get("id") != self.owner["id"]:
+            raise JobLocked(f"job {self.store.job_id}: the lease was taken over by another run")
         write_bytes_atomic(self.path, self._record(), storage_options=self.store._options)
 
     def release(self) -> None:
@@ -456,6 +465,9 @@ class Lease:
         while not self._stop.wait(self.ttl / 3):
             try:
                 self.renew()
+            except JobLocked as exc:
+                logger.error("%s; this run no longer holds the job", exc)
+                return
             except Exception as exc:  # a missed renewal is retried; expiry is ttl away
                 logger.warning("could not renew the lease of job %s: %s", self.store.job_id, exc)
 

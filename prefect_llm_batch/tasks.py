@@ -92,11 +92,13 @@ def submit_batch(
     target: ProviderTarget,
     options: RunOptions,
     credentials: ProviderCredentials | None = None,
-) -> str:
-    """Create the provider batch of one chunk, at most once (see :func:`jobs.submit_chunk`)."""
+) -> str | None:
+    """Create the provider batch of one chunk, at most once (see :func:`jobs.submit_chunk`).
+
+    Returns the batch id, or None when the job was cancelled before this chunk was sent.
+    """
     with provider_for(target, spec, credentials) as provider:
         state = jobs.submit_chunk(ref, chunk_id, provider, options)
-    assert state.batch_id is not None
     return state.batch_id
 
 

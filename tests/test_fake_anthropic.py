@@ -416,3 +416,61 @@ def test_reset_forgets_message_batches(server: FakeProviderServer) -> None:
         assert not server.message_batches and server.stats.creates == 0
         with pytest.raises(ProviderRejected, match="404"):
             provider.retrieve(batch_id)
+
+
+def test_stalled_message_batches_hold_until_cancelled_or_released() -> None:
+    body = {
+        "requests": [
+            {
+                "custom_id": f"r{i}",
+                "params": {
+                    "model": MODEL,
+                    "max_tokens": 5,
+                    "messages": [{"role": "user", "content": f"hi {i}"}],
+                },
+            }
+            for i in range(3)
+        ]
+    }
+    with (
+        FakeProviderServer(FakeServerConfig(api_key=KEY, stall_in="in_progress")) as server,
+        httpx.Client(base_url=server.anthropic_base_url, headers=HEADERS) as client,
+    ):
+        held = client.post("/v1/messages/batches", json=body).json()["id"]
+        released = client.post("/v1/messages/batches", json=body).json()["id"]
+        time.sleep(0.05)
+        for batch_id in (held, released):
+            batch = client.get(f"/v1/messages/batches/{batch_id}").json()
+            assert batch["processing_status"] == "in_progress" and batch["request_counts"]["processing"] == 3
+        canceling = client.post(f"/v1/messages/batches/{held}/cancel").json()
+        assert canceling["processing_status"] == "canceling"
+        batch = client.get(f"/v1/messages/batches/{held}").json()
+        assert batch["processing_status"] == "ended"
+        assert batch["request_counts"] == {
+            "processing": 0,
+            "succeeded": 0,
+            "errored": 0,
+            "canceled": 3,
+            "expired": 0,
+        }
+        lines = [
+            json.loads(line) for line in client.get(f"/v1/messages/batches/{held}/results").text.splitlines()
+        ]
+        assert {line["result"]["type"] for line in lines} == {"canceled"} and len(lines) == 3
+
+        server.unstall_batches()
+        batch = client.get(f"/v1/messages/batches/{released}").json()
+        assert batch["processing_status"] == "ended" and batch["request_counts"]["succeeded"] == 3
+        assert batch["ended_at"] >= batch["created_at"]
+
+
+@pytest.mark.parametrize("status", ["validating", "finalizing"])
+def test_other_stalls_do_not_hold_message_batches(status: Any) -> None:
+    with (
+        FakeProviderServer(FakeServerConfig(api_key=KEY, stall_in=status)) as server,
+        make_provider(server) as provider,
+    ):
+        data = jsonl(provider, {"a": "hello"})
+        created = provider.create(data, None, {"job_id": "j"}, requests=1)
+        assert wait(provider, created.id)[-1].status is BatchStatus.COMPLETED
+        assert server.creates_for("j") == 0  # counts OpenAI batches only

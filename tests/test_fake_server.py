@@ -1,8 +1,11 @@
-"""The fake OpenAI batch provider, exercised over real HTTP with httpx."""
+"""The fake OpenAI batch provider (chat, embeddings, markers, stalls), exercised over real HTTP with httpx."""
 
 from __future__ import annotations
 
+import base64
 import json
+import math
+import struct
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -10,7 +13,14 @@ from typing import Any
 import httpx
 import pytest
 
-from prefect_llm_batch.testing import FakeProviderServer, FakeServerConfig
+from prefect_llm_batch.testing import (
+    DEFAULT_EMBEDDING_DIMENSIONS,
+    EMBEDDING_DIMENSIONS,
+    MARKERS,
+    FakeProviderServer,
+    FakeServerConfig,
+    default_embedding,
+)
 from prefect_llm_batch.testing.answers import default_answer
 
 pytest_plugins = ["prefect_llm_batch.testing.pytest_plugin"]
@@ -511,3 +521,410 @@ def test_server_side_cancel_and_inspection() -> None:
 def test_pytest_plugin_fixture(fake_provider: FakeProviderServer) -> None:
     response = httpx.get(fake_provider.base_url + "/batches", headers=AUTH)
     assert response.status_code == 200 and fake_provider.stats.calls["GET /v1/batches"] == 1
+
+
+# ----- embeddings ---------------------------------------------------------------------------------
+
+EMBED_MODEL = "text-embedding-3-small"
+
+
+def embedding_line(custom_id: str, text: str | list[str], **body: Any) -> dict[str, Any]:
+    return {
+        "custom_id": custom_id,
+        "method": "POST",
+        "url": "/v1/embeddings",
+        "body": {"model": EMBED_MODEL, "input": text, **body},
+    }
+
+
+def create_for(client: httpx.Client, lines: list[dict[str, Any]], endpoint: str) -> dict[str, Any]:
+    file_id = upload(client, to_jsonl(lines))["id"]
+    payload = {"input_file_id": file_id, "endpoint": endpoint, "completion_window": "24h"}
+    response = client.post("/batches", json=payload)
+    assert response.status_code == 200, response.text
+    result: dict[str, Any] = response.json()
+    return result
+
+
+def norm(vector: list[float]) -> float:
+    return math.sqrt(math.fsum(x * x for x in vector))
+
+
+def test_realtime_embeddings(server: FakeProviderServer, client: httpx.Client) -> None:
+    answer = client.post("/embeddings", json={"model": EMBED_MODEL, "input": "hello world"})
+    assert answer.status_code == 200 and answer.headers["x-request-id"].startswith("req_")
+    body = answer.json()
+    assert set(body) == {"object", "data", "model", "usage"}
+    assert body["object"] == "list" and body["model"] == EMBED_MODEL
+    assert body["usage"] == {"prompt_tokens": 3, "total_tokens": 3}
+    [item] = body["data"]
+    assert set(item) == {"object", "index", "embedding"}
+    assert item["object"] == "embedding" and item["index"] == 0
+    vector = item["embedding"]
+    assert len(vector) == 1536 and abs(norm(vector) - 1.0) < 1e-9
+    assert vector == default_embedding(EMBED_MODEL, "hello world")
+    again = client.post("/embeddings", json={"model": EMBED_MODEL, "input": "hello world"}).json()
+    assert again["data"][0]["embedding"] == vector  # deterministic
+    other = client.post("/embeddings", json={"model": EMBED_MODEL, "input": "hello there"}).json()
+    assert other["data"][0]["embedding"] != vector
+
+    for model, size in [*EMBEDDING_DIMENSIONS.items(), ("my-local-embedder", DEFAULT_EMBEDDING_DIMENSIONS)]:
+        sized = client.post("/embeddings", json={"model": model, "input": "x"}).json()
+        assert len(sized["data"][0]["embedding"]) == size, model
+    assert DEFAULT_EMBEDDING_DIMENSIONS == 256
+
+    many = client.post(
+        "/embeddings",
+        json={"model": "text-embedding-3-large", "input": ["a", "bb", "hello world"], "dimensions": 8},
+    ).json()
+    assert [d["index"] for d in many["data"]] == [0, 1, 2]
+    assert all(len(d["embedding"]) == 8 and abs(norm(d["embedding"]) - 1) < 1e-9 for d in many["data"])
+    assert many["data"][2]["embedding"] == default_embedding("text-embedding-3-large", "hello world", 8)
+    assert many["usage"]["prompt_tokens"] == many["usage"]["total_tokens"] == 1 + 1 + 3
+
+    encoded = client.post(
+        "/embeddings",
+        json={"model": EMBED_MODEL, "input": "hi", "dimensions": 4, "encoding_format": "base64"},
+    ).json()["data"][0]["embedding"]
+    decoded = struct.unpack("<4f", base64.b64decode(encoded))
+    assert decoded == pytest.approx(default_embedding(EMBED_MODEL, "hi", 4), abs=1e-6)
+    floats = {"model": EMBED_MODEL, "input": "hi", "dimensions": 4, "encoding_format": "float"}
+    assert client.post("/embeddings", json=floats).json()["data"][0]["embedding"] == default_embedding(
+        EMBED_MODEL, "hi", 4
+    )
+
+    bad_bodies: list[tuple[dict[str, Any], str | None]] = [
+        ({"input": "x"}, "model"),
+        ({"model": EMBED_MODEL}, None),
+        ({"model": EMBED_MODEL, "input": ""}, None),
+        ({"model": EMBED_MODEL, "input": []}, None),
+        ({"model": EMBED_MODEL, "input": [1, 2, 3]}, None),
+        ({"model": EMBED_MODEL, "input": ["x"] * 2049}, "input"),
+        ({"model": EMBED_MODEL, "input": "x", "dimensions": 0}, "dimensions"),
+        ({"model": EMBED_MODEL, "input": "x", "dimensions": 1537}, "dimensions"),
+        ({"model": "text-embedding-ada-002", "input": "x", "dimensions": 8}, "dimensions"),
+        ({"model": EMBED_MODEL, "input": "x", "encoding_format": "int8"}, "encoding_format"),
+    ]
+    for bad, param in bad_bodies:
+        rejected = client.post("/embeddings", json=bad)
+        assert rejected.status_code == 400, bad
+        error = rejected.json()["error"]
+        assert set(error) == {"message", "type", "param", "code"}
+        assert error["type"] == "invalid_request_error" and error["param"] == param and error["message"]
+
+    for marker, status in (("400", 400), ("500", 500), ("timeout", 408), ("drop", 500)):
+        failed = client.post(
+            "/embeddings", json={"model": EMBED_MODEL, "input": ["ok", f"x [[fake:{marker}]]"]}
+        )
+        assert failed.status_code == status and set(failed.json()["error"]) == {
+            "message",
+            "type",
+            "param",
+            "code",
+        }
+    ignored = client.post("/embeddings", json={"model": EMBED_MODEL, "input": "x [[fake:refusal]]"})
+    assert ignored.status_code == 200 and len(ignored.json()["data"]) == 1
+
+    server.fail_next("POST", "/v1/embeddings", status=503)
+    assert client.post("/embeddings", json={"model": EMBED_MODEL, "input": "x"}).status_code == 503
+    assert client.post("/embeddings", json={"model": EMBED_MODEL, "input": "x"}).status_code == 200
+    assert server.stats.calls["POST /v1/embeddings"] >= 20
+
+
+def test_embeddings_batch(client: httpx.Client) -> None:
+    lines = [
+        embedding_line("one", "first text"),
+        embedding_line("many", ["a", "b c"], dimensions=16),
+        embedding_line("bad", "x", dimensions=99999),
+        *(embedding_line(marker, f"text [[fake:{marker}]]") for marker in ("400", "500", "drop", "timeout")),
+    ]
+    batch = create_for(client, lines, "/v1/embeddings")
+    assert batch["endpoint"] == "/v1/embeddings" and batch["status"] == "validating"
+    batch = wait_until_done(client, batch["id"])
+    assert batch["status"] == "completed" and batch["model"] == EMBED_MODEL
+    assert batch["request_counts"] == {"total": 7, "completed": 3, "failed": 4}  # "drop" counts as done
+    assert batch["usage"]["input_tokens"] > 0 and batch["usage"]["output_tokens"] == 0
+    output = {line["custom_id"]: line for line in content(client, batch["output_file_id"])}
+    errors = {line["custom_id"]: line for line in content(client, batch["error_file_id"])}
+    assert set(output) == {"one", "many"} and set(errors) == {"bad", "400", "500", "timeout"}
+    one = output["one"]["response"]
+    assert one["status_code"] == 200 and output["one"]["error"] is None
+    assert one["body"]["object"] == "list" and one["body"]["model"] == EMBED_MODEL
+    assert one["body"]["data"] == [
+        {"object": "embedding", "index": 0, "embedding": default_embedding(EMBED_MODEL, "first text")}
+    ]
+    realtime = client.post("/embeddings", json=lines[0]["body"]).json()
+    assert one["body"] == realtime  # the batch answers exactly like the realtime route
+    many = output["many"]["response"]["body"]["data"]
+    assert [(d["index"], len(d["embedding"])) for d in many] == [(0, 16), (1, 16)]
+    for custom_id, status in (("bad", 400), ("400", 400), ("500", 500)):
+        assert errors[custom_id]["response"]["status_code"] == status and errors[custom_id]["error"] is None
+    assert errors["timeout"]["response"] is None and errors["timeout"]["error"]["code"] == "request_timeout"
+
+
+@pytest.mark.parametrize(
+    ("endpoint", "lines", "code"),
+    [
+        ("/v1/embeddings", [embedding_line("a", "x"), request_line("b", "y")], "url_mismatch"),
+        (ENDPOINT, [request_line("a", "x"), embedding_line("b", "y")], "url_mismatch"),
+        (
+            "/v1/embeddings",
+            [
+                embedding_line("a", "x"),
+                {**embedding_line("b", "y"), "body": {"model": "other", "input": "y"}},
+            ],
+            "model_mismatch",
+        ),
+    ],
+    ids=["chat-line-in-embeddings-batch", "embeddings-line-in-chat-batch", "model_mismatch"],
+)
+def test_embeddings_batch_validation(
+    client: httpx.Client, endpoint: str, lines: list[dict[str, Any]], code: str
+) -> None:
+    batch = retrieve(client, create_for(client, lines, endpoint)["id"])
+    assert batch["status"] == "failed"
+    assert batch["errors"]["data"][0]["code"] == code and batch["errors"]["data"][0]["line"] == 2
+
+
+def test_embeddings_count_toward_the_enqueued_token_limit() -> None:
+    with (
+        FakeProviderServer(FakeServerConfig(enqueued_token_limit=5)) as server,
+        httpx.Client(base_url=server.base_url, headers=AUTH) as client,
+    ):
+        small = retrieve(client, create_for(client, [embedding_line("a", "tiny")], "/v1/embeddings")["id"])
+        assert small["status"] == "completed"
+        big = [embedding_line("a", "a prompt longer than twenty chars")]
+        batch = retrieve(client, create_for(client, big, "/v1/embeddings")["id"])
+        assert batch["status"] == "failed" and batch["errors"]["data"][0]["code"] == "token_limit_exceeded"
+
+
+# ----- [[fake:invalid_json]] ----------------------------------------------------------------------
+
+SCHEMA_FORMAT = {
+    "type": "json_schema",
+    "json_schema": {
+        "name": "review",
+        "strict": True,
+        "schema": {
+            "type": "object",
+            "properties": {
+                "label": {"enum": ["positive", "negative", "mixed"]},
+                "summary": {"type": "string"},
+            },
+            "required": ["label", "summary"],
+            "additionalProperties": False,
+        },
+    },
+}
+
+
+@pytest.mark.parametrize(
+    "response_format", [SCHEMA_FORMAT, {"type": "json_object"}], ids=["schema", "object"]
+)
+def test_invalid_json_marker_breaks_structured_answers(
+    client: httpx.Client, response_format: dict[str, Any]
+) -> None:
+    prompt = "Sentiment of this review: great food [[fake:invalid_json]]"
+    line = request_line("bad", prompt)
+    line["body"]["response_format"] = response_format
+    valid = default_answer(line["body"])
+    json.loads(valid)
+    clean = request_line("good", "Sentiment of this review: great food")
+    clean["body"]["response_format"] = response_format
+
+    realtime = client.post("/chat/completions", json=line["body"])
+    assert realtime.status_code == 200
+    choice = realtime.json()["choices"][0]
+    text = choice["message"]["content"]
+    assert choice["finish_reason"] == "stop" and text and valid.startswith(text) and text != valid
+    with pytest.raises(json.JSONDecodeError):
+        json.loads(text)
+
+    batch = wait_until_done(client, submit(client, [line, clean])["id"])
+    assert batch["request_counts"] == {"total": 2, "completed": 2, "failed": 0}
+    output = {line["custom_id"]: line for line in content(client, batch["output_file_id"])}
+    assert output["bad"]["response"]["body"]["choices"][0]["message"]["content"] == text
+    assert json.loads(output["good"]["response"]["body"]["choices"][0]["message"]["content"]) == json.loads(
+        valid
+    )
+
+
+def test_invalid_json_marker_without_response_format_is_a_no_op(client: httpx.Client) -> None:
+    body = request_line("a", "Summarize: the cat sat [[fake:invalid_json]]")["body"]
+    answer = client.post("/chat/completions", json=body).json()["choices"][0]
+    assert answer["message"]["content"] == "[simulated] Summarize: the cat sat" == default_answer(body)
+    assert answer["finish_reason"] == "stop"
+    assert "invalid_json" in MARKERS
+
+
+# ----- stalled batches ----------------------------------------------------------------------------
+
+
+def test_config_stall_in_progress_holds_until_cancelled() -> None:
+    lines = [request_line(f"r{i}", f"Summarize item {i}") for i in range(4)]
+    with (
+        FakeProviderServer(FakeServerConfig(stall_in="in_progress")) as server,
+        httpx.Client(base_url=server.base_url, headers=AUTH) as client,
+    ):
+        assert server.stalled_in == "in_progress"
+        batch_id = submit(client, lines)["id"]
+        for _ in range(3):
+            batch = retrieve(client, batch_id)
+            assert batch["status"] == "in_progress" and batch["in_progress_at"] is not None
+            assert batch["request_counts"] == {"total": 4, "completed": 0, "failed": 0}
+            time.sleep(0.05)
+        assert client.post(f"/batches/{batch_id}/cancel").json()["status"] == "cancelling"
+        batch = retrieve(client, batch_id)
+        assert batch["status"] == "cancelled" and batch["output_file_id"] is None
+        errors = content(client, batch["error_file_id"])
+        assert sorted(e["custom_id"] for e in errors) == ["r0", "r1", "r2", "r3"]
+        assert {e["error"]["code"] for e in errors} == {"batch_cancelled"}
+
+
+def test_config_stall_in_validating_and_finalizing() -> None:
+    lines = [request_line("a", "x"), request_line("b", "y")]
+    with (
+        FakeProviderServer(FakeServerConfig(stall_in="validating")) as server,
+        httpx.Client(base_url=server.base_url, headers=AUTH) as client,
+    ):
+        batch_id = submit(client, lines)["id"]
+        time.sleep(0.05)
+        batch = retrieve(client, batch_id)
+        assert batch["status"] == "validating" and batch["in_progress_at"] is None
+        server.cancel_batch(batch_id)
+        batch = retrieve(client, batch_id)
+        assert batch["status"] == "cancelled" and batch["in_progress_at"] is None
+        assert {e["error"]["code"] for e in content(client, batch["error_file_id"])} == {"batch_cancelled"}
+    with (
+        FakeProviderServer(FakeServerConfig(stall_in="finalizing")) as server,
+        httpx.Client(base_url=server.base_url, headers=AUTH) as client,
+    ):
+        batch_id = submit(client, lines)["id"]
+        time.sleep(0.05)
+        batch = retrieve(client, batch_id)
+        assert batch["status"] == "finalizing" and batch["finalizing_at"] is not None
+        assert batch["request_counts"] == {"total": 2, "completed": 2, "failed": 0}
+        assert batch["output_file_id"] is None
+        client.post(f"/batches/{batch_id}/cancel")
+        batch = retrieve(client, batch_id)
+        assert batch["status"] == "cancelled" and batch["error_file_id"] is None
+        assert sorted(line["custom_id"] for line in content(client, batch["output_file_id"])) == ["a", "b"]
+
+
+def test_stall_and_unstall_mid_test_resume_where_they_stopped() -> None:
+    config = FakeServerConfig(in_progress_seconds=0.4, finalizing_seconds=0.1)
+    lines = [request_line(f"r{i}", f"Summarize item {i}") for i in range(10)]
+    with (
+        FakeProviderServer(config) as server,
+        httpx.Client(base_url=server.base_url, headers=AUTH) as client,
+    ):
+        server.stall_batches("in_progress")
+        fresh = submit(client, lines)["id"]
+        time.sleep(0.6)  # longer than the whole schedule
+        batch = retrieve(client, fresh)
+        assert batch["status"] == "in_progress" and batch["request_counts"]["completed"] == 0
+        server.unstall_batches()
+        assert server.stalled_in is None
+        batch = retrieve(client, fresh)  # the stalled time does not count: still all to run
+        assert batch["status"] == "in_progress" and batch["request_counts"]["completed"] < 5
+        batch = wait_until_done(client, fresh)
+        assert batch["status"] == "completed" and batch["request_counts"]["completed"] == 10
+        assert batch["in_progress_at"] <= batch["finalizing_at"] <= batch["completed_at"]
+        assert batch["completed_at"] >= batch["created_at"]
+
+
+def test_stall_freezes_a_running_batch_where_it_is() -> None:
+    lines = [request_line(f"r{i}", f"Summarize item {i}") for i in range(20)]
+    with (
+        FakeProviderServer(FakeServerConfig(in_progress_seconds=0.6)) as server,
+        httpx.Client(base_url=server.base_url, headers=AUTH) as client,
+    ):
+        batch_id = submit(client, lines)["id"]
+        time.sleep(0.2)
+        server.stall_batches("in_progress")
+        frozen = retrieve(client, batch_id)["request_counts"]["completed"]
+        assert 0 < frozen < 20
+        time.sleep(0.3)
+        batch = retrieve(client, batch_id)
+        assert batch["status"] == "in_progress" and batch["request_counts"]["completed"] == frozen
+        # switching the stall to a later status releases this one: it runs and stops at finalizing
+        server.stall_batches("finalizing")
+        assert frozen <= retrieve(client, batch_id)["request_counts"]["completed"] < 20
+        deadline = time.monotonic() + 5
+        while (batch := retrieve(client, batch_id))["status"] != "finalizing":
+            assert time.monotonic() < deadline and batch["status"] == "in_progress"
+            time.sleep(0.02)
+        time.sleep(0.05)
+        assert retrieve(client, batch_id)["status"] == "finalizing"
+        server.unstall_batches()
+        assert retrieve(client, batch_id)["status"] == "completed"
+
+
+def test_stall_does_not_touch_batches_past_it_and_reset_restores_config() -> None:
+    with (
+        FakeProviderServer(FakeServerConfig(stall_in="finalizing")) as server,
+        httpx.Client(base_url=server.base_url, headers=AUTH) as client,
+    ):
+        server.unstall_batches()
+        done = submit(client, [request_line("a", "x")])["id"]
+        assert retrieve(client, done)["status"] == "completed"
+        server.stall_batches("validating")
+        assert retrieve(client, done)["status"] == "completed"
+        held = submit(client, [request_line("a", "x")])["id"]
+        assert retrieve(client, held)["status"] == "validating"
+        server.unstall_batches()
+        server.unstall_batches()  # idempotent
+        assert retrieve(client, held)["status"] == "completed"
+        server.reset()
+        assert server.stalled_in == "finalizing"
+    with pytest.raises(ValueError, match="stall"):
+        FakeServerConfig(stall_in="running")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="cannot stall"):
+        FakeProviderServer().stall_batches("completed")  # type: ignore[arg-type]
+
+
+# ----- creates per job ----------------------------------------------------------------------------
+
+
+def test_creates_for_counts_batches_per_job(server: FakeProviderServer, client: httpx.Client) -> None:
+    file_id = upload(client, to_jsonl([request_line("a", "x")]))["id"]
+    create(client, file_id, metadata={"job_id": "job-1", "chunk_id": "0"})
+    create(client, file_id, metadata={"job_id": "job-1", "chunk_id": "1"})
+    create(client, file_id, metadata={"job_id": "job-2"})
+    create(client, file_id, metadata={"chunk_id": "9"})
+    create(client, file_id)
+    server.fail_next("POST", "/v1/batches", status=500)
+    failed = client.post(
+        "/batches",
+        json={
+            "input_file_id": file_id,
+            "endpoint": ENDPOINT,
+            "completion_window": "24h",
+            "metadata": {"job_id": "job-2"},
+        },
+    )
+    assert failed.status_code == 500
+    server.stall_next_create(seconds=2.0)
+    with pytest.raises(httpx.ReadTimeout):
+        client.post(
+            "/batches",
+            json={
+                "input_file_id": file_id,
+                "endpoint": ENDPOINT,
+                "completion_window": "24h",
+                "metadata": {"job_id": "job-2"},
+            },
+            timeout=httpx.Timeout(5.0, read=0.2),
+        )
+    assert (server.creates_for("job-1"), server.creates_for("job-2"), server.creates_for("nope")) == (2, 2, 0)
+    assert server.stats.creates_by_job == {"job-1": 2, "job-2": 2} and server.stats.creates == 6
+    server.reset()
+    assert server.creates_for("job-1") == 0
+
+
+def test_public_names_are_reexported() -> None:
+    import prefect_llm_batch.testing as testing
+
+    for name in ("EMBEDDING_DIMENSIONS", "FakeMessageBatch", "StallStatus", "default_embedding", "MARKERS"):
+        assert name in testing.__all__ and hasattr(testing, name)
+    assert "POST /v1/embeddings" in testing.ROUTES

@@ -12,6 +12,7 @@ from pydantic import BaseModel
 
 from ..errors import AmbiguousCreate, BatchFailed, ProviderRejected, StateError
 from ..providers.base import BatchInfo, BatchProvider, BatchStatus
+from ..providers.openai import EMBEDDINGS_ENDPOINT
 from ..results import RowResult, results_to_table, short
 from ..spec import ErrorKind, RunOptions
 from ..store import ChunkState, JobRecord, JobStore, ResponseCache
@@ -69,6 +70,19 @@ def ended(state: ChunkState) -> bool:
 def _in_flight(store: JobStore, record: JobRecord, exclude: int) -> list[ChunkState]:
     states = (store.read_chunk(c.chunk_id) for c in record.chunks if c.chunk_id != exclude)
     return [s for s in states if s.batch_id and not ended(s)]
+
+
+def _owned_batches(store: JobStore, chunk_id: int) -> set[str]:
+    """Batch ids other chunks of the job own (never to be adopted for ``chunk_id``)."""
+    owned: set[str] = set()
+    for plan in store.read_job().chunks:
+        if plan.chunk_id == chunk_id:
+            continue
+        state = store.read_chunk(plan.chunk_id)
+        owned.update(h["batch_id"] for h in state.history if h.get("batch_id"))
+        if state.batch_id:
+            owned.add(state.batch_id)
+    return owned
 
 
 def wait_for_capacity(
@@ -135,12 +149,24 @@ def submit_chunk(
     n_requests = next(c.requests for c in store.read_job().chunks if c.chunk_id == chunk_id)
     if state.intent_at is not None:
         found = provider.find_batch(
-            metadata, created_after=state.intent_at - ADOPT_LOOKBACK_S, requests=n_requests
+            metadata,
+            created_after=state.intent_at - ADOPT_LOOKBACK_S,
+            requests=n_requests,
+            exclude=_owned_batches(store, chunk_id),
         )
         if found is not None:
             logger.info("chunk %d: adopted batch %s created by an earlier run", chunk_id, found.id)
             return _record_batch(store, state, found)
     wait_for_capacity(ref, chunk_id, provider, options, sleep)
+    if store.is_cancelled():  # the user cancelled while this chunk waited: do not pay for it
+        state.status, state.raw_status, state.cancelled_by = (
+            BatchStatus.CANCELLED.value,
+            "not submitted",
+            "user",
+        )
+        store.write_chunk(state)
+        logger.info("chunk %d: not submitted, the job was cancelled", chunk_id)
+        return state
     data = store.read_chunk_input(chunk_id)
     if state.input_file_id is None:
         state.input_file_id = provider.upload(data, f"{ref.job_id}-chunk-{chunk_id:05d}.jsonl")
@@ -152,7 +178,10 @@ def submit_chunk(
     except AmbiguousCreate as exc:
         logger.warning("chunk %d: create had no clear answer (%s); looking for the batch", chunk_id, exc)
         found = provider.find_batch(
-            metadata, created_after=state.intent_at - ADOPT_LOOKBACK_S, requests=n_requests
+            metadata,
+            created_after=state.intent_at - ADOPT_LOOKBACK_S,
+            requests=n_requests,
+            exclude=_owned_batches(store, chunk_id),
         )
         if found is None:
             logger.warning("chunk %d: no batch carries its metadata; creating it", chunk_id)
@@ -331,13 +360,19 @@ def collect_chunk(
     state = store.read_chunk(chunk_id)
     if state.collected:
         return store.read_results(chunk_id).num_rows
-    if not state.batch_id or not ended(state):
-        raise StateError(f"chunk {chunk_id} of job {ref.job_id} has not ended; wait for it first")
-    round_ = next(c.round for c in store.read_job().chunks if c.chunk_id == chunk_id)
-    info = provider.retrieve(state.batch_id)
+    record = store.read_job()
+    round_ = next(c.round for c in record.chunks if c.chunk_id == chunk_id)
     expected = _chunk_custom_ids(store, chunk_id)
     results: dict[str, RowResult] = {}
-    if info.status is BatchStatus.FAILED:
+    if state.batch_id is None and state.cancelled_by == "user" and ended(state):
+        for cid in expected:  # never sent: the job was cancelled before this chunk's turn
+            results[cid] = RowResult(
+                cid, error_kind=ErrorKind.BATCH_CANCELLED, error="not sent: the job was cancelled"
+            )
+        round_ -= 1
+    elif not state.batch_id or not ended(state):
+        raise StateError(f"chunk {chunk_id} of job {ref.job_id} has not ended; wait for it first")
+    elif (info := provider.retrieve(state.batch_id)).status is BatchStatus.FAILED:
         message = short(f"batch {info.id} failed validation: {info.error_summary()}")
         for cid in expected:
             results[cid] = RowResult(
@@ -368,7 +403,9 @@ def collect_chunk(
             )
     for result in results.values():
         result.attempts = round_
-    table = results_to_table(results[cid] for cid in expected)
+    table = results_to_table(
+        (results[cid] for cid in expected), embeddings=record.endpoint == EMBEDDINGS_ENDPOINT
+    )
     store.write_results(chunk_id, table)
     if options.cache != "off":
         ok = table.filter(table.column("response_error_kind").is_null())

@@ -15,8 +15,9 @@ from pydantic import BaseModel, Field
 from .. import __version__
 from ..costs import estimate_cost
 from ..errors import StateError
+from ..providers.openai import EMBEDDINGS_ENDPOINT
 from ..requests import canonical_json
-from ..results import RESULT_SCHEMA, join_results, parse_structured
+from ..results import cast_embeddings, embedding_type, join_results, parse_structured, result_schema
 from ..schemas import ResponseSchema
 from ..store import JobStore
 from ..table import fingerprint, read_table, write_parquet_atomic
@@ -58,21 +59,22 @@ class JobSummary(BaseModel):
 def latest_results(store: JobStore) -> tuple[pa.Table, list[str]]:
     """Every request's latest result (cached answers, then each round in order), and the batch ids."""
     record = store.read_job()
+    schema = result_schema(embeddings=record.endpoint == EMBEDDINGS_ENDPOINT)
     parts: list[pa.Table] = []
     cached = store.read_cached_results()
     if cached is not None:
-        parts.append(cached)
+        parts.append(cached.select(schema.names).cast(schema))
     batch_ids: list[str] = []
     for plan in sorted(record.chunks, key=lambda c: (c.round, c.chunk_id)):
         state = store.read_chunk(plan.chunk_id)
         if not state.collected:
             raise StateError(f"chunk {plan.chunk_id} of job {record.job_id} is not collected yet")
-        parts.append(store.read_results(plan.chunk_id).select(RESULT_SCHEMA.names).cast(RESULT_SCHEMA))
+        parts.append(store.read_results(plan.chunk_id).select(schema.names).cast(schema))
         batch_ids.extend(h["batch_id"] for h in state.history if h.get("batch_id"))
         if state.batch_id:
             batch_ids.append(state.batch_id)
     if not parts:
-        return RESULT_SCHEMA.empty_table(), batch_ids
+        return schema.empty_table(), batch_ids
     results = pa.concat_tables(parts)
     # A request retried in a later round has several results: keep the last one.
     order = pa.array(range(results.num_rows), pa.int64())
@@ -102,6 +104,8 @@ def assemble(
         raise StateError(f"{record.source} changed since job {ref.job_id} was prepared; run the job again")
     table = read_table(record.source, limit=record.limit, storage_options=storage_options)
     results, batch_ids = latest_results(store)
+    if record.endpoint == EMBEDDINGS_ENDPOINT:
+        results = cast_embeddings(results, embedding_type(record.model, record.params))
     if record.response_schema is not None:
         schema = ResponseSchema(record.response_schema)
         results = parse_structured(results, schema, parser=parser, column_prefix=record.column_prefix)

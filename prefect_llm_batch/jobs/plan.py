@@ -15,8 +15,8 @@ from pydantic import BaseModel
 from ..errors import InputError
 from ..prompts import PromptTemplate
 from ..providers.base import BatchProvider
-from ..requests import build_request_set, canonical_json, encode_line, normalise_base_url, plan_chunks
-from ..results import OUTPUT_COLUMNS, RESULT_SCHEMA
+from ..requests import build_request_set, canonical_json, line_encoder, normalise_base_url, plan_chunks
+from ..results import EMBEDDING_COLUMN, OUTPUT_COLUMNS, RESULT_SCHEMA, result_schema
 from ..schemas import ResponseSchema
 from ..spec import BatchLimits, CacheMode, ErrorKind, JobSpec, ProviderTarget, RunOptions
 from ..store import ChunkPlanRecord, ChunkState, JobRecord, JobStore, ResponseCache
@@ -247,9 +247,12 @@ def prepare(
             cached_ids = {str(cid) for cid in hits.column("custom_id").to_pylist()}
     lines: list[bytes] = []
     first_rows: list[int] = []
-    for cid, body, row in zip(request_set.unique_ids, request_set.bodies, request_set.first_row, strict=True):
+    encode = line_encoder(provider.build_line)  # splices each body's key JSON into its line
+    for cid, body, row in zip(
+        request_set.unique_ids, request_set.body_json, request_set.first_row, strict=True
+    ):
         if cid not in cached_ids:
-            lines.append(encode_line(provider.build_line(cid, body)))
+            lines.append(encode(cid, body))
             first_rows.append(row)
     chunks = _write_chunks(store, lines, limits, 0, 1, first_rows)
     store.write_row_ids(request_set.row_ids)
@@ -268,6 +271,7 @@ def prepare(
         ).hexdigest(),
         response_schema=spec.response_schema,
         column_prefix=spec.column_prefix,
+        params=spec.params,
         rows=table.num_rows,
         unique_requests=len(request_set.unique_ids),
         cached_requests=len(cached_ids),
@@ -283,7 +287,8 @@ def prepare(
 
 
 def _as_cached(hits: pa.Table) -> pa.Table:
-    hits = hits.select(RESULT_SCHEMA.names).cast(RESULT_SCHEMA)
+    schema = result_schema(embeddings=EMBEDDING_COLUMN in hits.column_names)
+    hits = hits.select(schema.names).cast(schema)
     n = hits.num_rows
     hits = hits.set_column(
         RESULT_SCHEMA.get_field_index("response_cached"), "response_cached", pa.array([True] * n, pa.bool_())

@@ -63,7 +63,7 @@ from __future__ import annotations
 
 import re
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator
 from datetime import datetime, timezone
 from typing import Any
 from urllib.parse import urlsplit
@@ -498,12 +498,18 @@ class AnthropicBatchProvider(RetryingHTTP, BatchProvider):
         return self.batch_info(response.json())
 
     def find_batch(
-        self, metadata: dict[str, str], created_after: float | None = None, *, requests: int | None = None
+        self,
+        metadata: dict[str, str],
+        created_after: float | None = None,
+        *,
+        requests: int | None = None,
+        exclude: Collection[str] = (),
     ) -> BatchInfo | None:
         """Adopt the one batch since ``created_after`` with ``requests`` requests (see the module docstring).
 
         ``metadata`` is ignored (Anthropic batches carry none). Without ``requests`` nothing can
-        be matched and the answer is ``None``.
+        be matched and the answer is ``None``. Batches in ``exclude`` (those other chunks of the job
+        already own) are never candidates.
         """
         if requests is None:
             return None
@@ -522,6 +528,8 @@ class AnthropicBatchProvider(RetryingHTTP, BatchProvider):
                     too_old = True  # newest first: the rest are older still
                     break
                 counts = raw.get("request_counts")
+                if raw.get("id") in exclude:
+                    continue
                 if isinstance(counts, dict) and sum(_int(v) for v in counts.values()) == requests:
                     matches.append(self.batch_info(raw))
                     if len(matches) > 1:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import enum
 from abc import ABC, abstractmethod
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -135,10 +135,16 @@ class BatchProvider(ABC):
 
     @abstractmethod
     def find_batch(
-        self, metadata: dict[str, str], created_after: float | None = None, *, requests: int | None = None
+        self,
+        metadata: dict[str, str],
+        created_after: float | None = None,
+        *,
+        requests: int | None = None,
+        exclude: Collection[str] = (),
     ) -> BatchInfo | None:
         """Return the newest batch created by :meth:`create` with ``metadata``, looking back to
-        ``created_after``. Providers without batch metadata may match on ``requests`` and time."""
+        ``created_after``. Providers without batch metadata may match on ``requests`` and time,
+        never adopting a batch in ``exclude`` (owned by other chunks of the job)."""
 
     @abstractmethod
     def retrieve(self, batch_id: str) -> BatchInfo:

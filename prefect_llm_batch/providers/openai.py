@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import email.utils
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator
 from typing import Any
 
 import httpx
@@ -276,7 +276,12 @@ class OpenAIBatchProvider(RetryingHTTP, BatchProvider):
         return self.batch_info(response.json())
 
     def find_batch(
-        self, metadata: dict[str, str], created_after: float | None = None, *, requests: int | None = None
+        self,
+        metadata: dict[str, str],
+        created_after: float | None = None,
+        *,
+        requests: int | None = None,
+        exclude: Collection[str] = (),
     ) -> BatchInfo | None:
         after: str | None = None
         for _ in range(1000):  # 100,000 batches at most

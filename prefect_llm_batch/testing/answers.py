@@ -1,4 +1,4 @@
-"""Deterministic answers of the fake provider: a pure function of the request body.
+"""Deterministic answers and embeddings of the fake provider: pure functions of the request body.
 
 The fake server (:mod:`prefect_llm_batch.testing.server`) answers every chat request with
 :func:`default_answer` unless :class:`~prefect_llm_batch.testing.FakeServerConfig` sets its own
@@ -16,8 +16,14 @@ The fake server (:mod:`prefect_llm_batch.testing.server`) answers every chat req
   with ``N`` among ``tools``), :func:`forced_tool` finds it and :func:`tool_input` builds an
   ``input`` that fits the tool's ``input_schema``, by the same rules as ``json_schema`` answers.
 
+Embeddings requests (``/v1/embeddings``) get :func:`default_embedding` vectors: unit-length,
+seeded by the SHA-256 of the model and the input text, as long as ``dimensions`` when given, else
+as :data:`EMBEDDING_DIMENSIONS` says for the model (:data:`DEFAULT_EMBEDDING_DIMENSIONS` for
+models it does not list). The same (model, text, dimensions) always gives the same vector.
+
 Markers such as ``[[fake:400]]`` (see :data:`MARKERS`) are removed before answering; the server
-reads them with :func:`find_markers` to make single rows misbehave.
+reads them with :func:`find_markers` to make single rows misbehave. ``[[fake:invalid_json]]``
+makes a ``response_format`` answer invalid JSON: :func:`broken_json` cuts it in half.
 
 Token counts are ``ceil(characters / 4)``, like OpenAI's rule of thumb.
 
@@ -38,18 +44,35 @@ Examples:
     ...     "tools": [tool], "tool_choice": {"type": "tool", "name": "answer"}}
     >>> tool_input(anthropic, forced_tool(anthropic)["input_schema"])
     {'label': 'positive'}
+    >>> vector = default_embedding("text-embedding-3-small", "hello")
+    >>> len(vector), round(sum(x * x for x in vector), 6), vector == default_embedding(
+    ...     "text-embedding-3-small", "hello")
+    (1536, 1.0, True)
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import re
+import struct
 from collections.abc import Mapping
+from types import MappingProxyType
 from typing import Any
 
-#: Markers understood by the fake server, written ``[[fake:<name>]]`` in any message content.
-MARKERS: frozenset[str] = frozenset({"400", "500", "refusal", "length", "content_filter", "drop", "timeout"})
+#: Markers understood by the fake server, written ``[[fake:<name>]]`` in any message content
+#: (or in an embeddings ``input``).
+MARKERS: frozenset[str] = frozenset(
+    {"400", "500", "refusal", "length", "content_filter", "drop", "timeout", "invalid_json"}
+)
+
+#: Native vector length per embeddings model (read-only); ``dimensions`` in a request overrides it.
+EMBEDDING_DIMENSIONS: Mapping[str, int] = MappingProxyType(
+    {"text-embedding-3-small": 1536, "text-embedding-3-large": 3072, "text-embedding-ada-002": 1536}
+)
+#: Vector length for models :data:`EMBEDDING_DIMENSIONS` does not list.
+DEFAULT_EMBEDDING_DIMENSIONS = 256
 
 #: Words of the summary-like answer.
 SUMMARY_WORDS = 12
@@ -104,13 +127,35 @@ def _messages(body: Mapping[str, Any]) -> list[Mapping[str, Any]]:
     return [m for m in messages if isinstance(m, Mapping)]
 
 
+def embedding_inputs(body: Mapping[str, Any]) -> list[str] | None:
+    """Return the texts of an embeddings body's ``input`` (a string or a list of strings).
+
+    Returns:
+        One text per embedding to make, or ``None`` when ``input`` is missing or of another
+        shape (token arrays are not supported by the fake).
+
+    Examples:
+        >>> embedding_inputs({"input": "a"}), embedding_inputs({"input": ["a", "b"]})
+        (['a'], ['a', 'b'])
+        >>> embedding_inputs({"input": [1, 2]}) is None
+        True
+    """
+    value = body.get("input")
+    if isinstance(value, str):
+        return [value]
+    if isinstance(value, list) and all(isinstance(item, str) for item in value):
+        return list(value)
+    return None
+
+
 def find_markers(body: Mapping[str, Any]) -> frozenset[str]:
     """Return the ``[[fake:...]]`` marker names found in any message of a request body.
 
-    The top-level ``system`` of an Anthropic Messages body is searched too.
+    The top-level ``system`` of an Anthropic Messages body and the ``input`` of an embeddings
+    body (a string or a list of strings) are searched too.
 
     Args:
-        body: A chat completions or Anthropic Messages request body.
+        body: A chat completions, Anthropic Messages or embeddings request body.
 
     Returns:
         The marker names (only those in :data:`MARKERS`).
@@ -122,6 +167,8 @@ def find_markers(body: Mapping[str, Any]) -> frozenset[str]:
     found: set[str] = set(_MARKER_RE.findall(content_text(body.get("system"))))
     for message in _messages(body):
         found.update(_MARKER_RE.findall(content_text(message.get("content"))))
+    for text in embedding_inputs(body) or []:
+        found.update(_MARKER_RE.findall(text))
     return frozenset(found & MARKERS)
 
 
@@ -315,3 +362,69 @@ def tool_input(body: Mapping[str, Any], input_schema: Any) -> dict[str, Any]:
     text = last_user_text(body)
     value = _schema_value(input_schema, text, classify_sentiment(text))
     return value if isinstance(value, dict) else {}
+
+
+def broken_json(text: str) -> str:
+    """Return ``text`` made invalid JSON: its first half (``[[fake:invalid_json]]``).
+
+    If the first half still parses (or is empty), ``{`` is put in front, which never parses.
+
+    Examples:
+        >>> broken_json('{"label": "positive"}')
+        '{"label": '
+        >>> broken_json("12")
+        '{1'
+    """
+    cut = text[: len(text) // 2]
+    try:
+        json.loads(cut)
+    except ValueError:
+        return cut
+    return "{" + cut
+
+
+def embedding_dimensions(model: str, dimensions: int | None = None) -> int:
+    """Return the length of the fake vectors of ``model``: ``dimensions`` if given, else from the table.
+
+    Examples:
+        >>> embedding_dimensions("text-embedding-3-large"), embedding_dimensions("my-embedder")
+        (3072, 256)
+        >>> embedding_dimensions("text-embedding-3-large", 64)
+        64
+    """
+    if dimensions is not None:
+        return dimensions
+    return EMBEDDING_DIMENSIONS.get(model, DEFAULT_EMBEDDING_DIMENSIONS)
+
+
+def default_embedding(model: str, text: str, dimensions: int | None = None) -> list[float]:
+    """Return the deterministic unit-length embedding of ``text`` for ``model``.
+
+    Components are drawn uniformly from ``[-1, 1)`` by SHA-256 in counter mode, seeded by the
+    SHA-256 of ``model`` and ``text`` (markers included), then scaled to length 1. The result is
+    the same on every platform and Python version.
+
+    Args:
+        model: The embeddings model name.
+        text: One input text.
+        dimensions: Vector length; default :func:`embedding_dimensions` of the model.
+
+    Returns:
+        The vector.
+
+    Examples:
+        >>> vector = default_embedding("text-embedding-3-small", "hi", dimensions=4)
+        >>> len(vector), round(math.fsum(x * x for x in vector), 9)
+        (4, 1.0)
+        >>> vector == default_embedding("text-embedding-3-large", "hi", dimensions=4)
+        False
+    """
+    size = embedding_dimensions(model, dimensions)
+    seed = hashlib.sha256(f"{model}\x00{text}".encode()).digest()
+    raw: list[float] = []
+    for block in range(math.ceil(size / 8)):
+        words = struct.unpack(">8I", hashlib.sha256(seed + block.to_bytes(4, "big")).digest())
+        raw.extend(word / 2**31 - 1.0 for word in words)
+    del raw[size:]
+    norm = math.sqrt(math.fsum(x * x for x in raw)) or 1.0
+    return [x / norm for x in raw]

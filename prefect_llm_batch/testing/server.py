@@ -7,6 +7,10 @@ files the way OpenAI does, and writes output and error files with the documented
 On the same port it speaks the Anthropic Message Batches API (see *Anthropic* below).
 Answers are deterministic (:mod:`prefect_llm_batch.testing.answers`).
 
+Batches run ``/v1/chat/completions`` or ``/v1/embeddings`` requests (one endpoint per batch; a
+line whose ``url`` differs from the batch ``endpoint`` fails validation with ``url_mismatch``).
+Both are also served realtime: ``POST /v1/chat/completions`` and ``POST /v1/embeddings``.
+
 Statuses advance lazily, on each request that reads a batch (no background work):
 ``validating`` for ``validating_seconds``, then ``in_progress`` for ``in_progress_seconds``
 (requests finish in input order, evenly over that time), then ``finalizing`` for
@@ -16,6 +20,21 @@ Statuses advance lazily, on each request that reads a batch (no background work)
 batch is ``cancelled`` ``cancelling_seconds`` later (0: on the next read).
 ``request_counts.completed``/``failed`` count finished requests only: on ``expired`` and
 ``cancelled`` batches they add up to less than ``total``.
+
+Stalls: with ``FakeServerConfig(stall_in=...)`` or :meth:`FakeProviderServer.stall_batches`,
+batches that reach ``validating``, ``in_progress`` or ``finalizing`` stay there (``in_progress``
+with the counts they had when the stall caught them: none finished if they entered it stalled)
+until cancelled, which works as usual, or until :meth:`FakeProviderServer.unstall_batches`, after
+which they carry on as if the stalled time had not passed.
+
+Embeddings (``/v1/embeddings``, body ``{"model", "input": str | list[str], "dimensions"?,
+"encoding_format"?: "float" | "base64"}``) answer OpenAI's ``{"object": "list", "data":
+[{"object": "embedding", "index", "embedding"}], "model", "usage": {"prompt_tokens",
+"total_tokens"}}`` with :func:`~prefect_llm_batch.testing.answers.default_embedding` vectors
+(length ``dimensions``, else :data:`~prefect_llm_batch.testing.answers.EMBEDDING_DIMENSIONS`).
+A missing ``model``, an ``input`` that is not a non-empty string or list of 1..2048 non-empty
+strings, a ``dimensions`` below 1 or above the model's size (or any ``dimensions`` for
+``text-embedding-ada-002``) and another ``encoding_format`` are 400 ``invalid_request_error``.
 
 Rows misbehave on purpose through markers in any message content:
 
@@ -30,7 +49,13 @@ marker                       effect in a batch (and on ``POST /v1/chat/completio
 ``[[fake:drop]]``            no line in either file (realtime: HTTP 500)
 ``[[fake:timeout]]``         error-file line, ``response`` null, ``error.code`` ``request_timeout``
                              (realtime: HTTP 408)
+``[[fake:invalid_json]]``    with a ``response_format`` (``json_schema`` / ``json_object``): output
+                             line whose ``content`` is the JSON answer cut in half (invalid
+                             JSON), ``finish_reason`` ``stop``; without one: no effect
 ===========================  ===============================================================
+
+In embeddings requests (markers in ``input``), ``400``, ``500``, ``drop`` and ``timeout`` work as
+above; the others have no effect.
 
 Batch validation failures (``status: failed``, ``errors.data[].code``): ``empty_file``,
 ``invalid_json_line`` (also for lines missing ``custom_id``/``method``/``url``/``body``),
@@ -68,7 +93,8 @@ succeeded); ``[[fake:timeout]]`` -> an ``expired`` result. Realtime ``POST /v1/m
 400 / 500 / 500 / 504 ``timeout_error`` for ``400`` / ``500`` / ``drop`` / ``timeout``. When
 ``tool_choice`` forces a tool (``{"type": "tool", "name": N}``, ``N`` among ``tools``), the
 answer is one ``tool_use`` block whose ``input`` fits the tool's ``input_schema`` (a custom
-``answer`` function must then return a JSON object as text).
+``answer`` function must then return a JSON object as text). ``[[fake:invalid_json]]`` has no
+effect on Anthropic routes. Of the stalls, only ``in_progress`` applies to message batches.
 
 Examples:
     >>> import json, urllib.request
@@ -81,11 +107,13 @@ Examples:
 from __future__ import annotations
 
 import asyncio
+import base64
 import hashlib
 import math
 import random
 import re
 import socket
+import struct
 import threading
 import time
 import uuid
@@ -106,7 +134,11 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from prefect_llm_batch.testing.answers import (
+    EMBEDDING_DIMENSIONS,
+    broken_json,
     default_answer,
+    default_embedding,
+    embedding_inputs,
     estimate_tokens,
     find_markers,
     forced_tool,
@@ -121,12 +153,17 @@ __all__ = [
     "FakeProviderServer",
     "FakeServerConfig",
     "ServerStats",
+    "StallStatus",
     "create_app",
     "serve",
 ]
 
-#: Endpoints a batch may target in this fake (answers are chat completions).
-SUPPORTED_ENDPOINTS = frozenset({"/v1/chat/completions"})
+#: Endpoints a batch may target in this fake.
+SUPPORTED_ENDPOINTS = frozenset({"/v1/chat/completions", "/v1/embeddings"})
+#: The embeddings endpoint (batch ``endpoint`` and line ``url``).
+EMBEDDINGS_ENDPOINT = "/v1/embeddings"
+#: Most texts in one embeddings ``input`` list (OpenAI: 2048).
+MAX_EMBEDDING_INPUTS = 2048
 #: Endpoints OpenAI accepts for batches; the others are refused with a clear message.
 OPENAI_BATCH_ENDPOINTS = frozenset(
     {"/v1/chat/completions", "/v1/embeddings", "/v1/responses", "/v1/completions", "/v1/moderations"}
@@ -143,6 +180,7 @@ ROUTES: tuple[str, ...] = (
     "GET /v1/batches/{id}",
     "POST /v1/batches/{id}/cancel",
     "POST /v1/chat/completions",
+    "POST /v1/embeddings",
     "POST /v1/messages/batches",
     "GET /v1/messages/batches",
     "GET /v1/messages/batches/{id}",
@@ -212,6 +250,9 @@ MessageBatchStatus = Literal["in_progress", "canceling", "ended"]
 BatchStatus = Literal[
     "validating", "failed", "in_progress", "finalizing", "completed", "expired", "cancelling", "cancelled"
 ]
+#: A status batches can be stalled in (:attr:`FakeServerConfig.stall_in`).
+StallStatus = Literal["validating", "in_progress", "finalizing"]
+_STALL_ORDER: dict[str, int] = {"validating": 0, "in_progress": 1, "finalizing": 2}
 
 
 @dataclass(frozen=True)
@@ -243,10 +284,18 @@ class FakeServerConfig:
         anthropic_max_requests: Most requests in one Anthropic message batch (Anthropic: 100,000);
             more is 413 ``request_too_large``.
         anthropic_max_bytes: Largest Anthropic create body (Anthropic: 256 MB); larger is 413.
+        stall_in: If set, every batch that reaches this status stays in it until cancelled (or
+            until :meth:`FakeProviderServer.unstall_batches`). Anthropic message batches only
+            stall for ``"in_progress"``.
+
+    Raises:
+        ValueError: For a ``stall_in`` other than the three statuses.
 
     Examples:
         >>> FakeServerConfig(in_progress_seconds=0.5).shuffle
         True
+        >>> FakeServerConfig(stall_in="finalizing").stall_in
+        'finalizing'
     """
 
     validating_seconds: float = 0.0
@@ -263,6 +312,13 @@ class FakeServerConfig:
     validation_error: str | None = None
     anthropic_max_requests: int = 100_000
     anthropic_max_bytes: int = 256 * 1024 * 1024
+    stall_in: StallStatus | None = None
+
+    def __post_init__(self) -> None:
+        if self.stall_in is not None and self.stall_in not in _STALL_ORDER:
+            raise ValueError(
+                f"stall_in must be one of {', '.join(_STALL_ORDER)} or None, not {self.stall_in!r}"
+            )
 
 
 @dataclass
@@ -276,16 +332,19 @@ class ServerStats:
         requests_received: Requests in created batches (lines of input files, or inline requests).
         calls: Calls per route template, e.g. ``calls["GET /v1/batches/{id}"]``; includes calls
             answered with an error.
+        creates_by_job: OpenAI batches created per ``metadata["job_id"]`` (see
+            :meth:`FakeProviderServer.creates_for`).
 
     Examples:
-        >>> ServerStats().calls["POST /v1/batches"]
-        0
+        >>> ServerStats().calls["POST /v1/batches"], ServerStats().creates_by_job["job-1"]
+        (0, 0)
     """
 
     creates: int = 0
     uploads: int = 0
     requests_received: int = 0
     calls: Counter[str] = field(default_factory=Counter)
+    creates_by_job: Counter[str] = field(default_factory=Counter)
 
 
 @dataclass
@@ -336,6 +395,8 @@ class FakeBatch:
 
     Read :attr:`status`, :attr:`request_counts` and the rest directly, or :meth:`to_dict` for
     the wire object. ``outcomes`` holds one entry per request in input order once validated.
+    ``clock_shift`` is the stalled time released by :meth:`FakeProviderServer.unstall_batches`
+    (the batch's schedule runs that much later); ``frozen_clock`` is where a stall caught it.
 
     Examples:
         >>> b = FakeBatch(id="batch_1", endpoint="/v1/chat/completions", input_file_id="file-1",
@@ -370,6 +431,8 @@ class FakeBatch:
     enqueued_tokens: int = 0
     cancel_clock: float | None = None
     status_before_cancel: BatchStatus | None = None
+    clock_shift: float = 0.0
+    frozen_clock: float | None = None
 
     @property
     def request_counts(self) -> dict[str, int]:
@@ -458,6 +521,8 @@ class FakeMessageBatch:
     cancel_clock: float | None = None
     unfinished: Literal["canceled", "expired"] | None = None
     results: bytes = b""
+    clock_shift: float = 0.0
+    frozen_clock: float | None = None
 
     @property
     def request_counts(self) -> dict[str, int]:
@@ -578,6 +643,7 @@ class _State:
         self.message_batches: dict[str, FakeMessageBatch] = {}
         self.faults: dict[str, list[_Fault]] = {}
         self.stalls: dict[str, list[float]] = {}
+        self.stall_in: StallStatus | None = config.stall_in
 
     def reset(self) -> None:
         with self.lock:
@@ -586,27 +652,105 @@ class _State:
             self.message_batches.clear()
             self.faults.clear()
             self.stalls.clear()
+            self.stall_in = self.config.stall_in
             self.stats.creates = self.stats.uploads = self.stats.requests_received = 0
             self.stats.calls.clear()
+            self.stats.creates_by_job.clear()
+
+    # ----- stalls ---------------------------------------------------------------------------
+
+    def _hold(self, batch: FakeBatch) -> StallStatus | None:
+        """The stalled status that holds ``batch`` (not yet past it), or ``None``."""
+        rank = _STALL_ORDER.get(batch.status)
+        if self.stall_in is None or rank is None or rank > _STALL_ORDER[self.stall_in]:
+            return None
+        return self.stall_in
+
+    def _freeze_clock(self, batch: FakeBatch, hold: StallStatus) -> float:
+        """The batch clock at which a stall in ``hold`` stops it: where it was caught, else the entry."""
+        if batch.frozen_clock is not None:
+            return batch.frozen_clock
+        t_validated = batch.created_clock + self.config.validating_seconds
+        if hold == "validating":
+            return batch.created_clock
+        if hold == "in_progress":
+            return t_validated
+        return t_validated + self.config.in_progress_seconds
+
+    def _message_hold(self, batch: FakeMessageBatch) -> bool:
+        return self.stall_in == "in_progress" and batch.processing_status == "in_progress"
+
+    def _message_freeze_clock(self, batch: FakeMessageBatch) -> float:
+        if batch.frozen_clock is not None:
+            return batch.frozen_clock
+        return batch.created_clock + self.config.validating_seconds
+
+    def stall(self, status: StallStatus) -> None:
+        """Stall batches in ``status`` from now on; batches already in it freeze where they are."""
+        if status not in _STALL_ORDER:
+            raise ValueError(f"cannot stall batches in {status!r}; choose one of {', '.join(_STALL_ORDER)}")
+        with self.lock:
+            self.unstall()
+            now = time.monotonic()
+            for batch in self.batches.values():
+                self.advance(batch, now)
+            for message_batch in self.message_batches.values():
+                self.advance_message_batch(message_batch, now)
+            self.stall_in = status
+            for batch in self.batches.values():
+                if batch.status == status:
+                    batch.frozen_clock = now - batch.clock_shift
+            for message_batch in self.message_batches.values():
+                if self._message_hold(message_batch):
+                    message_batch.frozen_clock = now - message_batch.clock_shift
+
+    def unstall(self) -> None:
+        """Release stalled batches: each resumes where it stopped, as if the stall took no time."""
+        with self.lock:
+            now = time.monotonic()
+            for batch in self.batches.values():
+                self.advance(batch, now)
+                hold = self._hold(batch)
+                if hold is not None:
+                    freeze = self._freeze_clock(batch, hold)
+                    if now - batch.clock_shift >= freeze:
+                        batch.clock_shift = now - freeze
+                batch.frozen_clock = None
+            for message_batch in self.message_batches.values():
+                self.advance_message_batch(message_batch, now)
+                if self._message_hold(message_batch):
+                    freeze = self._message_freeze_clock(message_batch)
+                    if now - message_batch.clock_shift >= freeze:
+                        message_batch.clock_shift = now - freeze
+                message_batch.frozen_clock = None
+            self.stall_in = None
 
     # ----- time -----------------------------------------------------------------------------
 
     def advance(self, batch: FakeBatch, now: float | None = None) -> None:
-        """Move a batch to the state it has reached by ``now`` (a ``time.monotonic()`` value)."""
+        """Move a batch to the state it has reached by ``now`` (a ``time.monotonic()`` value).
+
+        The schedule runs on the batch's clock (``now - clock_shift``), which a stall stops.
+        """
         cfg = self.config
-        now = time.monotonic() if now is None else now
+        real = time.monotonic() if now is None else now
+        now = real - batch.clock_shift
+        hold = self._hold(batch)
+        if hold is not None:
+            now = min(now, self._freeze_clock(batch, hold))
         t_validated = batch.created_clock + cfg.validating_seconds
         t_ran = t_validated + cfg.in_progress_seconds
         t_final = t_ran + cfg.finalizing_seconds
-        if batch.status == "validating" and now >= t_validated:
+        if batch.status == "validating" and now >= t_validated and hold != "validating":
             self._validate(batch, self._wall(batch, t_validated))
         if batch.status == "in_progress":
             if cfg.in_progress_seconds > 0:
                 fraction = min(1.0, max(0.0, (now - t_validated) / cfg.in_progress_seconds))
             else:
-                fraction = 1.0
+                # Instant runs finish on entering in_progress, unless a stall holds them there.
+                fraction = 0.0 if hold == "in_progress" else 1.0
             batch.finished = math.floor(batch.run_limit * fraction)
-            if now >= t_ran:
+            if now >= t_ran and hold != "in_progress":
                 batch.finished = batch.run_limit
                 if batch.run_limit < len(batch.outcomes):
                     batch.status = "expired"
@@ -615,13 +759,13 @@ class _State:
                 else:
                     batch.status = "finalizing"
                     batch.finalizing_at = self._wall(batch, t_ran)
-        if batch.status == "finalizing" and now >= t_final:
+        if batch.status == "finalizing" and now >= t_final and hold != "finalizing":
             batch.status = "completed"
             batch.completed_at = self._wall(batch, t_final)
             self._write_results(batch, None)
         if batch.status == "cancelling" and batch.cancel_clock is not None:
             t_cancelled = batch.cancel_clock + cfg.cancelling_seconds
-            if cfg.cancelling_seconds == 0 or now >= t_cancelled:
+            if cfg.cancelling_seconds == 0 or real >= t_cancelled:
                 if batch.status_before_cancel == "validating":
                     # Cancelled before it ran: learn the requests (to answer each with
                     # batch_cancelled) but keep no trace of validation itself.
@@ -631,11 +775,13 @@ class _State:
                     batch.errors = batch.in_progress_at = batch.failed_at = None
                     batch.finished = 0
                 batch.status = "cancelled"
-                batch.cancelled_at = self._wall(batch, max(t_cancelled, batch.cancel_clock))
+                cancelled_clock = max(t_cancelled, batch.cancel_clock)
+                batch.cancelled_at = self._wall(batch, cancelled_clock - batch.clock_shift)
                 self._write_results(batch, "batch_cancelled")
 
     def _wall(self, batch: FakeBatch, clock: float) -> int:
-        return int(batch.created_at + (clock - batch.created_clock))
+        """Unix time of a moment on the batch's clock."""
+        return int(batch.created_at + (clock + batch.clock_shift - batch.created_clock))
 
     def take_stall(self, route: str) -> float:
         """Seconds the next answer of a create route (``"/v1/batches"``...) must wait."""
@@ -647,7 +793,11 @@ class _State:
     def advance_message_batch(self, batch: FakeMessageBatch, now: float | None = None) -> None:
         """Move a message batch to the state it has reached by ``now`` (a ``time.monotonic()`` value)."""
         cfg = self.config
-        now = time.monotonic() if now is None else now
+        real = time.monotonic() if now is None else now
+        now = real - batch.clock_shift
+        hold = self._message_hold(batch)
+        if hold:
+            now = min(now, self._message_freeze_clock(batch))
         t_started = batch.created_clock + cfg.validating_seconds
         t_ran = t_started + cfg.in_progress_seconds
         t_ended = t_ran + cfg.finalizing_seconds
@@ -657,14 +807,14 @@ class _State:
             elif cfg.in_progress_seconds > 0:
                 fraction = min(1.0, (now - t_started) / cfg.in_progress_seconds)
             else:
-                fraction = 1.0
+                fraction = 0.0 if hold else 1.0
             batch.finished = math.floor(batch.run_limit * fraction)
-            if now >= t_ended:
+            if now >= t_ended and not hold:
                 batch.finished = batch.run_limit
-                self._end_message_batch(batch, t_ended, "expired")
+                self._end_message_batch(batch, t_ended + batch.clock_shift, "expired")
         if batch.processing_status == "canceling" and batch.cancel_clock is not None:
             t_cancelled = batch.cancel_clock + cfg.cancelling_seconds
-            if cfg.cancelling_seconds == 0 or now >= t_cancelled:
+            if cfg.cancelling_seconds == 0 or real >= t_cancelled:
                 self._end_message_batch(batch, t_cancelled, "canceled")
 
     def cancel_message_batch(self, batch: FakeMessageBatch) -> None:
@@ -680,7 +830,8 @@ class _State:
     def _end_message_batch(
         self, batch: FakeMessageBatch, clock: float, unfinished: Literal["canceled", "expired"]
     ) -> None:
-        """End a batch: finished requests keep their results, the rest get ``unfinished`` ones."""
+        """End a batch at ``clock`` (``time.monotonic()``): finished requests keep their results,
+        the rest get ``unfinished`` ones."""
         batch.processing_status = "ended"
         batch.ended_at = batch.created_at + (clock - batch.created_clock)
         batch.unfinished = unfinished
@@ -827,7 +978,7 @@ class _State:
                 and other.model == batch.model
                 and other.status in ("in_progress", "finalizing")
             )
-            if sum(prompt_tokens(obj["body"]) for _, obj in parsed) + enqueued > limit:
+            if sum(_request_tokens(batch.endpoint, obj["body"]) for _, obj in parsed) + enqueued > limit:
                 fail(
                     "token_limit_exceeded",
                     f"Enqueued token limit reached for {batch.model} in organization "
@@ -840,17 +991,24 @@ class _State:
             batch.failed_at = at
             batch.errors = {"object": "list", "data": errors[:1000]}
             return
-        batch.enqueued_tokens = sum(prompt_tokens(obj["body"]) for _, obj in parsed)
-        batch.outcomes = [self.run_request(obj["custom_id"], obj["body"], at) for _, obj in parsed]
+        batch.enqueued_tokens = sum(_request_tokens(batch.endpoint, obj["body"]) for _, obj in parsed)
+        batch.outcomes = [
+            self.run_request(obj["custom_id"], obj["body"], at, batch.endpoint) for _, obj in parsed
+        ]
         expire = self.config.expire_after_requests
         batch.run_limit = len(batch.outcomes) if expire is None else min(max(expire, 0), len(batch.outcomes))
         batch.finished = 0
         batch.status = "in_progress"
         batch.in_progress_at = at
 
-    def run_request(self, custom_id: str, body: dict[str, Any], created: int) -> _Outcome:
-        """Answer one batch request; returns its result line (or ``None`` for a dropped one)."""
-        status, response_body, never_ran = complete_chat(body, self.config.answer, created)
+    def run_request(
+        self, custom_id: str, body: dict[str, Any], created: int, endpoint: str = "/v1/chat/completions"
+    ) -> _Outcome:
+        """Answer one batch request of ``endpoint``; its result line is ``None`` for a dropped one."""
+        if endpoint == EMBEDDINGS_ENDPOINT:
+            status, response_body, never_ran = complete_embeddings(body)
+        else:
+            status, response_body, never_ran = complete_chat(body, self.config.answer, created)
         line: dict[str, Any] = {"id": f"batch_req_{_hex()}", "custom_id": custom_id}
         if never_ran == "drop":
             return _Outcome(custom_id, None, succeeded=True)
@@ -911,6 +1069,38 @@ class _State:
         return stored
 
 
+def _request_tokens(endpoint: str, body: Mapping[str, Any]) -> int:
+    """Prompt tokens of one batch request body of ``endpoint``."""
+    if endpoint == EMBEDDINGS_ENDPOINT:
+        return sum(estimate_tokens(text) for text in embedding_inputs(body) or [])
+    return prompt_tokens(body)
+
+
+def _marker_failure(markers: frozenset[str]) -> tuple[int, dict[str, Any], str | None] | None:
+    """The OpenAI failure the ``drop``/``timeout``/``400``/``500`` markers ask for, or ``None``."""
+    if "drop" in markers:
+        return 500, _error_body(_DEFAULT_ERROR_MESSAGES[500], "server_error"), "drop"
+    if "timeout" in markers:
+        return (
+            408,
+            _error_body("The request timed out.", "server_error", "request_timeout"),
+            "request_timeout",
+        )
+    if "400" in markers:
+        return 400, _error_body("Invalid request (simulated by [[fake:400]]).", "invalid_request_error"), None
+    if "500" in markers:
+        return 500, _error_body(_DEFAULT_ERROR_MESSAGES[500], "server_error"), None
+    return None
+
+
+def _wants_json(body: Mapping[str, Any]) -> bool:
+    response_format = body.get("response_format")
+    return isinstance(response_format, Mapping) and response_format.get("type") in (
+        "json_schema",
+        "json_object",
+    )
+
+
 def complete_chat(
     body: dict[str, Any], answer: AnswerFunction | None, created: int
 ) -> tuple[int, dict[str, Any], str | None]:
@@ -932,20 +1122,15 @@ def complete_chat(
         (200, 'chat.completion', '[simulated] hi')
         >>> complete_chat({"messages": [{"role": "user", "content": "[[fake:500]]"}]}, None, 0)[0]
         500
+        >>> _, body, _ = complete_chat({"model": "m", "response_format": {"type": "json_object"},
+        ...     "messages": [{"role": "user", "content": "hi [[fake:invalid_json]]"}]}, None, 0)
+        >>> body["choices"][0]["message"]["content"]
+        '{"answer": "[s'
     """
     markers = find_markers(body)
-    if "drop" in markers:
-        return 500, _error_body(_DEFAULT_ERROR_MESSAGES[500], "server_error"), "drop"
-    if "timeout" in markers:
-        return (
-            408,
-            _error_body("The request timed out.", "server_error", "request_timeout"),
-            "request_timeout",
-        )
-    if "400" in markers:
-        return 400, _error_body("Invalid request (simulated by [[fake:400]]).", "invalid_request_error"), None
-    if "500" in markers:
-        return 500, _error_body(_DEFAULT_ERROR_MESSAGES[500], "server_error"), None
+    failure = _marker_failure(markers)
+    if failure is not None:
+        return failure
     model = body.get("model")
     if not isinstance(model, str) or not model:
         return (
@@ -964,7 +1149,9 @@ def complete_chat(
         text, refusal = None, REFUSAL_TEXT
     elif "content_filter" in markers:
         text, finish_reason = None, "content_filter"
-    elif "length" in markers and text is not None:
+    if "invalid_json" in markers and text is not None and _wants_json(body):
+        text = broken_json(text)
+    if "length" in markers and text is not None:
         finish_reason = "length"
         max_tokens = body.get("max_completion_tokens") or body.get("max_tokens")
         keep = max_tokens * 4 if isinstance(max_tokens, int) and max_tokens > 0 else max(1, len(text) // 2)
@@ -992,6 +1179,100 @@ def complete_chat(
         "system_fingerprint": None,
     }
     return 200, completion, None
+
+
+def _embeddings_problem(body: Mapping[str, Any]) -> tuple[str, str | None, str | None] | None:
+    """What OpenAI would reject in an embeddings body, as ``(message, param, code)``, or ``None``."""
+    model = body.get("model")
+    if not isinstance(model, str) or not model:
+        return "you must provide a model parameter", "model", None
+    texts = embedding_inputs(body)
+    if texts is None or not texts or "" in texts:
+        return (
+            "'$.input' is invalid. Please check the API reference: https://platform.openai.com/docs/api-reference.",
+            None,
+            None,
+        )
+    if len(texts) > MAX_EMBEDDING_INPUTS:
+        return (
+            f"Invalid 'input': array too long. Expected an array with maximum length "
+            f"{MAX_EMBEDDING_INPUTS}, but got an array with length {len(texts)} instead.",
+            "input",
+            "array_above_max_length",
+        )
+    dimensions = body.get("dimensions")
+    if dimensions is not None:
+        if not isinstance(dimensions, int) or isinstance(dimensions, bool) or dimensions < 1:
+            return "Invalid 'dimensions': expected an integer of at least 1.", "dimensions", "invalid_value"
+        if model == "text-embedding-ada-002":
+            return "This model does not support specifying dimensions.", "dimensions", None
+        native = EMBEDDING_DIMENSIONS.get(model)
+        if native is not None and dimensions > native:
+            return (
+                f"Invalid 'dimensions': {model} supports at most {native} dimensions, got {dimensions}.",
+                "dimensions",
+                "invalid_value",
+            )
+    if body.get("encoding_format") not in (None, "float", "base64"):
+        return (
+            "Invalid value for 'encoding_format': expected 'float' or 'base64'.",
+            "encoding_format",
+            "invalid_value",
+        )
+    return None
+
+
+def complete_embeddings(body: dict[str, Any]) -> tuple[int, dict[str, Any], str | None]:
+    """Answer one embeddings body, honouring the ``[[fake:...]]`` markers found in ``input``.
+
+    Vectors are :func:`~prefect_llm_batch.testing.answers.default_embedding` of each input text;
+    with ``encoding_format: "base64"`` each is the base64 of little-endian float32s, as OpenAI sends.
+
+    Args:
+        body: The request body: ``model``, ``input`` (a string or a list of strings), optional
+            ``dimensions`` and ``encoding_format``.
+
+    Returns:
+        ``(status_code, response_body, never_ran)`` as :func:`complete_chat` returns them.
+
+    Examples:
+        >>> status, body, _ = complete_embeddings({"model": "text-embedding-3-small",
+        ...                                        "input": ["a", "bb"], "dimensions": 3})
+        >>> status, body["object"], [(d["index"], len(d["embedding"])) for d in body["data"]]
+        (200, 'list', [(0, 3), (1, 3)])
+        >>> body["usage"]
+        {'prompt_tokens': 2, 'total_tokens': 2}
+        >>> complete_embeddings({"model": "m", "input": "x [[fake:timeout]]"})[::2]
+        (408, 'request_timeout')
+        >>> complete_embeddings({"model": "m", "input": ""})[0]
+        400
+    """
+    failure = _marker_failure(find_markers(body))
+    if failure is not None:
+        return failure
+    problem = _embeddings_problem(body)
+    if problem is not None:
+        message, param, code = problem
+        return 400, _error_body(message, "invalid_request_error", code, param), None
+    model: str = body["model"]
+    texts = embedding_inputs(body) or []
+    dimensions: int | None = body.get("dimensions")
+    as_base64 = body.get("encoding_format") == "base64"
+    data: list[dict[str, Any]] = []
+    for index, text in enumerate(texts):
+        vector = default_embedding(model, text, dimensions)
+        embedding: list[float] | str = vector
+        if as_base64:
+            embedding = base64.b64encode(struct.pack(f"<{len(vector)}f", *vector)).decode("ascii")
+        data.append({"object": "embedding", "index": index, "embedding": embedding})
+    tokens = sum(estimate_tokens(text) for text in texts)
+    response = {
+        "object": "list",
+        "data": data,
+        "model": model,
+        "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
+    }
+    return 200, response, None
 
 
 def _message_params_problem(body: Mapping[str, Any], batch: bool) -> str | None:
@@ -1338,6 +1619,8 @@ def create_app(state: _State) -> Starlette:
             )
             state.batches[batch.id] = batch
             state.stats.creates += 1
+            if metadata is not None and "job_id" in metadata:
+                state.stats.creates_by_job[metadata["job_id"]] += 1
             state.stats.requests_received += sum(1 for line in input_file.data.split(b"\n") if line.strip())
             answer = batch.to_dict()
             stall = state.take_stall("/v1/batches")
@@ -1372,6 +1655,11 @@ def create_app(state: _State) -> Starlette:
         if body.get("stream") is True:
             raise _ApiError(400, "The fake provider does not stream.", param="stream")
         status, response_body, _ = complete_chat(body, state.config.answer, int(time.time()))
+        return _json(response_body, status, {"x-request-id": f"req_{_hex(32)}"})
+
+    async def embeddings(request: Request) -> Response:
+        body = await _json_body(request)
+        status, response_body, _ = complete_embeddings(body)
         return _json(response_body, status, {"x-request-id": f"req_{_hex(32)}"})
 
     # ----- Anthropic Message Batches ----------------------------------------------------------
@@ -1519,6 +1807,7 @@ def create_app(state: _State) -> Starlette:
         "GET /v1/batches/{id}": get_batch,
         "POST /v1/batches/{id}/cancel": cancel_batch,
         "POST /v1/chat/completions": chat_completions,
+        "POST /v1/embeddings": embeddings,
         "POST /v1/messages/batches": create_message_batch,
         "GET /v1/messages/batches": list_message_batches,
         "GET /v1/messages/batches/{id}": get_message_batch,
@@ -1622,7 +1911,7 @@ def create_app(state: _State) -> Starlette:
 
 
 class FakeProviderServer:
-    """A fake OpenAI batch provider on ``127.0.0.1``, served by uvicorn in a background thread.
+    """A fake OpenAI and Anthropic batch provider on ``127.0.0.1``, served by uvicorn in a background thread.
 
     Args:
         config: Behaviour of the fake; defaults to :class:`FakeServerConfig()` (instant batches).
@@ -1692,6 +1981,8 @@ class FakeProviderServer:
         self._state.stopping.clear()
         sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        # Accepted connections inherit it: without it each small answer waits ~40 ms (Nagle).
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         try:
             sock.bind((self.host, self._port))
         except OSError:
@@ -1900,8 +2191,59 @@ class FakeProviderServer:
         with self._state.lock:
             self._state.stalls.setdefault(route, []).append(seconds)
 
+    def stall_batches(self, status: StallStatus = "in_progress") -> None:
+        """Stall batches in ``status`` until :meth:`unstall_batches` (or a cancel).
+
+        Batches already in ``status`` freeze as they are (their request counts too); batches
+        before it stop when they reach it; batches past it are not affected. Anthropic message
+        batches stall only for ``"in_progress"``. Replaces any earlier stall (releasing it first).
+        :attr:`FakeServerConfig.stall_in` sets the same from the start.
+
+        Args:
+            status: ``"validating"``, ``"in_progress"`` (the default) or ``"finalizing"``.
+
+        Raises:
+            ValueError: For another status.
+
+        Examples:
+            >>> server = FakeProviderServer()
+            >>> server.stall_batches("finalizing")
+            >>> server.stalled_in
+            'finalizing'
+            >>> server.unstall_batches()
+            >>> server.stalled_in is None
+            True
+        """
+        self._state.stall(status)
+
+    def unstall_batches(self) -> None:
+        """Release stalled batches; each carries on from where it stopped, as if no time had passed.
+
+        A batch stalled in ``in_progress`` then still needs its remaining share of
+        ``in_progress_seconds``, then ``finalizing_seconds``. Does nothing when nothing is stalled.
+        """
+        self._state.unstall()
+
+    @property
+    def stalled_in(self) -> StallStatus | None:
+        """The status batches are stalled in now, or ``None``."""
+        return self._state.stall_in
+
+    def creates_for(self, job_id: str) -> int:
+        """Count the OpenAI batches created with ``metadata["job_id"] == job_id`` (since the last reset).
+
+        Examples:
+            >>> FakeProviderServer().creates_for("job-1")
+            0
+        """
+        with self._state.lock:
+            return self._state.stats.creates_by_job[job_id]
+
     def reset(self) -> None:
-        """Forget all files, batches (message batches too), pending faults and stalls; zero the stats."""
+        """Forget all files, batches (message batches too), pending faults and stalls; zero the stats.
+
+        The batch stall goes back to :attr:`FakeServerConfig.stall_in`.
+        """
         self._state.reset()
 
 
