@@ -33,6 +33,12 @@ app = typer.Typer(
 )
 
 
+StateDirOption = Annotated[
+    str | None,
+    typer.Option(help="Job state directory (default: PREFECT_LLM_BATCH_STATE_DIR or ~/.local/state)."),
+]
+
+
 def parse_param(text: str) -> tuple[str, Any]:
     """Parse one ``--param key=value``: the value as JSON when it parses, else as a string.
 
@@ -155,6 +161,12 @@ def run(
     max_cost_usd: Annotated[
         float | None, typer.Option(help="Refuse to send a job whose estimated batch cost is higher.")
     ] = None,
+    detached: Annotated[
+        bool,
+        typer.Option(
+            help="Submit the batches and return; `prefect-llm-batch collect` finishes the job later."
+        ),
+    ] = False,
 ) -> None:
     """Enrich SOURCE with one answer per row and write OUTPUT (Parquet)."""
     if provider not in ("simulator", "openai", "anthropic"):
@@ -163,7 +175,7 @@ def run(
         raise typer.BadParameter("--no-cache and --refresh-cache exclude each other")
     params = dict(parse_param(p) for p in param or [])
     from .errors import LLMBatchError
-    from .jobs import JobSummary, preflight
+    from .jobs import JobRef, JobSummary, preflight
     from .schemas import ResponseSchema
     from .spec import JobSpec
 
@@ -217,12 +229,36 @@ def run(
             max_wait=max_wait,
             keep_input_files=keep_input_files,
             max_cost_usd=max_cost_usd,
+            detached=detached,
         )
     except LLMBatchError as exc:
         typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
         raise typer.Exit(1) from None
+    if isinstance(summary, JobRef):
+        typer.echo(
+            f"job {summary.job_id} submitted ({summary.chunks} batch(es)); run `prefect-llm-batch collect` "
+            "(or the collect-jobs deployment) later to write the output"
+        )
+        return
     assert isinstance(summary, JobSummary)
     print_summary(summary)
+
+
+@app.command()
+def collect(state_dir: StateDirOption = None) -> None:
+    """Finish the jobs submitted with --detached whose batches have ended (never waits)."""
+    _prefect_defaults()
+    from .errors import LLMBatchError
+    from .flows import collect_jobs
+
+    try:
+        finished = collect_jobs(state_dir=state_dir)
+    except LLMBatchError as exc:
+        typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
+        raise typer.Exit(1) from None
+    for summary in finished:
+        print_summary(summary)
+    typer.echo(f"{len(finished)} job(s) finished")
 
 
 @app.command()
@@ -306,12 +342,6 @@ def _state_dir(state_dir: str | None) -> str:
     from .store import default_state_dir
 
     return state_dir or default_state_dir()
-
-
-StateDirOption = Annotated[
-    str | None,
-    typer.Option(help="Job state directory (default: PREFECT_LLM_BATCH_STATE_DIR or ~/.local/state)."),
-]
 
 
 @app.command()

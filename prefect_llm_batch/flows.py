@@ -24,8 +24,9 @@ from pydantic import BaseModel
 from . import artifacts
 from .blocks import AnthropicBatchCredentials, OpenAIBatchCredentials, ProviderCredentials
 from .costs import DEFAULT_EXPECTED_OUTPUT_TOKENS, Estimate
-from .errors import BatchCancelled, BatchFailed, CostLimitExceeded, ErrorRateExceeded
+from .errors import BatchCancelled, BatchFailed, ConfigError, CostLimitExceeded, ErrorRateExceeded, JobLocked
 from .jobs import JobRef, JobSummary, cancel_job, failed_batches, job_ref
+from .jobs.detached import PendingJob
 from .providers import make_provider, target_for
 from .schemas import ResponseSchema
 from .spec import (
@@ -40,8 +41,17 @@ from .spec import (
     ProviderTarget,
     RunOptions,
 )
-from .store import JobStore, default_state_dir, job_for_run, record_run
+from .store import (
+    JobStore,
+    default_state_dir,
+    job_for_run,
+    read_pending,
+    record_run,
+    remove_pending,
+    write_pending,
+)
 from .tasks import (
+    advance_job,
     collect_batch,
     estimate_job,
     plan_retry,
@@ -141,10 +151,11 @@ def enrich_table(
     max_wait: float | None = None,
     keep_input_files: bool = False,
     dry_run: bool = False,
+    detached: bool = False,
     max_cost_usd: float | None = None,
     prices: dict[str, tuple[float, float]] | None = None,
     expected_output_tokens: int = DEFAULT_EXPECTED_OUTPUT_TOKENS,
-) -> JobSummary | Estimate:
+) -> JobSummary | Estimate | JobRef:
     """Enrich a table with one LLM answer per row, through a provider batch API.
 
     Args:
@@ -190,12 +201,14 @@ def enrich_table(
         keep_input_files: Keep uploaded batch input files once their batch has ended.
         dry_run: Plan the job and return its :class:`~prefect_llm_batch.costs.Estimate` (rows,
             unique requests, cache hits, tokens, cost) without sending anything.
+        detached: Submit the batches, record the job as pending and return its reference at once;
+            the scheduled ``collect-jobs`` flow finishes it. No worker waits on the provider.
         max_cost_usd: Refuse to send a job whose estimated cost is higher (or unknown).
         prices: USD per 1M batch tokens ``{"model-prefix": (input, output)}``, over the built-in table.
         expected_output_tokens: Output tokens assumed per request when ``params`` sets no max_tokens.
 
     Returns:
-        The job summary (or, with ``dry_run``, the estimate).
+        The job summary (with ``dry_run``, the estimate; with ``detached``, the job reference).
 
     Raises:
         ErrorRateExceeded: More than ``max_error_rate`` of rows failed (after writing the output).
@@ -261,6 +274,24 @@ def enrich_table(
         run_context = FlowRunContext.get()
         if run_context is not None and run_context.flow_run is not None:
             record_run(state, str(run_context.flow_run.id), ref.job_id)
+        if detached:
+            if simulated:
+                raise ConfigError(
+                    "detached mode needs a provider that outlives the run; the simulator stops with it"
+                )
+            with store.lease():
+                store.clear_cancel()
+                for chunk_id in store.read_job().round_chunks(1):
+                    submit_batch(ref, chunk_id, spec, target, options, credentials)
+            pending = PendingJob(
+                ref=ref, spec=spec, target=target, options=options, output=output, overwrite=overwrite,
+                max_error_rate=max_error_rate,
+            )  # fmt: skip
+            write_pending(state, ref.job_id, pending.model_dump_json().encode())
+            log.info(
+                "job %s submitted; the collect-jobs flow writes %s once its batches end", ref.job_id, output
+            )
+            return ref
         with store.lease():
             store.clear_cancel()  # a new run resumes a job a user cancelled earlier
             round_, chunks = 1, store.read_job().round_chunks(1)
@@ -321,3 +352,55 @@ def _run_round(
     futures = [collect_batch.submit(ref, i, spec, target, options, credentials) for i in chunks]
     for future in futures:
         future.result()
+
+
+@flow(
+    name="collect-jobs",
+    description=(
+        "Finish the jobs submitted in detached mode whose batches have ended: collect the results, "
+        "send retry rounds, write each output. Run it on a schedule (e.g. every 10 minutes)."
+    ),
+)
+def collect_jobs(
+    state_dir: str | None = None, credentials: ProviderCredentials | None = None
+) -> list[JobSummary]:
+    """Move every pending detached job of a state directory forward once, without waiting.
+
+    Args:
+        state_dir: The state directory the jobs were submitted with (default as ``enrich_table``'s).
+        credentials: Credentials block for the jobs' provider; else the environment variables.
+
+    Returns:
+        Summaries of the jobs finished by this run (others stay pending for the next run).
+
+    Raises:
+        ErrorRateExceeded: A finished job had more failed rows than its ``max_error_rate`` (every
+            other job was still handled first).
+    """
+    log = get_run_logger()
+    state = state_dir or default_state_dir()
+    finished: list[JobSummary] = []
+    too_many_errors: list[str] = []
+    for raw in read_pending(state):
+        pending = PendingJob.model_validate_json(raw)
+        job_id = pending.ref.job_id
+        store = JobStore(state, job_id)
+        try:
+            with store.lease():
+                if not advance_job(pending, credentials):
+                    log.info("job %s: batches still running", job_id)
+                    continue
+                summary = write_output(pending.ref, pending.output, pending.overwrite)
+                artifacts.publish_summary(summary)
+                remove_pending(state, job_id)
+        except JobLocked as exc:
+            log.info("job %s is held by another run, skipped: %s", job_id, exc)
+            continue
+        finished.append(summary)
+        if summary.error_rate > pending.max_error_rate:
+            too_many_errors.append(f"{job_id}: {summary.error_rows} of {summary.rows} rows failed")
+    if too_many_errors:
+        raise ErrorRateExceeded(
+            "jobs over their max_error_rate (outputs written): " + "; ".join(too_many_errors)
+        )
+    return finished

@@ -322,6 +322,33 @@ def list_jobs(state_dir: str, storage_options: dict[str, Any] | None = None) -> 
     return sorted(records, key=lambda r: r.created_at, reverse=True)
 
 
+def write_pending(
+    state_dir: str, job_id: str, data: bytes, storage_options: dict[str, Any] | None = None
+) -> None:
+    """Record a job submitted in detached mode (``pending/{job_id}.json``)."""
+    write_bytes_atomic(
+        f"{state_dir.rstrip('/')}/pending/{job_id}.json", data, storage_options=storage_options
+    )
+
+
+def read_pending(state_dir: str, storage_options: dict[str, Any] | None = None) -> list[bytes]:
+    """The records of every job still pending in a state directory."""
+    fs, root = fsspec.core.url_to_fs(f"{state_dir.rstrip('/')}/pending", **(storage_options or {}))
+    if not fs.exists(root):
+        return []
+    paths = sorted(p for p in fs.ls(root, detail=False) if str(p).endswith(".json"))
+    return [bytes(fs.cat_file(p)) for p in paths]
+
+
+def remove_pending(state_dir: str, job_id: str, storage_options: dict[str, Any] | None = None) -> None:
+    """Forget a detached job once its output is written."""
+    fs, path = fsspec.core.url_to_fs(
+        f"{state_dir.rstrip('/')}/pending/{job_id}.json", **(storage_options or {})
+    )
+    if fs.exists(path):
+        fs.rm(path)
+
+
 def record_run(
     state_dir: str, run_id: str, job_id: str, storage_options: dict[str, Any] | None = None
 ) -> None:

@@ -22,6 +22,7 @@ from . import artifacts, jobs
 from .blocks import ProviderCredentials
 from .costs import DEFAULT_EXPECTED_OUTPUT_TOKENS, Estimate
 from .errors import TableError, is_transient
+from .jobs.detached import PendingJob, advance
 from .providers import make_provider
 from .providers.base import BatchProvider
 from .spec import JobSpec, ProviderTarget, RunOptions
@@ -166,3 +167,10 @@ def estimate_job(
 ) -> Estimate:
     """Tokens and cost of what the job still has to send (no HTTP)."""
     return jobs.estimate(ref, params, prices=prices, expected_output_tokens=expected_output_tokens)
+
+
+@task(name="advance-job", cache_policy=NONE, **{k: v for k, v in _RETRIED.items() if k != "cache_policy"})
+def advance_job(pending: PendingJob, credentials: ProviderCredentials | None = None) -> bool:
+    """Move a detached job forward once (no waiting); True when its results are all collected."""
+    with provider_for(pending.target, pending.spec, credentials) as provider:
+        return advance(pending, provider)

@@ -182,6 +182,9 @@ def test_deploy_run_and_check_on_a_real_server(prefect_server: PrefectServer, tm
 
     with server.api() as api:
         deployment = api.get(f"deployments/name/{DEPLOYMENT}").raise_for_status().json()
+        collect = api.get("deployments/name/collect-jobs/collect").raise_for_status().json()
+    assert collect["entrypoint"] == "prefect_llm_batch.flows.collect_jobs"
+    assert [s["active"] for s in collect["schedules"]] == [False]
     assert deployment["entrypoint"] == "prefect_llm_batch.flows.enrich_table"
     assert deployment["work_pool_name"] == POOL
     assert deployment["paused"] is False

@@ -243,6 +243,73 @@ def progress(ref: JobRef, chunk_ids: list[int] | None = None) -> Progress:
     )
 
 
+class Poll(BaseModel):
+    """What one pass over a job's running batches found."""
+
+    pending: list[int]
+    resubmit: list[int]
+    changed: bool
+
+
+def poll_once(ref: JobRef, provider: BatchProvider, options: RunOptions | None = None) -> Poll:
+    """Check every submitted, unfinished batch of a job once (no sleeping).
+
+    A batch older than ``options.max_wait`` is cancelled (its unrun requests are retried in the
+    next round); while a user's cancel applies, running batches are cancelled. A batch that failed
+    with ``token_limit_exceeded`` is reset for resubmission (its old batch kept in ``history``).
+
+    Returns:
+        The chunks still running, the chunks to resubmit, and whether anything visible changed.
+
+    Raises:
+        BatchFailed: A chunk was submitted :data:`MAX_CHUNK_ATTEMPTS` times and still fails.
+    """
+    options = options or RunOptions()
+    store = JobStore(ref.state_dir, ref.job_id)
+    record = store.read_job()
+    states = [store.read_chunk(c.chunk_id) for c in record.chunks]
+    running = [s for s in states if s.batch_id and not ended(s)]
+    cancelled_by_user = store.is_cancelled()
+    poll = Poll(pending=[], resubmit=[], changed=False)
+    for state in running:
+        chunk_id = state.chunk_id
+        assert state.batch_id is not None
+        info = provider.retrieve(state.batch_id)
+        if _apply(state, info):
+            poll.changed = True
+            if info.status.ended:
+                logger.info("chunk %d: batch %s %s", chunk_id, info.id, info.status.value)
+            store.write_chunk(state)
+        if not info.status.ended:
+            poll.pending.append(chunk_id)
+            reason = _cancel_reason(state, options, cancelled_by_user)
+            if reason is not None and state.cancelled_by is None:
+                logger.warning("chunk %d: cancelling batch %s (%s)", chunk_id, info.id, reason)
+                cancelled = _cancel(provider, state.batch_id)
+                _apply(state, cancelled)
+                if not cancelled.status.ended:  # else it ended on its own meanwhile
+                    state.cancelled_by = reason
+                store.write_chunk(state)
+            continue
+        if info.status is BatchStatus.FAILED and info.first_error_code in RETRYABLE_BATCH_CODES:
+            if state.attempt >= MAX_CHUNK_ATTEMPTS:
+                raise BatchFailed(
+                    f"batch {info.id} of chunk {chunk_id} failed {state.attempt} times: "
+                    f"{info.error_summary()}",
+                    batch_id=info.id,
+                    code=info.first_error_code,
+                )
+            logger.warning(
+                "chunk %d: batch %s failed (%s); it will be resubmitted",
+                chunk_id,
+                info.id,
+                info.error_summary(),
+            )
+            _reset_for_resubmission(store, state)
+            poll.resubmit.append(chunk_id)
+    return poll
+
+
 def wait(
     ref: JobRef,
     provider: BatchProvider,
@@ -251,70 +318,25 @@ def wait(
     on_change: Callable[[Progress], None] | None = None,
     sleep: Callable[[float], None] = time.sleep,
 ) -> list[int]:
-    """Poll every submitted, unfinished batch of a job until all have ended.
-
-    Along the way: a batch older than ``options.max_wait`` is cancelled (its unrun requests are
-    retried in the next round); while a user's cancel applies, running batches are cancelled.
+    """Poll (see :func:`poll_once`) until every submitted batch of a job has ended.
 
     Returns:
-        The chunks whose batch failed in a retryable way (``token_limit_exceeded``); they have
-        been reset for resubmission (their old batch is kept in ``history``).
-
-    Raises:
-        BatchFailed: A chunk was submitted :data:`MAX_CHUNK_ATTEMPTS` times and still fails.
+        The chunks whose batch failed in a retryable way and were reset for resubmission.
     """
     options = options or RunOptions()
     store = JobStore(ref.state_dir, ref.job_id)
-    record = store.read_job()
-    watched = [c.chunk_id for c in record.chunks if store.read_chunk(c.chunk_id).batch_id]
-    pending = [i for i in watched if not ended(store.read_chunk(i))]
+    watched = [c.chunk_id for c in store.read_job().chunks if store.read_chunk(c.chunk_id).batch_id]
     resubmit: list[int] = []
-    if on_change is not None and pending:
+    if on_change is not None and any(not ended(store.read_chunk(i)) for i in watched):
         on_change(progress(ref, watched))
-    while pending:
-        changed = False
-        cancelled_by_user = store.is_cancelled()
-        for chunk_id in list(pending):
-            state = store.read_chunk(chunk_id)
-            assert state.batch_id is not None
-            info = provider.retrieve(state.batch_id)
-            if _apply(state, info):
-                changed = True
-                if info.status.ended:
-                    logger.info("chunk %d: batch %s %s", chunk_id, info.id, info.status.value)
-                store.write_chunk(state)
-            if not info.status.ended:
-                reason = _cancel_reason(state, options, cancelled_by_user)
-                if reason is not None and state.cancelled_by is None:
-                    logger.warning("chunk %d: cancelling batch %s (%s)", chunk_id, info.id, reason)
-                    cancelled = _cancel(provider, state.batch_id)
-                    _apply(state, cancelled)
-                    if not cancelled.status.ended:  # else it ended on its own meanwhile
-                        state.cancelled_by = reason
-                    store.write_chunk(state)
-                continue
-            pending.remove(chunk_id)
-            if info.status is BatchStatus.FAILED and info.first_error_code in RETRYABLE_BATCH_CODES:
-                if state.attempt >= MAX_CHUNK_ATTEMPTS:
-                    raise BatchFailed(
-                        f"batch {info.id} of chunk {chunk_id} failed {state.attempt} times: "
-                        f"{info.error_summary()}",
-                        batch_id=info.id,
-                        code=info.first_error_code,
-                    )
-                logger.warning(
-                    "chunk %d: batch %s failed (%s); it will be resubmitted",
-                    chunk_id,
-                    info.id,
-                    info.error_summary(),
-                )
-                _reset_for_resubmission(store, state)
-                resubmit.append(chunk_id)
-        if changed and on_change is not None:
+    while True:
+        poll = poll_once(ref, provider, options)
+        resubmit.extend(poll.resubmit)
+        if poll.changed and on_change is not None:
             on_change(progress(ref, watched))
-        if pending:
-            sleep(options.poll_interval)
-    return resubmit
+        if not poll.pending:
+            return resubmit
+        sleep(options.poll_interval)
 
 
 def _cancel_reason(state: ChunkState, options: RunOptions, cancelled_by_user: bool) -> str | None:

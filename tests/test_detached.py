@@ -1,0 +1,69 @@
+"""Detached mode: submit returns at once, collect (run on a schedule) finishes, same output."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from prefect_llm_batch.errors import ConfigError
+from prefect_llm_batch.flows import collect_jobs, enrich_table
+from prefect_llm_batch.jobs import JobRef
+from prefect_llm_batch.testing import FakeProviderServer, FakeServerConfig
+
+pytestmark = pytest.mark.usefixtures("prefect_harness")
+KEY = "test-key-detached"
+
+
+def source(tmp_path: Path) -> str:
+    path = tmp_path / "in.parquet"
+    texts = [f"review {i}: {'great' if i % 3 else 'awful'}" for i in range(9)]
+    texts[4] = "flaky [[fake:500]]"
+    pq.write_table(pa.table({"id": list(range(9)), "text": texts}), path)
+    return str(path)
+
+
+def options(server: Any, tmp_path: Path, name: str) -> dict[str, Any]:
+    return {
+        "prompt": "Sentiment of: {{ text }}", "model": "gpt-4o-mini", "provider": "openai",
+        "base_url": server.base_url, "state_dir": str(tmp_path / f"state-{name}"), "poll_interval": 0.05,
+        "retry_backoff": 0, "max_requests_per_batch": 4, "max_error_rate": 0.5,
+    }  # fmt: skip
+
+
+def test_detached_submit_then_collect_equals_blocking(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setenv("OPENAI_API_KEY", KEY)
+    src = source(tmp_path)
+    with FakeProviderServer(FakeServerConfig(in_progress_seconds=0.3)) as server:
+        enrich_table(source=src, output=str(tmp_path / "blocking.parquet"), **options(server, tmp_path, "a"))
+        opts = options(server, tmp_path, "b")
+        before = server.stats.creates
+        ref = enrich_table(source=src, output=str(tmp_path / "detached.parquet"), detached=True, **opts)
+        assert isinstance(ref, JobRef)
+        assert server.stats.creates - before == 3  # submitted, not waited for
+        assert not (tmp_path / "detached.parquet").exists()
+        finished: list[Any] = []
+        for _ in range(200):  # what a schedule does, compressed
+            finished += collect_jobs(state_dir=opts["state_dir"])
+            if finished:
+                break
+        assert len(finished) == 1 and finished[0].job_id == ref.job_id
+        assert collect_jobs(state_dir=opts["state_dir"]) == []  # nothing pending any more
+    blocking = pq.read_table(tmp_path / "blocking.parquet")
+    detached = pq.read_table(tmp_path / "detached.parquet")
+    keep = ["id", "text", "response", "response_error_kind", "response_attempts"]
+    assert detached.select(keep).equals(blocking.select(keep))
+    assert detached.column("response_attempts")[4].as_py() == 3  # retry rounds happened in collect
+
+
+def test_detached_refuses_the_simulator(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="detached"):
+        enrich_table(
+            source=source(tmp_path), output=str(tmp_path / "o.parquet"), prompt="{{ text }}", model="m",
+            state_dir=str(tmp_path / "s"), detached=True,
+        )  # fmt: skip
