@@ -10,7 +10,7 @@ export PREFECT_SERVER_ANALYTICS_ENABLED ?= false
 export DO_NOT_TRACK ?= 1
 export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS ?= 60
 
-.PHONY: install demo test lint check clean
+.PHONY: install demo test lint check bench bench-quick clean
 
 install: $(STAMP)
 
@@ -37,6 +37,14 @@ lint: install
 	$(BIN)/mypy
 
 check: lint test
+
+# Performance: prepare/collect/end to end against naive baselines and floors (see benchmarks/RESULTS.md).
+bench: install
+	$(BIN)/python benchmarks/run.py
+
+# A small version (seconds) that CI runs so the suite cannot rot.
+bench-quick: install
+	$(BIN)/python benchmarks/run.py --quick
 
 clean:
 	rm -rf $(VENV) out .pytest_cache .mypy_cache .ruff_cache
