@@ -13,6 +13,7 @@ from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
+import pytest
 
 from prefect_llm_batch import jobs
 from prefect_llm_batch.providers import make_provider
@@ -136,14 +137,20 @@ def test_token_limit_failure_is_resubmitted_after_running_batches_finish(tmp_pat
 
 
 def _run_cli(args: list[str], env: dict[str, str], **kwargs: Any) -> subprocess.Popen[bytes]:
-    return subprocess.Popen([sys.executable, "-m", "prefect_llm_batch.cli", "run", *args], env=env, **kwargs)
+    # Its own process group, so that the kill also reaches the temporary Prefect server it starts.
+    command = [sys.executable, "-m", "prefect_llm_batch.cli", "run", *args]
+    return subprocess.Popen(command, env=env, start_new_session=True, **kwargs)
 
 
+@pytest.mark.usefixtures("prefect_harness")
 def test_sigkill_between_create_and_state_write_then_rerun_creates_nothing(tmp_path: Path) -> None:
+    from prefect.settings import PREFECT_API_URL
+
     src = source(tmp_path, 7)
     out = tmp_path / "out.parquet"
     state_dir = tmp_path / "state"
-    env = {**os.environ, "OPENAI_API_KEY": KEY}
+    # The session's Prefect server: the runs need not start (and leave behind) their own.
+    env = {**os.environ, "OPENAI_API_KEY": KEY, "PREFECT_API_URL": str(PREFECT_API_URL.value())}
     with FakeProviderServer(FakeServerConfig(api_key=KEY)) as server:
         args = [
             src,
@@ -167,7 +174,7 @@ def test_sigkill_between_create_and_state_write_then_rerun_creates_nothing(tmp_p
         while server.stats.creates < 1 and time.monotonic() < deadline and proc.poll() is None:
             time.sleep(0.1)
         assert server.stats.creates == 1, "the run never reached the create call"
-        proc.send_signal(signal.SIGKILL)
+        os.killpg(proc.pid, signal.SIGKILL)
         proc.wait(timeout=30)
 
         [chunk_file] = state_dir.glob("jobs/*/chunks/chunk-00000.json")

@@ -56,6 +56,7 @@ def run(server: Any, src: str, out: Path, schema: Any, **kwargs: Any) -> Any:
         base_url=server.base_url,
         state_dir=str(out.parent / "state"),
         poll_interval=0.05,
+        retry_backoff=0,
         max_error_rate=1.0,
         **kwargs,
     )
@@ -129,6 +130,7 @@ def test_column_prefix_and_custom_parser(server: Any, tmp_path: Path) -> None:
         base_url=server.base_url,
         state_dir=str(tmp_path / "state"),
         poll_interval=0.05,
+        retry_backoff=0,
     )
     table = pq.read_table(out)
     assert table.column("ai_label").to_pylist() == [json.dumps({"label": "positive"}).upper()]
