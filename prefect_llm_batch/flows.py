@@ -27,13 +27,12 @@ from .costs import DEFAULT_EXPECTED_OUTPUT_TOKENS, Estimate
 from .errors import BatchCancelled, BatchFailed, ConfigError, CostLimitExceeded, ErrorRateExceeded, JobLocked
 from .jobs import JobRef, JobSummary, cancel_job, failed_batches, job_ref
 from .jobs.detached import PendingJob
-from .providers import make_provider, target_for
+from .providers import make_provider, open_target, target_for
 from .schemas import ResponseSchema
 from .spec import (
     DEFAULT_MAX_ERROR_RATE,
     OPENAI_MAX_BATCH_BYTES,
     OPENAI_MAX_REQUESTS_PER_BATCH,
-    SIMULATOR_KEY_BASE_URL,
     BatchLimits,
     CacheMode,
     JobSpec,
@@ -74,16 +73,8 @@ def resolve_target(
     provider: str, base_url: str | None, credentials: ProviderCredentials | None
 ) -> Iterator[ProviderTarget]:
     """Yield where the job's HTTP goes; for ``simulator``, start the bundled fake server for the run."""
-    if provider == "simulator":
-        from .testing import FakeProviderServer, FakeServerConfig
-
-        config = FakeServerConfig(validating_seconds=0.5, in_progress_seconds=1.5, finalizing_seconds=0.5)
-        with FakeProviderServer(config) as server:
-            yield ProviderTarget(
-                provider="simulator", base_url=server.base_url, key_base_url=SIMULATOR_KEY_BASE_URL
-            )
-        return
-    yield target_for(provider, base_url or (credentials.base_url if credentials else None))
+    with open_target(provider, base_url or (credentials.base_url if credentials else None)) as target:
+        yield target
 
 
 def cancel_provider_batches(flow: Flow[Any, Any], flow_run: FlowRun, state: State[Any]) -> None:

@@ -10,10 +10,9 @@ your data).
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -24,35 +23,17 @@ from pydantic import BaseModel
 
 from .jobs import JobSummary, Progress, assemble, prepare
 from .jobs.runner import run_batches
-from .providers import make_provider, target_for
+from .providers import make_provider, open_target
 from .schemas import ResponseSchema
 from .spec import (
-    SIMULATOR_KEY_BASE_URL,
     BatchLimits,
     CacheMode,
     JobSpec,
     ProviderName,
-    ProviderTarget,
     RunOptions,
 )
 from .store import default_state_dir
 from .table import exists, write_parquet_atomic
-
-INDEX_COLUMN = "__enrich_index__"
-
-
-@contextlib.contextmanager
-def _target(provider: ProviderName, base_url: str | None) -> Iterator[ProviderTarget]:
-    if provider == "simulator":
-        from .testing import FakeProviderServer, FakeServerConfig
-
-        config = FakeServerConfig(validating_seconds=0.2, in_progress_seconds=1.0, finalizing_seconds=0.2)
-        with FakeProviderServer(config) as server:
-            yield ProviderTarget(
-                provider="simulator", base_url=server.base_url, key_base_url=SIMULATOR_KEY_BASE_URL
-            )
-        return
-    yield target_for(provider, base_url)
 
 
 class _Bar:
@@ -164,7 +145,10 @@ def enrich(
     source = f"{state.rstrip('/')}/inputs/{digest}.parquet"
     if not exists(source):
         write_parquet_atomic(table, source, overwrite=True)
-    with _target(provider, base_url) as target, make_provider(target, api_key=api_key) as client:
+    with (
+        open_target(provider, base_url, simulator_seconds=0.6) as target,
+        make_provider(target, api_key=api_key) as client,
+    ):
         ref = prepare(source, spec, client, target, state_dir=state, cache=cache)
         with _Bar(progress) as bar:
             run_batches(ref, client, options, on_change=bar.update)

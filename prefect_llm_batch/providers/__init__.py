@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+from collections.abc import Iterator
 
 from ..errors import ConfigError
-from ..spec import BatchLimits, ProviderTarget
+from ..spec import SIMULATOR_KEY_BASE_URL, BatchLimits, ProviderTarget
 from .anthropic import DEFAULT_BASE_URL as ANTHROPIC_DEFAULT_BASE_URL
 from .anthropic import AnthropicBatchProvider
 from .base import BatchInfo, BatchProvider, BatchStatus
@@ -65,6 +67,29 @@ def target_for(provider: str, base_url: str | None = None) -> ProviderTarget:
     if provider == "anthropic":
         return anthropic_target(base_url)
     raise ConfigError(f"unknown provider {provider!r}; use simulator, openai or anthropic")
+
+
+@contextlib.contextmanager
+def open_target(
+    provider: str, base_url: str | None = None, *, simulator_seconds: float = 1.5
+) -> Iterator[ProviderTarget]:
+    """Yield where a job's HTTP goes. For ``simulator``, the bundled fake server runs for the
+    duration (batches spend ``simulator_seconds`` in progress, plus a little validating and
+    finalizing); its request keys use a fixed base URL, so its answers are cached across runs.
+    """
+    if provider == "simulator":
+        from ..testing import FakeProviderServer, FakeServerConfig
+
+        pause = simulator_seconds / 3
+        config = FakeServerConfig(
+            validating_seconds=pause, in_progress_seconds=simulator_seconds, finalizing_seconds=pause
+        )
+        with FakeProviderServer(config) as server:
+            yield ProviderTarget(
+                provider="simulator", base_url=server.base_url, key_base_url=SIMULATOR_KEY_BASE_URL
+            )
+        return
+    yield target_for(provider, base_url)
 
 
 def make_provider(

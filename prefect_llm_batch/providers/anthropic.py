@@ -76,7 +76,7 @@ from ..requests import normalise_base_url
 from ..results import RowResult, short
 from ..schemas import ResponseSchema
 from ..spec import BatchLimits, ErrorKind
-from .base import BatchInfo, BatchProvider, BatchStatus
+from .base import BatchInfo, BatchProvider, BatchStatus, decode_result_lines
 from .http import RetryingHTTP, http_timeout
 from .openai import _error_fields, error_for_response
 
@@ -567,19 +567,9 @@ class AnthropicBatchProvider(RetryingHTTP, BatchProvider):
         url = self._results_url(batch)
         response = self._retrying(lambda: self._send("GET", url, what, stream=True))
         try:
-            for number, raw in enumerate(response.iter_lines(), start=1):
-                if not raw.strip():
-                    continue
-                try:
-                    line = orjson.loads(raw)
-                except orjson.JSONDecodeError as exc:
-                    raise ProviderUnavailable(
-                        f"line {number} of the results of message batch {batch.id} is not JSON"
-                    ) from exc
-                if not isinstance(line, dict) or "custom_id" not in line:
-                    raise ProviderUnavailable(
-                        f"line {number} of the results of message batch {batch.id} has no custom_id"
-                    )
+            for line in decode_result_lines(
+                response.iter_lines(), f"the results of message batch {batch.id}"
+            ):
                 yield self.parse_line(line, batch.id)
         except (httpx.TimeoutException, httpx.NetworkError, httpx.RemoteProtocolError) as exc:
             raise ProviderUnavailable(f"{what}: the stream broke off ({type(exc).__name__})") from exc

@@ -10,10 +10,13 @@ from __future__ import annotations
 
 import enum
 from abc import ABC, abstractmethod
-from collections.abc import Collection, Iterator
+from collections.abc import Collection, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+import orjson
+
+from ..errors import ProviderUnavailable
 from ..results import RowResult
 from ..schemas import ResponseSchema
 from ..spec import BatchLimits
@@ -171,3 +174,29 @@ class BatchProvider(ABC):
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def decode_result_lines(lines: Iterable[bytes | str], where: str) -> Iterator[dict[str, Any]]:
+    """Decode result lines (JSONL) one by one, skipping blank ones; each must carry a ``custom_id``.
+
+    Args:
+        lines: The raw lines.
+        where: What they are, for messages (``"the output file of batch batch_1"``).
+
+    Raises:
+        ProviderUnavailable: A line is not JSON or has no ``custom_id`` (downloading again may help).
+
+    Examples:
+        >>> list(decode_result_lines([b'{"custom_id": "a"}', b""], "a test file"))
+        [{'custom_id': 'a'}]
+    """
+    for number, raw in enumerate(lines, start=1):
+        if not raw.strip():
+            continue
+        try:
+            line = orjson.loads(raw)
+        except orjson.JSONDecodeError as exc:
+            raise ProviderUnavailable(f"line {number} of {where} is not JSON") from exc
+        if not isinstance(line, dict) or "custom_id" not in line:
+            raise ProviderUnavailable(f"line {number} of {where} has no custom_id")
+        yield line

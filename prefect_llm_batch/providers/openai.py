@@ -29,7 +29,6 @@ from collections.abc import Callable, Collection, Iterator
 from typing import Any
 
 import httpx
-import orjson
 
 from ..errors import (
     ConfigError,
@@ -50,7 +49,7 @@ from ..results import (
 )
 from ..schemas import ResponseSchema
 from ..spec import BatchLimits, ErrorKind
-from .base import BatchInfo, BatchProvider, BatchStatus
+from .base import BatchInfo, BatchProvider, BatchStatus, decode_result_lines
 from .http import RetryingHTTP, http_timeout
 
 DEFAULT_BASE_URL = "https://api.openai.com/v1"
@@ -316,19 +315,7 @@ class OpenAIBatchProvider(RetryingHTTP, BatchProvider):
             if not file_id:  # null, or "" on clean batches of some services
                 continue
             data = self._download(file_id, f"download of the {what} file of batch {batch.id}")
-            for number, raw in enumerate(data.splitlines(), start=1):
-                if not raw.strip():
-                    continue
-                try:
-                    line = orjson.loads(raw)
-                except orjson.JSONDecodeError as exc:
-                    raise ProviderUnavailable(
-                        f"line {number} of the {what} file of batch {batch.id} is not JSON"
-                    ) from exc
-                if not isinstance(line, dict) or "custom_id" not in line:
-                    raise ProviderUnavailable(
-                        f"line {number} of the {what} file of batch {batch.id} has no custom_id"
-                    )
+            for line in decode_result_lines(data.splitlines(), f"the {what} file of batch {batch.id}"):
                 yield self.parse_line(line, batch.id)
 
     def delete_file(self, file_id: str) -> None:
