@@ -20,8 +20,10 @@ def main(path: str) -> None:
     print(f"provider={meta.get('provider')} model={meta.get('model')} job={meta.get('job_id')}\n")
     shown = frame[["review_id", "review", "response", "response_error_kind"]].head(8).copy()
     shown["review"] = shown["review"].str.replace("\n", " ").str.slice(0, 60)
+    shown["response_error_kind"] = shown["response_error_kind"].fillna("-")
     print(shown.to_string(index=False))
     print("\nanswers:", frame["response"].value_counts(dropna=False).to_dict())
+    print(f"answered from the response cache: {int(frame['response_cached'].sum())} of {len(frame)} rows")
     if meta.get("provider") == "simulator":
         print(
             "\nNote: these answers come from the bundled simulator, not from a model. "
