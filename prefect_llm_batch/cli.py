@@ -244,6 +244,20 @@ def run(
     print_summary(summary)
 
 
+@app.command(
+    "submit",
+    context_settings={"allow_extra_args": True, "ignore_unknown_options": True},
+    add_help_option=False,
+)
+def submit(ctx: typer.Context) -> None:
+    """Submit SOURCE's batches and return at once; `prefect-llm-batch collect` writes OUTPUT later.
+
+    Takes exactly the arguments and options of `run` (see `prefect-llm-batch run --help`): it is
+    `run --detached`.
+    """
+    typer.main.get_command(app).main(args=["run", *ctx.args, "--detached"], standalone_mode=False)
+
+
 @app.command()
 def collect(state_dir: StateDirOption = None) -> None:
     """Finish the jobs submitted with --detached whose batches have ended (never waits)."""

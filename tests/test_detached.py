@@ -67,3 +67,29 @@ def test_detached_refuses_the_simulator(tmp_path: Path) -> None:
             source=source(tmp_path), output=str(tmp_path / "o.parquet"), prompt="{{ text }}", model="m",
             state_dir=str(tmp_path / "s"), detached=True,
         )  # fmt: skip
+
+
+def test_cli_submit_then_collect(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from prefect_llm_batch.cli import app
+
+    monkeypatch.setenv("OPENAI_API_KEY", KEY)
+    out = tmp_path / "out.parquet"
+    state = str(tmp_path / "state")
+    runner = CliRunner()
+    with FakeProviderServer(FakeServerConfig()) as server:
+        submitted = runner.invoke(
+            app,
+            ["submit", source(tmp_path), str(out), "--prompt", "Sentiment of: {{ text }}", "--model", "m",
+             "--provider", "openai", "--base-url", server.base_url, "--state-dir", state,
+             "--retry-backoff", "0", "--max-error-rate", "0.5"],
+        )  # fmt: skip
+        assert submitted.exit_code == 0, submitted.output
+        assert "submitted" in submitted.output and not out.exists()
+        for _ in range(100):
+            collected = runner.invoke(app, ["collect", "--state-dir", state])
+            assert collected.exit_code == 0, collected.output
+            if "1 job(s) finished" in collected.output:
+                break
+    assert pq.read_table(out).num_rows == 9
