@@ -169,8 +169,10 @@ def run(
     ] = False,
 ) -> None:
     """Enrich SOURCE with one answer per row and write OUTPUT (Parquet)."""
-    if provider not in ("simulator", "openai", "anthropic"):
-        raise typer.BadParameter(f"--provider must be simulator, openai or anthropic, not {provider!r}")
+    if provider not in ("simulator", "openai", "anthropic", "azure"):
+        raise typer.BadParameter(
+            f"--provider must be simulator, openai, anthropic or azure, not {provider!r}"
+        )
     if no_cache and refresh_cache:
         raise typer.BadParameter("--no-cache and --refresh-cache exclude each other")
     params = dict(parse_param(p) for p in param or [])

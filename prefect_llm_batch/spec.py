@@ -23,7 +23,7 @@ KEY_VERSION = 1
 
 #: Provider names understood by this version. ``simulator`` is the bundled fake OpenAI server,
 #: started for the run: no network, no key, no cost, and answers that are not a model's.
-ProviderName = Literal["simulator", "openai", "anthropic"]
+ProviderName = Literal["simulator", "openai", "anthropic", "azure"]
 
 #: Base URL written into the request keys of simulator jobs, whatever port the simulator used.
 SIMULATOR_KEY_BASE_URL = "simulator://local/v1"

@@ -233,5 +233,17 @@ def test_deploy_run_and_check_on_a_real_server(prefect_server: PrefectServer, tm
     assert table.column("response_error_kind").null_count == 200
     assert table.column("response").null_count == 0
 
+    # The run's artifacts, through the REST API: progress at 100, the summary, the sample rows.
+    with server.api() as api:
+        artifacts = (
+            api.post("artifacts/filter", json={"artifacts": {"flow_run_id": {"any_": [run["id"]]}}})
+            .raise_for_status()
+            .json()
+        )
+    by_type = {a["type"]: a for a in artifacts}
+    assert by_type["progress"]["data"] == 100.0
+    assert "| rows | 200 |" in by_type["markdown"]["data"]
+    assert "review_id" in str(by_type["table"]["data"])
+
     # Shown with `pytest -s`; the budget is about 60 s on 2 cores.
     print(f"\nreal-server round trip timings (s): {server.timings}")

@@ -10,23 +10,26 @@ from ..errors import ConfigError
 from ..spec import SIMULATOR_KEY_BASE_URL, BatchLimits, ProviderTarget
 from .anthropic import DEFAULT_BASE_URL as ANTHROPIC_DEFAULT_BASE_URL
 from .anthropic import AnthropicBatchProvider
+from .azure import AzureOpenAIBatchProvider, azure_target
 from .base import BatchInfo, BatchProvider, BatchStatus
 from .openai import DEFAULT_BASE_URL, OpenAIBatchProvider
 
 __all__ = [
     "AnthropicBatchProvider",
+    "AzureOpenAIBatchProvider",
     "BatchInfo",
     "BatchProvider",
     "BatchStatus",
     "OpenAIBatchProvider",
     "anthropic_target",
+    "azure_target",
     "make_provider",
     "openai_target",
     "target_for",
 ]
 
 #: Environment variables holding each real provider's key (as the official SDKs read them).
-KEY_ENV = {"openai": "OPENAI_API_KEY", "anthropic": "ANTHROPIC_API_KEY"}
+KEY_ENV = {"openai": "OPENAI_API_KEY", "anthropic": "ANTHROPIC_API_KEY", "azure": "AZURE_OPENAI_API_KEY"}
 
 #: The key the simulator accepts; it is not a secret.
 SIMULATOR_API_KEY = "simulator-key"
@@ -66,7 +69,9 @@ def target_for(provider: str, base_url: str | None = None) -> ProviderTarget:
         return openai_target(base_url)
     if provider == "anthropic":
         return anthropic_target(base_url)
-    raise ConfigError(f"unknown provider {provider!r}; use simulator, openai or anthropic")
+    if provider == "azure":
+        return azure_target(base_url)
+    raise ConfigError(f"unknown provider {provider!r}; use simulator, openai, anthropic or azure")
 
 
 @contextlib.contextmanager
@@ -123,6 +128,10 @@ def make_provider(
                 f"the {target.provider} provider needs an API key: set {env} (or use the default "
                 "--provider simulator to try things offline)"
             )
+    if target.provider == "azure":
+        return AzureOpenAIBatchProvider.from_target(
+            target, api_key=key, limits=limits, endpoint=endpoint or "/v1/chat/completions", **options
+        )
     if target.provider == "anthropic":
         if endpoint not in (None, "/v1/chat/completions", "/v1/messages"):
             raise ConfigError(f"the anthropic provider has no {endpoint} batches; use openai for embeddings")
