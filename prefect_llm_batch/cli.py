@@ -167,17 +167,34 @@ def run(
             help="Submit the batches and return; `prefect-llm-batch collect` finishes the job later."
         ),
     ] = False,
+    mode: Annotated[
+        str,
+        typer.Option(
+            help="batch (default), realtime (request by request, for servers without a batch API) or auto "
+            "(realtime for <= 100 requests or when the server has no batch API)."
+        ),
+    ] = "batch",
+    realtime_concurrency: Annotated[int, typer.Option(help="Most realtime requests in flight.")] = 16,
+    realtime_rpm: Annotated[
+        float | None, typer.Option(help="Realtime requests per minute to keep under.")
+    ] = None,
+    realtime_tpm: Annotated[
+        float | None, typer.Option(help="Realtime tokens per minute to keep under.")
+    ] = None,
 ) -> None:
     """Enrich SOURCE with one answer per row and write OUTPUT (Parquet)."""
     if provider not in ("simulator", "openai", "anthropic", "azure"):
         raise typer.BadParameter(
             f"--provider must be simulator, openai, anthropic or azure, not {provider!r}"
         )
+    if mode not in ("batch", "realtime", "auto"):
+        raise typer.BadParameter(f"--mode must be batch, realtime or auto, not {mode!r}")
     if no_cache and refresh_cache:
         raise typer.BadParameter("--no-cache and --refresh-cache exclude each other")
     params = dict(parse_param(p) for p in param or [])
     from .errors import LLMBatchError
     from .jobs import JobRef, JobSummary, preflight
+    from .jobs.realtime import Mode
     from .schemas import ResponseSchema
     from .spec import JobSpec
 
@@ -232,6 +249,10 @@ def run(
             keep_input_files=keep_input_files,
             max_cost_usd=max_cost_usd,
             detached=detached,
+            mode=cast(Mode, mode),
+            realtime_concurrency=realtime_concurrency,
+            realtime_rpm=realtime_rpm,
+            realtime_tpm=realtime_tpm,
         )
     except LLMBatchError as exc:
         typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
@@ -337,6 +358,7 @@ def print_summary(summary: Any) -> None:
     table = Table(title=f"job {summary.job_id}", show_header=False)
     table.add_row("output", summary.output)
     table.add_row("provider / model", f"{summary.provider} / {summary.model}")
+    table.add_row("mode", f"{summary.mode} ({summary.mode_reason})" if summary.mode_reason else summary.mode)
     table.add_row(
         "rows",
         f"{summary.rows} ({summary.unique_requests} unique requests, "

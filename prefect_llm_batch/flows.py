@@ -27,7 +27,8 @@ from .costs import DEFAULT_EXPECTED_OUTPUT_TOKENS, Estimate
 from .errors import BatchCancelled, BatchFailed, ConfigError, CostLimitExceeded, ErrorRateExceeded, JobLocked
 from .jobs import JobRef, JobSummary, cancel_job, failed_batches, job_ref
 from .jobs.detached import PendingJob
-from .providers import make_provider, open_target, target_for
+from .jobs.realtime import Mode, choose_mode
+from .providers import api_key_for, make_provider, open_target, target_for
 from .schemas import ResponseSchema
 from .spec import (
     DEFAULT_MAX_ERROR_RATE,
@@ -55,6 +56,7 @@ from .tasks import (
     estimate_job,
     plan_retry,
     prepare_job,
+    realtime_chunk,
     submit_batch,
     wait_for_batches,
     write_output,
@@ -143,6 +145,10 @@ def enrich_table(
     keep_input_files: bool = False,
     dry_run: bool = False,
     detached: bool = False,
+    mode: Mode = "batch",
+    realtime_concurrency: int = 16,
+    realtime_rpm: float | None = None,
+    realtime_tpm: float | None = None,
     max_cost_usd: float | None = None,
     prices: dict[str, tuple[float, float]] | None = None,
     expected_output_tokens: int = DEFAULT_EXPECTED_OUTPUT_TOKENS,
@@ -194,6 +200,12 @@ def enrich_table(
             unique requests, cache hits, tokens, cost) without sending anything.
         detached: Submit the batches, record the job as pending and return its reference at once;
             the scheduled ``collect-jobs`` flow finishes it. No worker waits on the provider.
+        mode: ``batch`` (default), ``realtime`` (request by request: for servers without a batch
+            API, or small urgent jobs; same rows, keys, cache and resume) or ``auto`` (realtime for
+            at most 100 requests to send, or when the server answers 404 to ``GET /batches``).
+        realtime_concurrency: Most realtime requests in flight.
+        realtime_rpm: Requests per minute to keep under in realtime mode.
+        realtime_tpm: Tokens per minute to keep under in realtime mode.
         max_cost_usd: Refuse to send a job whose estimated cost is higher (or unknown).
         prices: USD per 1M batch tokens ``{"model-prefix": (input, output)}``, over the built-in table.
         expected_output_tokens: Output tokens assumed per request when ``params`` sets no max_tokens.
@@ -265,6 +277,18 @@ def enrich_table(
         run_context = FlowRunContext.get()
         if run_context is not None and run_context.flow_run is not None:
             record_run(state, str(run_context.flow_run.id), ref.job_id)
+        key = credentials.api_key.get_secret_value() if credentials is not None else None
+        chosen, reason = choose_mode(mode, target, planned.requests_to_send, api_key_for(target, key))
+        log.info("job %s runs in %s mode (%s)", ref.job_id, chosen, reason)
+        if chosen == "realtime" and (detached or target.provider == "azure"):
+            raise ConfigError(
+                f"realtime mode does not support {'detached runs' if detached else 'azure'} yet"
+            )
+        realtime = {
+            "concurrency": realtime_concurrency,
+            "requests_per_minute": realtime_rpm,
+            "tokens_per_minute": realtime_tpm,
+        }
         if detached:
             if simulated:
                 raise ConfigError(
@@ -287,7 +311,10 @@ def enrich_table(
             store.clear_cancel()  # a new run resumes a job a user cancelled earlier
             round_, chunks = 1, store.read_job().round_chunks(1)
             while chunks:
-                _run_round(ref, chunks, spec, target, options, credentials, progress_id)
+                if chosen == "realtime":
+                    _run_round_realtime(ref, chunks, spec, target, options, credentials, realtime)
+                else:
+                    _run_round(ref, chunks, spec, target, options, credentials, progress_id)
                 chunks = plan_retry(ref, round_, options)
                 if chunks:
                     pause = options.retry_backoff * 2 ** (round_ - 1)
@@ -296,6 +323,7 @@ def enrich_table(
                     round_ += 1
             artifacts.set_progress(progress_id, artifacts.COLLECTED)
             summary = write_output(ref, output, overwrite, parser)
+            summary = summary.model_copy(update={"mode": chosen, "mode_reason": reason})
             artifacts.set_progress(progress_id, 100.0)
             artifacts.publish_summary(summary)
             user_cancelled = store.is_cancelled()
@@ -323,6 +351,25 @@ def enrich_table(
             output=output,
         )
     return summary
+
+
+def _run_round_realtime(
+    ref: JobRef,
+    chunks: list[int],
+    spec: JobSpec,
+    target: ProviderTarget,
+    options: RunOptions,
+    credentials: ProviderCredentials | None,
+    realtime: dict[str, Any],
+) -> None:
+    """Send one round in realtime; chunks an earlier batch-mode run already submitted finish as batches."""
+    store = JobStore(ref.state_dir, ref.job_id)
+    as_batches = [c for c in chunks if store.read_chunk(c).batch_id]
+    for chunk_id in chunks:
+        if chunk_id not in as_batches:
+            realtime_chunk(ref, chunk_id, spec, target, options, credentials, **realtime)
+    if as_batches:
+        _run_round(ref, as_batches, spec, target, options, credentials)
 
 
 def _run_round(

@@ -23,7 +23,8 @@ from .blocks import ProviderCredentials
 from .costs import DEFAULT_EXPECTED_OUTPUT_TOKENS, Estimate
 from .errors import TableError, is_transient
 from .jobs.detached import PendingJob, advance
-from .providers import make_provider
+from .jobs.realtime import realtime_client, run_chunk_realtime
+from .providers import api_key_for, make_provider
 from .providers.base import BatchProvider
 from .spec import JobSpec, ProviderTarget, RunOptions
 from .table import exists
@@ -174,3 +175,25 @@ def advance_job(pending: PendingJob, credentials: ProviderCredentials | None = N
     """Move a detached job forward once (no waiting); True when its results are all collected."""
     with provider_for(pending.target, pending.spec, credentials) as provider:
         return advance(pending, provider)
+
+
+@task(name="realtime-chunk", task_run_name="realtime-chunk-{chunk_id}", **_RETRIED)
+def realtime_chunk(
+    ref: jobs.JobRef,
+    chunk_id: int,
+    spec: JobSpec,
+    target: ProviderTarget,
+    options: RunOptions,
+    credentials: ProviderCredentials | None = None,
+    concurrency: int = 16,
+    requests_per_minute: float | None = None,
+    tokens_per_minute: float | None = None,
+) -> int:
+    """Send one chunk's requests through the realtime endpoint (bounded, rate-limited)."""
+    key = api_key_for(target, credentials.api_key.get_secret_value() if credentials is not None else None)
+    with provider_for(target, spec, credentials) as provider:
+        client = realtime_client(
+            provider, target, key, max_concurrency=concurrency,
+            requests_per_minute=requests_per_minute, tokens_per_minute=tokens_per_minute,
+        )  # fmt: skip
+        return run_chunk_realtime(ref, chunk_id, client, options)

@@ -49,6 +49,8 @@ class JobSummary(BaseModel):
     input_tokens: int = 0
     output_tokens: int = 0
     cost_usd: float | None = None
+    mode: str = "batch"
+    mode_reason: str = ""
 
     @property
     def error_rate(self) -> float:

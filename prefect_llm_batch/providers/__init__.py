@@ -97,6 +97,24 @@ def open_target(
     yield target_for(provider, base_url)
 
 
+def api_key_for(target: ProviderTarget, api_key: str | None = None) -> str:
+    """The key to use for a target: ``api_key``, else the provider's environment variable.
+
+    Raises:
+        ConfigError: A real provider and no key (the message names the variable).
+    """
+    if target.provider == "simulator":
+        return api_key or SIMULATOR_API_KEY
+    env = KEY_ENV[target.provider]
+    key = api_key or os.environ.get(env) or ""
+    if not key:
+        raise ConfigError(
+            f"the {target.provider} provider needs an API key: set {env} (or use the default "
+            "--provider simulator to try things offline)"
+        )
+    return key
+
+
 def make_provider(
     target: ProviderTarget,
     *,
@@ -118,16 +136,7 @@ def make_provider(
     Raises:
         ConfigError: No key is available for a real provider.
     """
-    if target.provider == "simulator":
-        key = api_key or SIMULATOR_API_KEY
-    else:
-        env = KEY_ENV[target.provider]
-        key = api_key or os.environ.get(env) or ""
-        if not key:
-            raise ConfigError(
-                f"the {target.provider} provider needs an API key: set {env} (or use the default "
-                "--provider simulator to try things offline)"
-            )
+    key = api_key_for(target, api_key)
     if target.provider == "azure":
         return AzureOpenAIBatchProvider.from_target(
             target, api_key=key, limits=limits, endpoint=endpoint or "/v1/chat/completions", **options

@@ -1,0 +1,110 @@
+"""Realtime mode: the same job, chunks, cache, retry rounds and output, sent request by request.
+
+For servers without a batch API (vLLM, llama.cpp, Ollama, LM Studio) and for small urgent jobs.
+A chunk is sent through :class:`~prefect_llm_batch.providers.realtime.RealtimeClient` (bounded
+concurrency, request and token limiters, retry-after) and its results are stored exactly as a
+collected batch's, so resuming, caching and retrying work unchanged: a chunk whose results are
+stored is never sent again.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Literal
+
+import orjson
+
+from ..providers.base import BatchProvider
+from ..providers.openai import EMBEDDINGS_ENDPOINT
+from ..providers.realtime import RealtimeClient, has_batch_api
+from ..results import results_to_table
+from ..spec import ProviderTarget, RunOptions
+from ..store import JobStore, ResponseCache
+from .plan import JobRef
+
+logger = logging.getLogger("prefect_llm_batch")
+
+#: ``mode="auto"`` runs jobs with at most this many requests to send in realtime.
+AUTO_REALTIME_MAX_REQUESTS = 100
+
+Mode = Literal["batch", "realtime", "auto"]
+
+
+def choose_mode(
+    mode: Mode, target: ProviderTarget, requests_to_send: int, api_key: str | None
+) -> tuple[Literal["batch", "realtime"], str]:
+    """Resolve ``auto``: realtime for small jobs or servers without a batch API, else batch.
+
+    The batch API is detected by asking the server (``GET /batches``), never guessed from its
+    host name. Returns the mode and the reason, for the summary.
+
+    Examples:
+        >>> t = ProviderTarget(provider="openai", base_url="https://x/v1", key_base_url="https://x/v1")
+        >>> choose_mode("auto", t, 12, None)
+        ('realtime', 'auto: 12 requests to send, at most 100 go realtime')
+        >>> choose_mode("batch", t, 12, None)
+        ('batch', 'asked for')
+    """
+    if mode != "auto":
+        return mode, "asked for"
+    if requests_to_send <= AUTO_REALTIME_MAX_REQUESTS:
+        return (
+            "realtime",
+            f"auto: {requests_to_send} requests to send, at most {AUTO_REALTIME_MAX_REQUESTS} go realtime",
+        )
+    if target.provider in ("openai", "simulator") and api_key and not has_batch_api(target.base_url, api_key):
+        return "realtime", f"auto: {target.base_url} has no batch API (GET /batches answered 404)"
+    return "batch", f"auto: {requests_to_send} requests, and the server has a batch API"
+
+
+def realtime_client(
+    provider: BatchProvider,
+    target: ProviderTarget,
+    api_key: str,
+    *,
+    max_concurrency: int = 16,
+    requests_per_minute: float | None = None,
+    tokens_per_minute: float | None = None,
+) -> RealtimeClient:
+    """A realtime client for a job's target (OpenAI-compatible or Anthropic wire)."""
+    return RealtimeClient(
+        provider,
+        api_key=api_key,
+        base_url=target.base_url,
+        wire="anthropic" if target.provider == "anthropic" else "openai",
+        max_concurrency=max_concurrency,
+        requests_per_minute=requests_per_minute,
+        tokens_per_minute=tokens_per_minute,
+    )
+
+
+def run_chunk_realtime(ref: JobRef, chunk_id: int, client: RealtimeClient, options: RunOptions) -> int:
+    """Send one chunk's requests in realtime and store its results like a collected batch's.
+
+    Returns the number of results stored (0 sends when the chunk already has its results).
+    """
+    store = JobStore(ref.state_dir, ref.job_id)
+    state = store.read_chunk(chunk_id)
+    if state.collected:
+        return store.read_results(chunk_id).num_rows
+    record = store.read_job()
+    round_ = next(c.round for c in record.chunks if c.chunk_id == chunk_id)
+    lines = [orjson.loads(line) for line in store.read_chunk_input(chunk_id).splitlines() if line.strip()]
+    results = client.run(lines)
+    for result in results:
+        result.attempts = round_
+    table = results_to_table(results, embeddings=record.endpoint == EMBEDDINGS_ENDPOINT)
+    store.write_results(chunk_id, table)
+    ok = table.filter(table.column("response_error_kind").is_null())
+    if options.cache != "off":
+        ResponseCache(ref.state_dir).add(f"{ref.job_id}-chunk-{chunk_id:05d}-realtime", ok)
+    state.status, state.raw_status = "completed", "realtime"
+    state.total, state.completed, state.failed = table.num_rows, ok.num_rows, table.num_rows - ok.num_rows
+    state.collected = True
+    store.write_chunk(state)
+    stats = client.stats
+    logger.info(
+        "chunk %d: %d requests in realtime, %d ok, %d answered 429",
+        chunk_id, table.num_rows, ok.num_rows, stats.responses_429,
+    )  # fmt: skip
+    return table.num_rows
