@@ -27,6 +27,14 @@ with the counts they had when the stall caught them: none finished if they enter
 until cancelled, which works as usual, or until :meth:`FakeProviderServer.unstall_batches`, after
 which they carry on as if the stalled time had not passed.
 
+Realtime rate limits: with :attr:`FakeServerConfig.realtime_rpm` / ``realtime_tpm`` the realtime
+routes (``POST /v1/chat/completions``, ``/v1/embeddings``, ``/v1/messages``) share a sliding-window
+budget (``realtime_window_s``, 60 s by default): over it, 429 with ``retry-after`` (and, on
+OpenAI routes, ``retry-after-ms``), counted in :attr:`ServerStats.realtime_429`; every realtime
+answer carries ``x-ratelimit-*`` headers (and ``anthropic-ratelimit-*`` on ``/v1/messages``).
+``realtime_latency_s`` delays accepted realtime answers. ``batch_api=False`` makes every
+``/v1/files`` and ``/v1/batches`` route answer 404, like a server without a batch API.
+
 Embeddings (``/v1/embeddings``, body ``{"model", "input": str | list[str], "dimensions"?,
 "encoding_format"?: "float" | "base64"}``) answer OpenAI's ``{"object": "list", "data":
 [{"object": "embedding", "index", "embedding"}], "model", "usage": {"prompt_tokens",
@@ -117,7 +125,7 @@ import struct
 import threading
 import time
 import uuid
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -188,6 +196,14 @@ ROUTES: tuple[str, ...] = (
     "DELETE /v1/messages/batches/{id}",
     "GET /v1/messages/batches/{id}/results",
     "POST /v1/messages",
+)
+#: Realtime routes: rate limited by :attr:`FakeServerConfig.realtime_rpm` / ``realtime_tpm``.
+REALTIME_ROUTES: frozenset[str] = frozenset(
+    {"POST /v1/chat/completions", "POST /v1/embeddings", "POST /v1/messages"}
+)
+#: Routes that do not exist on a server without a batch API (:attr:`FakeServerConfig.batch_api`).
+BATCH_API_ROUTES: frozenset[str] = frozenset(
+    r for r in ROUTES if r.split(" ", 1)[1].startswith(("/v1/files", "/v1/batches"))
 )
 #: Routes that speak the Anthropic wire format (``x-api-key`` auth, Anthropic error envelope).
 ANTHROPIC_ROUTES: frozenset[str] = frozenset(r for r in ROUTES if " /v1/messages" in r)
@@ -287,6 +303,26 @@ class FakeServerConfig:
         stall_in: If set, every batch that reaches this status stays in it until cancelled (or
             until :meth:`FakeProviderServer.unstall_batches`). Anthropic message batches only
             stall for ``"in_progress"``.
+        realtime_rpm: If set, the realtime routes (``POST /v1/chat/completions``,
+            ``/v1/embeddings``, ``/v1/messages``, one shared budget) accept at most
+            ``realtime_rpm * realtime_window_s / 60`` requests in any sliding window of
+            ``realtime_window_s`` seconds; more is 429 (OpenAI ``rate_limit_exceeded`` or
+            Anthropic ``rate_limit_error``) with ``retry-after`` (seconds, fractional) and, on
+            OpenAI routes, ``retry-after-ms``. Rejected requests do not count.
+        realtime_tpm: The same for tokens, estimated per request as ``len(raw body) // 4 +
+            max_tokens`` (or ``max_completion_tokens``), the estimate a client can make too.
+        realtime_window_s: Length of the sliding window (OpenAI: a minute; tests use less).
+        realtime_latency_s: Accepted realtime requests wait this long before they are answered
+            (429s answer at once).
+        batch_api: If ``False``, every ``/v1/files`` and ``/v1/batches`` route answers 404, as
+            servers without a batch API do (vLLM, llama.cpp, Ollama).
+
+    With a realtime limit set, every realtime answer carries ``x-ratelimit-limit-requests``
+    (per minute), ``x-ratelimit-remaining-requests`` (left in the current window) and
+    ``x-ratelimit-reset-requests`` (until the oldest counted request leaves the window, in
+    OpenAI's duration format such as ``2s81ms``), the ``-tokens`` variants for a token limit,
+    and on ``/v1/messages`` Anthropic's ``anthropic-ratelimit-{requests,tokens}-{limit,remaining,reset}``
+    (``reset`` in RFC 3339).
 
     Raises:
         ValueError: For a ``stall_in`` other than the three statuses.
@@ -313,12 +349,23 @@ class FakeServerConfig:
     anthropic_max_requests: int = 100_000
     anthropic_max_bytes: int = 256 * 1024 * 1024
     stall_in: StallStatus | None = None
+    realtime_rpm: float | None = None
+    realtime_tpm: float | None = None
+    realtime_window_s: float = 60.0
+    realtime_latency_s: float = 0.0
+    batch_api: bool = True
 
     def __post_init__(self) -> None:
         if self.stall_in is not None and self.stall_in not in _STALL_ORDER:
             raise ValueError(
                 f"stall_in must be one of {', '.join(_STALL_ORDER)} or None, not {self.stall_in!r}"
             )
+        for name in ("realtime_rpm", "realtime_tpm"):
+            value = getattr(self, name)
+            if value is not None and value <= 0:
+                raise ValueError(f"{name} must be positive or None, not {value!r}")
+        if self.realtime_window_s <= 0 or self.realtime_latency_s < 0:
+            raise ValueError("realtime_window_s must be positive and realtime_latency_s not negative")
 
 
 @dataclass
@@ -334,6 +381,7 @@ class ServerStats:
             answered with an error.
         creates_by_job: OpenAI batches created per ``metadata["job_id"]`` (see
             :meth:`FakeProviderServer.creates_for`).
+        realtime_429: Realtime requests refused by the realtime rate limit.
 
     Examples:
         >>> ServerStats().calls["POST /v1/batches"], ServerStats().creates_by_job["job-1"]
@@ -345,6 +393,7 @@ class ServerStats:
     requests_received: int = 0
     calls: Counter[str] = field(default_factory=Counter)
     creates_by_job: Counter[str] = field(default_factory=Counter)
+    realtime_429: int = 0
 
 
 @dataclass
@@ -630,6 +679,47 @@ def _anthropic_error_body(type: str, message: str) -> dict[str, Any]:
     return {"type": "error", "error": {"type": type, "message": message}, "request_id": f"req_{_hex()}"}
 
 
+def openai_duration(seconds: float) -> str:
+    """Format a duration as OpenAI's rate-limit headers do (``20ms``, ``2s81ms``, ``6m0s``).
+
+    Examples:
+        >>> openai_duration(0.02), openai_duration(2.081), openai_duration(360), openai_duration(0)
+        ('20ms', '2s81ms', '6m0s', '0s')
+    """
+    ms = max(0, math.ceil(seconds * 1000 - 1e-6))
+    if ms == 0:
+        return "0s"
+    if ms < 1000:
+        return f"{ms}ms"
+    minutes, rest = divmod(ms, 60_000)
+    secs, millis = divmod(rest, 1000)
+    if minutes:
+        return f"{minutes}m{secs}s" if not millis else f"{minutes}m{secs}.{millis:03d}s"
+    return f"{secs}s{millis}ms" if millis else f"{secs}s"
+
+
+def realtime_tokens(raw: bytes, body: Mapping[str, Any]) -> int:
+    """Tokens a realtime request counts against ``realtime_tpm``: ``len(raw) // 4`` plus its
+    ``max_tokens`` (or ``max_completion_tokens``).
+
+    Examples:
+        >>> realtime_tokens(b"x" * 40, {"max_tokens": 5})
+        15
+    """
+    limit = body.get("max_tokens", body.get("max_completion_tokens"))
+    extra = limit if isinstance(limit, int) and not isinstance(limit, bool) and limit > 0 else 0
+    return len(raw) // 4 + extra
+
+
+@dataclass
+class _Budget:
+    """The outcome of one realtime admission: wait (0 when accepted) and what the headers say."""
+
+    retry_after: float
+    requests: tuple[float, int, float] | None  # limit per minute, remaining, reset seconds
+    tokens: tuple[float, int, float] | None
+
+
 class _State:
     """All mutable state of one fake provider, guarded by one lock."""
 
@@ -644,6 +734,8 @@ class _State:
         self.faults: dict[str, list[_Fault]] = {}
         self.stalls: dict[str, list[float]] = {}
         self.stall_in: StallStatus | None = config.stall_in
+        #: (arrival time, estimated tokens) of the realtime requests accepted in the window.
+        self.window: deque[tuple[float, int]] = deque()
 
     def reset(self) -> None:
         with self.lock:
@@ -656,6 +748,53 @@ class _State:
             self.stats.creates = self.stats.uploads = self.stats.requests_received = 0
             self.stats.calls.clear()
             self.stats.creates_by_job.clear()
+            self.stats.realtime_429 = 0
+            self.window.clear()
+
+    # ----- realtime rate limit -------------------------------------------------------------
+
+    def admit_realtime(self, tokens: int) -> _Budget:
+        """Count a realtime request against the sliding window, or tell how long it must wait."""
+        config = self.config
+        window = config.realtime_window_s
+        now = time.monotonic()
+        with self.lock:
+            queue = self.window
+            while queue and queue[0][0] <= now - window:
+                queue.popleft()
+            wait = 0.0
+            max_requests = (
+                max(1, math.floor(config.realtime_rpm * window / 60 + 1e-9)) if config.realtime_rpm else None
+            )
+            max_tokens = config.realtime_tpm * window / 60 if config.realtime_tpm else None
+            if max_requests is not None and len(queue) + 1 > max_requests:
+                wait = queue[len(queue) - max_requests][0] + window - now
+            used = sum(t for _, t in queue)
+            if max_tokens is not None and queue and used + tokens > max_tokens:
+                freed = used
+                for i, (at, spent) in enumerate(queue):  # oldest first, until enough tokens leave
+                    freed -= spent
+                    if freed + tokens <= max_tokens or i == len(queue) - 1:
+                        wait = max(wait, at + window - now)
+                        break
+            if wait > 0:
+                self.stats.realtime_429 += 1
+            else:
+                wait = 0.0
+                queue.append((now, tokens))
+                used += tokens
+            reset = queue[0][0] + window - now if queue else 0.0
+            requests = (
+                (float(config.realtime_rpm), max(0, max_requests - len(queue)), reset)
+                if config.realtime_rpm and max_requests is not None
+                else None
+            )
+            token_state = (
+                (float(config.realtime_tpm), max(0, math.floor(max_tokens - used)), reset)
+                if config.realtime_tpm and max_tokens is not None
+                else None
+            )
+            return _Budget(wait, requests, token_state)
 
     # ----- stalls ---------------------------------------------------------------------------
 
@@ -1875,20 +2014,71 @@ def create_app(state: _State) -> Starlette:
         error_type = "insufficient_quota" if code == "insufficient_quota" else _error_type(fault.status)
         raise _ApiError(fault.status, message, type=error_type, code=code, headers=headers)
 
+    def rate_headers(budget: _Budget, anthropic: bool) -> dict[str, str]:
+        headers: dict[str, str] = {}
+        for kind, numbers in (("requests", budget.requests), ("tokens", budget.tokens)):
+            if numbers is None:
+                continue
+            limit, remaining, reset = numbers
+            headers[f"x-ratelimit-limit-{kind}"] = f"{limit:g}"
+            headers[f"x-ratelimit-remaining-{kind}"] = str(remaining)
+            headers[f"x-ratelimit-reset-{kind}"] = openai_duration(reset)
+            if anthropic:
+                headers[f"anthropic-ratelimit-{kind}-limit"] = f"{limit:g}"
+                headers[f"anthropic-ratelimit-{kind}-remaining"] = str(remaining)
+                headers[f"anthropic-ratelimit-{kind}-reset"] = _rfc3339(time.time() + reset) or ""
+        return headers
+
+    async def rate_limited(request: Request, handler: Handler, anthropic: bool) -> Response:
+        raw = await request.body()
+        try:
+            parsed = orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            parsed = None
+        budget = state.admit_realtime(realtime_tokens(raw, parsed if isinstance(parsed, dict) else {}))
+        headers = rate_headers(budget, anthropic)
+        if budget.retry_after > 0:
+            wait = budget.retry_after
+            headers["retry-after"] = f"{wait:.3f}"
+            if anthropic:
+                raise _ApiError(429, _ANTHROPIC_ERROR_MESSAGES[429], type="rate_limit_error", headers=headers)
+            headers["retry-after-ms"] = str(math.ceil(wait * 1000))
+            raise _ApiError(
+                429,
+                f"Rate limit reached for requests in organization org-fake. Please try again in {wait:.3f}s.",
+                type="requests",
+                code="rate_limit_exceeded",
+                headers=headers,
+            )
+        if state.config.realtime_latency_s:
+            await asyncio.sleep(state.config.realtime_latency_s)
+        response = await handler(request)
+        response.headers.update(headers)
+        return response
+
     def make_route(key: str, handler: Handler) -> Route:
         method, path = key.split(" ", 1)
 
         anthropic = key in ANTHROPIC_ROUTES
+        realtime = key in REALTIME_ROUTES
+        batch_api = key in BATCH_API_ROUTES
 
         async def endpoint(request: Request) -> Response:
             with state.lock:
                 state.stats.calls[key] += 1
+            config = state.config
+            if batch_api and not config.batch_api:  # a server without a batch API
+                return _ApiError(404, f"Invalid URL ({request.method} {request.url.path})").response()
             try:
                 if anthropic:
                     check_anthropic_auth(request)
                 else:
                     check_auth(request)
                 take_fault(key)
+                if realtime and (config.realtime_rpm or config.realtime_tpm):
+                    return await rate_limited(request, handler, anthropic)
+                if realtime and config.realtime_latency_s:
+                    await asyncio.sleep(config.realtime_latency_s)
                 return await handler(request)
             except _ApiError as exc:
                 return exc.anthropic_response() if anthropic else exc.response()
