@@ -256,6 +256,21 @@ class JobStore:
         """Read one chunk's parsed results."""
         return pq.read_table(io.BytesIO(self._read(self._path("results", f"chunk-{chunk_id:05d}.parquet"))))
 
+    def write_partial_results(self, chunk_id: int, part: int, table: pa.Table) -> None:
+        """Write one slice of a realtime chunk's results (so a crash loses at most a slice)."""
+        self._write(
+            self._path("results", f"chunk-{chunk_id:05d}.part-{part:05d}.parquet"), _parquet_bytes(table)
+        )
+
+    def read_partial_results(self, chunk_id: int) -> list[pa.Table]:
+        """The slices of a realtime chunk's results written so far, in order."""
+        fs, root = fsspec.core.url_to_fs(self._path("results"), **(self._options or {}))
+        if not fs.exists(root):
+            return []
+        prefix = f"chunk-{chunk_id:05d}.part-"
+        paths = sorted(p for p in fs.ls(root, detail=False) if str(p).rsplit("/", 1)[-1].startswith(prefix))
+        return [pq.read_table(io.BytesIO(bytes(fs.cat_file(p)))) for p in paths]
+
     def write_cached_results(self, table: pa.Table) -> None:
         """Write the answers the job took from the response cache."""
         self._write(self._path("results", "cached.parquet"), _parquet_bytes(table))

@@ -71,3 +71,48 @@ def test_auto_picks_realtime_for_a_small_job(monkeypatch: pytest.MonkeyPatch, tm
         summary = run(server, source(tmp_path, 5), tmp_path / "small.parquet", mode="auto")
         assert server.stats.creates == 0
     assert summary.mode == "realtime" and "5 requests" in summary.mode_reason
+
+
+def test_realtime_resume_does_not_resend_finished_slices(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from prefect_llm_batch import jobs
+    from prefect_llm_batch.jobs import realtime as realtime_jobs
+    from prefect_llm_batch.providers import make_provider
+    from prefect_llm_batch.spec import JobSpec, ProviderTarget, RunOptions
+    from prefect_llm_batch.store import JobStore
+
+    monkeypatch.setattr(realtime_jobs, "REALTIME_SLICE", 4)
+    spec = JobSpec(prompt="Sentiment of: {{ text }}", model="gpt-4o-mini", provider="openai")
+    options = RunOptions(poll_interval=0.01, retry_backoff=0)
+    with FakeProviderServer(FakeServerConfig()) as server:
+        target = ProviderTarget(provider="openai", base_url=server.base_url, key_base_url=server.base_url)
+        with make_provider(target, api_key=KEY) as provider:
+            ref = jobs.prepare(source(tmp_path, 10), spec, provider, target, state_dir=str(tmp_path / "s"))
+            client = realtime_jobs.realtime_client(provider, target, KEY)
+            store = JobStore(ref.state_dir, ref.job_id)
+
+            class Crash(Exception):
+                pass
+
+            calls = {"n": 0}
+            real_run = client.run
+
+            def crash_on_second_slice(lines: list[dict[str, Any]]) -> Any:
+                calls["n"] += 1
+                if calls["n"] == 2:
+                    raise Crash
+                return real_run(lines)
+
+            monkeypatch.setattr(client, "run", crash_on_second_slice)
+            with pytest.raises(Crash):
+                realtime_jobs.run_chunk_realtime(ref, 0, client, options)
+            sent_before = server.stats.calls["POST /v1/chat/completions"]
+            assert sent_before == 4 and len(store.read_partial_results(0)) == 1
+            monkeypatch.setattr(client, "run", real_run)
+            assert realtime_jobs.run_chunk_realtime(ref, 0, client, options) == 10
+            assert server.stats.calls["POST /v1/chat/completions"] - sent_before == 6
+        summary = jobs.assemble(ref, output=str(tmp_path / "out.parquet"))
+    assert summary.ok_rows == 10
+    table = pq.read_table(tmp_path / "out.parquet")
+    assert table.column("id").to_pylist() == list(range(10))

@@ -13,6 +13,8 @@ import logging
 from typing import Literal
 
 import orjson
+import pyarrow as pa
+import pyarrow.compute as pc
 
 from ..providers.base import BatchProvider
 from ..providers.openai import EMBEDDINGS_ENDPOINT
@@ -24,6 +26,9 @@ from .plan import JobRef
 
 logger = logging.getLogger("prefect_llm_batch")
 
+#: Requests sent (and their results stored) per slice of a realtime chunk: a crash re-sends at
+#: most one slice's unfinished requests.
+REALTIME_SLICE = 200
 #: ``mode="auto"`` runs jobs with at most this many requests to send in realtime.
 AUTO_REALTIME_MAX_REQUESTS = 100
 
@@ -89,11 +94,23 @@ def run_chunk_realtime(ref: JobRef, chunk_id: int, client: RealtimeClient, optio
         return store.read_results(chunk_id).num_rows
     record = store.read_job()
     round_ = next(c.round for c in record.chunks if c.chunk_id == chunk_id)
+    embeddings = record.endpoint == EMBEDDINGS_ENDPOINT
     lines = [orjson.loads(line) for line in store.read_chunk_input(chunk_id).splitlines() if line.strip()]
-    results = client.run(lines)
-    for result in results:
-        result.attempts = round_
-    table = results_to_table(results, embeddings=record.endpoint == EMBEDDINGS_ENDPOINT)
+    parts = store.read_partial_results(chunk_id)  # slices a crashed run already finished
+    answered = {str(cid) for part in parts for cid in part.column("custom_id").to_pylist()}
+    remaining = [line for line in lines if str(line["custom_id"]) not in answered]
+    if answered:
+        logger.info("chunk %d: %d requests already answered by an earlier run", chunk_id, len(answered))
+    for start in range(0, len(remaining), REALTIME_SLICE):
+        results = client.run(remaining[start : start + REALTIME_SLICE])
+        for result in results:
+            result.attempts = round_
+        part = results_to_table(results, embeddings=embeddings)
+        store.write_partial_results(chunk_id, len(parts), part)
+        parts.append(part)
+    by_id = pa.concat_tables(parts) if parts else results_to_table([], embeddings=embeddings)
+    order = pa.array([str(line["custom_id"]) for line in lines], pa.string())
+    table = by_id.take(pc.index_in(order, value_set=by_id.column("custom_id")))
     store.write_results(chunk_id, table)
     ok = table.filter(table.column("response_error_kind").is_null())
     if options.cache != "off":
