@@ -24,7 +24,7 @@ from prefect_llm_batch.blocks import AnthropicBatchCredentials, LLMBatchJob, Ope
 from prefect_llm_batch.errors import LLMBatchError
 from prefect_llm_batch.spec import BatchLimits, JobSpec
 
-SECRET = "sk-test-5f3a9c1e-never-print-me"
+SECRET = "test-key-5f3a9c1e-never-print-me"
 MASK = "**********"
 
 

@@ -272,27 +272,6 @@ class AzureOpenAIBatchProvider(OpenAIBatchProvider):
         """The endpoint as written in lines and at create (``/chat/completions``)."""
         return _wire_endpoint(self.endpoint)
 
-    def build_line(self, custom_id: str, body: dict[str, Any]) -> dict[str, Any]:
-        return {"custom_id": custom_id, "method": "POST", "url": self.wire_endpoint, "body": body}
-
-    def create(
-        self, data: bytes, input_file_id: str | None, metadata: dict[str, str], *, requests: int
-    ) -> BatchInfo:
-        if not input_file_id:
-            raise ValueError("Azure OpenAI creates batches from an uploaded file: upload first")
-        body = {
-            "input_file_id": input_file_id,
-            "endpoint": self.wire_endpoint,
-            "completion_window": "24h",
-            "metadata": metadata,
-        }
-        # As for OpenAI: a 429 is retried, anything that may have created the batch raises
-        # AmbiguousCreate and is resolved by the caller through find_batch.
-        response = self._retrying(
-            lambda: self._send("POST", "/batches", "create batch", idempotent=False, json=body)
-        )
-        return self.batch_info(response.json())
-
     @staticmethod
     def batch_info(raw: dict[str, Any]) -> BatchInfo:
         """Map a batch object to :class:`BatchInfo`, normalising Azure's status spellings.

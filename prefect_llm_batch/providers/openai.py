@@ -199,8 +199,13 @@ class OpenAIBatchProvider(RetryingHTTP, BatchProvider):
             body["response_format"] = schema.openai_response_format()
         return body
 
+    @property
+    def wire_endpoint(self) -> str:
+        """The endpoint as written in input lines and at create (services may spell it differently)."""
+        return self.endpoint
+
     def build_line(self, custom_id: str, body: dict[str, Any]) -> dict[str, Any]:
-        return {"custom_id": custom_id, "method": "POST", "url": self.endpoint, "body": body}
+        return {"custom_id": custom_id, "method": "POST", "url": self.wire_endpoint, "body": body}
 
     def parse_line(self, line: dict[str, Any], batch_id: str | None) -> RowResult:
         cid = str(line.get("custom_id"))
@@ -263,7 +268,7 @@ class OpenAIBatchProvider(RetryingHTTP, BatchProvider):
             raise ValueError("the OpenAI Batch API creates batches from an uploaded file: upload first")
         body = {
             "input_file_id": input_file_id,
-            "endpoint": self.endpoint,
+            "endpoint": self.wire_endpoint,
             "completion_window": "24h",
             "metadata": metadata,
         }
