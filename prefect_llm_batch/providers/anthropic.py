@@ -77,7 +77,7 @@ from ..results import RowResult, short
 from ..schemas import ResponseSchema
 from ..spec import BatchLimits, ErrorKind
 from .base import BatchInfo, BatchProvider, BatchStatus, decode_result_lines
-from .http import RetryingHTTP, http_timeout
+from .http import RetryingHTTP
 from .openai import _error_fields, error_for_response
 
 DEFAULT_BASE_URL = "https://api.anthropic.com"
@@ -302,22 +302,21 @@ class AnthropicBatchProvider(RetryingHTTP, BatchProvider):
         self.name = name
         self.limits = limits or BatchLimits()
         self._base_url = base_url.rstrip("/")
-        self._key_base_url = normalise_base_url(key_base_url or base_url)
-        self._max_retries = max_retries
-        self._backoff = backoff
-        self._max_backoff = max_backoff
-        self._sleep = sleep
         self._origin = _origin(self._base_url)
-        self._client = httpx.Client(
+        self._open_client(
             base_url=self._base_url,
+            key_base_url=normalise_base_url(key_base_url or base_url),
             headers={
                 "x-api-key": api_key,
                 "anthropic-version": ANTHROPIC_VERSION,
                 "content-type": "application/json",
             },
-            timeout=http_timeout(read_timeout),
+            max_retries=max_retries,
+            backoff=backoff,
+            max_backoff=max_backoff,
+            read_timeout=read_timeout,
             transport=transport,
-            follow_redirects=True,
+            sleep=sleep,
             event_hooks={"request": [self._keep_key_at_home]},
         )
 

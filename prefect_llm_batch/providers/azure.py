@@ -41,8 +41,6 @@ from __future__ import annotations
 
 import os
 import re
-import time
-from collections.abc import Callable
 from typing import Any
 from urllib.parse import parse_qs, urlsplit, urlunsplit
 
@@ -52,7 +50,7 @@ from ..errors import ConfigError, ProviderRejected
 from ..requests import normalise_base_url
 from ..spec import BatchLimits, ProviderTarget
 from .base import BatchInfo, BatchStatus
-from .openai import CHAT_ENDPOINT, ENDPOINTS, OpenAIBatchProvider
+from .openai import CHAT_ENDPOINT, OpenAIBatchProvider
 
 #: Environment variable of the key (as the official SDK reads it).
 KEY_ENV = "AZURE_OPENAI_API_KEY"
@@ -174,12 +172,8 @@ class AzureOpenAIBatchProvider(OpenAIBatchProvider):
             caps at 50,000; the defaults are kept).
         endpoint: The job's endpoint as written in request keys (``/v1/chat/completions`` or
             ``/v1/embeddings``); lines and the create call use it without ``/v1``.
-        max_retries: Attempts for retryable calls, first one included.
-        backoff: Initial backoff in seconds.
-        max_backoff: Longest wait between two attempts when the server gives no ``retry-after``.
-        read_timeout: Read timeout of ordinary calls in seconds.
-        transport: Optional httpx transport (tests pass ``httpx.MockTransport``).
-        sleep: Sleep function used between retries.
+        **options: Retries, backoff, timeouts, transport and sleep, as for
+            :class:`~prefect_llm_batch.providers.openai.OpenAIBatchProvider`.
 
     Raises:
         ConfigError: No key, no endpoint, an endpoint that is not an http(s) URL, or an unknown endpoint.
@@ -195,12 +189,7 @@ class AzureOpenAIBatchProvider(OpenAIBatchProvider):
         key_base_url: str | None = None,
         limits: BatchLimits | None = None,
         endpoint: str = CHAT_ENDPOINT,
-        max_retries: int = 6,
-        backoff: float = 0.5,
-        max_backoff: float = 8.0,
-        read_timeout: float = 120.0,
-        transport: httpx.BaseTransport | None = None,
-        sleep: Callable[[float], None] = time.sleep,
+        **options: Any,
     ) -> None:
         if not api_key:
             raise ConfigError(f"no API key: set {KEY_ENV} or pass a credentials block")
@@ -208,8 +197,6 @@ class AzureOpenAIBatchProvider(OpenAIBatchProvider):
             raise ConfigError(
                 f"no Azure OpenAI endpoint: set {ENDPOINT_ENV} (https://<resource>.openai.azure.com)"
             )
-        if endpoint not in ENDPOINTS:
-            raise ConfigError(f"endpoint {endpoint!r} is not supported; use one of {sorted(ENDPOINTS)}")
         base_url, default_key_base = azure_urls(endpoint_url, api_version)
         super().__init__(
             api_key=api_key,
@@ -218,12 +205,7 @@ class AzureOpenAIBatchProvider(OpenAIBatchProvider):
             endpoint=endpoint,
             key_base_url=key_base_url or default_key_base,
             limits=limits,
-            max_retries=max_retries,
-            backoff=backoff,
-            max_backoff=max_backoff,
-            read_timeout=read_timeout,
-            transport=transport,
-            sleep=sleep,
+            **options,
         )
         self._api_version = api_version if _versioned(api_version) else None
         # Azure authenticates with ``api-key``; replacing the headers drops the parent's Bearer one.

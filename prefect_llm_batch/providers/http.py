@@ -75,6 +75,35 @@ class RetryingHTTP:
     _max_backoff: float
     _sleep: Callable[[float], None]
 
+    def _open_client(
+        self,
+        *,
+        base_url: str,
+        key_base_url: str,
+        headers: dict[str, str],
+        max_retries: int,
+        backoff: float,
+        max_backoff: float,
+        read_timeout: float,
+        transport: httpx.BaseTransport | None,
+        sleep: Callable[[float], None],
+        event_hooks: dict[str, list[Callable[..., Any]]] | None = None,
+    ) -> None:
+        """Set the retry attributes and build the provider's (new, unshared) httpx client."""
+        self._key_base_url = key_base_url
+        self._max_retries = max_retries
+        self._backoff = backoff
+        self._max_backoff = max_backoff
+        self._sleep = sleep
+        self._client = httpx.Client(
+            base_url=base_url,
+            headers=headers,
+            timeout=http_timeout(read_timeout),
+            transport=transport,
+            follow_redirects=True,
+            event_hooks=event_hooks,
+        )
+
     def _error_for_response(self, response: httpx.Response, what: str) -> LLMBatchError:
         """Translate an HTTP error response (status >= 400) of this provider's wire format."""
         raise NotImplementedError

@@ -50,7 +50,7 @@ from ..results import (
 from ..schemas import ResponseSchema
 from ..spec import BatchLimits, ErrorKind
 from .base import BatchInfo, BatchProvider, BatchStatus, decode_result_lines
-from .http import RetryingHTTP, http_timeout
+from .http import RetryingHTTP
 
 DEFAULT_BASE_URL = "https://api.openai.com/v1"
 CHAT_ENDPOINT = "/v1/chat/completions"
@@ -159,17 +159,16 @@ class OpenAIBatchProvider(RetryingHTTP, BatchProvider):
         self._endpoint = endpoint
         self.limits = limits or BatchLimits()
         self._base_url = base_url.rstrip("/")
-        self._key_base_url = normalise_base_url(key_base_url or base_url)
-        self._max_retries = max_retries
-        self._backoff = backoff
-        self._max_backoff = max_backoff
-        self._sleep = sleep
-        self._client = httpx.Client(
+        self._open_client(
             base_url=self._base_url,
+            key_base_url=normalise_base_url(key_base_url or base_url),
             headers={"Authorization": f"Bearer {api_key}"},
-            timeout=http_timeout(read_timeout),
+            max_retries=max_retries,
+            backoff=backoff,
+            max_backoff=max_backoff,
+            read_timeout=read_timeout,
             transport=transport,
-            follow_redirects=True,
+            sleep=sleep,
         )
 
     @property
