@@ -62,13 +62,6 @@ from .tasks import (
     write_output,
 )
 
-#: Poll interval (seconds) against real providers, which recommend 30-60 s.
-DEFAULT_POLL_INTERVAL = 30.0
-#: Poll interval against the simulator, whose batches end within seconds.
-SIMULATOR_POLL_INTERVAL = 0.5
-#: Seconds before the second round of retries against real providers (doubles per round).
-DEFAULT_RETRY_BACKOFF = 60.0
-
 
 @contextlib.contextmanager
 def resolve_target(
@@ -241,14 +234,11 @@ def enrich_table(
         limits=BatchLimits(max_requests_per_batch=max_requests_per_batch, max_batch_bytes=max_batch_bytes),
     )
     simulated = provider == "simulator"
-    options = RunOptions(
-        poll_interval=poll_interval if poll_interval is not None else (
-            SIMULATOR_POLL_INTERVAL if simulated else DEFAULT_POLL_INTERVAL
-        ),
+    options = RunOptions.for_provider(
+        provider,
+        poll_interval=poll_interval,
+        retry_backoff=retry_backoff,
         max_attempts=max_attempts,
-        retry_backoff=(
-            retry_backoff if retry_backoff is not None else (0.0 if simulated else DEFAULT_RETRY_BACKOFF)
-        ),
         cache=cache,
         max_in_flight_batches=max_in_flight_batches,
         max_enqueued_tokens=max_enqueued_tokens,

@@ -101,7 +101,7 @@ def enrich(
         base_url: Provider base URL (see the flow).
         api_key: The key; default ``OPENAI_API_KEY`` / ``ANTHROPIC_API_KEY``.
         state_dir: Job state and response cache (default as the flow's).
-        poll_interval: Seconds between status checks (default 30; 0.2 for the simulator).
+        poll_interval: Seconds between status checks (default 30; 0.5 for the simulator).
         max_attempts: Rounds a request is sent in at most.
         cache: ``use``, ``refresh`` or ``off``.
         max_requests_per_batch: Most requests per batch.
@@ -118,7 +118,6 @@ def enrich(
         >>> out["response"].tolist()  # doctest: +SKIP
         ['positive', 'negative']
     """
-    simulated = provider == "simulator"
     schema = ResponseSchema.from_user(response_format) if response_format is not None else None
     spec = JobSpec(
         prompt=prompt,
@@ -131,11 +130,8 @@ def enrich(
         column_prefix=column_prefix,
         limits=BatchLimits(max_requests_per_batch=max_requests_per_batch),
     )
-    options = RunOptions(
-        poll_interval=poll_interval if poll_interval is not None else (0.2 if simulated else 30.0),
-        max_attempts=max_attempts,
-        retry_backoff=0.0 if simulated else 60.0,
-        cache=cache,
+    options = RunOptions.for_provider(
+        provider, poll_interval=poll_interval, max_attempts=max_attempts, cache=cache
     )
     table = pa.Table.from_pandas(df.reset_index(drop=True), preserve_index=False)
     state = state_dir or default_state_dir()

@@ -227,3 +227,26 @@ class RunOptions(BaseModel):
     max_enqueued_tokens: int | None = Field(None, ge=1)
     max_wait: float | None = Field(None, gt=0)
     keep_input_files: bool = False
+
+    @classmethod
+    def for_provider(
+        cls,
+        provider: str,
+        *,
+        poll_interval: float | None = None,
+        retry_backoff: float | None = None,
+        **rest: Any,
+    ) -> RunOptions:
+        """Options with the provider's defaults where none is given: real providers poll every 30 s
+        and wait 60 s before a retry round; the simulator, whose batches end in seconds, 0.5 s and 0.
+
+        Examples:
+            >>> [RunOptions.for_provider(p).poll_interval for p in ("simulator", "openai")]
+            [0.5, 30.0]
+        """
+        simulated = provider == "simulator"
+        return cls(
+            poll_interval=poll_interval if poll_interval is not None else (0.5 if simulated else 30.0),
+            retry_backoff=retry_backoff if retry_backoff is not None else (0.0 if simulated else 60.0),
+            **rest,
+        )
