@@ -243,13 +243,15 @@ class PromptTemplate:
             message += f"; did you mean {', '.join(hints)}?"
         raise TemplateError(message)
 
-    def render_table(self, table: pa.Table, id_column: str | None = None) -> list[str]:
+    def render_table(self, table: pa.Table, id_column: str | None = None, first_row: int = 0) -> list[str]:
         """Render the template once per row.
 
         Args:
             table: The rows. Values are taken with Arrow's ``to_pylist()``; see the module
                 docstring for how they print.
             id_column: A column naming rows in error messages.
+            first_row: The number of the table's first row in the whole input, for error
+                messages when ``table`` is one slice of it.
 
         Returns:
             One prompt per row, in row order.
@@ -275,7 +277,7 @@ class PromptTemplate:
             )
         if self._can_render_plain(table):
             return self._render_plain(table)
-        return self._render_jinja(table, id_column)
+        return self._render_jinja(table, id_column, first_row)
 
     # -- the two ways to render ---------------------------------------------------------------
 
@@ -318,7 +320,7 @@ class PromptTemplate:
         prompts: list[str] = joined.to_pylist()
         return prompts
 
-    def _render_jinja(self, table: pa.Table, id_column: str | None) -> list[str]:
+    def _render_jinja(self, table: pa.Table, id_column: str | None, first_row: int = 0) -> list[str]:
         names = table.column_names
         wanted = names if self._uses_row else [name for name in names if name in self._loaded]
         duplicated = sorted({name for name in wanted if names.count(name) > 1})
@@ -348,11 +350,13 @@ class PromptTemplate:
                     context.update(zip(wanted, row_values, strict=True))
                 prompts.append("".join(root_render(new_context(context, shared=True))))
         except Exception as exc:
-            raise TemplateError(self._row_error(table, len(prompts), id_column, exc)) from exc
+            raise TemplateError(self._row_error(table, len(prompts), id_column, exc, first_row)) from exc
         return prompts
 
-    def _row_error(self, table: pa.Table, index: int, id_column: str | None, exc: Exception) -> str:
-        where = f"row {index}"
+    def _row_error(
+        self, table: pa.Table, index: int, id_column: str | None, exc: Exception, first_row: int = 0
+    ) -> str:
+        where = f"row {first_row + index}"
         if id_column is not None:
             where += f" (id {table.column(id_column)[index].as_py()!r})"
         reason = str(exc) if isinstance(exc, jinja2.TemplateError) else f"{type(exc).__name__}: {exc}"

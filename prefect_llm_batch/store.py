@@ -36,7 +36,7 @@ import socket
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -49,7 +49,10 @@ from pydantic import BaseModel, Field
 
 from .errors import JobLocked, StateError, TableError
 from .spec import BatchLimits
-from .table import exists, read_bytes, write_bytes_atomic
+from .table import exists, read_bytes, write_bytes_atomic, write_parquet_batches_atomic
+
+#: Schema of a job's ``rows.parquet``: the request key of every input row, in row order.
+ROW_IDS_SCHEMA = pa.schema([pa.field("custom_id", pa.string())])
 
 try:
     import fcntl
@@ -205,11 +208,21 @@ class JobStore:
 
     # rows and requests ------------------------------------------------------------------
 
-    def write_row_ids(self, row_ids: list[str]) -> None:
-        """Write the custom_id of every input row."""
-        self._write(
+    def write_row_ids(self, row_ids: list[str] | Iterable[pa.Array[Any]]) -> int:
+        """Write the custom_id of every input row (a list, or arrays of them streamed in order).
+
+        Returns:
+            The number of rows written.
+        """
+        if isinstance(row_ids, list):
+            row_ids = [pa.array(row_ids, pa.string())]
+        batches = (pa.record_batch([ids], schema=ROW_IDS_SCHEMA) for ids in row_ids)
+        return write_parquet_batches_atomic(
+            batches,
             self._path("rows.parquet"),
-            _parquet_bytes(pa.table({"custom_id": pa.array(row_ids, pa.string())})),
+            schema=ROW_IDS_SCHEMA,
+            overwrite=True,
+            storage_options=self._options,
         )
 
     def read_row_ids(self) -> pa.Array[Any]:
@@ -576,6 +589,16 @@ class ResponseCache:
         if not found:
             return None
         return pa.concat_tables(found, promote_options="default")
+
+    def ids(self) -> pa.Array[Any]:
+        """Every cached ``custom_id`` once (only that column of each segment is read)."""
+        columns = []
+        for path in self.segments():
+            with self._fs.open(path, "rb") as handle:
+                columns.append(pq.read_table(handle, columns=["custom_id"]).column("custom_id"))
+        if not columns:
+            return pa.array([], pa.string())
+        return pc.unique(pa.chunked_array(columns, pa.string()).combine_chunks())
 
     def stats(self) -> tuple[int, int, int]:
         """(segments, answers, bytes) in the cache."""

@@ -7,7 +7,14 @@ path or any fsspec URL (``file://``, ``memory://``, ``s3://``, ``gs://``, ``az:/
 
 Formats are told by extension (see :func:`table_format`): CSV (``.csv``, optionally compressed:
 ``.csv.gz``, ``.csv.bz2``, ``.csv.xz``...), Parquet (``.parquet``, ``.pq``) and JSON Lines
-(``.jsonl``, ``.ndjson``, optionally compressed).
+(``.jsonl``, ``.ndjson``, optionally compressed). A **directory** (or object-store prefix) is a
+partitioned Parquet table: its ``.parquet`` / ``.pq`` files, found recursively and taken in path
+order, are its parts (files whose name starts with ``.`` or ``_``, such as ``_SUCCESS``, are
+skipped; Hive-style ``key=value`` folder names are not turned into columns).
+
+:func:`scan_table` streams a table in record batches: Parquet files and directories are read
+one batch at a time, so memory is bounded by the batch, not the table; CSV and JSON Lines are
+read whole first (their column types are inferred over the whole file), then sliced.
 
 Tables are read with pyarrow's own readers (never pandas), so types survive:
 
@@ -48,7 +55,9 @@ import io
 import os
 import re
 import secrets
-from collections.abc import Callable, Iterator, Mapping
+import tempfile
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass
 from typing import IO, Any, Literal
 
 import fsspec
@@ -66,13 +75,16 @@ from prefect_llm_batch.errors import TableError
 __all__ = [
     "COLUMN_TYPES",
     "TableFormat",
+    "TableScan",
     "exists",
     "fingerprint",
     "read_bytes",
     "read_table",
+    "scan_table",
     "table_format",
     "write_bytes_atomic",
     "write_parquet_atomic",
+    "write_parquet_batches_atomic",
 ]
 
 #: The formats :func:`read_table` understands.
@@ -99,6 +111,12 @@ FINGERPRINT_BLOCK_SIZE = 8 << 20
 
 #: Rows per batch when reading the first rows of a Parquet file.
 _PARQUET_BATCH_ROWS = 65_536
+
+#: Rows per record batch of :func:`scan_table` (and so of a job's preparation and output).
+SCAN_BATCH_ROWS = 65_536
+
+#: Extensions of the parts of a partitioned (directory) Parquet table.
+_PART_EXTENSIONS = (".parquet", ".pq")
 
 _EXTENSIONS: Mapping[str, TableFormat] = {
     ".csv": "csv",
@@ -211,12 +229,16 @@ def read_table(
         >>> read_table("memory://docs/people.csv", limit=1, columns_types={"age": "string"}).to_pylist()
         [{'name': 'Ada', 'age': '36'}]
     """
-    fmt = table_format(source)
     shown = _redact(source)
     if limit is not None and limit < 0:
         raise TableError(f"cannot read {shown}: limit must be >= 0, not {limit}")
-    forced = _parse_column_types(columns_types or {}, shown)
     options = storage_options or {}
+    parts = _directory_parts(source, options)
+    if parts is not None:
+        scan = scan_table(source, limit=limit, columns_types=columns_types, storage_options=storage_options)
+        return pa.Table.from_batches(list(scan.batches), schema=scan.schema)
+    fmt = table_format(source)
+    forced = _parse_column_types(columns_types or {}, shown)
     try:
         if fmt == "csv":
             table = _read_csv(source, options, limit, forced, shown)
@@ -238,6 +260,237 @@ def read_table(
         for name, data_type in forced.items():
             table = _cast_column(table, name, data_type, shown)
     return table
+
+
+@dataclass
+class TableScan:
+    """A table being read in record batches (see :func:`scan_table`).
+
+    Attributes:
+        schema: The schema every batch has.
+        batches: The batches, in row order; iterate once.
+        whole: The whole table, when the format had to be read whole (CSV, JSON Lines).
+    """
+
+    schema: pa.Schema
+    batches: Iterator[pa.RecordBatch]
+    whole: pa.Table | None = None
+
+
+def scan_table(
+    source: str,
+    *,
+    limit: int | None = None,
+    batch_rows: int = SCAN_BATCH_ROWS,
+    columns: list[str] | None = None,
+    columns_types: dict[str, str] | None = None,
+    storage_options: dict[str, Any] | None = None,
+) -> TableScan:
+    """Read a table as record batches of at most ``batch_rows`` rows, in row order.
+
+    Parquet files and directories of Parquet parts are streamed: at most one batch (and the
+    reader's buffers) is in memory at a time. CSV and JSON Lines are read whole first, so that
+    their column types are inferred over the whole file, then sliced.
+
+    Args:
+        source: A local path or fsspec URL of a file, or of a directory of Parquet parts.
+        limit: Read only the first ``limit`` rows.
+        batch_rows: Most rows per batch.
+        columns: Read only these columns (Parquet only reads their bytes).
+        columns_types: Force column types (see :func:`read_table`).
+        storage_options: Passed to the fsspec filesystem.
+
+    Returns:
+        The schema and the batches.
+
+    Raises:
+        TableError: As :func:`read_table`; for a directory, also when it holds no Parquet file
+            or its parts do not share their columns (the message names the part).
+
+    Examples:
+        >>> import pyarrow as pa
+        >>> write_parquet_atomic(pa.table({"n": [1, 2]}), "memory://docs/parts/a.parquet", overwrite=True)
+        >>> write_parquet_atomic(pa.table({"n": [3]}), "memory://docs/parts/b.parquet", overwrite=True)
+        >>> scan = scan_table("memory://docs/parts", batch_rows=2)
+        >>> [batch.column("n").to_pylist() for batch in scan.batches]
+        [[1, 2], [3]]
+        >>> read_table("memory://docs/parts", limit=2).column("n").to_pylist()
+        [1, 2]
+    """
+    shown = _redact(source)
+    if limit is not None and limit < 0:
+        raise TableError(f"cannot read {shown}: limit must be >= 0, not {limit}")
+    if batch_rows < 1:
+        raise ValueError(f"batch_rows must be at least 1, not {batch_rows}")
+    options = storage_options or {}
+    forced = _parse_column_types(columns_types or {}, shown)
+    parts = _directory_parts(source, options)
+    if parts is None and table_format(source) != "parquet":
+        table = read_table(source, limit=limit, columns_types=columns_types, storage_options=storage_options)
+        if columns is not None:
+            table = table.select(columns)
+        return TableScan(table.schema, iter(table.to_batches(max_chunksize=batch_rows)), whole=table)
+    files = parts if parts is not None else [source]
+    try:
+        schema = _parquet_schema(files[0], options, columns)
+    except FileNotFoundError as exc:
+        raise TableError(f"cannot read {shown}: no such file") from exc
+    except (OSError, ValueError, pa.ArrowException) as exc:
+        raise TableError(f"cannot read {shown} as Parquet: {exc}") from exc
+    missing = [name for name in forced if name not in schema.names]
+    if missing:
+        raise TableError(
+            f"columns_types names column {missing[0]!r}, which {shown} does not have; "
+            f"available columns: {', '.join(schema.names)}"
+        )
+    for name, data_type in forced.items():
+        schema = schema.set(schema.get_field_index(name), schema.field(name).with_type(data_type))
+    return TableScan(schema, _parquet_batches(files, options, schema, limit, batch_rows, columns, shown))
+
+
+def _directory_parts(source: str, options: Mapping[str, Any]) -> list[str] | None:
+    """The Parquet parts of a directory source, in path order; None when ``source`` is a file."""
+    name = _path_part(source).rstrip("/").rsplit("/", 1)[-1].lower()
+    if not source.endswith("/") and os.path.splitext(name)[1] in (*_EXTENSIONS, ".json", ".gz"):
+        return None  # a file name: no need to ask the filesystem
+    try:
+        fs, path = _filesystem(source, options)
+        if not fs.isdir(path):
+            return None
+        found = fs.find(path)
+    except (OSError, ValueError) as exc:
+        raise TableError(f"cannot read {_redact(source)}: {exc}") from exc
+    root = path.rstrip("/")
+    parts = []
+    for item in sorted(str(p) for p in found):
+        relative = item[len(root) :].lstrip("/")
+        if any(piece.startswith((".", "_")) for piece in relative.split("/")):
+            continue
+        if relative.lower().endswith(_PART_EXTENSIONS):
+            parts.append(fs.unstrip_protocol(item) if "://" in source else item)
+    if not parts:
+        raise TableError(
+            f"cannot read {_redact(source)}: the directory holds no Parquet file (.parquet, .pq); "
+            f"a directory is read as a partitioned Parquet table"
+        )
+    return parts
+
+
+def _parquet_schema(path: str, options: Mapping[str, Any], columns: list[str] | None) -> pa.Schema:
+    with _open(path, options, compression=None) as file:
+        schema = pq.ParquetFile(file).schema_arrow
+    if columns is None:
+        return schema
+    return pa.schema([schema.field(name) for name in columns]).with_metadata(schema.metadata or {})
+
+
+def _parquet_batches(
+    files: list[str],
+    options: Mapping[str, Any],
+    schema: pa.Schema,
+    limit: int | None,
+    batch_rows: int,
+    columns: list[str] | None,
+    shown: str,
+) -> Iterator[pa.RecordBatch]:
+    remaining = limit
+    for path in files:
+        if remaining is not None and remaining <= 0:
+            return
+        try:
+            with _open(path, options, compression=None) as file:
+                parquet = pq.ParquetFile(file)
+                if parquet.schema_arrow.names != schema.names and columns is None:
+                    raise TableError(
+                        f"cannot read {shown}: part {_redact(path)} has columns "
+                        f"{', '.join(parquet.schema_arrow.names)}, not {', '.join(schema.names)}"
+                    )
+                size = batch_rows if remaining is None else min(batch_rows, remaining)
+                for batch in parquet.iter_batches(batch_size=size, columns=columns):
+                    if remaining is not None:
+                        if remaining <= 0:
+                            break
+                        batch = batch.slice(0, remaining)
+                        remaining -= batch.num_rows
+                    if batch.schema != schema:
+                        batch = _cast_batch(batch, schema, path)
+                    yield batch
+        except TableError:
+            raise
+        except FileNotFoundError as exc:
+            raise TableError(f"cannot read {_redact(path)}: no such file") from exc
+        except (OSError, ValueError, pa.ArrowException) as exc:
+            raise TableError(f"cannot read {_redact(path)} as Parquet: {exc}") from exc
+
+
+def _cast_batch(batch: pa.RecordBatch, schema: pa.Schema, path: str) -> pa.RecordBatch:
+    try:
+        return pa.RecordBatch.from_arrays(
+            [batch.column(i).cast(field.type) for i, field in enumerate(schema)], schema=schema
+        )
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
+        raise TableError(
+            f"cannot read part {_redact(path)}: its column types differ from the first part's ({exc})"
+        ) from exc
+
+
+def write_parquet_batches_atomic(
+    batches: Iterable[pa.RecordBatch | pa.Table],
+    destination: str,
+    *,
+    schema: pa.Schema,
+    overwrite: bool = False,
+    metadata: dict[str, str] | None = None,
+    storage_options: dict[str, Any] | None = None,
+) -> int:
+    """Write batches to one Parquet file as they come, so that readers never see a partial file.
+
+    Memory holds one batch at a time: locally the file grows as a temporary file that is renamed
+    over the destination at the end; on other filesystems it grows in a local temporary file
+    that is then sent with one put. If ``batches`` raises, nothing is published.
+
+    Args:
+        batches: Record batches (or tables) of ``schema``, in order; each becomes a row group.
+        destination: A local path or fsspec URL.
+        schema: The schema of the file.
+        overwrite: Replace an existing file.
+        metadata: Key-value pairs stored in the Parquet schema metadata.
+        storage_options: Passed to the fsspec filesystem.
+
+    Returns:
+        The number of rows written.
+
+    Raises:
+        TableError: As :func:`write_parquet_atomic`.
+
+    Examples:
+        >>> import pyarrow as pa
+        >>> parts = (pa.record_batch({"a": [i, i + 1]}) for i in (0, 2))
+        >>> write_parquet_batches_atomic(parts, "memory://docs/stream.parquet",
+        ...                              schema=pa.schema([("a", pa.int64())]), overwrite=True)
+        4
+        >>> read_table("memory://docs/stream.parquet").column("a").to_pylist()
+        [0, 1, 2, 3]
+    """
+    shown = _redact(destination)
+    if metadata:
+        merged = dict(schema.metadata or {})
+        merged.update({key.encode(): value.encode() for key, value in metadata.items()})
+        schema = schema.with_metadata(merged)
+    rows = 0
+
+    def write(sink: Any) -> None:
+        nonlocal rows
+        with pq.ParquetWriter(sink, schema) as writer:
+            for batch in batches:
+                table = batch if isinstance(batch, pa.Table) else pa.Table.from_batches([batch])
+                if table.schema != schema:
+                    table = table.cast(schema)
+                writer.write_table(table)
+                rows += table.num_rows
+
+    _write_atomic(destination, write, overwrite=overwrite, storage_options=storage_options, shown=shown)
+    return rows
 
 
 def write_parquet_atomic(
@@ -377,7 +630,8 @@ def fingerprint(source: str, *, storage_options: dict[str, Any] | None = None) -
     """Hash a file's bytes, reading it in blocks so that big files need little memory.
 
     The hash is of the stored bytes (a ``.csv.gz`` is hashed compressed), so it changes exactly
-    when the file's content does.
+    when the file's content does. A directory's fingerprint hashes its parts' relative paths
+    and contents, so adding, removing, renaming or changing a part changes it.
 
     Args:
         source: A local path or fsspec URL.
@@ -394,6 +648,17 @@ def fingerprint(source: str, *, storage_options: dict[str, Any] | None = None) -
         >>> fingerprint("memory://docs/abc.txt")
         'ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad'
     """
+    parts = _directory_parts(source, storage_options or {})
+    if parts is not None:  # a partitioned table: its parts' names and contents, in order
+        digest = hashlib.sha256(b"prefect-llm-batch parquet directory\n")
+        root = len(_path_part(source).rstrip("/"))
+        for part in parts:
+            digest.update(f"{part[root:]}\n{_file_sha256(part, storage_options)}\n".encode())
+        return digest.hexdigest()
+    return _file_sha256(source, storage_options)
+
+
+def _file_sha256(source: str, storage_options: dict[str, Any] | None) -> str:
     shown = _redact(source)
     digest = hashlib.sha256()
     try:
@@ -695,15 +960,17 @@ def _write_atomic(
             return
         if not overwrite and fs.exists(path):
             raise _exists_error(shown)
-        buffer = pa.BufferOutputStream()
-        write(buffer)
-        data = buffer.getvalue().to_pybytes()
-        try:
-            fs.pipe_file(path, data)
-        except FileNotFoundError:
-            # Object stores have no directories; other filesystems may need the parents first.
-            fs.makedirs(fs._parent(path), exist_ok=True)
-            fs.pipe_file(path, data)
+        # Built in a local temporary file (not in memory: outputs may be big), then one put.
+        with tempfile.TemporaryDirectory(prefix="prefect-llm-batch-") as scratch:
+            local = os.path.join(scratch, "upload")
+            with open(local, "wb") as file:
+                write(file)
+            try:
+                fs.put_file(local, path)
+            except FileNotFoundError:
+                # Object stores have no directories; other filesystems may need the parents first.
+                fs.makedirs(fs._parent(path), exist_ok=True)
+                fs.put_file(local, path)
     except TableError:
         raise
     except (OSError, ValueError, pa.ArrowException) as exc:

@@ -452,17 +452,71 @@ def test_failed_object_store_write_leaves_nothing_behind(mem: str, monkeypatch: 
 def test_object_store_write_is_one_put(mem: str, monkeypatch: pytest.MonkeyPatch) -> None:
     fs = fsspec.filesystem("memory")
     calls: list[str] = []
-    original = type(fs).pipe_file
+    original = type(fs).put_file
 
-    def pipe_file(self: Any, path: str, value: bytes, **kwargs: Any) -> Any:
+    def put_file(self: Any, local: str, path: str, **kwargs: Any) -> Any:
         calls.append(path)
-        return original(self, path, value, **kwargs)
+        return original(self, local, path, **kwargs)
 
-    monkeypatch.setattr(type(fs), "pipe_file", pipe_file)
+    def no_pipe(self: Any, path: str, value: bytes, **kwargs: Any) -> Any:
+        raise AssertionError("a table is not sent from memory")
+
+    monkeypatch.setattr(type(fs), "put_file", put_file)
+    monkeypatch.setattr(type(fs), "pipe_file", no_pipe)
     write_parquet_atomic(pa.table({"a": [1]}), f"{mem}/deep/dir/t.parquet")
     assert calls == [f"{mem}/deep/dir/t.parquet".removeprefix("memory:/")]
     assert fs.ls(f"{mem}/deep/dir", detail=False) == calls
     assert read_table(f"{mem}/deep/dir/t.parquet").num_rows == 1
+
+
+def test_partitioned_directory_reads_parts_in_path_order(mem: str, tmp_path: Path) -> None:
+    for where in (f"{mem}/parts", str(tmp_path / "parts")):
+        write_parquet_atomic(pa.table({"n": [3], "s": ["c"]}), f"{where}/b/part-1.parquet")
+        write_parquet_atomic(pa.table({"n": [1, 2], "s": ["a", "b"]}), f"{where}/a.parquet")
+        write_bytes_atomic(f"{where}/_SUCCESS", b"")
+        write_bytes_atomic(f"{where}/.hidden.parquet", b"not parquet")
+        assert read_table(where).to_pydict() == {"n": [1, 2, 3], "s": ["a", "b", "c"]}
+        assert read_table(where, limit=2).column("n").to_pylist() == [1, 2]
+        scan = table_module.scan_table(where, batch_rows=1, columns=["s"])
+        assert scan.schema.names == ["s"]
+        assert [b.column("s").to_pylist() for b in scan.batches] == [["a"], ["b"], ["c"]]
+        before = fingerprint(where)
+        write_parquet_atomic(pa.table({"n": [4], "s": ["d"]}), f"{where}/c.parquet")
+        assert fingerprint(where) != before
+        assert read_table(where).num_rows == 4
+
+
+def test_partitioned_directory_errors_name_the_part(mem: str) -> None:
+    with pytest.raises(TableError, match="holds no Parquet file"):
+        write_bytes_atomic(f"{mem}/empty/readme.txt", b"")
+        read_table(f"{mem}/empty")
+    write_parquet_atomic(pa.table({"n": [1]}), f"{mem}/bad/a.parquet")
+    write_parquet_atomic(pa.table({"m": [1]}), f"{mem}/bad/b.parquet")
+    with pytest.raises(TableError, match=r"part .*b\.parquet.* has columns m, not n"):
+        read_table(f"{mem}/bad")
+
+
+def test_scan_streams_a_parquet_file_in_batches(tmp_path: Path) -> None:
+    path = str(tmp_path / "t.parquet")
+    write_parquet_atomic(pa.table({"n": list(range(10))}), path)
+    scan = table_module.scan_table(path, batch_rows=4, limit=9)
+    assert [b.num_rows for b in scan.batches] == [4, 4, 1]
+    csv = _write(tmp_path / "t.csv", "a\n1\n2\n3\n")
+    assert [b.num_rows for b in table_module.scan_table(csv, batch_rows=2).batches] == [2, 1]
+
+
+def test_streamed_write_publishes_nothing_when_the_batches_fail(tmp_path: Path, mem: str) -> None:
+    def batches() -> Any:
+        yield pa.record_batch({"a": [1]})
+        raise RuntimeError("source broke")
+
+    for where in (str(tmp_path / "s.parquet"), f"{mem}/s.parquet"):
+        with pytest.raises(RuntimeError, match="source broke"):
+            table_module.write_parquet_batches_atomic(
+                batches(), where, schema=pa.schema([("a", pa.int64())]), overwrite=True
+            )
+        assert not exists(where)
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_local_write_keeps_other_process_file_when_it_appears(

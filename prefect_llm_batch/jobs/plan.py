@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import time
+from collections.abc import Iterator
 from typing import Any
 
 import orjson
@@ -12,15 +13,15 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from pydantic import BaseModel
 
-from ..errors import InputError
+from ..errors import InputError, StateError
 from ..prompts import PromptTemplate
 from ..providers.base import BatchProvider
-from ..requests import build_request_set, canonical_json, line_encoder, normalise_base_url, plan_chunks
+from ..requests import ChunkPacker, RequestEncoder, canonical_json, no_cyclic_gc, normalise_base_url
 from ..results import EMBEDDING_COLUMN, OUTPUT_COLUMNS, RESULT_SCHEMA, result_schema
 from ..schemas import ResponseSchema
 from ..spec import BatchLimits, CacheMode, ErrorKind, JobSpec, ProviderTarget, RunOptions
 from ..store import ChunkPlanRecord, ChunkState, JobRecord, JobStore, ResponseCache
-from ..table import fingerprint, read_table
+from ..table import TableScan, fingerprint, read_table, scan_table
 
 logger = logging.getLogger("prefect_llm_batch")
 
@@ -113,9 +114,9 @@ def response_schema(spec: JobSpec) -> ResponseSchema | None:
     return ResponseSchema(spec.response_schema) if spec.response_schema is not None else None
 
 
-def check_and_render(spec: JobSpec, table: pa.Table) -> tuple[list[str], list[str | None] | None]:
-    """Check output column names, then compile, check and render both templates over ``table``."""
-    clash = [c for c in OUTPUT_COLUMNS if c in table.column_names]
+def check_columns(spec: JobSpec, names: list[str]) -> tuple[PromptTemplate, PromptTemplate | None]:
+    """Check output column names, then compile both templates and check the columns they use."""
+    clash = [c for c in OUTPUT_COLUMNS if c in names]
     if clash:
         raise InputError(
             f"the input already has column(s) {', '.join(clash)}, which the output adds; rename them first"
@@ -124,17 +125,27 @@ def check_and_render(spec: JobSpec, table: pa.Table) -> tuple[list[str], list[st
     if schema is not None:
         for prop in schema.properties:
             name = spec.column_prefix + prop
-            if name in table.column_names or name in OUTPUT_COLUMNS:
+            if name in names or name in OUTPUT_COLUMNS:
                 raise InputError(
                     f"response schema property {prop!r} would become column {name!r}, which "
-                    f"{'the input already has' if name in table.column_names else 'the output uses'}; "
+                    f"{'the input already has' if name in names else 'the output uses'}; "
                     "rename it or set column_prefix"
                 )
     template = PromptTemplate(spec.prompt, name="prompt")
-    template.check_columns(table.column_names)
+    template.check_columns(names)
     system_template = PromptTemplate(spec.system, name="system prompt") if spec.system else None
     if system_template is not None:
-        system_template.check_columns(table.column_names)
+        system_template.check_columns(names)
+    if spec.id_column is not None and spec.id_column not in names:
+        raise InputError(
+            f"id column {spec.id_column!r} is not in the table; available columns: {', '.join(names)}"
+        )
+    return template, system_template
+
+
+def check_and_render(spec: JobSpec, table: pa.Table) -> tuple[list[str], list[str | None] | None]:
+    """Check output column names, then compile, check and render both templates over ``table``."""
+    template, system_template = check_columns(spec, table.column_names)
     prompts = template.render_table(table, id_column=spec.id_column)
     systems: list[str | None] | None = None
     if system_template is not None:
@@ -167,31 +178,66 @@ def estimate_tokens(line: bytes) -> int:
     return max(1, len(line) // 4)
 
 
-def _write_chunks(
-    store: JobStore,
-    lines: list[bytes],
-    limits: BatchLimits,
-    first_id: int,
-    round_: int,
-    where: list[int] | None,
-) -> list[ChunkPlanRecord]:
-    records = []
-    for offset, chunk in enumerate(plan_chunks([len(line) for line in lines], limits, where)):
-        chunk_id = first_id + offset
-        part = lines[chunk.start : chunk.stop]
-        store.write_chunk_input(chunk_id, b"".join(part))
-        if not store.has_chunk(chunk_id):
-            store.write_chunk(ChunkState(chunk_id=chunk_id))
-        records.append(
+class _ChunkWriter:
+    """Packs request lines into batch input files as they come and writes each one when full."""
+
+    def __init__(self, store: JobStore, limits: BatchLimits, first_id: int, round_: int) -> None:
+        self.store = store
+        self.round = round_
+        self.records: list[ChunkPlanRecord] = []
+        self._packer = ChunkPacker(limits)
+        self._next_id = first_id
+        self._lines: list[bytes] = []
+        self._bytes = 0
+        self._tokens = 0
+
+    def add(self, lines: list[bytes], rows: list[int] | None) -> None:
+        """Add lines in order; ``rows`` are their input rows (named when a line is too big)."""
+        add = self._packer.add
+        for index, line in enumerate(lines):
+            size = len(line)
+            where, what = (rows[index], "row") if rows is not None else (index, "request")
+            if add(size, where, what):
+                self._flush()
+            self._lines.append(line)
+            self._bytes += size
+            self._tokens += max(1, size // 4)  # estimate_tokens, inlined
+
+    def _flush(self) -> None:
+        chunk_id = self._next_id
+        self.store.write_chunk_input(chunk_id, b"".join(self._lines))
+        if not self.store.has_chunk(chunk_id):
+            self.store.write_chunk(ChunkState(chunk_id=chunk_id))
+        self.records.append(
             ChunkPlanRecord(
                 chunk_id=chunk_id,
-                requests=chunk.size,
-                bytes=chunk.n_bytes,
-                round=round_,
-                est_tokens=sum(estimate_tokens(line) for line in part),
+                requests=len(self._lines),
+                bytes=self._bytes,
+                round=self.round,
+                est_tokens=self._tokens,
             )
         )
-    return records
+        self._next_id += 1
+        self._lines, self._bytes, self._tokens = [], 0, 0
+
+    def close(self) -> list[ChunkPlanRecord]:
+        """Write the last, partly filled chunk; return every chunk written."""
+        if self._lines:
+            self._flush()
+        return self.records
+
+
+def _check_id_column_scan(
+    source: str, scan: TableScan, spec: JobSpec, limit: int | None, storage_options: dict[str, Any] | None
+) -> None:
+    """Check the id column over the whole input, reading only that column."""
+    if spec.id_column is None:
+        return
+    if scan.whole is not None:
+        check_id_column(scan.whole.select([spec.id_column]), spec.id_column)
+        return
+    ids = scan_table(source, limit=limit, columns=[spec.id_column], storage_options=storage_options)
+    check_id_column(pa.Table.from_batches(list(ids.batches), schema=ids.schema), spec.id_column)
 
 
 def prepare(
@@ -206,6 +252,12 @@ def prepare(
     storage_options: dict[str, Any] | None = None,
 ) -> JobRef:
     """Read, render, key, de-duplicate, look up the cache and plan a job; write the plan (no HTTP).
+
+    The input is streamed in slices of :data:`~prefect_llm_batch.table.SCAN_BATCH_ROWS` rows
+    (Parquet files and directories; CSV and JSON Lines are read whole first): each slice is
+    rendered, keyed and de-duplicated against the requests seen so far, and its new requests go
+    into the open batch input file, written as soon as it is full. Memory holds one slice, one
+    batch file and the keys seen (32 bytes per distinct request), not the job.
 
     Running it again for the same inputs finds the same job id and keeps the existing state.
 
@@ -223,39 +275,63 @@ def prepare(
         logger.info("job %s is already prepared in %s: resuming it", job_id, state_dir)
         return job_ref(store.read_job(), state_dir)
 
-    table = read_table(source, limit=limit, storage_options=storage_options)
-    check_id_column(table, spec.id_column)
-    prompts, systems = check_and_render(spec, table)
+    scan = scan_table(source, limit=limit, storage_options=storage_options)
+    template, system_template = check_columns(spec, scan.schema.names)
+    _check_id_column_scan(source, scan, spec, limit, storage_options)
     schema = response_schema(spec)
-    request_set = build_request_set(
+
+    def build_body(prompt: str, system: str | None) -> dict[str, Any]:
+        return provider.build_body(spec.model, prompt, system, spec.params, schema)
+
+    encoder = RequestEncoder(
         provider=target.provider,
         base_url=target.key_base_url,
         endpoint=provider.endpoint,
-        prompts=prompts,
-        systems=systems,
-        build_body=lambda prompt, system: provider.build_body(
-            spec.model, prompt, system, spec.params, schema
-        ),
+        build_body=build_body,
+        build_line=provider.build_line,
     )
-
-    cached_ids: set[str] = set()
+    cached: set[str] = set()
     if cache == "use":
-        hits = ResponseCache(state_dir, storage_options).lookup(request_set.unique_ids)
-        if hits is not None:
-            hits = _as_cached(hits)
-            store.write_cached_results(hits)
-            cached_ids = {str(cid) for cid in hits.column("custom_id").to_pylist()}
-    lines: list[bytes] = []
-    first_rows: list[int] = []
-    encode = line_encoder(provider.build_line)  # splices each body's key JSON into its line
-    for cid, body, row in zip(
-        request_set.unique_ids, request_set.body_json, request_set.first_row, strict=True
-    ):
-        if cid not in cached_ids:
-            lines.append(encode(cid, body))
-            first_rows.append(row)
-    chunks = _write_chunks(store, lines, limits, 0, 1, first_rows)
-    store.write_row_ids(request_set.row_ids)
+        cached = {str(cid) for cid in ResponseCache(state_dir, storage_options).ids().to_pylist()}
+    writer = _ChunkWriter(store, limits, 0, 1)
+    seen: set[bytes] = set()
+    hit_ids: list[str] = []
+    rows = unique = 0
+
+    def row_ids() -> Iterator[pa.Array[Any]]:
+        nonlocal rows, unique
+        for batch in scan.batches:
+            table = pa.Table.from_batches([batch], schema=scan.schema)
+            prompts = template.render_table(table, id_column=spec.id_column, first_row=rows)
+            systems: list[str | None] | None = None
+            if system_template is not None:
+                systems = list(system_template.render_table(table, id_column=spec.id_column, first_row=rows))
+            encoded = encoder.encode(prompts, systems)
+            new: list[int] = []
+            with no_cyclic_gc():
+                for index, digest in enumerate(encoded.digests):
+                    if digest not in seen:
+                        seen.add(digest)
+                        new.append(index)
+            unique += len(new)
+            if cached:
+                ids = encoded.custom_ids
+                hit_ids.extend(ids[i] for i in new if ids[i] in cached)
+                new = [i for i in new if ids[i] not in cached]
+            writer.add(encoded.lines(new), [rows + i for i in new])
+            rows += table.num_rows
+            yield pa.array(encoded.custom_ids, pa.string())
+
+    store.write_row_ids(row_ids())
+    chunks = writer.close()
+    seen.clear()
+    if hit_ids:
+        hits = ResponseCache(state_dir, storage_options).lookup(hit_ids)
+        if hits is None or hits.num_rows != len(hit_ids):
+            raise StateError(
+                f"the response cache in {state_dir} changed while job {job_id} was prepared; run again"
+            )
+        store.write_cached_results(_as_cached(hits))
     record = JobRecord(
         job_id=job_id,
         created_at=time.time(),
@@ -272,16 +348,17 @@ def prepare(
         response_schema=spec.response_schema,
         column_prefix=spec.column_prefix,
         params=spec.params,
-        rows=table.num_rows,
-        unique_requests=len(request_set.unique_ids),
-        cached_requests=len(cached_ids),
+        rows=rows,
+        unique_requests=unique,
+        cached_requests=len(hit_ids),
         chunks=chunks,
         limits=limits,
     )
     store.write_job(record)  # last: its presence means the plan is complete
     logger.info(
         "prepared job %s: %d rows, %d unique requests (%d from the cache), %d to send in %d batch(es)",
-        job_id, record.rows, record.unique_requests, len(cached_ids), len(lines), len(chunks),
+        job_id, record.rows, record.unique_requests, len(hit_ids),
+        sum(c.requests for c in chunks), len(chunks),
     )  # fmt: skip
     return job_ref(record, state_dir)
 
@@ -341,7 +418,9 @@ def plan_retry_round(ref: JobRef, round_: int, options: RunOptions) -> list[int]
         if line.strip() and str(orjson.loads(line)["custom_id"]) in retry_ids
     ]
     first_id = max((c.chunk_id for c in record.chunks), default=-1) + 1
-    chunks = _write_chunks(store, lines, record.limits or BatchLimits(), first_id, round_ + 1, None)
+    writer = _ChunkWriter(store, record.limits or BatchLimits(), first_id, round_ + 1)
+    writer.add(lines, None)
+    chunks = writer.close()
     record.chunks.extend(chunks)
     store.write_job(record)
     logger.info(
