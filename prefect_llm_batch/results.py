@@ -394,17 +394,46 @@ def join_results(
         ValueError: ``row_ids`` does not have one entry per row, or a result id repeats.
     """
     result_table = results if isinstance(results, pa.Table) else results_to_table(results)
-    extra = [f for f in result_table.schema if f.name not in RESULT_SCHEMA.names]
-    result_table = result_table.select([*RESULT_SCHEMA.names, *(f.name for f in extra)]).cast(
-        pa.schema([*RESULT_SCHEMA, *extra])
-    )
+    result_table = normalise_results(result_table)
     ids = row_ids if isinstance(row_ids, pa.Array) else pa.array(list(row_ids), type=pa.string())
     if len(ids) != table.num_rows:
         raise ValueError(f"{len(ids)} row ids for {table.num_rows} rows")
+    return join_at(table, result_table, result_positions(ids, result_table))
+
+
+def normalise_results(result_table: pa.Table) -> pa.Table:
+    """A results table with :data:`RESULT_SCHEMA`'s columns first and typed, then any others."""
+    extra = [f for f in result_table.schema if f.name not in RESULT_SCHEMA.names]
+    return result_table.select([*RESULT_SCHEMA.names, *(f.name for f in extra)]).cast(
+        pa.schema([*RESULT_SCHEMA, *extra])
+    )
+
+
+def result_positions(row_ids: pa.Array[Any], result_table: pa.Table) -> pa.Array[Any]:
+    """For every row id, the position of its result in ``result_table`` (null when it has none).
+
+    One hash lookup for all rows: compute it once, then :func:`join_at` slices of rows.
+
+    Raises:
+        ValueError: A result id repeats.
+
+    Examples:
+        >>> res = results_to_table([RowResult("k2"), RowResult("k1")])
+        >>> result_positions(pa.array(["k1", "k3", "k1"]), res).to_pylist()
+        [1, None, 1]
+    """
     result_ids = result_table.column("custom_id").combine_chunks()
     if len(pc.unique(result_ids)) != len(result_ids):
         raise ValueError("a custom_id has more than one result")
-    positions = pc.index_in(ids, value_set=result_ids)
+    return pc.index_in(row_ids, value_set=result_ids)
+
+
+def join_at(table: pa.Table, result_table: pa.Table, positions: pa.Array[Any]) -> pa.Table:
+    """Append the output columns to ``table``, row ``i`` taking result ``positions[i]``.
+
+    ``result_table`` is a :func:`normalise_results` table; a null position is a ``missing`` row.
+    """
+    extra = [f for f in result_table.schema if f.name not in RESULT_SCHEMA.names]
     missing = pc.is_null(positions)
     taken = result_table.take(positions)
     out = table

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pyarrow as pa
@@ -17,10 +17,20 @@ from ..costs import estimate_cost
 from ..errors import StateError
 from ..providers.openai import EMBEDDINGS_ENDPOINT
 from ..requests import canonical_json
-from ..results import cast_embeddings, embedding_type, join_results, parse_structured, result_schema
+from ..results import (
+    OUTPUT_FIELDS,
+    RESULT_SCHEMA,
+    cast_embeddings,
+    embedding_type,
+    join_at,
+    normalise_results,
+    parse_structured,
+    result_positions,
+    result_schema,
+)
 from ..schemas import ResponseSchema
 from ..store import JobStore
-from ..table import fingerprint, read_table, write_parquet_atomic
+from ..table import fingerprint, scan_table, write_parquet_batches_atomic
 from .plan import JobRef
 
 logger = logging.getLogger("prefect_llm_batch")
@@ -103,15 +113,46 @@ def assemble(
     store = JobStore(ref.state_dir, ref.job_id)
     record = store.read_job()
     if fingerprint(record.source, storage_options=storage_options) != record.source_fingerprint:
-        raise StateError(f"{record.source} changed since job {ref.job_id} was prepared; run the job again")
-    table = read_table(record.source, limit=record.limit, storage_options=storage_options)
+        raise StateError(f"{record.source} changed since job {ref.job_id} was prepared; run again")
     results, batch_ids = latest_results(store)
     if record.endpoint == EMBEDDINGS_ENDPOINT:
         results = cast_embeddings(results, embedding_type(record.model, record.params))
     if record.response_schema is not None:
         schema = ResponseSchema(record.response_schema)
         results = parse_structured(results, schema, parser=parser, column_prefix=record.column_prefix)
-    joined = join_results(table, store.read_row_ids(), results)
+    results = normalise_results(results)
+    # One hash lookup for every row; then the input streams through in slices, joined and
+    # written as it goes (memory: the results, 4 bytes per row, one slice).
+    positions = result_positions(store.read_row_ids(), results)
+    scan = scan_table(record.source, limit=record.limit, storage_options=storage_options)
+    extra = [f for f in results.schema if f.name not in RESULT_SCHEMA.names]
+    out_schema = pa.schema([*scan.schema, *OUTPUT_FIELDS, *extra]).with_metadata(scan.schema.metadata or {})
+    counts: Counter[str] = Counter()
+    rows = 0
+
+    def joined_batches() -> Iterator[pa.Table]:
+        nonlocal rows
+        for batch in scan.batches:
+            if rows + batch.num_rows > len(positions):
+                break
+            joined = join_at(
+                pa.Table.from_batches([batch], schema=scan.schema),
+                results,
+                positions.slice(rows, batch.num_rows),
+            )
+            tally = pc.value_counts(joined.column("response_error_kind").drop_null())
+            for kind, count in zip(
+                tally.field("values").to_pylist(), tally.field("counts").to_pylist(), strict=True
+            ):
+                counts[str(kind)] += int(count or 0)
+            rows += batch.num_rows
+            yield joined
+        if rows != len(positions):
+            raise StateError(
+                f"{record.source} now has a different number of rows than job {ref.job_id} was prepared "
+                f"with ({len(positions)}); run the job again"
+            )
+
     metadata = {
         "prefect_llm_batch": canonical_json(
             {
@@ -128,12 +169,15 @@ def assemble(
             }
         ).decode()
     }
-    write_parquet_atomic(
-        joined, output, overwrite=overwrite, metadata=metadata, storage_options=storage_options
+    write_parquet_batches_atomic(
+        joined_batches(),
+        output,
+        schema=out_schema,
+        overwrite=overwrite,
+        metadata=metadata,
+        storage_options=storage_options,
     )
 
-    kinds = joined.column("response_error_kind")
-    counts = {str(k): int(v) for k, v in Counter(kinds.drop_null().to_pylist()).items()}
     error_rows = sum(counts.values())
     sent = results.filter(pc.invert(results.column("response_cached")))
     summary = JobSummary(
@@ -142,10 +186,10 @@ def assemble(
         state_dir=ref.state_dir,
         provider=record.provider,
         model=record.model,
-        rows=joined.num_rows,
+        rows=rows,
         unique_requests=record.unique_requests,
         cached_requests=record.cached_requests,
-        ok_rows=joined.num_rows - error_rows,
+        ok_rows=rows - error_rows,
         error_rows=error_rows,
         errors_by_kind=dict(sorted(counts.items())),
         batch_ids=batch_ids,
