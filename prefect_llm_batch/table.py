@@ -281,7 +281,7 @@ def scan_table(
     source: str,
     *,
     limit: int | None = None,
-    batch_rows: int = SCAN_BATCH_ROWS,
+    batch_rows: int | None = None,
     columns: list[str] | None = None,
     columns_types: dict[str, str] | None = None,
     storage_options: dict[str, Any] | None = None,
@@ -295,7 +295,7 @@ def scan_table(
     Args:
         source: A local path or fsspec URL of a file, or of a directory of Parquet parts.
         limit: Read only the first ``limit`` rows.
-        batch_rows: Most rows per batch.
+        batch_rows: Most rows per batch (default :data:`SCAN_BATCH_ROWS`).
         columns: Read only these columns (Parquet only reads their bytes).
         columns_types: Force column types (see :func:`read_table`).
         storage_options: Passed to the fsspec filesystem.
@@ -320,6 +320,7 @@ def scan_table(
     shown = _redact(source)
     if limit is not None and limit < 0:
         raise TableError(f"cannot read {shown}: limit must be >= 0, not {limit}")
+    batch_rows = SCAN_BATCH_ROWS if batch_rows is None else batch_rows
     if batch_rows < 1:
         raise ValueError(f"batch_rows must be at least 1, not {batch_rows}")
     options = storage_options or {}
@@ -345,7 +346,24 @@ def scan_table(
         )
     for name, data_type in forced.items():
         schema = schema.set(schema.get_field_index(name), schema.field(name).with_type(data_type))
-    return TableScan(schema, _parquet_batches(files, options, schema, limit, batch_rows, columns, shown))
+    batches = _parquet_batches(files, options, schema, limit, batch_rows, columns, shown)
+    return TableScan(schema, _rebatch(batches, schema, batch_rows) if len(files) > 1 else batches)
+
+
+def _rebatch(batches: Iterator[pa.RecordBatch], schema: pa.Schema, rows: int) -> Iterator[pa.RecordBatch]:
+    """Batches of exactly ``rows`` rows (but the last), across the borders of the parts."""
+    pending: list[pa.RecordBatch] = []
+    count = 0
+    for batch in batches:
+        pending.append(batch)
+        count += batch.num_rows
+        while count >= rows:
+            table = pa.Table.from_batches(pending, schema=schema).combine_chunks()
+            yield from table.slice(0, rows).to_batches(max_chunksize=rows)
+            rest = table.slice(rows)
+            pending, count = rest.to_batches(), rest.num_rows
+    if count:
+        yield from pa.Table.from_batches(pending, schema=schema).combine_chunks().to_batches()
 
 
 def _directory_parts(source: str, options: Mapping[str, Any]) -> list[str] | None:
