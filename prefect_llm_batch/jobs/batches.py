@@ -5,9 +5,13 @@ from __future__ import annotations
 import logging
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from typing import Any, cast
 
+import numpy as np
 import orjson
+import pyarrow as pa
+import pyarrow.compute as pc
 from pydantic import BaseModel
 
 from ..errors import AmbiguousCreate, BatchFailed, ProviderRejected, StateError
@@ -359,10 +363,89 @@ def _reset_for_resubmission(store: JobStore, state: ChunkState) -> None:
     store.write_chunk(state)
 
 
+#: How every input line starts (``requests.line_encoder`` puts ``custom_id`` first).
+_ID_HEAD = b'{"custom_id":"'
+
+
 def _chunk_custom_ids(store: JobStore, chunk_id: int) -> list[str]:
-    return [
-        str(orjson.loads(line)["custom_id"]) for line in store.read_chunk_input(chunk_id).splitlines() if line
-    ]
+    ids = []
+    start = len(_ID_HEAD)
+    for line in store.read_chunk_input(chunk_id).splitlines():
+        if not line:
+            continue
+        end = line.find(b'"', start) if line.startswith(_ID_HEAD) else -1
+        custom_id = line[start:end]
+        if end > start and custom_id.isascii() and b"\\" not in custom_id:  # no escapes: the bytes are the id
+            ids.append(custom_id.decode("ascii"))
+        else:
+            ids.append(str(orjson.loads(line)["custom_id"]))
+    return ids
+
+
+def select_results(
+    lines: pa.Table, expected: Sequence[str] | pa.Array[Any], batch_id: str, *, chunk_id: int = 0
+) -> pa.Table:
+    """Pick one result per expected ``custom_id`` from a batch's result lines, in ``expected`` order.
+
+    Of several lines for one id, the first successful one wins (else the first); lines for ids
+    not in ``expected`` are ignored with a warning; an id without a line gets a ``missing`` row.
+    Vectorised: one hash lookup of the lines' ids, then integer work.
+
+    Args:
+        lines: The batch's results, one row per line (:meth:`BatchProvider.download_results`).
+        expected: The distinct ``custom_id`` of every request of the chunk (a list or a string array).
+        batch_id: The batch (written into ``missing`` rows).
+        chunk_id: The chunk, for log messages.
+
+    Returns:
+        A table of ``lines``' schema, one row per entry of ``expected``.
+
+    Examples:
+        >>> from prefect_llm_batch.spec import ErrorKind
+        >>> lines = results_to_table([RowResult("a", error_kind=ErrorKind.SERVER_ERROR),
+        ...                           RowResult("a", response="yes"), RowResult("z", response="?")])
+        >>> picked = select_results(lines, ["a", "b"], "batch_1")
+        >>> picked["response"].to_pylist(), picked["response_error_kind"].to_pylist()
+        (['yes', None], [None, 'missing'])
+    """
+    wanted = expected if isinstance(expected, pa.Array) else pa.array(expected, pa.string())
+    ids = lines.column("custom_id")
+    slots = np.asarray(pc.fill_null(pc.index_in(ids, value_set=wanted), pa.scalar(-1, pa.int32())))
+    known = slots >= 0
+    if not known.all():
+        for cid in ids.filter(pa.array(~known)).to_pylist():
+            logger.warning("chunk %d: ignoring a result for unknown custom_id %s", chunk_id, cid)
+    ok = np.asarray(pc.is_null(lines.column("response_error_kind")))
+    # lines in order of preference: successes, then the rest, each in line order; an id takes its first
+    preferred = np.concatenate((np.flatnonzero(ok & known), np.flatnonzero(~ok & known)))
+    found, first = np.unique(slots[preferred], return_index=True)
+    chosen = np.full(len(wanted), -1, np.int64)
+    chosen[found] = preferred[first]
+    gaps = chosen < 0
+    picked = lines.take(pa.array(chosen, pa.int64(), mask=gaps))
+    if count := int(np.count_nonzero(gaps)):
+        missing = pa.array(gaps)
+        logger.warning("chunk %d: batch %s returned no line for %d request(s)", chunk_id, batch_id, count)
+        fill = {
+            "response_error_kind": ErrorKind.MISSING.value,
+            "response_error": "the provider returned no result line",
+            "response_batch_id": batch_id,
+        }
+        for name, value in fill.items():
+            index = picked.schema.get_field_index(name)
+            column = pc.if_else(missing, pa.scalar(value, pa.string()), picked.column(index))
+            picked = picked.set_column(index, picked.field(index), column)
+        index = picked.schema.get_field_index("response_cached")
+        cached = cast("pa.ChunkedArray[Any]", pc.fill_null(picked.column(index), pa.scalar(False)))
+        picked = picked.set_column(index, picked.field(index), cached)
+    return picked.set_column(0, picked.field(0), wanted)
+
+
+def _with_attempts(table: pa.Table, attempts: int) -> pa.Table:
+    index = table.schema.get_field_index("response_attempts")
+    return table.set_column(
+        index, table.field(index), pa.repeat(pa.scalar(attempts, pa.int64()), table.num_rows)
+    )
 
 
 def collect_chunk(
@@ -385,49 +468,30 @@ def collect_chunk(
     record = store.read_job()
     round_ = next(c.round for c in record.chunks if c.chunk_id == chunk_id)
     expected = _chunk_custom_ids(store, chunk_id)
-    results: dict[str, RowResult] = {}
+    embeddings = record.endpoint == EMBEDDINGS_ENDPOINT
     if state.batch_id is None and state.cancelled_by == "user" and ended(state):
-        for cid in expected:  # never sent: the job was cancelled before this chunk's turn
-            results[cid] = RowResult(
-                cid, error_kind=ErrorKind.BATCH_CANCELLED, error="not sent: the job was cancelled"
-            )
+        # never sent: the job was cancelled before this chunk's turn
+        message = "not sent: the job was cancelled"
+        table = results_to_table(
+            (RowResult(cid, error_kind=ErrorKind.BATCH_CANCELLED, error=message) for cid in expected),
+            embeddings=embeddings,
+        )
         round_ -= 1
     elif not state.batch_id or not ended(state):
         raise StateError(f"chunk {chunk_id} of job {ref.job_id} has not ended; wait for it first")
     elif (info := provider.retrieve(state.batch_id)).status is BatchStatus.FAILED:
         message = short(f"batch {info.id} failed validation: {info.error_summary()}")
-        for cid in expected:
-            results[cid] = RowResult(
-                cid, error_kind=ErrorKind.INVALID_REQUEST, error=message, batch_id=info.id
-            )
+        table = results_to_table(
+            (
+                RowResult(cid, error_kind=ErrorKind.INVALID_REQUEST, error=message, batch_id=info.id)
+                for cid in expected
+            ),
+            embeddings=embeddings,
+        )
     else:
-        wanted = set(expected)
-        for result in provider.iter_results(info):
-            if result.custom_id not in wanted:
-                logger.warning(
-                    "chunk %d: ignoring a result for unknown custom_id %s", chunk_id, result.custom_id
-                )
-                continue
-            previous = results.get(result.custom_id)
-            if previous is None or (not previous.ok and result.ok):
-                results[result.custom_id] = result
-        missing = [cid for cid in expected if cid not in results]
-        if missing:
-            logger.warning(
-                "chunk %d: batch %s returned no line for %d request(s)", chunk_id, info.id, len(missing)
-            )
-        for cid in missing:
-            results[cid] = RowResult(
-                cid,
-                error_kind=ErrorKind.MISSING,
-                error="the provider returned no result line",
-                batch_id=info.id,
-            )
-    for result in results.values():
-        result.attempts = round_
-    table = results_to_table(
-        (results[cid] for cid in expected), embeddings=record.endpoint == EMBEDDINGS_ENDPOINT
-    )
+        lines = provider.download_results(info, embeddings=embeddings)
+        table = select_results(lines, expected, info.id, chunk_id=chunk_id)
+    table = _with_attempts(table, round_)
     store.write_results(chunk_id, table)
     if options.cache != "off":
         ok = table.filter(table.column("response_error_kind").is_null())
@@ -439,7 +503,7 @@ def collect_chunk(
             provider.delete_file(state.input_file_id)
         except Exception as exc:  # cleanup must not fail a collected chunk
             logger.warning("chunk %d: could not delete input file %s: %s", chunk_id, state.input_file_id, exc)
-    return len(results)
+    return table.num_rows
 
 
 def cancel_job(ref: JobRef, provider: BatchProvider, reason: str = "cancelled by the user") -> list[str]:

@@ -15,9 +15,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
+import pyarrow as pa
 
 from ..errors import ProviderUnavailable
-from ..results import RowResult
+from ..results import RowResult, results_to_table
 from ..schemas import ResponseSchema
 from ..spec import BatchLimits
 
@@ -117,6 +118,56 @@ class BatchProvider(ABC):
     @abstractmethod
     def parse_line(self, line: dict[str, Any], batch_id: str | None) -> RowResult:
         """Turn one result line into a :class:`RowResult`. Pure."""
+
+    def parse_results(
+        self, data: bytes, batch_id: str | None, *, where: str = "a result file", embeddings: bool = False
+    ) -> pa.Table:
+        """Parse a whole result file (JSONL) into a table, one row per line in file order. Pure.
+
+        This default decodes the lines one by one (:func:`decode_result_lines`) and gives each
+        to :meth:`parse_line`; a provider may override it with a faster parser that returns
+        the same table.
+
+        Args:
+            data: The file's bytes (blank lines are skipped).
+            batch_id: The batch the file belongs to (``response_batch_id``).
+            where: What the file is, for messages.
+            embeddings: Add the ``response_embedding`` column (embeddings jobs).
+
+        Returns:
+            A table of :data:`~prefect_llm_batch.results.RESULT_SCHEMA` (plus
+            ``response_embedding`` with ``embeddings``), as
+            :func:`~prefect_llm_batch.results.results_to_table` makes it.
+
+        Raises:
+            ProviderUnavailable: A line is not JSON or has no ``custom_id``.
+
+        Examples:
+            >>> from prefect_llm_batch.providers.anthropic import AnthropicBatchProvider
+            >>> p = AnthropicBatchProvider(api_key="test-key")
+            >>> data = b'{"custom_id": "k1", "result": {"type": "expired"}}\\n\\n'
+            >>> p.parse_results(data, "msgbatch_1").to_pydict()["response_error_kind"]
+            ['batch_expired']
+            >>> p.close()
+        """
+        lines = decode_result_lines(data.splitlines(), where)
+        return results_to_table((self.parse_line(line, batch_id) for line in lines), embeddings=embeddings)
+
+    def download_results(self, batch: BatchInfo, *, embeddings: bool = False) -> pa.Table:
+        """Download the results of an ended batch as one table, one row per result line.
+
+        This default collects :meth:`iter_results`; providers with result files override it to
+        parse each file whole with :meth:`parse_results`.
+
+        Args:
+            batch: The ended batch.
+            embeddings: Add the ``response_embedding`` column (embeddings jobs).
+
+        Returns:
+            A table of :data:`~prefect_llm_batch.results.RESULT_SCHEMA` (plus
+            ``response_embedding`` with ``embeddings``); duplicates and unknown ids included.
+        """
+        return results_to_table(self.iter_results(batch), embeddings=embeddings)
 
     @abstractmethod
     def upload(self, data: bytes, filename: str) -> str | None:
