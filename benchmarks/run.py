@@ -22,9 +22,10 @@ two string columns, request keys and de-duplication included, text answers):
   ``naive``: pandas ``read_parquet``, ``df.apply`` rendering a compiled Jinja2 template per row,
   ``json.dumps`` per body for the key and per line, a dict for de-duplication, files of 50,000
   lines; ``floor``: writing the JSONL bytes ``ours`` produced, already in memory.
-* **collect** -- ``ours``: read the output and error files, ``OpenAIBatchProvider.parse_line``
-  per line (de-duplicated as ``jobs.collect_chunk`` does), ``results_to_table``, read the input
-  table, ``join_results`` through the rows' ``custom_id`` s, ``write_parquet_atomic``;
+* **collect** -- ``ours``: read the output and error files, ``OpenAIBatchProvider.parse_results``
+  per file (vectorised), one result per request picked as ``jobs.collect_chunk`` does
+  (``select_results``), read the input table, ``join_results`` through the rows' ``custom_id`` s,
+  ``write_parquet_atomic``;
   ``naive``: ``json.loads`` per line, a dict per result, a dict lookup per row, ``pd.DataFrame``
   and ``to_parquet``; ``floor``: ``orjson.loads`` of every line and nothing else.
 * **end to end** -- ``jobs.prepare -> submit_chunk -> wait(poll_interval=0) -> collect_chunk ->
@@ -309,12 +310,14 @@ def prepare_floor(context: StageContext) -> dict[str, Any]:
 
 
 def collect_ours(context: StageContext) -> dict[str, Any]:
-    """Parse with ``parse_line``, ``results_to_table``, ``join_results``, ``write_parquet_atomic``."""
-    import orjson
+    """Parse with ``parse_results``, ``select_results``, ``join_results``, ``write_parquet_atomic``."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
     import pyarrow.parquet as pq
 
+    from prefect_llm_batch.jobs.batches import select_results
     from prefect_llm_batch.providers.openai import OpenAIBatchProvider
-    from prefect_llm_batch.results import RowResult, join_results, results_to_table
+    from prefect_llm_batch.results import join_results
     from prefect_llm_batch.table import read_table, write_parquet_atomic
 
     files = ensure_results(context.rows, context.seed)
@@ -322,27 +325,20 @@ def collect_ours(context: StageContext) -> dict[str, Any]:
     provider = OpenAIBatchProvider(api_key="bench-key", base_url=KEY_BASE_URL)
     output = context.work / "collect-ours" / "out.parquet"
     batch_id = "batch_bench"
-    results: dict[str, RowResult] = {}
-    lines = 0
-    for path in (files.output, files.error):
+    tables = []
+    for path, what in ((files.output, "output"), (files.error, "error")):
         with context.step("read files"):
             data = path.read_bytes()
         with context.step("parse lines"):
-            for raw in data.splitlines():
-                if not raw.strip():
-                    continue
-                result = provider.parse_line(orjson.loads(raw), batch_id)
-                lines += 1
-                previous = results.get(result.custom_id)
-                if previous is None or (not previous.ok and result.ok):
-                    results[result.custom_id] = result
+            tables.append(provider.parse_results(data, batch_id, where=f"the {what} file"))
         del data
-    with context.step("results_to_table"):
-        result_table = results_to_table(results.values())
-    del results
+    lines = sum(t.num_rows for t in tables)
     with context.step("read table + row ids"):
         table = read_table(source)
         row_ids = pq.read_table(files.row_ids).column("custom_id").combine_chunks()
+    with context.step("select_results"):
+        result_table = select_results(pa.concat_tables(tables), pc.unique(row_ids), batch_id)
+    del tables
     with context.step("join_results"):
         joined = join_results(table, row_ids, result_table)
     with context.step("write parquet"):
