@@ -65,6 +65,7 @@ from typing import Any
 
 import jinja2
 import jinja2.meta
+import orjson
 import pyarrow as pa
 import pyarrow.compute as pc
 from jinja2 import nodes
@@ -279,6 +280,52 @@ class PromptTemplate:
             return self._render_plain(table)
         return self._render_jinja(table, id_column, first_row)
 
+    def render_json(self, table: pa.Table) -> pa.Array[Any] | None:
+        """Render every row straight into its JSON string contents, without Python per row.
+
+        For a template made only of text and plain ``{{ column }}`` substitutions over string
+        columns: each value is JSON-escaped as ``orjson`` escapes it (only values holding a
+        quote, a backslash or a control character are escaped one by one) and joined with the
+        escaped text in Arrow. Element ``i`` equals ``orjson.dumps(render_table(table)[i])``
+        without its quotes. Request bodies embed these bytes as they are.
+
+        Args:
+            table: The rows (the template's columns were checked by :meth:`check_columns`).
+
+        Returns:
+            A ``large_binary`` array of one entry per row, or None when the template (or a
+            column's type) needs Jinja: then use :meth:`render_table`.
+
+        Examples:
+            >>> import pyarrow as pa
+            >>> import orjson
+            >>> table = pa.table({"a": ["x", None, 'q"']})
+            >>> PromptTemplate("Say {{ a }}!").render_json(table).to_pylist()[:2]
+            [b'Say x!', b'Say !']
+            >>> PromptTemplate("Say {{ a }}!").render_json(table)[2].as_py() == orjson.dumps('Say q"!')[1:-1]
+            True
+            >>> PromptTemplate("{{ n + 1 }}").render_json(pa.table({"n": [1]})) is None
+            True
+        """
+        if not self._can_render_plain(table):
+            return None
+        assert self._plain is not None
+        binary = pa.large_binary()
+        parts: list[Any] = []
+        for part in self._plain:
+            if isinstance(part, _Column):
+                parts.append(_json_contents(table.column(part.name)))
+            elif part:
+                parts.append(pa.scalar(orjson.dumps(part)[1:-1], binary))
+        if not any(isinstance(part, pa.Array) for part in parts):
+            constant = b"".join(part.as_py() for part in parts)
+            return pa.array([constant] * table.num_rows, binary)
+        if len(parts) == 1:
+            only: pa.Array[Any] = parts[0]
+            return only
+        joined: pa.Array[Any] = pc.binary_join_element_wise(*parts, pa.scalar(b"", binary))
+        return joined
+
     # -- the two ways to render ---------------------------------------------------------------
 
     def _can_render_plain(self, table: pa.Table) -> bool:
@@ -406,6 +453,23 @@ def _row_keys(tree: nodes.Template) -> set[str]:
         elif not hasattr(dict, node.attr):
             keys.add(node.attr)
     return keys
+
+
+#: Characters JSON must escape in a string: the quote, the backslash and control characters.
+_NEEDS_ESCAPE = r'["\\\x00-\x1f]'
+
+
+def _json_contents(column: pa.ChunkedArray[Any]) -> pa.Array[Any]:
+    """A string column's values JSON-escaped as ``orjson`` escapes them, without quotes (nulls: empty)."""
+    text = column.combine_chunks().cast(pa.large_string()).fill_null("")
+    escaped = text.cast(pa.large_binary())
+    needs = pc.match_substring_regex(text, _NEEDS_ESCAPE)  # type: ignore[arg-type]
+    if not pc.any(needs).as_py():
+        return escaped
+    values = pc.filter(text, needs).to_pylist()
+    fixed = pa.array([orjson.dumps(value)[1:-1] for value in values], pa.large_binary())
+    replaced: pa.Array[Any] = pc.replace_with_mask(escaped, needs, fixed)
+    return replaced
 
 
 def _python_values(column: pa.ChunkedArray[Any]) -> list[Any]:

@@ -21,16 +21,21 @@ Examples:
 
 from __future__ import annotations
 
+import array as array_module
 import binascii
+import bisect
 import contextlib
 import gc
 import hashlib
+import itertools
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeAlias
 from urllib.parse import urlsplit, urlunsplit
 
 import orjson
+import pyarrow as pa
+import pyarrow.compute as pc
 
 from .errors import InputError
 from .spec import KEY_VERSION, BatchLimits
@@ -257,14 +262,45 @@ def _body_shape(body_json: bytes, slots: Sequence[str]) -> _BodyShape | None:
     return _BodyShape(parts=tuple(parts), slots=tuple(slot for _, slot in found))
 
 
+#: What :meth:`RequestEncoder.encode` takes as texts: Python strings, or their JSON string
+#: contents (escaped, without quotes) as an Arrow binary array, as
+#: :meth:`prefect_llm_batch.prompts.PromptTemplate.render_json` makes them.
+Texts: TypeAlias = "Sequence[str] | Sequence[str | None] | pa.Array[Any]"
+
+
+def _contents(texts: Texts) -> pa.Array[Any]:
+    if isinstance(texts, pa.Array):
+        return texts.cast(pa.large_binary())
+    return pa.array(json_string_contents([t or "" for t in texts]), pa.large_binary())
+
+
+def _text(texts: Texts, row: int) -> str:
+    if isinstance(texts, pa.Array):
+        return str(orjson.loads(b'"' + texts[row].as_py() + b'"'))
+    return texts[row] or ""
+
+
+def _binary(value: bytes) -> pa.Scalar[Any]:
+    return pa.scalar(value, pa.large_binary())
+
+
+def _join(pieces: Sequence[bytes | pa.Array[Any]]) -> pa.Array[Any]:
+    """Concatenate fixed bytes and binary arrays element-wise (Arrow, no Python per row);
+    at least one piece is an array."""
+    args: list[Any] = [_binary(piece) if isinstance(piece, bytes) else piece for piece in pieces]
+    joined: pa.Array[Any] = pc.binary_join_element_wise(*args, _binary(b""))
+    return joined
+
+
 class RequestEncoder:
     """Request keys, ``custom_id`` s and batch input lines for many rows at once.
 
     A provider's body builder is called once per body *shape* (with and without a system
     prompt) with stand-in texts; every row's body is then the shape's fixed JSON around the
-    row's JSON-escaped texts, and its key is hashed from a precomputed SHA-256 state. The result
-    is byte-for-byte ``canonical_json(build_body(prompt, system))`` (checked on the first row of
-    every call, falling back to building each body when it is not), at about a tenth of the cost.
+    row's JSON-escaped texts, and its key is hashed from a precomputed SHA-256 state. Lines are
+    joined in Arrow, never one Python object per row. The result is byte-for-byte
+    ``canonical_json(build_body(prompt, system))`` (checked on the first row of every call,
+    falling back to building each body when it is not), at a fraction of the cost.
 
     Args:
         provider: Provider identity for the key.
@@ -300,7 +336,6 @@ class RequestEncoder:
         build_line: Callable[[str, Any], dict[str, Any]] | None = None,
     ) -> None:
         self._build_body = build_body
-        self._digest = key_hasher(provider, base_url, endpoint)
         payload = {
             "key_version": KEY_VERSION,
             "provider": provider,
@@ -322,8 +357,14 @@ class RequestEncoder:
             self._shapes[with_system] = _body_shape(body, slots)
         return self._shapes[with_system]
 
-    def encode(self, prompts: Sequence[str], systems: Sequence[str | None] | None = None) -> EncodedRequests:
+    def encode(self, prompts: Texts, systems: Texts | None = None) -> EncodedRequests:
         """Key the requests of ``prompts`` (and ``systems``), one per row.
+
+        Args:
+            prompts: The rendered prompt of every row: strings, or their JSON contents as an
+                Arrow binary array.
+            systems: The rendered system prompt of every row (an empty one means none), the
+                same way, or None.
 
         Raises:
             InputError: As the body builder does (a bad parameter, a system prompt where none
@@ -332,80 +373,98 @@ class RequestEncoder:
         n = len(prompts)
         if systems is not None and len(systems) != n:
             raise ValueError(f"{len(systems)} system prompts for {n} prompts")
-        has_system = [bool(s) for s in systems] if systems is not None else None
-        groups: list[tuple[bool, list[int] | None]]
-        if has_system is None or not any(has_system):
+        prompt_contents = _contents(prompts)
+        system_contents = _contents(systems) if systems is not None else None
+        groups: list[tuple[bool, pa.Array[Any] | None]]  # (with a system prompt, its rows or all)
+        if system_contents is None:
             groups = [(False, None)]
-        elif all(has_system):
-            groups = [(True, None)]
         else:
-            groups = [
-                (flag, [i for i, has in enumerate(has_system) if has is flag]) for flag in (False, True)
-            ]
-        digests: list[bytes] = [b""] * n if len(groups) > 1 else []
+            contents: Any = system_contents
+            lengths: Any = pc.binary_length(contents)
+            has: Any = pc.greater(lengths, pa.scalar(0, lengths.type))  # an empty system prompt is none
+            if pc.all(has).as_py():
+                groups = [(True, None)]
+            elif not pc.any(has).as_py():
+                groups = [(False, None)]
+                system_contents = None
+            else:
+                groups = [
+                    (flag, pc.indices_nonzero(has if flag else pc.invert(has))) for flag in (False, True)
+                ]
         encoded = EncodedRequests(self, n)
+        digests: list[bytes] = [] if len(groups) == 1 else [b""] * n
         for with_system, rows in groups:
-            texts = prompts if rows is None else [prompts[i] for i in rows]
-            sys_texts = None
+            group_prompts = prompt_contents if rows is None else prompt_contents.take(rows)
+            group_systems = None
             if with_system:
-                assert systems is not None
-                sys_texts = [str(systems[i]) for i in (rows if rows is not None else range(n))]
-            part = self._encode_group(with_system, texts, sys_texts, rows, encoded)
+                assert system_contents is not None
+                group_systems = system_contents if rows is None else system_contents.take(rows)
+            part = self._encode_group(with_system, group_prompts, group_systems, rows, encoded)
             if rows is None:
                 digests = part
             else:
-                for row, digest in zip(rows, part, strict=True):
+                row_numbers: list[Any] = rows.to_pylist()
+                for row, digest in zip(row_numbers, part, strict=True):
                     digests[row] = digest
-        encoded.digests = digests
-        encoded.custom_ids = custom_ids_from_digests(digests)
+        encoded.set_digests(digests)
         return encoded
 
     def _encode_group(
         self,
         with_system: bool,
-        prompts: Sequence[str],
-        systems: list[str] | None,
-        rows: list[int] | None,
+        prompts: pa.Array[Any],
+        systems: pa.Array[Any] | None,
+        rows: pa.Array[Any] | None,
         encoded: EncodedRequests,
     ) -> list[bytes]:
-        if not prompts:
+        if not len(prompts):
             return []
+        columns_by_slot: dict[str, Any] = {"prompt": prompts, "system": systems}
         shape = self._shape(with_system)
-        texts = {"prompt": json_string_contents(prompts)}
-        if systems is not None:
-            texts["system"] = json_string_contents(systems)
         if shape is not None:
-            columns = [texts[slot] for slot in shape.slots]
-            first = b"".join(_interleave(shape.parts, [column[0] for column in columns]))
-            if first != canonical_json(self._build_body(prompts[0], systems[0] if systems else None)):
+            columns = [columns_by_slot[slot] for slot in shape.slots]
+            first = b"".join(_interleave(shape.parts, [column[0].as_py() for column in columns]))
+            system0 = _text(systems, 0) if systems is not None else None
+            if first != canonical_json(self._build_body(_text(prompts, 0), system0)):
                 shape = None  # the builder does not embed the texts as they are: build every body
         if shape is None:
             bodies = [
-                canonical_json(self._build_body(p, systems[i] if systems else None))
-                for i, p in enumerate(prompts)
+                canonical_json(
+                    self._build_body(_text(prompts, i), _text(systems, i) if systems is not None else None)
+                )
+                for i in range(len(prompts))
             ]
-            encoded.add_bodies(rows, bodies)
-            digest = self._digest
-            return [digest(body) for body in bodies]
-        encoded.add_shape(rows, shape, columns)
-        head = hashlib.sha256(self._key_head + shape.parts[0])
-        tail = shape.parts[-1] + self._key_tail
+            encoded.add_group(
+                rows, _BodyShape(parts=(b"", b""), slots=("body",)), [pa.array(bodies, pa.large_binary())]
+            )
+            head = hashlib.sha256(self._key_head)
+            texts: list[Any] = bodies
+            tail = self._key_tail
+            middles: tuple[bytes, ...] = ()
+        else:
+            encoded.add_group(rows, shape, columns)
+            head = hashlib.sha256(self._key_head + shape.parts[0])
+            tail = shape.parts[-1] + self._key_tail
+            middles = shape.parts[1:-1]
         out: list[bytes] = []
         append = out.append
         with no_cyclic_gc():
-            if len(columns) == 1:
-                for text in columns[0]:
+            if shape is None or len(shape.slots) == 1:
+                if shape is not None:
+                    texts = columns[0].to_pylist()
+                for text in texts:
                     hasher = head.copy()
                     hasher.update(text)
                     hasher.update(tail)
                     append(hasher.digest())
             else:
-                middles = shape.parts[1:-1]
-                for values in zip(*columns, strict=True):
+                values = [column.to_pylist() for column in columns]
+                ends = [*middles, tail]
+                for row_values in zip(*values, strict=True):
                     hasher = head.copy()
-                    for index, value in enumerate(values):
+                    for value, end in zip(row_values, ends, strict=True):
                         hasher.update(value)
-                        hasher.update(middles[index] if index < len(middles) else tail)
+                        hasher.update(end)
                     append(hasher.digest())
         return out
 
@@ -422,81 +481,96 @@ class EncodedRequests:
 
     Attributes:
         digests: The 32-byte request key of every row.
-        custom_ids: The ``custom_id`` of every row.
     """
 
     def __init__(self, encoder: RequestEncoder, n: int) -> None:
         self._encoder = encoder
         self._n = n
         self.digests: list[bytes] = []
-        self.custom_ids: list[str] = []
-        # Per row: (shape, its texts, index in them), or (None, bodies, index).
-        self._groups: list[tuple[_BodyShape | None, list[list[bytes]] | list[bytes]]] = []
+        self._ids: pa.Array[Any] | None = None
+        self._id_list: list[str] | None = None
+        # Each group: the rows it holds (None: all), its shape and its text columns.
+        self._groups: list[tuple[pa.Array[Any] | None, _BodyShape, list[pa.Array[Any]]]] = []
         self._where: list[tuple[int, int]] | None = None  # row -> (group, index), for several groups
 
-    def _add(self, rows: list[int] | None, group: tuple[Any, Any]) -> None:
+    def add_group(self, rows: pa.Array[Any] | None, shape: _BodyShape, columns: list[pa.Array[Any]]) -> None:
+        """Record rows whose bodies are ``shape`` around ``columns`` (internal)."""
         number = len(self._groups)
-        self._groups.append(group)
-        if rows is not None:  # several groups: remember where each row went
+        self._groups.append((rows, shape, columns))
+        if rows is not None:
             if self._where is None:
                 self._where = [(-1, -1)] * self._n
-            for index, row in enumerate(rows):
+            row_numbers: list[Any] = rows.to_pylist()
+            for index, row in enumerate(row_numbers):
                 self._where[row] = (number, index)
+
+    def set_digests(self, digests: list[bytes]) -> None:
+        """Record the digests and spell the ids (internal)."""
+        self.digests = digests
+        if not digests:
+            self._ids = pa.array([], pa.string())
+            return
+        joined = b"\x00".join(digests) + b"\x00"
+        text = binascii.b2a_base64(joined, newline=False).translate(_URLSAFE)
+        offsets = pa.py_buffer(array_module.array("q", range(0, len(text) + 1, 44)).tobytes())
+        padded = pa.Array.from_buffers(pa.large_binary(), len(digests), [None, offsets, pa.py_buffer(text)])
+        self._ids = pc.binary_slice(padded, 0, 43).cast(pa.large_string())
+
+    @property
+    def custom_id_array(self) -> pa.Array[Any]:
+        """The ``custom_id`` of every row, as an Arrow string array."""
+        assert self._ids is not None
+        return self._ids
+
+    @property
+    def custom_ids(self) -> list[str]:
+        """The ``custom_id`` of every row."""
+        if self._id_list is None:
+            self._id_list = [str(cid) for cid in self.custom_id_array.to_pylist()]
+        return self._id_list
 
     def _locate(self, row: int) -> tuple[int, int]:
         return (0, row) if self._where is None else self._where[row]
 
-    def add_shape(self, rows: list[int] | None, shape: _BodyShape, columns: list[list[bytes]]) -> None:
-        """Record rows whose bodies are ``shape`` around ``columns`` (internal)."""
-        self._add(rows, (shape, columns))
-
-    def add_bodies(self, rows: list[int] | None, bodies: list[bytes]) -> None:
-        """Record rows whose bodies were built one by one (internal)."""
-        self._add(rows, (None, bodies))
-
     def body_json(self, row: int) -> bytes:
         """The canonical JSON of a row's body (the bytes its key hashes)."""
         number, index = self._locate(row)
-        shape, values = self._groups[number]
-        if shape is None:
-            return values[index]  # type: ignore[return-value]
-        columns: list[list[bytes]] = values  # type: ignore[assignment]
-        return b"".join(_interleave(shape.parts, [column[index] for column in columns]))
+        _, shape, columns = self._groups[number]
+        values: list[bytes] = [column[index].as_py() for column in columns]
+        return b"".join(_interleave(shape.parts, values))
 
-    def lines(self, rows: Sequence[int]) -> list[bytes]:
-        """The batch input lines (newline included) of the given rows, in that order."""
+    def lines_array(self, rows: Sequence[int] | pa.Array[Any]) -> pa.Array[Any]:
+        """The batch input lines (newline included) of the given rows, in that order, as one
+        Arrow binary array (joined in Arrow, no Python object per line)."""
         line_parts = self._encoder._line_parts
         if line_parts is None:
             raise ValueError("RequestEncoder was made without build_line")
         head, middle, tail = line_parts
-        ids, locate, groups = self.custom_ids, self._locate, self._groups
-        out: list[bytes] = []
-        append = out.append
-        join = b"".join
-        if len(groups) == 1 and groups[0][0] is not None and len(groups[0][0].parts) == 2:
-            shape, values = groups[0]  # the usual case, without a per-row lookup
-            assert shape is not None
-            texts: list[bytes] = values[0]  # type: ignore[assignment]
-            middle = middle + shape.parts[0]
-            tail = shape.parts[1] + tail
-            for row in rows:
-                append(join((head, ids[row].encode("ascii"), middle, texts[row], tail)))
-            return out
-        for row in rows:
-            number, index = locate(row)
-            shape, values = groups[number]
-            cid = ids[row].encode("ascii")
-            if shape is None:
-                append(join((head, cid, middle, values[index], tail)))  # type: ignore[arg-type]
-            elif len(shape.parts) == 2:
-                parts = shape.parts
-                text = values[0][index]
-                append(join((head, cid, middle, parts[0], text, parts[1], tail)))  # type: ignore[arg-type]
+        wanted = rows if isinstance(rows, pa.Array) else pa.array(rows, pa.int64())
+        ids = self.custom_id_array.cast(pa.large_binary())
+        pieces: list[pa.Array[Any]] = []
+        places: list[pa.Array[Any]] = []  # where each group's lines go among those wanted
+        for group_rows, shape, columns in self._groups:
+            if group_rows is None:
+                picked, where = ids.take(wanted), wanted
             else:
-                columns: list[list[bytes]] = values  # type: ignore[assignment]
-                body = _interleave(shape.parts, [column[index] for column in columns])
-                append(join((head, cid, middle, *body, tail)))
-        return out
+                members = pc.index_in(wanted, value_set=group_rows)  # place in the group, or null
+                keep = pc.is_valid(members)
+                where = pc.filter(members, keep)
+                picked = ids.take(pc.filter(wanted, keep))
+                places.append(pc.indices_nonzero(keep))
+            body: list[Any] = [shape.parts[0]]
+            for column, part in zip(columns, shape.parts[1:], strict=True):
+                body += (column.take(where), part)
+            pieces.append(_join([head, picked, middle, *body, tail]))
+        if len(pieces) == 1:
+            return pieces[0]
+        order = pc.sort_indices(pa.concat_arrays(places))
+        return pa.concat_arrays(pieces).take(order)
+
+    def lines(self, rows: Sequence[int]) -> list[bytes]:
+        """The batch input lines (newline included) of the given rows, in that order."""
+        return [bytes(line or b"") for line in self.lines_array(rows).to_pylist()]
 
 
 @dataclass(frozen=True)
@@ -665,6 +739,46 @@ class ChunkPacker:
             self.count = self.used = 0
         self.count += 1
         self.used += size
+        return starts
+
+    def add_many(
+        self, sizes: Sequence[int], where: Sequence[int] | None = None, what: str = "row"
+    ) -> list[int]:
+        """Account for many lines at once; return the indices of those that start a new batch.
+
+        The same packing as calling :meth:`add` for each line, by bisection over running sums
+        instead of a step per line.
+
+        Examples:
+            >>> packer = ChunkPacker(BatchLimits(max_requests_per_batch=2, max_batch_bytes=1024))
+            >>> packer.add_many([10] * 5)
+            [2, 4]
+            >>> packer.add_many([1000, 10, 10])  # 1000 bytes join the open batch's last 10
+            [1]
+        """
+        if not sizes:
+            return []
+        biggest = max(sizes)
+        if biggest > self.max_bytes:
+            index = list(sizes).index(biggest)
+            self.add(biggest, where[index] if where is not None else index, what)  # raises
+        totals = list(itertools.accumulate(sizes, initial=0))  # totals[k] = sum(sizes[:k])
+        starts: list[int] = []
+        at, n = 0, len(sizes)
+        while at < n:
+            # The furthest line that still fits the open batch, by count and by bytes.
+            stop = min(
+                n,
+                at + self.max_requests - self.count,
+                bisect.bisect_right(totals, totals[at] + self.max_bytes - self.used) - 1,
+            )
+            if stop <= at:  # not even the next line fits: it opens a new batch
+                starts.append(at)
+                self.count = self.used = 0
+                continue
+            self.count += stop - at
+            self.used += totals[stop] - totals[at]
+            at = stop
         return starts
 
 

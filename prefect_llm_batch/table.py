@@ -53,12 +53,14 @@ import contextlib
 import hashlib
 import io
 import os
+import queue
 import re
 import secrets
 import tempfile
+import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
-from typing import IO, Any, Literal
+from typing import IO, Any, Literal, TypeVar
 
 import fsspec
 import fsspec.core
@@ -86,6 +88,8 @@ __all__ = [
     "write_parquet_atomic",
     "write_parquet_batches_atomic",
 ]
+
+T = TypeVar("T")
 
 #: The formats :func:`read_table` understands.
 TableFormat = Literal["csv", "parquet", "jsonl"]
@@ -364,6 +368,56 @@ def _rebatch(batches: Iterator[pa.RecordBatch], schema: pa.Schema, rows: int) ->
             pending, count = rest.to_batches(), rest.num_rows
     if count:
         yield from pa.Table.from_batches(pending, schema=schema).combine_chunks().to_batches()
+
+
+def read_ahead(items: Iterator[T], depth: int = 2) -> Iterator[T]:
+    """Iterate ``items`` in a background thread, up to ``depth`` items ahead of the consumer.
+
+    For pipelines whose producer spends its time outside the GIL (reading and decoding Parquet,
+    Arrow compute): the next items are made while the caller works on this one. An exception of
+    the producer is raised to the consumer at the item where it happened; leaving the loop early
+    stops the producer.
+
+    Examples:
+        >>> list(read_ahead(iter(range(5))))
+        [0, 1, 2, 3, 4]
+    """
+    done = object()
+    slots: queue.Queue[Any] = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+
+    def put(item: Any) -> bool:
+        while not stop.is_set():
+            try:
+                slots.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def produce() -> None:
+        try:
+            for item in items:
+                if not put((None, item)):
+                    return
+        except BaseException as exc:  # handed to the consumer, raised there
+            put((exc, None))
+            return
+        put((None, done))
+
+    thread = threading.Thread(target=produce, name="prefect-llm-batch-read-ahead", daemon=True)
+    thread.start()
+    try:
+        while True:
+            error, item = slots.get()
+            if error is not None:
+                raise error
+            if item is done:
+                return
+            yield item
+    finally:
+        stop.set()
+        thread.join()
 
 
 def _directory_parts(source: str, options: Mapping[str, Any]) -> list[str] | None:

@@ -135,3 +135,23 @@ def test_plan_chunks_respects_count_and_bytes() -> None:
 def test_a_single_line_over_the_byte_limit_names_the_row() -> None:
     with pytest.raises(InputError, match="row 7"):
         plan_chunks([10, 5000], BatchLimits(max_batch_bytes=1024), first_row=[0, 7])
+
+
+def test_packing_many_lines_at_once_equals_one_at_a_time() -> None:
+    import random
+
+    from prefect_llm_batch.requests import ChunkPacker
+
+    rng = random.Random(11)
+    for _ in range(300):
+        limits = BatchLimits(
+            max_requests_per_batch=rng.randint(1, 12), max_batch_bytes=rng.randint(1024, 3000)
+        )
+        one, many = ChunkPacker(limits), ChunkPacker(limits)
+        for _ in range(rng.randint(1, 4)):  # several calls: the open batch carries over
+            sizes = [rng.randint(1, 1024) for _ in range(rng.randint(0, 40))]
+            expected = [i for i, size in enumerate(sizes) if one.add(size, i)]
+            assert many.add_many(sizes) == expected
+            assert (many.count, many.used) == (one.count, one.used)
+    with pytest.raises(InputError, match="row 7 is 5000 bytes"):
+        ChunkPacker(BatchLimits(max_batch_bytes=1024)).add_many([10, 5000], where=[3, 7])

@@ -253,3 +253,40 @@ def test_output_refuses_a_source_that_lost_rows(tmp_path: Path, monkeypatch: pyt
     with pytest.raises(StateError, match="different number of rows"):
         jobs.assemble(ref, output=str(tmp_path / "out.parquet"))
     assert not (tmp_path / "out.parquet").exists()
+
+
+def test_render_json_equals_rendering_then_encoding() -> None:
+    from prefect_llm_batch.prompts import PromptTemplate
+
+    rng = random.Random(5)
+    a = [rng.choice([None, *random_texts(rng, 2)]) for _ in range(400)]
+    b = random_texts(rng, 400)[:400]
+    table = pa.table({"a": pa.array(a, pa.string()), "b": pa.array(b, pa.large_string())})
+    for source in ('Q "{{ a }}"\n\t{{ b }}{{ a }}\\', "{{ b }}", 'no columns, "quoted"\n', "{{a}}{{b}}"):
+        template = PromptTemplate(source)
+        contents = template.render_json(table)
+        assert contents is not None
+        assert contents.to_pylist() == [orjson.dumps(p)[1:-1] for p in template.render_table(table)]
+    assert PromptTemplate("{{ a | upper }}").render_json(table) is None  # Jinja needed
+    assert PromptTemplate("{{ n }}").render_json(pa.table({"n": [1]})) is None  # not a string column
+
+
+def test_encoding_json_contents_equals_encoding_strings() -> None:
+    from prefect_llm_batch.prompts import PromptTemplate
+
+    rng = random.Random(9)
+    table = pa.table({"a": random_texts(rng, 300), "s": [rng.choice(["", "sys", '"x"']) for _ in range(306)]})
+    encoder = RequestEncoder(
+        provider="p",
+        base_url="https://x/v1",
+        endpoint=OPENAI.endpoint,
+        build_body=lambda p, s: OPENAI.build_body("m", p, s, {}, None),
+        build_line=OPENAI.build_line,
+    )
+    prompt, system = PromptTemplate("Say {{ a }}"), PromptTemplate("{{ s }}")
+    from_strings = encoder.encode(prompt.render_table(table), system.render_table(table))
+    from_json = encoder.encode(prompt.render_json(table), system.render_json(table))  # type: ignore[arg-type]
+    assert from_json.digests == from_strings.digests
+    assert from_json.custom_ids == from_strings.custom_ids
+    rows = list(range(0, 306, 5))
+    assert from_json.lines(rows) == from_strings.lines(rows)

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import hashlib
+import itertools
 import logging
 import time
 from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
+import numpy as np
 import orjson
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -16,12 +19,12 @@ from pydantic import BaseModel
 from ..errors import InputError, StateError
 from ..prompts import PromptTemplate
 from ..providers.base import BatchProvider
-from ..requests import ChunkPacker, RequestEncoder, canonical_json, no_cyclic_gc, normalise_base_url
+from ..requests import ChunkPacker, RequestEncoder, Texts, canonical_json, no_cyclic_gc, normalise_base_url
 from ..results import EMBEDDING_COLUMN, OUTPUT_COLUMNS, RESULT_SCHEMA, result_schema
 from ..schemas import ResponseSchema
 from ..spec import BatchLimits, CacheMode, ErrorKind, JobSpec, ProviderTarget, RunOptions
 from ..store import ChunkPlanRecord, ChunkState, JobRecord, JobStore, ResponseCache
-from ..table import TableScan, fingerprint, read_table, scan_table
+from ..table import TableScan, fingerprint, read_ahead, read_table, scan_table
 
 logger = logging.getLogger("prefect_llm_batch")
 
@@ -187,44 +190,85 @@ class _ChunkWriter:
         self.records: list[ChunkPlanRecord] = []
         self._packer = ChunkPacker(limits)
         self._next_id = first_id
-        self._lines: list[bytes] = []
+        self._parts: list[memoryview] = []  # the open batch's lines, as views into Arrow buffers
+        self._count = 0
         self._bytes = 0
         self._tokens = 0
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="prefect-llm-batch-write")
+        self._pending: Future[None] | None = None
 
-    def add(self, lines: list[bytes], rows: list[int] | None) -> None:
+    def add(self, lines: pa.Array[Any] | list[bytes], rows: list[int] | None) -> None:
         """Add lines in order; ``rows`` are their input rows (named when a line is too big)."""
-        add = self._packer.add
-        for index, line in enumerate(lines):
-            size = len(line)
-            where, what = (rows[index], "row") if rows is not None else (index, "request")
-            if add(size, where, what):
-                self._flush()
-            self._lines.append(line)
-            self._bytes += size
-            self._tokens += max(1, size // 4)  # estimate_tokens, inlined
+        if isinstance(lines, list):
+            lines = pa.array(lines, pa.large_binary())
+        if not len(lines):
+            return
+        lines = lines.cast(pa.large_binary())
+        buffers: list[Any] = lines.buffers()
+        offsets_buffer, data_buffer = buffers[1], buffers[2]
+        offsets = np.frombuffer(offsets_buffer, np.int64)[lines.offset : lines.offset + len(lines) + 1]
+        sizes = np.diff(offsets)
+        data = memoryview(data_buffer)
+        what = "row" if rows is not None else "request"
+        cuts = [0, *self._packer.add_many(sizes.tolist(), rows, what), len(lines)]
+        for number, (start, stop) in enumerate(itertools.pairwise(cuts)):
+            if number:
+                self._flush()  # ``start`` opens a new batch
+            self._parts.append(data[offsets[start] : offsets[stop]])
+            self._bytes += int(offsets[stop] - offsets[start])
+            # estimate_tokens per line (every line is far longer than 4 bytes, so never 0)
+            self._tokens += int((sizes[start:stop] // 4).sum())
+            self._count += stop - start
+
+    def _write(self, chunk_id: int, data: bytes) -> None:
+        self.store.write_chunk_input(chunk_id, data)
+        if not self.store.has_chunk(chunk_id):
+            self.store.write_chunk(ChunkState(chunk_id=chunk_id))
 
     def _flush(self) -> None:
         chunk_id = self._next_id
-        self.store.write_chunk_input(chunk_id, b"".join(self._lines))
-        if not self.store.has_chunk(chunk_id):
-            self.store.write_chunk(ChunkState(chunk_id=chunk_id))
+        # Written by a second thread (I/O, outside the GIL) while the next lines are built; at
+        # most one write in flight, so at most two batch files are in memory.
+        self._wait()
+        self._pending = self._executor.submit(self._write, chunk_id, b"".join(self._parts))
         self.records.append(
             ChunkPlanRecord(
                 chunk_id=chunk_id,
-                requests=len(self._lines),
+                requests=self._count,
                 bytes=self._bytes,
                 round=self.round,
                 est_tokens=self._tokens,
             )
         )
         self._next_id += 1
-        self._lines, self._bytes, self._tokens = [], 0, 0
+        self._parts, self._count, self._bytes, self._tokens = [], 0, 0, 0
+
+    def _wait(self) -> None:
+        if self._pending is not None:
+            pending, self._pending = self._pending, None
+            pending.result()  # re-raises a failed write
 
     def close(self) -> list[ChunkPlanRecord]:
         """Write the last, partly filled chunk; return every chunk written."""
-        if self._lines:
-            self._flush()
+        try:
+            if self._count:
+                self._flush()
+            self._wait()
+        finally:
+            self._executor.shutdown(wait=True)
         return self.records
+
+    def abandon(self) -> None:
+        """Stop after a failure: wait for a write in flight, report nothing."""
+        self._executor.shutdown(wait=True)
+
+
+def _render(template: PromptTemplate, table: pa.Table, id_column: str | None, first_row: int) -> Texts:
+    """A slice's prompts: straight to JSON in Arrow for plain templates, else through Jinja."""
+    contents = template.render_json(table)
+    if contents is not None:
+        return contents
+    return template.render_table(table, id_column=id_column, first_row=first_row)
 
 
 def _check_id_column_scan(
@@ -298,31 +342,42 @@ def prepare(
     hit_ids: list[str] = []
     rows = unique = 0
 
-    def row_ids() -> Iterator[pa.Array[Any]]:
-        nonlocal rows, unique
+    def rendered() -> Iterator[tuple[int, Texts, Texts | None]]:
+        first = 0
         for batch in scan.batches:
             table = pa.Table.from_batches([batch], schema=scan.schema)
-            prompts = template.render_table(table, id_column=spec.id_column, first_row=rows)
-            systems: list[str | None] | None = None
-            if system_template is not None:
-                systems = list(system_template.render_table(table, id_column=spec.id_column, first_row=rows))
+            prompts = _render(template, table, spec.id_column, first)
+            systems = _render(system_template, table, spec.id_column, first) if system_template else None
+            yield table.num_rows, prompts, systems
+            first += table.num_rows
+
+    def row_ids() -> Iterator[pa.Array[Any]]:
+        nonlocal rows, unique
+        # Reading and rendering the next slice (Arrow work, mostly outside the GIL) overlaps with
+        # keying this one.
+        for count, prompts, systems in read_ahead(rendered()):
             encoded = encoder.encode(prompts, systems)
-            new: list[int] = []
+            digests = encoded.digests
             with no_cyclic_gc():
-                for index, digest in enumerate(encoded.digests):
-                    if digest not in seen:
-                        seen.add(digest)
-                        new.append(index)
+                # Each digest's first row in the slice (later rows overwrite, reversed: the first
+                # wins), then those not seen in earlier slices, in row order.
+                firsts = dict(zip(reversed(digests), range(len(digests) - 1, -1, -1), strict=True))
+                new = sorted(index for digest, index in firsts.items() if digest not in seen)
+                seen.update(firsts)
             unique += len(new)
             if cached:
                 ids = encoded.custom_ids
                 hit_ids.extend(ids[i] for i in new if ids[i] in cached)
                 new = [i for i in new if ids[i] not in cached]
-            writer.add(encoded.lines(new), [rows + i for i in new])
-            rows += table.num_rows
-            yield pa.array(encoded.custom_ids, pa.string())
+            writer.add(encoded.lines_array(new), [rows + i for i in new])
+            rows += count
+            yield encoded.custom_id_array
 
-    store.write_row_ids(row_ids())
+    try:
+        store.write_row_ids(row_ids())
+    except BaseException:
+        writer.abandon()
+        raise
     chunks = writer.close()
     seen.clear()
     if hit_ids:
@@ -419,7 +474,11 @@ def plan_retry_round(ref: JobRef, round_: int, options: RunOptions) -> list[int]
     ]
     first_id = max((c.chunk_id for c in record.chunks), default=-1) + 1
     writer = _ChunkWriter(store, record.limits or BatchLimits(), first_id, round_ + 1)
-    writer.add(lines, None)
+    try:
+        writer.add(lines, None)
+    except BaseException:
+        writer.abandon()
+        raise
     chunks = writer.close()
     record.chunks.extend(chunks)
     store.write_job(record)
