@@ -427,7 +427,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--rows", type=int, default=1_000_000)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--parts", type=int, default=1, help="also write the table as this many files")
+    parser.add_argument("--parts-only", action="store_true", help="only the partitioned table")
     args = parser.parse_args(argv)
+    if args.parts_only:
+        print(ensure_table(args.rows, args.seed, args.parts))
+        return
     print(ensure_table(args.rows, args.seed))
     if args.parts > 1:
         print(ensure_table(args.rows, args.seed, args.parts))

@@ -76,6 +76,9 @@ TARGET_PREPARE_VS_FLOOR = 3.0
 TARGET_COLLECT_VS_FLOOR = 2.0
 TARGET_PEAK_RSS_MB = 2500.0
 TARGET_E2E_MS_PER_ROW = 0.07
+#: Peak memory of a partitioned job with 4x the rows (same part and batch sizes) over the smaller
+#: one's: memory that grows with the batch, not the rows, stays well under 4x.
+TARGET_PARTS_GROWTH = 1.5
 
 Stage = Callable[["StageContext"], dict[str, Any]]
 
@@ -206,53 +209,68 @@ def prepare_ours(context: StageContext) -> dict[str, Any]:
 
 
 def prepare_steps(context: StageContext) -> dict[str, Any]:
-    """The calls of ``jobs.prepare``, in its order, each timed (the breakdown of ``prepare_ours``)."""
+    """The work of ``jobs.prepare``, slice by slice, each kind timed (the breakdown of ``prepare_ours``).
+
+    One thread, no read-ahead: the steps add up to the sequential cost, which ``jobs.prepare``
+    spreads over two threads (reading and rendering the next slice, writing batch files).
+    """
+    import pyarrow as pa
+
+    from prefect_llm_batch.jobs.plan import _ChunkWriter, _render
     from prefect_llm_batch.prompts import PromptTemplate
     from prefect_llm_batch.providers.openai import OpenAIBatchProvider
-    from prefect_llm_batch.requests import build_request_set, encode_line, plan_chunks
-    from prefect_llm_batch.store import ChunkState, JobStore
-    from prefect_llm_batch.table import fingerprint, read_table
+    from prefect_llm_batch.requests import RequestEncoder
+    from prefect_llm_batch.store import JobStore
+    from prefect_llm_batch.table import fingerprint, scan_table
 
     source = str(ensure_table(context.rows, context.seed))
     provider = OpenAIBatchProvider(api_key="bench-key", base_url=KEY_BASE_URL)
     state = context.work / "prepare-steps"
     shutil.rmtree(state, ignore_errors=True)
     store = JobStore(str(state), "bench")
+    template = PromptTemplate(TEMPLATE)
+    encoder = RequestEncoder(
+        provider="openai",
+        base_url=KEY_BASE_URL,
+        endpoint=ENDPOINT,
+        build_body=lambda prompt, system: provider.build_body(MODEL, prompt, system, {}),
+        build_line=provider.build_line,
+    )
+    writer = _ChunkWriter(store, provider.limits, 0, 1)
+    seen: set[bytes] = set()
+    rows = unique = 0
+    ids: list[pa.Array] = []
     with context.step("fingerprint"):
         fingerprint(source)
     with context.step("read table"):
-        table = read_table(source)
-    with context.step("render"):
-        prompts = PromptTemplate(TEMPLATE).render_table(table)
-    with context.step("keys+dedup"):
-        request_set = build_request_set(
-            provider="openai",
-            base_url=KEY_BASE_URL,
-            endpoint=ENDPOINT,
-            prompts=prompts,
-            build_body=lambda prompt, system: provider.build_body(MODEL, prompt, system, {}),
-        )
-    with context.step("encode lines"):
-        if hasattr(request_set, "body_json"):  # a package whose request set keeps the bodies' JSON
-            import prefect_llm_batch.requests as requests_module
-
-            encode = requests_module.line_encoder(provider.build_line)
-            pairs = zip(request_set.unique_ids, request_set.body_json, strict=True)
-            lines = [encode(cid, body) for cid, body in pairs]
-        else:
-            lines = [
-                encode_line(provider.build_line(cid, body))
-                for cid, body in zip(request_set.unique_ids, request_set.bodies, strict=True)
-            ]
-    with context.step("plan chunks"):
-        chunks = plan_chunks([len(line) for line in lines], provider.limits, request_set.first_row)
-    with context.step("write chunks"):
-        for index, chunk in enumerate(chunks):
-            store.write_chunk_input(index, b"".join(lines[chunk.start : chunk.stop]))
-            store.write_chunk(ChunkState(chunk_id=index))
+        scan = scan_table(source)
+        batches = iter(scan.batches)
+    while True:
+        with context.step("read table"):
+            batch = next(batches, None)
+        if batch is None:
+            break
+        with context.step("render"):
+            prompts = _render(template, pa.Table.from_batches([batch]), None, rows)
+        with context.step("keys"):
+            encoded = encoder.encode(prompts)
+        with context.step("dedup"):
+            digests = encoded.digests
+            firsts = dict(zip(reversed(digests), range(len(digests) - 1, -1, -1), strict=True))
+            new = sorted(map(firsts.__getitem__, firsts.keys() - seen))
+            seen.update(firsts)
+            unique += len(new)
+        with context.step("encode lines"):
+            lines = encoded.lines_array(new)
+        with context.step("plan + write chunks"):
+            writer.add(lines, [rows + i for i in new])
+        ids.append(encoded.custom_id_array)
+        rows += batch.num_rows
+    with context.step("plan + write chunks"):
+        chunks = writer.close()
     with context.step("write row ids"):
-        store.write_row_ids(request_set.row_ids)
-    return {"rows": table.num_rows, "unique": len(request_set.unique_ids), "chunks": len(chunks)}
+        store.write_row_ids(iter(ids))
+    return {"rows": rows, "unique": unique, "chunks": len(chunks)}
 
 
 def prepare_naive(context: StageContext) -> dict[str, Any]:
@@ -450,6 +468,79 @@ def end_to_end(context: StageContext) -> dict[str, Any]:
     return {"rows": summary.rows, "unique": ref.unique_requests, "chunks": ref.chunks}
 
 
+#: Rows per part file of the partitioned input of ``parts_job`` (so 1M rows are 16 parts, 4M are 64).
+PART_ROWS = 62_500
+
+
+def _reset_peak_rss() -> None:
+    """Reset ``VmHWM`` to the current RSS (Linux >= 4.0), so the next step's peak is its own."""
+    with contextlib.suppress(OSError):
+        Path("/proc/self/clear_refs").write_text("5")
+
+
+def parts_job(context: StageContext) -> dict[str, Any]:
+    """A job over a partitioned input (a directory of Parquet parts): prepare, then write the output.
+
+    The provider's answers are made up between the two (one per request, as a collected batch
+    would leave them; untimed), so that the output side runs on the real state. Peak RSS is
+    measured for each side separately.
+    """
+    import pyarrow as pa
+
+    from prefect_llm_batch import jobs
+    from prefect_llm_batch.jobs.batches import _chunk_custom_ids
+    from prefect_llm_batch.providers.openai import OpenAIBatchProvider
+    from prefect_llm_batch.results import RESULT_SCHEMA
+    from prefect_llm_batch.store import JobStore
+
+    source = str(ensure_table(context.rows, context.seed, parts=max(2, context.rows // PART_ROWS)))
+    spec, target = _spec_and_target(KEY_BASE_URL)
+    provider = OpenAIBatchProvider(api_key="bench-key", base_url=KEY_BASE_URL)
+    state = context.work / f"parts-{context.rows}"
+    shutil.rmtree(state, ignore_errors=True)
+    _reset_peak_rss()
+    with context.step("prepare"):
+        ref = jobs.prepare(source, spec, provider, target, state_dir=str(state))
+    prepare_peak = _status_mb("VmHWM")
+    store = JobStore(ref.state_dir, ref.job_id)
+    for plan in store.read_job().chunks:  # what collecting each batch would have stored
+        ids = _chunk_custom_ids(store, plan.chunk_id)
+        n = len(ids)
+        columns = {
+            "custom_id": ids,
+            "response": ["positive"] * n,
+            "response_input_tokens": [120] * n,
+            "response_output_tokens": [1] * n,
+            "response_finish_reason": ["stop"] * n,
+            "response_model": ["gpt-4o-mini-2024-07-18"] * n,
+            "response_batch_id": [f"batch_{plan.chunk_id:05d}"] * n,
+            "response_cached": [False] * n,
+            "response_attempts": [1] * n,
+        }
+        table = pa.table(
+            {f.name: columns.get(f.name, [None] * n) for f in RESULT_SCHEMA}, schema=RESULT_SCHEMA
+        )
+        store.write_results(plan.chunk_id, table)
+        chunk = store.read_chunk(plan.chunk_id)
+        chunk.batch_id, chunk.status, chunk.collected = f"batch_{plan.chunk_id:05d}", "completed", True
+        store.write_chunk(chunk)
+        del table, columns, ids
+    _reset_peak_rss()
+    output = context.work / f"parts-{context.rows}.parquet"
+    with context.step("write output"):
+        summary = jobs.assemble(ref, output=str(output), overwrite=True)
+    output_peak = _status_mb("VmHWM")
+    if summary.rows != context.rows:
+        raise RuntimeError(f"the output has {summary.rows} rows, not {context.rows}")
+    return {
+        "rows": summary.rows,
+        "parts": len(list(Path(source).glob("*.parquet"))),
+        "prepare_peak_mb": prepare_peak,
+        "output_peak_mb": output_peak,
+        "chunks": ref.chunks,
+    }
+
+
 STAGES: dict[str, Stage] = {
     "prepare_ours": prepare_ours,
     "prepare_steps": prepare_steps,
@@ -459,6 +550,7 @@ STAGES: dict[str, Stage] = {
     "collect_naive": collect_naive,
     "collect_floor": collect_floor,
     "e2e": end_to_end,
+    "parts_job": parts_job,
 }
 
 
@@ -636,6 +728,13 @@ def run_suite(args: argparse.Namespace) -> Suite:
         counts |= {e2e_rows} if "e2e" in wanted else set()
         for count in sorted(counts):
             subprocess.run([*generate, "--rows", str(count)], check=True, stdout=subprocess.DEVNULL)
+        parts_sizes = {"parts_job": rows, "parts_job_4x": args.parts_rows or 4 * rows}
+        if "parts_job" in wanted:
+            for count in parts_sizes.values():
+                parts = ["--parts", str(max(2, count // PART_ROWS)), "--parts-only"]
+                subprocess.run(
+                    [*generate, "--rows", str(count), *parts], check=True, stdout=subprocess.DEVNULL
+                )
         for stage in STAGES:
             if stage not in wanted:
                 continue
@@ -646,6 +745,9 @@ def run_suite(args: argparse.Namespace) -> Suite:
             if stage == "prepare_floor":
                 env = {"BENCH_REQUESTS_DIR": r["prepare_ours"]["requests_dir"]}
                 r[stage] = _child(stage, stage_rows, seed, work, env=env, repeat=repeat)
+            elif stage == "parts_job":
+                for label, count in parts_sizes.items():
+                    r[label] = _child(stage, count, seed, work, repeat=repeat)
             elif stage == "e2e":
                 with fake_server(work) as (url, pid):
                     server_cpu = _process_cpu_seconds(pid)
@@ -694,6 +796,18 @@ def _check_targets(suite: Suite) -> None:
                 max(peaks) < TARGET_PEAK_RSS_MB if suite.rows >= 1_000_000 else None,
             )
         )
+    if suite.has("parts_job", "parts_job_4x"):
+        small, big = r["parts_job"], r["parts_job_4x"]
+        grows = _ratio(big["rows"], small["rows"])
+        for side in ("prepare", "output"):
+            ratio = _ratio(big[f"{side}_peak_mb"], small[f"{side}_peak_mb"])
+            measured = (
+                f"{small[f'{side}_peak_mb']:,.0f} -> {big[f'{side}_peak_mb']:,.0f} MB "
+                f"({ratio:.2f}x for {grows:.0f}x the rows)"
+            )
+            name = f"partitioned input, {side}: peak RSS x{TARGET_PARTS_GROWTH:g} at most for 4x the rows"
+            passed = ratio <= TARGET_PARTS_GROWTH if small["rows"] >= 1_000_000 else None
+            checks.append((name, measured, "", passed))
     if "e2e" in r:
         ms = 1000 * r["e2e"]["cpu_s"] / r["e2e"]["rows"]
         target = TARGET_E2E_MS_PER_ROW
@@ -709,6 +823,8 @@ _LABELS = {
     "collect_naive": ("collect", "naive"),
     "collect_floor": ("collect", "floor (orjson.loads)"),
     "e2e": ("end to end", "ours, fake server"),
+    "parts_job": ("partitioned job", "prepare + output"),
+    "parts_job_4x": ("partitioned job", "prepare + output, 4x rows"),
 }
 
 
@@ -745,7 +861,7 @@ def render(suite: Suite) -> str:
         "`others' CPU s`: CPU the rest of the machine used during the stage (noise when large).\n"
     )
     out.write("\nSteps (wall s):\n\n")
-    for key in ("prepare_steps", "prepare_naive", "collect_ours", "collect_naive", "e2e"):
+    for key in ("prepare_steps", "prepare_naive", "collect_ours", "collect_naive", "e2e", "parts_job"):
         if key in r and r[key]["steps"]:
             steps = ", ".join(f"{name} {seconds:.2f}" for name, seconds in r[key]["steps"].items())
             out.write(f"- {_LABELS[key][0]}, {_LABELS[key][1]}: {steps}\n")
@@ -757,6 +873,20 @@ def render(suite: Suite) -> str:
             f"which took {e2e['import_cpu_s']:.2f} CPU s); the fake server, in its own process and not "
             f"counted, {1000 * e2e['server_cpu_s'] / e2e['rows']:.3f} CPU ms/row.\n"
         )
+    if suite.has("parts_job", "parts_job_4x"):
+        out.write(
+            "\nPartitioned input (a directory of Parquet parts of 62,500 rows; batches of 50,000 requests; "
+            "made-up answers stored as collected batches would leave them):\n\n"
+            "| rows | parts | batches | prepare s | prepare peak RSS MB | output s | output peak RSS MB |\n"
+            "|---:|---:|---:|---:|---:|---:|---:|\n"
+        )
+        for key in ("parts_job", "parts_job_4x"):
+            job = r[key]
+            out.write(
+                f"| {job['rows']:,} | {job['parts']} | {job['chunks']} | {job['steps']['prepare']:.2f} | "
+                f"{job['prepare_peak_mb']:,.0f} | {job['steps']['write output']:.2f} | "
+                f"{job['output_peak_mb']:,.0f} |\n"
+            )
     if suite.naive_rows != suite.rows and suite.has("prepare_naive"):
         out.write(
             f"\nThe naive baseline ran on {suite.naive_rows:,} rows; its ratios compare time per row.\n"
@@ -789,6 +919,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--naive-rows", type=int, default=None, help="rows of the naive baseline")
     parser.add_argument("--e2e-rows", type=int, default=None, help="rows end to end (default 100,000)")
     parser.add_argument("--skip-e2e", action="store_true", help="leave out the end-to-end stage")
+    parser.add_argument(
+        "--parts-rows", type=int, default=None, help="rows of the bigger partitioned job (default 4x --rows)"
+    )
     parser.add_argument("--profile", action="store_true", help="cProfile prepare, collect and e2e")
     parser.add_argument("--stages", default=None, help=f"comma-separated subset of: {', '.join(STAGES)}")
     parser.add_argument("--repeat", type=int, default=1, help="runs per stage; the fastest counts")

@@ -548,6 +548,12 @@ class EncodedRequests:
         head, middle, tail = line_parts
         wanted = rows if isinstance(rows, pa.Array) else pa.array(rows, pa.int64())
         ids = self.custom_id_array.cast(pa.large_binary())
+        if len(self._groups) == 1 and self._groups[0][0] is None:  # the usual case: one take
+            _, shape, columns = self._groups[0]
+            body_parts: list[Any] = [shape.parts[0]]
+            for column, part in zip(columns, shape.parts[1:], strict=True):
+                body_parts += (column, part)
+            return _join([head, ids, middle, *body_parts, tail]).take(wanted)
         pieces: list[pa.Array[Any]] = []
         places: list[pa.Array[Any]] = []  # where each group's lines go among those wanted
         for group_rows, shape, columns in self._groups:

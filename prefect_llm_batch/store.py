@@ -223,6 +223,8 @@ class JobStore:
             schema=ROW_IDS_SCHEMA,
             overwrite=True,
             storage_options=self._options,
+            # Request keys are random: a dictionary never pays, and trying one costs a third.
+            writer_options={"use_dictionary": False},
         )
 
     def read_row_ids(self) -> pa.Array[Any]:

@@ -514,6 +514,7 @@ def write_parquet_batches_atomic(
     overwrite: bool = False,
     metadata: dict[str, str] | None = None,
     storage_options: dict[str, Any] | None = None,
+    writer_options: dict[str, Any] | None = None,
 ) -> int:
     """Write batches to one Parquet file as they come, so that readers never see a partial file.
 
@@ -528,6 +529,7 @@ def write_parquet_batches_atomic(
         overwrite: Replace an existing file.
         metadata: Key-value pairs stored in the Parquet schema metadata.
         storage_options: Passed to the fsspec filesystem.
+        writer_options: Passed to ``pyarrow.parquet.ParquetWriter`` (``use_dictionary``...).
 
     Returns:
         The number of rows written.
@@ -553,7 +555,7 @@ def write_parquet_batches_atomic(
 
     def write(sink: Any) -> None:
         nonlocal rows
-        with pq.ParquetWriter(sink, schema) as writer:
+        with pq.ParquetWriter(sink, schema, **(writer_options or {})) as writer:
             for batch in batches:
                 table = batch if isinstance(batch, pa.Table) else pa.Table.from_batches([batch])
                 if table.schema != schema:

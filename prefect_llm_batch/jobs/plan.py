@@ -362,7 +362,7 @@ def prepare(
                 # Each digest's first row in the slice (later rows overwrite, reversed: the first
                 # wins), then those not seen in earlier slices, in row order.
                 firsts = dict(zip(reversed(digests), range(len(digests) - 1, -1, -1), strict=True))
-                new = sorted(index for digest, index in firsts.items() if digest not in seen)
+                new = sorted(map(firsts.__getitem__, firsts.keys() - seen))
                 seen.update(firsts)
             unique += len(new)
             if cached:
