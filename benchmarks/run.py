@@ -18,19 +18,22 @@ two string columns, request keys and de-duplication included, text answers):
 * **prepare** -- ``ours``: :func:`prefect_llm_batch.jobs.prepare` itself (fingerprint, read the
   Parquet table, render, key and de-duplicate, encode the JSONL lines, plan chunks, write the chunk
   files, row ids and plan to a state directory on local disk) with an ``OpenAIBatchProvider``;
-  ``ours, by step``: the same calls one by one, timed separately (the breakdown);
+  ``ours, by step``: the same work slice by slice in one thread, each kind timed (the breakdown);
   ``naive``: pandas ``read_parquet``, ``df.apply`` rendering a compiled Jinja2 template per row,
   ``json.dumps`` per body for the key and per line, a dict for de-duplication, files of 50,000
   lines; ``floor``: writing the JSONL bytes ``ours`` produced, already in memory.
 * **collect** -- ``ours``: read the output and error files, ``OpenAIBatchProvider.parse_results``
   per file (vectorised), one result per request picked as ``jobs.collect_chunk`` does
-  (``select_results``), read the input table, ``join_results`` through the rows' ``custom_id`` s,
-  ``write_parquet_atomic``;
+  (``select_results``), then ``jobs.output.write_joined`` as ``assemble`` does: the input table
+  read in slices, joined through the rows' ``custom_id`` s and written to Parquet as it goes;
   ``naive``: ``json.loads`` per line, a dict per result, a dict lookup per row, ``pd.DataFrame``
   and ``to_parquet``; ``floor``: ``orjson.loads`` of every line and nothing else.
 * **end to end** -- ``jobs.prepare -> submit_chunk -> wait(poll_interval=0) -> collect_chunk ->
   assemble`` against the fake provider (instant batches) running in a *separate* process, so the
   CPU milliseconds per row are ours only; the server's CPU is reported beside it.
+* **partitioned job** -- ``jobs.prepare`` and ``jobs.assemble`` of a job over a directory of
+  Parquet parts of 62,500 rows, at ``--rows`` and at 4x as many (``--parts-rows``), with the peak
+  RSS of each side: memory that grows with the batch, not with the rows.
 
 Targets (issue 7) are checked at the end; outside ``--quick`` a missed target exits with status 1.
 """
@@ -328,15 +331,15 @@ def prepare_floor(context: StageContext) -> dict[str, Any]:
 
 
 def collect_ours(context: StageContext) -> dict[str, Any]:
-    """Parse with ``parse_results``, ``select_results``, ``join_results``, ``write_parquet_atomic``."""
+    """What collecting and assembling do: ``parse_results``, ``select_results``, then ``write_joined``."""
     import pyarrow as pa
     import pyarrow.compute as pc
     import pyarrow.parquet as pq
 
     from prefect_llm_batch.jobs.batches import select_results
+    from prefect_llm_batch.jobs.output import write_joined
     from prefect_llm_batch.providers.openai import OpenAIBatchProvider
-    from prefect_llm_batch.results import join_results
-    from prefect_llm_batch.table import read_table, write_parquet_atomic
+    from prefect_llm_batch.table import scan_table
 
     files = ensure_results(context.rows, context.seed)
     source = str(ensure_table(context.rows, context.seed))
@@ -351,18 +354,16 @@ def collect_ours(context: StageContext) -> dict[str, Any]:
             tables.append(provider.parse_results(data, batch_id, where=f"the {what} file"))
         del data
     lines = sum(t.num_rows for t in tables)
-    with context.step("read table + row ids"):
-        table = read_table(source)
+    with context.step("row ids"):
         row_ids = pq.read_table(files.row_ids).column("custom_id").combine_chunks()
     with context.step("select_results"):
         result_table = select_results(pa.concat_tables(tables), pc.unique(row_ids), batch_id)
     del tables
-    with context.step("join_results"):
-        joined = join_results(table, row_ids, result_table)
-    with context.step("write parquet"):
-        write_parquet_atomic(joined, str(output), overwrite=True, metadata={"job": "bench"})
-    ok_rows = joined.column("response_error_kind").null_count
-    return {"rows": joined.num_rows, "lines": lines, "ok_rows": ok_rows}
+    with context.step("read table + join + write parquet (streamed)"):
+        rows, errors = write_joined(
+            scan_table(source), row_ids, result_table, str(output), overwrite=True, metadata={"job": "bench"}
+        )
+    return {"rows": rows, "lines": lines, "ok_rows": rows - sum(errors.values())}
 
 
 def collect_naive(context: StageContext) -> dict[str, Any]:

@@ -433,7 +433,7 @@ def join_at(table: pa.Table, result_table: pa.Table, positions: pa.Array[Any]) -
 
     ``result_table`` is a :func:`normalise_results` table; a null position is a ``missing`` row.
     """
-    extra = [f for f in result_table.schema if f.name not in RESULT_SCHEMA.names]
+    extra = [f for f in result_table.schema if f.name not in RESULT_SCHEMA.names and f.name != "custom_id"]
     missing = pc.is_null(positions)
     taken = result_table.take(positions)
     out = table

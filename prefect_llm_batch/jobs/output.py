@@ -30,7 +30,7 @@ from ..results import (
 )
 from ..schemas import ResponseSchema
 from ..store import JobStore
-from ..table import fingerprint, scan_table, write_parquet_batches_atomic
+from ..table import TableScan, fingerprint, read_ahead, scan_table, write_parquet_batches_atomic
 from .plan import JobRef
 
 logger = logging.getLogger("prefect_llm_batch")
@@ -95,6 +95,75 @@ def latest_results(store: JobStore) -> tuple[pa.Table, list[str]]:
     return results.take(pc.take(last.column("_order_max"), keep)), batch_ids
 
 
+def write_joined(
+    scan: TableScan,
+    row_ids: pa.Array[Any],
+    results: pa.Table,
+    output: str,
+    *,
+    overwrite: bool = False,
+    metadata: dict[str, str] | None = None,
+    storage_options: dict[str, Any] | None = None,
+    what: str = "the input has a different number of rows than row ids",
+) -> tuple[int, Counter[str]]:
+    """Join every input row to its request's result and write the output Parquet, streaming.
+
+    One hash lookup maps every row id to its result; then the input goes through in slices:
+    a second thread reads each slice and joins it while this one writes the previous slice
+    (both mostly outside the GIL). Memory: the results, 4 bytes per row, two slices.
+
+    Args:
+        scan: The input table, being read.
+        row_ids: The ``custom_id`` of every input row.
+        results: One result per request (a table of ``RESULT_SCHEMA``, then typed columns).
+        output: Where to write (local path or fsspec URL).
+        overwrite: Replace an existing output.
+        metadata: Parquet key-value metadata.
+        storage_options: fsspec options for ``output``.
+        what: The message when the input and ``row_ids`` disagree on the number of rows.
+
+    Returns:
+        The number of rows written, and the number of rows per error kind.
+
+    Raises:
+        StateError: The input does not have one row per row id (nothing is written).
+    """
+    results = normalise_results(results)
+    positions = result_positions(row_ids, results)
+    results = results.drop_columns(["custom_id"])  # matched: no longer needed
+    extra = [f for f in results.schema if f.name not in RESULT_SCHEMA.names]
+    out_schema = pa.schema([*scan.schema, *OUTPUT_FIELDS, *extra]).with_metadata(scan.schema.metadata or {})
+    counts: Counter[str] = Counter()
+    rows = 0
+
+    def joined_batches() -> Iterator[pa.Table]:
+        nonlocal rows
+        for batch in scan.batches:
+            if rows + batch.num_rows > len(positions):
+                break
+            slice_positions = positions.slice(rows, batch.num_rows)
+            joined = join_at(pa.Table.from_batches([batch], schema=scan.schema), results, slice_positions)
+            tally = pc.value_counts(joined.column("response_error_kind").drop_null())
+            for kind, count in zip(
+                tally.field("values").to_pylist(), tally.field("counts").to_pylist(), strict=True
+            ):
+                counts[str(kind)] += int(count or 0)
+            rows += batch.num_rows
+            yield joined
+        if rows != len(positions):
+            raise StateError(f"{what} ({len(positions)}); run the job again")
+
+    write_parquet_batches_atomic(
+        read_ahead(joined_batches()),
+        output,
+        schema=out_schema,
+        overwrite=overwrite,
+        metadata=metadata,
+        storage_options=storage_options,
+    )
+    return rows, counts
+
+
 def assemble(
     ref: JobRef,
     *,
@@ -120,39 +189,7 @@ def assemble(
     if record.response_schema is not None:
         schema = ResponseSchema(record.response_schema)
         results = parse_structured(results, schema, parser=parser, column_prefix=record.column_prefix)
-    results = normalise_results(results)
-    # One hash lookup for every row; then the input streams through in slices, joined and
-    # written as it goes (memory: the results, 4 bytes per row, one slice).
-    positions = result_positions(store.read_row_ids(), results)
     scan = scan_table(record.source, limit=record.limit, storage_options=storage_options)
-    extra = [f for f in results.schema if f.name not in RESULT_SCHEMA.names]
-    out_schema = pa.schema([*scan.schema, *OUTPUT_FIELDS, *extra]).with_metadata(scan.schema.metadata or {})
-    counts: Counter[str] = Counter()
-    rows = 0
-
-    def joined_batches() -> Iterator[pa.Table]:
-        nonlocal rows
-        for batch in scan.batches:
-            if rows + batch.num_rows > len(positions):
-                break
-            joined = join_at(
-                pa.Table.from_batches([batch], schema=scan.schema),
-                results,
-                positions.slice(rows, batch.num_rows),
-            )
-            tally = pc.value_counts(joined.column("response_error_kind").drop_null())
-            for kind, count in zip(
-                tally.field("values").to_pylist(), tally.field("counts").to_pylist(), strict=True
-            ):
-                counts[str(kind)] += int(count or 0)
-            rows += batch.num_rows
-            yield joined
-        if rows != len(positions):
-            raise StateError(
-                f"{record.source} now has a different number of rows than job {ref.job_id} was prepared "
-                f"with ({len(positions)}); run the job again"
-            )
-
     metadata = {
         "prefect_llm_batch": canonical_json(
             {
@@ -169,13 +206,15 @@ def assemble(
             }
         ).decode()
     }
-    write_parquet_batches_atomic(
-        joined_batches(),
+    rows, counts = write_joined(
+        scan,
+        store.read_row_ids(),
+        results,
         output,
-        schema=out_schema,
         overwrite=overwrite,
         metadata=metadata,
         storage_options=storage_options,
+        what=f"{record.source} now has a different number of rows than job {ref.job_id} was prepared with",
     )
 
     error_rows = sum(counts.values())
