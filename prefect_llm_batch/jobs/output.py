@@ -72,27 +72,33 @@ def latest_results(store: JobStore) -> tuple[pa.Table, list[str]]:
     """Every request's latest result (cached answers, then each round in order), and the batch ids."""
     record = store.read_job()
     schema = result_schema(embeddings=record.endpoint == EMBEDDINGS_ENDPOINT)
-    parts: list[pa.Table] = []
+    first: list[pa.Table] = []  # cached answers and round 1: each request at most once
+    later: list[pa.Table] = []  # retry rounds, in order: they replace earlier results
     cached = store.read_cached_results()
     if cached is not None:
-        parts.append(cached.select(schema.names).cast(schema))
+        first.append(cached.select(schema.names).cast(schema))
     batch_ids: list[str] = []
     for plan in sorted(record.chunks, key=lambda c: (c.round, c.chunk_id)):
         state = store.read_chunk(plan.chunk_id)
         if not state.collected:
             raise StateError(f"chunk {plan.chunk_id} of job {record.job_id} is not collected yet")
-        parts.append(store.read_results(plan.chunk_id).select(schema.names).cast(schema))
+        part = store.read_results(plan.chunk_id).select(schema.names).cast(schema)
+        (first if plan.round <= 1 else later).append(part)
         batch_ids.extend(h["batch_id"] for h in state.history if h.get("batch_id"))
         if state.batch_id:
             batch_ids.append(state.batch_id)
-    if not parts:
-        return schema.empty_table(), batch_ids
-    results = pa.concat_tables(parts)
-    # A request retried in a later round has several results: keep the last one.
-    order = pa.array(range(results.num_rows), pa.int64())
-    last = results.append_column("_order", order).group_by("custom_id").aggregate([("_order", "max")])
-    keep = pc.sort_indices(last.column("_order_max"))
-    return results.take(pc.take(last.column("_order_max"), keep)), batch_ids
+    results = pa.concat_tables(first) if first else schema.empty_table()
+    if later:
+        # A request retried in a later round has several results: keep the last one.
+        retried = pa.concat_tables(later)
+        order = pa.array(range(retried.num_rows), pa.int64())
+        last = retried.append_column("_order", order).group_by("custom_id").aggregate([("_order", "max")])
+        newest = last.column("_order_max")
+        retried = retried.take(pc.take(newest, pc.sort_indices(newest)))
+        retried_ids = retried.column("custom_id").combine_chunks()
+        replaced = pc.is_in(results.column("custom_id"), value_set=retried_ids)
+        results = pa.concat_tables([results.filter(pc.invert(replaced)), retried])
+    return results, batch_ids
 
 
 def write_joined(
@@ -130,6 +136,7 @@ def write_joined(
     """
     results = normalise_results(results)
     positions = result_positions(row_ids, results)
+    del row_ids  # the caller passes a temporary: free it before the output is built
     results = results.drop_columns(["custom_id"])  # matched: no longer needed
     extra = [f for f in results.schema if f.name not in RESULT_SCHEMA.names]
     out_schema = pa.schema([*scan.schema, *OUTPUT_FIELDS, *extra]).with_metadata(scan.schema.metadata or {})
