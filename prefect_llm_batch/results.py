@@ -409,10 +409,18 @@ def normalise_results(result_table: pa.Table) -> pa.Table:
     )
 
 
-def result_positions(row_ids: pa.Array[Any], result_table: pa.Table) -> pa.Array[Any]:
+def result_positions(
+    row_ids: pa.Array[Any], result_table: pa.Table, *, check_unique: bool = True
+) -> pa.Array[Any]:
     """For every row id, the position of its result in ``result_table`` (null when it has none).
 
     One hash lookup for all rows: compute it once, then :func:`join_at` slices of rows.
+
+    Args:
+        row_ids: The ``custom_id`` of every row.
+        result_table: One result per ``custom_id``.
+        check_unique: Check that no result id repeats (a second hash of the ids; callers that
+            built ``result_table`` one result per id skip it).
 
     Raises:
         ValueError: A result id repeats.
@@ -423,7 +431,7 @@ def result_positions(row_ids: pa.Array[Any], result_table: pa.Table) -> pa.Array
         [1, None, 1]
     """
     result_ids = result_table.column("custom_id").combine_chunks()
-    if len(pc.unique(result_ids)) != len(result_ids):
+    if check_unique and len(pc.unique(result_ids)) != len(result_ids):
         raise ValueError("a custom_id has more than one result")
     return pc.index_in(row_ids, value_set=result_ids)
 

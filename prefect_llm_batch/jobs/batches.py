@@ -415,12 +415,15 @@ def select_results(
     if not known.all():
         for cid in ids.filter(pa.array(~known)).to_pylist():
             logger.warning("chunk %d: ignoring a result for unknown custom_id %s", chunk_id, cid)
-    ok = np.asarray(pc.is_null(lines.column("response_error_kind")))
-    # lines in order of preference: successes, then the rest, each in line order; an id takes its first
-    preferred = np.concatenate((np.flatnonzero(ok & known), np.flatnonzero(~ok & known)))
-    found, first = np.unique(slots[preferred], return_index=True)
     chosen = np.full(len(wanted), -1, np.int64)
-    chosen[found] = preferred[first]
+    if known.all() and (len(slots) == 0 or np.bincount(slots).max() <= 1):
+        chosen[slots] = np.arange(len(slots))  # the usual case: one line per request, O(n)
+    else:
+        ok = np.asarray(pc.is_null(lines.column("response_error_kind")))
+        # lines in order of preference: successes, then the rest, each in line order; an id takes its first
+        preferred = np.concatenate((np.flatnonzero(ok & known), np.flatnonzero(~ok & known)))
+        found, first = np.unique(slots[preferred], return_index=True)
+        chosen[found] = preferred[first]
     gaps = chosen < 0
     picked = lines.take(pa.array(chosen, pa.int64(), mask=gaps))
     if count := int(np.count_nonzero(gaps)):
