@@ -60,7 +60,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from data import DATA_DIR, MODEL, TEMPLATE, ensure_results, ensure_table
+from data import DATA_DIR, MODEL, TEMPLATE, ensure_results, ensure_table, results_dir, table_path
 
 #: Where the suite writes state directories and outputs (removed afterwards).
 WORK_ROOT = DATA_DIR / "work"
@@ -339,6 +339,7 @@ def collect_ours(context: StageContext) -> dict[str, Any]:
     from prefect_llm_batch.jobs.batches import select_results
     from prefect_llm_batch.jobs.output import write_joined
     from prefect_llm_batch.providers.openai import OpenAIBatchProvider
+    from prefect_llm_batch.results import result_positions
     from prefect_llm_batch.table import scan_table
 
     files = ensure_results(context.rows, context.seed)
@@ -360,8 +361,14 @@ def collect_ours(context: StageContext) -> dict[str, Any]:
         result_table = select_results(pa.concat_tables(tables), pc.unique(row_ids), batch_id)
     del tables
     with context.step("read table + join + write parquet (streamed)"):
+        positions = result_positions(row_ids, result_table, check_unique=False)
         rows, errors = write_joined(
-            scan_table(source), row_ids, result_table, str(output), overwrite=True, metadata={"job": "bench"}
+            scan_table(source),
+            positions,
+            result_table,
+            str(output),
+            overwrite=True,
+            metadata={"job": "bench"},
         )
     return {"rows": rows, "lines": lines, "ok_rows": rows - sum(errors.values())}
 
@@ -584,6 +591,7 @@ def _child(
     best: dict[str, Any] | None = None
     for _ in range(max(1, repeat)):
         os.sync()  # the previous stage's dirty pages are not this stage's I/O
+        _warm_inputs(stage, rows, seed)
         busy = _system_busy_seconds()
         done = subprocess.run(
             command, capture_output=True, text=True, env={**os.environ, **(env or {})}, check=False
@@ -608,6 +616,24 @@ def _child(
             best["peak_rss_mb"] = max(best["peak_rss_mb"], result["peak_rss_mb"])
     assert best is not None
     return best
+
+
+def _warm_inputs(stage: str, rows: int, seed: int) -> None:
+    """Read a stage's input files once, untimed, so that every variant starts from the page cache.
+
+    These machines reclaim idle page cache within minutes (DAMON), and their disks are slow and
+    uneven: without this, a stage's wall time measures how much of its input the disk had to
+    give back, not the code.
+    """
+    paths = [table_path(rows, seed), results_dir(rows, seed)]
+    if stage == "parts_job":
+        paths = [table_path(rows, seed, parts=max(2, rows // PART_ROWS))]
+    for path in paths:
+        files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
+        for file in files:
+            with open(file, "rb") as handle:
+                while handle.read(16 << 20):
+                    pass
 
 
 def _system_busy_seconds() -> float:

@@ -229,7 +229,12 @@ class JobStore:
 
     def read_row_ids(self) -> pa.Array[Any]:
         """Read the custom_id of every input row."""
-        table = pq.read_table(io.BytesIO(self._read(self._path("rows.parquet"))))
+        fs, path = fsspec.core.url_to_fs(self._path("rows.parquet"), **(self._options or {}))
+        try:
+            with fs.open(path, "rb") as handle:  # read as it decodes, not whole into memory first
+                table = pq.read_table(handle)
+        except FileNotFoundError as exc:
+            raise StateError(f"job {self.job_id} has no row ids in {self.state_dir}") from exc
         return table.column("custom_id").combine_chunks()
 
     def write_chunk_input(self, chunk_id: int, data: bytes) -> None:
@@ -267,9 +272,10 @@ class JobStore:
         """Write one chunk's parsed results."""
         self._write(self._path("results", f"chunk-{chunk_id:05d}.parquet"), _parquet_bytes(table))
 
-    def read_results(self, chunk_id: int) -> pa.Table:
-        """Read one chunk's parsed results."""
-        return pq.read_table(io.BytesIO(self._read(self._path("results", f"chunk-{chunk_id:05d}.parquet"))))
+    def read_results(self, chunk_id: int, columns: list[str] | None = None) -> pa.Table:
+        """Read one chunk's parsed results (only ``columns`` when given)."""
+        data = io.BytesIO(self._read(self._path("results", f"chunk-{chunk_id:05d}.parquet")))
+        return pq.read_table(data, columns=columns)
 
     def write_partial_results(self, chunk_id: int, part: int, table: pa.Table) -> None:
         """Write one slice of a realtime chunk's results (so a crash loses at most a slice)."""
@@ -290,12 +296,12 @@ class JobStore:
         """Write the answers the job took from the response cache."""
         self._write(self._path("results", "cached.parquet"), _parquet_bytes(table))
 
-    def read_cached_results(self) -> pa.Table | None:
+    def read_cached_results(self, columns: list[str] | None = None) -> pa.Table | None:
         """Read the answers the job took from the response cache (None if it took none)."""
         path = self._path("results", "cached.parquet")
         if not exists(path, storage_options=self._options):
             return None
-        return pq.read_table(io.BytesIO(self._read(path)))
+        return pq.read_table(io.BytesIO(self._read(path)), columns=columns)
 
     # cancel marker ----------------------------------------------------------------------
 

@@ -25,7 +25,6 @@ from ..results import (
     cast_embeddings,
     embedding_type,
     join_at,
-    normalise_results,
     parse_structured,
     result_positions,
     result_schema,
@@ -70,13 +69,23 @@ class JobSummary(BaseModel):
         return self.error_rows / self.rows if self.rows else 0.0
 
 
-def latest_results(store: JobStore) -> tuple[pa.Table, list[str]]:
-    """Every request's latest result (cached answers, then each round in order), and the batch ids."""
+def latest_results(store: JobStore, columns: list[str] | None = None) -> tuple[pa.Table, list[str]]:
+    """Every request's latest result (cached answers, then each round in order), and the batch ids.
+
+    Args:
+        store: The job's state.
+        columns: Read only these columns (``custom_id`` is always read). The rows come in the
+            same order whatever the columns, so a table of ids and a later one of answers align.
+    """
     record = store.read_job()
     schema = result_schema(embeddings=record.endpoint == EMBEDDINGS_ENDPOINT)
+    if columns is not None:
+        wanted = {"custom_id", *columns}
+        schema = pa.schema([field for field in schema if field.name in wanted])
+        columns = schema.names
     first: list[pa.Table] = []  # cached answers and round 1: each request at most once
     later: list[pa.Table] = []  # retry rounds, in order: they replace earlier results
-    cached = store.read_cached_results()
+    cached = store.read_cached_results(columns)
     if cached is not None:
         first.append(cached.select(schema.names).cast(schema))
     batch_ids: list[str] = []
@@ -84,7 +93,7 @@ def latest_results(store: JobStore) -> tuple[pa.Table, list[str]]:
         state = store.read_chunk(plan.chunk_id)
         if not state.collected:
             raise StateError(f"chunk {plan.chunk_id} of job {record.job_id} is not collected yet")
-        part = store.read_results(plan.chunk_id).select(schema.names).cast(schema)
+        part = store.read_results(plan.chunk_id, columns).select(schema.names).cast(schema)
         (first if plan.round <= 1 else later).append(part)
         batch_ids.extend(h["batch_id"] for h in state.history if h.get("batch_id"))
         if state.batch_id:
@@ -100,12 +109,13 @@ def latest_results(store: JobStore) -> tuple[pa.Table, list[str]]:
         retried_ids = retried.column("custom_id").combine_chunks()
         replaced = pc.is_in(results.column("custom_id"), value_set=retried_ids)
         results = pa.concat_tables([results.filter(pc.invert(replaced)), retried])
+    pa.default_memory_pool().release_unused()  # the files' read buffers are freed: return them
     return results, batch_ids
 
 
 def write_joined(
     scan: TableScan,
-    row_ids: pa.Array[Any],
+    positions: pa.Array[Any],
     results: pa.Table,
     output: str,
     *,
@@ -116,34 +126,32 @@ def write_joined(
 ) -> tuple[int, Counter[str]]:
     """Join every input row to its request's result and write the output Parquet, streaming.
 
-    One hash lookup maps every row id to its result; then the input goes through in slices:
-    a second thread reads each slice and joins it while this one writes the previous slice
-    (both mostly outside the GIL). Memory: the results, 4 bytes per row, two slices.
+    The input goes through in slices: a second thread reads each slice and joins it while this
+    one writes the previous slice (both mostly outside the GIL). Memory: the results, 4 bytes
+    per row, two slices.
 
     Args:
         scan: The input table, being read.
-        row_ids: The ``custom_id`` of every input row.
-        results: One result per request (a table of ``RESULT_SCHEMA``, then typed columns).
+        positions: For every input row, the row of ``results`` holding its answer (null: none),
+            from :func:`~prefect_llm_batch.results.result_positions`.
+        results: The results: the ``OUTPUT_FIELDS`` columns, then typed answer columns
+            (a ``custom_id`` column is ignored).
         output: Where to write (local path or fsspec URL).
         overwrite: Replace an existing output.
         metadata: Parquet key-value metadata.
         storage_options: fsspec options for ``output``.
-        what: The message when the input and ``row_ids`` disagree on the number of rows.
+        what: The message when the input and ``positions`` disagree on the number of rows.
 
     Returns:
         The number of rows written, and the number of rows per error kind.
 
     Raises:
-        StateError: The input does not have one row per row id (nothing is written).
+        StateError: The input does not have one row per position (nothing is written).
     """
-    results = normalise_results(results)
-    # One result per request by construction (latest_results, select_results): an id that
-    # repeated would still carry an answer to that same request, never another row's.
-    positions = result_positions(row_ids, results, check_unique=False)
-    del row_ids  # the caller passes a temporary: free it before the output is built
-    results = results.drop_columns(["custom_id"])  # matched: no longer needed
     extra = [f for f in results.schema if f.name not in RESULT_SCHEMA.names]
-    out_schema = pa.schema([*scan.schema, *OUTPUT_FIELDS, *extra]).with_metadata(scan.schema.metadata or {})
+    fields = [*OUTPUT_FIELDS, *extra]
+    results = results.select([f.name for f in fields]).cast(pa.schema(fields))
+    out_schema = pa.schema([*scan.schema, *fields]).with_metadata(scan.schema.metadata or {})
     counts: Counter[str] = Counter()
     rows = 0
 
@@ -215,7 +223,17 @@ def assemble(
     record = store.read_job()
     with ThreadPoolExecutor(max_workers=1) as pool:  # hashing the source overlaps reading the results
         source_fp = pool.submit(fingerprint, record.source, storage_options=storage_options)
+        # Two passes keep the peak low: first only the ids, matched to every row with one hash
+        # lookup (then the ids, the row ids and the hash table are freed), then the answers,
+        # which come in the same order.
+        ids, _ = latest_results(store, columns=[])
+        # One result per request by construction: an id that repeated would still carry an
+        # answer to that same request, never another row's.
+        positions = result_positions(store.read_row_ids(), ids, check_unique=False)
+        del ids
+        pa.default_memory_pool().release_unused()
         results, batch_ids = latest_results(store)
+        results = results.drop_columns(["custom_id"])  # matched already
         if source_fp.result() != record.source_fingerprint:
             raise StateError(f"{record.source} changed since job {ref.job_id} was prepared; run again")
     if record.endpoint == EMBEDDINGS_ENDPOINT:
@@ -242,7 +260,7 @@ def assemble(
     }
     rows, counts = write_joined(
         scan,
-        store.read_row_ids(),
+        positions,
         results,
         output,
         overwrite=overwrite,
