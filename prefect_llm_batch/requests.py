@@ -539,21 +539,23 @@ class EncodedRequests:
         values: list[bytes] = [column[index].as_py() for column in columns]
         return b"".join(_interleave(shape.parts, values))
 
-    def lines_array(self, rows: Sequence[int] | pa.Array[Any]) -> pa.Array[Any]:
-        """The batch input lines (newline included) of the given rows, in that order, as one
-        Arrow binary array (joined in Arrow, no Python object per line)."""
+    def lines_array(self, rows: Sequence[int] | pa.Array[Any] | None = None) -> pa.Array[Any]:
+        """The batch input lines (newline included) of the given rows (None: every row), in that
+        order, as one Arrow binary array (joined in Arrow, no Python object per line)."""
         line_parts = self._encoder._line_parts
         if line_parts is None:
             raise ValueError("RequestEncoder was made without build_line")
         head, middle, tail = line_parts
-        wanted = rows if isinstance(rows, pa.Array) else pa.array(rows, pa.int64())
         ids = self.custom_id_array.cast(pa.large_binary())
-        if len(self._groups) == 1 and self._groups[0][0] is None:  # the usual case: one take
+        if len(self._groups) == 1 and self._groups[0][0] is None:  # the usual case: at most one take
             _, shape, columns = self._groups[0]
             body_parts: list[Any] = [shape.parts[0]]
             for column, part in zip(columns, shape.parts[1:], strict=True):
                 body_parts += (column, part)
-            return _join([head, ids, middle, *body_parts, tail]).take(wanted)
+            every = _join([head, ids, middle, *body_parts, tail])
+            return every if rows is None else every.take(rows)
+        wanted = pa.array(range(self._n), pa.int64()) if rows is None else rows
+        wanted = wanted if isinstance(wanted, pa.Array) else pa.array(wanted, pa.int64())
         pieces: list[pa.Array[Any]] = []
         places: list[pa.Array[Any]] = []  # where each group's lines go among those wanted
         for group_rows, shape, columns in self._groups:

@@ -11,6 +11,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 import orjson
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -197,25 +198,45 @@ class _ChunkWriter:
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="prefect-llm-batch-write")
         self._pending: Future[None] | None = None
 
-    def add(self, lines: pa.Array[Any] | list[bytes], rows: list[int] | None) -> None:
-        """Add lines in order; ``rows`` are their input rows (named when a line is too big)."""
+    def add(
+        self,
+        lines: pa.Array[Any] | list[bytes],
+        rows: list[int] | None,
+        keep: npt.NDArray[np.int64] | None = None,
+    ) -> None:
+        """Add lines in order.
+
+        Args:
+            lines: The lines (an Arrow binary array, or bytes).
+            rows: The input row of each line added (named when a line is too big).
+            keep: Add only the lines at these increasing positions of ``lines`` (None: all).
+                Runs of consecutive lines are added as views of ``lines``' buffer: no copy
+                until the batch file is assembled.
+        """
         if isinstance(lines, list):
             lines = pa.array(lines, pa.large_binary())
-        if not len(lines):
-            return
         lines = lines.cast(pa.large_binary())
+        picked = np.arange(len(lines)) if keep is None else keep
+        if not len(picked):
+            return
         buffers: list[Any] = lines.buffers()
-        offsets_buffer, data_buffer = buffers[1], buffers[2]
-        offsets = np.frombuffer(offsets_buffer, np.int64)[lines.offset : lines.offset + len(lines) + 1]
-        sizes = np.diff(offsets)
-        data = memoryview(data_buffer)
+        offsets = np.frombuffer(buffers[1], np.int64)[lines.offset : lines.offset + len(lines) + 1]
+        data = memoryview(buffers[2])
+        starts, ends = offsets[picked], offsets[picked + 1]
+        sizes = ends - starts
         what = "row" if rows is not None else "request"
-        cuts = [0, *self._packer.add_many(sizes.tolist(), rows, what), len(lines)]
+        cuts = [0, *self._packer.add_many(sizes.tolist(), rows, what), len(picked)]
         for number, (start, stop) in enumerate(itertools.pairwise(cuts)):
             if number:
                 self._flush()  # ``start`` opens a new batch
-            self._parts.append(data[offsets[start] : offsets[stop]])
-            self._bytes += int(offsets[stop] - offsets[start])
+            segment = picked[start:stop]
+            # Runs of consecutive lines: one view of the buffer each.
+            breaks = np.flatnonzero(np.diff(segment) != 1) + 1
+            for first, last in zip(
+                np.concatenate(([0], breaks)), np.concatenate((breaks, [len(segment)])), strict=True
+            ):
+                self._parts.append(data[offsets[segment[first]] : offsets[segment[last - 1] + 1]])
+            self._bytes += int(sizes[start:stop].sum())
             # estimate_tokens per line (every line is far longer than 4 bytes, so never 0)
             self._tokens += int((sizes[start:stop] // 4).sum())
             self._count += stop - start
@@ -369,7 +390,7 @@ def prepare(
                 ids = encoded.custom_ids
                 hit_ids.extend(ids[i] for i in new if ids[i] in cached)
                 new = [i for i in new if ids[i] not in cached]
-            writer.add(encoded.lines_array(new), [rows + i for i in new])
+            writer.add(encoded.lines_array(), [rows + i for i in new], np.asarray(new, np.int64))
             rows += count
             yield encoded.custom_id_array
 
