@@ -79,6 +79,23 @@ def canonical_json(value: Any) -> bytes:
     return orjson.dumps(value, option=orjson.OPT_SORT_KEYS)
 
 
+def _key_parts(provider: str, base_url: str, endpoint: str) -> tuple[bytes, bytes]:
+    """The canonical key payload's bytes before and after the body's JSON.
+
+    Sorted keys put ``body`` second, so the payload is always ``prefix + body JSON + suffix``.
+    """
+    payload = {
+        "key_version": KEY_VERSION,
+        "provider": provider,
+        "base_url": normalise_base_url(base_url),
+        "endpoint": endpoint,
+        "body": None,
+    }
+    whole = canonical_json(payload)
+    at = whole.index(b'"body":null') + len(b'"body":')
+    return whole[:at], whole[at + len(b"null") :]
+
+
 def key_hasher(provider: str, base_url: str, endpoint: str) -> Callable[[bytes], bytes]:
     """Return a function from a body's canonical JSON to its 32-byte request key.
 
@@ -94,18 +111,8 @@ def key_hasher(provider: str, base_url: str, endpoint: str) -> Callable[[bytes],
         >>> digest(canonical_json(body)) == same
         True
     """
-    payload = {
-        "key_version": KEY_VERSION,
-        "provider": provider,
-        "base_url": normalise_base_url(base_url),
-        "endpoint": endpoint,
-        "body": None,
-    }
-    whole = canonical_json(payload)
-    marker = b'"body":null'
-    at = whole.index(marker) + len(b'"body":')
-    head = hashlib.sha256(whole[:at])
-    suffix = whole[at + len(b"null") :]
+    prefix, suffix = _key_parts(provider, base_url, endpoint)
+    head = hashlib.sha256(prefix)
 
     def digest(body_json: bytes) -> bytes:
         hasher = head.copy()
@@ -336,16 +343,7 @@ class RequestEncoder:
         build_line: Callable[[str, Any], dict[str, Any]] | None = None,
     ) -> None:
         self._build_body = build_body
-        payload = {
-            "key_version": KEY_VERSION,
-            "provider": provider,
-            "base_url": normalise_base_url(base_url),
-            "endpoint": endpoint,
-            "body": None,
-        }
-        whole = canonical_json(payload)
-        at = whole.index(b'"body":null') + len(b'"body":')
-        self._key_head, self._key_tail = whole[:at], whole[at + len(b"null") :]
+        self._key_head, self._key_tail = _key_parts(provider, base_url, endpoint)
         self._line_parts = _line_parts(build_line) if build_line is not None else None
         self._shapes: dict[bool, _BodyShape | None] = {}
 

@@ -254,12 +254,7 @@ def read_table(
         raise TableError(f"cannot read {shown}: no such file") from exc
     except (OSError, ValueError, pa.ArrowException) as exc:
         raise TableError(f"cannot read {shown} as {_FORMAT_NAMES[fmt]}: {exc}") from exc
-    missing = [name for name in forced if name not in table.column_names]
-    if missing:
-        raise TableError(
-            f"columns_types names column {missing[0]!r}, which {shown} does not have; "
-            f"available columns: {', '.join(table.column_names)}"
-        )
+    _check_forced(forced, table.column_names, shown)
     if fmt == "parquet":
         for name, data_type in forced.items():
             table = _cast_column(table, name, data_type, shown)
@@ -342,12 +337,7 @@ def scan_table(
         raise TableError(f"cannot read {shown}: no such file") from exc
     except (OSError, ValueError, pa.ArrowException) as exc:
         raise TableError(f"cannot read {shown} as Parquet: {exc}") from exc
-    missing = [name for name in forced if name not in schema.names]
-    if missing:
-        raise TableError(
-            f"columns_types names column {missing[0]!r}, which {shown} does not have; "
-            f"available columns: {', '.join(schema.names)}"
-        )
+    _check_forced(forced, schema.names, shown)
     for name, data_type in forced.items():
         schema = schema.set(schema.get_field_index(name), schema.field(name).with_type(data_type))
     batches = _parquet_batches(files, options, schema, limit, batch_rows, columns, shown)
@@ -750,6 +740,15 @@ def _file_sha256(source: str, storage_options: dict[str, Any] | None) -> str:
 # -- reading ---------------------------------------------------------------------------------
 
 _FORMAT_NAMES: Mapping[TableFormat, str] = {"csv": "CSV", "parquet": "Parquet", "jsonl": "JSON Lines"}
+
+
+def _check_forced(forced: Mapping[str, pa.DataType], names: list[str], shown: str) -> None:
+    missing = [name for name in forced if name not in names]
+    if missing:
+        raise TableError(
+            f"columns_types names column {missing[0]!r}, which {shown} does not have; "
+            f"available columns: {', '.join(names)}"
+        )
 
 
 def _parse_column_types(columns_types: Mapping[str, str], shown: str) -> dict[str, pa.DataType]:

@@ -604,3 +604,35 @@ def test_fingerprint_reads_in_blocks(mem: str, monkeypatch: pytest.MonkeyPatch) 
 def test_fingerprint_missing(mem: str) -> None:
     with pytest.raises(TableError, match=r"nope\.csv': no such file"):
         fingerprint(f"{mem}/nope.csv")
+
+
+def test_read_ahead_keeps_order_raises_where_it_failed_and_stops_early() -> None:
+    import threading
+
+    assert list(table_module.read_ahead(iter(range(100)), depth=3)) == list(range(100))
+
+    def failing() -> Iterator[int]:
+        yield 1
+        yield 2
+        raise ValueError("part 3 is broken")
+
+    seen = []
+    with pytest.raises(ValueError, match="part 3 is broken"):
+        for item in table_module.read_ahead(failing()):
+            seen.append(item)
+    assert seen == [1, 2]
+
+    produced = []
+
+    def endless() -> Iterator[int]:
+        n = 0
+        while True:
+            produced.append(n)
+            yield n
+            n += 1
+
+    for item in table_module.read_ahead(endless(), depth=2):
+        if item == 5:
+            break
+    assert len(produced) <= 5 + 1 + 3  # the producer stopped a few items ahead, not forever
+    assert not any(t.name == "prefect-llm-batch-read-ahead" for t in threading.enumerate())
