@@ -486,25 +486,23 @@ def _reset_peak_rss() -> None:
         Path("/proc/self/clear_refs").write_text("5")
 
 
-def parts_job(context: StageContext) -> dict[str, Any]:
-    """A job over a partitioned input (a directory of Parquet parts): prepare, then write the output.
-
-    The provider's answers are made up between the two (one per request, as a collected batch
-    would leave them; untimed), so that the output side runs on the real state. Peak RSS is
-    measured for each side separately.
-    """
+def _job_with_made_up_answers(
+    context: StageContext, source: str, spec: Any, answer: Callable[[int], str], name: str
+) -> dict[str, Any]:
+    """``jobs.prepare``, then answers made up for every request (one per request, stored as a
+    collected batch would leave them; untimed), then ``jobs.assemble``; the peak RSS of each side."""
     import pyarrow as pa
 
     from prefect_llm_batch import jobs
     from prefect_llm_batch.jobs.batches import _chunk_custom_ids
     from prefect_llm_batch.providers.openai import OpenAIBatchProvider
     from prefect_llm_batch.results import RESULT_SCHEMA
+    from prefect_llm_batch.spec import ProviderTarget
     from prefect_llm_batch.store import JobStore
 
-    source = str(ensure_table(context.rows, context.seed, parts=max(2, context.rows // PART_ROWS)))
-    spec, target = _spec_and_target(KEY_BASE_URL)
+    target = ProviderTarget(provider="openai", base_url=KEY_BASE_URL, key_base_url=KEY_BASE_URL)
     provider = OpenAIBatchProvider(api_key="bench-key", base_url=KEY_BASE_URL)
-    state = context.work / f"parts-{context.rows}"
+    state = context.work / f"{name}-{context.rows}"
     shutil.rmtree(state, ignore_errors=True)
     _reset_peak_rss()
     with context.step("prepare"):
@@ -516,7 +514,7 @@ def parts_job(context: StageContext) -> dict[str, Any]:
         n = len(ids)
         columns = {
             "custom_id": ids,
-            "response": ["positive"] * n,
+            "response": [answer(plan.chunk_id * 100_000 + i) for i in range(n)],
             "response_input_tokens": [120] * n,
             "response_output_tokens": [1] * n,
             "response_finish_reason": ["stop"] * n,
@@ -534,19 +532,60 @@ def parts_job(context: StageContext) -> dict[str, Any]:
         store.write_chunk(chunk)
         del table, columns, ids
     _reset_peak_rss()
-    output = context.work / f"parts-{context.rows}.parquet"
+    output = context.work / f"{name}-{context.rows}.parquet"
     with context.step("write output"):
         summary = jobs.assemble(ref, output=str(output), overwrite=True)
     output_peak = _status_mb("VmHWM")
-    if summary.rows != context.rows:
-        raise RuntimeError(f"the output has {summary.rows} rows, not {context.rows}")
+    if summary.rows != context.rows or summary.error_rows:
+        raise RuntimeError(
+            f"the output has {summary.rows} rows ({summary.errors_by_kind}), not {context.rows}"
+        )
     return {
         "rows": summary.rows,
-        "parts": len(list(Path(source).glob("*.parquet"))),
         "prepare_peak_mb": prepare_peak,
         "output_peak_mb": output_peak,
         "chunks": ref.chunks,
     }
+
+
+def parts_job(context: StageContext) -> dict[str, Any]:
+    """A job over a partitioned input (a directory of Parquet parts): prepare, then write the output."""
+    source = ensure_table(context.rows, context.seed, parts=max(2, context.rows // PART_ROWS))
+    spec, _ = _spec_and_target(KEY_BASE_URL)
+    result = _job_with_made_up_answers(context, str(source), spec, lambda _: "positive", "parts")
+    return {**result, "parts": len(list(source.glob("*.parquet")))}
+
+
+#: The response schema of ``structured_job``: two typed columns.
+STRUCTURED_SCHEMA = {
+    "type": "object",
+    "properties": {
+        "sentiment": {"type": "string", "enum": ["positive", "negative", "mixed"]},
+        "confidence": {"type": "number"},
+    },
+    "required": ["sentiment", "confidence"],
+}
+
+
+def structured_job(context: StageContext) -> dict[str, Any]:
+    """Structured answers: prepare with a response schema (``response_format`` in every body), then
+    write the output with every answer parsed and checked into typed columns."""
+    from prefect_llm_batch.spec import JobSpec
+
+    source = str(ensure_table(context.rows, context.seed))
+    spec = JobSpec(
+        prompt=TEMPLATE,
+        model=MODEL,
+        provider="openai",
+        base_url=KEY_BASE_URL,
+        response_schema=STRUCTURED_SCHEMA,
+    )
+    sentiments = ("positive", "negative", "mixed")
+
+    def answer(request: int) -> str:  # every answer distinct: the worst case (each is parsed)
+        return f'{{"sentiment": "{sentiments[request % 3]}", "confidence": {request / 1e7:.7f}}}'
+
+    return _job_with_made_up_answers(context, source, spec, answer, "structured")
 
 
 STAGES: dict[str, Stage] = {
@@ -559,6 +598,7 @@ STAGES: dict[str, Stage] = {
     "collect_floor": collect_floor,
     "e2e": end_to_end,
     "parts_job": parts_job,
+    "structured_job": structured_job,
 }
 
 
@@ -852,6 +892,7 @@ _LABELS = {
     "e2e": ("end to end", "ours, fake server"),
     "parts_job": ("partitioned job", "prepare + output"),
     "parts_job_4x": ("partitioned job", "prepare + output, 4x rows"),
+    "structured_job": ("structured answers", "prepare + output"),
 }
 
 
@@ -888,7 +929,16 @@ def render(suite: Suite) -> str:
         "`others' CPU s`: CPU the rest of the machine used during the stage (noise when large).\n"
     )
     out.write("\nSteps (wall s):\n\n")
-    for key in ("prepare_steps", "prepare_naive", "collect_ours", "collect_naive", "e2e", "parts_job"):
+    steps = (
+        "prepare_steps",
+        "prepare_naive",
+        "collect_ours",
+        "collect_naive",
+        "e2e",
+        "parts_job",
+        "structured_job",
+    )
+    for key in steps:
         if key in r and r[key]["steps"]:
             steps = ", ".join(f"{name} {seconds:.2f}" for name, seconds in r[key]["steps"].items())
             out.write(f"- {_LABELS[key][0]}, {_LABELS[key][1]}: {steps}\n")
@@ -914,6 +964,14 @@ def render(suite: Suite) -> str:
                 f"{job['prepare_peak_mb']:,.0f} | {job['steps']['write output']:.2f} | "
                 f"{job['output_peak_mb']:,.0f} |\n"
             )
+    if suite.has("structured_job"):
+        job = r["structured_job"]
+        out.write(
+            f"\nStructured answers (a response schema of two properties; every answer distinct, parsed "
+            f"and checked into typed columns), {job['rows']:,} rows: prepare {job['steps']['prepare']:.2f} s "
+            f"(peak {job['prepare_peak_mb']:,.0f} MB), output {job['steps']['write output']:.2f} s "
+            f"(peak {job['output_peak_mb']:,.0f} MB).\n"
+        )
     if suite.naive_rows != suite.rows and suite.has("prepare_naive"):
         out.write(
             f"\nThe naive baseline ran on {suite.naive_rows:,} rows; its ratios compare time per row.\n"

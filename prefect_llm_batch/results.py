@@ -338,38 +338,47 @@ def parse_structured(
         ([2, None, None], [None, 'schema_violation', 'parse_error'])
     """
     loads = parser or orjson.loads
-    texts = results.column("response").to_pylist()
-    kinds = results.column("response_error_kind").to_pylist()
-    messages = results.column("response_error").to_pylist()
+    texts = results.column("response").combine_chunks()
+    kinds = results.column("response_error_kind").combine_chunks()
+    messages = results.column("response_error").combine_chunks()
+    # Each distinct answer text is parsed and checked once (classification jobs repeat a handful
+    # of answers a million times); rows then take their text's outcome in Arrow.
+    eligible = pc.and_(pc.is_null(kinds), pc.is_valid(texts))
+    distinct = pc.unique(pc.filter(texts, eligible))
     values: list[dict[str, Any] | None] = []
-    for i, (text, kind) in enumerate(zip(texts, kinds, strict=True)):
-        if kind is not None or text is None:
-            values.append(None)
-            continue
+    failures: list[str | None] = []
+    failure_messages: list[str | None] = []
+    for text in distinct.to_pylist():
         try:
-            parsed = loads(text)
+            parsed = loads(str(text))
         except Exception as exc:  # a user's parser may raise anything
-            kinds[i], messages[i] = ErrorKind.PARSE_ERROR.value, short(f"the answer is not valid JSON: {exc}")
             values.append(None)
+            failures.append(ErrorKind.PARSE_ERROR.value)
+            failure_messages.append(short(f"the answer is not valid JSON: {exc}"))
             continue
         try:
             values.append(schema.convert(parsed))
+            failures.append(None)
+            failure_messages.append(None)
         except SchemaViolation as exc:
-            kinds[i], messages[i] = (
-                ErrorKind.SCHEMA_VIOLATION.value,
-                short(f"the answer does not fit the schema: {exc}"),
-            )
             values.append(None)
+            failures.append(ErrorKind.SCHEMA_VIOLATION.value)
+            failure_messages.append(short(f"the answer does not fit the schema: {exc}"))
+    where = pc.if_else(eligible, pc.index_in(texts, value_set=distinct), pa.scalar(None, pa.int32()))
+    failed = pa.array(failures, pa.string()).take(where)
     out = results.set_column(
         results.schema.get_field_index("response_error_kind"),
         "response_error_kind",
-        pa.array(kinds, pa.string()),
+        pc.coalesce(failed, kinds),
     )
     out = out.set_column(
-        out.schema.get_field_index("response_error"), "response_error", pa.array(messages, pa.string())
+        out.schema.get_field_index("response_error"),
+        "response_error",
+        pc.coalesce(pa.array(failure_messages, pa.string()).take(where), messages),
     )
-    for (name, data_type), array in zip(schema.arrow_fields(), schema.to_arrays(values), strict=True):
-        out = out.append_column(pa.field(column_prefix + name, data_type), array)
+    arrays = schema.to_arrays(values)
+    for (name, data_type), array in zip(schema.arrow_fields(), arrays, strict=True):
+        out = out.append_column(pa.field(column_prefix + name, data_type), array.take(where))
     return out
 
 

@@ -131,3 +131,33 @@ def test_join_rejects_mismatched_ids_and_repeated_results() -> None:
         join_results(table, ["a", "b"], [])
     with pytest.raises(ValueError, match="more than one"):
         join_results(table, ["a"], results_to_table([RowResult("a"), RowResult("a")]))
+
+
+def test_structured_answers_are_parsed_once_per_distinct_text_with_the_same_outcome() -> None:
+    import json
+
+    from prefect_llm_batch.results import parse_structured
+    from prefect_llm_batch.schemas import ResponseSchema
+    from prefect_llm_batch.spec import ErrorKind
+
+    schema = ResponseSchema({"type": "object", "properties": {"n": {"type": "integer"}}, "required": ["n"]})
+    calls: list[str] = []
+
+    def parser(text: str) -> object:
+        calls.append(text)
+        return json.loads(text)
+
+    answers = ['{"n": 1}', '{"n": "x"}', "oops", '{"n": 1}', None, '{"n": 2}', "oops"]
+    rows = [RowResult(f"k{i}", response=a) for i, a in enumerate(answers)]
+    rows.append(RowResult("failed", response='{"n": 3}', error_kind=ErrorKind.LENGTH, error="cut"))
+    out = parse_structured(results_to_table(rows), schema, parser=parser)
+    assert sorted(calls) == sorted({'{"n": 1}', '{"n": "x"}', "oops", '{"n": 2}'})  # each text once
+    assert out["n"].to_pylist() == [1, None, None, 1, None, 2, None, None]
+    kinds = out["response_error_kind"].to_pylist()
+    assert kinds == [None, "schema_violation", "parse_error", None, None, None, "parse_error", "length"]
+    errors = out["response_error"].to_pylist()
+    assert errors[2] == errors[6] and errors[2].startswith("the answer is not valid JSON")
+    assert errors[7] == "cut" and errors[0] is None
+    only_errors = results_to_table([RowResult("a", error_kind=ErrorKind.AUTH, error="no")])
+    nothing = parse_structured(only_errors, schema)
+    assert nothing["n"].to_pylist() == [None] and nothing["response_error_kind"].to_pylist() == ["auth"]
