@@ -24,6 +24,11 @@ import typer
 
 from .spec import DEFAULT_MAX_ERROR_RATE, OPENAI_MAX_BATCH_BYTES, OPENAI_MAX_REQUESTS_PER_BATCH, ProviderName
 
+#: Help of the source argument of ``run`` and ``estimate``.
+SOURCE_HELP = (
+    "Table to enrich: .csv, .parquet, .jsonl, or a directory of Parquet parts; a path or fsspec URL."
+)
+
 app = typer.Typer(
     name="prefect-llm-batch",
     help="Enrich tables with LLM answers through provider batch APIs, as Prefect flows.",
@@ -76,9 +81,7 @@ def _prefect_defaults() -> None:
 
 @app.command()
 def run(
-    source: Annotated[
-        str, typer.Argument(help="Table to enrich: .csv, .parquet or .jsonl; a path or fsspec URL.")
-    ],
+    source: Annotated[str, typer.Argument(help=SOURCE_HELP)],
     output: Annotated[str, typer.Argument(help="Parquet file to write (path or fsspec URL).")],
     prompt: Annotated[
         str, typer.Option(help="Jinja2 template over the row's columns, e.g. 'Summarise: {{ text }}'.")
@@ -300,9 +303,7 @@ def collect(state_dir: StateDirOption = None) -> None:
 
 @app.command()
 def estimate(
-    source: Annotated[
-        str, typer.Argument(help="Table to enrich: .csv, .parquet or .jsonl; a path or fsspec URL.")
-    ],
+    source: Annotated[str, typer.Argument(help=SOURCE_HELP)],
     prompt: Annotated[str, typer.Option(help="Jinja2 template over the row's columns.")],
     model: Annotated[str, typer.Option(help="Model name, e.g. gpt-4o-mini.")],
     system: Annotated[str | None, typer.Option(help="System prompt (also a template).")] = None,

@@ -149,7 +149,8 @@ def enrich_table(
     """Enrich a table with one LLM answer per row, through a provider batch API.
 
     Args:
-        source: Table to read: CSV, Parquet or JSONL, a local path or an fsspec URL.
+        source: Table to read: CSV, Parquet or JSONL, or a directory of Parquet parts; a local path or
+            an fsspec URL.
         output: Parquet file to write (local path or fsspec URL).
         prompt: Jinja2 template over the row's columns, e.g. ``"Summarise: {{ review }}"``.
         model: Model name.
