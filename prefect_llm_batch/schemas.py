@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import copy
 import json
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import pyarrow as pa
@@ -197,6 +197,7 @@ class ResponseSchema:
             (prop, _arrow_type(node, f"$.{prop}")) for prop, node in resolved["properties"].items()
         ]
         self._validator = Draft202012Validator(resolved)
+        self._accepts = _compile_check(resolved)
         self._struct = pa.struct(self._fields)
 
     @classmethod
@@ -246,6 +247,8 @@ class ResponseSchema:
         """
         if not isinstance(answer, dict):
             raise SchemaViolation("$", f"expected an object, got {type(answer).__name__}")
+        if self._accepts is not None and self._accepts(answer):  # certainly valid: no jsonschema walk
+            return {name: answer.get(name) for name in self.properties}
         error = next(iter(sorted(self._validator.iter_errors(answer), key=lambda e: list(e.path))), None)
         if error is not None:
             path = "$" + "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in error.absolute_path)
@@ -257,3 +260,109 @@ class ResponseSchema:
         struct = pa.array(rows, type=self._struct)
         assert isinstance(struct, pa.StructArray)
         return list(struct.flatten())  # flatten (unlike .field) keeps the rows' nulls
+
+
+#: Keywords the fast check understands; any other assertion keyword leaves validation to jsonschema.
+#: ``format`` asserts nothing without a format checker (none is configured).
+_CHECKED = frozenset(
+    {"type", "enum", "const", "properties", "required", "additionalProperties", "items", "anyOf", "format"}
+)
+_ASSERTIONS = frozenset(Draft202012Validator.VALIDATORS)
+
+_TYPES: dict[str, Callable[[Any], bool]] = {
+    "string": lambda v: isinstance(v, str),
+    "integer": lambda v: (
+        (isinstance(v, int) and not isinstance(v, bool)) or (isinstance(v, float) and v.is_integer())
+    ),
+    "number": lambda v: isinstance(v, (int, float)) and not isinstance(v, bool),
+    "boolean": lambda v: isinstance(v, bool),
+    "null": lambda v: v is None,
+    "object": lambda v: isinstance(v, dict),
+    "array": lambda v: isinstance(v, list),
+}
+
+
+def _same_scalar(member: Any, value: Any) -> bool:
+    """JSON Schema equality of scalars (``True`` is not ``1``); lists and objects: not decided."""
+    if isinstance(value, bool) or value is None:
+        return member is value
+    if isinstance(value, str):
+        return isinstance(member, str) and member == value
+    if isinstance(value, (int, float)):
+        return isinstance(member, (int, float)) and not isinstance(member, bool) and member == value
+    return False
+
+
+def _compile_check(node: Any) -> Callable[[Any], bool] | None:
+    """A fast predicate that says True only of answers ``node`` certainly accepts.
+
+    Covers what response schemas are made of (types, enums, consts, properties, required,
+    ``additionalProperties`` true or false, items, ``anyOf``); returns None when ``node`` uses
+    anything else, and then jsonschema decides alone. A False answer is always re-checked by
+    jsonschema, which also words the message, so the predicate may be stricter, never looser.
+    """
+    if node is True or node == {}:
+        return lambda value: True
+    if node is False:
+        return lambda value: False
+    if not isinstance(node, dict) or any(key in _ASSERTIONS and key not in _CHECKED for key in node):
+        return None
+    checks: list[Callable[[Any], bool]] = []
+    if "type" in node:
+        names = node["type"] if isinstance(node["type"], list) else [node["type"]]
+        if not all(name in _TYPES for name in names):
+            return None
+        tests = [_TYPES[name] for name in names]
+        checks.append(lambda value: any(test(value) for test in tests))
+    if "enum" in node:
+        members = list(node["enum"])
+        checks.append(lambda value: any(_same_scalar(member, value) for member in members))
+    if "const" in node:
+        constant = node["const"]
+        checks.append(lambda value: _same_scalar(constant, value))
+    if "anyOf" in node:
+        branches = [_compile_check(branch) for branch in node["anyOf"]]
+        if any(branch is None for branch in branches):
+            return None
+        ready = [branch for branch in branches if branch is not None]
+        checks.append(lambda value: any(branch(value) for branch in ready))
+    if "items" in node:
+        item = _compile_check(node["items"])
+        if item is None:
+            return None
+        checks.append(lambda value: not isinstance(value, list) or all(item(v) for v in value))
+    if any(key in node for key in ("properties", "required", "additionalProperties")):
+        object_check = _compile_object(node)
+        if object_check is None:
+            return None
+        checks.append(object_check)
+    return lambda value: all(check(value) for check in checks)
+
+
+def _compile_object(node: dict[str, Any]) -> Callable[[Any], bool] | None:
+    properties: dict[str, Callable[[Any], bool]] = {}
+    for name, child in (node.get("properties") or {}).items():
+        check = _compile_check(child)
+        if check is None:
+            return None
+        properties[name] = check
+    required = list(node.get("required") or [])
+    extra = node.get("additionalProperties", True)
+    if extra not in (True, False):
+        return None  # a schema for additional properties: left to jsonschema
+
+    def check_object(value: Any) -> bool:
+        if not isinstance(value, dict):
+            return True  # properties, required and additionalProperties only apply to objects
+        if any(name not in value for name in required):
+            return False
+        for key, item in value.items():
+            test = properties.get(key)
+            if test is None:
+                if extra is False:
+                    return False
+            elif not test(item):
+                return False
+        return True
+
+    return check_object

@@ -177,3 +177,78 @@ def test_to_arrays_keeps_null_rows_null() -> None:
 def test_unrepresentable_features_fail_naming_the_property(schema: dict[str, object], named: str) -> None:
     with pytest.raises(InputError, match=named):
         ResponseSchema(schema)
+
+
+FAST_SCHEMAS = [
+    {
+        "type": "object",
+        "properties": {
+            "sentiment": {"type": "string", "enum": ["positive", "negative", "mixed"]},
+            "confidence": {"type": "number"},
+            "count": {"type": "integer"},
+            "flag": {"type": "boolean"},
+            "tags": {"type": "array", "items": {"type": "string"}},
+            "maybe": {"anyOf": [{"type": "integer"}, {"type": "null"}]},
+            "kind": {"const": "review"},
+            "nested": {
+                "type": "object",
+                "properties": {"a": {"type": "integer"}},
+                "required": ["a"],
+                "additionalProperties": False,
+            },
+        },
+        "required": ["sentiment", "confidence"],
+        "additionalProperties": False,
+    },
+    {"type": "object", "properties": {"n": {"enum": [1, 2]}}},  # True is not 1
+    {"type": "object", "properties": {"s": {"type": "string", "maxLength": 3}}},  # not covered: jsonschema
+]
+VALUES = [
+    *(None, True, False, 0, 1, 1.0, 1.5, -2, "", "1", "positive", "mixed", "review", "x" * 5),
+    *([], ["a"], [1], {}, {"a": 1}, {"a": "1"}, {"a": 1, "b": 2}, {"b": 1}),
+]
+#: Values that fit, per property, so that random answers are often valid.
+GOOD = {
+    "sentiment": ["positive", "mixed"], "confidence": [0.5, 1, 0], "count": [1, 2.0], "flag": [True],
+    "tags": [["a"], []], "maybe": [None, 3], "kind": ["review"], "nested": [{"a": 1}], "n": [1, 2.0],
+    "s": ["ab"],
+}  # fmt: skip
+
+
+def test_the_fast_check_never_accepts_what_jsonschema_rejects() -> None:
+    import random
+
+    from jsonschema import Draft202012Validator
+
+    rng = random.Random(17)
+    for raw in FAST_SCHEMAS:
+        schema = ResponseSchema(raw)
+        validator = Draft202012Validator(schema.schema)
+        names = [*schema.properties, "unknown"]
+        accepted = 0
+        for _ in range(1500):
+            picked = rng.sample(names, rng.randint(0, len(names)))
+            if rng.random() < 0.5:  # most properties, mostly good values
+                picked = [n for n in names if n != "unknown" and rng.random() < 0.9]
+            answer = {
+                n: rng.choice(GOOD[n]) if n in GOOD and rng.random() < 0.8 else rng.choice(VALUES)
+                for n in picked
+            }
+            fast = schema._accepts(answer) if schema._accepts is not None else False
+            if fast:
+                accepted += 1
+                assert validator.is_valid(answer), (raw, answer)
+            try:
+                got: object = schema.convert(answer)
+            except SchemaViolation as exc:
+                got = ("violation", str(exc))
+            slow = ResponseSchema(raw)
+            slow._accepts = None
+            try:
+                want: object = slow.convert(answer)
+            except SchemaViolation as exc:
+                want = ("violation", str(exc))
+            assert got == want, answer
+        if schema._accepts is not None:
+            assert accepted > 50  # the fast path is really taken
+    assert ResponseSchema(FAST_SCHEMAS[2])._accepts is None  # maxLength: jsonschema decides alone
