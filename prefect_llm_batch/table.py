@@ -58,7 +58,7 @@ import re
 import secrets
 import tempfile
 import threading
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Generator, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import IO, Any, Literal, TypeVar
 
@@ -360,7 +360,7 @@ def _rebatch(batches: Iterator[pa.RecordBatch], schema: pa.Schema, rows: int) ->
         yield from pa.Table.from_batches(pending, schema=schema).combine_chunks().to_batches()
 
 
-def read_ahead(items: Iterator[T], depth: int = 2) -> Iterator[T]:
+def read_ahead(items: Iterator[T], depth: int = 2) -> Generator[T, None, None]:
     """Iterate ``items`` in a background thread, up to ``depth`` items ahead of the consumer.
 
     For pipelines whose producer spends its time outside the GIL (reading and decoding Parquet,

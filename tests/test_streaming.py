@@ -290,3 +290,27 @@ def test_encoding_json_contents_equals_encoding_strings() -> None:
     assert from_json.custom_ids == from_strings.custom_ids
     rows = list(range(0, 306, 5))
     assert from_json.lines(rows) == from_strings.lines(rows)
+
+
+def test_failed_prepares_leave_no_thread_behind(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import threading
+
+    from prefect_llm_batch.errors import InputError
+
+    monkeypatch.setattr(table_module, "SCAN_BATCH_ROWS", 8)
+    target = ProviderTarget(provider="openai", base_url="https://x/v1", key_base_url="https://x/v1")
+    texts = ["short"] * 30 + ["long " * 400] + ["short"] * 69
+    pq.write_table(pa.table({"n": [1] * 50 + [0] + [1] * 49, "t": texts}), tmp_path / "in.parquet")
+    failures = [  # one raised by the reading thread (rendering), one by the consumer (packing)
+        (JobSpec(prompt="{{ 10 // n }}", model="m", provider="openai"), TemplateError, "row 50"),
+        (
+            JobSpec(prompt="{{ t }}", model="m", provider="openai", limits=BatchLimits(max_batch_bytes=1024)),
+            InputError,
+            "row 30 is",
+        ),
+    ]
+    for spec, error, message in failures:
+        with pytest.raises(error, match=message):
+            jobs.prepare(str(tmp_path / "in.parquet"), spec, OPENAI, target, state_dir=str(tmp_path / "s"))
+        names = {t.name for t in threading.enumerate()}
+        assert not any(name.startswith("prefect-llm-batch-") for name in names), names

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import logging
 import time
@@ -172,17 +173,17 @@ def write_joined(
         if rows != len(positions):
             raise StateError(f"{what} ({len(positions)}); run the job again")
 
-    batches = read_ahead(joined_batches())
-    first = next(batches, None)
-    write_parquet_batches_atomic(
-        itertools.chain([first] if first is not None else [], batches),
-        output,
-        schema=out_schema,
-        overwrite=overwrite,
-        metadata=metadata,
-        storage_options=storage_options,
-        writer_options={"use_dictionary": _dictionary_columns(out_schema, first)},
-    )
+    with contextlib.closing(read_ahead(joined_batches())) as batches:  # its thread stops on errors
+        first = next(batches, None)
+        write_parquet_batches_atomic(
+            itertools.chain([first] if first is not None else [], batches),
+            output,
+            schema=out_schema,
+            overwrite=overwrite,
+            metadata=metadata,
+            storage_options=storage_options,
+            writer_options={"use_dictionary": _dictionary_columns(out_schema, first)},
+        )
     return rows, counts
 
 

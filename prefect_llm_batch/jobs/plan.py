@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import itertools
 import logging
@@ -373,10 +374,16 @@ def prepare(
             first += table.num_rows
 
     def row_ids() -> Iterator[pa.Array[Any]]:
-        nonlocal rows, unique
         # Reading and rendering the next slice (Arrow work, mostly outside the GIL) overlaps with
         # keying this one.
-        for count, prompts, systems in read_ahead(rendered()):
+        with contextlib.closing(read_ahead(rendered())) as slices:  # closed: its thread stops on errors
+            yield from _key_slices(slices)
+
+    def _key_slices(
+        slices: Iterator[tuple[int, Texts, Texts | None]],
+    ) -> Iterator[pa.Array[Any]]:
+        nonlocal rows, unique
+        for count, prompts, systems in slices:
             encoded = encoder.encode(prompts, systems)
             digests = encoded.digests
             with no_cyclic_gc():
