@@ -96,33 +96,6 @@ def _key_parts(provider: str, base_url: str, endpoint: str) -> tuple[bytes, byte
     return whole[:at], whole[at + len(b"null") :]
 
 
-def key_hasher(provider: str, base_url: str, endpoint: str) -> Callable[[bytes], bytes]:
-    """Return a function from a body's canonical JSON to its 32-byte request key.
-
-    The key is the SHA-256 of ``canonical_json({"key_version", "provider", "base_url",
-    "endpoint", "body"})``. Sorted keys put ``body`` second, so the canonical payload is always
-    ``prefix + canonical_json(body) + suffix``: both parts are encoded (and the base URL
-    normalised) once here, not once per row.
-
-    Examples:
-        >>> body = {"model": "m", "messages": []}
-        >>> digest = key_hasher("openai", "https://x/v1/", "/v1/chat/completions")
-        >>> same = request_digest("openai", "https://x/v1", "/v1/chat/completions", body)
-        >>> digest(canonical_json(body)) == same
-        True
-    """
-    prefix, suffix = _key_parts(provider, base_url, endpoint)
-    head = hashlib.sha256(prefix)
-
-    def digest(body_json: bytes) -> bytes:
-        hasher = head.copy()
-        hasher.update(body_json)
-        hasher.update(suffix)
-        return hasher.digest()
-
-    return digest
-
-
 def request_digest(provider: str, base_url: str, endpoint: str, body: dict[str, Any]) -> bytes:
     """Return the 32-byte SHA-256 request key of one request (see the module docstring)."""
     payload = {
@@ -225,7 +198,7 @@ def json_string_contents(texts: Sequence[str]) -> list[bytes]:
     return parts
 
 
-def custom_ids_from_digests(digests: Sequence[bytes]) -> list[str]:
+def custom_id_array(digests: Sequence[bytes]) -> pa.Array[Any]:
     """Spell many 32-byte request keys as ``custom_id`` s at once (see :func:`custom_id_from_digest`).
 
     Each digest is padded to 33 bytes, a multiple of 3, so one base64 pass over all of them
@@ -233,14 +206,17 @@ def custom_ids_from_digests(digests: Sequence[bytes]) -> list[str]:
 
     Examples:
         >>> digests = [bytes(range(32)), bytes([255]) * 32]
-        >>> custom_ids_from_digests(digests) == [custom_id_from_digest(d) for d in digests]
+        >>> custom_id_array(digests).to_pylist() == [custom_id_from_digest(d) for d in digests]
         True
     """
     if not digests:
-        return []
+        return pa.array([], pa.large_string())
     joined = b"\x00".join(digests) + b"\x00"
-    text = binascii.b2a_base64(joined, newline=False).translate(_URLSAFE).decode("ascii")
-    return [text[start : start + 43] for start in range(0, len(text), 44)]
+    text = binascii.b2a_base64(joined, newline=False).translate(_URLSAFE)
+    offsets = pa.py_buffer(array_module.array("q", range(0, len(text) + 1, 44)).tobytes())
+    padded = pa.Array.from_buffers(pa.large_binary(), len(digests), [None, offsets, pa.py_buffer(text)])
+    spelled: pa.Array[Any] = pc.binary_slice(padded, 0, 43).cast(pa.large_string())
+    return spelled
 
 
 @dataclass(frozen=True)
@@ -505,14 +481,7 @@ class EncodedRequests:
     def set_digests(self, digests: list[bytes]) -> None:
         """Record the digests and spell the ids (internal)."""
         self.digests = digests
-        if not digests:
-            self._ids = pa.array([], pa.string())
-            return
-        joined = b"\x00".join(digests) + b"\x00"
-        text = binascii.b2a_base64(joined, newline=False).translate(_URLSAFE)
-        offsets = pa.py_buffer(array_module.array("q", range(0, len(text) + 1, 44)).tobytes())
-        padded = pa.Array.from_buffers(pa.large_binary(), len(digests), [None, offsets, pa.py_buffer(text)])
-        self._ids = pc.binary_slice(padded, 0, 43).cast(pa.large_string())
+        self._ids = custom_id_array(digests)
 
     @property
     def custom_id_array(self) -> pa.Array[Any]:
@@ -587,7 +556,7 @@ class RequestSet:
         row_ids: The ``custom_id`` of every input row, in row order (duplicates repeat).
         unique_ids: Each distinct ``custom_id`` once, in order of first appearance.
         body_json: The canonical JSON of the body of each entry of ``unique_ids``, same order
-            (the bytes the request key hashes; :func:`line_encoder` puts them in a line as they are).
+            (the bytes the request key hashes, which lines embed as they are).
         first_row: The input row that first asked each entry of ``unique_ids``.
     """
 
@@ -662,26 +631,6 @@ def _line_parts(build_line: Callable[[str, Any], dict[str, Any]]) -> tuple[bytes
         raise ValueError("build_line must put the custom_id before the body")
     middle, tail = rest.split(body_slot)
     return head + b'"', b'"' + middle, tail
-
-
-def line_encoder(build_line: Callable[[str, Any], dict[str, Any]]) -> Callable[[str, bytes], bytes]:
-    """Return a fast encoder of batch input lines from a ``custom_id`` and a body's JSON bytes.
-
-    ``build_line`` (a provider's) is called once, with placeholders; every line is then the
-    concatenation of its fixed parts, the ``custom_id`` and the body bytes, as they are: the
-    same JSON value as ``encode_line(build_line(custom_id, body))``, without re-encoding the body.
-
-    Examples:
-        >>> encode = line_encoder(lambda cid, body: {"custom_id": cid, "method": "POST", "body": body})
-        >>> encode("k1", b'{"model":"m"}')
-        b'{"custom_id":"k1","method":"POST","body":{"model":"m"}}\\n'
-    """
-    head, middle, tail = _line_parts(build_line)
-
-    def encode(custom_id: str, body_json: bytes) -> bytes:
-        return b"".join((head, custom_id.encode("ascii"), middle, body_json, tail))
-
-    return encode
 
 
 def encode_line(line: dict[str, Any]) -> bytes:

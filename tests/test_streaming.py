@@ -22,8 +22,8 @@ from prefect_llm_batch.requests import (
     RequestEncoder,
     build_request_set,
     canonical_json,
+    custom_id_array,
     custom_id_from_digest,
-    custom_ids_from_digests,
     json_string_contents,
     plan_chunks,
     request_digest,
@@ -56,11 +56,11 @@ def test_json_string_contents_equals_orjson_per_text() -> None:
     assert json_string_contents([]) == []
 
 
-def test_custom_ids_from_digests_equals_one_at_a_time() -> None:
+def test_custom_id_array_equals_one_at_a_time() -> None:
     rng = random.Random(3)
     digests = [rng.randbytes(32) for _ in range(500)]
-    assert custom_ids_from_digests(digests) == [custom_id_from_digest(d) for d in digests]
-    assert custom_ids_from_digests([]) == []
+    assert custom_id_array(digests).to_pylist() == [custom_id_from_digest(d) for d in digests]
+    assert custom_id_array([]).to_pylist() == []
 
 
 SCHEMA = ResponseSchema({"type": "object", "properties": {"label": {"type": "string"}}})

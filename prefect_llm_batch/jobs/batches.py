@@ -363,7 +363,7 @@ def _reset_for_resubmission(store: JobStore, state: ChunkState) -> None:
     store.write_chunk(state)
 
 
-#: How every input line starts (``requests.line_encoder`` puts ``custom_id`` first).
+#: How every input line starts (``requests.RequestEncoder`` puts ``custom_id`` first).
 _ID_HEAD = b'{"custom_id":"'
 
 
