@@ -337,7 +337,7 @@ def collect_ours(context: StageContext) -> dict[str, Any]:
     import pyarrow.parquet as pq
 
     from prefect_llm_batch.jobs.batches import select_results
-    from prefect_llm_batch.jobs.output import write_joined
+    from prefect_llm_batch.jobs.output import TableAnswers, write_joined
     from prefect_llm_batch.providers.openai import OpenAIBatchProvider
     from prefect_llm_batch.results import result_positions
     from prefect_llm_batch.table import scan_table
@@ -364,8 +364,7 @@ def collect_ours(context: StageContext) -> dict[str, Any]:
         positions = result_positions(row_ids, result_table, check_unique=False)
         rows, errors = write_joined(
             scan_table(source),
-            positions,
-            result_table,
+            TableAnswers(result_table, positions),
             str(output),
             overwrite=True,
             metadata={"job": "bench"},

@@ -237,6 +237,21 @@ class JobStore:
             raise StateError(f"job {self.job_id} has no row ids in {self.state_dir}") from exc
         return table.column("custom_id").combine_chunks()
 
+    def iter_row_ids(self, batch_rows: int = 65_536) -> Iterator[pa.Array[Any]]:
+        """Read the custom_id of every input row, in order, ``batch_rows`` at a time.
+
+        Raises:
+            StateError: The job has no row ids.
+        """
+        fs, path = fsspec.core.url_to_fs(self._path("rows.parquet"), **(self._options or {}))
+        try:
+            handle = fs.open(path, "rb")
+        except FileNotFoundError as exc:
+            raise StateError(f"job {self.job_id} has no row ids in {self.state_dir}") from exc
+        with handle, pq.ParquetFile(handle) as file:
+            for batch in file.iter_batches(batch_size=batch_rows, columns=["custom_id"]):
+                yield batch.column(0)
+
     def write_chunk_input(self, chunk_id: int, data: bytes) -> None:
         """Write a chunk's batch input file."""
         self._write(self._path("requests", f"chunk-{chunk_id:05d}.jsonl"), data)

@@ -9,8 +9,10 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
+from typing import Any, TypeAlias
 
+import numpy as np
+import numpy.typing as npt
 import pyarrow as pa
 import pyarrow.compute as pc
 from pydantic import BaseModel, Field
@@ -18,6 +20,7 @@ from pydantic import BaseModel, Field
 from .. import __version__
 from ..costs import estimate_cost
 from ..errors import StateError
+from ..keyindex import Digests, ResultIndex, decode_custom_ids
 from ..providers.openai import EMBEDDINGS_ENDPOINT
 from ..requests import canonical_json
 from ..results import (
@@ -27,12 +30,18 @@ from ..results import (
     embedding_type,
     join_at,
     parse_structured,
-    result_positions,
     result_schema,
 )
 from ..schemas import ResponseSchema
 from ..store import JobStore
-from ..table import TableScan, fingerprint, read_ahead, scan_table, write_parquet_batches_atomic
+from ..table import (
+    SCAN_BATCH_ROWS,
+    TableScan,
+    fingerprint,
+    read_ahead,
+    scan_table,
+    write_parquet_batches_atomic,
+)
 from .plan import JobRef
 
 logger = logging.getLogger("prefect_llm_batch")
@@ -114,10 +123,172 @@ def latest_results(store: JobStore, columns: list[str] | None = None) -> tuple[p
     return results, batch_ids
 
 
+class TableAnswers:
+    """Answers held in one table, and the row of it each input row takes (see :func:`write_joined`).
+
+    Args:
+        results: The results: the ``OUTPUT_FIELDS`` columns, then typed answer columns
+            (a ``custom_id`` column is ignored).
+        positions: For every input row, the row of ``results`` holding its answer (null: none),
+            from :func:`~prefect_llm_batch.results.result_positions`.
+    """
+
+    def __init__(self, results: pa.Table, positions: pa.Array[Any]) -> None:
+        extra = [f for f in results.schema if f.name not in RESULT_SCHEMA.names]
+        self.fields: list[pa.Field[Any]] = [*OUTPUT_FIELDS, *extra]
+        self.rows = len(positions)
+        self._results = results.select([f.name for f in self.fields]).cast(pa.schema(self.fields))
+        self._positions = positions
+
+    def take(self, start: int, count: int) -> tuple[pa.Table, pa.Array[Any]]:
+        """The answers of rows ``start`` to ``start + count``: a table, and each row's position in it."""
+        return self._results, self._positions.slice(start, count)
+
+
+class JobAnswers:
+    """A job's latest answers, read from its state as the rows that need them arrive.
+
+    The results of each source (the answers taken from the cache, then every chunk in round
+    order) are numbered one after the other, and the rows' ids are matched to them by key
+    (:class:`~prefect_llm_batch.keyindex.ResultIndex`: about 48 bytes per result, 4 or 8 per
+    row). The answers themselves are read a source at a time, when a row first needs it, and
+    dropped after the last row that does: memory holds the sources that the rows being written
+    refer to, not the job.
+
+    Raises:
+        StateError: A chunk is not collected, or the job's ids are damaged.
+    """
+
+    def __init__(
+        self,
+        store: JobStore,
+        transform: Callable[[pa.Table], pa.Table],
+        batch_rows: int | None = None,
+    ) -> None:
+        record = store.read_job()
+        batch_rows = batch_rows or SCAN_BATCH_ROWS
+        self._store = store
+        self._transform = transform
+        self._schema = result_schema(embeddings=record.endpoint == EMBEDDINGS_ENDPOINT)
+        sources: list[int | None] = []
+        self.batch_ids: list[str] = []
+        if store.read_cached_results(["custom_id"]) is not None:
+            sources.append(None)
+        for plan in sorted(record.chunks, key=lambda c: (c.round, c.chunk_id)):
+            state = store.read_chunk(plan.chunk_id)
+            if not state.collected:
+                raise StateError(f"chunk {plan.chunk_id} of job {record.job_id} is not collected yet")
+            sources.append(plan.chunk_id)
+            self.batch_ids.extend(h["batch_id"] for h in state.history if h.get("batch_id"))
+            if state.batch_id:
+                self.batch_ids.append(state.batch_id)
+        self._sources = sources
+        keys = [self._keys(source) for source in sources]
+        self._offsets = np.cumsum([0, *map(len, keys)]).astype(np.int64)
+        index = ResultIndex(keys)
+        del keys
+        self._latest = index.latest
+        empty = transform(self._schema.empty_table()).drop_columns(["custom_id"])
+        extra = [f for f in empty.schema if f.name not in RESULT_SCHEMA.names]
+        self.fields: list[pa.Field[Any]] = [*OUTPUT_FIELDS, *extra]
+        # Every row's result number (-1: none), and the last row that needs each source.
+        self._last_row = np.full(len(sources), -1, np.int64)
+        parts: list[npt.NDArray[np.int64]] = []
+        rows = 0
+        for ids in store.iter_row_ids(batch_rows):
+            try:
+                keys_of_rows = decode_custom_ids(ids, what="row", first=rows)
+            except ValueError as exc:
+                raise StateError(f"the row ids of job {record.job_id} are damaged: {exc}") from exc
+            found = index.lookup(keys_of_rows)
+            rows += len(found)
+            used = np.unique(self._source_of(found[found >= 0]))
+            self._last_row[used] = rows - 1  # the end of this part: a source is kept a little longer
+            parts.append(found.astype(np.int32) if index.size < 2**31 else found)
+        self.rows = rows
+        self._positions = np.concatenate(parts) if parts else np.zeros(0, np.int64)
+        self._loaded: dict[int, pa.Table] = {}
+        self._taken: set[int] = set()
+        self.input_tokens = 0
+        self.output_tokens = 0
+        pa.default_memory_pool().release_unused()
+
+    def _read(self, source: int | None, columns: list[str] | None) -> pa.Table:
+        if source is None:
+            table = self._store.read_cached_results(columns)
+            assert table is not None
+            return table
+        return self._store.read_results(source, columns)
+
+    def _keys(self, source: int | None) -> Digests:
+        ids = self._read(source, ["custom_id"]).column("custom_id")
+        try:
+            return decode_custom_ids(ids)
+        except ValueError as exc:
+            where = "the cached answers" if source is None else f"chunk {source}"
+            job = self._store.job_id
+            raise StateError(f"the results of {where} of job {job} are damaged: {exc}") from exc
+
+    def _source_of(self, numbers: npt.NDArray[Any]) -> npt.NDArray[np.intp]:
+        return np.searchsorted(self._offsets, numbers, side="right") - 1
+
+    def _count_tokens(self, source: int, table: pa.Table) -> None:
+        if source in self._taken:  # read again after it was dropped: counted already
+            return
+        latest = self._latest[self._offsets[source] : self._offsets[source + 1]]
+        sent = pc.and_(pa.array(latest), pc.invert(table.column("response_cached").combine_chunks()))
+        for name in ("response_input_tokens", "response_output_tokens"):
+            total = int(pc.sum(pc.filter(table.column(name), sent)).as_py() or 0)
+            if name == "response_input_tokens":
+                self.input_tokens += total
+            else:
+                self.output_tokens += total
+        self._taken.add(source)
+
+    def _load(self, source: int) -> pa.Table:
+        table = self._loaded.get(source)
+        if table is None:
+            raw = self._read(self._sources[source], None).select(self._schema.names).cast(self._schema)
+            self._count_tokens(source, raw)
+            table = self._transform(raw).select([f.name for f in self.fields]).cast(pa.schema(self.fields))
+            self._loaded[source] = table
+        return table
+
+    def take(self, start: int, count: int) -> tuple[pa.Table, pa.Array[Any]]:
+        """The answers of rows ``start`` to ``start + count``: a table, and each row's position in it.
+
+        Sources no later row needs are dropped afterwards.
+        """
+        numbers = self._positions[start : start + count].astype(np.int64)
+        valid = numbers >= 0
+        sources = self._source_of(numbers[valid])
+        needed = np.unique(sources)
+        tables = [self._load(int(source)) for source in needed.tolist()]
+        base = np.zeros(len(self._sources), np.int64)
+        base[needed] = np.cumsum([0, *(t.num_rows for t in tables[:-1])]) if tables else []
+        local = np.zeros(len(numbers), np.int64)
+        local[valid] = numbers[valid] - self._offsets[sources] + base[sources]
+        table = pa.concat_tables(tables) if tables else pa.schema(self.fields).empty_table()
+        last = start + count - 1
+        for source in [s for s in self._loaded if self._last_row[s] <= last]:
+            del self._loaded[source]
+        return table, pa.array(local, pa.int64(), mask=~valid)
+
+    def finish(self) -> None:
+        """Count the tokens of sources no row needed (their answers were all replaced)."""
+        self._loaded.clear()
+        for source in range(len(self._sources)):
+            if source not in self._taken:
+                columns = ["response_input_tokens", "response_output_tokens", "response_cached"]
+                self._count_tokens(source, self._read(self._sources[source], columns))
+
+
+Answers: TypeAlias = TableAnswers | JobAnswers
+
+
 def write_joined(
     scan: TableScan,
-    positions: pa.Array[Any],
-    results: pa.Table,
+    answers: Answers,
     output: str,
     *,
     overwrite: bool = False,
@@ -128,30 +299,25 @@ def write_joined(
     """Join every input row to its request's result and write the output Parquet, streaming.
 
     The input goes through in slices: a second thread reads each slice and joins it while this
-    one writes the previous slice (both mostly outside the GIL). Memory: the results, 4 bytes
-    per row, two slices.
+    one writes the previous slice (both mostly outside the GIL). Memory: two slices, and what
+    ``answers`` holds.
 
     Args:
         scan: The input table, being read.
-        positions: For every input row, the row of ``results`` holding its answer (null: none),
-            from :func:`~prefect_llm_batch.results.result_positions`.
-        results: The results: the ``OUTPUT_FIELDS`` columns, then typed answer columns
-            (a ``custom_id`` column is ignored).
+        answers: Each row's answer (:class:`TableAnswers` or :class:`JobAnswers`).
         output: Where to write (local path or fsspec URL).
         overwrite: Replace an existing output.
         metadata: Parquet key-value metadata.
         storage_options: fsspec options for ``output``.
-        what: The message when the input and ``positions`` disagree on the number of rows.
+        what: The message when the input and ``answers`` disagree on the number of rows.
 
     Returns:
         The number of rows written, and the number of rows per error kind.
 
     Raises:
-        StateError: The input does not have one row per position (nothing is written).
+        StateError: The input does not have one row per answer (nothing is written).
     """
-    extra = [f for f in results.schema if f.name not in RESULT_SCHEMA.names]
-    fields = [*OUTPUT_FIELDS, *extra]
-    results = results.select([f.name for f in fields]).cast(pa.schema(fields))
+    fields = answers.fields
     out_schema = pa.schema([*scan.schema, *fields]).with_metadata(scan.schema.metadata or {})
     counts: Counter[str] = Counter()
     rows = 0
@@ -159,9 +325,9 @@ def write_joined(
     def joined_batches() -> Iterator[pa.Table]:
         nonlocal rows
         for batch in scan.batches:
-            if rows + batch.num_rows > len(positions):
+            if rows + batch.num_rows > answers.rows:
                 break
-            slice_positions = positions.slice(rows, batch.num_rows)
+            results, slice_positions = answers.take(rows, batch.num_rows)
             joined = join_at(pa.Table.from_batches([batch], schema=scan.schema), results, slice_positions)
             tally = pc.value_counts(joined.column("response_error_kind").drop_null())
             for kind, count in zip(
@@ -170,8 +336,8 @@ def write_joined(
                 counts[str(kind)] += int(count or 0)
             rows += batch.num_rows
             yield joined
-        if rows != len(positions):
-            raise StateError(f"{what} ({len(positions)}); run the job again")
+        if rows != answers.rows:
+            raise StateError(f"{what} ({answers.rows}); run the job again")
 
     with contextlib.closing(read_ahead(joined_batches())) as batches:  # its thread stops on errors
         first = next(batches, None)
@@ -222,26 +388,21 @@ def assemble(
     """
     store = JobStore(ref.state_dir, ref.job_id)
     record = store.read_job()
-    with ThreadPoolExecutor(max_workers=1) as pool:  # hashing the source overlaps reading the results
+
+    def transform(results: pa.Table) -> pa.Table:
+        if record.endpoint == EMBEDDINGS_ENDPOINT:
+            results = cast_embeddings(results, embedding_type(record.model, record.params))
+        if record.response_schema is not None:
+            schema = ResponseSchema(record.response_schema)
+            results = parse_structured(results, schema, parser=parser, column_prefix=record.column_prefix)
+        return results
+
+    with ThreadPoolExecutor(max_workers=1) as pool:  # hashing the source overlaps matching the ids
         source_fp = pool.submit(fingerprint, record.source, storage_options=storage_options)
-        # Two passes keep the peak low: first only the ids, matched to every row with one hash
-        # lookup (then the ids, the row ids and the hash table are freed), then the answers,
-        # which come in the same order.
-        ids, _ = latest_results(store, columns=[])
-        # One result per request by construction: an id that repeated would still carry an
-        # answer to that same request, never another row's.
-        positions = result_positions(store.read_row_ids(), ids, check_unique=False)
-        del ids
-        pa.default_memory_pool().release_unused()
-        results, batch_ids = latest_results(store)
-        results = results.drop_columns(["custom_id"])  # matched already
+        answers = JobAnswers(store, transform)
         if source_fp.result() != record.source_fingerprint:
             raise StateError(f"{record.source} changed since job {ref.job_id} was prepared; run again")
-    if record.endpoint == EMBEDDINGS_ENDPOINT:
-        results = cast_embeddings(results, embedding_type(record.model, record.params))
-    if record.response_schema is not None:
-        schema = ResponseSchema(record.response_schema)
-        results = parse_structured(results, schema, parser=parser, column_prefix=record.column_prefix)
+    batch_ids = answers.batch_ids
     scan = scan_table(record.source, limit=record.limit, storage_options=storage_options)
     metadata = {
         "prefect_llm_batch": canonical_json(
@@ -261,8 +422,7 @@ def assemble(
     }
     rows, counts = write_joined(
         scan,
-        positions,
-        results,
+        answers,
         output,
         overwrite=overwrite,
         metadata=metadata,
@@ -270,8 +430,8 @@ def assemble(
         what=f"{record.source} now has a different number of rows than job {ref.job_id} was prepared with",
     )
 
+    answers.finish()
     error_rows = sum(counts.values())
-    sent = results.filter(pc.invert(results.column("response_cached")))
     summary = JobSummary(
         job_id=record.job_id,
         output=output,
@@ -286,8 +446,8 @@ def assemble(
         errors_by_kind=dict(sorted(counts.items())),
         batch_ids=batch_ids,
         rounds=record.rounds,
-        input_tokens=int(pc.sum(sent.column("response_input_tokens")).as_py() or 0),
-        output_tokens=int(pc.sum(sent.column("response_output_tokens")).as_py() or 0),
+        input_tokens=answers.input_tokens,
+        output_tokens=answers.output_tokens,
     )
     summary.cost_usd = estimate_cost(summary.model, summary.input_tokens, summary.output_tokens)
     logger.info(
