@@ -249,7 +249,8 @@ def test_output_refuses_a_source_that_lost_rows(tmp_path: Path, monkeypatch: pyt
             jobs.wait(ref, provider, FAST)
             jobs.collect_chunk(ref, 0, provider, FAST)
     store = JobStore(ref.state_dir, ref.job_id)
-    store.write_row_ids([*store.read_row_ids().to_pylist(), "extra"])  # as if the source shrank
+    ids = store.read_row_ids().to_pylist()
+    store.write_row_ids([*ids, ids[0]])  # one row more than the source has: as if it shrank
     with pytest.raises(StateError, match="different number of rows"):
         jobs.assemble(ref, output=str(tmp_path / "out.parquet"))
     assert not (tmp_path / "out.parquet").exists()
