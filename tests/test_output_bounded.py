@@ -138,14 +138,14 @@ def _run(
     return ref
 
 
-def _live_sources(monkeypatch: pytest.MonkeyPatch) -> list[int]:
-    """Record how many sources are in memory after each slice of rows is taken."""
+def _kept_answers(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Record how many answers are in memory after each slice of rows is taken."""
     seen: list[int] = []
     take = JobAnswers.take
 
     def recording(self: JobAnswers, start: int, count: int) -> tuple[pa.Table, pa.Array[Any]]:
         out = take(self, start, count)
-        seen.append(len(self._loaded))
+        seen.append(out[0].num_rows)
         return out
 
     monkeypatch.setattr(JobAnswers, "take", recording)
@@ -173,7 +173,7 @@ def test_output_equals_the_in_memory_join_with_cache_retries_duplicates_and_erro
     store = JobStore(ref.state_dir, ref.job_id)
     record = store.read_job()
     assert record.cached_requests == 30 and record.rounds == 2  # the cache, and a retry round
-    live = _live_sources(monkeypatch)
+    live = _kept_answers(monkeypatch)
     summary = jobs.assemble(ref, output=str(tmp_path / "out.parquet"))
     got = pq.read_table(tmp_path / "out.parquet")
     assert live  # the lazy path ran
@@ -192,25 +192,37 @@ def test_output_equals_the_in_memory_join_with_cache_retries_duplicates_and_erro
     assert summary.rows == len(second) and summary.error_rows == 4
 
 
-def test_sources_are_dropped_after_the_last_row_that_needs_them(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+@pytest.mark.parametrize("repeats", [False, True])
+def test_answers_are_dropped_after_the_last_row_that_needs_them(
+    repeats: bool, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     values = [f"text {i:04d}" for i in range(3000)]
+    if repeats:  # one row in ten repeats an earlier row, anywhere before it: sources stay in use
+        rng = random.Random(4)
+        for row in range(100, 3000, 10):
+            values[row] = values[rng.randrange(row)]
     path = tmp_path / "in.parquet"
     pq.write_table(pa.table({"text": values}, schema=pa.schema([("text", pa.string())])), path)
     with FakeProviderServer(FakeServerConfig(seed=1)) as server:
         ref = _run(str(path), tmp_path / "s", server, limits=BatchLimits(max_requests_per_batch=100))
-    assert len(JobStore(ref.state_dir, ref.job_id).read_job().chunks) == 30
-    live = _live_sources(monkeypatch)
+    record = JobStore(ref.state_dir, ref.job_id).read_job()
+    assert len(record.chunks) == (28 if repeats else 30)
+    kept = _kept_answers(monkeypatch)
     monkeypatch.setattr("prefect_llm_batch.jobs.output.SCAN_BATCH_ROWS", 250)  # parts of the row ids
     monkeypatch.setattr("prefect_llm_batch.table.SCAN_BATCH_ROWS", 250)  # slices of the input
-    jobs.assemble(ref, output=str(tmp_path / "out.parquet"))
-    assert len(live) == 12 and max(live) <= 4  # 30 sources, never more than a few in memory
+    summary = jobs.assemble(ref, output=str(tmp_path / "out.parquet"))
+    # A slice of 250 rows reads at most 4 sources of 100 answers; the repeated requests add the
+    # answers later rows still need (far fewer than the 2,800 of the job).
+    assert len(kept) == 12 and max(kept) <= (600 if repeats else 400)
     got = pq.read_table(tmp_path / "out.parquet")
     assert got.column("text").to_pylist() == values
     assert got.column("response_error_kind").null_count == 3000
+    answers = got.column("response").to_pylist()
+    assert len(set(answers)) == record.unique_requests
+    assert all(answers[values.index(v)] == a for v, a in zip(values, answers, strict=True))
     expected = _reference(ref, tmp_path / "reference.parquet")
     assert _without_metadata(got).equals(_without_metadata(expected))
+    assert summary.input_tokens > 0
 
 
 def test_damaged_row_ids_are_a_state_error_naming_the_row(tmp_path: Path) -> None:

@@ -150,10 +150,12 @@ class JobAnswers:
 
     The results of each source (the answers taken from the cache, then every chunk in round
     order) are numbered one after the other, and the rows' ids are matched to them by key
-    (:class:`~prefect_llm_batch.keyindex.ResultIndex`: about 48 bytes per result, 4 or 8 per
-    row). The answers themselves are read a source at a time, when a row first needs it, and
-    dropped after the last row that does: memory holds the sources that the rows being written
-    refer to, not the job.
+    (:class:`~prefect_llm_batch.keyindex.ResultIndex`: about 48 bytes per result), giving each
+    row its result's number (4 bytes per row) and each result the last row that needs it (4
+    more per result). A source is read when a row first needs one of its answers; after each
+    slice of rows, only the answers that later rows still need are kept (those of requests
+    that rows further down repeat). Memory holds the sources the slice uses and those answers,
+    not the job.
 
     Raises:
         StateError: A chunk is not collected, or the job's ids are damaged.
@@ -191,9 +193,11 @@ class JobAnswers:
         empty = transform(self._schema.empty_table()).drop_columns(["custom_id"])
         extra = [f for f in empty.schema if f.name not in RESULT_SCHEMA.names]
         self.fields: list[pa.Field[Any]] = [*OUTPUT_FIELDS, *extra]
-        # Every row's result number (-1: none), and the last row that needs each source.
-        self._last_row = np.full(len(sources), -1, np.int64)
-        parts: list[npt.NDArray[np.int64]] = []
+        small = index.size < 2**31 - 1
+        number_type = np.int32 if small else np.int64
+        # Every row's result number (-1: none), and the last row that needs each result.
+        self._last_row: npt.NDArray[np.signedinteger[Any]] = np.full(index.size, -1, number_type)
+        parts: list[npt.NDArray[Any]] = []
         rows = 0
         for ids in store.iter_row_ids(batch_rows):
             try:
@@ -201,13 +205,18 @@ class JobAnswers:
             except ValueError as exc:
                 raise StateError(f"the row ids of job {record.job_id} are damaged: {exc}") from exc
             found = index.lookup(keys_of_rows)
+            valid = np.flatnonzero(found >= 0)
+            np.maximum.at(self._last_row, found[valid], (valid + rows).astype(number_type))
+            parts.append(found.astype(number_type))
             rows += len(found)
-            used = np.unique(self._source_of(found[found >= 0]))
-            self._last_row[used] = rows - 1  # the end of this part: a source is kept a little longer
-            parts.append(found.astype(np.int32) if index.size < 2**31 else found)
+        del index
         self.rows = rows
-        self._positions = np.concatenate(parts) if parts else np.zeros(0, np.int64)
-        self._loaded: dict[int, pa.Table] = {}
+        self._positions = np.concatenate(parts) if parts else np.zeros(0, number_type)
+        del parts
+        # The answers in memory: their result numbers, and where each result is among them.
+        self._kept = pa.schema(self.fields).empty_table()
+        self._kept_numbers = np.zeros(0, np.int64)
+        self._slot = np.full(len(self._last_row), -1, np.int64)
         self._taken: set[int] = set()
         self.input_tokens = 0
         self.output_tokens = 0
@@ -233,7 +242,7 @@ class JobAnswers:
         return np.searchsorted(self._offsets, numbers, side="right") - 1
 
     def _count_tokens(self, source: int, table: pa.Table) -> None:
-        if source in self._taken:  # read again after it was dropped: counted already
+        if source in self._taken:
             return
         latest = self._latest[self._offsets[source] : self._offsets[source + 1]]
         sent = pc.and_(pa.array(latest), pc.invert(table.column("response_cached").combine_chunks()))
@@ -245,38 +254,48 @@ class JobAnswers:
                 self.output_tokens += total
         self._taken.add(source)
 
-    def _load(self, source: int) -> pa.Table:
-        table = self._loaded.get(source)
-        if table is None:
-            raw = self._read(self._sources[source], None).select(self._schema.names).cast(self._schema)
-            self._count_tokens(source, raw)
-            table = self._transform(raw).select([f.name for f in self.fields]).cast(pa.schema(self.fields))
-            self._loaded[source] = table
-        return table
+    def _read_answers(self, source: int) -> pa.Table:
+        raw = self._read(self._sources[source], None).select(self._schema.names).cast(self._schema)
+        self._count_tokens(source, raw)
+        return self._transform(raw).select([f.name for f in self.fields]).cast(pa.schema(self.fields))
+
+    def _keep_from(self, row: int) -> None:
+        """Drop the answers no row from ``row`` on needs."""
+        needed = self._last_row[self._kept_numbers] >= row
+        if needed.all():
+            return
+        self._slot[self._kept_numbers] = -1
+        self._kept = self._kept.filter(pa.array(needed))
+        self._kept_numbers = self._kept_numbers[needed]
+        self._slot[self._kept_numbers] = np.arange(len(self._kept_numbers))
+        if self._kept.column(0).num_chunks > 8:
+            self._kept = self._kept.combine_chunks()  # the filtered pieces of many sources: one piece
+        pa.default_memory_pool().release_unused()
 
     def take(self, start: int, count: int) -> tuple[pa.Table, pa.Array[Any]]:
         """The answers of rows ``start`` to ``start + count``: a table, and each row's position in it.
 
-        Sources no later row needs are dropped afterwards.
+        Call it for consecutive slices of rows, in order.
         """
+        self._keep_from(start)
         numbers = self._positions[start : start + count].astype(np.int64)
         valid = numbers >= 0
-        sources = self._source_of(numbers[valid])
-        needed = np.unique(sources)
-        tables = [self._load(int(source)) for source in needed.tolist()]
-        base = np.zeros(len(self._sources), np.int64)
-        base[needed] = np.cumsum([0, *(t.num_rows for t in tables[:-1])]) if tables else []
+        absent = numbers[valid & (self._slot[np.maximum(numbers, 0)] < 0)]
+        if len(absent):
+            new = np.unique(self._source_of(absent)).tolist()  # sources not read yet
+            tables = [self._kept, *(self._read_answers(source) for source in new)]
+            added = [np.arange(self._offsets[s], self._offsets[s + 1]) for s in new]
+            self._kept = pa.concat_tables(tables)
+            first = len(self._kept_numbers)
+            self._kept_numbers = np.concatenate([self._kept_numbers, *added])
+            self._slot[self._kept_numbers[first:]] = np.arange(first, len(self._kept_numbers))
         local = np.zeros(len(numbers), np.int64)
-        local[valid] = numbers[valid] - self._offsets[sources] + base[sources]
-        table = pa.concat_tables(tables) if tables else pa.schema(self.fields).empty_table()
-        last = start + count - 1
-        for source in [s for s in self._loaded if self._last_row[s] <= last]:
-            del self._loaded[source]
-        return table, pa.array(local, pa.int64(), mask=~valid)
+        local[valid] = self._slot[numbers[valid]]
+        return self._kept, pa.array(local, pa.int64(), mask=~valid)
 
     def finish(self) -> None:
         """Count the tokens of sources no row needed (their answers were all replaced)."""
-        self._loaded.clear()
+        self._kept = pa.schema(self.fields).empty_table()
         for source in range(len(self._sources)):
             if source not in self._taken:
                 columns = ["response_input_tokens", "response_output_tokens", "response_cached"]
