@@ -21,7 +21,7 @@ from pydantic import BaseModel
 from ..errors import InputError, StateError
 from ..prompts import PromptTemplate
 from ..providers.base import BatchProvider
-from ..requests import ChunkPacker, RequestEncoder, Texts, canonical_json, no_cyclic_gc, normalise_base_url
+from ..requests import ChunkPacker, DigestSet, RequestEncoder, Texts, canonical_json, normalise_base_url
 from ..results import EMBEDDING_COLUMN, OUTPUT_COLUMNS, RESULT_SCHEMA, result_schema
 from ..schemas import ResponseSchema
 from ..spec import BatchLimits, CacheMode, ErrorKind, JobSpec, ProviderTarget, RunOptions
@@ -202,7 +202,7 @@ class _ChunkWriter:
     def add(
         self,
         lines: pa.Array[Any] | list[bytes],
-        rows: list[int] | None,
+        rows: npt.NDArray[np.int64] | None,
         keep: npt.NDArray[np.int64] | None = None,
     ) -> None:
         """Add lines in order.
@@ -230,6 +230,8 @@ class _ChunkWriter:
         for number, (start, stop) in enumerate(itertools.pairwise(cuts)):
             if number:
                 self._flush()  # ``start`` opens a new batch
+            if start == stop:  # the first line added opens a new batch: nothing for the open one
+                continue
             segment = picked[start:stop]
             # Runs of consecutive lines: one view of the buffer each.
             breaks = np.flatnonzero(np.diff(segment) != 1) + 1
@@ -360,7 +362,7 @@ def prepare(
     if cache == "use":
         cached = {str(cid) for cid in ResponseCache(state_dir, storage_options).ids().to_pylist()}
     writer = _ChunkWriter(store, limits, 0, 1)
-    seen: set[bytes] = set()
+    seen = DigestSet()
     hit_ids: list[str] = []
     rows = unique = 0
 
@@ -385,19 +387,16 @@ def prepare(
         nonlocal rows, unique
         for count, prompts, systems in slices:
             encoded = encoder.encode(prompts, systems)
-            digests = encoded.digests
-            with no_cyclic_gc():
-                # Each digest's first row in the slice (later rows overwrite, reversed: the first
-                # wins), then those not seen in earlier slices, in row order.
-                firsts = dict(zip(reversed(digests), range(len(digests) - 1, -1, -1), strict=True))
-                new = sorted(map(firsts.__getitem__, firsts.keys() - seen))
-                seen.update(firsts)
+            # Each request's first row in the slice, for those not seen in earlier slices, in
+            # row order.
+            new = seen.add(encoded.digests)
             unique += len(new)
-            if cached:
-                ids = encoded.custom_ids
-                hit_ids.extend(ids[i] for i in new if ids[i] in cached)
-                new = [i for i in new if ids[i] not in cached]
-            writer.add(encoded.lines_array(), [rows + i for i in new], np.asarray(new, np.int64))
+            if cached and len(new):
+                ids = [str(cid) for cid in encoded.custom_id_array.take(new).to_pylist()]
+                hit = np.fromiter((cid in cached for cid in ids), bool, len(ids))
+                hit_ids.extend(cid for cid, is_hit in zip(ids, hit.tolist(), strict=True) if is_hit)
+                new = new[~hit]
+            writer.add(encoded.lines_array(), rows + new, new)
             rows += count
             yield encoded.custom_id_array
 
