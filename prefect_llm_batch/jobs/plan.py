@@ -7,7 +7,7 @@ import hashlib
 import itertools
 import logging
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
@@ -21,7 +21,15 @@ from pydantic import BaseModel
 from ..errors import InputError, StateError
 from ..prompts import PromptTemplate
 from ..providers.base import BatchProvider
-from ..requests import ChunkPacker, DigestSet, RequestEncoder, Texts, canonical_json, normalise_base_url
+from ..requests import (
+    ChunkPacker,
+    DigestSet,
+    EncodedRequests,
+    RequestEncoder,
+    Texts,
+    canonical_json,
+    normalise_base_url,
+)
 from ..results import EMBEDDING_COLUMN, OUTPUT_COLUMNS, RESULT_SCHEMA, result_schema
 from ..schemas import ResponseSchema
 from ..spec import BatchLimits, CacheMode, ErrorKind, JobSpec, ProviderTarget, RunOptions
@@ -287,6 +295,38 @@ class _ChunkWriter:
         self._executor.shutdown(wait=True)
 
 
+class _InOrder:
+    """Runs one call at a time in a second thread, in the order submitted; a failure is raised
+    by the next :meth:`submit` or :meth:`wait`, so errors come in the order of their calls."""
+
+    def __init__(self, name: str) -> None:
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=name)
+        self._pending: Future[None] | None = None
+
+    def submit(self, call: Callable[..., None], *args: Any) -> None:
+        """Wait for the call in flight (raising its error), then start ``call(*args)``."""
+        self.wait()
+        self._pending = self._executor.submit(call, *args)
+
+    def wait(self) -> None:
+        """Wait for the call in flight; re-raise its error."""
+        if self._pending is not None:
+            pending, self._pending = self._pending, None
+            pending.result()
+
+    def close(self) -> None:
+        """Wait for the call in flight (its error was, or will never be, raised) and stop."""
+        self._pending = None
+        self._executor.shutdown(wait=True)
+
+
+def _add_lines(
+    writer: _ChunkWriter, encoded: EncodedRequests, rows: npt.NDArray[np.int64], new: npt.NDArray[np.int64]
+) -> None:
+    """Add a slice's new requests (their rows in the input, their positions in the slice)."""
+    writer.add(encoded.lines_array(), rows, new)
+
+
 def _render(template: PromptTemplate, table: pa.Table, id_column: str | None, first_row: int) -> Texts:
     """A slice's prompts: straight to JSON in Arrow for plain templates, else through Jinja."""
     contents = template.render_json(table)
@@ -379,7 +419,11 @@ def prepare(
         # Reading and rendering the next slice (Arrow work, mostly outside the GIL) overlaps with
         # keying this one.
         with contextlib.closing(read_ahead(rendered())) as slices:  # closed: its thread stops on errors
-            yield from _key_slices(slices)
+            try:
+                yield from _key_slices(slices)
+            except Exception:
+                lines.wait()  # a failure of an earlier slice's lines comes first, as it did
+                raise
 
     def _key_slices(
         slices: Iterator[tuple[int, Texts, Texts | None]],
@@ -396,15 +440,21 @@ def prepare(
                 hit = np.fromiter((cid in cached for cid in ids), bool, len(ids))
                 hit_ids.extend(cid for cid, is_hit in zip(ids, hit.tolist(), strict=True) if is_hit)
                 new = new[~hit]
-            writer.add(encoded.lines_array(), rows + new, new)
+            # Joined, packed and handed to the file writer in another thread (Arrow and numpy
+            # work, mostly outside the GIL) while the next slice is keyed.
+            lines.submit(_add_lines, writer, encoded, rows + new, new)
             rows += count
             yield encoded.custom_id_array
+        lines.wait()
 
+    lines = _InOrder("prefect-llm-batch-lines")
     try:
         store.write_row_ids(row_ids())
     except BaseException:
+        lines.close()
         writer.abandon()
         raise
+    lines.close()
     chunks = writer.close()
     seen.clear()
     if hit_ids:
