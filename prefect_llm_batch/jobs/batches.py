@@ -385,8 +385,6 @@ def _chunk_custom_ids(store: JobStore, chunk_id: int) -> list[str]:
 
 #: Odd multipliers of the id hash, one per try (a second try when two wanted ids share a key).
 _MIXES = (np.uint64(0x9E3779B97F4A7C15), np.uint64(0xC2B2AE3D27D4EB4F), np.uint64(0x165667B19E3779F9))
-#: Positions of ``expected`` compared before the whole arrays, to see whether lines come in that order.
-_ORDER_PROBES = 16
 
 
 def _offsets(array: pa.Array[Any]) -> npt.NDArray[np.int64] | None:
@@ -429,7 +427,7 @@ class _IdWords:
         if self.count == len(array) and width >= 8:
             view, first = memoryview(data), int(offsets[0])
             for start in starts:
-                word = np.ndarray((self.count,), np.uint64, buffer=view, offset=first + start, strides=(width,))
+                word = np.ndarray((self.count,), np.uint64, view, first + start, (width,))
                 self.words.append(word)
             return
         raw = np.frombuffer(memoryview(data), np.uint8)
@@ -512,24 +510,12 @@ def _lookup(ids: pa.ChunkedArray[Any], wanted: pa.Array[Any]) -> npt.NDArray[np.
     repeated id), by sorting fixed-width ids' hashes where it can (faster than hashing strings)."""
     if len(ids) == 0 or len(wanted) == 0:
         return np.full(len(ids), -1, np.int64)
-    if len(ids) == len(wanted) and _same_order(ids, wanted):
-        return np.arange(len(ids), dtype=np.int64)
     slots = _sorted_lookup(ids, wanted)
     if slots is not None:
         return slots
     return np.asarray(pc.fill_null(pc.index_in(ids, value_set=wanted), pa.scalar(-1, pa.int32()))).astype(
         np.int64
     )
-
-
-def _same_order(ids: pa.ChunkedArray[Any], wanted: pa.Array[Any]) -> bool:
-    """True when ``ids`` equals ``wanted`` element by element, nulls being unequal (a few probes first)."""
-    if wanted.null_count or ids.null_count:
-        return False
-    probes = np.unique(np.linspace(0, len(wanted) - 1, _ORDER_PROBES).astype(np.int64))
-    if not pc.all(pc.equal(ids.take(probes), wanted.take(probes))).as_py():
-        return False
-    return bool(pc.all(pc.equal(ids, wanted)).as_py())
 
 
 def select_results(
@@ -539,9 +525,9 @@ def select_results(
 
     Of several lines for one id, the first successful one wins (else the first); lines for ids
     not in ``expected`` are ignored with a warning; an id without a line gets a ``missing`` row.
-    Vectorised: one lookup of the lines' ids (lines already in ``expected`` order are taken as
-    they are; fixed-width ids, such as this project's, are matched by sorting their hashes),
-    then integer work.
+    Vectorised: one lookup of the lines' ids (fixed-width ids, such as this project's, by sorting
+    their hashes; others by a hash lookup), then integer work; lines that already are one per
+    request in ``expected`` order are returned as they are.
 
     Args:
         lines: The batch's results, one row per line (:meth:`BatchProvider.download_results`).
