@@ -625,12 +625,8 @@ class DigestSet:
             if new is not None:
                 return new
             self._exact = self._as_set()  # two distinct digests share a key: exact from now on
-            self.clear_runs()
+            self._words, self._count, self._runs = np.zeros((0, 4), np.uint64), 0, []
         return np.asarray(first_new(digests, self._exact), np.int64)
-
-    def clear_runs(self) -> None:
-        """Drop the numpy structures (internal: once the set is exact)."""
-        self._words, self._count, self._runs = np.zeros((0, 4), np.uint64), 0, []
 
     def _add_sorted(self, digests: Sequence[bytes]) -> npt.NDArray[np.int64] | None:
         """:meth:`add` on the sorted runs; None (nothing changed) when distinct digests share a key."""

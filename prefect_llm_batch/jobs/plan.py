@@ -364,8 +364,9 @@ def prepare(
     The input is streamed in slices of :data:`~prefect_llm_batch.table.SCAN_BATCH_ROWS` rows
     (Parquet files and directories; CSV and JSON Lines are read whole first): each slice is
     rendered, keyed and de-duplicated against the requests seen so far, and its new requests go
-    into the open batch input file, written as soon as it is full. Memory holds one slice, one
-    batch file and the keys seen (32 bytes per distinct request), not the job.
+    into the open batch input file, written as soon as it is full. Memory holds a few slices
+    (read ahead, keyed, packed: one thread each), two batch files and the keys seen (48 bytes
+    per distinct request, up to 80 while their array grows), not the job.
 
     Running it again for the same inputs finds the same job id and keeps the existing state.
 
