@@ -578,10 +578,11 @@ class DigestSet:
     :meth:`add` returns, for one slice of digests, the positions of those never seen before
     (each at its first position in the slice), in increasing order, and remembers the slice:
     exactly :func:`first_new` against a set of every digest added so far, without a Python
-    object per digest. Every distinct digest is kept once in a numpy array (32 bytes), and its
-    first 8 bytes, as a sort key, with its place in that array (16 bytes) in one of a few
-    sorted runs, merged as they grow (sizes at least doubling, so a key is merged about
-    log2(slices) times); a slice is sorted by key and looked up in each run by bisection.
+    object per digest. Every distinct digest is kept once in numpy arrays (32 bytes, one block
+    a slice, never copied), and its first 8 bytes, as a sort key, with its number (16 bytes)
+    in one of a few sorted runs, merged as they grow (sizes at least doubling, so a key is
+    merged about log2(slices) times); a slice is sorted by key and looked up in each run by
+    bisection.
     Equal keys are always confirmed on all 32 bytes; two different digests that share their
     first 8 bytes (never seen in practice: about n^2 / 2^65 for n requests) switch the set to
     a Python set of bytes, which gives the same answers.
@@ -600,8 +601,10 @@ class DigestSet:
 
     def __init__(self, key_mask: int = (1 << 64) - 1) -> None:
         self._mask = np.uint64(key_mask)
-        self._words = np.zeros((0, 4), np.uint64)  # every distinct digest, as added (capacity)
-        self._count = 0  # rows of ``_words`` in use
+        # Every distinct digest, as added: one (n, 4) block a slice, numbered on from ``_starts``.
+        self._blocks: list[npt.NDArray[np.uint64]] = []
+        self._starts: list[int] = []
+        self._count = 0
         # Sorted runs: (keys, strictly increasing; the row of ``_words`` of each key's digest).
         self._runs: list[tuple[npt.NDArray[np.uint64], npt.NDArray[np.int64]]] = []
         self._exact: set[bytes] | None = None  # once two distinct digests share a key
@@ -611,7 +614,7 @@ class DigestSet:
 
     def clear(self) -> None:
         """Forget every digest."""
-        self._words, self._count, self._runs, self._exact = np.zeros((0, 4), np.uint64), 0, [], None
+        self._blocks, self._starts, self._count, self._runs, self._exact = [], [], 0, [], None
 
     def add(self, digests: Sequence[bytes]) -> npt.NDArray[np.int64]:
         """Add one slice of 32-byte digests; return the positions of those new to the set.
@@ -625,7 +628,7 @@ class DigestSet:
             if new is not None:
                 return new
             self._exact = self._as_set()  # two distinct digests share a key: exact from now on
-            self._words, self._count, self._runs = np.zeros((0, 4), np.uint64), 0, []
+            self._blocks, self._starts, self._count, self._runs = [], [], 0, []
         return np.asarray(first_new(digests, self._exact), np.int64)
 
     def _add_sorted(self, digests: Sequence[bytes]) -> npt.NDArray[np.int64] | None:
@@ -654,7 +657,7 @@ class DigestSet:
             at = np.minimum(np.searchsorted(run_keys, unique_keys), len(run_keys) - 1)
             hit = run_keys[at] == unique_keys
             if hit.any():
-                if not np.array_equal(self._words[run_rows[at[hit]]], words[positions[hit]]):
+                if not np.array_equal(self._stored(run_rows[at[hit]]), words[positions[hit]]):
                     return None
                 fresh &= ~hit
         positions = positions[fresh]
@@ -666,11 +669,8 @@ class DigestSet:
 
     def _insert(self, keys: npt.NDArray[np.uint64], words: npt.NDArray[np.uint64]) -> None:
         start, stop = self._count, self._count + len(keys)
-        if stop > len(self._words):  # grow by doubling: each digest copied about twice at most
-            grown = np.zeros((max(stop, 2 * len(self._words)), 4), np.uint64)
-            grown[:start] = self._words[:start]
-            self._words = grown
-        self._words[start:stop] = words
+        self._blocks.append(words)
+        self._starts.append(start)
         self._count = stop
         self._runs.append((keys, np.arange(start, stop, dtype=np.int64)))
         while len(self._runs) > 1 and len(self._runs[-1][0]) * 2 > len(self._runs[-2][0]):
@@ -680,9 +680,22 @@ class DigestSet:
             self._runs[-2:] = [(merged[order], np.concatenate((rows_a, rows_b))[order])]
 
     def _as_set(self) -> set[bytes]:
-        data = self._words[: self._count].tobytes()
+        out: set[bytes] = set()
         with no_cyclic_gc():
-            return {data[at : at + 32] for at in range(0, len(data), 32)}
+            for block in self._blocks:
+                data = block.tobytes()
+                out.update(data[at : at + 32] for at in range(0, len(data), 32))
+        return out
+
+    def _stored(self, rows: npt.NDArray[np.int64]) -> npt.NDArray[np.uint64]:
+        """The digests (as (n, 4) words) numbered ``rows``."""
+        starts = np.asarray(self._starts, np.int64)
+        blocks = np.searchsorted(starts, rows, side="right") - 1
+        out = np.empty((len(rows), 4), np.uint64)
+        for block in np.unique(blocks).tolist():
+            picked = blocks == block
+            out[picked] = self._blocks[block][rows[picked] - starts[block]]
+        return out
 
 
 @dataclass(frozen=True)

@@ -366,7 +366,7 @@ def prepare(
     rendered, keyed and de-duplicated against the requests seen so far, and its new requests go
     into the open batch input file, written as soon as it is full. Memory holds a few slices
     (read ahead, keyed, packed: one thread each), two batch files and the keys seen (48 bytes
-    per distinct request, up to 80 while their array grows), not the job.
+    per distinct request), not the job.
 
     Running it again for the same inputs finds the same job id and keeps the existing state.
 
