@@ -218,14 +218,15 @@ def prepare_steps(context: StageContext) -> dict[str, Any]:
     """The work of ``jobs.prepare``, slice by slice, each kind timed (the breakdown of ``prepare_ours``).
 
     One thread, no read-ahead: the steps add up to the sequential cost, which ``jobs.prepare``
-    spreads over two threads (reading and rendering the next slice, writing batch files).
+    spreads over threads (reading and rendering the next slice; joining and packing lines; writing files).
     """
+    import numpy as np
     import pyarrow as pa
 
     from prefect_llm_batch.jobs.plan import _ChunkWriter, _render
     from prefect_llm_batch.prompts import PromptTemplate
     from prefect_llm_batch.providers.openai import OpenAIBatchProvider
-    from prefect_llm_batch.requests import RequestEncoder
+    from prefect_llm_batch.requests import DigestSet, RequestEncoder
     from prefect_llm_batch.store import JobStore
     from prefect_llm_batch.table import fingerprint, scan_table
 
@@ -243,7 +244,7 @@ def prepare_steps(context: StageContext) -> dict[str, Any]:
         build_line=provider.build_line,
     )
     writer = _ChunkWriter(store, provider.limits, 0, 1)
-    seen: set[bytes] = set()
+    seen = DigestSet()
     rows = unique = 0
     ids: list[pa.Array] = []
     with context.step("fingerprint"):
@@ -261,15 +262,12 @@ def prepare_steps(context: StageContext) -> dict[str, Any]:
         with context.step("keys"):
             encoded = encoder.encode(prompts)
         with context.step("dedup"):
-            digests = encoded.digests
-            firsts = dict(zip(reversed(digests), range(len(digests) - 1, -1, -1), strict=True))
-            new = sorted(map(firsts.__getitem__, firsts.keys() - seen))
-            seen.update(firsts)
+            new = seen.add(encoded.digests).tolist()
             unique += len(new)
         with context.step("encode lines"):
             lines = encoded.lines_array(new)
         with context.step("plan + write chunks"):
-            writer.add(lines, [rows + i for i in new])
+            writer.add(lines, np.asarray(new, np.int64) + rows)
         ids.append(encoded.custom_id_array)
         rows += batch.num_rows
     with context.step("plan + write chunks"):
