@@ -16,6 +16,7 @@ import pytest
 from prefect_llm_batch import jobs
 from prefect_llm_batch.errors import StateError
 from prefect_llm_batch.jobs.output import JobAnswers, TableAnswers, latest_results, write_joined
+from prefect_llm_batch.jobs.runner import run_batches
 from prefect_llm_batch.keyindex import ResultIndex, decode_custom_ids
 from prefect_llm_batch.providers import make_provider
 from prefect_llm_batch.requests import custom_id_array, custom_id_from_digest
@@ -123,18 +124,7 @@ def _run(
     job = JobSpec(prompt="Say {{ text }}", model="gpt-4o-mini", provider="openai", **spec)
     with make_provider(where, api_key=KEY, backoff=0.01) as provider:
         ref = jobs.prepare(source, job, provider, where, state_dir=str(state), cache=options.cache)
-        store = JobStore(ref.state_dir, ref.job_id)
-        round_, chunks = 1, store.read_job().round_chunks(1)
-        while chunks:
-            pending = list(chunks)
-            while pending:
-                for chunk_id in pending:
-                    jobs.submit_chunk(ref, chunk_id, provider, options)
-                pending = jobs.wait(ref, provider, options)
-            for chunk_id in chunks:
-                jobs.collect_chunk(ref, chunk_id, provider, options)
-            chunks = jobs.plan_retry_round(ref, round_, options)
-            round_ += 1
+        run_batches(ref, provider, options)
     return ref
 
 
