@@ -174,7 +174,8 @@ class JobAnswers:
         self._schema = result_schema(embeddings=record.endpoint == EMBEDDINGS_ENDPOINT)
         sources: list[int | None] = []
         self.batch_ids: list[str] = []
-        if store.read_cached_results(["custom_id"]) is not None:
+        cached_ids = store.read_cached_results(["custom_id"])
+        if cached_ids is not None:
             sources.append(None)
         for plan in sorted(record.chunks, key=lambda c: (c.round, c.chunk_id)):
             state = store.read_chunk(plan.chunk_id)
@@ -185,7 +186,8 @@ class JobAnswers:
             if state.batch_id:
                 self.batch_ids.append(state.batch_id)
         self._sources = sources
-        keys = [self._keys(source) for source in sources]
+        keys = [self._keys(source, cached_ids) for source in sources]
+        del cached_ids
         self._offsets = np.cumsum([0, *map(len, keys)]).astype(np.int64)
         index = ResultIndex(keys)
         del keys
@@ -229,8 +231,9 @@ class JobAnswers:
             return table
         return self._store.read_results(source, columns)
 
-    def _keys(self, source: int | None) -> Digests:
-        ids = self._read(source, ["custom_id"]).column("custom_id")
+    def _keys(self, source: int | None, cached_ids: pa.Table | None) -> Digests:
+        table = cached_ids if source is None and cached_ids is not None else self._read(source, ["custom_id"])
+        ids = table.column("custom_id")
         try:
             return decode_custom_ids(ids)
         except ValueError as exc:
