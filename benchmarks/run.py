@@ -131,6 +131,11 @@ def warm_up() -> tuple[float, float]:
     """
     cpu = _cpu_seconds()
     start = time.perf_counter()
+    from prefect_llm_batch.memory import prefer_small_pages
+
+    # What the flows and the command do when they start (every variant alike: naive and floor
+    # too); ``--default-pages`` sets PREFECT_LLM_BATCH_SMALL_PAGES=0 and keeps the libraries' own.
+    prefer_small_pages()
     import jinja2  # noqa: F401
     import orjson  # noqa: F401
     import pandas  # noqa: F401
@@ -166,8 +171,11 @@ def run_stage(name: str, context: StageContext, profile_to: Path | None) -> dict
     if profiler is not None and profile_to is not None:
         profile_to.parent.mkdir(parents=True, exist_ok=True)
         profiler.dump_stats(str(profile_to))
+    import pyarrow as pa
+
     return {
         "stage": name,
+        "arrow_pool": pa.default_memory_pool().backend_name,
         "wall_s": wall,
         "cpu_s": cpu,
         "base_rss_mb": base_rss,
@@ -678,6 +686,40 @@ def _touch_memory(megabytes: int) -> None:
         del block
 
 
+_PROBE = """
+import json, time, numpy as np, pyarrow as pa
+from numpy._core.multiarray import _set_madvise_hugepage
+def touch(name, make):
+    time.sleep(3)  # pages freed by the previous probe go back to the host first (if it takes them)
+    start = time.perf_counter(); block = make(); out[name] = time.perf_counter() - start
+out = {}
+def arrow():
+    buffer = pa.allocate_buffer(1 << 28, memory_pool=pa.mimalloc_memory_pool())
+    np.frombuffer(buffer, np.uint8)[:] = 1
+    return buffer
+touch("mimalloc", arrow)
+_set_madvise_hugepage(True)
+touch("huge", lambda: np.ones(1 << 25))
+_set_madvise_hugepage(False)
+touch("small", lambda: np.ones(1 << 25))
+print(json.dumps(out))
+"""
+
+
+def probe_first_touch() -> str:
+    """How long this machine takes to touch 256 MB of fresh memory: numpy with small pages, with
+    transparent huge pages, and through Arrow's mimalloc pool (a fresh process, untimed by the suite)."""
+    done = subprocess.run([sys.executable, "-c", _PROBE], capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        return "First-touch probe: unavailable on this machine."
+    took = json.loads(done.stdout)
+    return (
+        f"First touch of 256 MB of fresh memory on this machine: {took['small']:.2f} s with small pages, "
+        f"{took['huge']:.2f} s with transparent huge pages (numpy's default), {took['mimalloc']:.2f} s "
+        "through Arrow's mimalloc pool (its default on Linux)."
+    )
+
+
 def _warm_inputs(stage: str, rows: int, seed: int) -> None:
     """Read a stage's input files once, untimed, so that every variant starts from the page cache.
 
@@ -1039,6 +1081,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="memory written (then freed) before every run, so stages start from host-backed memory"
         " (default 0: off; RESULTS.md used 4096, which makes the suite about 3x longer)",
     )
+    parser.add_argument(
+        "--default-pages",
+        action="store_true",
+        help="keep Arrow's and numpy's own allocation (huge pages) instead of what the flows use",
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--keep", action="store_true", help="keep the work directory")
     parser.add_argument("--json", type=Path, default=None, help="also write the measurements here")
@@ -1057,10 +1104,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         args.e2e_rows = 5_000 if args.quick else 100_000
     if args.profile:
         shutil.rmtree(PROFILE_DIR, ignore_errors=True)
+    if args.default_pages:
+        os.environ["PREFECT_LLM_BATCH_SMALL_PAGES"] = "0"  # the stages' processes inherit it
     started = time.perf_counter()
     WORK_ROOT.mkdir(parents=True, exist_ok=True)
+    probe = "" if args.quick else probe_first_touch()
     suite = run_suite(args)
     print(f"prefect_llm_batch measured: {suite.package}\n")
+    pools = sorted({str(result.get("arrow_pool")) for result in suite.results.values()})
+    pages = "libraries' defaults (--default-pages)" if args.default_pages else "small pages, as the flows"
+    print(f"Allocation: {pages}; Arrow pool of the stages: {', '.join(pools)}.")
+    if probe:
+        print(probe)
+    print()
     print(render(suite))
     print(f"(suite ran in {time.perf_counter() - started:.0f} s)")
     if args.json is not None:

@@ -515,6 +515,9 @@ def fake_server(
 
 def main() -> None:
     """Entry point of the ``prefect-llm-batch`` console script."""
+    from .memory import prefer_small_pages
+
+    prefer_small_pages()  # before any work: see prefect_llm_batch.memory
     app()
 
 

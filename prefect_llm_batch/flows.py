@@ -28,6 +28,7 @@ from .errors import BatchCancelled, BatchFailed, ConfigError, CostLimitExceeded,
 from .jobs import JobRef, JobSummary, cancel_job, failed_batches, job_ref
 from .jobs.detached import PendingJob
 from .jobs.realtime import Mode, choose_mode
+from .memory import SMALL_PAGES_ENV, prefer_small_pages
 from .providers import api_key_for, make_provider, open_target, target_for
 from .schemas import ResponseSchema
 from .spec import (
@@ -61,6 +62,13 @@ from .tasks import (
     wait_for_batches,
     write_output,
 )
+
+
+def _prefer_small_pages(log: Any) -> None:
+    """:func:`~prefect_llm_batch.memory.prefer_small_pages`, logged when it changed something."""
+    changed = prefer_small_pages()
+    if changed:
+        log.debug("allocating with small pages (%s=0 keeps the defaults): %s", SMALL_PAGES_ENV, changed)
 
 
 @contextlib.contextmanager
@@ -220,6 +228,7 @@ def enrich_table(
         ...     overwrite=True)  # doctest: +SKIP
     """
     log = get_run_logger()
+    _prefer_small_pages(log)
     schema = ResponseSchema.from_user(response_format) if response_format is not None else None
     spec = JobSpec(
         prompt=prompt,
@@ -407,6 +416,7 @@ def collect_jobs(
             other job was still handled first).
     """
     log = get_run_logger()
+    _prefer_small_pages(log)
     state = state_dir or default_state_dir()
     finished: list[JobSummary] = []
     too_many_errors: list[str] = []
