@@ -170,11 +170,11 @@ class JobStore:
     def _path(self, *parts: str) -> str:
         return "/".join([self.root, *parts])
 
-    def _write(self, path: str, data: bytes) -> None:
-        write_bytes_atomic(path, data, storage_options=self._options)
+    def _write(self, path: str, data: bytes, *, drop_cache: bool = False) -> None:
+        write_bytes_atomic(path, data, storage_options=self._options, drop_cache=drop_cache)
 
-    def _read(self, path: str) -> bytes:
-        return read_bytes(path, storage_options=self._options)
+    def _read(self, path: str, *, drop_cache: bool = False) -> bytes:
+        return read_bytes(path, storage_options=self._options, drop_cache=drop_cache)
 
     # job.json ---------------------------------------------------------------------------
 
@@ -225,6 +225,7 @@ class JobStore:
             storage_options=self._options,
             # Request keys are random: a dictionary never pays, and trying one costs a third.
             writer_options={"use_dictionary": False},
+            drop_cache=True,  # read back once, a slice at a time, when the output is written
         )
 
     def read_row_ids(self) -> pa.Array[Any]:
@@ -253,12 +254,13 @@ class JobStore:
                 yield batch.column(0)
 
     def write_chunk_input(self, chunk_id: int, data: bytes) -> None:
-        """Write a chunk's batch input file."""
-        self._write(self._path("requests", f"chunk-{chunk_id:05d}.jsonl"), data)
+        """Write a chunk's batch input file (out of the page cache once synced: it is read once,
+        to be uploaded, so a job holds a batch file's worth of cache, not all of them)."""
+        self._write(self._path("requests", f"chunk-{chunk_id:05d}.jsonl"), data, drop_cache=True)
 
     def read_chunk_input(self, chunk_id: int) -> bytes:
-        """Read a chunk's batch input file."""
-        return self._read(self._path("requests", f"chunk-{chunk_id:05d}.jsonl"))
+        """Read a chunk's batch input file (its pages then leave the page cache)."""
+        return self._read(self._path("requests", f"chunk-{chunk_id:05d}.jsonl"), drop_cache=True)
 
     # chunk states -----------------------------------------------------------------------
 
@@ -285,7 +287,8 @@ class JobStore:
 
     def write_results(self, chunk_id: int, table: pa.Table) -> None:
         """Write one chunk's parsed results."""
-        self._write(self._path("results", f"chunk-{chunk_id:05d}.parquet"), _parquet_bytes(table))
+        path = self._path("results", f"chunk-{chunk_id:05d}.parquet")
+        self._write(path, _parquet_bytes(table), drop_cache=True)
 
     def read_results(self, chunk_id: int, columns: list[str] | None = None) -> pa.Table:
         """Read one chunk's parsed results (only ``columns`` when given, reading only theirs)."""

@@ -505,6 +505,7 @@ def write_parquet_batches_atomic(
     metadata: dict[str, str] | None = None,
     storage_options: dict[str, Any] | None = None,
     writer_options: dict[str, Any] | None = None,
+    drop_cache: bool = False,
 ) -> int:
     """Write batches to one Parquet file as they come, so that readers never see a partial file.
 
@@ -520,6 +521,8 @@ def write_parquet_batches_atomic(
         metadata: Key-value pairs stored in the Parquet schema metadata.
         storage_options: Passed to the fsspec filesystem.
         writer_options: Passed to ``pyarrow.parquet.ParquetWriter`` (``use_dictionary``...).
+        drop_cache: A local file's written pages leave the page cache as it grows (synced every
+            :data:`DROP_BEHIND_BYTES`): for big files read once later, if at all.
 
     Returns:
         The number of rows written.
@@ -553,7 +556,14 @@ def write_parquet_batches_atomic(
                 writer.write_table(table)
                 rows += table.num_rows
 
-    _write_atomic(destination, write, overwrite=overwrite, storage_options=storage_options, shown=shown)
+    _write_atomic(
+        destination,
+        write,
+        overwrite=overwrite,
+        storage_options=storage_options,
+        shown=shown,
+        drop_cache=drop_cache,
+    )
     return rows
 
 
@@ -608,7 +618,11 @@ def write_parquet_atomic(
 
 
 def write_bytes_atomic(
-    destination: str, data: bytes, *, storage_options: dict[str, Any] | None = None
+    destination: str,
+    data: bytes,
+    *,
+    storage_options: dict[str, Any] | None = None,
+    drop_cache: bool = False,
 ) -> None:
     """Write bytes to a file so that readers see either the old or the new content, never a mix.
 
@@ -618,6 +632,8 @@ def write_bytes_atomic(
         destination: A local path or fsspec URL.
         data: The whole new content.
         storage_options: Passed to the fsspec filesystem.
+        drop_cache: A local file's pages leave the page cache once written and synced (see
+            :func:`write_parquet_batches_atomic`).
 
     Raises:
         TableError: The write failed (no temporary file is left behind).
@@ -632,16 +648,24 @@ def write_bytes_atomic(
         sink.write(data)
 
     _write_atomic(
-        destination, write, overwrite=True, storage_options=storage_options, shown=_redact(destination)
+        destination,
+        write,
+        overwrite=True,
+        storage_options=storage_options,
+        shown=_redact(destination),
+        drop_cache=drop_cache,
     )
 
 
-def read_bytes(path: str, *, storage_options: dict[str, Any] | None = None) -> bytes:
+def read_bytes(
+    path: str, *, storage_options: dict[str, Any] | None = None, drop_cache: bool = False
+) -> bytes:
     """Read a whole file.
 
     Args:
         path: A local path or fsspec URL.
         storage_options: Passed to the fsspec filesystem.
+        drop_cache: A local file's pages leave the page cache once read (a file read once).
 
     Returns:
         The file's content.
@@ -657,7 +681,12 @@ def read_bytes(path: str, *, storage_options: dict[str, Any] | None = None) -> b
     shown = _redact(path)
     try:
         fs, fs_path = _filesystem(path, storage_options)
-        data = fs.cat_file(fs_path)
+        if drop_cache and _CAN_DROP and isinstance(fs, LocalFileSystem):
+            with open(fs_path, "rb") as file:
+                data = file.read()
+                _drop_cached_pages(file.fileno())
+        else:
+            data = fs.cat_file(fs_path)
     except FileNotFoundError as exc:
         raise TableError(f"cannot read {shown}: no such file") from exc
     except (OSError, ValueError) as exc:
@@ -1025,11 +1054,12 @@ def _write_atomic(
     overwrite: bool,
     storage_options: Mapping[str, Any] | None,
     shown: str,
+    drop_cache: bool = False,
 ) -> None:
     try:
         fs, path = _filesystem(destination, storage_options)
         if isinstance(fs, LocalFileSystem):
-            _write_local(path, write, overwrite=overwrite, shown=shown)
+            _write_local(path, write, overwrite=overwrite, shown=shown, drop_cache=drop_cache)
             return
         if not overwrite and fs.exists(path):
             raise _exists_error(shown)
@@ -1050,7 +1080,42 @@ def _write_atomic(
         raise TableError(f"cannot write {shown}: {exc}") from exc
 
 
-def _write_local(path: str, write: Callable[[Any], None], *, overwrite: bool, shown: str) -> None:
+#: Bytes a file written with ``drop_cache`` grows by between two write-behind syncs.
+DROP_BEHIND_BYTES = 32 << 20
+_CAN_DROP = hasattr(os, "posix_fadvise") and hasattr(os, "POSIX_FADV_DONTNEED")
+
+
+def _drop_cached_pages(descriptor: int) -> None:
+    """Tell the kernel it may drop the file's pages from the page cache (clean pages only)."""
+    with contextlib.suppress(OSError):
+        os.posix_fadvise(descriptor, 0, 0, os.POSIX_FADV_DONTNEED)
+
+
+class _DropBehindFile(io.FileIO):
+    """A file being written that every :data:`DROP_BEHIND_BYTES` syncs what it holds and lets the
+    kernel drop those pages, so that writing a big file holds that much page cache, not the file.
+
+    Where the page cache costs memory the machine must first take (virtual machines whose host
+    reclaims freed memory: about 10 s per GB on the machines of ``benchmarks/RESULTS.md``, where
+    600 MB of batch files with an ``fsync`` each took 5.7-7.4 s kept in the cache, 0.5-0.7 s
+    dropped behind), the next write reuses the pages the last one gave back.
+    """
+
+    _pending = 0
+
+    def write(self, data: Any) -> int:
+        written = super().write(data)
+        self._pending += written or 0
+        if self._pending >= DROP_BEHIND_BYTES:
+            os.fsync(self.fileno())
+            _drop_cached_pages(self.fileno())
+            self._pending = 0
+        return written or 0
+
+
+def _write_local(
+    path: str, write: Callable[[Any], None], *, overwrite: bool, shown: str, drop_cache: bool = False
+) -> None:
     directory = os.path.dirname(path) or "."
     os.makedirs(directory, exist_ok=True)
     if not overwrite and os.path.lexists(path):
@@ -1058,11 +1123,15 @@ def _write_local(path: str, write: Callable[[Any], None], *, overwrite: bool, sh
     temporary = os.path.join(directory, f".{os.path.basename(path)}.{secrets.token_hex(6)}.tmp")
     # 0o666 lets the umask decide the final permissions, as for any newly created file.
     descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+    drop = drop_cache and _CAN_DROP
     try:
-        with os.fdopen(descriptor, "wb") as file:
+        raw = _DropBehindFile(descriptor, "wb") if drop else io.FileIO(descriptor, "wb")
+        with io.BufferedWriter(raw) as file:
             write(file)
             file.flush()
             os.fsync(file.fileno())
+            if drop:
+                _drop_cached_pages(file.fileno())
         if overwrite:
             os.replace(temporary, path)
         else:

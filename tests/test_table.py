@@ -636,3 +636,73 @@ def test_read_ahead_keeps_order_raises_where_it_failed_and_stops_early() -> None
             break
     assert len(produced) <= 5 + 1 + 3  # the producer stopped a few items ahead, not forever
     assert not any(t.name == "prefect-llm-batch-read-ahead" for t in threading.enumerate())
+
+
+# -- dropping written pages from the page cache ---------------------------------------------
+
+
+@pytest.fixture
+def dropped(monkeypatch: pytest.MonkeyPatch) -> list[tuple[int, int]]:
+    """Every ``posix_fadvise(DONTNEED)`` made, as (bytes synced so far, bytes in the file)."""
+    if not table_module._CAN_DROP:
+        pytest.skip("this platform has no posix_fadvise")
+    calls: list[tuple[int, int]] = []
+    real = os.posix_fadvise
+
+    def spy(fd: int, offset: int, length: int, advice: int) -> None:
+        if advice == os.POSIX_FADV_DONTNEED:
+            calls.append((offset, os.fstat(fd).st_size))
+        real(fd, offset, length, advice)
+
+    monkeypatch.setattr(os, "posix_fadvise", spy)
+    monkeypatch.setattr(table_module, "DROP_BEHIND_BYTES", 1 << 16)
+    return calls
+
+
+def test_a_parquet_file_written_with_drop_cache_is_dropped_as_it_grows(
+    tmp_path: Path, dropped: list[tuple[int, int]]
+) -> None:
+    destination = str(tmp_path / "big.parquet")
+    schema = pa.schema([("text", pa.string())])
+    batches = (
+        pa.record_batch([pa.array([f"{i}-{j}-" * 20 for j in range(2000)])], schema=schema) for i in range(8)
+    )
+    rows = table_module.write_parquet_batches_atomic(batches, destination, schema=schema, drop_cache=True)
+    assert rows == 16_000
+    assert read_table(destination).column("text").to_pylist()[:2] == ["0-0-" * 20, "0-1-" * 20]
+    size = os.path.getsize(destination)
+    # every 64 KB written while it grew (not only at the end), and the whole file once synced
+    assert len(dropped) >= 2
+    assert dropped[0][1] < size
+    assert dropped[-1][1] == size
+    assert os.listdir(tmp_path) == ["big.parquet"]
+
+
+def test_drop_cache_is_only_where_asked_and_reads_can_drop_too(
+    tmp_path: Path, dropped: list[tuple[int, int]]
+) -> None:
+    plain = str(tmp_path / "plain.jsonl")
+    write_bytes_atomic(plain, b"x" * 200_000)
+    assert dropped == []  # state files that are read often stay cached
+    batch_file = str(tmp_path / "chunk.jsonl")
+    write_bytes_atomic(batch_file, b"y" * 200_000, drop_cache=True)
+    assert dropped and dropped[-1][1] == 200_000
+    count = len(dropped)
+    assert read_bytes(batch_file, drop_cache=True) == b"y" * 200_000
+    assert len(dropped) == count + 1
+    assert read_bytes(plain) == b"x" * 200_000
+    assert len(dropped) == count + 1
+
+
+def test_a_job_drops_its_batch_files_row_ids_and_results_but_not_its_output(
+    tmp_path: Path, dropped: list[tuple[int, int]]
+) -> None:
+    from prefect_llm_batch.store import JobStore
+
+    store = JobStore(str(tmp_path / "state"), "job1")
+    store.write_chunk_input(0, b'{"custom_id":"a"}\n' * 10_000)
+    store.write_row_ids(["a"] * 10_000)
+    assert len(dropped) >= 2
+    count = len(dropped)
+    write_parquet_atomic(pa.table({"a": list(range(50_000))}), str(tmp_path / "out.parquet"))
+    assert len(dropped) == count
