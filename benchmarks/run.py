@@ -112,6 +112,14 @@ class StageContext:
     work: Path
     server_url: str | None = None
     steps: dict[str, float] = field(default_factory=dict)
+    #: (wall, CPU) the stage's measurement starts from, when it has an untimed set-up first.
+    clock: tuple[float, float] | None = None
+
+    def restart_clock(self) -> None:
+        """Measure the stage from now on: its set-up so far is not counted (wall, CPU, peak RSS)."""
+        _reset_peak_rss()
+        self.steps.clear()
+        self.clock = (time.perf_counter(), _cpu_seconds())
 
     @contextlib.contextmanager
     def step(self, name: str) -> Iterator[None]:
@@ -166,6 +174,8 @@ def run_stage(name: str, context: StageContext, profile_to: Path | None) -> dict
     extra = stage(context)
     if profiler is not None:
         profiler.disable()
+    if context.clock is not None:
+        start, cpu = context.clock
     wall = time.perf_counter() - start
     cpu = _cpu_seconds() - cpu
     if profiler is not None and profile_to is not None:
@@ -449,6 +459,94 @@ def collect_floor(context: StageContext) -> dict[str, Any]:
     return {"rows": context.rows, "lines": lines}
 
 
+def collect_job(context: StageContext) -> dict[str, Any]:
+    """Collect as a job does it, from the same result lines: per batch what ``jobs.collect_chunk``
+    does once a batch has ended (its request ids, ``parse_results`` of its output and error files,
+    ``select_results``, the stored results and the response cache), then ``jobs.assemble``
+    (matching every row by key, each batch's stored answers read when first needed).
+
+    Untimed set-up: ``jobs.prepare`` of the table, and the result files cut into one output and
+    one error file per batch (the lines of its requests, their synthetic ids paired with the job's).
+    """
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.compute as pc
+    import pyarrow.json as pj
+    import pyarrow.parquet as pq
+
+    from prefect_llm_batch import jobs
+    from prefect_llm_batch.jobs.batches import _chunk_custom_ids, _with_attempts, select_results
+    from prefect_llm_batch.providers.openai import OpenAIBatchProvider
+    from prefect_llm_batch.spec import ProviderTarget
+    from prefect_llm_batch.store import JobStore, ResponseCache
+
+    files = ensure_results(context.rows, context.seed)
+    source = str(ensure_table(context.rows, context.seed))
+    spec, _ = _spec_and_target(KEY_BASE_URL)
+    target = ProviderTarget(provider="openai", base_url=KEY_BASE_URL, key_base_url=KEY_BASE_URL)
+    provider = OpenAIBatchProvider(api_key="bench-key", base_url=KEY_BASE_URL)
+    state = context.work / "collect-job"
+    shutil.rmtree(state, ignore_errors=True)
+    ref = jobs.prepare(source, spec, provider, target, state_dir=str(state))
+    store = JobStore(ref.state_dir, ref.job_id)
+    # The result files name requests by synthetic ids: pair them with the job's, row by row.
+    synthetic = pq.read_table(files.row_ids).column("custom_id").combine_chunks()
+    real = pa.concat_arrays(list(store.iter_row_ids()))
+    first = np.unique(np.asarray(pc.index_in(real, value_set=pc.unique(real))), return_index=True)[1]
+    synthetic_of = dict(zip(real.take(first).to_pylist(), synthetic.take(first).to_pylist(), strict=True))
+    chunk_of = {}
+    plans = store.read_job().chunks
+    wanted_of = {}
+    for plan in plans:
+        wanted = [synthetic_of[cid] for cid in _chunk_custom_ids(store, plan.chunk_id)]
+        wanted_of[plan.chunk_id] = pa.array(wanted, pa.string())
+        chunk_of.update(dict.fromkeys(wanted, plan.chunk_id))
+    del synthetic_of
+    per_chunk: dict[int, list[bytes]] = {plan.chunk_id: [] for plan in plans}
+    for path in (files.output, files.error):
+        data = path.read_bytes()
+        ids = pj.read_json(pa.BufferReader(data)).column("custom_id").to_pylist()
+        lines = data.splitlines(keepends=True)
+        by_chunk: dict[int, list[bytes]] = {plan.chunk_id: [] for plan in plans}
+        for cid, line in zip(ids, lines, strict=True):
+            by_chunk[chunk_of[cid]].append(line)
+        for chunk_id, chunk_lines in by_chunk.items():
+            per_chunk[chunk_id].append(b"".join(chunk_lines))
+        del data, lines, ids
+    del chunk_of
+    context.restart_clock()
+    lines_total = 0
+    for plan in plans:
+        chunk_id, batch_id = plan.chunk_id, f"batch_{plan.chunk_id:05d}"
+        with context.step("request ids"):
+            expected = _chunk_custom_ids(store, chunk_id)
+            wanted = wanted_of.pop(chunk_id)  # the same ids as the result lines spell them
+        with context.step("parse lines"):
+            tables = [
+                provider.parse_results(data, batch_id, where=f"file {i} of {batch_id}")
+                for i, data in enumerate(per_chunk.pop(chunk_id))
+            ]
+            lines = pa.concat_tables(tables)
+            lines_total += lines.num_rows
+        with context.step("select_results"):
+            table = select_results(lines, wanted, batch_id, chunk_id=chunk_id)
+            table = _with_attempts(table.set_column(0, "custom_id", pa.array(expected, pa.string())), 1)
+        with context.step("store results + cache"):
+            store.write_results(chunk_id, table)
+            ok = table.filter(table.column("response_error_kind").is_null())
+            ResponseCache(ref.state_dir).add(f"{ref.job_id}-chunk-{chunk_id:05d}-a1", ok)
+            chunk = store.read_chunk(chunk_id)
+            chunk.batch_id, chunk.status, chunk.collected = batch_id, "completed", True
+            store.write_chunk(chunk)
+        del tables, lines, table, ok
+    output = context.work / "collect-job.parquet"
+    with context.step("assemble"):
+        summary = jobs.assemble(ref, output=str(output), overwrite=True)
+    if summary.rows != context.rows:
+        raise RuntimeError(f"the output has {summary.rows} rows, not {context.rows}")
+    return {"rows": summary.rows, "lines": lines_total, "ok_rows": summary.ok_rows, "chunks": ref.chunks}
+
+
 def end_to_end(context: StageContext) -> dict[str, Any]:
     """prepare -> submit_chunk -> wait -> collect_chunk -> assemble against the fake server."""
     from prefect_llm_batch import jobs
@@ -604,6 +702,7 @@ STAGES: dict[str, Stage] = {
     "collect_ours": collect_ours,
     "collect_naive": collect_naive,
     "collect_floor": collect_floor,
+    "collect_job": collect_job,
     "e2e": end_to_end,
     "parts_job": parts_job,
     "structured_job": structured_job,
@@ -953,6 +1052,7 @@ _LABELS = {
     "collect_ours": ("collect", "ours"),
     "collect_naive": ("collect", "naive"),
     "collect_floor": ("collect", "floor (orjson.loads)"),
+    "collect_job": ("collect", "ours, as a job (collect_chunk per batch + assemble)"),
     "e2e": ("end to end", "ours, fake server"),
     "parts_job": ("partitioned job", "prepare + output"),
     "parts_job_4x": ("partitioned job", "prepare + output, 4x rows"),

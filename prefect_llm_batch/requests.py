@@ -29,7 +29,7 @@ import hashlib
 import itertools
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any, TypeAlias
+from typing import Any, TypeAlias, cast
 from urllib.parse import urlsplit, urlunsplit
 
 import numpy as np
@@ -552,6 +552,42 @@ class EncodedRequests:
     def lines(self, rows: Sequence[int]) -> list[bytes]:
         """The batch input lines (newline included) of the given rows, in that order."""
         return [bytes(line or b"") for line in self.lines_array(rows).to_pylist()]
+
+
+#: How every batch line this package writes starts (:class:`RequestEncoder` puts ``custom_id`` first).
+ID_HEAD = b'{"custom_id":"'
+
+
+def fixed_width_ids(data: bytes) -> npt.NDArray[np.uint8] | None:
+    """The ``custom_id`` of every line of a batch file, one row of bytes per line, sliced out with
+    numpy; None unless every line is :data:`ID_HEAD`, an id of one width in plain printable ASCII
+    (no escapes), then ``"``, and the file ends with a newline (the files this package writes;
+    the caller reads any other file line by line).
+
+    Examples:
+        >>> ids = fixed_width_ids(b'{"custom_id":"k1","body":{}}\\n{"custom_id":"k2","body":{}}\\n')
+        >>> ids.shape, ids.tobytes()
+        ((2, 2), b'k1k2')
+        >>> fixed_width_ids(b'{"custom_id":"k1"}\\n{"custom_id":"key2"}\\n') is None  # two widths
+        True
+    """
+    if not data.endswith(b"\n") or b"\r" in data:
+        return None
+    raw = np.frombuffer(data, np.uint8)
+    ends = np.flatnonzero(raw == 10)
+    starts = np.concatenate((np.zeros(1, np.int64), ends[:-1] + 1))
+    head = len(ID_HEAD)
+    width = data.find(b'"', head) - head
+    if width < 1 or np.any(ends - starts < head + width + 1):
+        return None
+    heads = raw[starts[:, None] + np.arange(head)]
+    if not np.array_equal(heads, np.broadcast_to(np.frombuffer(ID_HEAD, np.uint8), heads.shape)):
+        return None
+    ids = raw[starts[:, None] + np.arange(head, head + width)]
+    printable = (ids >= 0x20) & (ids < 0x7F) & (ids != ord('"')) & (ids != ord("\\"))
+    if not printable.all() or np.any(raw[starts + head + width] != ord('"')):
+        return None
+    return cast("npt.NDArray[np.uint8]", ids)
 
 
 def first_new(digests: Sequence[bytes], seen: set[bytes]) -> list[int]:

@@ -41,6 +41,8 @@ from pathlib import Path
 from typing import Any
 
 import fsspec
+import numpy as np
+import numpy.typing as npt
 import orjson
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -257,6 +259,28 @@ class JobStore:
         """Write a chunk's batch input file (out of the page cache once synced: it is read once,
         to be uploaded, so a job holds a batch file's worth of cache, not all of them)."""
         self._write(self._path("requests", f"chunk-{chunk_id:05d}.jsonl"), data, drop_cache=True)
+
+    def write_chunk_ids(self, chunk_id: int, ids: npt.NDArray[np.uint8]) -> None:
+        """Write the ``custom_id`` of every request of a chunk's batch file, in its order (one
+        fixed-width id per row of ``ids``): collecting the batch reads these, not the batch file."""
+        width = ids.shape[1]
+        header = f"{width}\n".encode()
+        self._write(self._path("requests", f"chunk-{chunk_id:05d}.ids"), header + ids.tobytes())
+
+    def read_chunk_ids(self, chunk_id: int) -> list[str] | None:
+        """The ids :meth:`write_chunk_ids` wrote, or None when there is no such file (batch files
+        that are not fixed-width, or state from before these files)."""
+        path = self._path("requests", f"chunk-{chunk_id:05d}.ids")
+        if not exists(path, storage_options=self._options):
+            return None
+        header, _, packed = self._read(path).partition(b"\n")
+        width = int(header)
+        if width < 1 or len(packed) % width:
+            raise StateError(
+                f"{path} is damaged ({len(packed)} bytes of ids of {width}); prepare the job again"
+            )
+        text = packed.decode("ascii")
+        return [text[i : i + width] for i in range(0, len(text), width)]
 
     def read_chunk_input(self, chunk_id: int) -> bytes:
         """Read a chunk's batch input file (its pages then leave the page cache)."""

@@ -8,14 +8,16 @@ near-equivalent.
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 from typing import Any
 
 import httpx
 import orjson
 import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 
-from prefect_llm_batch.errors import ProviderUnavailable
+from prefect_llm_batch.errors import ProviderUnavailable, StateError
 from prefect_llm_batch.jobs import batches
 from prefect_llm_batch.jobs.batches import _chunk_custom_ids, select_results
 from prefect_llm_batch.providers import openai as openai_module
@@ -26,6 +28,7 @@ from prefect_llm_batch.providers.openai import (
     OpenAIBatchProvider,
     parse_chat_results,
 )
+from prefect_llm_batch.requests import fixed_width_ids
 from prefect_llm_batch.results import RowResult, result_schema, results_to_table
 from prefect_llm_batch.spec import ErrorKind
 
@@ -392,6 +395,9 @@ class FakeStore:
     def read_chunk_input(self, chunk_id: int) -> bytes:
         return self.data
 
+    def read_chunk_ids(self, chunk_id: int) -> list[str] | None:
+        return None  # as for state written before the ids files
+
 
 def test_chunk_custom_ids_fast_path_and_fallback() -> None:
     lines = [
@@ -407,4 +413,79 @@ def test_chunk_custom_ids_fast_path_and_fallback() -> None:
     want = [str(orjson.loads(line)["custom_id"]) for line in data.splitlines() if line]
     got = _chunk_custom_ids(FakeStore(data), 0)  # type: ignore[arg-type]
     assert got == want == ["A" * 43, "short_id-1", "key-second", "spaced", "escaped", "café"]
-    assert batches._ID_HEAD == b'{"custom_id":"'
+    assert batches.ID_HEAD == b'{"custom_id":"'
+
+
+def test_chunk_custom_ids_of_a_real_batch_file_take_the_fixed_width_path(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from prefect_llm_batch.requests import custom_id
+
+    ids = [
+        custom_id("openai", "https://api.openai.com/v1", "/v1/chat/completions", {"n": i}) for i in range(500)
+    ]
+    data = b"".join(
+        orjson.dumps({"custom_id": cid, "method": "POST", "url": "/v1/chat/completions", "body": {"n": i}})
+        + b"\n"
+        for i, cid in enumerate(ids)
+    )
+    matrix = fixed_width_ids(data)
+    assert matrix is not None and matrix.shape == (500, 43)
+    assert batches._id_strings(matrix) == ids
+    assert _chunk_custom_ids(FakeStore(data), 0) == ids  # type: ignore[arg-type]
+    # anything else goes line by line, with the same answer
+    for odd in (
+        data[:-1],  # no final newline
+        data.replace(b"\n", b"\r\n", 1),
+        data + b"\n",  # a blank line
+        data + b'{"custom_id":"' + b"x" * 42 + b'","body":{}}\n',  # another width
+        data + b'{"custom_id":"' + b"x" * 41 + b'\\"","body":{}}\n',  # an escape, same width
+        data + b'{"method":"POST","custom_id":"' + b"y" * 43 + b'"}\n',
+    ):
+        assert fixed_width_ids(odd) is None
+        want = [str(orjson.loads(line)["custom_id"]) for line in odd.splitlines() if line.strip()]
+        assert _chunk_custom_ids(FakeStore(odd), 0) == want  # type: ignore[arg-type]
+
+
+def test_prepare_writes_each_batch_files_ids_and_collecting_reads_them_not_the_batch_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from prefect_llm_batch import jobs
+    from prefect_llm_batch.providers.openai import OpenAIBatchProvider
+    from prefect_llm_batch.spec import BatchLimits, JobSpec, ProviderTarget
+    from prefect_llm_batch.store import JobStore
+
+    source = tmp_path / "in.parquet"
+    pq.write_table(pa.table({"text": [f"row {i % 700}" for i in range(1000)]}), source)
+    spec = JobSpec(
+        prompt="{{ text }}",
+        model="gpt-4o-mini",
+        provider="openai",
+        limits=BatchLimits(max_requests_per_batch=300),
+    )
+    target = ProviderTarget(
+        provider="openai", base_url="https://api.openai.com/v1", key_base_url="https://api.openai.com/v1"
+    )
+    provider = OpenAIBatchProvider(api_key="test-key-ids", base_url="https://api.openai.com/v1")
+    ref = jobs.prepare(str(source), spec, provider, target, state_dir=str(tmp_path / "state"))
+    provider.close()
+    store = JobStore(ref.state_dir, ref.job_id)
+    assert ref.chunks == 3
+    for chunk_id in range(ref.chunks):
+        from_file = [
+            str(orjson.loads(line)["custom_id"]) for line in store.read_chunk_input(chunk_id).splitlines()
+        ]
+        assert store.read_chunk_ids(chunk_id) == from_file
+        assert len(from_file) == (300 if chunk_id < 2 else 100)
+
+    def no_batch_file(chunk_id: int) -> bytes:
+        raise AssertionError("the batch file was read")
+
+    monkeypatch.setattr(store, "read_chunk_input", no_batch_file)
+    assert _chunk_custom_ids(store, 1) == store.read_chunk_ids(1)
+    ids_file = tmp_path / "state" / "jobs" / ref.job_id / "requests" / "chunk-00001.ids"
+    ids_file.write_bytes(ids_file.read_bytes()[:-5])
+    with pytest.raises(StateError, match="damaged"):
+        store.read_chunk_ids(1)
+    ids_file.unlink()
+    assert store.read_chunk_ids(1) is None

@@ -18,6 +18,7 @@ from pydantic import BaseModel
 from ..errors import AmbiguousCreate, BatchFailed, ProviderRejected, StateError
 from ..providers.base import BatchInfo, BatchProvider, BatchStatus
 from ..providers.openai import EMBEDDINGS_ENDPOINT
+from ..requests import ID_HEAD, fixed_width_ids
 from ..results import RowResult, results_to_table, short
 from ..spec import ErrorKind, RunOptions
 from ..store import ChunkState, JobRecord, JobStore, ResponseCache
@@ -364,17 +365,28 @@ def _reset_for_resubmission(store: JobStore, state: ChunkState) -> None:
     store.write_chunk(state)
 
 
-#: How every input line starts (``requests.RequestEncoder`` puts ``custom_id`` first).
-_ID_HEAD = b'{"custom_id":"'
+def _id_strings(matrix: npt.NDArray[np.uint8]) -> list[str]:
+    width = matrix.shape[1]
+    text = matrix.tobytes().decode("ascii")
+    return [text[i : i + width] for i in range(0, len(text), width)]
 
 
 def _chunk_custom_ids(store: JobStore, chunk_id: int) -> list[str]:
+    """The ``custom_id`` of every request of a chunk, in order: from the ids file prepare wrote
+    beside its batch file, else (state written before there were such files) from the batch file."""
+    written = store.read_chunk_ids(chunk_id)
+    if written is not None:
+        return written
+    data = store.read_chunk_input(chunk_id)
+    matrix = fixed_width_ids(data)
+    if matrix is not None:
+        return _id_strings(matrix)
     ids = []
-    start = len(_ID_HEAD)
-    for line in store.read_chunk_input(chunk_id).splitlines():
+    start = len(ID_HEAD)
+    for line in data.splitlines():
         if not line:
             continue
-        end = line.find(b'"', start) if line.startswith(_ID_HEAD) else -1
+        end = line.find(b'"', start) if line.startswith(ID_HEAD) else -1
         custom_id = line[start:end]
         if end > start and custom_id.isascii() and b"\\" not in custom_id:  # no escapes: the bytes are the id
             ids.append(custom_id.decode("ascii"))

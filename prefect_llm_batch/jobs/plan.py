@@ -28,6 +28,7 @@ from ..requests import (
     RequestEncoder,
     Texts,
     canonical_json,
+    fixed_width_ids,
     normalise_base_url,
 )
 from ..results import EMBEDDING_COLUMN, OUTPUT_COLUMNS, RESULT_SCHEMA, result_schema
@@ -254,6 +255,9 @@ class _ChunkWriter:
 
     def _write(self, chunk_id: int, data: bytes) -> None:
         self.store.write_chunk_input(chunk_id, data)
+        ids = fixed_width_ids(data)
+        if ids is not None:  # what collecting the batch reads, instead of the whole batch file
+            self.store.write_chunk_ids(chunk_id, ids)
         if not self.store.has_chunk(chunk_id):
             self.store.write_chunk(ChunkState(chunk_id=chunk_id))
 
