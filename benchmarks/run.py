@@ -145,11 +145,14 @@ def warm_up() -> tuple[float, float]:
     """
     cpu = _cpu_seconds()
     start = time.perf_counter()
-    from prefect_llm_batch.memory import prefer_small_pages
-
-    # What the flows and the command do when they start (every variant alike: naive and floor
-    # too); ``--default-pages`` sets PREFECT_LLM_BATCH_SMALL_PAGES=0 and keeps the libraries' own.
-    prefer_small_pages()
+    try:
+        from prefect_llm_batch.memory import prefer_small_pages
+    except ImportError:  # measuring a version from before it (PYTHONPATH=<older tree>)
+        pass
+    else:
+        # What the flows and the command do when they start (every variant alike: naive and
+        # floor too); ``--default-pages`` sets PREFECT_LLM_BATCH_SMALL_PAGES=0 (libraries' own).
+        prefer_small_pages()
     import jinja2  # noqa: F401
     import orjson  # noqa: F401
     import pandas  # noqa: F401
@@ -180,7 +183,9 @@ def run_stage(name: str, context: StageContext, profile_to: Path | None) -> dict
     extra = stage(context)
     if profiler is not None:
         profiler.disable()
+    setup_cpu = 0.0
     if context.clock is not None:
+        setup_cpu = context.clock[1] - cpu
         start, cpu = context.clock
     wall = time.perf_counter() - start
     cpu = _cpu_seconds() - cpu
@@ -197,6 +202,7 @@ def run_stage(name: str, context: StageContext, profile_to: Path | None) -> dict
         "base_rss_mb": base_rss,
         "import_wall_s": import_wall,
         "import_cpu_s": import_cpu,
+        "setup_cpu_s": setup_cpu,
         "peak_rss_mb": _status_mb("VmHWM"),
         "steps": context.steps,
         **extra,
@@ -758,7 +764,8 @@ def _child(
             raise RuntimeError(f"stage {stage} printed no result:\n{done.stdout}\n{done.stderr}")
         result: dict[str, Any] = json.loads(lines[-1][len("RESULT ") :])
         # CPU the rest of the machine used meanwhile (the stage's own start-up and imports included).
-        result["others_cpu_s"] = max(0.0, busy - result["cpu_s"] - result["import_cpu_s"] - 0.3)
+        mine = result["cpu_s"] + result["import_cpu_s"] + result.get("setup_cpu_s", 0.0)
+        result["others_cpu_s"] = max(0.0, busy - mine - 0.3)
         _log(
             f"    {result['wall_s']:.2f} s, CPU {result['cpu_s']:.2f} s, "
             f"peak {result['peak_rss_mb']:.0f} MB, others busy {result['others_cpu_s']:.1f} CPU s"
