@@ -43,7 +43,6 @@ from typing import Any
 
 import fsspec
 import numpy as np
-import numpy.typing as npt
 import orjson
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -261,25 +260,44 @@ class JobStore:
         to be uploaded, so a job holds a batch file's worth of cache, not all of them)."""
         self._write(self._path("requests", f"chunk-{chunk_id:05d}.jsonl"), data, drop_cache=True)
 
-    def write_chunk_ids(self, chunk_id: int, ids: npt.NDArray[np.uint8]) -> None:
-        """Write the ``custom_id`` of every request of a chunk's batch file, in its order (one
-        fixed-width id per row of ``ids``): collecting the batch reads these, not the batch file."""
-        width = ids.shape[1]
-        header = f"{width}\n".encode()
-        self._write(self._path("requests", f"chunk-{chunk_id:05d}.ids"), header + ids.tobytes())
+    def write_chunk_ids(self, chunk_id: int, ids: pa.Array[Any]) -> None:
+        """Write the ``custom_id`` of every request of a chunk's batch file, in its order, when
+        they all have one width (this package's do): collecting the batch reads these, not the
+        batch file. Other ids are not written (collecting then reads the batch file).
+
+        Not synced: a copy of what the batch file holds, so after a crash a missing or short file
+        only means the batch file is read instead (:meth:`read_chunk_ids` checks it).
+        """
+        ids = ids.cast(pa.large_string())
+        buffers: list[Any] = ids.buffers()
+        offsets = np.frombuffer(buffers[1], np.int64)[ids.offset : ids.offset + len(ids) + 1]
+        widths = np.diff(offsets)
+        if not len(ids) or ids.null_count or widths[0] < 1 or np.any(widths != widths[0]):
+            return
+        packed = memoryview(buffers[2])[offsets[0] : offsets[-1]]
+        if not packed.tobytes().isascii():
+            return
+        data = f"{len(ids)} {widths[0]}\n".encode() + packed
+        path = self._path("requests", f"chunk-{chunk_id:05d}.ids")
+        write_bytes_atomic(path, data, storage_options=self._options, durable=False)
 
     def read_chunk_ids(self, chunk_id: int) -> list[str] | None:
-        """The ids :meth:`write_chunk_ids` wrote, or None when there is no such file (batch files
-        that are not fixed-width, or state from before these files)."""
+        """The ids :meth:`write_chunk_ids` wrote, or None when there is no such file or it is not
+        whole (batch files that are not fixed-width, state from before these files, a crash)."""
         path = self._path("requests", f"chunk-{chunk_id:05d}.ids")
         if not exists(path, storage_options=self._options):
             return None
         header, _, packed = self._read(path).partition(b"\n")
-        width = int(header)
-        if width < 1 or len(packed) % width:
-            raise StateError(
-                f"{path} is damaged ({len(packed)} bytes of ids of {width}); prepare the job again"
-            )
+        try:
+            count, width = (int(field) for field in header.split())
+        except ValueError:
+            count = width = 0
+        if width < 1 or len(packed) != count * width or not packed.isascii():
+            logger.warning(
+                "chunk %d of job %s: its ids file is not whole; reading its batch file instead",
+                chunk_id, self.job_id,
+            )  # fmt: skip
+            return None
         text = packed.decode("ascii")
         return [text[i : i + width] for i in range(0, len(text), width)]
 

@@ -623,6 +623,7 @@ def write_bytes_atomic(
     *,
     storage_options: dict[str, Any] | None = None,
     drop_cache: bool = False,
+    durable: bool = True,
 ) -> None:
     """Write bytes to a file so that readers see either the old or the new content, never a mix.
 
@@ -634,6 +635,8 @@ def write_bytes_atomic(
         storage_options: Passed to the fsspec filesystem.
         drop_cache: A local file's pages leave the page cache once written and synced (see
             :func:`write_parquet_batches_atomic`).
+        durable: Sync a local file and its directory before returning. Without it a crash may
+            leave the file missing or short: for files that can be rebuilt, checked when read.
 
     Raises:
         TableError: The write failed (no temporary file is left behind).
@@ -654,6 +657,7 @@ def write_bytes_atomic(
         storage_options=storage_options,
         shown=_redact(destination),
         drop_cache=drop_cache,
+        durable=durable,
     )
 
 
@@ -1055,11 +1059,14 @@ def _write_atomic(
     storage_options: Mapping[str, Any] | None,
     shown: str,
     drop_cache: bool = False,
+    durable: bool = True,
 ) -> None:
     try:
         fs, path = _filesystem(destination, storage_options)
         if isinstance(fs, LocalFileSystem):
-            _write_local(path, write, overwrite=overwrite, shown=shown, drop_cache=drop_cache)
+            _write_local(
+                path, write, overwrite=overwrite, shown=shown, drop_cache=drop_cache, durable=durable
+            )
             return
         if not overwrite and fs.exists(path):
             raise _exists_error(shown)
@@ -1114,7 +1121,13 @@ class _DropBehindFile(io.FileIO):
 
 
 def _write_local(
-    path: str, write: Callable[[Any], None], *, overwrite: bool, shown: str, drop_cache: bool = False
+    path: str,
+    write: Callable[[Any], None],
+    *,
+    overwrite: bool,
+    shown: str,
+    drop_cache: bool = False,
+    durable: bool = True,
 ) -> None:
     directory = os.path.dirname(path) or "."
     os.makedirs(directory, exist_ok=True)
@@ -1129,7 +1142,8 @@ def _write_local(
         with io.BufferedWriter(raw) as file:
             write(file)
             file.flush()
-            os.fsync(file.fileno())
+            if durable or drop:
+                os.fsync(file.fileno())
             if drop:
                 _drop_cached_pages(file.fileno())
         if overwrite:
@@ -1140,7 +1154,8 @@ def _write_local(
         with contextlib.suppress(FileNotFoundError):
             os.unlink(temporary)
         raise
-    _fsync_directory(directory)
+    if durable:
+        _fsync_directory(directory)
 
 
 def _publish_without_overwrite(temporary: str, path: str, shown: str) -> None:

@@ -17,7 +17,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from prefect_llm_batch.errors import ProviderUnavailable, StateError
+from prefect_llm_batch.errors import ProviderUnavailable
 from prefect_llm_batch.jobs import batches
 from prefect_llm_batch.jobs.batches import _chunk_custom_ids, select_results
 from prefect_llm_batch.providers import openai as openai_module
@@ -483,9 +483,18 @@ def test_prepare_writes_each_batch_files_ids_and_collecting_reads_them_not_the_b
 
     monkeypatch.setattr(store, "read_chunk_input", no_batch_file)
     assert _chunk_custom_ids(store, 1) == store.read_chunk_ids(1)
-    ids_file = tmp_path / "state" / "jobs" / ref.job_id / "requests" / "chunk-00001.ids"
-    ids_file.write_bytes(ids_file.read_bytes()[:-5])
-    with pytest.raises(StateError, match="damaged"):
-        store.read_chunk_ids(1)
-    ids_file.unlink()
+    monkeypatch.undo()
+    whole = tmp_path / "state" / "jobs" / ref.job_id / "requests" / "chunk-00001.ids"
+    want = store.read_chunk_ids(1)
+    for damaged in (whole.read_bytes()[:-5], b"", b"300 43\n", b"x y\n" + b"a" * 43):
+        whole.write_bytes(damaged)  # as a crash may leave it (the file is not synced)
+        assert store.read_chunk_ids(1) is None
+        assert _chunk_custom_ids(store, 1) == want  # from the batch file
+    whole.unlink()
     assert store.read_chunk_ids(1) is None
+    assert _chunk_custom_ids(store, 1) == want
+    # ids of several widths (not this package's) get no ids file: the batch file is read
+    store.write_chunk_ids(1, pa.array(["a" * 43, "b" * 42]))
+    assert store.read_chunk_ids(1) is None
+    store.write_chunk_ids(1, pa.array(want).slice(10, 5))  # a slice of an array: its own ids
+    assert store.read_chunk_ids(1) == want[10:15]

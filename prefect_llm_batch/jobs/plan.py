@@ -28,7 +28,6 @@ from ..requests import (
     RequestEncoder,
     Texts,
     canonical_json,
-    fixed_width_ids,
     normalise_base_url,
 )
 from ..results import EMBEDDING_COLUMN, OUTPUT_COLUMNS, RESULT_SCHEMA, result_schema
@@ -202,6 +201,7 @@ class _ChunkWriter:
         self._packer = ChunkPacker(limits)
         self._next_id = first_id
         self._parts: list[memoryview] = []  # the open batch's lines, as views into Arrow buffers
+        self._ids: list[pa.Array[Any]] | None = []  # their custom_ids (None: not all known)
         self._count = 0
         self._bytes = 0
         self._tokens = 0
@@ -213,6 +213,7 @@ class _ChunkWriter:
         lines: pa.Array[Any] | list[bytes],
         rows: npt.NDArray[np.int64] | None,
         keep: npt.NDArray[np.int64] | None = None,
+        ids: pa.Array[Any] | None = None,
     ) -> None:
         """Add lines in order.
 
@@ -222,6 +223,8 @@ class _ChunkWriter:
             keep: Add only the lines at these increasing positions of ``lines`` (None: all).
                 Runs of consecutive lines are added as views of ``lines``' buffer: no copy
                 until the batch file is assembled.
+            ids: The ``custom_id`` of each of ``lines``: written beside each batch file, for
+                collecting it (None: the batch files have none beside them).
         """
         if isinstance(lines, list):
             lines = pa.array(lines, pa.large_binary())
@@ -242,6 +245,10 @@ class _ChunkWriter:
             if start == stop:  # the first line added opens a new batch: nothing for the open one
                 continue
             segment = picked[start:stop]
+            if ids is None:
+                self._ids = None
+            elif self._ids is not None:
+                self._ids.append(ids.take(segment))
             # Runs of consecutive lines: one view of the buffer each.
             breaks = np.flatnonzero(np.diff(segment) != 1) + 1
             for first, last in zip(
@@ -253,9 +260,8 @@ class _ChunkWriter:
             self._tokens += int((sizes[start:stop] // 4).sum())
             self._count += stop - start
 
-    def _write(self, chunk_id: int, data: bytes) -> None:
+    def _write(self, chunk_id: int, data: bytes, ids: pa.Array[Any] | None) -> None:
         self.store.write_chunk_input(chunk_id, data)
-        ids = fixed_width_ids(data)
         if ids is not None:  # what collecting the batch reads, instead of the whole batch file
             self.store.write_chunk_ids(chunk_id, ids)
         if not self.store.has_chunk(chunk_id):
@@ -266,7 +272,8 @@ class _ChunkWriter:
         # Written by a second thread (I/O, outside the GIL) while the next lines are built; at
         # most one write in flight, so at most two batch files are in memory.
         self._wait()
-        self._pending = self._executor.submit(self._write, chunk_id, b"".join(self._parts))
+        ids = pa.concat_arrays(self._ids) if self._ids else None
+        self._pending = self._executor.submit(self._write, chunk_id, b"".join(self._parts), ids)
         self.records.append(
             ChunkPlanRecord(
                 chunk_id=chunk_id,
@@ -277,7 +284,7 @@ class _ChunkWriter:
             )
         )
         self._next_id += 1
-        self._parts, self._count, self._bytes, self._tokens = [], 0, 0, 0
+        self._parts, self._ids, self._count, self._bytes, self._tokens = [], [], 0, 0, 0
 
     def _wait(self) -> None:
         if self._pending is not None:
@@ -328,7 +335,7 @@ def _add_lines(
     writer: _ChunkWriter, encoded: EncodedRequests, rows: npt.NDArray[np.int64], new: npt.NDArray[np.int64]
 ) -> None:
     """Add a slice's new requests (their rows in the input, their positions in the slice)."""
-    writer.add(encoded.lines_array(), rows, new)
+    writer.add(encoded.lines_array(), rows, new, encoded.custom_id_array)
 
 
 def _render(template: PromptTemplate, table: pa.Table, id_column: str | None, first_row: int) -> Texts:
