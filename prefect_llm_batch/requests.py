@@ -558,6 +558,17 @@ class EncodedRequests:
 ID_HEAD = b'{"custom_id":"'
 
 
+def split_fixed_width(packed: bytes, width: int) -> list[str]:
+    """ASCII ids packed end to end, ``width`` bytes each, as strings.
+
+    Examples:
+        >>> split_fixed_width(b"k1k2k3", 2)
+        ['k1', 'k2', 'k3']
+    """
+    text = packed.decode("ascii")
+    return [text[i : i + width] for i in range(0, len(text), width)]
+
+
 def fixed_width_ids(data: bytes) -> npt.NDArray[np.uint8] | None:
     """The ``custom_id`` of every line of a batch file, one row of bytes per line, sliced out with
     numpy; None unless every line is :data:`ID_HEAD`, an id of one width in plain printable ASCII

@@ -50,6 +50,7 @@ import pyarrow.parquet as pq
 from pydantic import BaseModel, Field
 
 from .errors import JobLocked, StateError, TableError
+from .requests import split_fixed_width
 from .spec import BatchLimits
 from .table import exists, read_bytes, write_bytes_atomic, write_parquet_batches_atomic
 
@@ -298,8 +299,7 @@ class JobStore:
                 chunk_id, self.job_id,
             )  # fmt: skip
             return None
-        text = packed.decode("ascii")
-        return [text[i : i + width] for i in range(0, len(text), width)]
+        return split_fixed_width(packed, width)
 
     def read_chunk_input(self, chunk_id: int) -> bytes:
         """Read a chunk's batch input file (its pages then leave the page cache)."""

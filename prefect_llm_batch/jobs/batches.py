@@ -18,7 +18,7 @@ from pydantic import BaseModel
 from ..errors import AmbiguousCreate, BatchFailed, ProviderRejected, StateError
 from ..providers.base import BatchInfo, BatchProvider, BatchStatus
 from ..providers.openai import EMBEDDINGS_ENDPOINT
-from ..requests import ID_HEAD, fixed_width_ids
+from ..requests import ID_HEAD, fixed_width_ids, split_fixed_width
 from ..results import RowResult, results_to_table, short
 from ..spec import ErrorKind, RunOptions
 from ..store import ChunkState, JobRecord, JobStore, ResponseCache
@@ -366,9 +366,7 @@ def _reset_for_resubmission(store: JobStore, state: ChunkState) -> None:
 
 
 def _id_strings(matrix: npt.NDArray[np.uint8]) -> list[str]:
-    width = matrix.shape[1]
-    text = matrix.tobytes().decode("ascii")
-    return [text[i : i + width] for i in range(0, len(text), width)]
+    return split_fixed_width(matrix.tobytes(), matrix.shape[1])
 
 
 def _chunk_custom_ids(store: JobStore, chunk_id: int) -> list[str]:
