@@ -832,6 +832,38 @@ def probe_first_touch() -> str:
     )
 
 
+_PAGE_CACHE_PROBE = """
+import json, os, shutil, sys, time
+from prefect_llm_batch.table import write_bytes_atomic
+root, data, out = sys.argv[1], os.urandom(1 << 20) * 32, {}
+for drop in (False, True):
+    shutil.rmtree(root, ignore_errors=True)
+    time.sleep(3)  # pages freed before go back to the host first (if it takes them)
+    start = time.perf_counter()
+    for i in range(8):
+        write_bytes_atomic(f"{root}/file-{i}", data, drop_cache=drop)
+    out["dropped" if drop else "kept"] = time.perf_counter() - start
+shutil.rmtree(root, ignore_errors=True)
+print(json.dumps(out))
+"""
+
+
+def probe_page_cache() -> str:
+    """How long writing 256 MB of new files (8 of 32 MB, each synced) takes here, with their pages
+    kept in the page cache and with them dropped behind the write (``drop_cache``)."""
+    root = str(WORK_ROOT / "page-cache-probe")
+    done = subprocess.run(
+        [sys.executable, "-c", _PAGE_CACHE_PROBE, root], capture_output=True, text=True, check=False
+    )
+    if done.returncode != 0:
+        return "Page-cache probe: unavailable on this machine."
+    took = json.loads(done.stdout)
+    return (
+        f"Writing 256 MB of new files (8 of 32 MB, each synced) on this machine: {took['kept']:.2f} s "
+        f"with their pages kept in the page cache, {took['dropped']:.2f} s dropped behind the write."
+    )
+
+
 def _warm_inputs(stage: str, rows: int, seed: int) -> None:
     """Read a stage's input files once, untimed, so that every variant starts from the page cache.
 
@@ -1227,7 +1259,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         os.environ["PREFECT_LLM_BATCH_SMALL_PAGES"] = "0"  # the stages' processes inherit it
     started = time.perf_counter()
     WORK_ROOT.mkdir(parents=True, exist_ok=True)
-    probe = "" if args.quick else probe_first_touch()
+    probe = "" if args.quick else f"{probe_first_touch()}\n{probe_page_cache()}"
     suite = run_suite(args)
     print(f"prefect_llm_batch measured: {suite.package}\n")
     pools = sorted({str(result.get("arrow_pool")) for result in suite.results.values()})

@@ -5,7 +5,7 @@ Layout under ``{state_dir}/jobs/{job_id}/``::
     job.json                   the plan (written last when preparing: its presence means "prepared")
     rows.parquet               the custom_id of every input row, in row order
     requests/chunk-00000.jsonl the batch input file of each chunk, exactly as uploaded
-    requests/chunk-00000.ids   its requests' custom_ids, packed (the width, a newline, then the ids)
+    requests/chunk-00000.ids   its requests' custom_ids: "count width\\n", then the ids packed
     chunks/chunk-00000.json    each chunk's state: intent, input file, batch id, status, history
     results/chunk-00000.parquet each chunk's parsed results (one row per custom_id)
     results/cached.parquet     answers taken from the response cache when the job was prepared

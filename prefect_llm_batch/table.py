@@ -1103,9 +1103,10 @@ class _DropBehindFile(io.FileIO):
     kernel drop those pages, so that writing a big file holds that much page cache, not the file.
 
     Where the page cache costs memory the machine must first take (virtual machines whose host
-    reclaims freed memory: about 10 s per GB on the machines of ``benchmarks/RESULTS.md``, where
-    600 MB of batch files with an ``fsync`` each took 5.7-7.4 s kept in the cache, 0.5-0.7 s
-    dropped behind), the next write reuses the pages the last one gave back.
+    reclaims freed memory: on the machines of ``benchmarks/RESULTS.md``, 256 MB of new synced
+    files took 2.83 s kept in the cache and 0.21 s dropped behind, as the probe that
+    ``benchmarks/run.py`` prints first measures), the next write reuses the pages the last one
+    gave back.
     """
 
     _pending = 0

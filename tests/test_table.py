@@ -697,12 +697,22 @@ def test_drop_cache_is_only_where_asked_and_reads_can_drop_too(
 def test_a_job_drops_its_batch_files_row_ids_and_results_but_not_its_output(
     tmp_path: Path, dropped: list[tuple[int, int]]
 ) -> None:
+    from prefect_llm_batch.jobs.output import TableAnswers, write_joined
+    from prefect_llm_batch.results import RowResult, result_positions, results_to_table
     from prefect_llm_batch.store import JobStore
+    from prefect_llm_batch.table import scan_table
 
     store = JobStore(str(tmp_path / "state"), "job1")
     store.write_chunk_input(0, b'{"custom_id":"a"}\n' * 10_000)
     store.write_row_ids(["a"] * 10_000)
-    assert len(dropped) >= 2
+    store.write_results(0, results_to_table([RowResult("a", response="yes")]))
+    assert len(dropped) >= 3
     count = len(dropped)
-    write_parquet_atomic(pa.table({"a": list(range(50_000))}), str(tmp_path / "out.parquet"))
-    assert len(dropped) == count
+    source = tmp_path / "in.parquet"
+    pq.write_table(pa.table({"text": [os.urandom(40).hex() for _ in range(10_000)]}), source)
+    results = results_to_table([RowResult("a", response="yes")])
+    positions = result_positions(pa.array(["a"] * 10_000), results)
+    output = str(tmp_path / "out.parquet")
+    rows, _ = write_joined(scan_table(str(source)), TableAnswers(results, positions), output)
+    assert rows == 10_000 and os.path.getsize(output) > 1 << 16
+    assert len(dropped) == count  # the output is what the user reads next: it stays cached
