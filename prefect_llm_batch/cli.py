@@ -476,7 +476,7 @@ def cache_info(state_dir: StateDirOption = None) -> None:
 
     cache = ResponseCache(_state_dir(state_dir))
     segments, answers, size = cache.stats()
-    typer.echo(f"{cache.root}: {answers} answers in {segments} segment(s), {size / 1e6:.1f} MB")
+    typer.echo(f"{cache.base}: {answers} answers in {segments} segment(s), {size / 1e6:.1f} MB")
 
 
 @cache_app.command("clear")
@@ -489,7 +489,7 @@ def cache_clear(
 
     cache = ResponseCache(_state_dir(state_dir))
     removed = cache.clear(older_than * 86400 if older_than is not None else None)
-    typer.echo(f"removed {removed} segment(s) from {cache.root}")
+    typer.echo(f"removed {removed} segment(s) from {cache.base}")
 
 
 @app.command("fake-server")

@@ -15,9 +15,13 @@ Layout under ``{state_dir}/jobs/{job_id}/``::
 
 and, shared by every job of the state directory, the **response cache**::
 
-    {state_dir}/cache/segments/{time_ns}-{job_id}-chunk-00000-a1.parquet   successful answers by custom_id
+    {state_dir}/cache/results/{time_ns}-{job_id}-chunk-00000-a1.parquet    a chunk's stored results
+    {state_dir}/cache/segments/{time_ns}-{name}.parquet                    successful answers by custom_id
 
-(named by write time, so that the newest answer to a request wins, e.g. after a refresh)
+(named by write time, so that the newest answer to a request wins, e.g. after a refresh). A
+collected chunk's segment under ``results/`` is its ``results/chunk-00000.parquet`` itself, a
+hard link where the filesystem allows (so deleting the job keeps the cache), errors included:
+the cache skips rows with a ``response_error_kind``.
 
 The cache holds answers (and so, indirectly, prompts' content): clear it with
 ``prefect-llm-batch cache clear`` (optionally ``--older-than DAYS``) or delete the folder.
@@ -52,7 +56,14 @@ from pydantic import BaseModel, Field
 from .errors import JobLocked, StateError, TableError
 from .requests import split_fixed_width
 from .spec import BatchLimits
-from .table import exists, read_bytes, write_bytes_atomic, write_parquet_batches_atomic
+from .table import (
+    dictionary_columns,
+    exists,
+    link_or_write_atomic,
+    read_bytes,
+    write_bytes_atomic,
+    write_parquet_batches_atomic,
+)
 
 #: Schema of a job's ``rows.parquet``: the request key of every input row, in row order.
 ROW_IDS_SCHEMA = pa.schema([pa.field("custom_id", pa.string())])
@@ -328,14 +339,20 @@ class JobStore:
 
     # results ----------------------------------------------------------------------------
 
-    def write_results(self, chunk_id: int, table: pa.Table) -> None:
-        """Write one chunk's parsed results."""
-        path = self._path("results", f"chunk-{chunk_id:05d}.parquet")
-        self._write(path, _parquet_bytes(table), drop_cache=True)
+    def results_path(self, chunk_id: int) -> str:
+        """Where one chunk's parsed results are (see :meth:`write_results`)."""
+        return self._path("results", f"chunk-{chunk_id:05d}.parquet")
+
+    def write_results(self, chunk_id: int, table: pa.Table) -> bytes:
+        """Write one chunk's parsed results; returns the file's bytes (see
+        :meth:`ResponseCache.add_results`)."""
+        data = _parquet_bytes(table)
+        self._write(self.results_path(chunk_id), data, drop_cache=True)
+        return data
 
     def read_results(self, chunk_id: int, columns: list[str] | None = None) -> pa.Table:
         """Read one chunk's parsed results (only ``columns`` when given, reading only theirs)."""
-        return self._read_parquet(self._path("results", f"chunk-{chunk_id:05d}.parquet"), columns)
+        return self._read_parquet(self.results_path(chunk_id), columns)
 
     def _read_parquet(self, path: str, columns: list[str] | None) -> pa.Table:
         if columns is None:
@@ -618,6 +635,12 @@ class ResponseCache:
     then the matching rows. Since a ``custom_id`` hashes provider, base URL, endpoint and body
     (model, params, prompt), a changed model or provider never finds a stale answer.
 
+    Two kinds of segment: ``segments/`` hold answers only (:meth:`add`); ``results/`` hold a
+    chunk's stored results as they are, errors included (:meth:`add_results`: a hard link to
+    the job's file where the filesystem has them, so nothing is encoded or written twice). Every
+    reader here skips rows with a ``response_error_kind``; the separate folder keeps versions
+    from before it, which read only ``segments/``, from taking an error for an answer.
+
     Examples:
         >>> import pyarrow as pa
         >>> cache = ResponseCache("memory://doc-cache")
@@ -626,27 +649,58 @@ class ResponseCache:
         [{'custom_id': 'b', 'response': 'y'}]
     """
 
+    #: The folders of segments under ``{state_dir}/cache``.
+    FOLDERS = ("segments", "results")
+
     def __init__(self, state_dir: str, storage_options: dict[str, Any] | None = None) -> None:
-        self.root = f"{state_dir.rstrip('/')}/cache/segments"
+        self.base = f"{state_dir.rstrip('/')}/cache"
+        self.root = f"{self.base}/segments"
         self._options = storage_options
-        self._fs, self._fs_root = fsspec.core.url_to_fs(self.root, **(storage_options or {}))
+        self._fs, self._fs_base = fsspec.core.url_to_fs(self.base, **(storage_options or {}))
 
     def segments(self) -> list[str]:
-        """Paths of the segment files (oldest name first)."""
-        if not self._fs.exists(self._fs_root):
-            return []
-        return sorted(p for p in self._fs.ls(self._fs_root, detail=False) if str(p).endswith(".parquet"))
+        """Paths of the segment files of both folders, oldest first (by the time in their names)."""
+        paths = []
+        for folder in self.FOLDERS:
+            root = f"{self._fs_base}/{folder}"
+            if self._fs.exists(root):
+                paths += [str(p) for p in self._fs.ls(root, detail=False) if str(p).endswith(".parquet")]
+        return sorted(paths, key=lambda p: (p.rsplit("/", 1)[-1], p))
+
+    def _name(self, name: str) -> str:
+        return f"{time.time_ns():020d}-{name}.parquet"
 
     def add(self, name: str, table: pa.Table) -> None:
         """Store a segment of answers (rows with a ``custom_id``); its file name starts with the
         time, so that :meth:`lookup` prefers the newest answer."""
         if table.num_rows == 0:
             return
-        write_bytes_atomic(
-            f"{self.root}/{time.time_ns():020d}-{name}.parquet",
-            _parquet_bytes(table),
-            storage_options=self._options,
+        path = f"{self.root}/{self._name(name)}"
+        write_bytes_atomic(path, _parquet_bytes(table), storage_options=self._options)
+
+    def add_results(self, name: str, path: str, data: bytes) -> None:
+        """Add a chunk's stored results file (``path``, whose bytes are ``data``) as a segment.
+
+        Locally it is a hard link to the file (a copy where links are not possible); elsewhere
+        ``data`` is written. Rows with an error are in the segment and skipped by every reader.
+        """
+        link_or_write_atomic(
+            path, f"{self.base}/results/{self._name(name)}", data, storage_options=self._options
         )
+
+    def _read(self, path: str, columns: list[str] | None = None) -> pa.Table:
+        """A segment's answers (only ``columns`` when given), its error rows left out."""
+        with self._fs.open(path, "rb") as handle:
+            file = pq.ParquetFile(handle)
+            names = file.schema_arrow.names
+            errors = "response_error_kind" in names
+            wanted = None if columns is None else [*columns, *(["response_error_kind"] if errors else [])]
+            table = file.read(columns=list(dict.fromkeys(wanted)) if wanted is not None else None)
+        if errors:
+            table = table.filter(table.column("response_error_kind").is_null())
+            if columns is not None and "response_error_kind" not in columns:
+                table = table.drop_columns(["response_error_kind"])
+        return table
 
     def lookup(self, custom_ids: list[str]) -> pa.Table | None:
         """Cached rows for the given ids (each id at most once), or None when none is cached."""
@@ -656,8 +710,7 @@ class ResponseCache:
         found: list[pa.Table] = []
         seen: pa.Array[Any] = pa.array([], pa.string())
         for path in reversed(self.segments()):  # newest segment (by its time-stamped name) wins
-            with self._fs.open(path, "rb") as handle:
-                segment = pq.read_table(handle)
+            segment = self._read(path)
             ids = segment.column("custom_id")
             mask = pc.and_(pc.is_in(ids, value_set=wanted), pc.invert(pc.is_in(ids, value_set=seen)))
             hits = segment.filter(mask)
@@ -669,19 +722,16 @@ class ResponseCache:
         return pa.concat_tables(found, promote_options="default")
 
     def ids(self) -> pa.Array[Any]:
-        """Every cached ``custom_id`` once (only that column of each segment is read)."""
-        columns = []
-        for path in self.segments():
-            with self._fs.open(path, "rb") as handle:
-                columns.append(pq.read_table(handle, columns=["custom_id"]).column("custom_id"))
+        """Every cached ``custom_id`` once (only the ids, and the errors, of each segment are read)."""
+        columns = [self._read(path, ["custom_id"]).column("custom_id") for path in self.segments()]
         if not columns:
             return pa.array([], pa.string())
         return pc.unique(pa.chunked_array(columns, pa.string()).combine_chunks())
 
     def stats(self) -> tuple[int, int, int]:
-        """(segments, answers, bytes) in the cache."""
+        """(segments, answers, bytes) in the cache (a linked segment's bytes are the job's file's)."""
         paths = self.segments()
-        answers = sum(pq.ParquetFile(self._fs.open(p, "rb")).metadata.num_rows for p in paths)
+        answers = sum(self._read(p, ["custom_id"]).num_rows for p in paths)
         size = sum(int(self._fs.info(p).get("size") or 0) for p in paths)
         return len(paths), answers, size
 
@@ -703,5 +753,7 @@ class ResponseCache:
 
 def _parquet_bytes(table: pa.Table) -> bytes:
     sink = pa.BufferOutputStream()
-    pq.write_table(table, sink)
+    # Ids and answers are mostly distinct: written plain (see dictionary_columns), a fifth faster.
+    options: dict[str, Any] = {"use_dictionary": dictionary_columns(table.schema, table.slice(0, 4096))}
+    pq.write_table(table, sink, **options)  # (the stubs take only a bool)
     return bytes(sink.getvalue().to_pybytes())

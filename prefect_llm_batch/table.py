@@ -67,6 +67,7 @@ import fsspec.core
 import fsspec.utils
 import orjson
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.csv as pa_csv
 import pyarrow.json as pa_json
 import pyarrow.parquet as pq
@@ -659,6 +660,105 @@ def write_bytes_atomic(
         drop_cache=drop_cache,
         durable=durable,
     )
+
+
+def link_or_write_atomic(
+    source: str,
+    destination: str,
+    data: bytes,
+    *,
+    storage_options: dict[str, Any] | None = None,
+) -> bool:
+    """Make ``destination`` hold the content of ``source`` (which is ``data``), atomically.
+
+    A hard link where both are local files on one filesystem: no byte is written twice, and
+    the link lives on when ``source`` is later replaced or deleted (both are names of one
+    file, and replacing a name never changes the file). Anywhere else (object stores,
+    filesystems without hard links, two devices), ``data`` is written as by
+    :func:`write_bytes_atomic`. The destination is synced either way.
+
+    Args:
+        source: A file that exists and holds ``data``.
+        destination: Where the same content goes (replaced if it exists).
+        data: The content of ``source``.
+        storage_options: Passed to the fsspec filesystem of both.
+
+    Returns:
+        True when linked, False when written.
+
+    Raises:
+        TableError: The write failed.
+
+    Examples:
+        >>> write_bytes_atomic("memory://docs/a.bin", b"same")
+        >>> link_or_write_atomic("memory://docs/a.bin", "memory://docs/b.bin", b"same")
+        False
+        >>> read_bytes("memory://docs/b.bin")
+        b'same'
+    """
+    try:
+        fs, path = _filesystem(destination, storage_options)
+        source_fs, source_path = _filesystem(source, storage_options)
+        if isinstance(fs, LocalFileSystem) and isinstance(source_fs, LocalFileSystem):
+            directory = os.path.dirname(path) or "."
+            os.makedirs(directory, exist_ok=True)
+            temporary = os.path.join(directory, f".{os.path.basename(path)}.{secrets.token_hex(6)}.tmp")
+            try:
+                os.link(source_path, temporary)
+            except OSError:  # no hard links here, or another device: write the bytes
+                pass
+            else:
+                try:
+                    os.replace(temporary, path)
+                except BaseException:
+                    with contextlib.suppress(FileNotFoundError):
+                        os.unlink(temporary)
+                    raise
+                _fsync_directory(directory)
+                return True
+    except OSError as exc:
+        raise TableError(f"cannot write {_redact(destination)}: {exc}") from exc
+    write_bytes_atomic(destination, data, storage_options=storage_options)
+    return False
+
+
+def dictionary_columns(schema: pa.Schema, sample: pa.Table | None) -> list[str]:
+    """The columns worth dictionary-encoding in a Parquet file: those that repeat values.
+
+    Parquet tries a dictionary for every column by default and, for a column of mostly
+    distinct values (ids, reviews, answers, timestamps), gives up after the work. Judged on a
+    sample of at least 1,000 rows, a flat column with more distinct values than half the
+    sample's rows is written plain (no bigger, and faster to write); nested columns (lists such
+    as embeddings) are always written plain. Without a big enough sample, every flat column
+    keeps Parquet's default.
+
+    Args:
+        schema: The file's schema.
+        sample: The first rows to be written, or None.
+
+    Returns:
+        The names of the columns to write with a dictionary (``use_dictionary`` of
+        ``pyarrow.parquet.ParquetWriter``).
+
+    Examples:
+        >>> import pyarrow as pa
+        >>> sample = pa.table({"id": range(2000), "kind": ["a", "b"] * 1000})
+        >>> dictionary_columns(sample.schema, sample)
+        ['kind']
+        >>> dictionary_columns(sample.schema, None)
+        ['id', 'kind']
+    """
+    names = []
+    judged = sample is not None and sample.num_rows >= 1000
+    for field in schema:
+        if pa.types.is_nested(field.type):
+            continue
+        if judged and sample is not None and field.name in sample.column_names:
+            distinct = pc.count_distinct(sample.column(field.name)).as_py()
+            if distinct > sample.num_rows // 2:
+                continue
+        names.append(field.name)
+    return names
 
 
 def read_bytes(

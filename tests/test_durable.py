@@ -260,6 +260,61 @@ def test_cache_lookup_prefers_the_answer_written_last(tmp_path: Path) -> None:
     ]
 
 
+def test_rows_that_failed_are_never_answered_from_the_cache(
+    server: FakeProviderServer, runner: Runner, tmp_path: Path
+) -> None:
+    values = texts(12)
+    values[4] = "bad [[fake:400]]"
+    values[9] = "flaky [[fake:500]]"
+    src = write_source(tmp_path / "in.parquet", values)
+    state = tmp_path / "state"
+    options = FAST.model_copy(update={"max_attempts": 1})
+    ref, first, _ = runner.run(src, state, target(server), options=options)
+    assert first.error_rows == 2
+    # The cache's segment is the job's stored results file itself (errors included), not a copy.
+    [segment] = (state / "cache" / "results").iterdir()
+    stored = Path(JobStore(str(state), ref.job_id).results_path(0))
+    assert os.path.samefile(segment, stored) and segment.stat().st_nlink == 2
+    assert ResponseCache(str(state)).stats()[1] == 10  # answers: the 10 rows without an error
+    shutil.rmtree(state / "jobs")  # the link keeps the segment
+    received = server.stats.requests_received
+    _, summary, table = runner.run(src, state, target(server), options=options)
+    assert server.stats.requests_received - received == 2  # only the two failed rows, again
+    assert summary.cached_requests == 10
+    cached = table.column("response_cached").to_pylist()
+    assert [i for i, c in enumerate(cached) if not c] == [4, 9]
+    kinds = table.column("response_error_kind").to_pylist()
+    assert (kinds[4], kinds[9]) == ("invalid_request", "server_error")
+
+
+def test_stored_results_in_the_cache_give_answers_only_newest_first(tmp_path: Path) -> None:
+    from prefect_llm_batch.results import RowResult, results_to_table
+    from prefect_llm_batch.spec import ErrorKind
+
+    state = str(tmp_path / "state")
+    store, cache = JobStore(state, "job1"), ResponseCache(state)
+    cache.add("job0-chunk-00000-a1", pa.table({"custom_id": ["k1", "k2"], "response": ["old", "old"]}))
+    table = results_to_table(
+        [RowResult("k1", response="new"), RowResult("k2", error_kind=ErrorKind.SERVER_ERROR, error="down")]
+    )
+    cache.add_results("job1-chunk-00000-a1", store.results_path(0), store.write_results(0, table))
+    table = results_to_table([RowResult("k3", error_kind=ErrorKind.INVALID_REQUEST, error="bad")])
+    cache.add_results("job1-chunk-00001-a1", store.results_path(1), store.write_results(1, table))
+    hits = cache.lookup(["k1", "k2", "k3"])
+    assert hits is not None
+    ids, responses = hits.column("custom_id").to_pylist(), hits.column("response").to_pylist()
+    answers = dict(zip(ids, responses, strict=True))
+    assert answers == {"k1": "new", "k2": "old"}  # a later error does not hide an earlier answer
+    assert "response_error_kind" in hits.column_names and hits.column("response_error_kind").null_count == 2
+    assert sorted(cache.ids().to_pylist()) == ["k1", "k2"]
+    assert cache.stats()[:2] == (3, 3)  # segments; answers: k1, k2 (old), k1 (new)
+    # Only answers are under segments/, the one folder versions before this one read.
+    only_answers = pq.read_table(next((tmp_path / "state" / "cache" / "segments").iterdir()))
+    assert only_answers.column("response").to_pylist() == ["old", "old"]
+    assert cache.clear() == 3 and cache.lookup(["k1"]) is None
+    assert pq.read_table(store.results_path(0)).num_rows == 2  # the job's own file stays
+
+
 def test_cache_off_neither_reads_nor_writes(
     server: FakeProviderServer, runner: Runner, tmp_path: Path
 ) -> None:

@@ -19,8 +19,10 @@ import pytest
 from prefect_llm_batch import table as table_module
 from prefect_llm_batch.errors import InputError, TableError
 from prefect_llm_batch.table import (
+    dictionary_columns,
     exists,
     fingerprint,
+    link_or_write_atomic,
     read_bytes,
     read_table,
     table_format,
@@ -716,3 +718,61 @@ def test_a_job_drops_its_batch_files_row_ids_and_results_but_not_its_output(
     rows, _ = write_joined(scan_table(str(source)), TableAnswers(results, positions), output)
     assert rows == 10_000 and os.path.getsize(output) > 1 << 16
     assert len(dropped) == count  # the output is what the user reads next: it stays cached
+
+
+# ----- one file, two names; which columns get a dictionary ------------------------------------
+
+
+def test_link_or_write_links_local_files_and_the_link_outlives_the_source(tmp_path: Path) -> None:
+    source = str(tmp_path / "job" / "results.parquet")
+    write_bytes_atomic(source, b"answers")
+    destination = str(tmp_path / "cache" / "segment.parquet")
+    assert link_or_write_atomic(source, destination, b"answers") is True
+    assert os.path.samefile(source, destination) and os.stat(destination).st_nlink == 2
+    write_bytes_atomic(source, b"replaced")  # an atomic rewrite makes a new file under the name
+    assert read_bytes(destination) == b"answers"
+    os.unlink(source)
+    assert read_bytes(destination) == b"answers"
+    assert [p.name for p in (tmp_path / "cache").iterdir()] == ["segment.parquet"]  # no temporaries
+
+
+def test_link_or_write_writes_the_bytes_where_no_link_is_possible(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    source = str(tmp_path / "results.parquet")
+    write_bytes_atomic(source, b"answers")
+
+    def no_links(*args: Any, **kwargs: Any) -> None:
+        raise OSError(18, "Invalid cross-device link")
+
+    monkeypatch.setattr(table_module.os, "link", no_links)
+    destination = str(tmp_path / "cache" / "segment.parquet")
+    assert link_or_write_atomic(source, destination, b"answers") is False
+    assert read_bytes(destination) == b"answers" and not os.path.samefile(source, destination)
+    monkeypatch.undo()
+    remote = f"memory://link-test-{uuid.uuid4().hex}"
+    write_bytes_atomic(f"{remote}/results.parquet", b"answers")
+    assert link_or_write_atomic(f"{remote}/results.parquet", f"{remote}/b", b"answers") is False
+    assert read_bytes(f"{remote}/b") == b"answers"
+
+
+def test_dictionary_columns_leave_out_mostly_distinct_and_nested_columns() -> None:
+    n = 4000
+    sample = pa.table(
+        {
+            "id": pa.array(range(n)),
+            "text": pa.array([f"review {i}" for i in range(n)]),
+            "kind": pa.array(["a", "b", None, "c"] * (n // 4)),
+            "half": pa.array([i // 2 for i in range(n)]),  # exactly half distinct: still repeats
+            "embedding": pa.array([[float(i)] for i in range(n)], pa.list_(pa.float32())),
+            "flag": pa.array([True, False] * (n // 2)),
+        }
+    )
+    assert dictionary_columns(sample.schema, sample) == ["kind", "half", "flag"]
+    assert dictionary_columns(sample.schema, sample.slice(0, 999)) == ["id", "text", "kind", "half", "flag"]
+    assert dictionary_columns(sample.schema, None) == ["id", "text", "kind", "half", "flag"]
+    path = pa.BufferOutputStream()
+    pq.write_table(sample, path, use_dictionary=dictionary_columns(sample.schema, sample))
+    meta = pq.ParquetFile(pa.BufferReader(path.getvalue())).metadata.row_group(0)
+    encodings = {meta.column(i).path_in_schema: meta.column(i).encodings for i in range(meta.num_columns)}
+    assert "RLE_DICTIONARY" not in encodings["text"] and "RLE_DICTIONARY" in encodings["kind"]

@@ -650,10 +650,11 @@ def collect_chunk(
         lines = provider.download_results(info, embeddings=embeddings)
         table = select_results(lines, expected, info.id, chunk_id=chunk_id)
     table = _with_attempts(table, round_)
-    store.write_results(chunk_id, table)
-    if options.cache != "off":
-        ok = table.filter(table.column("response_error_kind").is_null())
-        ResponseCache(ref.state_dir).add(f"{ref.job_id}-chunk-{chunk_id:05d}-a{state.attempt}", ok)
+    stored = store.write_results(chunk_id, table)
+    if options.cache != "off" and table.column("response_error_kind").null_count:  # some answers
+        # The stored file itself, linked: the cache skips its error rows.
+        name = f"{ref.job_id}-chunk-{chunk_id:05d}-a{state.attempt}"
+        ResponseCache(ref.state_dir).add_results(name, store.results_path(chunk_id), stored)
     state.collected = True
     store.write_chunk(state)
     if not options.keep_input_files and state.input_file_id:

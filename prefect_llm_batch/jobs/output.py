@@ -37,6 +37,7 @@ from ..store import JobStore
 from ..table import (
     SCAN_BATCH_ROWS,
     TableScan,
+    dictionary_columns,
     fingerprint,
     read_ahead,
     scan_table,
@@ -370,27 +371,9 @@ def write_joined(
             overwrite=overwrite,
             metadata=metadata,
             storage_options=storage_options,
-            writer_options={"use_dictionary": _dictionary_columns(out_schema, first)},
+            writer_options={"use_dictionary": dictionary_columns(out_schema, first)},
         )
     return rows, counts
-
-
-def _dictionary_columns(schema: pa.Schema, sample: pa.Table | None) -> list[str]:
-    """Columns worth dictionary-encoding in the output: all but text columns that look unique.
-
-    Parquet tries a dictionary for every column by default and gives up, after the work, on
-    columns of mostly distinct long strings (reviews, documents): judged on the first slice,
-    those are written plain, which is about a fifth faster and no bigger.
-    """
-    names = []
-    for field in schema:
-        text = pa.types.is_string(field.type) or pa.types.is_large_string(field.type)
-        if text and sample is not None and sample.num_rows >= 1000:
-            distinct = pc.count_distinct(sample.column(field.name)).as_py()
-            if distinct > sample.num_rows // 2:
-                continue
-        names.append(field.name)
-    return names
 
 
 def assemble(

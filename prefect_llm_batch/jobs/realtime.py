@@ -111,17 +111,18 @@ def run_chunk_realtime(ref: JobRef, chunk_id: int, client: RealtimeClient, optio
     by_id = pa.concat_tables(parts) if parts else results_to_table([], embeddings=embeddings)
     order = pa.array([str(line["custom_id"]) for line in lines], pa.string())
     table = by_id.take(pc.index_in(order, value_set=by_id.column("custom_id")))
-    store.write_results(chunk_id, table)
-    ok = table.filter(table.column("response_error_kind").is_null())
-    if options.cache != "off":
-        ResponseCache(ref.state_dir).add(f"{ref.job_id}-chunk-{chunk_id:05d}-realtime", ok)
+    stored = store.write_results(chunk_id, table)
+    if options.cache != "off" and table.column("response_error_kind").null_count:  # some answers
+        name = f"{ref.job_id}-chunk-{chunk_id:05d}-realtime"
+        ResponseCache(ref.state_dir).add_results(name, store.results_path(chunk_id), stored)
+    failed = table.num_rows - table.column("response_error_kind").null_count
     state.status, state.raw_status = "completed", "realtime"
-    state.total, state.completed, state.failed = table.num_rows, ok.num_rows, table.num_rows - ok.num_rows
+    state.total, state.completed, state.failed = table.num_rows, table.num_rows - failed, failed
     state.collected = True
     store.write_chunk(state)
     stats = client.stats
     logger.info(
         "chunk %d: %d requests in realtime, %d ok, %d answered 429",
-        chunk_id, table.num_rows, ok.num_rows, stats.responses_429,
+        chunk_id, table.num_rows, table.num_rows - failed, stats.responses_429,
     )  # fmt: skip
     return table.num_rows
