@@ -474,7 +474,8 @@ def collect_floor(context: StageContext) -> dict[str, Any]:
 def collect_job(context: StageContext) -> dict[str, Any]:
     """Collect as a job does it, from the same result lines: per batch what ``jobs.collect_chunk``
     does once a batch has ended (its request ids, ``parse_results`` of its output and error files,
-    ``select_results``, the stored results and the response cache), then ``jobs.assemble``
+    ``select_results``, then ``store_collected``: the stored results, the response cache and the
+    chunk's state), then ``jobs.assemble``
     (matching every row by key, each batch's stored answers read when first needed).
 
     Untimed set-up: ``jobs.prepare`` of the table, and the result files cut into one output and
@@ -487,11 +488,13 @@ def collect_job(context: StageContext) -> dict[str, Any]:
     import pyarrow.parquet as pq
 
     from prefect_llm_batch import jobs
+    from prefect_llm_batch.jobs import batches
     from prefect_llm_batch.jobs.batches import _chunk_custom_ids, _with_attempts, select_results
     from prefect_llm_batch.providers.openai import OpenAIBatchProvider
     from prefect_llm_batch.spec import ProviderTarget
     from prefect_llm_batch.store import JobStore, ResponseCache
 
+    store_collected = getattr(batches, "store_collected", None)
     files = ensure_results(context.rows, context.seed)
     source = str(ensure_table(context.rows, context.seed))
     spec, _ = _spec_and_target(KEY_BASE_URL)
@@ -544,13 +547,17 @@ def collect_job(context: StageContext) -> dict[str, Any]:
             table = select_results(lines, wanted, batch_id, chunk_id=chunk_id)
             table = _with_attempts(table.set_column(0, "custom_id", pa.array(expected, pa.string())), 1)
         with context.step("store results + cache"):
-            store.write_results(chunk_id, table)
-            ok = table.filter(table.column("response_error_kind").is_null())
-            ResponseCache(ref.state_dir).add(f"{ref.job_id}-chunk-{chunk_id:05d}-a1", ok)
             chunk = store.read_chunk(chunk_id)
-            chunk.batch_id, chunk.status, chunk.collected = batch_id, "completed", True
-            store.write_chunk(chunk)
-        del tables, lines, table, ok
+            chunk.batch_id, chunk.status = batch_id, "completed"
+            if store_collected is not None:
+                store_collected(ref, chunk, table)
+            else:  # a tree from before store_collected: what its collect_chunk did
+                store.write_results(chunk_id, table)
+                ok = table.filter(table.column("response_error_kind").is_null())
+                ResponseCache(ref.state_dir).add(f"{ref.job_id}-chunk-{chunk_id:05d}-a1", ok)
+                chunk.collected = True
+                store.write_chunk(chunk)
+        del tables, lines, table
     output = context.work / "collect-job.parquet"
     with context.step("assemble"):
         summary = jobs.assemble(ref, output=str(output), overwrite=True)

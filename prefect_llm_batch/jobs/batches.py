@@ -649,20 +649,34 @@ def collect_chunk(
     else:
         lines = provider.download_results(info, embeddings=embeddings)
         table = select_results(lines, expected, info.id, chunk_id=chunk_id)
-    table = _with_attempts(table, round_)
-    stored = store.write_results(chunk_id, table)
-    if options.cache != "off" and table.column("response_error_kind").null_count:  # some answers
-        # The stored file itself, linked: the cache skips its error rows.
-        name = f"{ref.job_id}-chunk-{chunk_id:05d}-a{state.attempt}"
-        ResponseCache(ref.state_dir).add_results(name, store.results_path(chunk_id), stored)
-    state.collected = True
-    store.write_chunk(state)
+    store_collected(ref, state, _with_attempts(table, round_), cache=options.cache != "off")
     if not options.keep_input_files and state.input_file_id:
         try:
             provider.delete_file(state.input_file_id)
         except Exception as exc:  # cleanup must not fail a collected chunk
             logger.warning("chunk %d: could not delete input file %s: %s", chunk_id, state.input_file_id, exc)
     return table.num_rows
+
+
+def store_collected(ref: JobRef, state: ChunkState, table: pa.Table, *, cache: bool = True) -> None:
+    """Store a chunk's results, add its answers to the response cache, and mark it collected.
+
+    The cache's segment is the stored file itself (see
+    :meth:`~prefect_llm_batch.store.ResponseCache.add_results`): nothing is encoded twice.
+
+    Args:
+        ref: The job.
+        state: The chunk's state (saved, collected).
+        table: One result per request of the chunk.
+        cache: Add the answers to the response cache.
+    """
+    store = JobStore(ref.state_dir, ref.job_id)
+    stored = store.write_results(state.chunk_id, table)
+    if cache and table.column("response_error_kind").null_count:  # some answers (rows without error)
+        name = f"{ref.job_id}-chunk-{state.chunk_id:05d}-a{state.attempt}"
+        ResponseCache(ref.state_dir).add_results(name, store.results_path(state.chunk_id), stored)
+    state.collected = True
+    store.write_chunk(state)
 
 
 def cancel_job(ref: JobRef, provider: BatchProvider, reason: str = "cancelled by the user") -> list[str]:
