@@ -187,7 +187,9 @@ class JobAnswers:
             if state.batch_id:
                 self.batch_ids.append(state.batch_id)
         self._sources = sources
-        keys = [self._keys(source, cached_ids) for source in sources]
+        # Two at a time: reading a file's ids (Parquet, outside the GIL) overlaps decoding another's.
+        with ThreadPoolExecutor(max_workers=2, thread_name_prefix="prefect-llm-batch-keys") as pool:
+            keys = list(pool.map(self._keys, sources, itertools.repeat(cached_ids)))
         del cached_ids
         self._offsets = np.cumsum([0, *map(len, keys)]).astype(np.int64)
         index = ResultIndex(keys)
@@ -202,16 +204,24 @@ class JobAnswers:
         self._last_row: npt.NDArray[np.signedinteger[Any]] = np.full(index.size, -1, number_type)
         parts: list[npt.NDArray[Any]] = []
         rows = 0
-        for ids in store.iter_row_ids(batch_rows):
-            try:
-                keys_of_rows = decode_custom_ids(ids, what="row", first=rows)
-            except ValueError as exc:
-                raise StateError(f"the row ids of job {record.job_id} are damaged: {exc}") from exc
-            found = index.lookup(keys_of_rows)
-            valid = np.flatnonzero(found >= 0)
-            np.maximum.at(self._last_row, found[valid], (valid + rows).astype(number_type))
-            parts.append(found.astype(number_type))
-            rows += len(found)
+
+        def row_keys() -> Iterator[Digests]:
+            first = 0
+            for ids in store.iter_row_ids(batch_rows):
+                try:
+                    yield decode_custom_ids(ids, what="row", first=first)
+                except ValueError as exc:
+                    raise StateError(f"the row ids of job {record.job_id} are damaged: {exc}") from exc
+                first += len(ids)
+
+        # The next slice of row ids is read and decoded while this one is looked up.
+        with contextlib.closing(read_ahead(row_keys())) as slices:
+            for keys_of_rows in slices:
+                found = index.lookup(keys_of_rows)
+                valid = np.flatnonzero(found >= 0)
+                np.maximum.at(self._last_row, found[valid], (valid + rows).astype(number_type))
+                parts.append(found.astype(number_type))
+                rows += len(found)
         del index
         self.rows = rows
         self._positions = np.concatenate(parts) if parts else np.zeros(0, number_type)
