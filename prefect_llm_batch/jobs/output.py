@@ -269,7 +269,11 @@ class JobAnswers:
         self._taken.add(source)
 
     def _read_answers(self, source: int) -> pa.Table:
-        raw = self._read(self._sources[source], None).select(self._schema.names).cast(self._schema)
+        # All but the ids (a file's biggest column, matched already): no row of the output has them.
+        names = [name for name in self._schema.names if name != "custom_id"]
+        raw = self._read(self._sources[source], names)
+        raw = raw.add_column(0, "custom_id", pa.nulls(raw.num_rows, pa.string()))
+        raw = raw.select(self._schema.names).cast(self._schema)
         self._count_tokens(source, raw)
         return self._transform(raw).select([f.name for f in self.fields]).cast(pa.schema(self.fields))
 
