@@ -731,9 +731,17 @@ class ResponseCache:
     def stats(self) -> tuple[int, int, int]:
         """(segments, answers, bytes) in the cache (a linked segment's bytes are the job's file's)."""
         paths = self.segments()
-        answers = sum(self._read(p, ["custom_id"]).num_rows for p in paths)
+        answers = sum(map(self._answers, paths))
         size = sum(int(self._fs.info(p).get("size") or 0) for p in paths)
         return len(paths), answers, size
+
+    def _answers(self, path: str) -> int:
+        """How many answers a segment holds (only its error column is read, if it has one)."""
+        with self._fs.open(path, "rb") as handle:
+            file = pq.ParquetFile(handle)
+            if "response_error_kind" not in file.schema_arrow.names:
+                return int(file.metadata.num_rows)
+            return int(file.read(columns=["response_error_kind"]).column(0).null_count)
 
     def clear(self, older_than_s: float | None = None) -> int:
         """Delete segments (only those older than ``older_than_s`` seconds when given); returns how many."""

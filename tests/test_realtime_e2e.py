@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -116,3 +117,9 @@ def test_realtime_resume_does_not_resend_finished_slices(
     assert summary.ok_rows == 10
     table = pq.read_table(tmp_path / "out.parquet")
     assert table.column("id").to_pylist() == list(range(10))
+    # The chunk's answers are in the response cache: its stored results file, linked.
+    from prefect_llm_batch.store import ResponseCache
+
+    assert ResponseCache(ref.state_dir).stats()[:2] == (1, 10)
+    [segment] = (tmp_path / "s" / "cache" / "results").iterdir()
+    assert os.path.samefile(segment, store.results_path(0))
