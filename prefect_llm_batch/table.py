@@ -729,8 +729,9 @@ def dictionary_columns(schema: pa.Schema, sample: pa.Table | None) -> list[str]:
     distinct values (ids, reviews, answers, timestamps), gives up after the work. Judged on a
     sample of at least 1,000 rows, a flat column with more distinct values than half the
     sample's rows is written plain (no bigger, and faster to write); nested columns (lists such
-    as embeddings) are always written plain. Without a big enough sample, every flat column
-    keeps Parquet's default.
+    as embeddings) are always written plain. Without a big enough sample, and for types Arrow
+    cannot count distinct values of (categories, all-null columns, extension types), a flat
+    column keeps Parquet's default.
 
     Args:
         schema: The file's schema.
@@ -754,7 +755,10 @@ def dictionary_columns(schema: pa.Schema, sample: pa.Table | None) -> list[str]:
         if pa.types.is_nested(field.type):
             continue
         if judged and sample is not None and field.name in sample.column_names:
-            distinct = pc.count_distinct(sample.column(field.name)).as_py()
+            try:
+                distinct = pc.count_distinct(sample.column(field.name)).as_py()
+            except (pa.ArrowNotImplementedError, pa.ArrowTypeError):
+                distinct = 0  # no kernel for the type (categories, nulls, extensions): the default
             if distinct > sample.num_rows // 2:
                 continue
         names.append(field.name)

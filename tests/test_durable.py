@@ -311,7 +311,10 @@ def test_stored_results_in_the_cache_give_answers_only_newest_first(tmp_path: Pa
     # Only answers are under segments/, the one folder versions before this one read.
     only_answers = pq.read_table(next((tmp_path / "state" / "cache" / "segments").iterdir()))
     assert only_answers.column("response").to_pylist() == ["old", "old"]
-    assert cache.clear() == 3 and cache.lookup(["k1"]) is None
+    cache.add("job2-chunk-00000-a1", pa.table({"custom_id": ["k1"], "response": ["newest"]}))
+    newest = cache.lookup(["k1"])  # a later segment of answers wins over the older stored results
+    assert newest is not None and newest.column("response").to_pylist() == ["newest"]
+    assert cache.clear() == 4 and cache.lookup(["k1"]) is None
     assert pq.read_table(store.results_path(0)).num_rows == 2  # the job's own file stays
 
 

@@ -226,3 +226,27 @@ def test_damaged_row_ids_are_a_state_error_naming_the_row(tmp_path: Path) -> Non
     with pytest.raises(StateError, match=r"row ids of job \w+ are damaged: row 2 has the id 'r-2'"):
         jobs.assemble(ref, output=str(tmp_path / "out.parquet"))
     assert not (tmp_path / "out.parquet").exists()
+
+
+def test_damaged_ids_in_later_slices_and_in_a_batch_s_results_are_state_errors(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from prefect_llm_batch.jobs import output
+
+    path = tmp_path / "in.parquet"
+    pq.write_table(pa.table({"text": [f"t{i}" for i in range(10)]}), path)
+    with FakeProviderServer(FakeServerConfig()) as server:
+        ref = _run(str(path), tmp_path / "s", server, limits={"max_requests_per_batch": 4})
+    store = JobStore(ref.state_dir, ref.job_id)
+    assert len(store.read_job().chunks) == 3
+    monkeypatch.setattr(output, "SCAN_BATCH_ROWS", 3)  # row ids come in slices of 3
+    ids = store.read_row_ids().to_pylist()
+    store.write_row_ids([*ids[:7], "r-7", *ids[8:]])
+    with pytest.raises(StateError, match=r"row ids of job \w+ are damaged: row 7 has the id 'r-7'"):
+        jobs.assemble(ref, output=str(tmp_path / "out.parquet"))
+    store.write_row_ids(ids)
+    results = store.read_results(2)
+    store.write_results(2, results.set_column(0, "custom_id", pa.array(["r-x"] * results.num_rows)))
+    with pytest.raises(StateError, match=r"the results of chunk 2 of job \w+ are damaged: result 0 has"):
+        jobs.assemble(ref, output=str(tmp_path / "out.parquet"))
+    assert not (tmp_path / "out.parquet").exists()

@@ -776,3 +776,31 @@ def test_dictionary_columns_leave_out_mostly_distinct_and_nested_columns() -> No
     meta = pq.ParquetFile(pa.BufferReader(path.getvalue())).metadata.row_group(0)
     encodings = {meta.column(i).path_in_schema: meta.column(i).encodings for i in range(meta.num_columns)}
     assert "RLE_DICTIONARY" not in encodings["text"] and "RLE_DICTIONARY" in encodings["kind"]
+
+
+def test_dictionary_columns_keep_the_default_for_types_without_a_distinct_count(tmp_path: Path) -> None:
+    from prefect_llm_batch.jobs.output import TableAnswers, write_joined
+    from prefect_llm_batch.results import RowResult, result_positions, results_to_table
+    from prefect_llm_batch.table import scan_table
+
+    n = 2000
+    table = pa.table(
+        {
+            "text": pa.array([f"review {i}" for i in range(n)]),
+            "category": pa.array(["a", "b"] * (n // 2)).dictionary_encode(),  # a pandas Categorical
+            "nothing": pa.nulls(n),  # an all-None pandas column
+            "uid": pa.ExtensionArray.from_storage(
+                pa.uuid(), pa.array([uuid.UUID(int=i).bytes for i in range(n)], pa.binary(16))
+            ),
+        }
+    )
+    assert dictionary_columns(table.schema, table) == ["category", "nothing", "uid"]
+    source = tmp_path / "in.parquet"
+    pq.write_table(table, source)
+    results = results_to_table([RowResult("k", response="yes")])
+    positions = result_positions(pa.array(["k"] * n), results)
+    output = str(tmp_path / "out.parquet")
+    rows, _ = write_joined(scan_table(str(source)), TableAnswers(results, positions), output)
+    written = pq.read_table(output)
+    assert rows == n and written.column("category").to_pylist() == table.column("category").to_pylist()
+    assert written.column("nothing").null_count == n and written.column("response").to_pylist() == ["yes"] * n
