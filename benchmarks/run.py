@@ -825,13 +825,21 @@ print(json.dumps(out))
 """
 
 
+def _run_probe(script: str, *args: str) -> dict[str, float] | None:
+    """Run a probe script in a fresh process; its timings (the JSON it prints), or None if it failed."""
+    done = subprocess.run([sys.executable, "-c", script, *args], capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        return None
+    took: dict[str, float] = json.loads(done.stdout)
+    return took
+
+
 def probe_first_touch() -> str:
     """How long this machine takes to touch 256 MB of fresh memory: numpy with small pages, with
     transparent huge pages, and through Arrow's mimalloc pool (a fresh process, untimed by the suite)."""
-    done = subprocess.run([sys.executable, "-c", _PROBE], capture_output=True, text=True, check=False)
-    if done.returncode != 0:
+    took = _run_probe(_PROBE)
+    if took is None:
         return "First-touch probe: unavailable on this machine."
-    took = json.loads(done.stdout)
     return (
         f"First touch of 256 MB of fresh memory on this machine: {took['small']:.2f} s with small pages, "
         f"{took['huge']:.2f} s with transparent huge pages (numpy's default), {took['mimalloc']:.2f} s "
@@ -858,13 +866,9 @@ print(json.dumps(out))
 def probe_page_cache() -> str:
     """How long writing 256 MB of new files (8 of 32 MB, each synced) takes here, with their pages
     kept in the page cache and with them dropped behind the write (``drop_cache``)."""
-    root = str(WORK_ROOT / "page-cache-probe")
-    done = subprocess.run(
-        [sys.executable, "-c", _PAGE_CACHE_PROBE, root], capture_output=True, text=True, check=False
-    )
-    if done.returncode != 0:
+    took = _run_probe(_PAGE_CACHE_PROBE, str(WORK_ROOT / "page-cache-probe"))
+    if took is None:
         return "Page-cache probe: unavailable on this machine."
-    took = json.loads(done.stdout)
     return (
         f"Writing 256 MB of new files (8 of 32 MB, each synced) on this machine: {took['kept']:.2f} s "
         f"with their pages kept in the page cache, {took['dropped']:.2f} s dropped behind the write."

@@ -702,7 +702,7 @@ def link_or_write_atomic(
         if isinstance(fs, LocalFileSystem) and isinstance(source_fs, LocalFileSystem):
             directory = os.path.dirname(path) or "."
             os.makedirs(directory, exist_ok=True)
-            temporary = os.path.join(directory, f".{os.path.basename(path)}.{secrets.token_hex(6)}.tmp")
+            temporary = _temporary_name(path)
             try:
                 os.link(source_path, temporary)
             except OSError:  # no hard links here, or another device: write the bytes
@@ -1238,7 +1238,7 @@ def _write_local(
     os.makedirs(directory, exist_ok=True)
     if not overwrite and os.path.lexists(path):
         raise _exists_error(shown)
-    temporary = os.path.join(directory, f".{os.path.basename(path)}.{secrets.token_hex(6)}.tmp")
+    temporary = _temporary_name(path)
     # 0o666 lets the umask decide the final permissions, as for any newly created file.
     descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
     drop = drop_cache and _CAN_DROP
@@ -1261,6 +1261,12 @@ def _write_local(
         raise
     if durable:
         _fsync_directory(directory)
+
+
+def _temporary_name(path: str) -> str:
+    """A hidden, unique name beside ``path`` for a file that becomes ``path`` when renamed."""
+    directory = os.path.dirname(path) or "."
+    return os.path.join(directory, f".{os.path.basename(path)}.{secrets.token_hex(6)}.tmp")
 
 
 def _publish_without_overwrite(temporary: str, path: str, shown: str) -> None:
