@@ -658,7 +658,9 @@ def collect_chunk(
     return table.num_rows
 
 
-def store_collected(ref: JobRef, state: ChunkState, table: pa.Table, *, cache: bool = True) -> None:
+def store_collected(
+    ref: JobRef, state: ChunkState, table: pa.Table, *, cache: bool = True, tag: str | None = None
+) -> None:
     """Store a chunk's results, add its answers to the response cache, and mark it collected.
 
     The cache's segment is the stored file itself (see
@@ -669,11 +671,12 @@ def store_collected(ref: JobRef, state: ChunkState, table: pa.Table, *, cache: b
         state: The chunk's state (saved, collected).
         table: One result per request of the chunk.
         cache: Add the answers to the response cache.
+        tag: The end of the segment's name (default ``a{attempt}``).
     """
     store = JobStore(ref.state_dir, ref.job_id)
     stored = store.write_results(state.chunk_id, table)
     if cache and table.column("response_error_kind").null_count:  # some answers (rows without error)
-        name = f"{ref.job_id}-chunk-{state.chunk_id:05d}-a{state.attempt}"
+        name = f"{ref.job_id}-chunk-{state.chunk_id:05d}-{tag or f'a{state.attempt}'}"
         ResponseCache(ref.state_dir).add_results(name, store.results_path(state.chunk_id), stored)
     state.collected = True
     store.write_chunk(state)

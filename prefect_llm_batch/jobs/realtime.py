@@ -21,7 +21,8 @@ from ..providers.openai import EMBEDDINGS_ENDPOINT
 from ..providers.realtime import RealtimeClient, has_batch_api
 from ..results import results_to_table
 from ..spec import ProviderTarget, RunOptions
-from ..store import JobStore, ResponseCache
+from ..store import JobStore
+from .batches import store_collected
 from .plan import JobRef
 
 logger = logging.getLogger("prefect_llm_batch")
@@ -111,15 +112,10 @@ def run_chunk_realtime(ref: JobRef, chunk_id: int, client: RealtimeClient, optio
     by_id = pa.concat_tables(parts) if parts else results_to_table([], embeddings=embeddings)
     order = pa.array([str(line["custom_id"]) for line in lines], pa.string())
     table = by_id.take(pc.index_in(order, value_set=by_id.column("custom_id")))
-    stored = store.write_results(chunk_id, table)
-    if options.cache != "off" and table.column("response_error_kind").null_count:  # some answers
-        name = f"{ref.job_id}-chunk-{chunk_id:05d}-realtime"
-        ResponseCache(ref.state_dir).add_results(name, store.results_path(chunk_id), stored)
     failed = table.num_rows - table.column("response_error_kind").null_count
     state.status, state.raw_status = "completed", "realtime"
     state.total, state.completed, state.failed = table.num_rows, table.num_rows - failed, failed
-    state.collected = True
-    store.write_chunk(state)
+    store_collected(ref, state, table, cache=options.cache != "off", tag="realtime")
     stats = client.stats
     logger.info(
         "chunk %d: %d requests in realtime, %d ok, %d answered 429",
