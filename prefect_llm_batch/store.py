@@ -41,7 +41,7 @@ import socket
 import threading
 import time
 import uuid
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -184,7 +184,9 @@ class JobStore:
     def _path(self, *parts: str) -> str:
         return "/".join([self.root, *parts])
 
-    def _write(self, path: str, data: bytes, *, drop_cache: bool = False) -> None:
+    def _write(
+        self, path: str, data: bytes | Sequence[bytes | memoryview], *, drop_cache: bool = False
+    ) -> None:
         write_bytes_atomic(path, data, storage_options=self._options, drop_cache=drop_cache)
 
     def _read(self, path: str, *, drop_cache: bool = False) -> bytes:
@@ -267,9 +269,10 @@ class JobStore:
             for batch in file.iter_batches(batch_size=batch_rows, columns=["custom_id"]):
                 yield batch.column(0)
 
-    def write_chunk_input(self, chunk_id: int, data: bytes) -> None:
-        """Write a chunk's batch input file (out of the page cache once synced: it is read once,
-        to be uploaded, so a job holds a batch file's worth of cache, not all of them)."""
+    def write_chunk_input(self, chunk_id: int, data: bytes | Sequence[bytes | memoryview]) -> None:
+        """Write a chunk's batch input file, whole or as its pieces in order (out of the page
+        cache once synced: it is read once, to be uploaded, so a job holds a batch file's worth
+        of cache, not all of them)."""
         self._write(self._path("requests", f"chunk-{chunk_id:05d}.jsonl"), data, drop_cache=True)
 
     def write_chunk_ids(self, chunk_id: int, ids: pa.Array[Any]) -> None:

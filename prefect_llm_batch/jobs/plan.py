@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import hashlib
 import itertools
@@ -191,6 +192,11 @@ def estimate_tokens(line: bytes) -> int:
     return max(1, len(line) // 4)
 
 
+#: Batch files being written at once while a job is prepared (each one's sync overlaps with the
+#: next one's write).
+WRITES_IN_FLIGHT = 2
+
+
 class _ChunkWriter:
     """Packs request lines into batch input files as they come and writes each one when full."""
 
@@ -205,8 +211,10 @@ class _ChunkWriter:
         self._count = 0
         self._bytes = 0
         self._tokens = 0
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="prefect-llm-batch-write")
-        self._pending: Future[None] | None = None
+        self._executor = ThreadPoolExecutor(
+            max_workers=WRITES_IN_FLIGHT, thread_name_prefix="prefect-llm-batch-write"
+        )
+        self._pending: collections.deque[Future[None]] = collections.deque()
 
     def add(
         self,
@@ -260,7 +268,7 @@ class _ChunkWriter:
             self._tokens += int((sizes[start:stop] // 4).sum())
             self._count += stop - start
 
-    def _write(self, chunk_id: int, data: bytes, ids: pa.Array[Any] | None) -> None:
+    def _write(self, chunk_id: int, data: list[memoryview], ids: pa.Array[Any] | None) -> None:
         self.store.write_chunk_input(chunk_id, data)
         if ids is not None:  # what collecting the batch reads, instead of the whole batch file
             self.store.write_chunk_ids(chunk_id, ids)
@@ -269,11 +277,13 @@ class _ChunkWriter:
 
     def _flush(self) -> None:
         chunk_id = self._next_id
-        # Written by a second thread (I/O, outside the GIL) while the next lines are built; at
-        # most one write in flight, so at most two batch files are in memory.
-        self._wait()
+        # Written by other threads (I/O, outside the GIL) while the next lines are built, as
+        # views of the lines (never joined in memory): one file's sync overlaps with the next
+        # file's write. At most WRITES_IN_FLIGHT writes at once, so at most one more batch
+        # file's lines than that are in memory.
+        self._wait(WRITES_IN_FLIGHT - 1)
         ids = pa.concat_arrays(self._ids) if self._ids else None
-        self._pending = self._executor.submit(self._write, chunk_id, b"".join(self._parts), ids)
+        self._pending.append(self._executor.submit(self._write, chunk_id, self._parts, ids))
         self.records.append(
             ChunkPlanRecord(
                 chunk_id=chunk_id,
@@ -286,10 +296,11 @@ class _ChunkWriter:
         self._next_id += 1
         self._parts, self._ids, self._count, self._bytes, self._tokens = [], [], 0, 0, 0
 
-    def _wait(self) -> None:
-        if self._pending is not None:
-            pending, self._pending = self._pending, None
-            pending.result()  # re-raises a failed write
+    def _wait(self, left: int = 0) -> None:
+        """Wait until at most ``left`` writes are in flight (the oldest first); re-raise the
+        first failure."""
+        while len(self._pending) > left:
+            self._pending.popleft().result()
 
     def close(self) -> list[ChunkPlanRecord]:
         """Write the last, partly filled chunk; return every chunk written."""
@@ -302,8 +313,9 @@ class _ChunkWriter:
         return self.records
 
     def abandon(self) -> None:
-        """Stop after a failure: wait for a write in flight, report nothing."""
+        """Stop after a failure: wait for the writes in flight, report nothing."""
         self._executor.shutdown(wait=True)
+        self._pending.clear()
 
 
 class _InOrder:
@@ -440,24 +452,28 @@ def prepare(
     def _key_slices(
         slices: Iterator[tuple[int, Texts, Texts | None]],
     ) -> Iterator[pa.Array[Any]]:
-        nonlocal rows, unique
+        nonlocal rows
         for count, prompts, systems in slices:
             encoded = encoder.encode(prompts, systems)
-            # Each request's first row in the slice, for those not seen in earlier slices, in
-            # row order.
-            new = seen.add(encoded.digests)
-            unique += len(new)
-            if cached and len(new):
-                ids = [str(cid) for cid in encoded.custom_id_array.take(new).to_pylist()]
-                hit = np.fromiter((cid in cached for cid in ids), bool, len(ids))
-                hit_ids.extend(cid for cid, is_hit in zip(ids, hit.tolist(), strict=True) if is_hit)
-                new = new[~hit]
-            # Joined, packed and handed to the file writer in another thread (Arrow and numpy
-            # work, mostly outside the GIL) while the next slice is keyed.
-            lines.submit(_add_lines, writer, encoded, rows + new, new)
+            # De-duplicated, joined, packed and handed to the file writer in another thread
+            # (numpy and Arrow work, mostly outside the GIL) while the next slice is keyed.
+            lines.submit(add_slice, encoded, rows)
             rows += count
             yield encoded.custom_id_array
         lines.wait()
+
+    def add_slice(encoded: EncodedRequests, first_row: int) -> None:
+        # In the lines thread, one slice at a time in order: each request's first row in the
+        # slice, for those not seen in earlier slices (nor in the cache), in row order.
+        nonlocal unique
+        new = seen.add(encoded.digests)
+        unique += len(new)
+        if cached and len(new):
+            ids = [str(cid) for cid in encoded.custom_id_array.take(new).to_pylist()]
+            hit = np.fromiter((cid in cached for cid in ids), bool, len(ids))
+            hit_ids.extend(cid for cid, is_hit in zip(ids, hit.tolist(), strict=True) if is_hit)
+            new = new[~hit]
+        _add_lines(writer, encoded, first_row + new, new)
 
     lines = _InOrder("prefect-llm-batch-lines")
     try:
