@@ -414,39 +414,40 @@ class RequestEncoder:
                 )
                 for i in range(len(prompts))
             ]
-            encoded.add_group(
-                rows, _BodyShape(parts=(b"", b""), slots=("body",)), [pa.array(bodies, pa.large_binary())]
-            )
+            body_array = pa.array(bodies, pa.large_binary())
+            encoded.add_group(rows, _BodyShape(parts=(b"", b""), slots=("body",)), [body_array])
             head = hashlib.sha256(self._key_head)
-            texts: list[Any] = bodies
-            tail = self._key_tail
-            middles: tuple[bytes, ...] = ()
+            keyed = _join([body_array, self._key_tail])
         else:
             encoded.add_group(rows, shape, columns)
             head = hashlib.sha256(self._key_head + shape.parts[0])
-            tail = shape.parts[-1] + self._key_tail
-            middles = shape.parts[1:-1]
-        out: list[bytes] = []
-        append = out.append
-        with no_cyclic_gc():
-            if shape is None or len(shape.slots) == 1:
-                if shape is not None:
-                    texts = columns[0].to_pylist()
-                for text in texts:
-                    hasher = head.copy()
-                    hasher.update(text)
-                    hasher.update(tail)
-                    append(hasher.digest())
-            else:
-                values = [column.to_pylist() for column in columns]
-                ends = [*middles, tail]
-                for row_values in zip(*values, strict=True):
-                    hasher = head.copy()
-                    for value, end in zip(row_values, ends, strict=True):
-                        hasher.update(value)
-                        hasher.update(end)
-                    append(hasher.digest())
-        return out
+            # What follows the fixed head of every row's key payload: its texts and the fixed
+            # parts between and after them, joined in Arrow (outside the GIL).
+            pieces: list[bytes | pa.Array[Any]] = []
+            for column, part in zip(columns, shape.parts[1:], strict=True):
+                pieces += (column, part)
+            pieces[-1] = shape.parts[-1] + self._key_tail
+            keyed = _join(pieces)
+        return _hash_rows(head, keyed)
+
+
+def _hash_rows(head: Any, keyed: pa.Array[Any]) -> list[bytes]:
+    """The SHA-256 digest of ``head``'s bytes followed by each value of ``keyed`` (a binary
+    array without nulls): one hash copy, one update and one digest per row, over views of the
+    array's buffer (no Python object per value but the view)."""
+    keyed = keyed.cast(pa.large_binary())
+    buffers: list[Any] = keyed.buffers()
+    offsets = np.frombuffer(buffers[1], np.int64)[keyed.offset : keyed.offset + len(keyed) + 1].tolist()
+    data = memoryview(buffers[2]) if buffers[2] is not None else memoryview(b"")
+    out: list[bytes] = []
+    append = out.append
+    copy = head.copy
+    with no_cyclic_gc():
+        for start, end in itertools.pairwise(offsets):
+            hasher = copy()
+            hasher.update(data[start:end])
+            append(hasher.digest())
+    return out
 
 
 def _interleave(parts: Sequence[bytes], values: Sequence[bytes]) -> list[bytes]:
