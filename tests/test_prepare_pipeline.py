@@ -69,3 +69,55 @@ def test_a_prepared_job_leaves_no_thread_behind(tmp_path: Path, monkeypatch: pyt
     ref = jobs.prepare(str(tmp_path / "in.parquet"), spec, OPENAI, TARGET, state_dir=str(tmp_path / "s"))
     assert ref.rows == 100 and ref.unique_requests == 30 and ref.chunks == 5
     _no_threads_left()
+
+
+def test_a_failed_batch_file_write_fails_the_job_whichever_write_is_in_flight(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Two batch files are written at once: a failure of either one fails prepare (the oldest
+    # first), no job.json is written, and no thread is left behind.
+    from prefect_llm_batch.store import JobStore
+
+    monkeypatch.setattr(table_module, "SCAN_BATCH_ROWS", 8)
+    pq.write_table(pa.table({"t": [f"text {i}" for i in range(100)]}), tmp_path / "in.parquet")
+    spec = JobSpec(
+        prompt="{{ t }}", model="m", provider="openai", limits=BatchLimits(max_requests_per_batch=7)
+    )
+    real = JobStore.write_chunk_input
+
+    def failing(self: JobStore, chunk_id: int, data: object) -> None:
+        if chunk_id == 3:
+            raise OSError("disk full (test)")
+        real(self, chunk_id, data)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(JobStore, "write_chunk_input", failing)
+    with pytest.raises(Exception, match="disk full"):
+        jobs.prepare(str(tmp_path / "in.parquet"), spec, OPENAI, TARGET, state_dir=str(tmp_path / "s"))
+    _no_threads_left()
+    assert not list((tmp_path / "s").glob("jobs/*/job.json"))
+
+
+def test_batch_files_are_the_lines_of_their_requests_in_order(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Lines reach the files as views of the slices' lines (runs broken by repeated requests),
+    # several files in flight: each file is exactly its requests' lines, in row order.
+    import orjson
+
+    from prefect_llm_batch.store import JobStore
+
+    monkeypatch.setattr(table_module, "SCAN_BATCH_ROWS", 8)
+    texts = [f"text {i % 23}" if i % 3 else f"unique {i}" for i in range(120)]
+    pq.write_table(pa.table({"t": texts}), tmp_path / "in.parquet")
+    spec = JobSpec(
+        prompt="{{ t }}", model="m", provider="openai", limits=BatchLimits(max_requests_per_batch=5)
+    )
+    ref = jobs.prepare(str(tmp_path / "in.parquet"), spec, OPENAI, TARGET, state_dir=str(tmp_path / "s"))
+    store = JobStore(ref.state_dir, ref.job_id)
+    prompts = [
+        orjson.loads(line)["body"]["messages"][0]["content"]
+        for chunk in store.read_job().chunks
+        for line in store.read_chunk_input(chunk.chunk_id).splitlines()
+    ]
+    assert prompts == list(dict.fromkeys(texts))  # every distinct prompt once, first rows first
+    assert ref.chunks == -(-len(prompts) // 5)

@@ -804,3 +804,14 @@ def test_dictionary_columns_keep_the_default_for_types_without_a_distinct_count(
     written = pq.read_table(output)
     assert rows == n and written.column("category").to_pylist() == table.column("category").to_pylist()
     assert written.column("nothing").null_count == n and written.column("response").to_pylist() == ["yes"] * n
+
+
+def test_write_bytes_atomic_writes_pieces_in_order(tmp_path: Path) -> None:
+    data = bytes(range(256)) * 9000  # over the write buffer: pieces of every size
+    view = memoryview(data)
+    pieces = [view[:10], view[10:5_000], b"", view[5_000:2_000_000], view[2_000_000:]]
+    destination = str(tmp_path / "pieces.bin")
+    write_bytes_atomic(destination, pieces, drop_cache=True)
+    assert read_bytes(destination) == data
+    write_bytes_atomic("memory://pieces/x.bin", pieces)
+    assert read_bytes("memory://pieces/x.bin") == data
