@@ -271,8 +271,8 @@ class JobStore:
 
     def write_chunk_input(self, chunk_id: int, data: bytes | Sequence[bytes | memoryview]) -> None:
         """Write a chunk's batch input file, whole or as its pieces in order (out of the page
-        cache once synced: it is read once, to be uploaded, so a job holds a batch file's worth
-        of cache, not all of them)."""
+        cache once synced: it is read once, to be uploaded, so a job holds the cache of the batch
+        files being written, not all of them)."""
         self._write(self._path("requests", f"chunk-{chunk_id:05d}.jsonl"), data, drop_cache=True)
 
     def write_chunk_ids(self, chunk_id: int, ids: pa.Array[Any]) -> None:
