@@ -355,6 +355,10 @@ class RequestEncoder:
             raise ValueError(f"{len(systems)} system prompts for {n} prompts")
         prompt_contents = _contents(prompts)
         system_contents = _contents(systems) if systems is not None else None
+        for name, texts in (("prompt", prompt_contents), ("system prompt", system_contents)):
+            if texts is not None and texts.null_count:
+                row = pc.index(pc.is_null(texts), True).as_py()
+                raise ValueError(f"the {name} of row {row} is null (an empty text is '')")
         groups: list[tuple[bool, pa.Array[Any] | None]]  # (with a system prompt, its rows or all)
         if system_contents is None:
             groups = [(False, None)]

@@ -620,7 +620,7 @@ def write_parquet_atomic(
 
 def write_bytes_atomic(
     destination: str,
-    data: bytes | Sequence[bytes | memoryview],
+    data: bytes | bytearray | memoryview | Sequence[bytes | memoryview],
     *,
     storage_options: dict[str, Any] | None = None,
     drop_cache: bool = False,
@@ -649,7 +649,7 @@ def write_bytes_atomic(
         b'{"chunks": []}'
     """
 
-    pieces: Sequence[bytes | memoryview] = [data] if isinstance(data, bytes) else data
+    pieces = [data] if isinstance(data, bytes | bytearray | memoryview) else data
 
     def write(sink: Any) -> None:
         for piece in pieces:
@@ -1181,7 +1181,7 @@ def _write_atomic(
         # Built in a local temporary file (not in memory: outputs may be big), then one put.
         with tempfile.TemporaryDirectory(prefix="prefect-llm-batch-") as scratch:
             local = os.path.join(scratch, "upload")
-            with open(local, "wb") as file:
+            with open(local, "wb", buffering=WRITE_BUFFER_BYTES) as file:
                 write(file)
             try:
                 fs.put_file(local, path)
@@ -1253,6 +1253,7 @@ def _write_local(
         raw = _DropBehindFile(descriptor, "wb") if drop else io.FileIO(descriptor, "wb")
         # A large buffer: pieces written one after the other (views of the lines of a batch
         # file, say) reach the kernel in few system calls, not one each.
+        # (Never more than a drop-behind step, so that a file still drops as it grows.)
         buffer = min(WRITE_BUFFER_BYTES, DROP_BEHIND_BYTES) if drop else WRITE_BUFFER_BYTES
         with io.BufferedWriter(raw, buffer_size=buffer) as file:
             write(file)

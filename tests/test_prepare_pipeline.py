@@ -71,11 +71,13 @@ def test_a_prepared_job_leaves_no_thread_behind(tmp_path: Path, monkeypatch: pyt
     _no_threads_left()
 
 
+@pytest.mark.parametrize("failing", [(0,), (3,), (14,), (5, 6)])
 def test_a_failed_batch_file_write_fails_the_job_whichever_write_is_in_flight(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, failing: tuple[int, ...]
 ) -> None:
-    # Two batch files are written at once: a failure of either one fails prepare (the oldest
-    # first), no job.json is written, and no thread is left behind.
+    # Two batch files are written at once: a failure of any one (the first, one in the middle,
+    # the last, written by close(); of two, the older is raised) fails prepare, no job.json is
+    # written, and no thread is left behind.
     from prefect_llm_batch.store import JobStore
 
     monkeypatch.setattr(table_module, "SCAN_BATCH_ROWS", 8)
@@ -85,13 +87,13 @@ def test_a_failed_batch_file_write_fails_the_job_whichever_write_is_in_flight(
     )
     real = JobStore.write_chunk_input
 
-    def failing(self: JobStore, chunk_id: int, data: object) -> None:
-        if chunk_id == 3:
-            raise OSError("disk full (test)")
+    def write(self: JobStore, chunk_id: int, data: object) -> None:
+        if chunk_id in failing:
+            raise OSError(f"disk full at chunk {chunk_id} (test)")
         real(self, chunk_id, data)  # type: ignore[arg-type]
 
-    monkeypatch.setattr(JobStore, "write_chunk_input", failing)
-    with pytest.raises(Exception, match="disk full"):
+    monkeypatch.setattr(JobStore, "write_chunk_input", write)
+    with pytest.raises(Exception, match=f"disk full at chunk {failing[0]} "):
         jobs.prepare(str(tmp_path / "in.parquet"), spec, OPENAI, TARGET, state_dir=str(tmp_path / "s"))
     _no_threads_left()
     assert not list((tmp_path / "s").glob("jobs/*/job.json"))

@@ -22,6 +22,7 @@ from prefect_llm_batch.requests import (
     RequestEncoder,
     build_request_set,
     canonical_json,
+    chat_body,
     custom_id_array,
     custom_id_from_digest,
     json_string_contents,
@@ -315,3 +316,16 @@ def test_failed_prepares_leave_no_thread_behind(tmp_path: Path, monkeypatch: pyt
             jobs.prepare(str(tmp_path / "in.parquet"), spec, OPENAI, target, state_dir=str(tmp_path / "s"))
         names = {t.name for t in threading.enumerate()}
         assert not any(name.startswith("prefect-llm-batch-") for name in names), names
+
+
+@pytest.mark.parametrize("slot", ["prompt", "system prompt"])
+def test_encoder_refuses_a_null_text_naming_its_row(slot: str) -> None:
+    # A null would join to a null body: a key of the fixed parts alone, and an empty line.
+    encoder = RequestEncoder(
+        provider="p", base_url="https://x/v1", endpoint="/e", build_body=lambda p, s: chat_body("m", p, s)
+    )
+    texts = pa.array([b"a", b"b", None], pa.large_binary())
+    others = pa.array([b"x", b"y", b"z"], pa.large_binary())
+    prompts, systems = (texts, others) if slot == "prompt" else (others, texts)
+    with pytest.raises(ValueError, match=f"the {slot} of row 2 is null"):
+        encoder.encode(prompts, systems)

@@ -815,3 +815,10 @@ def test_write_bytes_atomic_writes_pieces_in_order(tmp_path: Path) -> None:
     assert read_bytes(destination) == data
     write_bytes_atomic("memory://pieces/x.bin", pieces)
     assert read_bytes("memory://pieces/x.bin") == data
+
+
+def test_write_bytes_atomic_takes_one_buffer_of_any_kind(tmp_path: Path) -> None:
+    for number, data in enumerate([bytearray(b"abc"), memoryview(b"defg"), b"hij"]):
+        destination = str(tmp_path / f"{number}.bin")
+        write_bytes_atomic(destination, data)
+        assert read_bytes(destination) == bytes(data)

@@ -237,6 +237,11 @@ class _ChunkWriter:
         if isinstance(lines, list):
             lines = pa.array(lines, pa.large_binary())
         lines = lines.cast(pa.large_binary())
+        if keep is not None and len(keep) < len(lines) // 2:
+            # Few new lines (repeated requests, cache hits): copy them out, so that the files
+            # in flight hold views of these lines, not of every slice they came from.
+            taken = pa.array(keep, pa.int64())
+            lines, ids, keep = lines.take(taken), ids.take(taken) if ids is not None else None, None
         picked = np.arange(len(lines)) if keep is None else keep
         if not len(picked):
             return
@@ -297,9 +302,10 @@ class _ChunkWriter:
         self._parts, self._ids, self._count, self._bytes, self._tokens = [], [], 0, 0, 0
 
     def _wait(self, left: int = 0) -> None:
-        """Wait until at most ``left`` writes are in flight (the oldest first); re-raise the
-        first failure."""
-        while len(self._pending) > left:
+        """Wait until at most ``left`` writes are in flight, the oldest first; re-raise the
+        failure of the oldest failed write (those already done are checked first, so that a
+        failure is raised at the next batch, not one later)."""
+        while self._pending and (len(self._pending) > left or self._pending[0].done()):
             self._pending.popleft().result()
 
     def close(self) -> list[ChunkPlanRecord]:
@@ -387,9 +393,10 @@ def prepare(
     The input is streamed in slices of :data:`~prefect_llm_batch.table.SCAN_BATCH_ROWS` rows
     (Parquet files and directories; CSV and JSON Lines are read whole first): each slice is
     rendered, keyed and de-duplicated against the requests seen so far, and its new requests go
-    into the open batch input file, written as soon as it is full. Memory holds a few slices
-    (read ahead, keyed, packed: one thread each), two batch files and the keys seen (48 bytes
-    per distinct request), not the job.
+    into the open batch input file, written as soon as it is full (two files at a time). Memory
+    holds a few slices (read ahead, keyed, packed: one thread each), the lines of three batch
+    files (the open one and two being written) and the keys seen (48 bytes per distinct
+    request), not the job.
 
     Running it again for the same inputs finds the same job id and keeps the existing state.
 
@@ -455,8 +462,9 @@ def prepare(
         nonlocal rows
         for count, prompts, systems in slices:
             encoded = encoder.encode(prompts, systems)
-            # De-duplicated, joined, packed and handed to the file writer in another thread
-            # (numpy and Arrow work, mostly outside the GIL) while the next slice is keyed.
+            # De-duplicated, looked up in the cache, packed and handed to the file writers in
+            # another thread (mostly numpy and Arrow work, outside the GIL) while the next slice
+            # is keyed.
             lines.submit(add_slice, encoded, rows)
             rows += count
             yield encoded.custom_id_array
