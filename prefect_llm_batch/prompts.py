@@ -74,6 +74,7 @@ from jinja2 import nodes
 from jinja2.sandbox import SandboxedEnvironment
 
 from prefect_llm_batch.errors import InputError, TemplateError
+from prefect_llm_batch.requests import value_offsets
 
 __all__ = ["PromptTemplate", "render_value"]
 
@@ -479,7 +480,7 @@ def _rows_needing_escape(values: pa.Array[Any]) -> npt.NDArray[np.intp]:
     if not len(values):
         return np.zeros(0, np.intp)
     buffers: list[Any] = values.buffers()
-    offsets = np.frombuffer(buffers[1], np.int64)[values.offset : values.offset + len(values) + 1]
+    offsets = value_offsets(values)
     if offsets[0] == offsets[-1]:
         return np.zeros(0, np.intp)
     data = np.frombuffer(buffers[2], np.uint8)

@@ -273,6 +273,19 @@ def _binary(value: bytes) -> pa.Scalar[Any]:
     return pa.scalar(value, pa.large_binary())
 
 
+def value_offsets(values: pa.Array[Any]) -> npt.NDArray[np.int64]:
+    """Where each value of a large binary or large string array starts and ends in its data
+    buffer (``len(values) + 1`` offsets, the array's own slice taken into account; no copy).
+
+    Examples:
+        >>> value_offsets(pa.array([b"ab", b"c", b"def"], pa.large_binary()).slice(1)).tolist()
+        [2, 3, 6]
+    """
+    buffers: list[Any] = values.buffers()
+    offsets: npt.NDArray[np.int64] = np.frombuffer(buffers[1], np.int64)
+    return offsets[values.offset : values.offset + len(values) + 1]
+
+
 def _join(pieces: Sequence[bytes | pa.Array[Any]]) -> pa.Array[Any]:
     """Concatenate fixed bytes and binary arrays element-wise (Arrow, no Python per row);
     at least one piece is an array."""
@@ -441,7 +454,7 @@ def _hash_rows(head: Any, keyed: pa.Array[Any]) -> list[bytes]:
     array's buffer (no Python object per value but the view)."""
     keyed = keyed.cast(pa.large_binary())
     buffers: list[Any] = keyed.buffers()
-    offsets = np.frombuffer(buffers[1], np.int64)[keyed.offset : keyed.offset + len(keyed) + 1].tolist()
+    offsets = value_offsets(keyed).tolist()
     data = memoryview(buffers[2]) if buffers[2] is not None else memoryview(b"")
     out: list[bytes] = []
     append = out.append

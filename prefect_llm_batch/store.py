@@ -54,7 +54,7 @@ import pyarrow.parquet as pq
 from pydantic import BaseModel, Field
 
 from .errors import JobLocked, StateError, TableError
-from .requests import split_fixed_width
+from .requests import split_fixed_width, value_offsets
 from .spec import BatchLimits
 from .table import (
     dictionary_columns,
@@ -285,7 +285,7 @@ class JobStore:
         """
         ids = ids.cast(pa.large_string())
         buffers: list[Any] = ids.buffers()
-        offsets = np.frombuffer(buffers[1], np.int64)[ids.offset : ids.offset + len(ids) + 1]
+        offsets = value_offsets(ids)
         widths = np.diff(offsets)
         if not len(ids) or ids.null_count or widths[0] < 1 or np.any(widths != widths[0]):
             return

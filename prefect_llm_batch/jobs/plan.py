@@ -30,6 +30,7 @@ from ..requests import (
     Texts,
     canonical_json,
     normalise_base_url,
+    value_offsets,
 )
 from ..results import EMBEDDING_COLUMN, OUTPUT_COLUMNS, RESULT_SCHEMA, result_schema
 from ..schemas import ResponseSchema
@@ -246,7 +247,7 @@ class _ChunkWriter:
         if not len(picked):
             return
         buffers: list[Any] = lines.buffers()
-        offsets = np.frombuffer(buffers[1], np.int64)[lines.offset : lines.offset + len(lines) + 1]
+        offsets = value_offsets(lines)
         data = memoryview(buffers[2])
         starts, ends = offsets[picked], offsets[picked + 1]
         sizes = ends - starts
