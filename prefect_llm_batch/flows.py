@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import time
+from collections import deque
 from collections.abc import Callable, Iterator
 from typing import Any, Literal
 from uuid import UUID
@@ -18,6 +19,7 @@ from prefect import flow
 from prefect.client.schemas.objects import FlowRun, State
 from prefect.context import FlowRunContext
 from prefect.flows import Flow
+from prefect.futures import PrefectFuture
 from prefect.logging import get_logger, get_run_logger
 from pydantic import BaseModel
 
@@ -25,7 +27,7 @@ from . import artifacts
 from .blocks import AnthropicBatchCredentials, OpenAIBatchCredentials, ProviderCredentials
 from .costs import DEFAULT_EXPECTED_OUTPUT_TOKENS, Estimate
 from .errors import BatchCancelled, BatchFailed, ConfigError, CostLimitExceeded, ErrorRateExceeded, JobLocked
-from .jobs import JobRef, JobSummary, cancel_job, failed_batches, job_ref
+from .jobs import COLLECTS_IN_FLIGHT, JobRef, JobSummary, cancel_job, failed_batches, job_ref
 from .jobs.detached import PendingJob
 from .jobs.realtime import Mode, choose_mode
 from .memory import SMALL_PAGES_ENV, prefer_small_pages
@@ -387,9 +389,18 @@ def _run_round(
         for chunk_id in pending:  # one after the other: each may wait for capacity
             submit_batch(ref, chunk_id, spec, target, options, credentials)
         pending = wait_for_batches(ref, spec, target, options, credentials, progress_id)
-    futures = [collect_batch.submit(ref, i, spec, target, options, credentials) for i in chunks]
-    for future in futures:
-        future.result()
+    # COLLECTS_IN_FLIGHT at a time: memory holds that many batches' results, however many there are
+    running: deque[PrefectFuture[int]] = deque()
+    try:
+        for chunk_id in chunks:
+            if len(running) == COLLECTS_IN_FLIGHT:
+                running.popleft().result()
+            running.append(collect_batch.submit(ref, chunk_id, spec, target, options, credentials))
+        while running:
+            running.popleft().result()
+    finally:
+        for future in running:  # after a failure: no collect outlives the round
+            future.wait()
 
 
 @flow(

@@ -9,7 +9,8 @@
                the one an interrupted run made), record the batch id
     wait       poll every unfinished batch until it ends; log state changes only; cancel batches
                older than ``max_wait`` or when the user cancelled
-    collect    per chunk: download output and error files, parse, store the results, cache answers
+    collect    per chunk, two at a time: download output and error files, parse, store the
+               results, cache answers
     retry      plan the next round from the requests that failed in a retryable way
     assemble   join every row to its request's latest result, write Parquet
 
@@ -24,11 +25,13 @@ response cache still answers).
 """
 
 from .batches import (
+    COLLECTS_IN_FLIGHT,
     MAX_CHUNK_ATTEMPTS,
     Poll,
     Progress,
     cancel_job,
     collect_chunk,
+    collect_chunks,
     ended,
     failed_batches,
     poll_once,
@@ -51,6 +54,7 @@ from .plan import (
 )
 
 __all__ = [
+    "COLLECTS_IN_FLIGHT",
     "MAX_CHUNK_ATTEMPTS",
     "JobRef",
     "JobSummary",
@@ -59,6 +63,7 @@ __all__ = [
     "assemble",
     "cancel_job",
     "collect_chunk",
+    "collect_chunks",
     "compute_job_id",
     "effective_limits",
     "ended",

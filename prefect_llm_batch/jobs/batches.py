@@ -5,7 +5,9 @@ from __future__ import annotations
 import logging
 import time
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor
+from concurrent.futures import wait as wait_futures
 from typing import Any, cast
 
 import numpy as np
@@ -32,6 +34,10 @@ RETRYABLE_BATCH_CODES = frozenset({"token_limit_exceeded"})
 MAX_CHUNK_ATTEMPTS = 3
 #: How far back (seconds) to look when adopting a batch whose create was ambiguous.
 ADOPT_LOOKBACK_S = 3600.0
+#: Batches whose results are collected at once (downloaded, parsed and stored): one batch's
+#: download or parse overlaps the other's store, and memory holds two batches' results at most,
+#: however many batches the job has.
+COLLECTS_IN_FLIGHT = 2
 
 
 def _metadata(ref: JobRef, state: ChunkState) -> dict[str, str]:
@@ -656,6 +662,45 @@ def collect_chunk(
         except Exception as exc:  # cleanup must not fail a collected chunk
             logger.warning("chunk %d: could not delete input file %s: %s", chunk_id, state.input_file_id, exc)
     return table.num_rows
+
+
+def collect_chunks(
+    ref: JobRef,
+    chunk_ids: Iterable[int],
+    provider: BatchProvider,
+    options: RunOptions | None = None,
+    *,
+    in_flight: int = COLLECTS_IN_FLIGHT,
+) -> int:
+    """Collect ended batches, ``in_flight`` at a time (:func:`collect_chunk` each, in threads).
+
+    At the first failure, chunks not started yet are left for the next run (collected chunks stay
+    collected; the ones running finish) and the error is raised.
+
+    Args:
+        ref: The job.
+        chunk_ids: Chunks whose batches have ended.
+        provider: The job's provider (its client is shared by the threads).
+        options: How the job runs (the cache, the input files).
+        in_flight: Most chunks collected at once.
+
+    Returns:
+        The number of results stored.
+
+    Raises:
+        ValueError: ``in_flight`` is below 1.
+    """
+    if in_flight < 1:
+        raise ValueError(f"in_flight must be at least 1, not {in_flight}")
+    with ThreadPoolExecutor(max_workers=in_flight, thread_name_prefix="prefect-llm-batch-collect") as pool:
+        futures = [pool.submit(collect_chunk, ref, c, provider, options) for c in chunk_ids]
+        wait_futures(futures, return_when=FIRST_EXCEPTION)
+        for future in futures:
+            future.cancel()  # only those not started yet
+    failed = next((f for f in futures if not f.cancelled() and f.exception() is not None), None)
+    if failed is not None:
+        raise cast("BaseException", failed.exception())
+    return sum(f.result() for f in futures if not f.cancelled())
 
 
 def store_collected(

@@ -17,7 +17,7 @@ from pydantic import BaseModel
 from ..providers.base import BatchProvider
 from ..spec import JobSpec, ProviderTarget, RunOptions
 from ..store import JobStore
-from .batches import collect_chunk, ended, poll_once, submit_chunk
+from .batches import collect_chunks, ended, poll_once, submit_chunk
 from .plan import JobRef, plan_retry_round
 
 logger = logging.getLogger("prefect_llm_batch")
@@ -62,8 +62,7 @@ def advance(pending: PendingJob, provider: BatchProvider) -> bool:
         return False
     if poll.pending or poll.resubmit:
         return False
-    for chunk_id in chunks:
-        collect_chunk(ref, chunk_id, provider, options)
+    collect_chunks(ref, chunks, provider, options)
     following = plan_retry_round(ref, round_, options)
     if following:
         logger.info("job %s: round %d sends %d batch(es)", ref.job_id, round_ + 1, len(following))

@@ -13,7 +13,7 @@ from collections.abc import Callable
 from ..providers.base import BatchProvider
 from ..spec import RunOptions
 from ..store import JobStore
-from .batches import Progress, collect_chunk, submit_chunk, wait
+from .batches import Progress, collect_chunks, submit_chunk, wait
 from .plan import JobRef, plan_retry_round
 
 logger = logging.getLogger("prefect_llm_batch")
@@ -38,8 +38,7 @@ def run_batches(
                 for chunk_id in pending:
                     submit_chunk(ref, chunk_id, provider, options, sleep)
                 pending = wait(ref, provider, options, on_change=on_change, sleep=sleep)
-            for chunk_id in chunks:
-                collect_chunk(ref, chunk_id, provider, options)
+            collect_chunks(ref, chunks, provider, options)
             chunks = plan_retry_round(ref, round_, options)
             if chunks:
                 sleep(options.retry_backoff * 2 ** (round_ - 1))
