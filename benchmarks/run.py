@@ -60,9 +60,11 @@ import socket
 import statistics
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -110,6 +112,9 @@ def _cpu_seconds() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
+_STEPS_LOCK = threading.Lock()
+
+
 @dataclass
 class StageContext:
     """What a stage's process is given (from the command line)."""
@@ -135,7 +140,8 @@ class StageContext:
         try:
             yield
         finally:
-            self.steps[name] = self.steps.get(name, 0.0) + time.perf_counter() - start
+            with _STEPS_LOCK:  # steps may run in several threads (collect_job's batches)
+                self.steps[name] = self.steps.get(name, 0.0) + time.perf_counter() - start
 
 
 def warm_up() -> tuple[float, float]:
@@ -477,7 +483,9 @@ def collect_job(context: StageContext) -> dict[str, Any]:
     does once a batch has ended (its request ids, ``parse_results`` of its output and error files,
     ``select_results``, then ``store_collected``: the stored results, the response cache and the
     chunk's state), then ``jobs.assemble``
-    (matching every row by key, each batch's stored answers read when first needed).
+    (matching every row by key, each batch's stored answers read when first needed). Batches are
+    collected ``jobs.COLLECTS_IN_FLIGHT`` at a time in threads, as a job does (one at a time for a
+    tree from before it).
 
     Untimed set-up: ``jobs.prepare`` of the table, and the result files cut into one output and
     one error file per batch (the lines of its requests, their synthetic ids paired with the job's).
@@ -531,8 +539,8 @@ def collect_job(context: StageContext) -> dict[str, Any]:
         del data, lines, ids
     del chunk_of
     context.restart_clock()
-    lines_total = 0
-    for plan in plans:
+
+    def collect_one(plan: Any) -> int:
         chunk_id, batch_id = plan.chunk_id, f"batch_{plan.chunk_id:05d}"
         with context.step("request ids"):
             expected = _chunk_custom_ids(store, chunk_id)
@@ -543,7 +551,7 @@ def collect_job(context: StageContext) -> dict[str, Any]:
                 for i, data in enumerate(per_chunk.pop(chunk_id))
             ]
             lines = pa.concat_tables(tables)
-            lines_total += lines.num_rows
+            count = lines.num_rows
         with context.step("select_results"):
             table = select_results(lines, wanted, batch_id, chunk_id=chunk_id)
             table = _with_attempts(table.set_column(0, "custom_id", pa.array(expected, pa.string())), 1)
@@ -558,7 +566,12 @@ def collect_job(context: StageContext) -> dict[str, Any]:
                 ResponseCache(ref.state_dir).add(f"{ref.job_id}-chunk-{chunk_id:05d}-a1", ok)
                 chunk.collected = True
                 store.write_chunk(chunk)
-        del tables, lines, table
+        return count
+
+    # as many batches at once as a job collects (jobs.collect_chunks, the flow's collect tasks)
+    in_flight = getattr(jobs, "COLLECTS_IN_FLIGHT", 1)
+    with ThreadPoolExecutor(max_workers=in_flight, thread_name_prefix="bench-collect") as pool:
+        lines_total = sum(pool.map(collect_one, plans))
     output = context.work / "collect-job.parquet"
     with context.step("assemble"):
         summary = jobs.assemble(ref, output=str(output), overwrite=True)
@@ -592,8 +605,11 @@ def end_to_end(context: StageContext) -> dict[str, Any]:
 
             jobs.wait(ref, provider, RunOptions(poll_interval=0))
     with context.step("collect"):
-        for chunk in range(ref.chunks):
-            jobs.collect_chunk(ref, chunk, provider)
+        if hasattr(jobs, "collect_chunks"):  # as the runner and the flow: two batches at a time
+            jobs.collect_chunks(ref, range(ref.chunks), provider)
+        else:
+            for chunk in range(ref.chunks):
+                jobs.collect_chunk(ref, chunk, provider)
     with context.step("assemble"):
         summary = jobs.assemble(ref, output=str(output), overwrite=True)
     provider.close()

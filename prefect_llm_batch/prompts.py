@@ -206,6 +206,22 @@ class PromptTemplate:
         """
         return self._variables
 
+    def columns_read(self, columns: Sequence[str]) -> list[str]:
+        """The columns of a table with these columns that rendering reads, in the table's order.
+
+        Those the template names (or that shadow a Jinja global it calls); every column when it
+        uses ``row``, whose dict holds them all.
+
+        Examples:
+            >>> PromptTemplate("{{ title }}: {{ body }}").columns_read(["id", "body", "title", "stars"])
+            ['body', 'title']
+            >>> PromptTemplate("{{ row['title'] }}").columns_read(["id", "title"])
+            ['id', 'title']
+        """
+        if self._uses_row:
+            return list(columns)
+        return [name for name in columns if name in self._loaded]
+
     def check_columns(self, columns: Sequence[str]) -> None:
         """Fail unless the table has every column the template uses.
 
@@ -372,7 +388,7 @@ class PromptTemplate:
 
     def _render_jinja(self, table: pa.Table, id_column: str | None, first_row: int = 0) -> list[str]:
         names = table.column_names
-        wanted = names if self._uses_row else [name for name in names if name in self._loaded]
+        wanted = self.columns_read(names)
         duplicated = sorted({name for name in wanted if names.count(name) > 1})
         if duplicated:
             raise InputError(

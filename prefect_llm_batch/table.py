@@ -333,15 +333,18 @@ def scan_table(
         return TableScan(table.schema, iter(table.to_batches(max_chunksize=batch_rows)), whole=table)
     files = parts if parts is not None else [source]
     try:
-        schema = _parquet_schema(files[0], options, columns)
+        whole_schema = _parquet_schema(files[0], options)
     except FileNotFoundError as exc:
         raise TableError(f"cannot read {shown}: no such file") from exc
     except (OSError, ValueError, pa.ArrowException) as exc:
         raise TableError(f"cannot read {shown} as Parquet: {exc}") from exc
+    schema = whole_schema
+    if columns is not None:
+        schema = pa.schema([schema.field(name) for name in columns]).with_metadata(schema.metadata or {})
     _check_forced(forced, schema.names, shown)
     for name, data_type in forced.items():
         schema = schema.set(schema.get_field_index(name), schema.field(name).with_type(data_type))
-    batches = _parquet_batches(files, options, schema, limit, batch_rows, columns, shown)
+    batches = _parquet_batches(files, options, schema, whole_schema.names, limit, batch_rows, columns, shown)
     return TableScan(schema, _rebatch(batches, schema, batch_rows) if len(files) > 1 else batches)
 
 
@@ -439,23 +442,23 @@ def _directory_parts(source: str, options: Mapping[str, Any]) -> list[str] | Non
     return parts
 
 
-def _parquet_schema(path: str, options: Mapping[str, Any], columns: list[str] | None) -> pa.Schema:
+def _parquet_schema(path: str, options: Mapping[str, Any]) -> pa.Schema:
     with _open(path, options, compression=None) as file:
-        schema = pq.ParquetFile(file).schema_arrow
-    if columns is None:
-        return schema
-    return pa.schema([schema.field(name) for name in columns]).with_metadata(schema.metadata or {})
+        return pq.ParquetFile(file).schema_arrow
 
 
 def _parquet_batches(
     files: list[str],
     options: Mapping[str, Any],
     schema: pa.Schema,
+    names: list[str],
     limit: int | None,
     batch_rows: int,
     columns: list[str] | None,
     shown: str,
 ) -> Iterator[pa.RecordBatch]:
+    # ``names``: every column of the first part, which every part must have, even when only
+    # some ``columns`` are read (a job reads its template's columns first, then all of them).
     remaining = limit
     for path in files:
         if remaining is not None and remaining <= 0:
@@ -463,10 +466,10 @@ def _parquet_batches(
         try:
             with _open(path, options, compression=None) as file:
                 parquet = pq.ParquetFile(file)
-                if parquet.schema_arrow.names != schema.names and columns is None:
+                if parquet.schema_arrow.names != names:
                     raise TableError(
                         f"cannot read {shown}: part {_redact(path)} has columns "
-                        f"{', '.join(parquet.schema_arrow.names)}, not {', '.join(schema.names)}"
+                        f"{', '.join(parquet.schema_arrow.names)}, not {', '.join(names)}"
                     )
                 size = batch_rows if remaining is None else min(batch_rows, remaining)
                 for batch in parquet.iter_batches(batch_size=size, columns=columns):

@@ -365,6 +365,16 @@ def _render(template: PromptTemplate, table: pa.Table, id_column: str | None, fi
     return template.render_table(table, id_column=id_column, first_row=first_row)
 
 
+def _columns_read(names: list[str], id_column: str | None, *templates: PromptTemplate | None) -> list[str]:
+    """The columns preparing a job reads, in the table's order: those the templates render from,
+    and the id column (named in error messages); at least one, which counts the rows."""
+    wanted = {id_column} if id_column is not None else set()
+    for template in templates:
+        if template is not None:
+            wanted.update(template.columns_read(names))
+    return [name for name in names if name in wanted] or names[:1]
+
+
 def _check_id_column_scan(
     source: str, scan: TableScan, spec: JobSpec, limit: int | None, storage_options: dict[str, Any] | None
 ) -> None:
@@ -418,6 +428,10 @@ def prepare(
     scan = scan_table(source, limit=limit, storage_options=storage_options)
     template, system_template = check_columns(spec, scan.schema.names)
     _check_id_column_scan(source, scan, spec, limit, storage_options)
+    read = _columns_read(scan.schema.names, spec.id_column, template, system_template)
+    names = scan.schema.names
+    if scan.whole is None and len(read) < len(names) == len(set(names)):  # Parquet: read by column
+        scan = scan_table(source, limit=limit, columns=read, storage_options=storage_options)
     schema = response_schema(spec)
 
     def build_body(prompt: str, system: str | None) -> dict[str, Any]:
