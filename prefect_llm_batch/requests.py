@@ -353,6 +353,10 @@ class RequestEncoder:
     def encode(self, prompts: Texts, systems: Texts | None = None) -> EncodedRequests:
         """Key the requests of ``prompts`` (and ``systems``), one per row.
 
+        The same as ``encoder.key(encoder.lay_out(prompts, systems))``: a pipeline may lay out
+        one slice (Arrow work, mostly outside the GIL) in one thread while another thread keys
+        the slice before it (hashing, which holds the GIL).
+
         Args:
             prompts: The rendered prompt of every row: strings, or their JSON contents as an
                 Arrow binary array.
@@ -362,6 +366,19 @@ class RequestEncoder:
         Raises:
             InputError: As the body builder does (a bad parameter, a system prompt where none
                 is allowed).
+        """
+        return self.key(self.lay_out(prompts, systems))
+
+    def lay_out(self, prompts: Texts, systems: Texts | None = None) -> LaidOutRequests:
+        """Everything :meth:`encode` does but hashing: each row's body and the bytes its key hashes.
+
+        Args:
+            prompts: As :meth:`encode`.
+            systems: As :meth:`encode`.
+
+        Raises:
+            InputError: As :meth:`encode`.
+            ValueError: As :meth:`encode`.
         """
         n = len(prompts)
         if systems is not None and len(systems) != n:
@@ -388,15 +405,31 @@ class RequestEncoder:
                 groups = [
                     (flag, pc.indices_nonzero(has if flag else pc.invert(has))) for flag in (False, True)
                 ]
-        encoded = EncodedRequests(self, n)
-        digests: list[bytes] = [] if len(groups) == 1 else [b""] * n
+        laid = LaidOutRequests(EncodedRequests(self, n), n)
         for with_system, rows in groups:
             group_prompts = prompt_contents if rows is None else prompt_contents.take(rows)
             group_systems = None
             if with_system:
                 assert system_contents is not None
                 group_systems = system_contents if rows is None else system_contents.take(rows)
-            part = self._encode_group(with_system, group_prompts, group_systems, rows, encoded)
+            payload = self._lay_out_group(with_system, group_prompts, group_systems, rows, laid.encoded)
+            if payload is not None:
+                laid.payloads.append((rows, *payload))
+        return laid
+
+    def key(self, laid: LaidOutRequests) -> EncodedRequests:
+        """Hash the keys of requests :meth:`lay_out` laid out, and spell their ids.
+
+        Args:
+            laid: What :meth:`lay_out` returned (keyed once).
+
+        Returns:
+            The keyed requests, as :meth:`encode` returns them.
+        """
+        encoded, n = laid.encoded, laid.rows
+        digests: list[bytes] = [] if len(laid.payloads) == 1 else [b""] * n
+        for rows, head, keyed in laid.payloads:
+            part = _hash_rows(head, keyed)
             if rows is None:
                 digests = part
             else:
@@ -406,16 +439,18 @@ class RequestEncoder:
         encoded.set_digests(digests)
         return encoded
 
-    def _encode_group(
+    def _lay_out_group(
         self,
         with_system: bool,
         prompts: pa.Array[Any],
         systems: pa.Array[Any] | None,
         rows: pa.Array[Any] | None,
         encoded: EncodedRequests,
-    ) -> list[bytes]:
+    ) -> tuple[Any, pa.Array[Any]] | None:
+        """Record a group's bodies; return the hash state of its keys' fixed head and the rest
+        of each key's bytes (None for no rows)."""
         if not len(prompts):
-            return []
+            return None
         columns_by_slot: dict[str, Any] = {"prompt": prompts, "system": systems}
         shape = self._shape(with_system)
         if shape is not None:
@@ -445,7 +480,7 @@ class RequestEncoder:
                 pieces += (column, part)
             pieces[-1] = shape.parts[-1] + self._key_tail
             keyed = _join(pieces)
-        return _hash_rows(head, keyed)
+        return head, keyed
 
 
 def _hash_rows(head: Any, keyed: pa.Array[Any]) -> list[bytes]:
@@ -472,6 +507,22 @@ def _interleave(parts: Sequence[bytes], values: Sequence[bytes]) -> list[bytes]:
     for value, part in zip(values, parts[1:], strict=True):
         out += (value, part)
     return out
+
+
+class LaidOutRequests:
+    """Requests :meth:`RequestEncoder.lay_out` laid out, for :meth:`RequestEncoder.key` to key.
+
+    Attributes:
+        encoded: The requests (their digests and ids not set yet).
+        rows: How many.
+        payloads: Per group of rows (None: all rows): the hash state of its keys' fixed head,
+            and the rest of each key's bytes.
+    """
+
+    def __init__(self, encoded: EncodedRequests, rows: int) -> None:
+        self.encoded = encoded
+        self.rows = rows
+        self.payloads: list[tuple[pa.Array[Any] | None, Any, pa.Array[Any]]] = []
 
 
 class EncodedRequests:

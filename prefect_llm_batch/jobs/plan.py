@@ -26,6 +26,7 @@ from ..requests import (
     ChunkPacker,
     DigestSet,
     EncodedRequests,
+    LaidOutRequests,
     RequestEncoder,
     Texts,
     canonical_json,
@@ -452,31 +453,29 @@ def prepare(
     hit_ids: list[str] = []
     rows = unique = 0
 
-    def rendered() -> Iterator[tuple[int, Texts, Texts | None]]:
+    def laid_out() -> Iterator[tuple[int, LaidOutRequests]]:
         first = 0
         for batch in scan.batches:
             table = pa.Table.from_batches([batch], schema=scan.schema)
             prompts = _render(template, table, spec.id_column, first)
             systems = _render(system_template, table, spec.id_column, first) if system_template else None
-            yield table.num_rows, prompts, systems
+            yield table.num_rows, encoder.lay_out(prompts, systems)
             first += table.num_rows
 
     def row_ids() -> Iterator[pa.Array[Any]]:
-        # Reading and rendering the next slice (Arrow work, mostly outside the GIL) overlaps with
-        # keying this one.
-        with contextlib.closing(read_ahead(rendered())) as slices:  # closed: its thread stops on errors
+        # Reading, rendering and laying out the next slice (Arrow work, mostly outside the GIL)
+        # overlaps with keying this one (hashing, which holds the GIL).
+        with contextlib.closing(read_ahead(laid_out())) as slices:  # closed: its thread stops on errors
             try:
                 yield from _key_slices(slices)
             except Exception:
                 lines.wait()  # a failure of an earlier slice's lines comes first, as it did
                 raise
 
-    def _key_slices(
-        slices: Iterator[tuple[int, Texts, Texts | None]],
-    ) -> Iterator[pa.Array[Any]]:
+    def _key_slices(slices: Iterator[tuple[int, LaidOutRequests]]) -> Iterator[pa.Array[Any]]:
         nonlocal rows
-        for count, prompts, systems in slices:
-            encoded = encoder.encode(prompts, systems)
+        for count, laid in slices:
+            encoded = encoder.key(laid)
             # De-duplicated, looked up in the cache, packed and handed to the file writers in
             # another thread (mostly numpy and Arrow work, outside the GIL) while the next slice
             # is keyed.
