@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections import deque
 from collections.abc import Callable, Iterator
 from typing import Any, Literal
 from uuid import UUID
@@ -19,7 +18,7 @@ from prefect import flow
 from prefect.client.schemas.objects import FlowRun, State
 from prefect.context import FlowRunContext
 from prefect.flows import Flow
-from prefect.futures import PrefectFuture
+from prefect.futures import PrefectFuture, as_completed
 from prefect.logging import get_logger, get_run_logger
 from pydantic import BaseModel
 
@@ -389,18 +388,27 @@ def _run_round(
         for chunk_id in pending:  # one after the other: each may wait for capacity
             submit_batch(ref, chunk_id, spec, target, options, credentials)
         pending = wait_for_batches(ref, spec, target, options, credentials, progress_id)
-    # COLLECTS_IN_FLIGHT at a time: memory holds that many batches' results, however many there are
-    running: deque[PrefectFuture[int]] = deque()
+    # COLLECTS_IN_FLIGHT at a time, the next one as soon as one ends: memory holds that many
+    # batches' results, however many there are. A failure is raised once it ends (no collect
+    # starts after it) and after those running have ended too.
+    running: set[PrefectFuture[int]] = set()
     try:
         for chunk_id in chunks:
             if len(running) == COLLECTS_IN_FLIGHT:
-                running.popleft().result()
-            running.append(collect_batch.submit(ref, chunk_id, spec, target, options, credentials))
+                _end_one(running)
+            running.add(collect_batch.submit(ref, chunk_id, spec, target, options, credentials))
         while running:
-            running.popleft().result()
+            _end_one(running)
     finally:
-        for future in running:  # after a failure: no collect outlives the round
+        for future in running:
             future.wait()
+
+
+def _end_one(running: set[PrefectFuture[int]]) -> None:
+    """Wait for the first of ``running`` to end, take it out, raise its failure."""
+    ended = next(as_completed(list(running)))
+    running.discard(ended)
+    ended.result()
 
 
 @flow(

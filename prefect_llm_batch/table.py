@@ -338,13 +338,17 @@ def scan_table(
         raise TableError(f"cannot read {shown}: no such file") from exc
     except (OSError, ValueError, pa.ArrowException) as exc:
         raise TableError(f"cannot read {shown} as Parquet: {exc}") from exc
-    schema = whole_schema
-    if columns is not None:
-        schema = pa.schema([schema.field(name) for name in columns]).with_metadata(schema.metadata or {})
-    _check_forced(forced, schema.names, shown)
+    full = whole_schema  # every column, with the forced types
     for name, data_type in forced.items():
-        schema = schema.set(schema.get_field_index(name), schema.field(name).with_type(data_type))
-    batches = _parquet_batches(files, options, schema, whole_schema.names, limit, batch_rows, columns, shown)
+        if name in full.names:
+            full = full.set(full.get_field_index(name), full.field(name).with_type(data_type))
+    schema = full
+    if columns is not None:
+        schema = pa.schema([full.field(name) for name in columns]).with_metadata(full.metadata or {})
+    _check_forced(forced, schema.names, shown)
+    batches = _parquet_batches(
+        files, options, schema, (whole_schema, full), limit, batch_rows, columns, shown
+    )
     return TableScan(schema, _rebatch(batches, schema, batch_rows) if len(files) > 1 else batches)
 
 
@@ -451,14 +455,17 @@ def _parquet_batches(
     files: list[str],
     options: Mapping[str, Any],
     schema: pa.Schema,
-    names: list[str],
+    first: tuple[pa.Schema, pa.Schema],
     limit: int | None,
     batch_rows: int,
     columns: list[str] | None,
     shown: str,
 ) -> Iterator[pa.RecordBatch]:
-    # ``names``: every column of the first part, which every part must have, even when only
-    # some ``columns`` are read (a job reads its template's columns first, then all of them).
+    # ``first``: the first part's schema as written and with the forced types. Every part must
+    # have its columns and types castable to it, even when only some ``columns`` are read:
+    # preparing a job reads its templates' columns, and writing its output, once the batches
+    # are paid for, reads them all.
+    written, full = first
     remaining = limit
     for path in files:
         if remaining is not None and remaining <= 0:
@@ -466,19 +473,26 @@ def _parquet_batches(
         try:
             with _open(path, options, compression=None) as file:
                 parquet = pq.ParquetFile(file)
-                if parquet.schema_arrow.names != names:
+                found = parquet.schema_arrow
+                if found.names != written.names:
                     raise TableError(
                         f"cannot read {shown}: part {_redact(path)} has columns "
-                        f"{', '.join(parquet.schema_arrow.names)}, not {', '.join(names)}"
+                        f"{', '.join(found.names)}, not {', '.join(written.names)}"
                     )
+                # A part of other types is read whole and cast (so that a column that does not
+                # cast fails now, read or not), then only ``columns`` are kept.
+                odd = columns is not None and found.types != written.types
+                wanted = columns if columns is not None else found.names
                 size = batch_rows if remaining is None else min(batch_rows, remaining)
-                for batch in parquet.iter_batches(batch_size=size, columns=columns):
+                for batch in parquet.iter_batches(batch_size=size, columns=None if odd else columns):
                     if remaining is not None:
                         if remaining <= 0:
                             break
                         batch = batch.slice(0, remaining)
                         remaining -= batch.num_rows
-                    if batch.schema != schema:
+                    if odd:
+                        batch = _cast_batch(batch, full, path).select(wanted)
+                    elif batch.schema != schema:
                         batch = _cast_batch(batch, schema, path)
                     yield batch
         except TableError:

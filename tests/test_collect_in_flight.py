@@ -41,6 +41,7 @@ class Tracker:
             self.started.append(chunk_id)
         try:
             if chunk_id == self.fail:
+                time.sleep(0.1)  # the other chunk in flight has started by then
                 raise RuntimeError(f"download of chunk {chunk_id} broke")
             time.sleep(self.hold)
             return self.real(ref, chunk_id, *args, **kwargs)
@@ -108,21 +109,41 @@ def test_a_failed_collect_raises_leaves_unstarted_chunks_and_a_rerun_finishes(
     with pytest.raises(RuntimeError, match="download of chunk 1 broke"):
         jobs.collect_chunks(ref, range(ref.chunks), provider, FAST)
 
-    # chunk 1 failed at once: the rest were called off, but for chunk 2 if its thread took it first
-    started = sorted(tracker.started)
-    assert started in ([0, 1], [0, 1, 2])
-    assert collected(ref) == [c for c in started if c != 1]  # what started and did not fail
+    # chunk 1 failed while chunk 0 ran: chunk 0 finished, no other chunk started
+    assert sorted(tracker.started) == [0, 1]
+    assert collected(ref) == [0]
     monkeypatch.setattr(batches, "collect_chunk", real)
     assert jobs.collect_chunks(ref, range(ref.chunks), provider, FAST) == ROWS  # collected ones are read back
     assert collected(ref) == list(range(ref.chunks))
     assert jobs.assemble(ref, output=str(tmp_path / "out.parquet")).ok_rows == ROWS
 
 
+def test_every_failure_is_reported_the_first_chunks_raised(
+    ended_job: tuple[jobs.JobRef, Any], monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    ref, provider = ended_job
+    real = batches.collect_chunk
+
+    def broken(ref: jobs.JobRef, chunk_id: int, *args: Any) -> int:
+        if chunk_id in (0, 1):
+            time.sleep(0.1 * (1 - chunk_id))  # chunk 1 fails first, chunk 0 after it
+            raise RuntimeError(f"chunk {chunk_id} broke")
+        return real(ref, chunk_id, *args)
+
+    monkeypatch.setattr(batches, "collect_chunk", broken)
+    with (
+        caplog.at_level("WARNING", logger="prefect_llm_batch"),
+        pytest.raises(RuntimeError, match="chunk 0 broke"),
+    ):
+        jobs.collect_chunks(ref, range(ref.chunks), provider, FAST)
+    assert "chunk 1: collecting it failed too: chunk 1 broke" in caplog.text
+    assert collected(ref) == []
+
+
 def test_in_flight_below_one_is_refused(ended_job: tuple[jobs.JobRef, Any]) -> None:
     ref, provider = ended_job
     with pytest.raises(ValueError, match="in_flight must be at least 1, not 0"):
         jobs.collect_chunks(ref, [0], provider, in_flight=0)
-    assert collected(ref) == []
 
 
 @pytest.mark.usefixtures("prefect_harness")
@@ -149,5 +170,41 @@ def test_the_flow_collects_two_batches_at_a_time(
         )
     assert sorted(tracker.started) == list(range(ROWS // PER_BATCH))
     assert tracker.most == 2  # the bound, and the overlap: two ran at once, never more
+    assert summary.ok_rows == ROWS
+    assert pq.read_table(out).column("response").null_count == 0
+
+
+@pytest.mark.usefixtures("prefect_harness")
+def test_a_failed_collect_fails_the_flow_run_and_a_rerun_finishes_the_job(
+    tmp_path: Path, state_dir: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from prefect_llm_batch.flows import enrich_table
+
+    real = jobs.collect_chunk
+    tracker = Tracker(real, hold=0.3, fail=1)
+    monkeypatch.setattr(jobs, "collect_chunk", tracker)
+    monkeypatch.setenv("OPENAI_API_KEY", KEY)
+    out = tmp_path / "out.parquet"
+    with FakeProviderServer(FakeServerConfig(api_key=KEY)) as server:
+        run = dict(
+            source=write_source(tmp_path),
+            output=str(out),
+            prompt="Summarise {{ text }}",
+            model="gpt-4o-mini",
+            provider="openai",
+            base_url=server.base_url,
+            state_dir=state_dir,
+            poll_interval=0.05,
+            max_requests_per_batch=PER_BATCH,
+        )
+        with pytest.raises(RuntimeError, match="download of chunk 1 broke"):
+            enrich_table(**run)
+        # no collect started once chunk 1 had failed (chunk 0 was running and finished)
+        assert sorted(set(tracker.started)) == [0, 1] and tracker.most == 2
+        assert not out.exists()
+        monkeypatch.setattr(jobs, "collect_chunk", real)
+        summary = enrich_table(**run)
+        creates = server.stats.creates
+    assert creates == ROWS // PER_BATCH  # the rerun sent nothing again
     assert summary.ok_rows == ROWS
     assert pq.read_table(out).column("response").null_count == 0

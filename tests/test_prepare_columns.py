@@ -9,6 +9,7 @@ from typing import Any
 
 import orjson
 import pyarrow as pa
+import pyarrow.csv
 import pyarrow.parquet as pq
 import pytest
 
@@ -63,15 +64,17 @@ def prompts_of(ref: jobs.JobRef) -> list[str]:
 def test_columns_read_are_the_templates_and_the_id_column_in_table_order() -> None:
     names = ["id", "title", "notes", "stars", "body"]
     prompt = PromptTemplate("{{ body }} / {{ title }}")
-    assert _columns_read(names, None, prompt, None) == ["title", "body"]
-    assert _columns_read(names, "id", prompt, PromptTemplate("Rate {{ stars }}")) == [
+    schema = wide().schema
+    assert _columns_read(schema, None, prompt, None) == ["title", "body"]
+    assert _columns_read(schema, "id", prompt, PromptTemplate("Rate {{ stars }}")) == [
         "id",
         "title",
         "stars",
         "body",
     ]
-    assert _columns_read(names, None, PromptTemplate("{{ row['title'] }}")) == names
-    assert _columns_read(names, None, PromptTemplate("Say hello")) == ["id"]  # one, to count rows
+    assert _columns_read(schema, None, PromptTemplate("{{ row['title'] }}")) == names
+    assert _columns_read(schema, None, PromptTemplate("Say hello")) == ["stars"]  # one, to count rows
+    assert _columns_read(pa.schema([("a", pa.string())]), None, PromptTemplate("Hi")) == ["a"]
     # a column shadowing a Jinja global the template calls is read too
     assert PromptTemplate("{{ range(2) | list }}").columns_read(["range", "x"]) == ["range"]
 
@@ -137,3 +140,61 @@ def test_a_missing_column_is_still_named_before_anything_is_read(tmp_path: Path)
     spec = JobSpec(prompt="{{ titel }}", model="m", provider="openai")
     with pytest.raises(InputError, match="did you mean 'title'"):
         jobs.prepare(str(source), spec, OPENAI, TARGET, state_dir=str(tmp_path / "s"))
+
+
+def test_a_part_whose_unused_column_does_not_cast_still_fails_prepare(tmp_path: Path) -> None:
+    parts = tmp_path / "parts"
+    parts.mkdir()
+    pq.write_table(wide(), parts / "a.parquet")
+    odd = wide().set_column(3, "stars", pa.array([f"{i} stars" for i in range(6)]))
+    pq.write_table(odd, parts / "b.parquet")
+    spec = JobSpec(prompt="{{ title }}", model="m", provider="openai")
+    with pytest.raises(
+        TableError, match=r"part .*b\.parquet'?: its column types differ from the first part's"
+    ):
+        jobs.prepare(str(parts), spec, OPENAI, TARGET, state_dir=str(tmp_path / "s"))
+    assert not list((tmp_path / "s").glob("jobs/*/job.json"))
+
+
+def test_a_part_whose_unused_column_casts_is_read_whole_cast_and_narrowed(
+    tmp_path: Path, columns_read_by_parquet: list[Any]
+) -> None:
+    parts = tmp_path / "parts"
+    parts.mkdir()
+    pq.write_table(wide(), parts / "a.parquet")
+    pq.write_table(wide().set_column(3, "stars", pa.array(range(6), pa.int32())), parts / "b.parquet")
+    spec = JobSpec(prompt="{{ title }}", model="m", provider="openai")
+    ref = jobs.prepare(str(parts), spec, OPENAI, TARGET, state_dir=str(tmp_path / "s"))
+    assert columns_read_by_parquet == [["title"], None]  # part b: read whole, cast, then narrowed
+    assert ref.rows == 12 and ref.unique_requests == 6  # part b repeats part a's requests
+    assert prompts_of(ref) == [f"title {i}" for i in range(6)]
+
+
+def row_ids(ref: jobs.JobRef) -> list[str]:
+    store = JobStore(ref.state_dir, ref.job_id)
+    return [cid for ids in store.iter_row_ids() for cid in ids.to_pylist()]
+
+
+def test_request_keys_do_not_depend_on_the_columns_left_out(tmp_path: Path) -> None:
+    spec = JobSpec(prompt="{{ title }}: {{ body }}", model="m", provider="openai")
+    pq.write_table(wide(), tmp_path / "wide.parquet")
+    pq.write_table(wide().select(["title", "body"]), tmp_path / "narrow.parquet")
+    pa.csv.write_csv(wide(), tmp_path / "wide.csv")  # read whole: every column
+    refs = [
+        jobs.prepare(str(tmp_path / name), spec, OPENAI, TARGET, state_dir=str(tmp_path / "s"))
+        for name in ("wide.parquet", "narrow.parquet", "wide.csv")
+    ]
+    assert len({ref.job_id for ref in refs}) == 3  # three sources, three jobs
+    assert row_ids(refs[0]) == row_ids(refs[1]) == row_ids(refs[2])
+    assert prompts_of(refs[2]) == [f"title {i}: body {i}" for i in range(6)]
+
+
+def test_a_template_without_columns_counts_rows_with_a_fixed_width_column(
+    tmp_path: Path, columns_read_by_parquet: list[Any]
+) -> None:
+    source = tmp_path / "in.parquet"
+    pq.write_table(wide(), source)
+    spec = JobSpec(prompt="Say hello", model="m", provider="openai")
+    ref = jobs.prepare(str(source), spec, OPENAI, TARGET, state_dir=str(tmp_path / "s"))
+    assert columns_read_by_parquet == [["stars"]]  # not the text columns before it
+    assert ref.rows == 6 and ref.unique_requests == 1

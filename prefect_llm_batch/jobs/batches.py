@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
-from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from concurrent.futures import wait as wait_futures
 from typing import Any, cast
 
@@ -674,8 +675,9 @@ def collect_chunks(
 ) -> int:
     """Collect ended batches, ``in_flight`` at a time (:func:`collect_chunk` each, in threads).
 
-    At the first failure, chunks not started yet are left for the next run (collected chunks stay
-    collected; the ones running finish) and the error is raised.
+    After the first failure (or an interrupt) no further chunk starts; those running finish, the
+    collected ones stay collected, and the next run collects the rest. The first failure is
+    raised; any other one is logged.
 
     Args:
         ref: The job.
@@ -692,15 +694,31 @@ def collect_chunks(
     """
     if in_flight < 1:
         raise ValueError(f"in_flight must be at least 1, not {in_flight}")
+    stop = threading.Event()
+
+    def collect(chunk_id: int) -> int | None:
+        if stop.is_set():
+            return None  # not started: left for the next run
+        try:
+            return collect_chunk(ref, chunk_id, provider, options)
+        except BaseException:
+            stop.set()
+            raise
+
+    chunks = list(chunk_ids)
     with ThreadPoolExecutor(max_workers=in_flight, thread_name_prefix="prefect-llm-batch-collect") as pool:
-        futures = [pool.submit(collect_chunk, ref, c, provider, options) for c in chunk_ids]
-        wait_futures(futures, return_when=FIRST_EXCEPTION)
-        for future in futures:
-            future.cancel()  # only those not started yet
-    failed = next((f for f in futures if not f.cancelled() and f.exception() is not None), None)
-    if failed is not None:
-        raise cast("BaseException", failed.exception())
-    return sum(f.result() for f in futures if not f.cancelled())
+        try:
+            futures = [pool.submit(collect, c) for c in chunks]
+            wait_futures(futures)
+        except BaseException:  # an interrupt: start nothing more, wait for those running
+            stop.set()
+            raise
+    failures = [(c, f.exception()) for c, f in zip(chunks, futures, strict=True) if f.exception()]
+    for chunk_id, error in failures[1:]:
+        logger.warning("chunk %d: collecting it failed too: %s", chunk_id, error)
+    if failures:
+        raise cast("BaseException", failures[0][1])
+    return sum(f.result() or 0 for f in futures)
 
 
 def store_collected(

@@ -366,14 +366,19 @@ def _render(template: PromptTemplate, table: pa.Table, id_column: str | None, fi
     return template.render_table(table, id_column=id_column, first_row=first_row)
 
 
-def _columns_read(names: list[str], id_column: str | None, *templates: PromptTemplate | None) -> list[str]:
+def _columns_read(schema: pa.Schema, id_column: str | None, *templates: PromptTemplate | None) -> list[str]:
     """The columns preparing a job reads, in the table's order: those the templates render from,
-    and the id column (named in error messages); at least one, which counts the rows."""
+    and the id column (named in error messages); at least one, which counts the rows (a
+    fixed-width one where there is one, not a long text)."""
+    names = schema.names
     wanted = {id_column} if id_column is not None else set()
     for template in templates:
         if template is not None:
             wanted.update(template.columns_read(names))
-    return [name for name in names if name in wanted] or names[:1]
+    read = [name for name in names if name in wanted]
+    if read or not names:
+        return read
+    return [next((f.name for f in schema if pa.types.is_primitive(f.type)), names[0])]
 
 
 def _check_id_column_scan(
@@ -429,7 +434,7 @@ def prepare(
     scan = scan_table(source, limit=limit, storage_options=storage_options)
     template, system_template = check_columns(spec, scan.schema.names)
     _check_id_column_scan(source, scan, spec, limit, storage_options)
-    read = _columns_read(scan.schema.names, spec.id_column, template, system_template)
+    read = _columns_read(scan.schema, spec.id_column, template, system_template)
     names = scan.schema.names
     if scan.whole is None and len(read) < len(names) == len(set(names)):  # Parquet: read by column
         scan = scan_table(source, limit=limit, columns=read, storage_options=storage_options)
@@ -476,6 +481,7 @@ def prepare(
         nonlocal rows
         for count, laid in slices:
             encoded = encoder.key(laid)
+            del laid  # its key bytes: not kept while the next slice is keyed
             # De-duplicated, looked up in the cache, packed and handed to the file writers in
             # another thread (mostly numpy and Arrow work, outside the GIL) while the next slice
             # is keyed.

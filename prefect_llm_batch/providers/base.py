@@ -80,7 +80,13 @@ class BatchInfo:
 
 
 class BatchProvider(ABC):
-    """A provider batch API. Instances own an HTTP client: use them as context managers."""
+    """A provider batch API. Instances own an HTTP client: use them as context managers.
+
+    One instance is shared by threads: :func:`~prefect_llm_batch.jobs.collect_chunks` calls
+    ``retrieve``, ``download_results`` and ``delete_file`` from two threads at once, and
+    ``jobs.prepare`` calls ``build_body`` from a thread of its own. Keep no
+    per-call state on the instance (an ``httpx.Client`` is safe to share).
+    """
 
     #: Identity of the provider in request keys (``"openai"``, ``"simulator"``...).
     name: str
