@@ -3,6 +3,7 @@ results however many batches a job has, and one's download overlaps the other's 
 
 from __future__ import annotations
 
+import signal
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -138,6 +139,35 @@ def test_every_failure_is_reported_the_first_chunks_raised(
         jobs.collect_chunks(ref, range(ref.chunks), provider, FAST)
     assert "chunk 1: collecting it failed too: chunk 1 broke" in caplog.text
     assert collected(ref) == []
+
+
+class Interrupted(BaseException):
+    """What a Ctrl-C would be (pytest treats KeyboardInterrupt itself as the end of the run)."""
+
+
+def test_an_interrupt_starts_no_more_chunks(
+    ended_job: tuple[jobs.JobRef, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ref, provider = ended_job
+    tracker = Tracker(batches.collect_chunk, hold=0.5)
+    monkeypatch.setattr(batches, "collect_chunk", tracker)
+
+    def interrupt(signum: int, frame: Any) -> None:
+        raise Interrupted
+
+    previous = signal.signal(signal.SIGALRM, interrupt)
+    try:
+        signal.setitimer(signal.ITIMER_REAL, 0.2)  # while chunks 0 and 1 are being collected
+        started = time.perf_counter()
+        with pytest.raises(Interrupted):
+            jobs.collect_chunks(ref, range(ref.chunks), provider, FAST)
+        waited = time.perf_counter() - started
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+    assert sorted(tracker.started) == [0, 1]  # the two running finished; none started after
+    assert collected(ref) == [0, 1]
+    assert waited < 3 * 0.5  # not the seven chunks' 3.5 s
 
 
 def test_in_flight_below_one_is_refused(ended_job: tuple[jobs.JobRef, Any]) -> None:
