@@ -77,6 +77,21 @@ def ended_job(tmp_path: Path) -> Iterator[tuple[jobs.JobRef, Any]]:
             yield ref, provider
 
 
+def flow_args(server: FakeProviderServer, tmp_path: Path, state_dir: str) -> dict[str, Any]:
+    """``enrich_table``'s arguments for the seven-batch job against ``server``."""
+    return {
+        "source": write_source(tmp_path),
+        "output": str(tmp_path / "out.parquet"),
+        "prompt": "Summarise {{ text }}",
+        "model": "gpt-4o-mini",
+        "provider": "openai",
+        "base_url": server.base_url,
+        "state_dir": state_dir,
+        "poll_interval": 0.05,
+        "max_requests_per_batch": PER_BATCH,
+    }
+
+
 def collected(ref: jobs.JobRef) -> list[int]:
     store = JobStore(ref.state_dir, ref.job_id)
     return [c for c in range(ref.chunks) if store.read_chunk(c).collected]
@@ -187,17 +202,7 @@ def test_the_flow_collects_two_batches_at_a_time(
     monkeypatch.setenv("OPENAI_API_KEY", KEY)
     out = tmp_path / "out.parquet"
     with FakeProviderServer(FakeServerConfig(api_key=KEY)) as server:
-        summary = enrich_table(
-            source=write_source(tmp_path),
-            output=str(out),
-            prompt="Summarise {{ text }}",
-            model="gpt-4o-mini",
-            provider="openai",
-            base_url=server.base_url,
-            state_dir=state_dir,
-            poll_interval=0.05,
-            max_requests_per_batch=PER_BATCH,
-        )
+        summary = enrich_table(**flow_args(server, tmp_path, state_dir))
     assert sorted(tracker.started) == list(range(ROWS // PER_BATCH))
     assert tracker.most == 2  # the bound, and the overlap: two ran at once, never more
     assert summary.ok_rows == ROWS
@@ -216,17 +221,7 @@ def test_a_failed_collect_fails_the_flow_run_and_a_rerun_finishes_the_job(
     monkeypatch.setenv("OPENAI_API_KEY", KEY)
     out = tmp_path / "out.parquet"
     with FakeProviderServer(FakeServerConfig(api_key=KEY)) as server:
-        run = dict(
-            source=write_source(tmp_path),
-            output=str(out),
-            prompt="Summarise {{ text }}",
-            model="gpt-4o-mini",
-            provider="openai",
-            base_url=server.base_url,
-            state_dir=state_dir,
-            poll_interval=0.05,
-            max_requests_per_batch=PER_BATCH,
-        )
+        run = flow_args(server, tmp_path, state_dir)
         with pytest.raises(RuntimeError, match="download of chunk 1 broke"):
             enrich_table(**run)
         # no collect started once chunk 1 had failed (chunk 0 was running and finished)
