@@ -14,7 +14,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from prefect_llm_batch import jobs
-from prefect_llm_batch.errors import InputError, TableError
+from prefect_llm_batch.errors import InputError, TableError, TemplateError
 from prefect_llm_batch.jobs.plan import _columns_read
 from prefect_llm_batch.prompts import PromptTemplate
 from prefect_llm_batch.providers import make_provider
@@ -53,6 +53,19 @@ def columns_read_by_parquet(monkeypatch: pytest.MonkeyPatch) -> list[Any]:
 
     monkeypatch.setattr(pq.ParquetFile, "iter_batches", spy)
     return asked
+
+
+def prepare(tmp_path: Path, source: Path, prompt: str, id_column: str | None = None) -> jobs.JobRef:
+    """Prepare a job over ``source`` offline (nothing is sent)."""
+    spec = JobSpec(prompt=prompt, model="m", provider="openai", id_column=id_column)
+    return jobs.prepare(str(source), spec, OPENAI, TARGET, state_dir=str(tmp_path / "s"))
+
+
+def written(tmp_path: Path, table: pa.Table | None = None) -> Path:
+    """``table`` (default :func:`wide`) as a Parquet file."""
+    path = tmp_path / "in.parquet"
+    pq.write_table(wide() if table is None else table, path)
+    return path
 
 
 def prompts_of(ref: jobs.JobRef) -> list[str]:
@@ -103,21 +116,16 @@ def test_prepare_reads_only_the_template_columns_and_the_output_keeps_all(
 
 
 def test_a_template_over_row_sees_every_column(tmp_path: Path, columns_read_by_parquet: list[Any]) -> None:
-    source = tmp_path / "in.parquet"
-    pq.write_table(wide(), source)
-    spec = JobSpec(prompt="{{ row | length }} columns; {{ title }}", model="m", provider="openai")
-    ref = jobs.prepare(str(source), spec, OPENAI, TARGET, state_dir=str(tmp_path / "s"))
+    source = written(tmp_path)
+    ref = prepare(tmp_path, source, "{{ row | length }} columns; {{ title }}")
     assert columns_read_by_parquet == [None]
     assert prompts_of(ref) == [f"5 columns; title {i}" for i in range(6)]
 
 
 def test_the_id_column_is_read_for_error_messages(tmp_path: Path, columns_read_by_parquet: list[Any]) -> None:
-    source = tmp_path / "in.parquet"
-    table = wide().set_column(3, "stars", pa.array([1, 1, 1, 0, 1, 1]))
-    pq.write_table(table, source)
-    spec = JobSpec(prompt="{{ 10 // stars }}", model="m", provider="openai", id_column="id")
-    with pytest.raises(Exception, match=r"row 3 \(id 'r3'\)"):
-        jobs.prepare(str(source), spec, OPENAI, TARGET, state_dir=str(tmp_path / "s"))
+    source = written(tmp_path, wide().set_column(3, "stars", pa.array([1, 1, 1, 0, 1, 1])))
+    with pytest.raises(TemplateError, match=r"row 3 \(id 'r3'\)"):
+        prepare(tmp_path, source, "{{ 10 // stars }}", id_column="id")
     assert columns_read_by_parquet == [["id"], ["id", "stars"]]  # the id check, then the rows
 
 
@@ -135,11 +143,9 @@ def test_a_part_without_an_unused_column_still_fails_prepare(tmp_path: Path) -> 
 
 
 def test_a_missing_column_is_still_named_before_anything_is_read(tmp_path: Path) -> None:
-    source = tmp_path / "in.parquet"
-    pq.write_table(wide(), source)
-    spec = JobSpec(prompt="{{ titel }}", model="m", provider="openai")
+    source = written(tmp_path)
     with pytest.raises(InputError, match="did you mean 'title'"):
-        jobs.prepare(str(source), spec, OPENAI, TARGET, state_dir=str(tmp_path / "s"))
+        prepare(tmp_path, source, "{{ titel }}")
 
 
 def test_a_part_whose_unused_column_does_not_cast_still_fails_prepare(tmp_path: Path) -> None:
@@ -163,8 +169,7 @@ def test_a_part_whose_unused_column_casts_is_read_whole_cast_and_narrowed(
     parts.mkdir()
     pq.write_table(wide(), parts / "a.parquet")
     pq.write_table(wide().set_column(3, "stars", pa.array(range(6), pa.int32())), parts / "b.parquet")
-    spec = JobSpec(prompt="{{ title }}", model="m", provider="openai")
-    ref = jobs.prepare(str(parts), spec, OPENAI, TARGET, state_dir=str(tmp_path / "s"))
+    ref = prepare(tmp_path, parts, "{{ title }}")
     assert columns_read_by_parquet == [["title"], None]  # part b: read whole, cast, then narrowed
     assert ref.rows == 12 and ref.unique_requests == 6  # part b repeats part a's requests
     assert prompts_of(ref) == [f"title {i}" for i in range(6)]
@@ -192,9 +197,7 @@ def test_request_keys_do_not_depend_on_the_columns_left_out(tmp_path: Path) -> N
 def test_a_template_without_columns_counts_rows_with_a_fixed_width_column(
     tmp_path: Path, columns_read_by_parquet: list[Any]
 ) -> None:
-    source = tmp_path / "in.parquet"
-    pq.write_table(wide(), source)
-    spec = JobSpec(prompt="Say hello", model="m", provider="openai")
-    ref = jobs.prepare(str(source), spec, OPENAI, TARGET, state_dir=str(tmp_path / "s"))
+    source = written(tmp_path)
+    ref = prepare(tmp_path, source, "Say hello")
     assert columns_read_by_parquet == [["stars"]]  # not the text columns before it
     assert ref.rows == 6 and ref.unique_requests == 1
