@@ -183,6 +183,34 @@ def test_anthropic_batch_found_after_an_ambiguous_create_is_adopted_once_its_res
     assert table.column("response_batch_id").to_pylist() == [ours] * len(TEXTS)
 
 
+def test_anthropic_unproven_batch_that_ended_frees_its_place_for_the_next_chunk(tmp_path: Path) -> None:
+    def no_waiting(seconds: float) -> None:
+        raise AssertionError("chunk 1 waited for a place")
+
+    options = RunOptions(poll_interval=0.02, retry_backoff=0, max_in_flight_batches=1)
+    with FakeProviderServer(FakeServerConfig(api_key=KEY, answer=echo)) as server:
+        target = anthropic_target(server.anthropic_base_url)
+        spec = JobSpec(
+            prompt="About {{ text }}",
+            model="claude-3-5-haiku-latest",
+            provider="anthropic",
+            limits={"max_requests_per_batch": 2},
+        )
+        with make_provider(target, api_key=KEY, backoff=0.01) as provider:
+            ref = jobs.prepare(source(tmp_path), spec, provider, target, state_dir=str(tmp_path / "s"))
+            assert ref.chunks == 2
+            foreign = foreign_message_batch(server, 2)  # ends at once
+            server.fail_next("POST", "/v1/messages/batches", status=500)
+            state = jobs.submit_chunk(ref, 0, provider, options)
+            assert (state.batch_id, state.provisional, state.status) == (foreign, True, "completed")
+            jobs.wait_for_capacity(ref, 1, provider, options, sleep=no_waiting)
+            assert jobs.submit_chunk(ref, 1, provider, options, sleep=no_waiting).batch_id
+            run_batches(ref, provider, options)
+        table = output(ref, tmp_path)
+        assert never_cancelled(server, foreign)
+    assert table.column("response").to_pylist() == [f"About {t}" for t in TEXTS]
+
+
 # ---- OpenAI: metadata and the input file, both ----------------------------------------------
 
 

@@ -100,7 +100,8 @@ def ended(state: ChunkState) -> bool:
 
 def _in_flight(store: JobStore, record: JobRecord, exclude: int) -> list[ChunkState]:
     states = (store.read_chunk(c.chunk_id) for c in record.chunks if c.chunk_id != exclude)
-    return [s for s in states if s.batch_id and not ended(s)]
+    # a batch that ended frees its place even before it is proven to be the chunk's
+    return [s for s in states if s.batch_id and not (s.status and BatchStatus(s.status).ended)]
 
 
 def _owned_batches(store: JobStore, chunk_id: int) -> set[str]:
