@@ -324,7 +324,7 @@ def poll_once(ref: JobRef, provider: BatchProvider, options: RunOptions | None =
                 logger.info("chunk %d: batch %s %s", chunk_id, info.id, info.status.value)
             store.write_chunk(state)
         if state.provisional:
-            verdict = _settle_provisional(ref, store, state, info, provider, options, cancelled_by_user)
+            verdict = _settle_provisional(store, state, info, provider, options, cancelled_by_user)
             if verdict == "running":
                 poll.pending.append(chunk_id)
             else:
@@ -401,7 +401,6 @@ def _cancel_reason(state: ChunkState, options: RunOptions, cancelled_by_user: bo
 
 
 def _settle_provisional(
-    ref: JobRef,
     store: JobStore,
     state: ChunkState,
     info: BatchInfo,
