@@ -158,6 +158,10 @@ class ChunkState(BaseModel):
     collected: bool = False
     history: list[dict[str, Any]] = Field(default_factory=list)
     updated_at: float | None = None
+    #: ``batch_id`` was adopted after an ambiguous create without proof that it is this chunk's
+    #: (a provider whose batches carry no metadata): the job never cancels it, and it counts as
+    #: the chunk's only once its results carry the chunk's request ids.
+    provisional: bool = False
 
 
 class JobStore:

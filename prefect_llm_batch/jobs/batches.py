@@ -9,7 +9,7 @@ from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from concurrent.futures import wait as wait_futures
-from typing import Any, cast
+from typing import Any, Literal, cast
 
 import numpy as np
 import numpy.typing as npt
@@ -75,14 +75,33 @@ def _record_batch(store: JobStore, state: ChunkState, info: BatchInfo) -> ChunkS
     return state
 
 
+def _adopt(store: JobStore, state: ChunkState, info: BatchInfo, provider: BatchProvider) -> ChunkState:
+    """Record a batch found after an ambiguous create: as the chunk's when the provider proves it
+    (metadata and input file), else provisionally (see :func:`poll_once`)."""
+    state.provisional = not provider.proves_adoption
+    if state.provisional:
+        logger.warning(
+            "chunk %d: adopted batch %s provisionally: it is not proven to be this job's, so it is "
+            "never cancelled, and counts as the chunk's only if its results carry the chunk's "
+            "request ids",
+            state.chunk_id,
+            info.id,
+        )
+    else:
+        logger.info("chunk %d: adopted batch %s", state.chunk_id, info.id)
+    return _record_batch(store, state, info)
+
+
 def ended(state: ChunkState) -> bool:
-    """True once the chunk's batch will not change any more."""
-    return state.status is not None and BatchStatus(state.status).ended
+    """True once the chunk's batch will not change any more and is proven to be the chunk's
+    (a provisional batch has not ended for the job until its results say whose it is)."""
+    return state.status is not None and BatchStatus(state.status).ended and not state.provisional
 
 
 def _in_flight(store: JobStore, record: JobRecord, exclude: int) -> list[ChunkState]:
     states = (store.read_chunk(c.chunk_id) for c in record.chunks if c.chunk_id != exclude)
-    return [s for s in states if s.batch_id and not ended(s)]
+    # a batch that ended frees its place even before it is proven to be the chunk's
+    return [s for s in states if s.batch_id and not (s.status and BatchStatus(s.status).ended)]
 
 
 def _owned_batches(store: JobStore, chunk_id: int) -> set[str]:
@@ -96,6 +115,11 @@ def _owned_batches(store: JobStore, chunk_id: int) -> set[str]:
         if state.batch_id:
             owned.add(state.batch_id)
     return owned
+
+
+def _not_adoptable(store: JobStore, state: ChunkState) -> set[str]:
+    """Batches ``state``'s chunk must never adopt: other chunks' and those it already let go."""
+    return _owned_batches(store, state.chunk_id) | {h["batch_id"] for h in state.history if h.get("batch_id")}
 
 
 def wait_for_capacity(
@@ -149,9 +173,11 @@ def submit_chunk(
     Order of events, so that no crash can make us pay twice: if the chunk already has a batch,
     nothing is sent; if an earlier run recorded the intent to create but no batch id, the
     provider's batches are listed and one carrying this chunk's ``{job_id, chunk_id, attempt}``
-    metadata is adopted; otherwise the input file is uploaded, the intent recorded, and the batch
-    created. A create that fails ambiguously is resolved by listing, and only created again when
-    no batch carries the metadata.
+    metadata and made from the input file this chunk uploaded is adopted; otherwise the input
+    file is uploaded, the intent recorded, and the batch created. A create that fails ambiguously
+    is resolved by listing, and only created again when no batch carries the metadata. Where
+    batches carry no metadata (the provider's ``proves_adoption`` is False), a found batch is
+    adopted provisionally: :func:`poll_once` settles whose it is once it ends.
     """
     options = options or RunOptions()
     store = JobStore(ref.state_dir, ref.job_id)
@@ -165,11 +191,12 @@ def submit_chunk(
             metadata,
             created_after=state.intent_at - ADOPT_LOOKBACK_S,
             requests=n_requests,
-            exclude=_owned_batches(store, chunk_id),
+            exclude=_not_adoptable(store, state),
+            input_file_id=state.input_file_id,
         )
         if found is not None:
-            logger.info("chunk %d: adopted batch %s created by an earlier run", chunk_id, found.id)
-            return _record_batch(store, state, found)
+            logger.info("chunk %d: found batch %s, created by an earlier run", chunk_id, found.id)
+            return _adopt(store, state, found, provider)
     wait_for_capacity(ref, chunk_id, provider, options, sleep)
     if store.is_cancelled():  # the user cancelled while this chunk waited: do not pay for it
         state.status, state.raw_status, state.cancelled_by = (
@@ -194,14 +221,14 @@ def submit_chunk(
             metadata,
             created_after=state.intent_at - ADOPT_LOOKBACK_S,
             requests=n_requests,
-            exclude=_owned_batches(store, chunk_id),
+            exclude=_not_adoptable(store, state),
+            input_file_id=state.input_file_id,
         )
         if found is None:
             logger.warning("chunk %d: no batch carries its metadata; creating it", chunk_id)
             info = provider.create(data, state.input_file_id, metadata, requests=n_requests)
         else:
-            logger.info("chunk %d: adopted batch %s", chunk_id, found.id)
-            info = found
+            return _adopt(store, state, found, provider)
     logger.info("chunk %d: batch %s has %d requests", chunk_id, info.id, n_requests)
     return _record_batch(store, state, info)
 
@@ -270,6 +297,9 @@ def poll_once(ref: JobRef, provider: BatchProvider, options: RunOptions | None =
     A batch older than ``options.max_wait`` is cancelled (its unrun requests are retried in the
     next round); while a user's cancel applies, running batches are cancelled. A batch that failed
     with ``token_limit_exceeded`` is reset for resubmission (its old batch kept in ``history``).
+    A batch adopted provisionally is never cancelled: once it ends, its results decide whether it
+    is the chunk's; if not (or once ``max_wait`` has passed), the chunk lets it go and is
+    resubmitted (see :func:`_settle_provisional`).
 
     Returns:
         The chunks still running, the chunks to resubmit, and whether anything visible changed.
@@ -293,6 +323,15 @@ def poll_once(ref: JobRef, provider: BatchProvider, options: RunOptions | None =
             if info.status.ended:
                 logger.info("chunk %d: batch %s %s", chunk_id, info.id, info.status.value)
             store.write_chunk(state)
+        if state.provisional:
+            verdict = _settle_provisional(store, state, info, provider, options, cancelled_by_user)
+            if verdict == "running":
+                poll.pending.append(chunk_id)
+            else:
+                poll.changed = True
+                if verdict == "resubmit":
+                    poll.resubmit.append(chunk_id)
+            continue
         if not info.status.ended:
             poll.pending.append(chunk_id)
             reason = _cancel_reason(state, options, cancelled_by_user)
@@ -359,6 +398,82 @@ def _cancel_reason(state: ChunkState, options: RunOptions, cancelled_by_user: bo
     if too_old and time.time() - (state.intent_at or 0) > (options.max_wait or 0):
         return "max_wait"
     return None
+
+
+def _settle_provisional(
+    store: JobStore,
+    state: ChunkState,
+    info: BatchInfo,
+    provider: BatchProvider,
+    options: RunOptions,
+    cancelled_by_user: bool,
+) -> Literal["running", "proven", "released", "resubmit"]:
+    """Decide about a batch adopted provisionally (never cancelling it).
+
+    Once it has ended, its results are read: if their ``custom_id`` values are exactly the
+    chunk's request ids it becomes the chunk's batch (``proven``: collected as usual); else it is
+    another client's, left alone, and the chunk is created again (``resubmit``). While it runs, a
+    user's cancel lets it go and marks the chunk not sent (``released``); once ``max_wait`` has
+    passed, the job lets it go and creates the chunk again (``resubmit``: if it was the chunk's
+    after all, that chunk is paid twice, never joined twice); else it is still ``running``.
+    """
+    batch_id = state.batch_id
+    if not info.status.ended:
+        if cancelled_by_user:
+            _let_go(store, state, "the job was cancelled", user=True)
+            return "released"
+        if _cancel_reason(state, options, cancelled_by_user=False) is None:
+            return "running"
+        logger.warning(
+            "chunk %d: batch %s is still running after max_wait and is not proven to be this job's: "
+            "it is left alone, and the chunk is created again",
+            state.chunk_id,
+            batch_id,
+        )
+        _let_go(store, state, "max_wait")
+        return "resubmit"
+    expected = set(_chunk_custom_ids(store, state.chunk_id))
+    found: set[str | None] = set()
+    if info.status.has_results:
+        embeddings = store.read_job().endpoint == EMBEDDINGS_ENDPOINT
+        lines = provider.download_results(info, embeddings=embeddings)
+        found = set(lines.column("custom_id").to_pylist())
+    if found == expected:
+        state.provisional = False
+        store.write_chunk(state)
+        logger.info(
+            "chunk %d: batch %s is its own (its results carry its request ids)", state.chunk_id, batch_id
+        )
+        return "proven"
+    logger.warning(
+        "chunk %d: batch %s is not this job's (%d of its %d result ids are the chunk's): it is left "
+        "alone, and the chunk is created again",
+        state.chunk_id,
+        batch_id,
+        len(found & expected),
+        len(found),
+    )
+    _let_go(store, state, "not this job's", user=cancelled_by_user)
+    return "released" if cancelled_by_user else "resubmit"
+
+
+def _let_go(store: JobStore, state: ChunkState, reason: str, *, user: bool = False) -> None:
+    """Forget a provisional batch (kept in ``history``, never adopted by the job again) without
+    cancelling it; with ``user``, the chunk is marked cancelled before it was sent."""
+    state.history.append(
+        {"batch_id": state.batch_id, "status": state.status, "attempt": state.attempt, "let_go": reason}
+    )
+    state.batch_id = state.intent_at = None
+    state.provisional = False
+    state.status = state.raw_status = state.error = state.error_code = None
+    state.total = state.completed = state.failed = None
+    if user:
+        state.status, state.raw_status, state.cancelled_by = (
+            BatchStatus.CANCELLED.value,
+            "not submitted",
+            "user",
+        )
+    store.write_chunk(state)
 
 
 def _reset_for_resubmission(store: JobStore, state: ChunkState) -> None:
@@ -748,13 +863,21 @@ def store_collected(
 def cancel_job(ref: JobRef, provider: BatchProvider, reason: str = "cancelled by the user") -> list[str]:
     """Cancel every running batch of a job and mark the job cancelled (no retry rounds this run).
 
-    Finished rows are kept; running the job again resumes the rest. Returns the cancelled batch ids.
+    A batch adopted provisionally (not proven to be this job's) is never cancelled: the chunk lets
+    it go and is marked not sent. Finished rows are kept; running the job again resumes the rest.
+    Returns the cancelled batch ids.
     """
     store = JobStore(ref.state_dir, ref.job_id)
     store.write_cancel(reason)
     cancelled = []
     for plan in store.read_job().chunks:
         state = store.read_chunk(plan.chunk_id)
+        if state.provisional:  # not proven to be this job's: never cancelled, only let go
+            logger.warning(
+                "chunk %d: batch %s is not proven to be this job's: left alone", plan.chunk_id, state.batch_id
+            )
+            _let_go(store, state, "the job was cancelled", user=True)
+            continue
         if state.batch_id and not ended(state):
             info = _cancel(provider, state.batch_id)
             _apply(state, info)

@@ -27,14 +27,17 @@ over expiry because someone asked for it (the caller decides whether that was th
 ``request_counts`` only count finished requests once the batch has ended, so ``completed`` and
 ``failed`` are ``None`` before then; ``total`` is always the sum of the counts.
 
-Batch metadata: Anthropic batches carry **none**, so :meth:`AnthropicBatchProvider.find_batch`
-cannot recognise "the batch of chunk 3 of job J". It adopts a batch only when the choice is
-unambiguous: among the batches created since ``created_after``, **exactly one** has ``requests``
-requests. With none, or several (two chunks of the same size, or another client submitting
-batches of that size), it returns ``None`` and the caller creates the batch: paying twice for a
-chunk is possible then, attaching the wrong batch to a chunk is not made more likely by guessing.
-Even a unique match can be another client's batch of the same size; its results carry foreign
-``custom_id`` values, which the caller ignores, so its rows come back as ``missing`` and are retried.
+Batch metadata: Anthropic batches carry **none** (nor an input file), so
+:meth:`AnthropicBatchProvider.find_batch` cannot recognise "the batch of chunk 3 of job J". It
+names a candidate only when the choice is unambiguous: among the batches created since
+``created_after``, **exactly one** has ``requests`` requests. With none, or several (two chunks of
+the same size, or another client submitting batches of that size), it returns ``None`` and the
+caller creates the batch: paying twice for a chunk is possible then, attaching the wrong batch to
+a chunk is not made more likely by guessing. Even a unique match can be another client's batch of
+the same size, so the provider says :attr:`~.base.BatchProvider.proves_adoption` is False: the
+caller adopts the candidate **provisionally**, never cancels it, and counts it as its own only
+once it has ended and its results' ``custom_id`` values are the chunk's (the request ids can be
+read nowhere else); otherwise it leaves the batch alone and creates the chunk again.
 
 Retries: 408, 409, 429, 5xx (Anthropic's 529 ``overloaded_error`` included) and network errors
 are retried with exponential backoff and jitter, honouring ``retry-after-ms`` / ``retry-after``.
@@ -282,6 +285,9 @@ class AnthropicBatchProvider(RetryingHTTP, BatchProvider):
         ('completed', 'ended', 3, 2, 1)
     """
 
+    #: A batch found by :meth:`find_batch` is a candidate only (see the module docstring).
+    proves_adoption = False
+
     def __init__(
         self,
         *,
@@ -503,12 +509,14 @@ class AnthropicBatchProvider(RetryingHTTP, BatchProvider):
         *,
         requests: int | None = None,
         exclude: Collection[str] = (),
+        input_file_id: str | None = None,
     ) -> BatchInfo | None:
-        """Adopt the one batch since ``created_after`` with ``requests`` requests (see the module docstring).
+        """Name the one batch since ``created_after`` with ``requests`` requests: a candidate, not
+        a proof (see the module docstring).
 
-        ``metadata`` is ignored (Anthropic batches carry none). Without ``requests`` nothing can
-        be matched and the answer is ``None``. Batches in ``exclude`` (those other chunks of the job
-        already own) are never candidates.
+        ``metadata`` and ``input_file_id`` are ignored (Anthropic batches carry neither). Without
+        ``requests`` nothing can be matched and the answer is ``None``. Batches in ``exclude``
+        (those other chunks of the job own, or found not to be the caller's) are never candidates.
         """
         if requests is None:
             return None

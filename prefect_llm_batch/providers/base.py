@@ -92,6 +92,11 @@ class BatchProvider(ABC):
     name: str
     #: Size limits of one batch.
     limits: BatchLimits
+    #: True when :meth:`find_batch` answers only with a batch proven to be the caller's (its
+    #: metadata and input file are the caller's); False when batches carry neither (Anthropic),
+    #: so a found batch is a candidate: the caller adopts it provisionally, never cancels it,
+    #: and counts it as its own only once its results carry the caller's request ids.
+    proves_adoption: bool = True
 
     @property
     @abstractmethod
@@ -201,10 +206,14 @@ class BatchProvider(ABC):
         *,
         requests: int | None = None,
         exclude: Collection[str] = (),
+        input_file_id: str | None = None,
     ) -> BatchInfo | None:
-        """Return the newest batch created by :meth:`create` with ``metadata``, looking back to
-        ``created_after``. Providers without batch metadata may match on ``requests`` and time,
-        never adopting a batch in ``exclude`` (owned by other chunks of the job)."""
+        """Return the newest batch created by :meth:`create` with ``metadata`` (and, when given,
+        from ``input_file_id``), looking back to ``created_after``, never one in ``exclude``
+        (owned by other chunks of the job, or already found not to be the caller's).
+
+        Providers without batch metadata (:attr:`proves_adoption` False) may match on ``requests``
+        and time: their answer is a candidate, not a proof."""
 
     @abstractmethod
     def retrieve(self, batch_id: str) -> BatchInfo:

@@ -532,7 +532,14 @@ class OpenAIBatchProvider(RetryingHTTP, BatchProvider):
         *,
         requests: int | None = None,
         exclude: Collection[str] = (),
+        input_file_id: str | None = None,
     ) -> BatchInfo | None:
+        """Return the newest batch whose metadata holds every item of ``metadata`` and, when
+        ``input_file_id`` is given, that was made from that file; never one in ``exclude``.
+
+        Both together prove a batch is the caller's: another job (or a copy of this job's state)
+        can reuse the metadata, but not the file the caller uploaded. ``requests`` is not needed.
+        """
         after: str | None = None
         for _ in range(1000):  # 100,000 batches at most
             params: dict[str, Any] = {"limit": 100}
@@ -541,6 +548,10 @@ class OpenAIBatchProvider(RetryingHTTP, BatchProvider):
             page = self._json("GET", "/batches", "list batches", params=params)
             data = page.get("data") or []
             for raw in data:
+                if raw.get("id") in exclude:
+                    continue
+                if input_file_id is not None and raw.get("input_file_id") != input_file_id:
+                    continue
                 meta = raw.get("metadata") or {}
                 if all(meta.get(k) == v for k, v in metadata.items()):
                     return self.batch_info(raw)
