@@ -395,8 +395,8 @@ def line_slices(file: IO[bytes], size: int) -> Iterator[bytes]:
 
     Examples:
         >>> import io
-        >>> list(line_slices(io.BytesIO(b"ab\ncdefg\nh\ni"), 4))
-        [b'ab\n', b'cdefg\n', b'h\n', b'i']
+        >>> list(line_slices(io.BytesIO(b"ab\\ncdefg\\nh\\ni"), 4))
+        [b'ab\\n', b'cdefg\\n', b'h\\n', b'i']
     """
     while True:
         piece = file.read(size)
