@@ -4,6 +4,7 @@ and parsed in slices. Over real HTTP to the fake server, with real jobs and Parq
 
 from __future__ import annotations
 
+import io
 import logging
 import tracemalloc
 from collections.abc import Iterator
@@ -15,6 +16,8 @@ import orjson
 import pyarrow as pa
 import pytest
 
+from prefect_llm_batch.cli import print_summary
+from prefect_llm_batch.jobs import JobSummary
 from prefect_llm_batch.jobs.batches import select_results
 from prefect_llm_batch.providers import base
 from prefect_llm_batch.providers.anthropic import AnthropicBatchProvider
@@ -78,6 +81,15 @@ def test_an_unreadable_line_spoils_its_row_only_and_the_next_round_answers_it(
     assert sorted(table.column("response_attempts").to_pylist()) == [1] * (ROWS - 1) + [2]
     assert server.stats.requests_received == ROWS + 1
     assert summary.rounds == 2 and summary.error_rows == 0
+
+
+def test_the_cli_summary_shows_unreadable_lines(capsys: pytest.CaptureFixture[str]) -> None:
+    fields: dict[str, Any] = {"job_id": "j", "output": "o", "state_dir": "s", "provider": "openai"}
+    summary = JobSummary(**fields, model="m", rows=3, unique_requests=3, ok_rows=3, error_rows=0)
+    print_summary(summary)
+    assert "unreadable" not in capsys.readouterr().out
+    print_summary(summary.model_copy(update={"unreadable_lines": 2}))
+    assert "unreadable result lines" in capsys.readouterr().out
 
 
 def test_a_cut_last_line_and_lines_without_custom_id_are_counted_not_fatal() -> None:
@@ -242,8 +254,6 @@ def test_sliced_parsing_equals_parsing_the_whole_file(monkeypatch: pytest.Monkey
         message = {"content": [{"type": "text", "text": "hi"}], "usage": {}, "stop_reason": "end_turn"}
         raw = [{"custom_id": f"m{i}", "result": {"type": "succeeded", "message": message}} for i in range(50)]
         whole = b"".join(orjson.dumps(r) + b"\n" for r in raw)
-        import io
-
         sliced = a.parse_result_file(io.BytesIO(whole), "msgbatch_1", where="the results").table
         assert sliced.equals(a.parse_results(whole, "msgbatch_1"))
 
