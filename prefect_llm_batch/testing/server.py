@@ -166,6 +166,7 @@ __all__ = [
     "FakeMessageBatch",
     "FakeProviderServer",
     "FakeServerConfig",
+    "LineFault",
     "ServerStats",
     "StallStatus",
     "create_app",
