@@ -89,6 +89,7 @@ def publish_summary(summary: JobSummary) -> None:
 | unique requests | {summary.unique_requests} ({summary.cached_requests} answered from the cache) |
 | answered rows | {summary.ok_rows} |
 | rows with errors | {summary.error_rows} |
+| unreadable result lines | {summary.unreadable_lines} |
 | rounds | {summary.rounds} |
 | batches | {", ".join(f"`{b}`" for b in summary.batch_ids) or "none"} |
 | tokens billed | {summary.input_tokens} in, {summary.output_tokens} out |

@@ -368,6 +368,8 @@ def print_summary(summary: Any) -> None:
     table.add_row("answered", str(summary.ok_rows))
     errors = ", ".join(f"{k}: {v}" for k, v in summary.errors_by_kind.items()) or "none"
     table.add_row("errors", f"{summary.error_rows} ({errors})")
+    if summary.unreadable_lines:
+        table.add_row("unreadable result lines", f"{summary.unreadable_lines} (their rows were sent again)")
     table.add_row("batches", ", ".join(summary.batch_ids) or "none")
     table.add_row("tokens", f"{summary.input_tokens} in, {summary.output_tokens} out")
     table.add_row("state", summary.state_dir)

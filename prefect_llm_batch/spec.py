@@ -39,24 +39,26 @@ DEFAULT_MAX_ERROR_RATE = 0.1
 class ErrorKind(str, enum.Enum):
     """Why a row has no (good) answer. One fixed vocabulary; each kind is retryable or not.
 
-    ======================  =========  ==================================================
-    kind                    retryable  meaning
-    ======================  =========  ==================================================
-    ``invalid_request``     no         the provider rejected the request (HTTP 400/404/422)
-    ``auth``                no         HTTP 401/403
-    ``insufficient_quota``  no         the account has no credit left
-    ``rate_limited``        yes        HTTP 429 for the request
-    ``server_error``        yes        HTTP 5xx or 408/409 for the request
-    ``batch_expired``       yes        the batch window ended before the request ran
-    ``batch_cancelled``     yes        the batch was cancelled before the request ran
-    ``request_timeout``     yes        the provider timed the request out
-    ``missing``             yes        the provider returned no line for the request
-    ``parse_error``         no         the answer could not be parsed (e.g. invalid JSON)
-    ``schema_violation``    no         the answer is JSON but does not fit the response schema
-    ``refusal``             no         the model refused (``message.refusal``)
-    ``content_filter``      no         the answer was stopped by a content filter
-    ``length``              no         the answer was cut at ``max_tokens`` (text kept)
-    ======================  =========  ==================================================
+    =======================  =========  ==================================================
+    kind                     retryable  meaning
+    =======================  =========  ==================================================
+    ``invalid_request``      no         the provider rejected the request (HTTP 400/404/422)
+    ``auth``                 no         HTTP 401/403
+    ``insufficient_quota``   no         the account has no credit left
+    ``rate_limited``         yes        HTTP 429 for the request
+    ``server_error``         yes        HTTP 5xx or 408/409 for the request
+    ``batch_expired``        yes        the batch window ended before the request ran
+    ``batch_cancelled``      yes        the batch was cancelled before the request ran
+    ``request_timeout``      yes        the provider timed the request out
+    ``missing``              yes        the provider returned no (readable) line for the request
+    ``conflicting_results``  yes        the provider returned lines with different answers for the
+                                        request; none is used, nor cached (sent again, it may get one)
+    ``parse_error``          no         the answer could not be parsed (e.g. invalid JSON)
+    ``schema_violation``     no         the answer is JSON but does not fit the response schema
+    ``refusal``              no         the model refused (``message.refusal``)
+    ``content_filter``       no         the answer was stopped by a content filter
+    ``length``               no         the answer was cut at ``max_tokens`` (text kept)
+    =======================  =========  ==================================================
     """
 
     INVALID_REQUEST = "invalid_request"
@@ -68,6 +70,7 @@ class ErrorKind(str, enum.Enum):
     BATCH_CANCELLED = "batch_cancelled"
     REQUEST_TIMEOUT = "request_timeout"
     MISSING = "missing"
+    CONFLICTING_RESULTS = "conflicting_results"
     PARSE_ERROR = "parse_error"
     SCHEMA_VIOLATION = "schema_violation"
     REFUSAL = "refusal"
@@ -88,6 +91,7 @@ _RETRYABLE = frozenset(
         ErrorKind.BATCH_CANCELLED,
         ErrorKind.REQUEST_TIMEOUT,
         ErrorKind.MISSING,
+        ErrorKind.CONFLICTING_RESULTS,
     }
 )
 
@@ -201,7 +205,8 @@ class RunOptions(BaseModel):
         poll_interval: Seconds between status checks (providers advise 30-60 s).
         max_attempts: Rounds a request is sent in at most: rows whose error is retryable
             (``rate_limited``, ``server_error``, ``batch_expired``, ``batch_cancelled`` when the user
-            did not cancel, ``request_timeout``, ``missing``) go into follow-up batches.
+            did not cancel, ``request_timeout``, ``missing``, ``conflicting_results``) go into
+            follow-up batches.
         retry_backoff: Seconds to wait before the second round; doubles for each further round.
         cache: Response cache mode.
         max_in_flight_batches: Most batches of this job running at once (None: no limit).

@@ -156,6 +156,8 @@ class ChunkState(BaseModel):
     error: str | None = None
     error_code: str | None = None
     collected: bool = False
+    #: Result lines of the batch that could not be read (not JSON, or no ``custom_id``).
+    unreadable_lines: int = 0
     history: list[dict[str, Any]] = Field(default_factory=list)
     updated_at: float | None = None
     #: ``batch_id`` was adopted after an ambiguous create without proof that it is this chunk's

@@ -7,6 +7,7 @@ near-equivalent.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from pathlib import Path
 from typing import Any
@@ -338,14 +339,28 @@ def test_download_results_reads_both_files_like_iter_results() -> None:
 
 
 def reference_select(results: list[RowResult], expected: list[str]) -> list[dict[str, Any]]:
-    """What collect_chunk did with one RowResult per line (before the vectorised path)."""
+    """What collect_chunk did with one RowResult per line (before the vectorised path): the
+    first success, else the first line; successes with different answers are a conflict."""
     picked: dict[str, RowResult] = {}
+    answers: dict[str, set[str]] = {}
     for result in results:
         if result.custom_id not in expected:
             continue
+        if result.ok:
+            answers.setdefault(result.custom_id, set()).add(repr((result.response, result.embedding)))
         previous = picked.get(result.custom_id)
         if previous is None or (not previous.ok and result.ok):
             picked[result.custom_id] = result
+    for cid, different in answers.items():
+        if len(different) > 1:
+            picked[cid] = dataclasses.replace(
+                picked[cid],
+                response=None,
+                embedding=None,
+                error_kind=ErrorKind.CONFLICTING_RESULTS,
+                error=f"the provider returned {len(different)} different answers for this request; "
+                "none is used",
+            )
     for cid in expected:
         picked.setdefault(
             cid,
@@ -364,7 +379,9 @@ def test_select_results_dedups_ignores_unknown_and_fills_missing(caplog: pytest.
     results = [
         RowResult("a", error_kind=server, error="first failure", batch_id=BATCH),
         RowResult("a", response="late success", batch_id=BATCH, input_tokens=1),
-        RowResult("a", response="second success", batch_id=BATCH),
+        RowResult("a", response="late success", batch_id=BATCH, input_tokens=2),  # the same answer
+        RowResult("f", response="one answer", batch_id=BATCH),
+        RowResult("f", response="another answer", batch_id=BATCH),
         RowResult("b", response="b ok", batch_id=BATCH),
         RowResult("b", error_kind=server, error="b failure after success", batch_id=BATCH),
         RowResult("c", error_kind=rate, error="c first", batch_id=BATCH),
@@ -372,13 +389,18 @@ def test_select_results_dedups_ignores_unknown_and_fills_missing(caplog: pytest.
         RowResult("stranger", response="not ours", batch_id=BATCH),
         RowResult("e", response="e", batch_id=BATCH, cached=False),
     ]
-    expected = ["e", "d", "c", "b", "a"]
+    expected = ["e", "d", "c", "b", "a", "f"]
     with caplog.at_level(logging.WARNING, logger="prefect_llm_batch"):
         got = select_results(results_to_table(results), expected, BATCH, chunk_id=3)
     assert got.to_pylist() == reference_select(results, expected)
-    assert got["response"].to_pylist() == ["e", None, None, "b ok", "late success"]
+    assert got["response"].to_pylist() == ["e", None, None, "b ok", "late success", None]
+    assert got["response_input_tokens"].to_pylist()[4] == 1
     assert got["response_error"].to_pylist()[2] == "c first"
-    assert "unknown custom_id stranger" in caplog.text and "no line for 1 request" in caplog.text
+    assert got["response_error_kind"].to_pylist()[5] == "conflicting_results"
+    assert (
+        "unknown custom_ids (ignored), e.g. stranger" in caplog.text
+        and "no line for 1 request" in caplog.text
+    )
 
 
 def test_select_results_without_duplicates_or_gaps_keeps_expected_order() -> None:

@@ -144,7 +144,7 @@ def test_a_line_whose_key_matches_but_bytes_differ_is_unknown(monkeypatch: pytes
 
 def random_results(rng: random.Random, wanted: list[str]) -> list[RowResult]:
     """Lines as a batch may return them: most ids once, some twice (errors and successes in any
-    order), some missing, some unknown, text with unicode."""
+    order, successes now and then with different answers), some missing, some unknown, text with unicode."""
     results = []
     for cid in wanted:
         roll = rng.random()
@@ -158,7 +158,12 @@ def random_results(rng: random.Random, wanted: list[str]) -> list[RowResult]:
             else:
                 tokens = rng.randint(1, 99)
                 results.append(
-                    RowResult(cid, response=f"réponse {cid} 日本", input_tokens=tokens, batch_id=BATCH)
+                    RowResult(
+                        cid,
+                        response=f"réponse {cid} 日本" + ("" if rng.random() < 0.8 else " bis"),
+                        input_tokens=tokens,
+                        batch_id=BATCH,
+                    )
                 )
     for _ in range(rng.randint(0, 5)):
         results.append(RowResult(b64_ids(rng, 1)[0], response="not ours", batch_id=BATCH))

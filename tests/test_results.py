@@ -90,6 +90,7 @@ def test_retryable_vocabulary() -> None:
         "batch_cancelled",
         "request_timeout",
         "missing",
+        "conflicting_results",
     }
 
 

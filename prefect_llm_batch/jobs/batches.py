@@ -22,7 +22,7 @@ from ..errors import AmbiguousCreate, BatchFailed, ProviderRejected, StateError
 from ..providers.base import BatchInfo, BatchProvider, BatchStatus
 from ..providers.openai import EMBEDDINGS_ENDPOINT
 from ..requests import ID_HEAD, fixed_width_ids, split_fixed_width
-from ..results import RowResult, results_to_table, short
+from ..results import EMBEDDING_COLUMN, RowResult, results_to_table, short
 from ..spec import ErrorKind, RunOptions
 from ..store import ChunkState, JobRecord, JobStore, ResponseCache
 from .plan import JobRef
@@ -35,6 +35,8 @@ RETRYABLE_BATCH_CODES = frozenset({"token_limit_exceeded"})
 MAX_CHUNK_ATTEMPTS = 3
 #: How far back (seconds) to look when adopting a batch whose create was ambiguous.
 ADOPT_LOOKBACK_S = 3600.0
+#: Unknown ``custom_id`` s quoted in the one warning about them (the rest are counted).
+UNKNOWN_EXAMPLES = 3
 #: Batches whose results are collected at once (downloaded, parsed and stored): one batch's
 #: download or parse overlaps the other's store, and memory holds two batches' results at most,
 #: however many batches the job has.
@@ -655,8 +657,11 @@ def select_results(
 ) -> pa.Table:
     """Pick one result per expected ``custom_id`` from a batch's result lines, in ``expected`` order.
 
-    Of several lines for one id, the first successful one wins (else the first); lines for ids
-    not in ``expected`` are ignored with a warning; an id without a line gets a ``missing`` row.
+    Of several lines for one id, the first successful one wins (else the first); successful
+    lines with different answers (answer text, or embedding) are never picked from: the id gets
+    a ``conflicting_results`` row (no answer; identical answers are one answer). Lines for ids
+    not in ``expected`` are ignored with one warning (a count and a few of them); an id without
+    a line gets a ``missing`` row.
     Vectorised: one lookup of the lines' ids (fixed-width ids, such as this project's, by sorting
     their hashes; others by a hash lookup), then integer work; lines that already are one per
     request in ``expected`` order are returned as they are.
@@ -677,15 +682,23 @@ def select_results(
         >>> picked = select_results(lines, ["a", "b"], "batch_1")
         >>> picked["response"].to_pylist(), picked["response_error_kind"].to_pylist()
         (['yes', None], [None, 'missing'])
+        >>> two = results_to_table([RowResult("a", response="yes"), RowResult("a", response="no")])
+        >>> select_results(two, ["a"], "batch_1")["response_error_kind"].to_pylist()
+        ['conflicting_results']
     """
     wanted = expected if isinstance(expected, pa.Array) else pa.array(expected, pa.string())
     ids = lines.column("custom_id")
     slots = _lookup(ids, wanted)
     known = slots >= 0
     if not known.all():
-        for cid in ids.filter(pa.array(~known)).to_pylist():
-            logger.warning("chunk %d: ignoring a result for unknown custom_id %s", chunk_id, cid)
+        unknown = np.flatnonzero(~known)
+        shown = ", ".join(str(cid) for cid in ids.take(unknown[:UNKNOWN_EXAMPLES]).to_pylist())
+        logger.warning(
+            "chunk %d: batch %s returned %d line(s) for unknown custom_ids (ignored), e.g. %s",
+            chunk_id, batch_id, len(unknown), shown,
+        )  # fmt: skip
     chosen = np.full(len(wanted), -1, np.int64)
+    conflicts, answers = np.zeros(0, np.int64), list[int]()
     if known.all() and (len(slots) == 0 or np.bincount(slots).max() <= 1):
         chosen[slots] = np.arange(len(slots))  # the usual case: one line per request, O(n)
     else:
@@ -694,6 +707,7 @@ def select_results(
         preferred = np.concatenate((np.flatnonzero(ok & known), np.flatnonzero(~ok & known)))
         found, first = np.unique(slots[preferred], return_index=True)
         chosen[found] = preferred[first]
+        conflicts, answers = _conflicting(lines, np.flatnonzero(ok & known), slots, chosen)
     gaps = chosen < 0
     count = int(np.count_nonzero(gaps))
     if not count and len(chosen) == lines.num_rows and np.array_equal(chosen, np.arange(len(chosen))):
@@ -718,7 +732,78 @@ def select_results(
         index = picked.schema.get_field_index("response_cached")
         cached = cast("pa.ChunkedArray[Any]", pc.fill_null(picked.column(index), pa.scalar(False)))
         picked = picked.set_column(index, picked.field(index), cached)
+    if len(conflicts):
+        logger.warning(
+            "chunk %d: batch %s returned different answers for %d request(s); they are "
+            "conflicting_results (no answer used or cached) and are sent again in the next round",
+            chunk_id, batch_id, len(conflicts),
+        )  # fmt: skip
+        picked = _mark_conflicts(picked, conflicts, answers)
     return picked.set_column(0, picked.field(0), wanted)
+
+
+def _conflicting(
+    lines: pa.Table,
+    answered: npt.NDArray[np.int64],
+    slots: npt.NDArray[np.int64],
+    chosen: npt.NDArray[np.int64],
+) -> tuple[npt.NDArray[np.int64], list[int]]:
+    """The requests (positions in ``expected``) whose successful lines (``answered``) do not all
+    give the answer of the line chosen for them (another answer text, or another embedding), and
+    how many different answers each got."""
+    none: tuple[npt.NDArray[np.int64], list[int]] = (np.zeros(0, np.int64), [])
+    counts = np.bincount(slots[answered], minlength=len(chosen)) if len(answered) else np.zeros(0, np.int64)
+    if not len(counts) or counts.max() <= 1:
+        return none
+    again = answered[counts[slots[answered]] > 1]  # lines of requests answered more than once
+    theirs = chosen[slots[again]]
+    names = [name for name in ("response", EMBEDDING_COLUMN) if name in lines.column_names]
+    differs = np.zeros(len(again), bool)
+    for name in names:
+        mine, chosen_values = lines.column(name).take(again), lines.column(name).take(theirs)
+        if name == "response":
+            same = pc.fill_null(
+                pc.equal(mine, chosen_values), pc.and_(pc.is_null(mine), pc.is_null(chosen_values))
+            )
+            differs |= ~np.asarray(same)
+        else:  # lists: few lines, compared in Python
+            differs |= np.array(
+                [a != b for a, b in zip(mine.to_pylist(), chosen_values.to_pylist(), strict=True)], bool
+            )
+    conflicts = np.unique(slots[again[differs]])
+    if not len(conflicts):
+        return none
+    involved = again[np.isin(slots[again], conflicts)]
+    values = [lines.column(name).take(involved).to_pylist() for name in names]
+    answers: dict[int, set[str]] = {}
+    for slot, *answer in zip(slots[involved].tolist(), *values, strict=True):
+        answers.setdefault(slot, set()).add(repr(answer))
+    return conflicts, [len(answers[slot]) for slot in conflicts.tolist()]
+
+
+def _mark_conflicts(picked: pa.Table, conflicts: npt.NDArray[np.int64], answers: list[int]) -> pa.Table:
+    """``picked`` with the rows of ``conflicts`` turned into ``conflicting_results`` (no answer),
+    saying how many different ``answers`` each got."""
+    mask = np.zeros(picked.num_rows, bool)
+    mask[conflicts] = True
+    at = np.zeros(picked.num_rows, np.int64)
+    at[conflicts] = np.arange(len(conflicts))
+    texts = [f"the provider returned {n} different answers for this request; none is used" for n in answers]
+    fill: dict[str, Any] = {
+        "response_error_kind": pa.scalar(ErrorKind.CONFLICTING_RESULTS.value, pa.string()),
+        "response_error": pa.array(texts, pa.string()).take(cast("pa.Int64Array", pa.array(at, mask=~mask))),
+    }
+    where = pa.array(mask)
+    for name in picked.column_names:
+        index = picked.schema.get_field_index(name)
+        if name in fill:
+            column = pc.if_else(where, fill[name], picked.column(index))
+        elif name in ("response", EMBEDDING_COLUMN):
+            column = pc.if_else(where, pa.scalar(None, picked.field(index).type), picked.column(index))
+        else:
+            continue
+        picked = picked.set_column(index, picked.field(index), column)
+    return picked
 
 
 def _with_attempts(table: pa.Table, attempts: int) -> pa.Table:
@@ -769,8 +854,16 @@ def collect_chunk(
             embeddings=embeddings,
         )
     else:
-        lines = provider.download_results(info, embeddings=embeddings)
-        table = select_results(lines, expected, info.id, chunk_id=chunk_id)
+        read = provider.read_results(info, embeddings=embeddings)
+        if read.unreadable:
+            logger.warning(
+                "chunk %d: %d result line(s) of batch %s could not be read (%s); their requests, "
+                "left without a line, are missing and sent again in the next round",
+                chunk_id, read.unreadable, info.id, ", ".join(read.examples),
+            )  # fmt: skip
+        state.unreadable_lines = read.unreadable
+        table = select_results(read.table, expected, info.id, chunk_id=chunk_id)
+        del read
     store_collected(ref, state, _with_attempts(table, round_), cache=options.cache != "off")
     if not options.keep_input_files and state.input_file_id:
         try:

@@ -52,7 +52,9 @@ class JobSummary(BaseModel):
     """What a finished job did.
 
     Token counts are those of distinct requests sent by this job (what was billed), not a sum
-    over rows, and exclude answers taken from the cache.
+    over rows, and exclude answers taken from the cache. ``unreadable_lines`` counts the result
+    lines the job's batches returned that could not be read (not JSON, or no ``custom_id``):
+    their requests were ``missing`` and sent again.
     """
 
     job_id: str
@@ -73,6 +75,7 @@ class JobSummary(BaseModel):
     cost_usd: float | None = None
     mode: str = "batch"
     mode_reason: str = ""
+    unreadable_lines: int = 0
 
     @property
     def error_rate(self) -> float:
@@ -175,6 +178,7 @@ class JobAnswers:
         self._schema = result_schema(embeddings=record.endpoint == EMBEDDINGS_ENDPOINT)
         sources: list[int | None] = []
         self.batch_ids: list[str] = []
+        self.unreadable_lines = 0
         cached_ids = store.read_cached_results(["custom_id"])
         if cached_ids is not None:
             sources.append(None)
@@ -183,6 +187,7 @@ class JobAnswers:
             if not state.collected:
                 raise StateError(f"chunk {plan.chunk_id} of job {record.job_id} is not collected yet")
             sources.append(plan.chunk_id)
+            self.unreadable_lines += state.unreadable_lines
             self.batch_ids.extend(h["batch_id"] for h in state.history if h.get("batch_id"))
             if state.batch_id:
                 self.batch_ids.append(state.batch_id)
@@ -467,6 +472,7 @@ def assemble(
         rounds=record.rounds,
         input_tokens=answers.input_tokens,
         output_tokens=answers.output_tokens,
+        unreadable_lines=answers.unreadable_lines,
     )
     summary.cost_usd = estimate_cost(summary.model, summary.input_tokens, summary.output_tokens)
     logger.info(

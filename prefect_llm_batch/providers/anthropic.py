@@ -64,6 +64,7 @@ Examples:
 
 from __future__ import annotations
 
+import functools
 import re
 import time
 from collections.abc import Callable, Collection, Iterator
@@ -79,7 +80,13 @@ from ..requests import normalise_base_url
 from ..results import RowResult, short
 from ..schemas import ResponseSchema
 from ..spec import BatchLimits, ErrorKind
-from .base import BatchInfo, BatchProvider, BatchStatus, decode_result_lines
+from .base import (
+    BatchInfo,
+    BatchProvider,
+    BatchStatus,
+    ResultLines,
+    decode_result_lines,
+)
 from .http import RetryingHTTP
 from .openai import _error_fields, error_for_response
 
@@ -582,6 +589,14 @@ class AnthropicBatchProvider(RetryingHTTP, BatchProvider):
             raise ProviderUnavailable(f"{what}: the stream broke off ({type(exc).__name__})") from exc
         finally:
             response.close()
+
+    def read_results(self, batch: BatchInfo, *, embeddings: bool = False) -> ResultLines:
+        """Stream the batch's results to a local temporary file in pieces and parse it in slices:
+        memory holds a slice of the results, not all of them; an unreadable line is counted."""
+        what = f"download of the results of message batch {batch.id}"
+        save = functools.partial(self._save, self._results_url(batch), what)
+        where = f"the results of message batch {batch.id}"
+        return self.read_result_file(save, batch.id, where=where, embeddings=embeddings)
 
     def delete_file(self, file_id: str) -> None:
         """Nothing to delete: Anthropic batches have no files."""

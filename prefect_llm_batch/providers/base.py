@@ -9,18 +9,25 @@ status is an error, never a guess.
 from __future__ import annotations
 
 import enum
+import tempfile
 from abc import ABC, abstractmethod
-from collections.abc import Collection, Iterable, Iterator
+from collections.abc import Callable, Collection, Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import IO, Any
 
 import orjson
 import pyarrow as pa
 
 from ..errors import ProviderUnavailable
-from ..results import RowResult, results_to_table
+from ..results import RowResult, result_schema, results_to_table
 from ..schemas import ResponseSchema
 from ..spec import BatchLimits
+
+#: Bytes of a result file parsed at once. A slice ends at a line end (a longer line makes a
+#: longer slice), so parsing holds one slice of the file in memory, not the file.
+RESULT_SLICE_BYTES = 32 << 20
+#: Unreadable result lines named in :attr:`ResultLines.examples` (the rest are only counted).
+UNREADABLE_EXAMPLES = 3
 
 
 class BatchStatus(str, enum.Enum):
@@ -79,6 +86,47 @@ class BatchInfo:
         return "; ".join(parts) + more if parts else "no error details given"
 
 
+@dataclass
+class ResultLines:
+    """A batch's result lines as one table, and the lines that could not be read.
+
+    A line that is not JSON (garbled, cut) or carries no ``custom_id`` cannot be matched to its
+    request: it is left out and counted, and its request, having no line, becomes ``missing``
+    (retried in the next round). The lines that parse are all used.
+
+    Attributes:
+        table: One row per readable line, in file order (duplicates and unknown ids included), of
+            :data:`~prefect_llm_batch.results.RESULT_SCHEMA` (plus ``response_embedding`` for
+            embeddings jobs).
+        unreadable: How many lines could not be read.
+        examples: Where the first :data:`UNREADABLE_EXAMPLES` of them are
+            (``"line 7 of the output file of batch batch_1"``).
+    """
+
+    table: pa.Table
+    unreadable: int = 0
+    examples: list[str] = field(default_factory=list)
+
+    @staticmethod
+    def combine(parts: Iterable[ResultLines], *, embeddings: bool = False) -> ResultLines:
+        """The parts one after the other (an empty table of the right schema for no parts).
+
+        Examples:
+            >>> one = ResultLines(results_to_table([RowResult("a")]), 1, ["line 2 of f"])
+            >>> both = ResultLines.combine([one, ResultLines(results_to_table([RowResult("b")]))])
+            >>> both.table.num_rows, both.unreadable, both.examples
+            (2, 1, ['line 2 of f'])
+        """
+        parts = list(parts)
+        tables = [p.table for p in parts]
+        examples = [e for p in parts for e in p.examples][:UNREADABLE_EXAMPLES]
+        return ResultLines(
+            pa.concat_tables(tables) if tables else result_schema(embeddings).empty_table(),
+            sum(p.unreadable for p in parts),
+            examples,
+        )
+
+
 class BatchProvider(ABC):
     """A provider batch API. Instances own an HTTP client: use them as context managers.
 
@@ -131,9 +179,17 @@ class BatchProvider(ABC):
         """Turn one result line into a :class:`RowResult`. Pure."""
 
     def parse_results(
-        self, data: bytes, batch_id: str | None, *, where: str = "a result file", embeddings: bool = False
+        self,
+        data: bytes,
+        batch_id: str | None,
+        *,
+        where: str = "a result file",
+        embeddings: bool = False,
+        unreadable: list[int] | None = None,
+        first_line: int = 1,
     ) -> pa.Table:
-        """Parse a whole result file (JSONL) into a table, one row per line in file order. Pure.
+        """Parse a result file (JSONL), or a slice of whole lines of one, into a table, one row
+        per line in file order. Pure.
 
         This default decodes the lines one by one (:func:`decode_result_lines`) and gives each
         to :meth:`parse_line`; a provider may override it with a faster parser that returns
@@ -144,6 +200,9 @@ class BatchProvider(ABC):
             batch_id: The batch the file belongs to (``response_batch_id``).
             where: What the file is, for messages.
             embeddings: Add the ``response_embedding`` column (embeddings jobs).
+            unreadable: If given, lines that cannot be read are skipped and their numbers
+                appended here, instead of raising.
+            first_line: The number of the first line of ``data`` (for messages).
 
         Returns:
             A table of :data:`~prefect_llm_batch.results.RESULT_SCHEMA` (plus
@@ -161,14 +220,69 @@ class BatchProvider(ABC):
             ['batch_expired']
             >>> p.close()
         """
-        lines = decode_result_lines(data.splitlines(), where)
+        lines = decode_result_lines(data.splitlines(), where, unreadable=unreadable, first_line=first_line)
         return results_to_table((self.parse_line(line, batch_id) for line in lines), embeddings=embeddings)
 
-    def download_results(self, batch: BatchInfo, *, embeddings: bool = False) -> pa.Table:
-        """Download the results of an ended batch as one table, one row per result line.
+    def parse_result_file(
+        self, file: IO[bytes], batch_id: str | None, *, where: str, embeddings: bool = False
+    ) -> ResultLines:
+        """Parse a result file in slices of about :data:`RESULT_SLICE_BYTES` (whole lines each,
+        :func:`line_slices`) with :meth:`parse_results`; lines that cannot be read are counted.
+
+        Memory holds one slice of the file and the parsed rows, never the whole file.
+
+        Args:
+            file: The file, open for reading in binary mode at its start.
+            batch_id: The batch the file belongs to.
+            where: What the file is, for messages (``"the output file of batch batch_1"``).
+            embeddings: Add the ``response_embedding`` column (embeddings jobs).
+        """
+        tables: list[pa.Table] = []
+        unreadable: list[int] = []
+        first_line = 1
+        for piece in line_slices(file, RESULT_SLICE_BYTES):
+            tables.append(
+                self.parse_results(
+                    piece,
+                    batch_id,
+                    where=where,
+                    embeddings=embeddings,
+                    unreadable=unreadable,
+                    first_line=first_line,
+                )
+            )
+            first_line += piece.count(b"\n")
+            del piece
+        examples = [f"line {n} of {where}" for n in unreadable[:UNREADABLE_EXAMPLES]]
+        table = pa.concat_tables(tables) if tables else result_schema(embeddings).empty_table()
+        return ResultLines(table, len(unreadable), examples)
+
+    def read_result_file(
+        self, save: Callable[[IO[bytes]], None], batch_id: str | None, *, where: str, embeddings: bool = False
+    ) -> ResultLines:
+        """Download a result file to a local temporary file with ``save`` (which writes it in
+        pieces), then parse it in slices (:meth:`parse_result_file`). The copy is deleted after."""
+        with tempfile.TemporaryFile(prefix="prefect-llm-batch-results-") as file:
+            save(file)
+            file.seek(0)
+            return self.parse_result_file(file, batch_id, where=where, embeddings=embeddings)
+
+    def read_results(self, batch: BatchInfo, *, embeddings: bool = False) -> ResultLines:
+        """Download and parse the results of an ended batch; lines that cannot be read are
+        counted, not fatal.
 
         This default collects :meth:`iter_results`; providers with result files override it to
-        parse each file whole with :meth:`parse_results`.
+        stream each file to local storage and parse it in slices (:meth:`read_result_file`).
+
+        Args:
+            batch: The ended batch.
+            embeddings: Add the ``response_embedding`` column (embeddings jobs).
+        """
+        return ResultLines(results_to_table(self.iter_results(batch), embeddings=embeddings))
+
+    def download_results(self, batch: BatchInfo, *, embeddings: bool = False) -> pa.Table:
+        """Download the results of an ended batch as one table, one row per readable result line
+        (the table of :meth:`read_results`).
 
         Args:
             batch: The ended batch.
@@ -178,7 +292,7 @@ class BatchProvider(ABC):
             A table of :data:`~prefect_llm_batch.results.RESULT_SCHEMA` (plus
             ``response_embedding`` with ``embeddings``); duplicates and unknown ids included.
         """
-        return results_to_table(self.iter_results(batch), embeddings=embeddings)
+        return self.read_results(batch, embeddings=embeddings).table
 
     @abstractmethod
     def upload(self, data: bytes, filename: str) -> str | None:
@@ -242,27 +356,70 @@ class BatchProvider(ABC):
         self.close()
 
 
-def decode_result_lines(lines: Iterable[bytes | str], where: str) -> Iterator[dict[str, Any]]:
+def decode_result_lines(
+    lines: Iterable[bytes | str], where: str, *, unreadable: list[int] | None = None, first_line: int = 1
+) -> Iterator[dict[str, Any]]:
     """Decode result lines (JSONL) one by one, skipping blank ones; each must carry a ``custom_id``.
 
     Args:
         lines: The raw lines.
         where: What they are, for messages (``"the output file of batch batch_1"``).
+        unreadable: If given, a line that is not JSON or has no ``custom_id`` is skipped and its
+            number appended here, instead of raising.
+        first_line: The number of the first line (for messages).
 
     Raises:
-        ProviderUnavailable: A line is not JSON or has no ``custom_id`` (downloading again may help).
+        ProviderUnavailable: A line is not JSON or has no ``custom_id`` (downloading again may
+            help), unless ``unreadable`` is given.
 
     Examples:
         >>> list(decode_result_lines([b'{"custom_id": "a"}', b""], "a test file"))
         [{'custom_id': 'a'}]
+        >>> bad: list[int] = []
+        >>> list(decode_result_lines([b'{"custom_id": "a"}', b'{"cust'], "f", unreadable=bad)), bad
+        ([{'custom_id': 'a'}], [2])
     """
-    for number, raw in enumerate(lines, start=1):
+    for number, raw in enumerate(lines, start=first_line):
         if not raw.strip():
             continue
         try:
             line = orjson.loads(raw)
         except orjson.JSONDecodeError as exc:
-            raise ProviderUnavailable(f"line {number} of {where} is not JSON") from exc
+            if unreadable is None:
+                raise ProviderUnavailable(f"line {number} of {where} is not JSON") from exc
+            unreadable.append(number)
+            continue
         if not isinstance(line, dict) or "custom_id" not in line:
-            raise ProviderUnavailable(f"line {number} of {where} has no custom_id")
+            if unreadable is None:
+                raise ProviderUnavailable(f"line {number} of {where} has no custom_id")
+            unreadable.append(number)
+            continue
         yield line
+
+
+def line_slices(file: IO[bytes], size: int) -> Iterator[bytes]:
+    """Read a file in slices of about ``size`` bytes, each ending at a line end (or the file's end).
+
+    A line longer than ``size`` makes one longer slice. Memory: about two slices at the most.
+
+    Examples:
+        >>> import io
+        >>> list(line_slices(io.BytesIO(b"ab\\ncdefg\\nh\\ni"), 4))
+        [b'ab\\n', b'cdefg\\n', b'h\\n', b'i']
+    """
+    while True:
+        piece = file.read(size)
+        if not piece:
+            return
+        end = piece.rfind(b"\n") + 1
+        while end == 0:  # no line end yet: a long line, or the last one
+            more = file.read(size)
+            if not more:
+                break
+            start = len(piece)
+            piece += more
+            end = piece.find(b"\n", start) + 1
+        if 0 < end < len(piece):
+            file.seek(end - len(piece), 1)  # the rest starts the next slice
+            piece = piece[:end]
+        yield piece

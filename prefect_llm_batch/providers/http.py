@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import random
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import IO, Any, TypeVar
 
 import httpx
 from tenacity import RetryCallState, Retrying, retry_if_exception, stop_after_attempt
@@ -161,6 +161,25 @@ class RetryingHTTP:
                 raise AmbiguousCreate(str(error)) from None
             raise error
         return response
+
+    def _save(self, path: str, what: str, file: IO[bytes]) -> None:
+        """GET ``path`` and write the answer's body to ``file`` piece by piece, as it arrives
+        (never the whole body in memory). A body that breaks off halfway is downloaded again
+        from the start, as retried calls are; ``file`` then holds only the last attempt."""
+
+        def attempt() -> None:
+            file.seek(0)
+            file.truncate()
+            response = self._send("GET", path, what, stream=True)
+            try:
+                for piece in response.iter_bytes():
+                    file.write(piece)
+            except (httpx.TimeoutException, httpx.NetworkError, httpx.RemoteProtocolError) as exc:
+                raise ProviderUnavailable(f"{what}: the download broke off ({type(exc).__name__})") from exc
+            finally:
+                response.close()
+
+        self._retrying(attempt)
 
     def _json(self, method: str, path: str, what: str, **kwargs: Any) -> dict[str, Any]:
         response = self._retrying(lambda: self._send(method, path, what, **kwargs))

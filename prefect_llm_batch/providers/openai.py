@@ -24,6 +24,7 @@ Examples:
 from __future__ import annotations
 
 import email.utils
+import functools
 import time
 from collections.abc import Callable, Collection, Iterator
 from typing import Any, cast
@@ -53,13 +54,18 @@ from ..results import (
     error_kind_for_status,
     parse_chat_completion,
     parse_embedding,
-    result_schema,
     results_to_table,
     short,
 )
 from ..schemas import ResponseSchema
 from ..spec import BatchLimits, ErrorKind
-from .base import BatchInfo, BatchProvider, BatchStatus, decode_result_lines
+from .base import (
+    BatchInfo,
+    BatchProvider,
+    BatchStatus,
+    ResultLines,
+    decode_result_lines,
+)
 from .http import RetryingHTTP
 
 DEFAULT_BASE_URL = "https://api.openai.com/v1"
@@ -468,10 +474,18 @@ class OpenAIBatchProvider(RetryingHTTP, BatchProvider):
         )
 
     def parse_results(
-        self, data: bytes, batch_id: str | None, *, where: str = "a result file", embeddings: bool = False
+        self,
+        data: bytes,
+        batch_id: str | None,
+        *,
+        where: str = "a result file",
+        embeddings: bool = False,
+        unreadable: list[int] | None = None,
+        first_line: int = 1,
     ) -> pa.Table:
-        """Parse an output or error file; chat completions are parsed vectorised
-        (:func:`parse_chat_results`), anything it does not take line by line.
+        """Parse an output or error file (or a slice of whole lines of one); chat completions
+        are parsed vectorised (:func:`parse_chat_results`), anything it does not take (a slice
+        with an unreadable line among others) line by line.
 
         Examples:
             >>> p = OpenAIBatchProvider(api_key="test-key")
@@ -484,7 +498,14 @@ class OpenAIBatchProvider(RetryingHTTP, BatchProvider):
         if self._endpoint == CHAT_ENDPOINT:
             table = parse_chat_results(data, batch_id, self.parse_line)
         if table is None:
-            return super().parse_results(data, batch_id, where=where, embeddings=embeddings)
+            return super().parse_results(
+                data,
+                batch_id,
+                where=where,
+                embeddings=embeddings,
+                unreadable=unreadable,
+                first_line=first_line,
+            )
         if embeddings:
             table = table.append_column(EMBEDDING_COLUMN, pa.nulls(table.num_rows, pa.list_(pa.float32())))
         return table
@@ -580,16 +601,18 @@ class OpenAIBatchProvider(RetryingHTTP, BatchProvider):
             for line in decode_result_lines(data.splitlines(), f"the {what} file of batch {batch.id}"):
                 yield self.parse_line(line, batch.id)
 
-    def download_results(self, batch: BatchInfo, *, embeddings: bool = False) -> pa.Table:
-        tables = []
+    def read_results(self, batch: BatchInfo, *, embeddings: bool = False) -> ResultLines:
+        """Stream the output and error files to local temporary files in pieces, and parse each
+        in slices: memory holds a slice of a file, not the file; an unreadable line is counted."""
+        parts = []
         for file_id, what in ((batch.output_file_id, "output"), (batch.error_file_id, "error")):
             if not file_id:  # null, or "" on clean batches of some services
                 continue
-            data = self._download(file_id, f"download of the {what} file of batch {batch.id}")
+            download = f"download of the {what} file of batch {batch.id}"
+            save = functools.partial(self._save, f"/files/{file_id}/content", download)
             where = f"the {what} file of batch {batch.id}"
-            tables.append(self.parse_results(data, batch.id, where=where, embeddings=embeddings))
-            del data
-        return pa.concat_tables(tables) if tables else result_schema(embeddings).empty_table()
+            parts.append(self.read_result_file(save, batch.id, where=where, embeddings=embeddings))
+        return ResultLines.combine(parts, embeddings=embeddings)
 
     def delete_file(self, file_id: str) -> None:
         self._retrying(lambda: self._send("DELETE", f"/files/{file_id}", f"delete file {file_id}"))

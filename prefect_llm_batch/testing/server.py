@@ -27,6 +27,12 @@ with the counts they had when the stall caught them: none finished if they enter
 until cancelled, which works as usual, or until :meth:`FakeProviderServer.unstall_batches`, after
 which they carry on as if the stalled time had not passed.
 
+Spoilt result lines: :meth:`FakeProviderServer.spoil_next_result_line` makes the next result
+file written (an OpenAI output file, or an Anthropic batch's results) carry one bad line, once:
+``garble`` (not JSON any more), ``cut`` (cut halfway, as a broken download leaves it),
+``conflict`` (followed by a second line for the same ``custom_id`` with a different answer) or
+``duplicate`` (followed by an identical copy).
+
 Realtime rate limits: with :attr:`FakeServerConfig.realtime_rpm` / ``realtime_tpm`` the realtime
 routes (``POST /v1/chat/completions``, ``/v1/embeddings``, ``/v1/messages``) share a sliding-window
 budget (``realtime_window_s``, 60 s by default): over it, 429 with ``retry-after`` (and, on
@@ -160,6 +166,7 @@ __all__ = [
     "FakeMessageBatch",
     "FakeProviderServer",
     "FakeServerConfig",
+    "LineFault",
     "ServerStats",
     "StallStatus",
     "create_app",
@@ -268,6 +275,7 @@ BatchStatus = Literal[
 ]
 #: A status batches can be stalled in (:attr:`FakeServerConfig.stall_in`).
 StallStatus = Literal["validating", "in_progress", "finalizing"]
+LineFault = Literal["garble", "cut", "conflict", "duplicate"]
 _STALL_ORDER: dict[str, int] = {"validating": 0, "in_progress": 1, "finalizing": 2}
 
 
@@ -603,6 +611,12 @@ class FakeMessageBatch:
         }
 
 
+@dataclass(frozen=True)
+class _LineFault:
+    kind: LineFault
+    line: int
+
+
 @dataclass
 class _Fault:
     status: int
@@ -733,6 +747,7 @@ class _State:
         self.message_batches: dict[str, FakeMessageBatch] = {}
         self.faults: dict[str, list[_Fault]] = {}
         self.stalls: dict[str, list[float]] = {}
+        self.line_faults: list[_LineFault] = []
         self.stall_in: StallStatus | None = config.stall_in
         #: (arrival time, estimated tokens) of the realtime requests accepted in the window.
         self.window: deque[tuple[float, int]] = deque()
@@ -744,6 +759,7 @@ class _State:
             self.message_batches.clear()
             self.faults.clear()
             self.stalls.clear()
+            self.line_faults.clear()
             self.stall_in = self.config.stall_in
             self.stats.creates = self.stats.uploads = self.stats.requests_received = 0
             self.stats.calls.clear()
@@ -982,7 +998,7 @@ class _State:
                 lines.append({"custom_id": outcome.custom_id, "result": outcome.result})
         if self.config.shuffle:
             random.Random(f"{self.config.seed}:{batch.digest}").shuffle(lines)
-        batch.results = b"".join(orjson.dumps(line) + b"\n" for line in lines)
+        batch.results = self._result_bytes(lines)
 
     def run_message_request(self, custom_id: str, params: Any) -> _MessageOutcome:
         """Answer one message batch request (bad params become an ``errored`` result)."""
@@ -1197,15 +1213,64 @@ class _State:
             rng.shuffle(failed)
         now = int(time.time())
         if output:
-            batch.output_file_id = self._store_result_file(f"batch_{batch.id}_output.jsonl", output, now).id
+            batch.output_file_id = self._store_result_file(
+                f"batch_{batch.id}_output.jsonl", output, now, spoil=True
+            ).id
         if failed:
             batch.error_file_id = self._store_result_file(f"batch_{batch.id}_error.jsonl", failed, now).id
 
-    def _store_result_file(self, filename: str, lines: list[dict[str, Any]], now: int) -> FakeFile:
-        data = b"".join(orjson.dumps(line) + b"\n" for line in lines)
+    def _store_result_file(
+        self, filename: str, lines: list[dict[str, Any]], now: int, *, spoil: bool = False
+    ) -> FakeFile:
+        data = self._result_bytes(lines) if spoil else b"".join(orjson.dumps(line) + b"\n" for line in lines)
         stored = FakeFile(f"file-{_hex()}", data, filename, "batch_output", now, now + _FILE_TTL_SECONDS)
         self.files[stored.id] = stored
         return stored
+
+    def _result_bytes(self, lines: list[dict[str, Any]]) -> bytes:
+        """Encode result lines as JSONL, spoiling one line if a line fault is pending (and spending it)."""
+        encoded = [orjson.dumps(line) for line in lines]
+        fault = self.line_faults.pop(0) if self.line_faults and lines else None
+        if fault is not None:
+            at = min(fault.line, len(lines) - 1)
+            if fault.kind == "garble":
+                third = len(encoded[at]) // 3  # raw NULs are JSON nowhere, inside strings neither
+                encoded[at] = encoded[at][:third] + b"\x00#garbled#\x00" + encoded[at][2 * third :]
+            elif fault.kind == "cut":
+                encoded[at] = encoded[at][: len(encoded[at]) // 2]
+            elif fault.kind == "duplicate":
+                encoded.insert(at + 1, encoded[at])
+            else:  # conflict: the first line from `at` on whose answer can be changed
+                for index in [*range(at, len(lines)), *range(at)]:
+                    other = _other_answer(lines[index])
+                    if other is not None:
+                        encoded.insert(index + 1, orjson.dumps(other))
+                        break
+        return b"".join(line + b"\n" for line in encoded)
+
+
+def _other_answer(line: dict[str, Any]) -> dict[str, Any] | None:
+    """A copy of a successful result line (OpenAI chat or Anthropic message) with another answer text."""
+    other: Any = orjson.loads(orjson.dumps(line))
+    if isinstance(other.get("response"), dict):  # OpenAI
+        choices = (other["response"].get("body") or {}).get("choices") or []
+        message = choices[0].get("message") if choices else None
+        if not isinstance(message, dict) or not isinstance(message.get("content"), str):
+            return None
+        message["content"] += " (a different answer)"
+        other["id"] = f"batch_req_{_hex()}"
+        return dict(other)
+    result = other.get("result") or {}
+    blocks = (result.get("message") or {}).get("content") or []
+    if result.get("type") != "succeeded" or not blocks:
+        return None
+    if blocks[0].get("type") == "text":
+        blocks[0]["text"] += " (a different answer)"
+    elif blocks[0].get("type") == "tool_use":
+        blocks[0]["input"] = {"different": True}
+    else:
+        return None
+    return dict(other)
 
 
 def _request_tokens(endpoint: str, body: Mapping[str, Any]) -> int:
@@ -2428,6 +2493,30 @@ class FakeProviderServer:
         """
         with self._state.lock:
             return self._state.stats.creates_by_job[job_id]
+
+    def spoil_next_result_line(self, kind: LineFault = "garble", line: int = 0) -> None:
+        """Spoil one line of the next result file the server writes; the fault is then spent.
+
+        The file is the next OpenAI output file (not an error file) or the results of the next
+        Anthropic message batch to end. Calls queue up: each spoils one file.
+
+        Args:
+            kind: ``"garble"``: the line's middle third replaced by ``\\x00#garbled#\\x00`` (not JSON);
+                ``"cut"``: the line cut halfway; ``"conflict"``: a second line for the same
+                ``custom_id`` follows, its answer text changed (the first succeeded line from
+                ``line`` on); ``"duplicate"``: an identical copy follows.
+            line: The line (0 for the first, in file order; past the end: the last).
+
+        Raises:
+            ValueError: For another kind or a negative line.
+
+        Examples:
+            >>> FakeProviderServer().spoil_next_result_line("cut", line=3)
+        """
+        if kind not in ("garble", "cut", "conflict", "duplicate") or line < 0:
+            raise ValueError(f"cannot spoil line {line} with {kind!r}")
+        with self._state.lock:
+            self._state.line_faults.append(_LineFault(kind, line))
 
     def reset(self) -> None:
         """Forget all files, batches (message batches too), pending faults and stalls; zero the stats.
