@@ -16,7 +16,6 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from jsonschema import Draft202012Validator
 
-from prefect_llm_batch.errors import InputError
 from prefect_llm_batch.flows import enrich_table
 from prefect_llm_batch.schemas import ResponseSchema
 from prefect_llm_batch.testing import FakeProviderServer, FakeServerConfig, default_answer
@@ -53,7 +52,10 @@ def chat_body(prompt: str, schema: Any, model: str = "gpt-4o-mini") -> dict[str,
     return {
         "model": model,
         "messages": [{"role": "user", "content": prompt}],
-        "response_format": {"type": "json_schema", "json_schema": {"name": "t", "strict": True, "schema": schema}},
+        "response_format": {
+            "type": "json_schema",
+            "json_schema": {"name": "t", "strict": True, "schema": schema},
+        },
     }
 
 
@@ -117,7 +119,12 @@ def string_schemas(draw: st.DrawFn) -> dict[str, Any]:
 
 SCALARS = st.one_of(st.text(max_size=8), st.integers(-5, 5), st.booleans(), st.none())
 ENUMS = st.one_of(
-    st.lists(st.sampled_from(["positive", "negative", "mixed", "en", "fr", "other"]), min_size=1, max_size=4, unique=True),
+    st.lists(
+        st.sampled_from(["positive", "negative", "mixed", "en", "fr", "other"]),
+        min_size=1,
+        max_size=4,
+        unique=True,
+    ),
     st.lists(st.integers(1, 10), min_size=1, max_size=4, unique=True),
 ).map(lambda members: {"enum": members})
 LEAVES = st.one_of(
@@ -210,7 +217,9 @@ PROMPTS = st.one_of(
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
 )
 @given(schema=response_schemas(), prompt=PROMPTS, model=st.sampled_from(["gpt-4o-mini", "claude-x"]))
-def test_every_simulator_answer_validates_against_its_schema(schema: dict[str, Any], prompt: str, model: str) -> None:
+def test_every_simulator_answer_validates_against_its_schema(
+    schema: dict[str, Any], prompt: str, model: str
+) -> None:
     body = chat_body(prompt, schema, model)
     text = default_answer(body)
     answer = json.loads(text)
@@ -241,7 +250,10 @@ def test_answers_to_the_strict_form_the_flow_sends_fill_the_projects_typed_colum
 
 
 def test_a_bounded_score_is_inside_its_bounds_and_varies_with_the_prompt() -> None:
-    scores = [json.loads(default_answer(chat_body(f"Rate review {i}: it was fine", SCORE)))["score"] for i in range(40)]
+    scores = [
+        json.loads(default_answer(chat_body(f"Rate review {i}: it was fine", SCORE)))["score"]
+        for i in range(40)
+    ]
     assert set(scores) == {1, 2, 3, 4, 5}
 
 
@@ -299,7 +311,10 @@ def test_local_refs_and_recursive_schemas_are_answered() -> None:
         "$defs": {
             "Node": {
                 "type": "object",
-                "properties": {"name": {"type": "string"}, "children": {"type": "array", "items": {"$ref": "#/$defs/Node"}}},
+                "properties": {
+                    "name": {"type": "string"},
+                    "children": {"type": "array", "items": {"$ref": "#/$defs/Node"}},
+                },
                 "required": ["name", "children"],
             }
         },
@@ -332,9 +347,13 @@ def server(monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeProviderServer]:
         yield srv
 
 
-def test_realtime_chat_answers_a_bounded_score_and_names_an_unanswerable_pattern(server: FakeProviderServer) -> None:
+def test_realtime_chat_answers_a_bounded_score_and_names_an_unanswerable_pattern(
+    server: FakeProviderServer,
+) -> None:
     bad = {"type": "object", "properties": {"code": {"type": "string", "pattern": r"\bx\b"}}}
-    with httpx.Client(base_url=server.base_url, headers={"Authorization": f"Bearer {KEY}"}, timeout=5.0) as http:
+    with httpx.Client(
+        base_url=server.base_url, headers={"Authorization": f"Bearer {KEY}"}, timeout=5.0
+    ) as http:
         good = http.post("/chat/completions", json=chat_body("Rate: a long and winding road trip", SCORE))
         refused = http.post("/chat/completions", json=chat_body("Rate it", bad))
     assert good.status_code == 200
@@ -343,7 +362,9 @@ def test_realtime_chat_answers_a_bounded_score_and_names_an_unanswerable_pattern
 
 
 @pytest.mark.usefixtures("prefect_harness")
-def test_a_batch_with_a_1_to_5_score_schema_gives_1_to_5_typed_values(server: FakeProviderServer, tmp_path: Path) -> None:
+def test_a_batch_with_a_1_to_5_score_schema_gives_1_to_5_typed_values(
+    server: FakeProviderServer, tmp_path: Path
+) -> None:
     texts = [f"Review {i}: the delivery was late but the product itself works well enough" for i in range(30)]
     source = tmp_path / "in.parquet"
     pq.write_table(pa.table({"id": list(range(len(texts))), "text": texts}), source)

@@ -94,7 +94,7 @@ import re
 import string
 import struct
 import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from datetime import date
 from types import MappingProxyType
 from typing import Any
@@ -457,7 +457,11 @@ class _PatternParser:
                 raise _UnsupportedPattern("a POSIX class")
             else:
                 piece = char
-            if len(piece) == 1 and self._peek() == "-" and self.pattern[self.i + 1 : self.i + 2] not in ("]", ""):
+            if (
+                len(piece) == 1
+                and self._peek() == "-"
+                and self.pattern[self.i + 1 : self.i + 2] not in ("]", "")
+            ):
                 self.i += 1
                 end = self._peek()
                 self.i += 1
@@ -511,7 +515,9 @@ def _generate(node: _Node, draw: _Draw, where: str, minimal: bool, counter: list
         return "".join(_generate(child, draw, where, minimal, counter) for child in node[1])
     if kind == "alt":
         options: list[_Node] = node[1]
-        return _generate(options[0 if minimal else draw.below(salt, len(options))], draw, where, minimal, counter)
+        return _generate(
+            options[0 if minimal else draw.below(salt, len(options))], draw, where, minimal, counter
+        )
     if kind == "rep":
         low: int = node[2]
         high: int | None = node[3]
@@ -539,6 +545,20 @@ def _bound(node: Mapping[str, Any], key: str, exclusive_key: str) -> tuple[float
     return bound, False
 
 
+def _count(node: Mapping[str, Any], key: str) -> int | None:
+    """A non-negative integer keyword (``minLength``...), else None."""
+    value = node.get(key)
+    return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else None
+
+
+def _positive(node: Mapping[str, Any], key: str) -> float | None:
+    """A positive number keyword (``multipleOf``), else None."""
+    value = node.get(key)
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and value > 0:
+        return value
+    return None
+
+
 def _is_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
@@ -557,8 +577,9 @@ def _accepts_any(value: Any) -> bool:
 
 _TYPE_CHECKS: dict[str, Any] = {
     "string": lambda v: isinstance(v, str),
-    "integer": lambda v: (isinstance(v, int) and not isinstance(v, bool))
-    or (isinstance(v, float) and v.is_integer()),
+    "integer": lambda v: (
+        (isinstance(v, int) and not isinstance(v, bool)) or (isinstance(v, float) and v.is_integer())
+    ),
     "number": lambda v: isinstance(v, (int, float)) and not isinstance(v, bool),
     "boolean": lambda v: isinstance(v, bool),
     "null": lambda v: v is None,
@@ -582,7 +603,9 @@ class _Filler:
 
     def value(self, node: Any, where: str, depth: int) -> Any:
         if depth > MAX_DEPTH:
-            raise self.fail(where, f"the schema nests deeper than {MAX_DEPTH} levels (a $ref that requires itself?)")
+            raise self.fail(
+                where, f"the schema nests deeper than {MAX_DEPTH} levels (a $ref that requires itself?)"
+            )
         if node is True or node is None:
             node = {}
         if node is False:
@@ -638,7 +661,9 @@ class _Filler:
             return "object"
         if any(k in node for k in ("items", "minItems", "maxItems", "prefixItems")):
             return "array"
-        if any(k in node for k in ("minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum", "multipleOf")):
+        if any(
+            k in node for k in ("minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum", "multipleOf")
+        ):
             return "number"
         return "string"
 
@@ -646,7 +671,9 @@ class _Filler:
         kinds = node.get("type")
         names = kinds if isinstance(kinds, list) else [kinds] if isinstance(kinds, str) else None
         members = [
-            m for m in node["enum"] if names is None or any(_TYPE_CHECKS.get(n, _accepts_any)(m) for n in names)
+            m
+            for m in node["enum"]
+            if names is None or any(_TYPE_CHECKS.get(n, _accepts_any)(m) for n in names)
         ]
         if not members:
             raise self.fail(where, "no member of the enum has the schema's type")
@@ -723,8 +750,7 @@ class _Filler:
         return out
 
     def array(self, node: Mapping[str, Any], where: str, depth: int) -> list[Any]:
-        low = node.get("minItems") if isinstance(node.get("minItems"), int) else 0
-        high = node.get("maxItems") if isinstance(node.get("maxItems"), int) else None
+        low, high = _count(node, "minItems") or 0, _count(node, "maxItems")
         if high is not None and high < low:
             raise self.fail(where, f"minItems {low} is above maxItems {high}")
         count = low if depth >= MINIMAL_DEPTH else max(low, 1)
@@ -738,9 +764,9 @@ class _Filler:
         high, high_open = _bound(node, "maximum", "exclusiveMaximum")
         lo = None if low is None else (math.floor(low) + 1 if low_open else math.ceil(low))
         hi = None if high is None else (math.ceil(high) - 1 if high_open else math.floor(high))
-        step_raw = node.get("multipleOf")
+        step_raw = _positive(node, "multipleOf")
         step = 1
-        if _is_number(step_raw) and step_raw > 0:
+        if step_raw is not None:
             if not float(step_raw).is_integer():
                 raise self.fail(where, f"an integer multipleOf must be a whole number here, not {step_raw}")
             step = int(step_raw)
@@ -764,16 +790,17 @@ class _Filler:
         high, high_open = _bound(node, "maximum", "exclusiveMaximum")
         lo = float(low) if low is not None else (float(high) - 10.0 if high is not None else 0.0)
         hi = float(high) if high is not None else lo + (10.0 if low is not None else 1.0)
-        step_raw = node.get("multipleOf")
+        step_raw = _positive(node, "multipleOf")
         if hi < lo or (hi == lo and (low_open or high_open)):
             raise self.fail(where, "no number lies between its minimum and maximum")
 
         def ok(value: float) -> bool:
             inside = (value > lo if low_open else value >= lo) and (value < hi if high_open else value <= hi)
-            return inside and (not _is_number(step_raw) or _multiple_ok(value, step_raw))
+            return inside and (step_raw is None or _multiple_ok(value, step_raw))
 
-        if _is_number(step_raw) and step_raw > 0:
-            step, decimals = float(step_raw), None
+        decimals: int | None = None
+        if step_raw is not None:
+            step = float(step_raw)
         else:
             width = hi - lo
             exponent = math.floor(math.log10(width)) - 2 if width > 0 else 0
@@ -792,8 +819,7 @@ class _Filler:
         raise self.fail(where, "no number fits its bounds and multipleOf")
 
     def string(self, node: Mapping[str, Any], where: str) -> str:
-        low = node.get("minLength") if isinstance(node.get("minLength"), int) else 0
-        high = node.get("maxLength") if isinstance(node.get("maxLength"), int) else None
+        low, high = _count(node, "minLength") or 0, _count(node, "maxLength")
         if high is not None and high < low:
             raise self.fail(where, f"minLength {low} is above maxLength {high}")
         pattern = node.get("pattern")
@@ -814,7 +840,9 @@ class _Filler:
         if high is not None and len(value) > high:
             plain = value.removeprefix("[simulated] ")
             cut = plain[: high + 1].rsplit(" ", 1)[0] if " " in plain[: high + 1] else ""
-            value = plain if len(plain) <= high else (cut if low <= len(cut) <= high and cut else plain[:high])
+            value = (
+                plain if len(plain) <= high else (cut if low <= len(cut) <= high and cut else plain[:high])
+            )
         if len(value) < low:
             filler = [w for w in self.text.split() if w] or ["lorem", "ipsum"]
             words = [value] if value else []
@@ -831,7 +859,9 @@ class _Filler:
         try:
             re.compile(pattern)
         except re.error as exc:
-            raise self.fail(where, f"the pattern {pattern!r} is not a valid regular expression ({exc})") from None
+            raise self.fail(
+                where, f"the pattern {pattern!r} is not a valid regular expression ({exc})"
+            ) from None
         try:
             tree = _PatternParser(pattern).parse()
         except _UnsupportedPattern as exc:
@@ -878,7 +908,7 @@ def _email(draw: _Draw, where: str) -> str:
     return f"{name}.{draw.below(f'{where}#n', 100)}@example.com"
 
 
-_FORMATS: Mapping[str, Any] = MappingProxyType(
+_FORMATS: Mapping[str, Callable[[_Draw, str], str]] = MappingProxyType(
     {
         "date": _date,
         "date-time": lambda draw, where: f"{_date(draw, where)}T{_time(draw, where)}",
@@ -943,7 +973,8 @@ def default_answer(body: Mapping[str, Any]) -> str:
         ...                 "response_format": {"type": "json_schema", "json_schema": {"schema": schema}}})
         '{"label": "positive", "score": 0.22}'
         >>> schema["properties"]["score"] = {"type": "integer", "minimum": 1, "maximum": 5}
-        >>> default_answer({"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "sentiment: nice"}],
+        >>> default_answer({"model": "gpt-4o-mini",
+        ...                 "messages": [{"role": "user", "content": "sentiment: nice"}],
         ...                 "response_format": {"type": "json_schema", "json_schema": {"schema": schema}}})
         '{"label": "positive", "score": 3}'
     """
