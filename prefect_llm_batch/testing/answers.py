@@ -94,7 +94,7 @@ import re
 import string
 import struct
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from datetime import date
 from types import MappingProxyType
 from typing import Any
@@ -806,17 +806,24 @@ class _Filler:
             exponent = math.floor(math.log10(width)) - 2 if width > 0 else 0
             step, decimals = 10.0**exponent, max(0, -exponent)
         k_lo, k_hi = math.ceil(lo / step), math.floor(hi / step)
-        candidates: list[float] = []
-        if k_lo <= k_hi:
-            start = k_lo + self.draw.below(f"{where}#num", k_hi - k_lo + 1)
-            for k in (start, *range(k_lo, min(k_hi, k_lo + 4) + 1), *range(max(k_lo, k_hi - 4), k_hi + 1)):
-                raw = k * step
-                candidates.extend([round(raw, decimals) if decimals is not None else raw, round(raw, 10)])
-        candidates.append((lo + hi) / 2)
-        for candidate in candidates:
-            if ok(float(candidate)):
-                return float(candidate)
-        raise self.fail(where, "no number fits its bounds and multipleOf")
+
+        def candidates() -> Iterator[float]:  # the seeded one first; float rounding may push it out
+            if k_lo <= k_hi:
+                start = k_lo + self.draw.below(f"{where}#num", k_hi - k_lo + 1)
+                for k in (
+                    start,
+                    *range(k_lo, min(k_hi, k_lo + 4) + 1),
+                    *range(max(k_lo, k_hi - 4), k_hi + 1),
+                ):
+                    raw = k * step
+                    yield float(round(raw, decimals)) if decimals is not None else raw
+                    yield round(raw, 10)
+            yield (lo + hi) / 2
+
+        found = next((candidate for candidate in candidates() if ok(candidate)), None)
+        if found is None:
+            raise self.fail(where, "no number fits its bounds and multipleOf")
+        return found
 
     def string(self, node: Mapping[str, Any], where: str) -> str:
         low, high = _count(node, "minLength") or 0, _count(node, "maxLength")
