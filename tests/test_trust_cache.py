@@ -145,8 +145,8 @@ def test_cache_clear_frees_the_bytes_it_reports(server: FakeProviderServer, tmp_
     before = disk_usage(state)
     result = cli.invoke(app, ["cache", "clear", "--state-dir", str(state)])
     assert result.exit_code == 0, result.output
-    assert "removed 20 segment(s)" in result.output and "freeing" in result.output
     assert before - disk_usage(state) >= reported > 0
+    assert "removed 20 segment(s)" in result.output and "freeing" in result.output
     assert ResponseCache(str(state)).stats() == (0, 0, 0)
     assert ResponseCache(str(state)).clear() == (0, 0)
 
