@@ -111,6 +111,10 @@ def enrich(
     Returns:
         ``df`` with the answer columns appended (and the summary when asked for).
 
+    Raises:
+        JobLocked: Another run (another kernel, a flow) is running the same job; this one changed
+            nothing.
+
     Examples:
         >>> import pandas as pd
         >>> out = enrich(pd.DataFrame({"text": ["I love it", "awful"]}),

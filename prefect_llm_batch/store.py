@@ -496,7 +496,8 @@ def _pid_alive(pid: int) -> bool:
 
 
 def list_jobs(state_dir: str, storage_options: dict[str, Any] | None = None) -> list[JobRecord]:
-    """Every prepared job of a state directory, newest first."""
+    """Every prepared job of a state directory, newest first (a job whose ``job.json`` is damaged
+    is left out, with a warning that names the file and how to delete the job)."""
     fs, root = fsspec.core.url_to_fs(f"{state_dir.rstrip('/')}/jobs", **(storage_options or {}))
     if not fs.exists(root):
         return []
@@ -505,7 +506,10 @@ def list_jobs(state_dir: str, storage_options: dict[str, Any] | None = None) -> 
         job_id = str(path).rstrip("/").rsplit("/", 1)[-1]
         store = JobStore(state_dir, job_id, storage_options)
         if store.is_prepared():
-            records.append(store.read_job())
+            try:
+                records.append(store.read_job())
+            except StateError as exc:
+                logger.warning("%s", exc)
     return sorted(records, key=lambda r: r.created_at, reverse=True)
 
 
