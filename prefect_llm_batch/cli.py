@@ -486,12 +486,61 @@ def cache_clear(
     state_dir: StateDirOption = None,
     older_than: Annotated[float | None, typer.Option(help="Only segments older than this many days.")] = None,
 ) -> None:
-    """Delete cached answers (all, or those older than --older-than days)."""
+    """Delete cached answers (all, or those older than --older-than days); jobs keep their results."""
     from .store import ResponseCache
 
     cache = ResponseCache(_state_dir(state_dir))
     removed = cache.clear(older_than * 86400 if older_than is not None else None)
-    typer.echo(f"removed {removed} segment(s) from {cache.base}")
+    typer.echo(f"removed {removed.files} segment(s) from {cache.base}, freeing {_size(removed.bytes)}")
+
+
+def _size(count: int) -> str:
+    """Bytes for people: ``1.5 MB``, ``12 kB``, ``300 bytes``.
+
+    Examples:
+        >>> _size(1_500_000), _size(12_000), _size(300)
+        ('1.5 MB', '12 kB', '300 bytes')
+    """
+    if count >= 1_000_000:
+        return f"{count / 1e6:.1f} MB"
+    if count >= 1_000:
+        return f"{count / 1e3:.0f} kB"
+    return f"{count} bytes"
+
+
+jobs_app = typer.Typer(help="Delete jobs from the state directory (the response cache keeps their answers).")
+app.add_typer(jobs_app, name="jobs")
+
+
+@jobs_app.command("clean")
+def jobs_clean(
+    job_ids: Annotated[
+        list[str] | None, typer.Argument(help="Only these jobs (see `prefect-llm-batch status`).")
+    ] = None,
+    state_dir: StateDirOption = None,
+    older_than: Annotated[
+        float | None, typer.Option(help="Only jobs none of whose files changed for this many days.")
+    ] = None,
+    finished: Annotated[
+        bool, typer.Option("--finished", help="Only jobs whose batches are all collected.")
+    ] = False,
+) -> None:
+    """Delete jobs (all, or those matching every option given), except jobs a run holds now.
+
+    Their cached answers stay: running a deleted job again pays only for what the cache does not
+    answer. A deleted job's batches still running at the provider are neither cancelled nor
+    collected (`prefect-llm-batch cancel JOB_ID` first).
+    """
+    from .store import clean_jobs
+
+    root = _state_dir(state_dir)
+    report = clean_jobs(
+        root, job_ids=job_ids or None, older_than_s=older_than * 86400 if older_than is not None else None,
+        finished=finished,
+    )  # fmt: skip
+    for job_id, reason in report.kept.items():
+        typer.echo(f"kept job {job_id}: {reason}")
+    typer.echo(f"removed {len(report.removed)} job(s) from {root}, freeing {_size(report.bytes)}")
 
 
 @app.command("fake-server")

@@ -1,9 +1,10 @@
 """Prefect flows: one public flow per use case.
 
-``enrich_table`` runs a whole job in one flow run: prepare, then per round one ``submit-batch``
-task per batch, ``wait-for-batches``, one ``collect-batch`` task per batch and ``plan-retry``, and
-finally ``write-output``. Running it again with the same inputs resumes the same job from its
-state directory instead of paying again; one run at a time holds a job (a lease).
+``enrich_table`` runs a whole job in one flow run: ``identify-job`` and take the job's lease,
+prepare, then per round one ``submit-batch`` task per batch, ``wait-for-batches``, one
+``collect-batch`` task per batch and ``plan-retry``, and finally ``write-output``. Running it
+again with the same inputs resumes the same job from its state directory instead of paying
+again; one run at a time holds a job (a lease), from planning to the output.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from . import artifacts
 from .blocks import AnthropicBatchCredentials, OpenAIBatchCredentials, ProviderCredentials
 from .costs import DEFAULT_EXPECTED_OUTPUT_TOKENS, Estimate
 from .errors import BatchCancelled, BatchFailed, ConfigError, CostLimitExceeded, ErrorRateExceeded, JobLocked
-from .jobs import COLLECTS_IN_FLIGHT, JobRef, JobSummary, cancel_job, failed_batches, job_ref
+from .jobs import COLLECTS_IN_FLIGHT, JobIdentity, JobRef, JobSummary, cancel_job, failed_batches, job_ref
 from .jobs.detached import PendingJob
 from .jobs.realtime import Mode, choose_mode
 from .memory import SMALL_PAGES_ENV, prefer_small_pages
@@ -56,6 +57,7 @@ from .tasks import (
     advance_job,
     collect_batch,
     estimate_job,
+    identify_job,
     plan_retry,
     prepare_job,
     realtime_chunk,
@@ -79,6 +81,27 @@ def resolve_target(
     """Yield where the job's HTTP goes; for ``simulator``, start the bundled fake server for the run."""
     with open_target(provider, base_url or (credentials.base_url if credentials else None)) as target:
         yield target
+
+
+@contextlib.contextmanager
+def hold_job(
+    source: str,
+    spec: JobSpec,
+    target: ProviderTarget,
+    state_dir: str,
+    limit: int | None,
+    options: RunOptions,
+    credentials: ProviderCredentials | None,
+) -> Iterator[JobIdentity]:
+    """Identify the job (``identify-job``) and hold its lease for the ``with`` block: planning,
+    every round and the output (the steps inside that take the lease again just keep it).
+
+    Raises:
+        JobLocked: Another run holds the job; nothing was planned or sent by this one.
+    """
+    identity = identify_job(source, spec, target, limit, options, credentials)
+    with JobStore(state_dir, identity.job_id).lease():
+        yield identity
 
 
 def cancel_provider_batches(flow: Flow[Any, Any], flow_run: FlowRun, state: State[Any]) -> None:
@@ -259,8 +282,13 @@ def enrich_table(
     if simulated:
         log.warning("provider 'simulator': answers come from the bundled simulator, not from a model")
     state = state_dir or default_state_dir()
-    with resolve_target(provider, base_url, credentials) as target:
-        ref = prepare_job(source, output, spec, target, state, limit, overwrite, options, credentials)
+    with (
+        resolve_target(provider, base_url, credentials) as target,
+        hold_job(source, spec, target, state, limit, options, credentials) as identity,
+    ):
+        ref = prepare_job(
+            source, output, spec, target, state, limit, overwrite, options, credentials, identity
+        )
         planned = estimate_job(ref, spec.params, prices, expected_output_tokens)
         log.info("job %s: %s", ref.job_id, planned.describe())
         if dry_run:

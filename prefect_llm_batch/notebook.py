@@ -21,8 +21,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from pydantic import BaseModel
 
-from .jobs import JobSummary, Progress, assemble, prepare
-from .jobs.runner import run_batches
+from .jobs import JobSummary, Progress
+from .jobs.runner import run_job
 from .providers import make_provider, open_target
 from .schemas import ResponseSchema
 from .spec import (
@@ -111,6 +111,10 @@ def enrich(
     Returns:
         ``df`` with the answer columns appended (and the summary when asked for).
 
+    Raises:
+        JobLocked: Another run (another kernel, a flow) is running the same job; this one changed
+            nothing.
+
     Examples:
         >>> import pandas as pd
         >>> out = enrich(pd.DataFrame({"text": ["I love it", "awful"]}),
@@ -144,13 +148,16 @@ def enrich(
     with (
         open_target(provider, base_url, simulator_seconds=0.6) as target,
         make_provider(target, api_key=api_key) as client,
+        tempfile.TemporaryDirectory() as scratch,
+        _Bar(progress) as bar,
     ):
-        ref = prepare(source, spec, client, target, state_dir=state, cache=cache)
-        with _Bar(progress) as bar:
-            run_batches(ref, client, options, on_change=bar.update)
-    with tempfile.TemporaryDirectory() as scratch:
         output = str(Path(scratch) / "out.parquet")
-        summary = assemble(ref, output=output, parser=parser)
+        # One lease from planning to the output: another kernel running the same cell meanwhile
+        # gets JobLocked and changes nothing.
+        summary = run_job(
+            source, spec, client, target, options, state_dir=state, output=output, parser=parser,
+            on_change=bar.update,
+        )  # fmt: skip
         result = pq.read_table(output).to_pandas()
     answers = result.drop(columns=list(df.columns))
     answers.index = df.index

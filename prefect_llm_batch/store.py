@@ -19,12 +19,19 @@ and, shared by every job of the state directory, the **response cache**::
     {state_dir}/cache/segments/{time_ns}-{name}.parquet                    successful answers by custom_id
 
 (named by write time, so that the newest answer to a request wins, e.g. after a refresh). A
-collected chunk's segment under ``results/`` is its ``results/chunk-00000.parquet`` itself, a
-hard link where the filesystem allows (so deleting the job keeps the cache), errors included:
-the cache skips rows with a ``response_error_kind``.
+collected chunk's segment under ``results/`` is a copy of its ``results/chunk-00000.parquet``
+(its own bytes, never a link: deleting a job or clearing the cache frees what it says, and damage
+to one never reaches the other), errors included: the cache skips rows with a
+``response_error_kind``. A damaged segment is skipped with a warning naming it (its requests are
+sent again); a damaged job file is a :class:`~prefect_llm_batch.errors.StateError` naming it.
 
 The cache holds answers (and so, indirectly, prompts' content): clear it with
-``prefect-llm-batch cache clear`` (optionally ``--older-than DAYS``) or delete the folder.
+``prefect-llm-batch cache clear`` (optionally ``--older-than DAYS``) or delete the folder. Delete
+jobs with ``prefect-llm-batch jobs clean`` (:func:`clean_jobs`; a job a runner holds is kept).
+
+One runner holds a job from planning to its output: the lease is taken once the job id is known
+(:func:`~prefect_llm_batch.jobs.identify`), before the plan is written or resumed, and held
+through every round and the output; it is re-entrant within one run (one context).
 
 Every file is written whole (temporary file and rename locally, one put on object stores), so a
 reader never sees half a state. Each chunk has its own state file, so concurrent tasks working on
@@ -34,6 +41,7 @@ different chunks never overwrite each other's state. Nothing here ever holds an 
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import io
 import logging
 import os
@@ -43,7 +51,7 @@ import time
 import uuid
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import fsspec
 import numpy as np
@@ -59,7 +67,6 @@ from .spec import BatchLimits
 from .table import (
     dictionary_columns,
     exists,
-    link_or_write_atomic,
     read_bytes,
     write_bytes_atomic,
     write_parquet_batches_atomic,
@@ -198,6 +205,16 @@ class JobStore:
     def _read(self, path: str, *, drop_cache: bool = False) -> bytes:
         return read_bytes(path, storage_options=self._options, drop_cache=drop_cache)
 
+    def damaged(self, path: str, exc: BaseException) -> StateError:
+        """The error for a state file of this job that cannot be decoded: it names the file and
+        how to get going again (delete the job: the response cache keeps its answers)."""
+        return StateError(
+            f"the file {path} of job {self.job_id} is damaged ({_short(exc)}); delete the job with "
+            f"`prefect-llm-batch jobs clean {self.job_id} --state-dir {self.state_dir}` (or "
+            f"`clean_jobs(..., job_ids=[{self.job_id!r}])`) and run it again: answers already in the "
+            "response cache are not paid for twice"
+        )
+
     # job.json ---------------------------------------------------------------------------
 
     def is_prepared(self) -> bool:
@@ -219,9 +236,7 @@ class JobStore:
         except (FileNotFoundError, TableError) as exc:
             raise StateError(f"job {self.job_id} is not prepared in {self.state_dir}") from exc
         except ValueError as exc:
-            raise StateError(
-                f"the state of job {self.job_id} in {self.state_dir} is unreadable: {exc}"
-            ) from exc
+            raise self.damaged(self._path("job.json"), exc) from exc
         if record.format != STATE_FORMAT:
             raise StateError(
                 f"job {self.job_id} was written by state format {record.format}, not {STATE_FORMAT}"
@@ -258,6 +273,10 @@ class JobStore:
                 table = pq.read_table(handle)
         except FileNotFoundError as exc:
             raise StateError(f"job {self.job_id} has no row ids in {self.state_dir}") from exc
+        except Exception as exc:
+            if is_damage(exc):
+                raise self.damaged(self._path("rows.parquet"), exc) from exc
+            raise
         return table.column("custom_id").combine_chunks()
 
     def iter_row_ids(self, batch_rows: int = 65_536) -> Iterator[pa.Array[Any]]:
@@ -271,9 +290,14 @@ class JobStore:
             handle = fs.open(path, "rb")
         except FileNotFoundError as exc:
             raise StateError(f"job {self.job_id} has no row ids in {self.state_dir}") from exc
-        with handle, pq.ParquetFile(handle) as file:
-            for batch in file.iter_batches(batch_size=batch_rows, columns=["custom_id"]):
-                yield batch.column(0)
+        try:
+            with handle, pq.ParquetFile(handle) as file:
+                for batch in file.iter_batches(batch_size=batch_rows, columns=["custom_id"]):
+                    yield batch.column(0)
+        except Exception as exc:
+            if is_damage(exc):
+                raise self.damaged(self._path("rows.parquet"), exc) from exc
+            raise
 
     def write_chunk_input(self, chunk_id: int, data: bytes | Sequence[bytes | memoryview]) -> None:
         """Write a chunk's batch input file, whole or as its pieces in order (out of the page
@@ -345,6 +369,8 @@ class JobStore:
             return ChunkState.model_validate_json(self._read(self._chunk_path(chunk_id)))
         except (FileNotFoundError, TableError) as exc:
             raise StateError(f"chunk {chunk_id} of job {self.job_id} has no state") from exc
+        except ValueError as exc:
+            raise self.damaged(self._chunk_path(chunk_id), exc) from exc
 
     # results ----------------------------------------------------------------------------
 
@@ -364,6 +390,14 @@ class JobStore:
         return self._read_parquet(self.results_path(chunk_id), columns)
 
     def _read_parquet(self, path: str, columns: list[str] | None) -> pa.Table:
+        try:
+            return self._read_parquet_file(path, columns)
+        except Exception as exc:
+            if is_damage(exc):
+                raise self.damaged(path, exc) from exc
+            raise
+
+    def _read_parquet_file(self, path: str, columns: list[str] | None) -> pa.Table:
         if columns is None:
             return pq.read_table(io.BytesIO(self._read(path)))
         try:  # only the columns' pages are read: a file's ids are a tenth of its bytes
@@ -386,7 +420,15 @@ class JobStore:
             return []
         prefix = f"chunk-{chunk_id:05d}.part-"
         paths = sorted(p for p in fs.ls(root, detail=False) if str(p).rsplit("/", 1)[-1].startswith(prefix))
-        return [pq.read_table(io.BytesIO(bytes(fs.cat_file(p)))) for p in paths]
+        tables = []
+        for p in paths:
+            try:
+                tables.append(pq.read_table(io.BytesIO(bytes(fs.cat_file(p)))))
+            except Exception as exc:
+                if is_damage(exc):
+                    raise self.damaged(str(p), exc) from exc
+                raise
+        return tables
 
     def write_cached_results(self, table: pa.Table) -> None:
         """Write the answers the job took from the response cache."""
@@ -430,6 +472,25 @@ def orjson_dumps(value: Any) -> bytes:
     return orjson.dumps(value)
 
 
+def is_damage(exc: BaseException) -> bool:
+    """True when reading a Parquet file failed because its bytes cannot be decoded (Arrow's
+    errors, and the ``OSError`` without an errno it raises for corrupt pages), not because the
+    file is missing, forbidden or the network failed.
+
+    Examples:
+        >>> is_damage(OSError("Corrupt snappy compressed data.")), is_damage(FileNotFoundError(2, "x"))
+        (True, False)
+    """
+    if isinstance(exc, pa.ArrowException) and not isinstance(exc, OSError):
+        return True
+    return type(exc) is OSError and exc.errno is None
+
+
+def _short(exc: BaseException, most: int = 160) -> str:
+    text = str(exc).replace("\n", " ")
+    return text if len(text) <= most else text[: most - 3] + "..."
+
+
 def _pid_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -441,7 +502,8 @@ def _pid_alive(pid: int) -> bool:
 
 
 def list_jobs(state_dir: str, storage_options: dict[str, Any] | None = None) -> list[JobRecord]:
-    """Every prepared job of a state directory, newest first."""
+    """Every prepared job of a state directory, newest first (a job whose ``job.json`` is damaged
+    is left out, with a warning that names the file and how to delete the job)."""
     fs, root = fsspec.core.url_to_fs(f"{state_dir.rstrip('/')}/jobs", **(storage_options or {}))
     if not fs.exists(root):
         return []
@@ -450,8 +512,105 @@ def list_jobs(state_dir: str, storage_options: dict[str, Any] | None = None) -> 
         job_id = str(path).rstrip("/").rsplit("/", 1)[-1]
         store = JobStore(state_dir, job_id, storage_options)
         if store.is_prepared():
-            records.append(store.read_job())
+            try:
+                records.append(store.read_job())
+            except StateError as exc:
+                logger.warning("%s", exc)
     return sorted(records, key=lambda r: r.created_at, reverse=True)
+
+
+class CleanedJobs(BaseModel):
+    """What :func:`clean_jobs` did: the jobs deleted, the bytes that freed, the jobs it kept and why."""
+
+    removed: list[str] = Field(default_factory=list)
+    bytes: int = 0
+    kept: dict[str, str] = Field(default_factory=dict)
+
+
+def job_finished(store: JobStore) -> bool:
+    """True when a job is planned, every batch of it is collected and it is not pending (detached).
+
+    A damaged or unplanned job is not finished (delete it by its id).
+    """
+    pending = f"{store.state_dir}/pending/{store.job_id}.json"
+    if not store.is_prepared() or exists(pending, storage_options=store._options):
+        return False
+    try:
+        record = store.read_job()
+        return all(store.read_chunk(c.chunk_id).collected for c in record.chunks)
+    except StateError:
+        return False
+
+
+def clean_jobs(
+    state_dir: str,
+    *,
+    job_ids: Sequence[str] | None = None,
+    older_than_s: float | None = None,
+    finished: bool = False,
+    storage_options: dict[str, Any] | None = None,
+) -> CleanedJobs:
+    """Delete jobs from a state directory (their plans, batch files, results); the response cache
+    keeps their answers, so running one again pays only for what the cache does not answer.
+
+    Every job matching all the conditions given is deleted (with none, every job), except a
+    job whose lease a runner holds: it is kept, and :attr:`CleanedJobs.kept` says who holds it.
+    Batches of a deleted job still running at the provider are not cancelled and their results
+    are not collected (``prefect-llm-batch cancel JOB_ID`` first).
+
+    Args:
+        state_dir: The state directory.
+        job_ids: Only these jobs (an id that is not there is reported in ``kept``).
+        older_than_s: Only jobs none of whose files changed for this many seconds.
+        finished: Only jobs whose batches are all collected (see :func:`job_finished`).
+        storage_options: fsspec options for the state directory.
+
+    Returns:
+        The jobs deleted, the bytes freed and the jobs kept (with the reason).
+
+    Examples:
+        >>> store = JobStore("memory://doc-clean", "job1")
+        >>> store.write_chunk(ChunkState(chunk_id=0))
+        >>> clean_jobs("memory://doc-clean").removed
+        ['job1']
+    """
+    report = CleanedJobs()
+    fs, root = fsspec.core.url_to_fs(f"{state_dir.rstrip('/')}/jobs", **(storage_options or {}))
+    present = (
+        sorted(str(p).rstrip("/").rsplit("/", 1)[-1] for p in fs.ls(root, detail=False))
+        if fs.exists(root)
+        else []
+    )
+    for job_id in job_ids or []:
+        if job_id not in present:
+            report.kept[job_id] = "no such job"
+    now = time.time()
+    for job_id in present:
+        if job_ids is not None and job_id not in job_ids:
+            continue
+        store = JobStore(state_dir, job_id, storage_options)
+        folder = f"{root}/{job_id}"
+        files = [str(p) for p in fs.find(folder)]
+        if older_than_s is not None and any(now - _modified(fs, p, now) < older_than_s for p in files):
+            continue
+        if finished and not job_finished(store):
+            continue
+        lease = store.lease()
+        try:
+            lease.acquire()  # held until the folder is gone (it holds the lease file too)
+        except JobLocked as exc:
+            report.kept[job_id] = str(exc)
+            continue
+        freed = 0
+        for path in files:
+            with contextlib.suppress(FileNotFoundError):
+                freed += _bytes_freed_by_removing(fs, path)
+        fs.rm(folder, recursive=True)
+        remove_pending(state_dir, job_id, storage_options)
+        report.removed.append(job_id)
+        report.bytes += freed
+        logger.info("deleted job %s from %s (%d bytes)", job_id, state_dir, freed)
+    return report
 
 
 def write_pending(
@@ -513,12 +672,23 @@ def _os_lock(path: str) -> Iterator[None]:
                 fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
 
 
+#: The leases held in the current context (by their path): entering a lease on a job this
+#: context already holds does nothing (one run holds its job once, from planning to output).
+#: Prefect runs a flow's tasks in copies of the flow's context, so they share its leases; another
+#: thread or process starts with none.
+_HELD: contextvars.ContextVar[dict[str, Lease]] = contextvars.ContextVar("prefect_llm_batch_leases")
+
+
 class Lease:
     """One runner per job: a lease file in the job's state directory.
 
     Taken on entry, renewed every ``ttl / 3`` seconds by a background thread while held, and
-    released on exit. A lease is free when it is absent, expired, or held by a process of this
-    host that no longer exists (so a rerun right after a crash does not wait for expiry).
+    released on exit. Re-entrant within one context: entering a lease on a job that an enclosing
+    ``with`` of the same context (thread, or a Prefect task of the flow run) holds does nothing,
+    so a run takes its job's lease once, around planning, every round and the output, and the
+    steps that need it can say so. A lease is free when it is absent, expired, or held by a
+    process of this host that no longer exists (so a rerun right after a crash does not wait for
+    expiry).
 
     On a local state directory the lease is checked and written under an OS file lock
     (``lease.json.lock``, ``flock``; not on Windows). On object
@@ -614,7 +784,16 @@ class Lease:
             self._fs.rm(self._fs_path)
 
     def __enter__(self) -> Lease:
+        held = _HELD.get({})
+        outer = held.get(self.path)
+        self._token: contextvars.Token[dict[str, Lease]] | None = None
+        if outer is not None:  # this context holds the job already: nothing to take or release
+            self.owner = outer.owner
+            self._outer: Lease | None = outer
+            return self
+        self._outer = None
         self.acquire()
+        self._token = _HELD.set({**held, self.path: self})
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._keep_alive, name="llm-batch-lease", daemon=True)
         self._thread.start()
@@ -631,6 +810,13 @@ class Lease:
                 logger.warning("could not renew the lease of job %s: %s", self.store.job_id, exc)
 
     def __exit__(self, *exc: object) -> None:
+        if self._outer is not None:
+            return
+        if self._token is not None:
+            try:
+                _HELD.reset(self._token)
+            except ValueError:  # left in another context than it was entered in
+                _HELD.set({k: v for k, v in _HELD.get({}).items() if v is not self})
         self._stop.set()
         self._thread.join(timeout=5)
         self.release()
@@ -645,10 +831,13 @@ class ResponseCache:
     (model, params, prompt), a changed model or provider never finds a stale answer.
 
     Two kinds of segment: ``segments/`` hold answers only (:meth:`add`); ``results/`` hold a
-    chunk's stored results as they are, errors included (:meth:`add_results`: a hard link to
-    the job's file where the filesystem has them, so nothing is encoded or written twice). Every
-    reader here skips rows with a ``response_error_kind``; the separate folder keeps versions
-    from before it, which read only ``segments/``, from taking an error for an answer.
+    chunk's stored results as they are, errors included (:meth:`add_results`: the bytes of the
+    job's file, encoded once and written twice, so that the cache and the jobs share no file).
+    Every reader here skips rows with a ``response_error_kind``; the separate folder keeps
+    versions from before it, which read only ``segments/``, from taking an error for an answer.
+
+    A segment that cannot be decoded is skipped with a warning naming it: its requests are not
+    answered from the cache (they are sent again), and every other segment still answers.
 
     Examples:
         >>> import pyarrow as pa
@@ -687,15 +876,31 @@ class ResponseCache:
         path = f"{self.root}/{self._name(name)}"
         write_bytes_atomic(path, _parquet_bytes(table), storage_options=self._options)
 
-    def add_results(self, name: str, path: str, data: bytes) -> None:
-        """Add a chunk's stored results file (``path``, whose bytes are ``data``) as a segment.
+    def add_results(self, name: str, data: bytes) -> None:
+        """Add a chunk's stored results (the bytes of its results file) as a segment of its own.
 
-        Locally it is a hard link to the file (a copy where links are not possible); elsewhere
-        ``data`` is written. Rows with an error are in the segment and skipped by every reader.
+        The segment is a file of its own (never a link to the job's): deleting or damaging one
+        leaves the other whole. Rows with an error are in the segment and skipped by every reader.
         """
-        link_or_write_atomic(
-            path, f"{self.base}/results/{self._name(name)}", data, storage_options=self._options
-        )
+        path = f"{self.base}/results/{self._name(name)}"
+        write_bytes_atomic(path, data, storage_options=self._options, drop_cache=True)
+
+    def _warn_damaged(self, path: str, exc: BaseException) -> None:
+        logger.warning(
+            "the response cache segment %s is damaged (%s) and was skipped: its requests are not "
+            "answered from the cache; delete that file, or run `prefect-llm-batch cache clear`",
+            path, _short(exc),
+        )  # fmt: skip
+
+    def _read_or_skip(self, path: str, columns: list[str] | None = None) -> pa.Table | None:
+        """:meth:`_read`, or None (and a warning naming the file) when the segment is damaged."""
+        try:
+            return self._read(path, columns)
+        except Exception as exc:
+            if not is_damage(exc):
+                raise
+            self._warn_damaged(path, exc)
+            return None
 
     def _read(self, path: str, columns: list[str] | None = None) -> pa.Table:
         """A segment's answers (only ``columns`` when given), its error rows left out."""
@@ -719,7 +924,9 @@ class ResponseCache:
         found: list[pa.Table] = []
         seen: pa.Array[Any] = pa.array([], pa.string())
         for path in reversed(self.segments()):  # newest segment (by its time-stamped name) wins
-            segment = self._read(path)
+            segment = self._read_or_skip(path)
+            if segment is None:
+                continue
             ids = segment.column("custom_id")
             mask = pc.and_(pc.is_in(ids, value_set=wanted), pc.invert(pc.is_in(ids, value_set=seen)))
             hits = segment.filter(mask)
@@ -732,13 +939,14 @@ class ResponseCache:
 
     def ids(self) -> pa.Array[Any]:
         """Every cached ``custom_id`` once (only the ids, and the errors, of each segment are read)."""
-        columns = [self._read(path, ["custom_id"]).column("custom_id") for path in self.segments()]
+        segments = (self._read_or_skip(path, ["custom_id"]) for path in self.segments())
+        columns = [segment.column("custom_id") for segment in segments if segment is not None]
         if not columns:
             return pa.array([], pa.string())
         return pc.unique(pa.chunked_array(columns, pa.string()).combine_chunks())
 
     def stats(self) -> tuple[int, int, int]:
-        """(segments, answers, bytes) in the cache (a linked segment's bytes are the job's file's)."""
+        """(segments, answers, bytes) in the cache (a damaged segment counts no answers)."""
         paths = self.segments()
         answers = sum(map(self._answers, paths))
         size = sum(int(self._fs.info(p).get("size") or 0) for p in paths)
@@ -746,26 +954,60 @@ class ResponseCache:
 
     def _answers(self, path: str) -> int:
         """How many answers a segment holds (only its error column is read, if it has one)."""
+        try:
+            return self._count_answers(path)
+        except Exception as exc:
+            if not is_damage(exc):
+                raise
+            self._warn_damaged(path, exc)
+            return 0
+
+    def _count_answers(self, path: str) -> int:
         with self._fs.open(path, "rb") as handle:
             file = pq.ParquetFile(handle)
             if "response_error_kind" not in file.schema_arrow.names:
                 return int(file.metadata.num_rows)
             return int(file.read(columns=["response_error_kind"]).column(0).null_count)
 
-    def clear(self, older_than_s: float | None = None) -> int:
-        """Delete segments (only those older than ``older_than_s`` seconds when given); returns how many."""
-        removed = 0
+    def clear(self, older_than_s: float | None = None) -> Removed:
+        """Delete segments (only those older than ``older_than_s`` seconds when given).
+
+        Returns:
+            How many segments were deleted and the bytes that freed (a segment that is still a
+            hard link to a job's file, as versions before this one made, frees nothing until the
+            job is deleted too, and counts none).
+        """
+        files = freed = 0
         now = time.time()
         for path in self.segments():
-            if older_than_s is not None:
-                info = self._fs.info(path)
-                modified = info.get("mtime") or info.get("created") or info.get("LastModified")
-                stamp = modified.timestamp() if hasattr(modified, "timestamp") else float(modified or now)
-                if now - stamp < older_than_s:
-                    continue
+            if older_than_s is not None and now - _modified(self._fs, path, now) < older_than_s:
+                continue
+            freed += _bytes_freed_by_removing(self._fs, path)
             self._fs.rm(path)
-            removed += 1
-        return removed
+            files += 1
+        return Removed(files, freed)
+
+
+class Removed(NamedTuple):
+    """What a clean-up deleted: files (or jobs) and the bytes that freed."""
+
+    files: int
+    bytes: int
+
+
+def _modified(fs: Any, path: str, default: float) -> float:
+    """A file's modification time (seconds since the epoch), or ``default`` when unknown."""
+    info = fs.info(path)
+    modified = info.get("mtime") or info.get("created") or info.get("LastModified")
+    return modified.timestamp() if hasattr(modified, "timestamp") else float(modified or default)
+
+
+def _bytes_freed_by_removing(fs: Any, path: str) -> int:
+    """The bytes deleting a file frees: its size; locally, none while another link to it lives."""
+    if "file" in fs.protocol:
+        stat = os.stat(path)
+        return int(stat.st_size) if stat.st_nlink <= 1 else 0
+    return int(fs.info(path).get("size") or 0)
 
 
 def _parquet_bytes(table: pa.Table) -> bytes:

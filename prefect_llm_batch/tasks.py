@@ -59,6 +59,22 @@ _RETRIED: dict[str, Any] = {
 }
 
 
+@task(name="identify-job", cache_policy=NONE)
+def identify_job(
+    source: str,
+    spec: JobSpec,
+    target: ProviderTarget,
+    limit: int | None = None,
+    options: RunOptions | None = None,
+    credentials: ProviderCredentials | None = None,
+) -> jobs.JobIdentity:
+    """The job's id, from the source's fingerprint and the options (no HTTP): the flow takes the
+    job's lease with it before ``prepare-job``."""
+    cache = (options or RunOptions()).cache
+    with provider_for(target, spec, credentials) as provider:
+        return jobs.identify(source, spec, provider, target, limit=limit, cache=cache)
+
+
 @task(name="prepare-job", cache_policy=NONE)
 def prepare_job(
     source: str,
@@ -70,15 +86,19 @@ def prepare_job(
     overwrite: bool = False,
     options: RunOptions | None = None,
     credentials: ProviderCredentials | None = None,
+    identity: jobs.JobIdentity | None = None,
 ) -> jobs.JobRef:
-    """Read and render the table, take cached answers, plan the batches, write the plan (no HTTP)."""
+    """Read and render the table, take cached answers, plan the batches, write the plan (no HTTP);
+    the caller holds the job's lease (see ``identify-job``)."""
     if not overwrite and exists(output):
         raise TableError(
             f"the output {output} already exists; pass overwrite=True (--overwrite) to replace it"
         )
     cache = (options or RunOptions()).cache
     with provider_for(target, spec, credentials) as provider:
-        ref = jobs.prepare(source, spec, provider, target, state_dir=state_dir, limit=limit, cache=cache)
+        ref = jobs.prepare(
+            source, spec, provider, target, state_dir=state_dir, limit=limit, cache=cache, identity=identity
+        )
     _log().info(
         "job %s: %d rows, %d unique requests, %d answered from the cache, %d batch(es); state in %s",
         ref.job_id, ref.rows, ref.unique_requests, ref.cached_requests, ref.chunks, state_dir,

@@ -271,12 +271,12 @@ def test_rows_that_failed_are_never_answered_from_the_cache(
     options = FAST.model_copy(update={"max_attempts": 1})
     ref, first, _ = runner.run(src, state, target(server), options=options)
     assert first.error_rows == 2
-    # The cache's segment is the job's stored results file itself (errors included), not a copy.
+    # The cache's segment holds the job's stored results (errors included), in a file of its own.
     [segment] = (state / "cache" / "results").iterdir()
     stored = Path(JobStore(str(state), ref.job_id).results_path(0))
-    assert os.path.samefile(segment, stored) and segment.stat().st_nlink == 2
+    assert segment.read_bytes() == stored.read_bytes() and segment.stat().st_nlink == 1
     assert ResponseCache(str(state)).stats()[1] == 10  # answers: the 10 rows without an error
-    shutil.rmtree(state / "jobs")  # the link keeps the segment
+    shutil.rmtree(state / "jobs")
     received = server.stats.requests_received
     _, summary, table = runner.run(src, state, target(server), options=options)
     assert server.stats.requests_received - received == 2  # only the two failed rows, again
@@ -297,9 +297,9 @@ def test_stored_results_in_the_cache_give_answers_only_newest_first(tmp_path: Pa
     table = results_to_table(
         [RowResult("k1", response="new"), RowResult("k2", error_kind=ErrorKind.SERVER_ERROR, error="down")]
     )
-    cache.add_results("job1-chunk-00000-a1", store.results_path(0), store.write_results(0, table))
+    cache.add_results("job1-chunk-00000-a1", store.write_results(0, table))
     table = results_to_table([RowResult("k3", error_kind=ErrorKind.INVALID_REQUEST, error="bad")])
-    cache.add_results("job1-chunk-00001-a1", store.results_path(1), store.write_results(1, table))
+    cache.add_results("job1-chunk-00001-a1", store.write_results(1, table))
     hits = cache.lookup(["k1", "k2", "k3"])
     assert hits is not None
     ids, responses = hits.column("custom_id").to_pylist(), hits.column("response").to_pylist()
@@ -314,7 +314,7 @@ def test_stored_results_in_the_cache_give_answers_only_newest_first(tmp_path: Pa
     cache.add("job2-chunk-00000-a1", pa.table({"custom_id": ["k1"], "response": ["newest"]}))
     newest = cache.lookup(["k1"])  # a later segment of answers wins over the older stored results
     assert newest is not None and newest.column("response").to_pylist() == ["newest"]
-    assert cache.clear() == 4 and cache.lookup(["k1"]) is None
+    assert cache.clear().files == 4 and cache.lookup(["k1"]) is None
     assert pq.read_table(store.results_path(0)).num_rows == 2  # the job's own file stays
 
 
@@ -473,7 +473,7 @@ def test_racing_runners_never_both_hold_the_lease(stale: bool, tmp_path: Path) -
 
 
 def test_two_concurrent_runs_of_one_job_submit_once(runner: Runner, tmp_path: Path) -> None:
-    """As the flow does it: prepare, then everything that sends under the lease."""
+    """As the flow does it: identify the job, then plan and everything that sends under the lease."""
     src = write_source(tmp_path / "in.parquet", texts(9))
     job = spec(limits={"max_requests_per_batch": 3})
     state = str(tmp_path / "state")
@@ -483,10 +483,13 @@ def test_two_concurrent_runs_of_one_job_submit_once(runner: Runner, tmp_path: Pa
 
         def run(name: str) -> None:
             with provider_for(target(server)) as provider:
-                ref = jobs.prepare(src, job, provider, target(server), state_dir=state)
+                identity = jobs.identify(src, job, provider, target(server))
                 barrier.wait()
                 try:
-                    with JobStore(state, ref.job_id).lease():
+                    with JobStore(state, identity.job_id).lease():
+                        ref = jobs.prepare(
+                            src, job, provider, target(server), state_dir=state, identity=identity
+                        )
                         run_rounds(ref, provider, FAST)
                 except JobLocked as exc:
                     outcomes[name] = exc

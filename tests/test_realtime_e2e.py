@@ -117,9 +117,10 @@ def test_realtime_resume_does_not_resend_finished_slices(
     assert summary.ok_rows == 10
     table = pq.read_table(tmp_path / "out.parquet")
     assert table.column("id").to_pylist() == list(range(10))
-    # The chunk's answers are in the response cache: its stored results file, linked.
+    # The chunk's answers are in the response cache: its stored results, in a file of its own.
     from prefect_llm_batch.store import ResponseCache
 
     assert ResponseCache(ref.state_dir).stats()[:2] == (1, 10)
     [segment] = (tmp_path / "s" / "cache" / "results").iterdir()
-    assert os.path.samefile(segment, store.results_path(0))
+    stored = store.results_path(0)
+    assert segment.read_bytes() == Path(stored).read_bytes() and not os.path.samefile(segment, stored)

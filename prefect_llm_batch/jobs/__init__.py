@@ -2,6 +2,8 @@
 
 ::
 
+    identify   the job id, from the source's fingerprint and the options; the run then takes the
+               job's lease and holds it through every step below (one runner per job)
     prepare    read the table, render every prompt, key and de-duplicate the requests, take what
                the response cache already answered, plan chunks, write the plan (no HTTP: bad
                input fails here)
@@ -43,9 +45,11 @@ from .batches import (
 from .estimate import estimate
 from .output import JobSummary, assemble, latest_results
 from .plan import (
+    JobIdentity,
     JobRef,
     compute_job_id,
     effective_limits,
+    identify,
     job_ref,
     plan_retry_round,
     preflight,
@@ -56,6 +60,7 @@ from .plan import (
 __all__ = [
     "COLLECTS_IN_FLIGHT",
     "MAX_CHUNK_ATTEMPTS",
+    "JobIdentity",
     "JobRef",
     "JobSummary",
     "Poll",
@@ -69,6 +74,7 @@ __all__ = [
     "ended",
     "estimate",
     "failed_batches",
+    "identify",
     "job_ref",
     "latest_results",
     "plan_retry_round",

@@ -934,7 +934,7 @@ def store_collected(
 ) -> None:
     """Store a chunk's results, add its answers to the response cache, and mark it collected.
 
-    The cache's segment is the stored file itself (see
+    The cache's segment holds the stored file's bytes (a file of its own, see
     :meth:`~prefect_llm_batch.store.ResponseCache.add_results`): nothing is encoded twice.
 
     Args:
@@ -948,7 +948,7 @@ def store_collected(
     stored = store.write_results(state.chunk_id, table)
     if cache and table.column("response_error_kind").null_count:  # some answers (rows without error)
         name = f"{ref.job_id}-chunk-{state.chunk_id:05d}-{tag or f'a{state.attempt}'}"
-        ResponseCache(ref.state_dir).add_results(name, store.results_path(state.chunk_id), stored)
+        ResponseCache(ref.state_dir).add_results(name, stored)
     state.collected = True
     store.write_chunk(state)
 

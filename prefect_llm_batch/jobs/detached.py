@@ -46,8 +46,18 @@ def advance(pending: PendingJob, provider: BatchProvider) -> bool:
 
     Polls the job's running batches once; resubmits batches that failed with a token limit and
     submits chunks of the current round that were not sent yet; when the round has ended, collects
-    it and plans (and submits) the next round. The caller writes the output once this is True.
+    it and plans (and submits) the next round. The caller writes the output once this is True,
+    holding the job's lease around both (as the ``collect-jobs`` flow does); this step holds it
+    too (re-entrant), so that it never runs beside another runner of the job.
+
+    Raises:
+        JobLocked: Another run holds the job.
     """
+    with JobStore(pending.ref.state_dir, pending.ref.job_id).lease():
+        return _advance(pending, provider)
+
+
+def _advance(pending: PendingJob, provider: BatchProvider) -> bool:
     ref, options = pending.ref, pending.options
     store = JobStore(ref.state_dir, ref.job_id)
     poll = poll_once(ref, provider, options)

@@ -394,6 +394,41 @@ def _check_id_column_scan(
     check_id_column(pa.Table.from_batches(list(ids.batches), schema=ids.schema), spec.id_column)
 
 
+class JobIdentity(BaseModel):
+    """A job known by its id before it is planned (what :func:`identify` found)."""
+
+    job_id: str
+    source_fingerprint: str
+    limits: BatchLimits
+
+
+def identify(
+    source: str,
+    spec: JobSpec,
+    provider: BatchProvider,
+    target: ProviderTarget,
+    *,
+    limit: int | None = None,
+    cache: CacheMode = "use",
+    storage_options: dict[str, Any] | None = None,
+) -> JobIdentity:
+    """The job's id, from the source's fingerprint and the job's options (no HTTP, no planning).
+
+    The cheap first step of a run: with the id known, the run takes the job's lease
+    (:meth:`~prefect_llm_batch.store.JobStore.lease`) and then plans (:func:`prepare`), runs
+    and writes the job under it.
+
+    Raises:
+        InputError: ``limit`` is below 1.
+    """
+    if limit is not None and limit < 1:
+        raise InputError(f"limit must be at least 1, not {limit}")
+    source_fp = fingerprint(source, storage_options=storage_options)
+    limits = effective_limits(spec, provider)
+    job_id = compute_job_id(spec, target, source_fp, limit, limits, cache)
+    return JobIdentity(job_id=job_id, source_fingerprint=source_fp, limits=limits)
+
+
 def prepare(
     source: str,
     spec: JobSpec,
@@ -404,6 +439,7 @@ def prepare(
     limit: int | None = None,
     cache: CacheMode = "use",
     storage_options: dict[str, Any] | None = None,
+    identity: JobIdentity | None = None,
 ) -> JobRef:
     """Read, render, key, de-duplicate, look up the cache and plan a job; write the plan (no HTTP).
 
@@ -415,22 +451,50 @@ def prepare(
     files (the open one and two being written) and the keys seen (48 bytes per distinct
     request), not the job.
 
-    Running it again for the same inputs finds the same job id and keeps the existing state.
+    Running it again for the same inputs finds the same job id and keeps the existing state: a
+    planned job (its ``job.json`` written) is resumed as planned, never planned again. Planning
+    holds the job's lease, so two runs never plan one job at once; a caller that holds it
+    already (the flow, :func:`~prefect_llm_batch.jobs.runner.run_job`: from planning to the
+    output) keeps it (the lease is re-entrant within a run).
+
+    Args:
+        identity: The job's :func:`identify` result, when the caller computed it (to take the
+            lease first); else it is computed here.
 
     Raises:
         InputError: The table, a template, or the id column is wrong (the message names the row,
             column or field); nothing has been sent.
+        JobLocked: Another run holds the job's lease while it is not planned yet.
     """
-    if limit is not None and limit < 1:
-        raise InputError(f"limit must be at least 1, not {limit}")
-    source_fp = fingerprint(source, storage_options=storage_options)
-    limits = effective_limits(spec, provider)
-    job_id = compute_job_id(spec, target, source_fp, limit, limits, cache)
-    store = JobStore(state_dir, job_id)
-    if store.is_prepared():
-        logger.info("job %s is already prepared in %s: resuming it", job_id, state_dir)
-        return job_ref(store.read_job(), state_dir)
+    if identity is None:
+        identity = identify(
+            source, spec, provider, target, limit=limit, cache=cache, storage_options=storage_options
+        )
+    store = JobStore(state_dir, identity.job_id)
+    if not store.is_prepared():
+        with store.lease():
+            if not store.is_prepared():  # (else the run that held the lease planned it meanwhile)
+                return _plan(
+                    source, spec, provider, target, identity, state_dir, limit, cache, storage_options
+                )
+    logger.info("job %s is already prepared in %s: resuming it", identity.job_id, state_dir)
+    return job_ref(store.read_job(), state_dir)
 
+
+def _plan(
+    source: str,
+    spec: JobSpec,
+    provider: BatchProvider,
+    target: ProviderTarget,
+    identity: JobIdentity,
+    state_dir: str,
+    limit: int | None,
+    cache: CacheMode,
+    storage_options: dict[str, Any] | None,
+) -> JobRef:
+    """Plan a job that has none yet and write its plan, ``job.json`` last (see :func:`prepare`)."""
+    job_id, source_fp, limits = identity.job_id, identity.source_fingerprint, identity.limits
+    store = JobStore(state_dir, job_id)
     scan = scan_table(source, limit=limit, storage_options=storage_options)
     template, system_template = check_columns(spec, scan.schema.names)
     _check_id_column_scan(source, scan, spec, limit, storage_options)
