@@ -28,7 +28,9 @@ The cache holds answers (and so, indirectly, prompts' content): clear it with
 
 Every file is written whole (temporary file and rename locally, one put on object stores), so a
 reader never sees half a state. Each chunk has its own state file, so concurrent tasks working on
-different chunks never overwrite each other's state. Nothing here ever holds an API key.
+different chunks never overwrite each other's state. Nothing here ever holds an API key. On a
+local filesystem the state is owner-only (files 0600, the directories it creates 0700, whatever
+the umask): it holds prompts and answers.
 """
 
 from __future__ import annotations
@@ -60,6 +62,7 @@ from .table import (
     dictionary_columns,
     exists,
     link_or_write_atomic,
+    make_dirs,
     read_bytes,
     write_bytes_atomic,
     write_parquet_batches_atomic,
@@ -187,7 +190,7 @@ class JobStore:
     def _write(
         self, path: str, data: bytes | Sequence[bytes | memoryview], *, drop_cache: bool = False
     ) -> None:
-        write_bytes_atomic(path, data, storage_options=self._options, drop_cache=drop_cache)
+        write_bytes_atomic(path, data, storage_options=self._options, drop_cache=drop_cache, private=True)
 
     def _read(self, path: str, *, drop_cache: bool = False) -> bytes:
         return read_bytes(path, storage_options=self._options, drop_cache=drop_cache)
@@ -242,6 +245,7 @@ class JobStore:
             # Request keys are random: a dictionary never pays, and trying one costs a third.
             writer_options={"use_dictionary": False},
             drop_cache=True,  # read back once, a slice at a time, when the output is written
+            private=True,
         )
 
     def read_row_ids(self) -> pa.Array[Any]:
@@ -294,7 +298,7 @@ class JobStore:
             return
         data = f"{len(ids)} {widths[0]}\n".encode() + packed
         path = self._path("requests", f"chunk-{chunk_id:05d}.ids")
-        write_bytes_atomic(path, data, storage_options=self._options, durable=False)
+        write_bytes_atomic(path, data, storage_options=self._options, durable=False, private=True)
 
     def read_chunk_ids(self, chunk_id: int) -> list[str] | None:
         """The ids :meth:`write_chunk_ids` wrote, or None when there is no such file or it is not
@@ -453,7 +457,7 @@ def write_pending(
 ) -> None:
     """Record a job submitted in detached mode (``pending/{job_id}.json``)."""
     write_bytes_atomic(
-        f"{state_dir.rstrip('/')}/pending/{job_id}.json", data, storage_options=storage_options
+        f"{state_dir.rstrip('/')}/pending/{job_id}.json", data, storage_options=storage_options, private=True
     )
 
 
@@ -483,6 +487,7 @@ def record_run(
         f"{state_dir.rstrip('/')}/runs/{run_id}.json",
         orjson_dumps({"job_id": job_id, "at": time.time()}),
         storage_options=storage_options,
+        private=True,
     )
 
 
@@ -497,7 +502,7 @@ def job_for_run(state_dir: str, run_id: str, storage_options: dict[str, Any] | N
 @contextlib.contextmanager
 def _os_lock(path: str) -> Iterator[None]:
     """Hold an exclusive OS lock on a local file (released by the OS if the process dies)."""
-    with open(path, "a+b") as handle:
+    with os.fdopen(os.open(path, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o600), "a+b") as handle:
         if fcntl is not None:
             fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
         try:
@@ -577,13 +582,15 @@ class Lease:
         if "file" in self._fs.protocol:
             # Check and write under an OS lock: two runners taking over the same stale lease
             # cannot both win, and the lease file is only ever replaced whole (never torn).
-            self._fs.makedirs(self._fs._parent(self._fs_path), exist_ok=True)
+            make_dirs(self._fs._parent(self._fs_path), private=True)
             with _os_lock(self._fs_path + ".lock"):
                 self._check_free()
-                write_bytes_atomic(self.path, self._record(), storage_options=self.store._options)
+                write_bytes_atomic(
+                    self.path, self._record(), storage_options=self.store._options, private=True
+                )
             return
         self._check_free()
-        write_bytes_atomic(self.path, self._record(), storage_options=self.store._options)
+        write_bytes_atomic(self.path, self._record(), storage_options=self.store._options, private=True)
         time.sleep(0.2)
         record = self.holder()
         if record is None or record.get("id") != self.owner["id"]:
@@ -599,7 +606,7 @@ class Lease:
         record = self.holder()
         if record is not None and record.get("id") != self.owner["id"]:
             raise JobLocked(f"job {self.store.job_id}: the lease was taken over by another run")
-        write_bytes_atomic(self.path, self._record(), storage_options=self.store._options)
+        write_bytes_atomic(self.path, self._record(), storage_options=self.store._options, private=True)
 
     def release(self) -> None:
         """Give the lease up (only if this runner still holds it)."""
@@ -679,7 +686,7 @@ class ResponseCache:
         if table.num_rows == 0:
             return
         path = f"{self.root}/{self._name(name)}"
-        write_bytes_atomic(path, _parquet_bytes(table), storage_options=self._options)
+        write_bytes_atomic(path, _parquet_bytes(table), storage_options=self._options, private=True)
 
     def add_results(self, name: str, path: str, data: bytes) -> None:
         """Add a chunk's stored results file (``path``, whose bytes are ``data``) as a segment.
@@ -688,7 +695,7 @@ class ResponseCache:
         ``data`` is written. Rows with an error are in the segment and skipped by every reader.
         """
         link_or_write_atomic(
-            path, f"{self.base}/results/{self._name(name)}", data, storage_options=self._options
+            path, f"{self.base}/results/{self._name(name)}", data, storage_options=self._options, private=True
         )
 
     def _read(self, path: str, columns: list[str] | None = None) -> pa.Table:
