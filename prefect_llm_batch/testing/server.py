@@ -207,8 +207,6 @@ BATCH_API_ROUTES: frozenset[str] = frozenset(
 )
 #: Routes that speak the Anthropic wire format (``x-api-key`` auth, Anthropic error envelope).
 ANTHROPIC_ROUTES: frozenset[str] = frozenset(r for r in ROUTES if " /v1/messages" in r)
-#: The routes that create a batch (OpenAI and Anthropic).
-CREATE_ROUTES: frozenset[str] = frozenset({"POST /v1/batches", "POST /v1/messages/batches"})
 #: Create routes whose answer :meth:`FakeProviderServer.stall_next_create` can delay.
 CREATE_ROUTES: tuple[str, ...] = ("/v1/batches", "/v1/messages/batches")
 #: The ``custom_id`` pattern of Anthropic message batches.
@@ -2082,7 +2080,7 @@ def create_app(state: _State) -> Starlette:
                 else:
                     check_auth(request)
                 take_fault(key)
-                if config.echo_request_on_create and key in CREATE_ROUTES:
+                if config.echo_request_on_create and method == "POST" and path in CREATE_ROUTES:
                     headers = orjson.dumps(dict(request.headers)).decode()
                     raise _ApiError(
                         400, f"The gateway refused {request.method} {request.url}; headers: {headers}"
