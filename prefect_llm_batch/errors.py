@@ -26,7 +26,13 @@ Prefect tasks drive ``retry_condition_fn`` from that marker (see :func:`is_trans
           ├── CostLimitExceeded        the estimate is over max_cost_usd (nothing was sent)
           └── ErrorRateExceeded        more rows failed than max_error_rate allows (output was written)
 
-Messages never contain secrets: providers quote response bodies, never request headers.
+Messages never contain secrets. Providers quote response bodies, never request headers, and
+provider text may still quote the request (gateways echo headers, bodies or URLs): it is
+redacted at the provider boundary (:func:`prefect_llm_batch.providers.http.redact`) before it
+reaches an exception, a log, a Prefect state or a file. Removed are the keys the provider was
+given, the values of ``Authorization`` / ``x-api-key`` / ``api-key`` headers, ``Bearer`` and
+``sk-...`` tokens, and URL userinfo: in HTTP error answers (and the httpx errors they are chained
+from), batch ``errors.data``, per-line errors of result files, and realtime error answers.
 All errors are picklable (Prefect persists exceptions): every constructor argument is
 kept in ``self.args``.
 

@@ -144,7 +144,7 @@ def enrich(
     digest = hashlib.sha256(hashed + ",".join(map(str, df.columns)).encode()).hexdigest()[:24]
     source = f"{state.rstrip('/')}/inputs/{digest}.parquet"
     if not exists(source):
-        write_parquet_atomic(table, source, overwrite=True)
+        write_parquet_atomic(table, source, overwrite=True, private=True)  # state: owner-only
     with (
         open_target(provider, base_url, simulator_seconds=0.6) as target,
         make_provider(target, api_key=api_key) as client,

@@ -35,7 +35,9 @@ through every round and the output; it is re-entrant within one run (one context
 
 Every file is written whole (temporary file and rename locally, one put on object stores), so a
 reader never sees half a state. Each chunk has its own state file, so concurrent tasks working on
-different chunks never overwrite each other's state. Nothing here ever holds an API key.
+different chunks never overwrite each other's state. Nothing here ever holds an API key. On a
+local filesystem the state is owner-only (files 0600, the directories it creates 0700, whatever
+the umask): it holds prompts and answers.
 """
 
 from __future__ import annotations
@@ -67,6 +69,7 @@ from .spec import BatchLimits
 from .table import (
     dictionary_columns,
     exists,
+    make_dirs,
     read_bytes,
     write_bytes_atomic,
     write_parquet_batches_atomic,
@@ -200,7 +203,7 @@ class JobStore:
     def _write(
         self, path: str, data: bytes | Sequence[bytes | memoryview], *, drop_cache: bool = False
     ) -> None:
-        write_bytes_atomic(path, data, storage_options=self._options, drop_cache=drop_cache)
+        write_bytes_atomic(path, data, storage_options=self._options, drop_cache=drop_cache, private=True)
 
     def _read(self, path: str, *, drop_cache: bool = False) -> bytes:
         return read_bytes(path, storage_options=self._options, drop_cache=drop_cache)
@@ -263,6 +266,7 @@ class JobStore:
             # Request keys are random: a dictionary never pays, and trying one costs a third.
             writer_options={"use_dictionary": False},
             drop_cache=True,  # read back once, a slice at a time, when the output is written
+            private=True,
         )
 
     def read_row_ids(self) -> pa.Array[Any]:
@@ -324,7 +328,7 @@ class JobStore:
             return
         data = f"{len(ids)} {widths[0]}\n".encode() + packed
         path = self._path("requests", f"chunk-{chunk_id:05d}.ids")
-        write_bytes_atomic(path, data, storage_options=self._options, durable=False)
+        write_bytes_atomic(path, data, storage_options=self._options, durable=False, private=True)
 
     def read_chunk_ids(self, chunk_id: int) -> list[str] | None:
         """The ids :meth:`write_chunk_ids` wrote, or None when there is no such file or it is not
@@ -618,7 +622,7 @@ def write_pending(
 ) -> None:
     """Record a job submitted in detached mode (``pending/{job_id}.json``)."""
     write_bytes_atomic(
-        f"{state_dir.rstrip('/')}/pending/{job_id}.json", data, storage_options=storage_options
+        f"{state_dir.rstrip('/')}/pending/{job_id}.json", data, storage_options=storage_options, private=True
     )
 
 
@@ -648,6 +652,7 @@ def record_run(
         f"{state_dir.rstrip('/')}/runs/{run_id}.json",
         orjson_dumps({"job_id": job_id, "at": time.time()}),
         storage_options=storage_options,
+        private=True,
     )
 
 
@@ -662,7 +667,7 @@ def job_for_run(state_dir: str, run_id: str, storage_options: dict[str, Any] | N
 @contextlib.contextmanager
 def _os_lock(path: str) -> Iterator[None]:
     """Hold an exclusive OS lock on a local file (released by the OS if the process dies)."""
-    with open(path, "a+b") as handle:
+    with os.fdopen(os.open(path, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o600), "a+b") as handle:
         if fcntl is not None:
             fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
         try:
@@ -753,13 +758,15 @@ class Lease:
         if "file" in self._fs.protocol:
             # Check and write under an OS lock: two runners taking over the same stale lease
             # cannot both win, and the lease file is only ever replaced whole (never torn).
-            self._fs.makedirs(self._fs._parent(self._fs_path), exist_ok=True)
+            make_dirs(self._fs._parent(self._fs_path), private=True)
             with _os_lock(self._fs_path + ".lock"):
                 self._check_free()
-                write_bytes_atomic(self.path, self._record(), storage_options=self.store._options)
+                write_bytes_atomic(
+                    self.path, self._record(), storage_options=self.store._options, private=True
+                )
             return
         self._check_free()
-        write_bytes_atomic(self.path, self._record(), storage_options=self.store._options)
+        write_bytes_atomic(self.path, self._record(), storage_options=self.store._options, private=True)
         time.sleep(0.2)
         record = self.holder()
         if record is None or record.get("id") != self.owner["id"]:
@@ -775,7 +782,7 @@ class Lease:
         record = self.holder()
         if record is not None and record.get("id") != self.owner["id"]:
             raise JobLocked(f"job {self.store.job_id}: the lease was taken over by another run")
-        write_bytes_atomic(self.path, self._record(), storage_options=self.store._options)
+        write_bytes_atomic(self.path, self._record(), storage_options=self.store._options, private=True)
 
     def release(self) -> None:
         """Give the lease up (only if this runner still holds it)."""
@@ -874,7 +881,7 @@ class ResponseCache:
         if table.num_rows == 0:
             return
         path = f"{self.root}/{self._name(name)}"
-        write_bytes_atomic(path, _parquet_bytes(table), storage_options=self._options)
+        write_bytes_atomic(path, _parquet_bytes(table), storage_options=self._options, private=True)
 
     def add_results(self, name: str, data: bytes) -> None:
         """Add a chunk's stored results (the bytes of its results file) as a segment of its own.
@@ -883,7 +890,7 @@ class ResponseCache:
         leaves the other whole. Rows with an error are in the segment and skipped by every reader.
         """
         path = f"{self.base}/results/{self._name(name)}"
-        write_bytes_atomic(path, data, storage_options=self._options, drop_cache=True)
+        write_bytes_atomic(path, data, storage_options=self._options, drop_cache=True, private=True)
 
     def _warn_damaged(self, path: str, exc: BaseException) -> None:
         logger.warning(

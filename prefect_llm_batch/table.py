@@ -40,6 +40,12 @@ filesystem (object stores) the file is built in memory and sent with one put.
 Every failure is raised as :class:`~prefect_llm_batch.errors.TableError` naming the path
 (with any credentials in the URL and its query string hidden).
 
+Private writes (``private=True``, for the job state: it holds prompts and answers): on a local
+filesystem the file is created owner-only (0600) and the directories the write creates are 0700,
+whatever the umask; directories that already exist are left as they are. Other writes let the
+umask decide, as for any new file. Object stores have no such permissions: ``private`` does
+nothing there.
+
 Examples:
     >>> import pyarrow as pa
     >>> write_parquet_atomic(pa.table({"id": [1, None]}), "memory://docs/ids.parquet", overwrite=True)
@@ -81,6 +87,7 @@ __all__ = [
     "TableScan",
     "exists",
     "fingerprint",
+    "make_dirs",
     "read_bytes",
     "read_table",
     "scan_table",
@@ -91,6 +98,9 @@ __all__ = [
 ]
 
 T = TypeVar("T")
+
+#: Permissions of a private file, and of a directory a private write creates (local filesystems).
+PRIVATE_FILE_MODE, PRIVATE_DIR_MODE = 0o600, 0o700
 
 #: The formats :func:`read_table` understands.
 TableFormat = Literal["csv", "parquet", "jsonl"]
@@ -524,6 +534,7 @@ def write_parquet_batches_atomic(
     storage_options: dict[str, Any] | None = None,
     writer_options: dict[str, Any] | None = None,
     drop_cache: bool = False,
+    private: bool = False,
 ) -> int:
     """Write batches to one Parquet file as they come, so that readers never see a partial file.
 
@@ -541,6 +552,7 @@ def write_parquet_batches_atomic(
         writer_options: Passed to ``pyarrow.parquet.ParquetWriter`` (``use_dictionary``...).
         drop_cache: A local file's written pages leave the page cache as it grows (synced every
             :data:`DROP_BEHIND_BYTES`): for big files read once later, if at all.
+        private: Owner-only permissions (see the module docstring).
 
     Returns:
         The number of rows written.
@@ -581,6 +593,7 @@ def write_parquet_batches_atomic(
         storage_options=storage_options,
         shown=shown,
         drop_cache=drop_cache,
+        private=private,
     )
     return rows
 
@@ -592,6 +605,7 @@ def write_parquet_atomic(
     overwrite: bool = False,
     metadata: dict[str, str] | None = None,
     storage_options: dict[str, Any] | None = None,
+    private: bool = False,
 ) -> None:
     """Write a table to Parquet so that readers never see a partial file.
 
@@ -606,6 +620,7 @@ def write_parquet_atomic(
         metadata: Key-value pairs stored in the Parquet schema metadata, merged over the
             table's own (such as pandas' ``pandas`` entry).
         storage_options: Passed to the fsspec filesystem.
+        private: Owner-only permissions (see the module docstring).
 
     Raises:
         TableError: The destination exists and ``overwrite`` is false, or the write failed
@@ -632,7 +647,9 @@ def write_parquet_atomic(
     def write(sink: Any) -> None:
         pq.write_table(table, sink)
 
-    _write_atomic(destination, write, overwrite=overwrite, storage_options=storage_options, shown=shown)
+    _write_atomic(
+        destination, write, overwrite=overwrite, storage_options=storage_options, shown=shown, private=private
+    )
 
 
 def write_bytes_atomic(
@@ -642,6 +659,7 @@ def write_bytes_atomic(
     storage_options: dict[str, Any] | None = None,
     drop_cache: bool = False,
     durable: bool = True,
+    private: bool = False,
 ) -> None:
     """Write bytes to a file so that readers see either the old or the new content, never a mix.
 
@@ -656,6 +674,7 @@ def write_bytes_atomic(
             :func:`write_parquet_batches_atomic`).
         durable: Sync a local file and its directory before returning. Without it a crash may
             leave the file missing or short: for files that can be rebuilt, checked when read.
+        private: Owner-only permissions (see the module docstring).
 
     Raises:
         TableError: The write failed (no temporary file is left behind).
@@ -680,6 +699,7 @@ def write_bytes_atomic(
         shown=_redact(destination),
         drop_cache=drop_cache,
         durable=durable,
+        private=private,
     )
 
 
@@ -689,6 +709,7 @@ def link_or_write_atomic(
     data: bytes,
     *,
     storage_options: dict[str, Any] | None = None,
+    private: bool = False,
 ) -> bool:
     """Make ``destination`` hold the content of ``source`` (which is ``data``), atomically.
 
@@ -703,6 +724,8 @@ def link_or_write_atomic(
         destination: Where the same content goes (replaced if it exists).
         data: The content of ``source``.
         storage_options: Passed to the fsspec filesystem of both.
+        private: Directories created are private, and so is a written file (see the module
+            docstring); a link has the permissions of ``source``.
 
     Returns:
         True when linked, False when written.
@@ -722,7 +745,7 @@ def link_or_write_atomic(
         source_fs, source_path = _filesystem(source, storage_options)
         if isinstance(fs, LocalFileSystem) and isinstance(source_fs, LocalFileSystem):
             directory = os.path.dirname(path) or "."
-            os.makedirs(directory, exist_ok=True)
+            _makedirs_local(directory, private)
             temporary = _temporary_name(path)
             try:
                 os.link(source_path, temporary)
@@ -739,8 +762,37 @@ def link_or_write_atomic(
                 return True
     except OSError as exc:
         raise TableError(f"cannot write {_redact(destination)}: {exc}") from exc
-    write_bytes_atomic(destination, data, storage_options=storage_options)
+    write_bytes_atomic(destination, data, storage_options=storage_options, private=private)
     return False
+
+
+def make_dirs(path: str, *, private: bool = False, storage_options: dict[str, Any] | None = None) -> None:
+    """Create a directory and its missing parents (nothing happens if it exists).
+
+    Args:
+        path: A local path or fsspec URL.
+        private: Local directories created are owner-only (0700), whatever the umask; existing
+            ones are left as they are.
+        storage_options: Passed to the fsspec filesystem.
+
+    Raises:
+        TableError: The directory cannot be created.
+
+    Examples:
+        >>> import os, tempfile
+        >>> where = os.path.join(tempfile.mkdtemp(), "state", "jobs")
+        >>> make_dirs(where, private=True)
+        >>> oct(os.stat(where).st_mode & 0o777), oct(os.stat(os.path.dirname(where)).st_mode & 0o777)
+        ('0o700', '0o700')
+    """
+    try:
+        fs, local = _filesystem(path, storage_options)
+        if isinstance(fs, LocalFileSystem):
+            _makedirs_local(local, private)
+        else:
+            fs.makedirs(local, exist_ok=True)
+    except OSError as exc:
+        raise TableError(f"cannot create {_redact(path)}: {exc}") from exc
 
 
 def dictionary_columns(schema: pa.Schema, sample: pa.Table | None) -> list[str]:
@@ -1185,12 +1237,19 @@ def _write_atomic(
     shown: str,
     drop_cache: bool = False,
     durable: bool = True,
+    private: bool = False,
 ) -> None:
     try:
         fs, path = _filesystem(destination, storage_options)
         if isinstance(fs, LocalFileSystem):
             _write_local(
-                path, write, overwrite=overwrite, shown=shown, drop_cache=drop_cache, durable=durable
+                path,
+                write,
+                overwrite=overwrite,
+                shown=shown,
+                drop_cache=drop_cache,
+                durable=durable,
+                private=private,
             )
             return
         if not overwrite and fs.exists(path):
@@ -1257,16 +1316,22 @@ def _write_local(
     shown: str,
     drop_cache: bool = False,
     durable: bool = True,
+    private: bool = False,
 ) -> None:
     directory = os.path.dirname(path) or "."
-    os.makedirs(directory, exist_ok=True)
+    _makedirs_local(directory, private)
     if not overwrite and os.path.lexists(path):
         raise _exists_error(shown)
     temporary = _temporary_name(path)
-    # 0o666 lets the umask decide the final permissions, as for any newly created file.
-    descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+    # 0o666 lets the umask decide the final permissions, as for any newly created file; a private
+    # file is owner-only from its creation on (and exactly 0600, whatever the umask).
+    descriptor = os.open(
+        temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, PRIVATE_FILE_MODE if private else 0o666
+    )
     drop = drop_cache and _CAN_DROP
     try:
+        if private:
+            os.chmod(temporary, PRIVATE_FILE_MODE)
         raw = _DropBehindFile(descriptor, "wb") if drop else io.FileIO(descriptor, "wb")
         # A large buffer: pieces written one after the other (views of the lines of a batch
         # file, say) reach the kernel in few system calls, not one each.
@@ -1289,6 +1354,27 @@ def _write_local(
         raise
     if durable:
         _fsync_directory(directory)
+
+
+def _makedirs_local(directory: str, private: bool) -> None:
+    """``os.makedirs(directory, exist_ok=True)``; private: each directory created is exactly 0700."""
+    if not private:
+        os.makedirs(directory, exist_ok=True)
+        return
+    missing = []
+    current = os.path.abspath(directory)
+    while not os.path.isdir(current):
+        missing.append(current)
+        parent = os.path.dirname(current)
+        if parent == current:
+            break
+        current = parent
+    for path in reversed(missing):
+        try:
+            os.mkdir(path, PRIVATE_DIR_MODE)
+        except FileExistsError:  # made meanwhile by another writer (or a file: the write fails next)
+            continue
+        os.chmod(path, PRIVATE_DIR_MODE)  # mkdir's mode is cut by the umask
 
 
 def _temporary_name(path: str) -> str:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import secrets
 from collections.abc import Iterator
 
 from ..errors import ConfigError
@@ -31,8 +32,12 @@ __all__ = [
 #: Environment variables holding each real provider's key (as the official SDKs read them).
 KEY_ENV = {"openai": "OPENAI_API_KEY", "anthropic": "ANTHROPIC_API_KEY", "azure": "AZURE_OPENAI_API_KEY"}
 
-#: The key the simulator accepts; it is not a secret.
+#: The key sent to a simulator target whose server this process did not start (the CLI's
+#: estimates, which send nothing); it is not a secret. A running simulator accepts only its own key.
 SIMULATOR_API_KEY = "simulator-key"
+
+#: Base URL of each simulator :func:`open_target` runs -> the key generated for it (per run).
+_SIMULATOR_KEYS: dict[str, str] = {}
 
 
 def openai_target(base_url: str | None = None) -> ProviderTarget:
@@ -81,30 +86,41 @@ def open_target(
     """Yield where a job's HTTP goes. For ``simulator``, the bundled fake server runs for the
     duration (batches spend ``simulator_seconds`` in progress, plus a little validating and
     finalizing); its request keys use a fixed base URL, so its answers are cached across runs.
+    It accepts only a key generated for this run, which :func:`api_key_for` gives the run's
+    providers (no other key, a user's real one included, is ever sent to it).
     """
     if provider == "simulator":
         from ..testing import FakeProviderServer, FakeServerConfig
 
         pause = simulator_seconds / 3
+        key = f"simulator-{secrets.token_urlsafe(24)}"
         config = FakeServerConfig(
-            validating_seconds=pause, in_progress_seconds=simulator_seconds, finalizing_seconds=pause
+            validating_seconds=pause,
+            in_progress_seconds=simulator_seconds,
+            finalizing_seconds=pause,
+            api_key=key,
         )
         with FakeProviderServer(config) as server:
-            yield ProviderTarget(
-                provider="simulator", base_url=server.base_url, key_base_url=SIMULATOR_KEY_BASE_URL
-            )
+            _SIMULATOR_KEYS[server.base_url] = key
+            try:
+                yield ProviderTarget(
+                    provider="simulator", base_url=server.base_url, key_base_url=SIMULATOR_KEY_BASE_URL
+                )
+            finally:
+                _SIMULATOR_KEYS.pop(server.base_url, None)
         return
     yield target_for(provider, base_url)
 
 
 def api_key_for(target: ProviderTarget, api_key: str | None = None) -> str:
-    """The key to use for a target: ``api_key``, else the provider's environment variable.
+    """The key to use for a target: ``api_key``, else the provider's environment variable; for a
+    simulator started by :func:`open_target`, the key generated for it (``api_key`` is ignored).
 
     Raises:
         ConfigError: A real provider and no key (the message names the variable).
     """
     if target.provider == "simulator":
-        return api_key or SIMULATOR_API_KEY
+        return _SIMULATOR_KEYS.get(target.base_url) or api_key or SIMULATOR_API_KEY
     env = KEY_ENV[target.provider]
     key = api_key or os.environ.get(env) or ""
     if not key:

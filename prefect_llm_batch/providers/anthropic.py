@@ -87,7 +87,7 @@ from .base import (
     ResultLines,
     decode_result_lines,
 )
-from .http import RetryingHTTP
+from .http import RetryingHTTP, redact_json
 from .openai import _error_fields, error_for_response
 
 DEFAULT_BASE_URL = "https://api.anthropic.com"
@@ -392,7 +392,7 @@ class AnthropicBatchProvider(RetryingHTTP, BatchProvider):
         elif rtype == "succeeded":
             return parse_message(cid, result.get("message"), batch_id)
         elif rtype == "errored":
-            return _errored(cid, result.get("error"), batch_id)
+            return _errored(cid, redact_json(result.get("error"), self._secrets()), batch_id)
         elif rtype == "canceled":
             return RowResult(
                 custom_id=cid,
@@ -408,7 +408,7 @@ class AnthropicBatchProvider(RetryingHTTP, BatchProvider):
                 batch_id=batch_id,
             )
         else:
-            message = short(f"result line has the unknown result type {rtype!r}")
+            message = short(self._redact(f"result line has the unknown result type {rtype!r}"))
         return RowResult(custom_id=cid, error_kind=ErrorKind.PARSE_ERROR, error=message, batch_id=batch_id)
 
     @staticmethod

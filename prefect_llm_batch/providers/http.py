@@ -14,6 +14,15 @@ envelope); it then gets:
   else exponential backoff with jitter (``backoff`` doubling up to ``max_backoff``).
 * ``_json``: a retried call whose answer must be a JSON object.
 
+Redaction: provider text may quote the request (proxies and gateways echo headers, bodies or
+URLs in their errors). :func:`redact` removes every secret the client knows (the values of its
+``Authorization`` / ``x-api-key`` / ``api-key`` headers, the token after ``Bearer``, the password
+of its base URL) and anything that looks like one (those headers' values, ``Bearer <token>``,
+``sk-...`` tokens, URL userinfo ``https://user:pass@host``). ``_send`` redacts error answers
+before they become exceptions, and the text of the httpx exceptions it chains; providers pass
+every other piece of provider text they keep (per-line errors of result files, ``errors.data``)
+through :meth:`RetryingHTTP._redact` or :func:`redact_json`.
+
 Examples:
     >>> import httpx
     >>> from prefect_llm_batch.errors import ProviderUnavailable
@@ -32,8 +41,10 @@ Examples:
 from __future__ import annotations
 
 import random
-from collections.abc import Callable
+import re
+from collections.abc import Callable, Iterable, Mapping
 from typing import IO, Any, TypeVar
+from urllib.parse import quote
 
 import httpx
 from tenacity import RetryCallState, Retrying, retry_if_exception, stop_after_attempt
@@ -41,9 +52,140 @@ from tenacity import RetryCallState, Retrying, retry_if_exception, stop_after_at
 from ..errors import AmbiguousCreate, LLMBatchError, ProviderUnavailable, Transient
 
 T = TypeVar("T")
+E = TypeVar("E", bound=BaseException)
 
 #: Longest wait between two attempts, even when the server asks for more.
 MAX_RETRY_AFTER_S = 60.0
+
+#: What replaces a secret in provider text.
+REDACTED = "[redacted]"
+#: Request headers whose values are secrets (lower case).
+SECRET_HEADERS = frozenset({"authorization", "proxy-authorization", "x-api-key", "api-key"})
+#: Known secrets shorter than this are not searched for (they would match ordinary words).
+MIN_SECRET_CHARS = 8
+
+_NOT_YET = r"(?!\[redacted\])"
+_HEADER_VALUE = re.compile(
+    r"(?i)\b((?:proxy-)?authorization|x-api-key|api[-_]key)"  # the name
+    r"((?:\\?[\"'])?\s*[:=]\s*(?:\\?[\"'])?)"  # the separator, quotes maybe escaped
+    r"((?:bearer|basic|token)\s+)?" + _NOT_YET + r"([^\s\"'\\,;&}\]]+)"  # an auth scheme  # the value
+)
+_BEARER = re.compile(r"(?i)\b(bearer\s+)" + _NOT_YET + r"[A-Za-z0-9._~+/=-]+")
+_SK_TOKEN = re.compile(r"\bsk-[A-Za-z0-9_-]{16,}")
+_USERINFO = re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://)" + _NOT_YET + r"[^\s/?#@\"'<>]+@")
+
+
+def secrets_of(headers: Mapping[str, str], url: httpx.URL | str | None = None) -> tuple[str, ...]:
+    """The secrets a client sends: values of :data:`SECRET_HEADERS`, the token after an auth
+    scheme (``Bearer <token>``), and the password of ``url``.
+
+    Examples:
+        >>> secrets_of({"Authorization": "Bearer sk-live", "Accept": "json"})
+        ('Bearer sk-live', 'sk-live')
+    """
+    found: list[str] = []
+    for name, value in headers.items():
+        if name.lower() in SECRET_HEADERS and value:
+            found.append(value)
+            scheme, _, token = value.partition(" ")
+            if token.strip() and scheme.isalpha():
+                found.append(token.strip())
+    password = httpx.URL(url).password if url is not None else None
+    if password:
+        found.append(password)
+    return tuple(dict.fromkeys(found))
+
+
+def redact(text: str, secrets: Iterable[str] = ()) -> str:
+    """``text`` without secrets: each of ``secrets`` (as is and URL-encoded; those shorter than
+    :data:`MIN_SECRET_CHARS` are skipped), the values of ``Authorization`` / ``x-api-key`` /
+    ``api-key`` headers quoted in any common form, ``Bearer <token>``, ``sk-...`` tokens and URL
+    userinfo, each replaced by :data:`REDACTED`.
+
+    Redact before shortening a message: a cut secret is no longer recognised.
+
+    Examples:
+        >>> redact('echo: {"authorization": "Bearer abc.def", "x-api-key": "k-123"}')
+        'echo: {"authorization": "Bearer [redacted]", "x-api-key": "[redacted]"}'
+        >>> redact("POST https://me:pw@gw.example/v1 with key my-own-secret", ["my-own-secret"])
+        'POST https://[redacted]@gw.example/v1 with key [redacted]'
+        >>> redact("token sk-proj-0123456789abcdefXYZ expired")
+        'token [redacted] expired'
+    """
+    known = {
+        s for secret in secrets if len(secret) >= MIN_SECRET_CHARS for s in (secret, quote(secret, safe=""))
+    }
+    for secret in sorted(known, key=len, reverse=True):
+        text = text.replace(secret, REDACTED)
+    text = _HEADER_VALUE.sub(lambda m: f"{m[1]}{m[2]}{m[3] or ''}{REDACTED}", text)
+    text = _BEARER.sub(lambda m: f"{m[1]}{REDACTED}", text)
+    text = _SK_TOKEN.sub(REDACTED, text)
+    return _USERINFO.sub(lambda m: f"{m[1]}{REDACTED}@", text)
+
+
+def redact_json(value: Any, secrets: Iterable[str] = ()) -> Any:
+    """A JSON value with every string (keys included) passed through :func:`redact`.
+
+    Examples:
+        >>> redact_json([{"message": "bad header x-api-key: abc123", "line": 2}])
+        [{'message': 'bad header x-api-key: [redacted]', 'line': 2}]
+    """
+    secrets = tuple(secrets)
+    if isinstance(value, str):
+        return redact(value, secrets)
+    if isinstance(value, dict):
+        return {redact_json(k, secrets): redact_json(v, secrets) for k, v in value.items()}
+    if isinstance(value, list):
+        return [redact_json(v, secrets) for v in value]
+    return value
+
+
+def redact_error(error: E, secrets: Iterable[str] = ()) -> E:
+    """Redact an exception's string arguments (and ``message``) in place, and return it.
+
+    Python renders an exception (``str``, ``repr``, tracebacks) from its ``args``; this package's
+    errors keep every constructor argument there, so they still pickle.
+
+    Examples:
+        >>> from prefect_llm_batch.errors import ProviderRejected
+        >>> err = redact_error(ProviderRejected("echo Bearer abc123", 400), [])
+        >>> str(err), err.args
+        ('echo Bearer [redacted]', ('echo Bearer [redacted]', 400, None))
+    """
+    secrets = tuple(secrets)
+    error.args = tuple(redact(a, secrets) if isinstance(a, str) else a for a in error.args)
+    if isinstance(getattr(error, "message", None), str):
+        error.message = redact(error.message, secrets)  # type: ignore[attr-defined]
+    return error
+
+
+def redact_chain(error: BaseException, secrets: Iterable[str] = ()) -> BaseException:
+    """:func:`redact_error` on ``error`` and every exception it was chained from (cause, context)."""
+    secrets = tuple(secrets)
+    seen: set[int] = set()
+    current: BaseException | None = error
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        redact_error(current, secrets)
+        current = current.__cause__ or current.__context__
+    return error
+
+
+def redacted_response(response: httpx.Response, secrets: Iterable[str] = ()) -> httpx.Response:
+    """A copy of a read error response whose body went through :func:`redact` (status, headers
+    and request kept; the body decoded, so without ``content-encoding``)."""
+    headers = [
+        (name, value)
+        for name, value in response.headers.multi_items()
+        if name.lower() not in ("content-encoding", "content-length", "transfer-encoding")
+    ]
+    return httpx.Response(
+        response.status_code,
+        headers=headers,
+        content=redact(response.text, secrets).encode("utf-8"),
+        request=response.request,
+        extensions=response.extensions,
+    )
 
 
 def http_timeout(read: float) -> httpx.Timeout:
@@ -108,6 +250,14 @@ class RetryingHTTP:
         """Translate an HTTP error response (status >= 400) of this provider's wire format."""
         raise NotImplementedError
 
+    def _secrets(self) -> tuple[str, ...]:
+        """The secrets this client sends (read from its headers and base URL at each call)."""
+        return secrets_of(self._client.headers, self._client.base_url)
+
+    def _redact(self, text: str) -> str:
+        """:func:`redact` with this client's secrets: apply to provider text before keeping it."""
+        return redact(text, self._secrets())
+
     def _wait(self, state: RetryCallState) -> float:
         exc = state.outcome.exception() if state.outcome else None
         retry_after = getattr(exc, "retry_after", None)
@@ -149,14 +299,17 @@ class RetryingHTTP:
         except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout) as exc:  # nothing was sent
             raise ProviderUnavailable(
                 f"{what}: cannot connect to {self._key_base_url} ({type(exc).__name__})"
-            ) from exc
+            ) from redact_chain(exc, self._secrets())
         except (httpx.TimeoutException, httpx.NetworkError, httpx.RemoteProtocolError) as exc:
             message = f"{what}: no answer from {self._key_base_url} ({type(exc).__name__})"
             if not idempotent:
-                raise AmbiguousCreate(message) from exc
-            raise ProviderUnavailable(message) from exc
+                raise AmbiguousCreate(message) from redact_chain(exc, self._secrets())
+            raise ProviderUnavailable(message) from redact_chain(exc, self._secrets())
         if response.status_code >= 400:
-            error = self._error_for_response(response, what)
+            secrets = self._secrets()
+            error = redact_error(
+                self._error_for_response(redacted_response(response, secrets), what), secrets
+            )
             if not idempotent and isinstance(error, ProviderUnavailable):
                 raise AmbiguousCreate(str(error)) from None
             raise error

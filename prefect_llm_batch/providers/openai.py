@@ -66,7 +66,7 @@ from .base import (
     ResultLines,
     decode_result_lines,
 )
-from .http import RetryingHTTP
+from .http import RetryingHTTP, redact_error, redact_json
 
 DEFAULT_BASE_URL = "https://api.openai.com/v1"
 CHAT_ENDPOINT = "/v1/chat/completions"
@@ -456,7 +456,7 @@ class OpenAIBatchProvider(RetryingHTTP, BatchProvider):
             return RowResult(
                 custom_id=cid,
                 error_kind=kind,
-                error=short(f"HTTP {status_code}: {message}"),
+                error=short(self._redact(f"HTTP {status_code}: {message}")),
                 batch_id=batch_id,
             )
         if isinstance(error, dict):
@@ -464,7 +464,10 @@ class OpenAIBatchProvider(RetryingHTTP, BatchProvider):
             kind = NEVER_RAN_CODES.get(code, ErrorKind.SERVER_ERROR)
             message = error.get("message") or code or "the request did not run"
             return RowResult(
-                custom_id=cid, error_kind=kind, error=short(f"{code}: {message}"), batch_id=batch_id
+                custom_id=cid,
+                error_kind=kind,
+                error=short(self._redact(f"{code}: {message}")),
+                batch_id=batch_id,
             )
         return RowResult(
             custom_id=cid,
@@ -544,7 +547,7 @@ class OpenAIBatchProvider(RetryingHTTP, BatchProvider):
         response = self._retrying(
             lambda: self._send("POST", "/batches", "create batch", idempotent=False, json=body)
         )
-        return self.batch_info(response.json())
+        return self._batch(response.json())
 
     def find_batch(
         self,
@@ -575,7 +578,7 @@ class OpenAIBatchProvider(RetryingHTTP, BatchProvider):
                     continue
                 meta = raw.get("metadata") or {}
                 if all(meta.get(k) == v for k, v in metadata.items()):
-                    return self.batch_info(raw)
+                    return self._batch(raw)
             if not page.get("has_more") or not data:
                 return None
             oldest = data[-1].get("created_at")
@@ -585,10 +588,20 @@ class OpenAIBatchProvider(RetryingHTTP, BatchProvider):
         return None
 
     def retrieve(self, batch_id: str) -> BatchInfo:
-        return self.batch_info(self._json("GET", f"/batches/{batch_id}", f"retrieve batch {batch_id}"))
+        return self._batch(self._json("GET", f"/batches/{batch_id}", f"retrieve batch {batch_id}"))
 
     def cancel(self, batch_id: str) -> BatchInfo:
-        return self.batch_info(self._json("POST", f"/batches/{batch_id}/cancel", f"cancel batch {batch_id}"))
+        return self._batch(self._json("POST", f"/batches/{batch_id}/cancel", f"cancel batch {batch_id}"))
+
+    def _batch(self, raw: dict[str, Any]) -> BatchInfo:
+        """:meth:`batch_info` with the provider's text redacted (``errors.data``, an unknown status)."""
+        secrets = self._secrets()
+        try:
+            info = self.batch_info(raw)
+        except LLMBatchError as exc:
+            raise redact_error(exc, secrets) from None
+        info.errors = redact_json(info.errors, secrets)
+        return info
 
     def _download(self, file_id: str, what: str) -> bytes:
         return self._retrying(lambda: self._send("GET", f"/files/{file_id}/content", what)).content

@@ -53,7 +53,7 @@ from ..results import RowResult, short
 from ..spec import ErrorKind
 from .anthropic import ANTHROPIC_VERSION, parse_rfc3339
 from .base import BatchProvider
-from .http import MAX_RETRY_AFTER_S
+from .http import MAX_RETRY_AFTER_S, redact, redact_chain, redacted_response, secrets_of
 from .openai import parse_retry_after
 
 __all__ = ["RealtimeClient", "RealtimeStats", "estimate_tokens", "has_batch_api", "parse_duration"]
@@ -257,6 +257,7 @@ class RealtimeClient:
         self.timeout = timeout
         self.stats = RealtimeStats()
         self._api_key = api_key
+        self._secrets = (api_key, *secrets_of({}, base_url))
         self._base_url = base_url.rstrip("/")
         self._transport = transport
 
@@ -432,6 +433,8 @@ class RealtimeClient:
         """Wrap an HTTP answer as the provider's batch result line and parse it with ``parse_line``."""
         cid = str(line.get("custom_id"))
         status = response.status_code
+        if not 200 <= status < 300:  # error text may quote the request: redact it before it is kept
+            response = redacted_response(response, self._secrets)
         try:
             payload: Any = response.json()
         except ValueError:
@@ -440,7 +443,12 @@ class RealtimeClient:
             return RowResult(
                 custom_id=cid,
                 error_kind=ErrorKind.PARSE_ERROR,
-                error=short(f"HTTP {status}: the answer is not a JSON object: {response.text[:200]}"),
+                error=short(
+                    redact(
+                        f"HTTP {status}: the answer is not a JSON object: {response.text[:200]}",
+                        self._secrets,
+                    )
+                ),
             )
         text = short(response.text or response.reason_phrase or f"HTTP {status}")
         if self.wire == "openai":
@@ -462,15 +470,16 @@ class RealtimeClient:
             wrapped = {"custom_id": cid, "result": {"type": "errored", "error": payload}}
         return self.provider.parse_line(wrapped, batch_id=None)
 
-    @staticmethod
-    def _failed(line: Mapping[str, Any], attempts: int, exc: httpx.TransportError) -> RowResult:
+    def _failed(self, line: Mapping[str, Any], attempts: int, exc: httpx.TransportError) -> RowResult:
         kind = (
             ErrorKind.REQUEST_TIMEOUT if isinstance(exc, httpx.TimeoutException) else ErrorKind.SERVER_ERROR
         )
         return RowResult(
             custom_id=str(line.get("custom_id")),
             error_kind=kind,
-            error=short(f"no answer after {attempts} attempts ({type(exc).__name__}: {exc})"),
+            error=short(
+                redact(f"no answer after {attempts} attempts ({type(exc).__name__}: {exc})", self._secrets)
+            ),
             attempts=attempts,
         )
 
@@ -507,30 +516,30 @@ def has_batch_api(base_url: str, api_key: str, transport: httpx.BaseTransport | 
         False
     """
     url = f"{base_url.rstrip('/')}/batches"
+    secrets = (api_key, *secrets_of({}, base_url))
+    shown = redact(base_url, secrets)  # a base URL may carry userinfo
     try:
         with httpx.Client(timeout=httpx.Timeout(30.0, connect=15.0), transport=transport) as client:
             response = client.get(url, params={"limit": 1}, headers={"Authorization": f"Bearer {api_key}"})
     except httpx.TransportError as exc:
         raise ProviderUnavailable(
-            f"cannot reach {base_url} to look for a batch API ({type(exc).__name__})"
-        ) from exc
+            f"cannot reach {shown} to look for a batch API ({type(exc).__name__})"
+        ) from redact_chain(exc, secrets)
     status = response.status_code
     if status in (404, 405):
         return False
+    text = short(redact(response.text, secrets))
     if status in (401, 403):
         raise ProviderRejected(
-            f"{base_url} refused the key while looking for a batch API (HTTP {status}): "
-            + short(response.text),
+            f"{shown} refused the key while looking for a batch API (HTTP {status}): {text}",
             status_code=status,
         )
     if status in RETRY_STATUSES or status >= 500:
         raise ProviderUnavailable(
-            f"{base_url} answered HTTP {status} while looking for a batch API", status_code=status
+            f"{shown} answered HTTP {status} while looking for a batch API", status_code=status
         )
     if status >= 400:
-        raise ProviderRejected(
-            f"{base_url} answered HTTP {status} to GET /batches: {short(response.text)}", status_code=status
-        )
+        raise ProviderRejected(f"{shown} answered HTTP {status} to GET /batches: {text}", status_code=status)
     try:
         payload = response.json()
     except ValueError:

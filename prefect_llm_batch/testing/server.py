@@ -324,6 +324,10 @@ class FakeServerConfig:
             (429s answer at once).
         batch_api: If ``False``, every ``/v1/files`` and ``/v1/batches`` route answers 404, as
             servers without a batch API do (vLLM, llama.cpp, Ollama).
+        echo_request_on_create: If ``True``, every create (``POST /v1/batches``,
+            ``POST /v1/messages/batches``) that passes the key check answers 400 with an error
+            message quoting the request's method, URL and headers (the key included), as some
+            proxies and gateways do.
 
     With a realtime limit set, every realtime answer carries ``x-ratelimit-limit-requests``
     (per minute), ``x-ratelimit-remaining-requests`` (left in the current window) and
@@ -362,6 +366,7 @@ class FakeServerConfig:
     realtime_window_s: float = 60.0
     realtime_latency_s: float = 0.0
     batch_api: bool = True
+    echo_request_on_create: bool = False
 
     def __post_init__(self) -> None:
         if self.stall_in is not None and self.stall_in not in _STALL_ORDER:
@@ -2140,6 +2145,11 @@ def create_app(state: _State) -> Starlette:
                 else:
                     check_auth(request)
                 take_fault(key)
+                if config.echo_request_on_create and method == "POST" and path in CREATE_ROUTES:
+                    headers = orjson.dumps(dict(request.headers)).decode()
+                    raise _ApiError(
+                        400, f"The gateway refused {request.method} {request.url}; headers: {headers}"
+                    )
                 if realtime and (config.realtime_rpm or config.realtime_tpm):
                     return await rate_limited(request, handler, anthropic)
                 if realtime and config.realtime_latency_s:
