@@ -75,8 +75,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from jinja2 import nodes
 from jinja2.compiler import CodeGenerator, Frame
+from jinja2.exceptions import SecurityError
 from jinja2.runtime import Context
-from jinja2.sandbox import SandboxedEnvironment, SecurityError
+from jinja2.sandbox import SandboxedEnvironment
 
 from prefect_llm_batch.errors import InputError, TemplateError
 from prefect_llm_batch.requests import value_offsets
@@ -207,10 +208,10 @@ def _check_replace(text: Any, args: Sequence[Any]) -> None:
 
 
 class _BoundedCodeGenerator(CodeGenerator):
-    """Compiles ``a ~ b`` into a call of the environment's :meth:`_BoundedEnvironment.concat`."""
+    """Compiles ``a ~ b`` into a call of the environment's :meth:`_BoundedEnvironment.bounded_concat`."""
 
     def visit_Concat(self, node: nodes.Concat, frame: Frame) -> None:
-        self.write("environment.concat((")
+        self.write("environment.bounded_concat((")
         for arg in node.nodes:
             self.visit(arg, frame)
             self.write(", ")
@@ -229,7 +230,7 @@ class _BoundedEnvironment(SandboxedEnvironment):
     intercepted_binops = frozenset({"*", "+", "%", "**"})
     code_generator_class = _BoundedCodeGenerator
 
-    def concat(self, values: Sequence[Any]) -> str:
+    def bounded_concat(self, values: Sequence[Any]) -> str:
         """``a ~ b ~ ...``: the values as text, joined, unless that is too long."""
         texts = [str(value) for value in values]
         if sum(map(len, texts)) > MAX_PROMPT_CHARS:
@@ -549,7 +550,7 @@ class PromptTemplate:
     def check_rendered(
         self,
         table: pa.Table,
-        prompts: Sequence[str] | pa.Array[Any] | None = None,
+        prompts: Sequence[str] | Sequence[str | None] | pa.Array[Any] | None = None,
         id_column: str | None = None,
         first_row: int = 0,
     ) -> list[int]:
@@ -579,7 +580,7 @@ class PromptTemplate:
             [1, 2]
         """
         if prompts is not None and not isinstance(prompts, pa.Array):
-            too_long = next((i for i, p in enumerate(prompts) if len(p) > MAX_PROMPT_CHARS), None)
+            too_long = next((i for i, p in enumerate(prompts) if len(p or "") > MAX_PROMPT_CHARS), None)
             if too_long is not None:
                 raise TemplateError(self._row_error(table, too_long, id_column, _TooLong(), first_row))
             return [i for i, p in enumerate(prompts) if not p or p.isspace()]
@@ -589,14 +590,14 @@ class PromptTemplate:
         blank: Any = pa.scalar(not text.strip(), pa.bool_())
         for part in self._plain:
             if isinstance(part, _Column):
-                values = table.column(part.name).cast(pa.large_string())
+                values: Any = table.column(part.name).cast(pa.large_string())
                 lengths = pc.add(lengths, pc.utf8_length(values).fill_null(0))
-                trimmed = pc.utf8_length(pc.utf8_trim_whitespace(values)).fill_null(0)
+                trimmed: Any = pc.utf8_length(pc.utf8_trim_whitespace(values)).fill_null(0)
                 blank = pc.and_(blank, pc.equal(trimmed, 0))
         if isinstance(lengths, pa.Scalar):  # no column: the same text for every row
             lengths = pa.array([lengths.as_py()] * table.num_rows, pa.int64())
             blank = pa.array([blank.as_py()] * table.num_rows, pa.bool_())
-        over = pc.indices_nonzero(pc.greater(lengths, MAX_PROMPT_CHARS)).to_pylist()
+        over: list[int] = pc.indices_nonzero(pc.greater(lengths, MAX_PROMPT_CHARS)).to_pylist()
         if over:
             raise TemplateError(self._row_error(table, over[0], id_column, _TooLong(), first_row))
         blank_rows: list[int] = pc.indices_nonzero(blank).to_pylist()

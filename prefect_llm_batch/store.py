@@ -43,7 +43,7 @@ import time
 import uuid
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import fsspec
 import numpy as np
@@ -128,6 +128,7 @@ class JobRecord(BaseModel):
     cached_requests: int = 0
     chunks: list[ChunkPlanRecord]
     limits: BatchLimits | None = None
+    invalid_utf8: Literal["error", "replace"] = "error"  # how the source was read (and is read again)
 
     def round_chunks(self, round_: int) -> list[int]:
         """Ids of the chunks of one round."""

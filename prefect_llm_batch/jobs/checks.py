@@ -89,8 +89,10 @@ def check_output(
     """
     shown = repr(output)
     if same_or_inside(output, source, storage_options=storage_options):
-        what = "is the source" if same_or_inside(source, output, storage_options=storage_options) else (
-            "is inside the source directory"
+        what = (
+            "is the source"
+            if same_or_inside(source, output, storage_options=storage_options)
+            else ("is inside the source directory")
         )
         raise TableError(
             f"the output {shown} {what} {source!r}: writing it would destroy the input; "
@@ -102,7 +104,9 @@ def check_output(
             "state and cached answers; choose another output path (overwrite never allows this)"
         )
     if not overwrite and exists(output, storage_options=dict(storage_options or {})):
-        raise TableError(f"the output {shown} already exists; pass overwrite=True (--overwrite) to replace it")
+        raise TableError(
+            f"the output {shown} already exists; pass overwrite=True (--overwrite) to replace it"
+        )
     if probe:
         check_output_writable(output, storage_options=storage_options)
 
