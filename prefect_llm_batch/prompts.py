@@ -593,11 +593,13 @@ class PromptTemplate:
                 values: Any = table.column(part.name).cast(pa.large_string())
                 lengths = pc.add(lengths, pc.utf8_length(values).fill_null(0))
                 trimmed: Any = pc.utf8_length(pc.utf8_trim_whitespace(values)).fill_null(0)
-                blank = pc.and_(blank, pc.equal(trimmed, 0))
+                blank = pc.and_(blank, pc.equal(trimmed, pa.scalar(0, pa.int64())))
         if isinstance(lengths, pa.Scalar):  # no column: the same text for every row
             lengths = pa.array([lengths.as_py()] * table.num_rows, pa.int64())
             blank = pa.array([blank.as_py()] * table.num_rows, pa.bool_())
-        over: list[int] = pc.indices_nonzero(pc.greater(lengths, MAX_PROMPT_CHARS)).to_pylist()
+        over: list[Any] = pc.indices_nonzero(
+            pc.greater(lengths, pa.scalar(MAX_PROMPT_CHARS, pa.int64()))
+        ).to_pylist()
         if over:
             raise TemplateError(self._row_error(table, over[0], id_column, _TooLong(), first_row))
         blank_rows: list[int] = pc.indices_nonzero(blank).to_pylist()

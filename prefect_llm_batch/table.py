@@ -1331,7 +1331,7 @@ def _replace_invalid_utf8(column: pa.ChunkedArray[Any], rows: list[int]) -> pa.C
     """``column`` with the values of ``rows`` decoded as UTF-8, bad bytes replaced by U+FFFD."""
     data = column.combine_chunks()
     binary = data.view(pa.large_binary() if pa.types.is_large_string(data.type) else pa.binary())
-    taken: list[bytes] = binary.take(pa.array(rows, pa.int64())).to_pylist()  # never null: those are valid
+    taken: list[Any] = binary.take(pa.array(rows, pa.int64())).to_pylist()  # never null: those are valid
     fixed = pa.array([value.decode("utf-8", errors="replace") for value in taken], data.type)
     mask = np.zeros(len(data), bool)
     mask[rows] = True
