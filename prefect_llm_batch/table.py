@@ -1030,7 +1030,8 @@ def _grown(block_size: int, exc: Exception) -> int | None:
 
 def _too_long(shown: str, block_size: int) -> TableError:
     return TableError(
-        f"cannot read {shown}: a row is longer than {block_size // (1 << 20)} MB, the most the reader takes"
+        f"cannot read {shown}: a row is too long to read, even in blocks of {block_size >> 20} MB "
+        "(MAX_BLOCK_SIZE)"
     )
 
 
