@@ -8,11 +8,16 @@ uploaded or created when a check fails.
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
+import io
 import json
 import os
 import subprocess
 import sys
+import time
 import tracemalloc
+import weakref
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -263,3 +268,36 @@ def test_replacing_invalid_utf8_keeps_valid_rows_and_other_columns(tmp_path: Pat
         read_table(str(tmp_path / "x.csv"))
     fixed = read_table(str(tmp_path / "x.csv"), invalid_utf8="replace")
     assert fixed.to_pylist() == [{"a": "é", "b": 1}, {"a": "z\ufffd", "b": 2}]
+
+
+class _SlowAfterFirstBlock(io.BytesIO):
+    """A file whose reads after the first block take a while: Arrow's read-ahead is still in one
+    when the rows asked for are read."""
+
+    def read(self, size: int | None = -1) -> bytes:
+        if self.tell() > 0:
+            time.sleep(0.3)
+        return super().read(size)
+
+
+def test_arrow_lets_go_of_the_file_before_a_read_returns(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """What made the abort at exit possible: a Python file still held by Arrow's threads (here the
+    CSV reader's read-ahead, made slow) after the read returned."""
+    data = b"id,text\n" + b"".join(b"%d,row %d\n" % (i, i) for i in range(20_000))
+    monkeypatch.setattr(table_module, "CSV_BLOCK_SIZE", 1 << 14)
+    opened: list[weakref.ref[io.BytesIO]] = []
+
+    @contextlib.contextmanager
+    def slow_open(source: str, options: Any, *, compression: str | None) -> Iterator[io.BytesIO]:
+        file = _SlowAfterFirstBlock(data)
+        opened.append(weakref.ref(file))
+        yield file
+
+    monkeypatch.setattr(table_module, "_open", slow_open)
+    for limit in (5, None):
+        opened.clear()
+        rows = read_table(str(tmp_path / "any.csv"), limit=limit)
+        assert rows.num_rows == (limit or 20_000)
+        assert [ref() for ref in opened] == [None] * len(opened)
