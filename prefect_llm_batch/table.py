@@ -89,6 +89,7 @@ __all__ = [
     "read_bytes",
     "read_table",
     "scan_table",
+    "shown_path",
     "table_format",
     "write_bytes_atomic",
     "write_parquet_atomic",
@@ -1561,6 +1562,16 @@ def _path_part(source: str) -> str:
     if source.lower().startswith(("http://", "https://")):
         return re.split(r"[?#]", source, maxsplit=1)[0]
     return source
+
+
+def shown_path(source: str) -> str:
+    """Quote a path for a message, hiding URL credentials and query strings (signed URLs).
+
+    Examples:
+        >>> shown_path("s3://key:secret@bucket/in.csv")
+        "'s3://***@bucket/in.csv'"
+    """
+    return _redact(source)
 
 
 def _redact(source: str) -> str:

@@ -31,7 +31,7 @@ import fsspec.core
 from fsspec.implementations.local import LocalFileSystem
 
 from ..errors import TableError
-from ..table import exists
+from ..table import exists, shown_path
 
 __all__ = ["check_output", "check_output_writable", "same_or_inside"]
 
@@ -87,21 +87,21 @@ def check_output(
             exists without ``overwrite``, or its location is not writable; the message names
             the path.
     """
-    shown = repr(output)
+    shown = shown_path(output)
     if same_or_inside(output, source, storage_options=storage_options):
         what = (
             "is the source"
             if same_or_inside(source, output, storage_options=storage_options)
-            else ("is inside the source directory")
+            else "is inside the source directory"
         )
         raise TableError(
-            f"the output {shown} {what} {source!r}: writing it would destroy the input; "
+            f"the output {shown} {what} {shown_path(source)}: writing it would destroy the input; "
             "choose another output path (overwrite never allows this)"
         )
     if same_or_inside(output, state_dir, storage_options=storage_options):
         raise TableError(
-            f"the output {shown} is inside the state directory {state_dir!r}, which holds the job's "
-            "state and cached answers; choose another output path (overwrite never allows this)"
+            f"the output {shown} is inside the state directory {shown_path(state_dir)}, which holds the "
+            "job's state and cached answers; choose another output path (overwrite never allows this)"
         )
     if not overwrite and exists(output, storage_options=dict(storage_options or {})):
         raise TableError(
@@ -145,6 +145,7 @@ def check_output_writable(output: str, *, storage_options: Mapping[str, Any] | N
     except (OSError, ValueError) as exc:
         reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
         raise TableError(
-            f"the output {output!r} cannot be written: creating a file in {parent!r} failed ({reason}); "
+            f"the output {shown_path(output)} cannot be written: creating a file in {shown_path(parent)} "
+            f"failed ({reason}); "
             "nothing was sent"
         ) from exc
