@@ -18,7 +18,7 @@ import os
 import sys
 import time
 from pathlib import Path
-from typing import Annotated, Any, cast
+from typing import Annotated, Any, Literal, cast
 
 import typer
 
@@ -184,6 +184,15 @@ def run(
     realtime_tpm: Annotated[
         float | None, typer.Option(help="Realtime tokens per minute to keep under.")
     ] = None,
+    allow_empty: Annotated[
+        bool, typer.Option("--allow-empty", help="Send rows whose prompt renders empty (else an error).")
+    ] = False,
+    invalid_utf8: Annotated[
+        str,
+        typer.Option(
+            help="Text that is not UTF-8 in a CSV/JSONL source: error (default) or replace (U+FFFD)."
+        ),
+    ] = "error",
 ) -> None:
     """Enrich SOURCE with one answer per row and write OUTPUT (Parquet)."""
     if provider not in ("simulator", "openai", "anthropic", "azure"):
@@ -194,6 +203,8 @@ def run(
         raise typer.BadParameter(f"--mode must be batch, realtime or auto, not {mode!r}")
     if no_cache and refresh_cache:
         raise typer.BadParameter("--no-cache and --refresh-cache exclude each other")
+    if invalid_utf8 not in ("error", "replace"):
+        raise typer.BadParameter(f"--invalid-utf8 must be error or replace, not {invalid_utf8!r}")
     params = dict(parse_param(p) for p in param or [])
     from .errors import LLMBatchError
     from .jobs import JobRef, JobSummary, preflight
@@ -211,6 +222,8 @@ def run(
             id_column=id_column,
             response_schema=ResponseSchema(response_format).schema if response_format is not None else None,
             column_prefix=column_prefix,
+            allow_empty=allow_empty,
+            invalid_utf8=invalid_utf8,
         )
         preflight(source, spec)
     except LLMBatchError as exc:
@@ -256,6 +269,8 @@ def run(
             realtime_concurrency=realtime_concurrency,
             realtime_rpm=realtime_rpm,
             realtime_tpm=realtime_tpm,
+            allow_empty=allow_empty,
+            invalid_utf8=cast(Literal["error", "replace"], invalid_utf8),
         )
     except LLMBatchError as exc:
         typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
@@ -315,6 +330,15 @@ def estimate(
     expected_output_tokens: Annotated[
         int, typer.Option(help="Output tokens assumed per request when no max_tokens param is set.")
     ] = 100,
+    allow_empty: Annotated[
+        bool, typer.Option("--allow-empty", help="Send rows whose prompt renders empty (else an error).")
+    ] = False,
+    invalid_utf8: Annotated[
+        str,
+        typer.Option(
+            help="Text that is not UTF-8 in a CSV/JSONL source: error (default) or replace (U+FFFD)."
+        ),
+    ] = "error",
 ) -> None:
     """Rows, unique requests, cache hits, estimated tokens and batch cost, before anything is sent.
 
@@ -329,8 +353,15 @@ def estimate(
     from .spec import SIMULATOR_KEY_BASE_URL, JobSpec, ProviderTarget
 
     try:
+        if invalid_utf8 not in ("error", "replace"):
+            raise typer.BadParameter(f"--invalid-utf8 must be error or replace, not {invalid_utf8!r}")
         spec = JobSpec(
-            prompt=prompt, system=system, model=model, params=dict(parse_param(p) for p in param or [])
+            prompt=prompt,
+            system=system,
+            model=model,
+            params=dict(parse_param(p) for p in param or []),
+            allow_empty=allow_empty,
+            invalid_utf8=cast(Literal["error", "replace"], invalid_utf8),
         )
         if provider == "simulator":
             target = ProviderTarget(

@@ -177,6 +177,8 @@ def enrich_table(
     max_cost_usd: float | None = None,
     prices: dict[str, tuple[float, float]] | None = None,
     expected_output_tokens: int = DEFAULT_EXPECTED_OUTPUT_TOKENS,
+    allow_empty: bool = False,
+    invalid_utf8: Literal["error", "replace"] = "error",
 ) -> JobSummary | Estimate | JobRef:
     """Enrich a table with one LLM answer per row, through a provider batch API.
 
@@ -235,6 +237,10 @@ def enrich_table(
         max_cost_usd: Refuse to send a job whose estimated cost is higher (or unknown).
         prices: USD per 1M batch tokens ``{"model-prefix": (input, output)}``, over the built-in table.
         expected_output_tokens: Output tokens assumed per request when ``params`` sets no max_tokens.
+        allow_empty: Send rows whose prompt renders empty or only whitespace (by default an error
+            naming the rows, before anything is sent).
+        invalid_utf8: Text of a CSV or JSON Lines source that is not valid UTF-8 is an ``error``
+            naming the column and the first bad row (default), or ``replace``: bad bytes become U+FFFD.
 
     Returns:
         The job summary (with ``dry_run``, the estimate; with ``detached``, the job reference).
@@ -266,6 +272,8 @@ def enrich_table(
         base_url=base_url,
         id_column=id_column,
         limits=BatchLimits(max_requests_per_batch=max_requests_per_batch, max_batch_bytes=max_batch_bytes),
+        allow_empty=allow_empty,
+        invalid_utf8=invalid_utf8,
     )
     simulated = provider == "simulator"
     options = RunOptions.for_provider(

@@ -22,6 +22,7 @@ import pyarrow.parquet as pq
 from pydantic import BaseModel
 
 from .jobs import JobSummary, Progress
+from .jobs.checks import check_output
 from .jobs.runner import run_job
 from .providers import make_provider, open_target
 from .schemas import ResponseSchema
@@ -85,6 +86,7 @@ def enrich(
     max_requests_per_batch: int = 50_000,
     progress: bool = True,
     return_summary: bool = False,
+    allow_empty: bool = False,
 ) -> pd.DataFrame | tuple[pd.DataFrame, JobSummary]:
     """Enrich a DataFrame with one answer per row through a provider batch API.
 
@@ -107,6 +109,8 @@ def enrich(
         max_requests_per_batch: Most requests per batch.
         progress: Show a progress bar.
         return_summary: Also return the :class:`~prefect_llm_batch.jobs.JobSummary`.
+        allow_empty: Send rows whose prompt renders empty or only whitespace (else an error
+            naming them, before anything is sent).
 
     Returns:
         ``df`` with the answer columns appended (and the summary when asked for).
@@ -133,6 +137,7 @@ def enrich(
         response_schema=schema.schema if schema is not None else None,
         column_prefix=column_prefix,
         limits=BatchLimits(max_requests_per_batch=max_requests_per_batch),
+        allow_empty=allow_empty,
     )
     options = RunOptions.for_provider(
         provider, poll_interval=poll_interval, max_attempts=max_attempts, cache=cache
@@ -146,12 +151,13 @@ def enrich(
     if not exists(source):
         write_parquet_atomic(table, source, overwrite=True, private=True)  # state: owner-only
     with (
+        tempfile.TemporaryDirectory() as scratch,
         open_target(provider, base_url, simulator_seconds=0.6) as target,
         make_provider(target, api_key=api_key) as client,
-        tempfile.TemporaryDirectory() as scratch,
         _Bar(progress) as bar,
     ):
         output = str(Path(scratch) / "out.parquet")
+        check_output(source, output, state)  # before anything is sent, as the flows do
         # One lease from planning to the output: another kernel running the same cell meanwhile
         # gets JobLocked and changes nothing.
         summary = run_job(

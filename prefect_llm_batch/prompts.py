@@ -57,13 +57,16 @@ import dataclasses
 import datetime
 import decimal
 import difflib
+import functools
 import itertools
 import json
 import math
-from collections.abc import Iterator, Sequence
+import re
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import jinja2
+import jinja2.filters
 import jinja2.meta
 import numpy as np
 import numpy.typing as npt
@@ -71,12 +74,15 @@ import orjson
 import pyarrow as pa
 import pyarrow.compute as pc
 from jinja2 import nodes
+from jinja2.compiler import CodeGenerator, Frame
+from jinja2.exceptions import SecurityError
+from jinja2.runtime import Context
 from jinja2.sandbox import SandboxedEnvironment
 
 from prefect_llm_batch.errors import InputError, TemplateError
 from prefect_llm_batch.requests import value_offsets
 
-__all__ = ["PromptTemplate", "render_value"]
+__all__ = ["MAX_PROMPT_CHARS", "PromptTemplate", "render_value"]
 
 #: Most column names quoted in an error message.
 _MAX_NAMES_SHOWN = 50
@@ -134,11 +140,205 @@ def _finalize(value: Any) -> Any:
     return render_value(value)
 
 
-_ENV = SandboxedEnvironment(
+#: The most characters a rendered prompt (or system prompt) may have: 8 million, a few times the
+#: longest context of today's models, and far under a batch file's 200 MB. A template computing
+#: a longer text (``{{ "x" * 10**9 }}``) is stopped before the text is built.
+MAX_PROMPT_CHARS = 8_000_000
+
+
+class _TooLong(SecurityError):
+    """A template would build a text longer than :data:`MAX_PROMPT_CHARS`."""
+
+    def __init__(self) -> None:
+        super().__init__(
+            f"the text would be longer than {MAX_PROMPT_CHARS:,} characters, the most a prompt may have"
+        )
+
+
+def _count(value: Any) -> int | None:
+    """The length of a text or sequence whose repetition or joining allocates (else None)."""
+    return len(value) if isinstance(value, (str, bytes, list, tuple)) else None
+
+
+def _integer(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _check_widths(text: Any, args: Any = ()) -> None:
+    """Refuse a format string with a width or precision above the limit (``"%0999999999d"``),
+    written in it or given as an argument (``"%*d" % (10**9, 1)``, ``"{:>{w}}".format(1, w=...)``)."""
+    if not isinstance(text, str):
+        return
+    if isinstance(args, dict):
+        args = list(args.values())
+    elif not isinstance(args, (list, tuple)):
+        args = [args]
+    if any(_integer(arg) and arg > MAX_PROMPT_CHARS for arg in args) or any(
+        len(digits) > 7 and int(digits) > MAX_PROMPT_CHARS for digits in _DIGITS.findall(text)
+    ):
+        raise _TooLong()
+
+
+_DIGITS = re.compile(r"\d+")
+
+
+def _check_padding(value: Any, args: Sequence[Any], kwargs: dict[str, Any]) -> None:
+    """Refuse a call on a text whose integer argument (a width) is above the limit."""
+    if isinstance(value, (str, bytes)) and any(
+        _integer(a) and a > MAX_PROMPT_CHARS for a in (*args, *kwargs.values())
+    ):
+        raise _TooLong()
+
+
+def _check_join(separator: Any, items: Any) -> None:
+    if isinstance(items, (list, tuple)):
+        size = len(str(separator)) * max(len(items) - 1, 0)
+        for item in items:
+            size += len(item) if isinstance(item, str) else 0
+            if size > MAX_PROMPT_CHARS:
+                raise _TooLong()
+
+
+def _check_replace(text: Any, args: Sequence[Any]) -> None:
+    if isinstance(text, str) and len(args) >= 2 and isinstance(args[1], str):
+        old = args[0] if isinstance(args[0], str) else ""
+        found = len(text) + 1 if not old else text.count(old)
+        if len(text) + found * len(args[1]) > MAX_PROMPT_CHARS:
+            raise _TooLong()
+
+
+class _BoundedCodeGenerator(CodeGenerator):
+    """Compiles ``a ~ b`` into a call of the environment's :meth:`_BoundedEnvironment.bounded_concat`."""
+
+    def visit_Concat(self, node: nodes.Concat, frame: Frame) -> None:
+        self.write("environment.bounded_concat((")
+        for arg in node.nodes:
+            self.visit(arg, frame)
+            self.write(", ")
+        self.write("))")
+
+
+class _BoundedEnvironment(SandboxedEnvironment):
+    """Jinja's sandbox, with no text or sequence built longer than :data:`MAX_PROMPT_CHARS`.
+
+    The sizes are checked before the operation runs, so that ``{{ "x" * 10**9 }}`` allocates
+    nothing: repetition (``*``), addition (``+``), printf formatting (``%``), powers (``**``),
+    concatenation (``~``), the padding and joining methods and filters. (The output of a loop is
+    bounded as it is rendered: see :meth:`PromptTemplate.render_table`.)
+    """
+
+    intercepted_binops = frozenset({"*", "+", "%", "**"})
+    code_generator_class = _BoundedCodeGenerator
+
+    def bounded_concat(self, values: Sequence[Any]) -> str:
+        """``a ~ b ~ ...``: the values as text, joined, unless that is too long."""
+        texts = [str(value) for value in values]
+        if sum(map(len, texts)) > MAX_PROMPT_CHARS:
+            raise _TooLong()
+        return "".join(texts)
+
+    def call_binop(self, context: Context, operator: str, left: Any, right: Any) -> Any:
+        if operator == "*":
+            for seq, times in ((left, right), (right, left)):
+                size = _count(seq)
+                if size is not None and _integer(times) and size * times > MAX_PROMPT_CHARS:
+                    raise _TooLong()
+        elif operator == "+":
+            sizes = (_count(left), _count(right))
+            if sizes[0] is not None and sizes[1] is not None and sizes[0] + sizes[1] > MAX_PROMPT_CHARS:
+                raise _TooLong()
+        elif operator == "%":
+            _check_widths(left, right)
+        elif (
+            operator == "**"
+            and _integer(left)
+            and _integer(right)
+            and abs(left) > 1
+            and right * math.log10(abs(left)) > MAX_PROMPT_CHARS
+        ):
+            raise _TooLong()
+        return super().call_binop(context, operator, left, right)
+
+    def call(__self, __context: Context, __obj: Any, *args: Any, **kwargs: Any) -> Any:
+        owner = getattr(__obj, "__self__", None)
+        name = getattr(__obj, "__name__", "")
+        if name in ("ljust", "rjust", "center", "zfill", "expandtabs"):
+            _check_padding(owner, args, kwargs)
+            if name == "expandtabs" and isinstance(owner, str):
+                tab = args[0] if args else kwargs.get("tabsize", 8)
+                if _integer(tab) and len(owner) + owner.count("\t") * tab > MAX_PROMPT_CHARS:
+                    raise _TooLong()
+        elif name == "join" and isinstance(owner, str) and args:
+            _check_join(owner, args[0])
+        elif name == "replace":
+            _check_replace(owner, args)
+        return super().call(__context, __obj, *args, **kwargs)
+
+    def wrap_str_format(self, value: Any) -> Callable[..., str] | None:
+        """``str.format`` and ``format_map``, sandboxed by Jinja, with their widths bounded."""
+        wrapped = super().wrap_str_format(value)
+        if wrapped is None:
+            return None
+        text = value.__self__
+
+        def bounded(*args: Any, **kwargs: Any) -> str:
+            _check_widths(
+                text,
+                [*args, *kwargs.values(), *(args[0].values() if args and isinstance(args[0], dict) else ())],
+            )
+            return wrapped(*args, **kwargs)
+
+        return functools.update_wrapper(bounded, value)
+
+
+def _bounded_filter(name: str, check: Callable[..., None]) -> Callable[..., Any]:
+    original = jinja2.filters.FILTERS[name]
+
+    @functools.wraps(original)
+    def bounded(*args: Any, **kwargs: Any) -> Any:
+        check(*args, **kwargs)
+        return original(*args, **kwargs)
+
+    return bounded
+
+
+def _check_center(value: Any, width: Any = 80, *_: Any, **__: Any) -> None:
+    if _integer(width) and width > MAX_PROMPT_CHARS:
+        raise _TooLong()
+
+
+def _check_indent(value: Any, width: Any = 4, *_: Any, **__: Any) -> None:
+    if not isinstance(value, str):
+        return
+    pad = len(width) if isinstance(width, str) else width if _integer(width) else 0
+    if len(value) + (value.count("\n") + 1) * pad > MAX_PROMPT_CHARS:
+        raise _TooLong()
+
+
+def _check_join_filter(context: Any, value: Any, d: Any = "", *_: Any, **__: Any) -> None:
+    _check_join(d, list(value) if isinstance(value, (list, tuple)) else value)
+
+
+def _check_format(value: Any, *args: Any, **kwargs: Any) -> None:
+    _check_widths(value, [*args, *kwargs.values()])
+
+
+def _check_replace_filter(context: Any, value: Any, *args: Any, **__: Any) -> None:
+    _check_replace(value, args)
+
+
+_ENV = _BoundedEnvironment(
     undefined=jinja2.StrictUndefined,
     autoescape=False,
     keep_trailing_newline=True,
     finalize=_finalize,
+)
+_ENV.filters.update(
+    center=_bounded_filter("center", _check_center),
+    indent=_bounded_filter("indent", _check_indent),
+    join=_bounded_filter("join", _check_join_filter),
+    format=_bounded_filter("format", _check_format),
+    replace=_bounded_filter("replace", _check_replace_filter),
 )
 
 
@@ -189,6 +389,8 @@ class PromptTemplate:
         )
         self._row_keys = frozenset(_row_keys(tree)) if self._uses_row else frozenset()
         self._plain = _plain_parts(tree)
+        # Loops (and macros, which may recurse) can output without end: bounded as they render.
+        self._loops = next(tree.find_all((nodes.For, nodes.Macro, nodes.CallBlock)), None) is not None
 
     def __repr__(self) -> str:
         return f"PromptTemplate({self.source!r}, name={self.name!r})"
@@ -345,6 +547,64 @@ class PromptTemplate:
         joined: pa.Array[Any] = pc.binary_join_element_wise(*parts, pa.scalar(b"", binary))
         return joined
 
+    def check_rendered(
+        self,
+        table: pa.Table,
+        prompts: Sequence[str] | Sequence[str | None] | pa.Array[Any] | None = None,
+        id_column: str | None = None,
+        first_row: int = 0,
+    ) -> list[int]:
+        """Check the prompts rendered for ``table``'s rows; return the rows whose prompt is blank.
+
+        Args:
+            table: The rows.
+            prompts: What :meth:`render_table` returned for them, or None (or what
+                :meth:`render_json` returned) when the template renders without Jinja: then
+                lengths are computed from the columns, in Arrow.
+            id_column: A column naming rows in error messages.
+            first_row: The number of the table's first row in the whole input.
+
+        Returns:
+            The positions in ``table`` of the rows whose prompt is empty or only whitespace.
+
+        Raises:
+            TemplateError: A prompt is longer than :data:`MAX_PROMPT_CHARS`; the message names
+                the first such row.
+
+        Examples:
+            >>> import pyarrow as pa
+            >>> table = pa.table({"a": ["x", " ", None]})
+            >>> PromptTemplate("{{ a }}").check_rendered(table)
+            [1, 2]
+            >>> PromptTemplate("{{ a }}").check_rendered(table, ["x", " ", ""])
+            [1, 2]
+        """
+        if prompts is not None and not isinstance(prompts, pa.Array):
+            too_long = next((i for i, p in enumerate(prompts) if len(p or "") > MAX_PROMPT_CHARS), None)
+            if too_long is not None:
+                raise TemplateError(self._row_error(table, too_long, id_column, _TooLong(), first_row))
+            return [i for i, p in enumerate(prompts) if not p or p.isspace()]
+        assert self._plain is not None, "prompts are needed for a template that renders through Jinja"
+        text = "".join(part for part in self._plain if isinstance(part, str))
+        lengths: Any = pa.scalar(len(text), pa.int64())
+        blank: Any = pa.scalar(not text.strip(), pa.bool_())
+        for part in self._plain:
+            if isinstance(part, _Column):
+                values: Any = table.column(part.name).cast(pa.large_string())
+                lengths = pc.add(lengths, pc.utf8_length(values).fill_null(0))
+                trimmed: Any = pc.utf8_length(pc.utf8_trim_whitespace(values)).fill_null(0)
+                blank = pc.and_(blank, pc.equal(trimmed, pa.scalar(0, pa.int64())))
+        if isinstance(lengths, pa.Scalar):  # no column: the same text for every row
+            lengths = pa.array([lengths.as_py()] * table.num_rows, pa.int64())
+            blank = pa.array([blank.as_py()] * table.num_rows, pa.bool_())
+        over: list[Any] = pc.indices_nonzero(
+            pc.greater(lengths, pa.scalar(MAX_PROMPT_CHARS, pa.int64()))
+        ).to_pylist()
+        if over:
+            raise TemplateError(self._row_error(table, over[0], id_column, _TooLong(), first_row))
+        blank_rows: list[int] = pc.indices_nonzero(blank).to_pylist()
+        return blank_rows
+
     # -- the two ways to render ---------------------------------------------------------------
 
     def _can_render_plain(self, table: pa.Table) -> bool:
@@ -404,6 +664,7 @@ class PromptTemplate:
         rows: Iterator[tuple[Any, ...]] = (
             zip(*values, strict=True) if values else itertools.repeat((), table.num_rows)
         )
+        join = _bounded_join if self._loops else "".join
         prompts: list[str] = []
         try:
             for row_values in rows:
@@ -414,7 +675,10 @@ class PromptTemplate:
                     context["row"] = row
                 else:
                     context.update(zip(wanted, row_values, strict=True))
-                prompts.append("".join(root_render(new_context(context, shared=True))))
+                prompt = join(root_render(new_context(context, shared=True)))
+                if len(prompt) > MAX_PROMPT_CHARS:
+                    raise _TooLong()
+                prompts.append(prompt)
         except Exception as exc:
             raise TemplateError(self._row_error(table, len(prompts), id_column, exc, first_row)) from exc
         return prompts
@@ -427,6 +691,18 @@ class PromptTemplate:
             where += f" (id {table.column(id_column)[index].as_py()!r})"
         reason = str(exc) if isinstance(exc, jinja2.TemplateError) else f"{type(exc).__name__}: {exc}"
         return f"{self.name} does not render for {where}: {reason}"
+
+
+def _bounded_join(pieces: Iterator[str]) -> str:
+    """Join a template's output, stopping once it is longer than :data:`MAX_PROMPT_CHARS`."""
+    parts: list[str] = []
+    total = 0
+    for piece in pieces:
+        total += len(piece)
+        if total > MAX_PROMPT_CHARS:
+            raise _TooLong()
+        parts.append(piece)
+    return "".join(parts)
 
 
 def _rebuild(source: str, name: str) -> PromptTemplate:

@@ -131,6 +131,11 @@ class JobSpec(BaseModel):
             :meth:`prefect_llm_batch.schemas.ResponseSchema.from_user` from a pydantic model.
         column_prefix: Prefix for the typed answer columns (default none).
         limits: Batch size limits.
+        allow_empty: Send rows whose prompt renders empty or only whitespace (by default they are
+            an error naming the rows, before anything is sent).
+        invalid_utf8: Text of a CSV or JSON Lines source that is not valid UTF-8: ``"error"``
+            (default; names the column and the first bad row) or ``"replace"`` (bad bytes become
+            U+FFFD).
 
     Examples:
         >>> JobSpec(prompt="{{ a }}", model="m", params={"temperature": 0}).params
@@ -157,6 +162,8 @@ class JobSpec(BaseModel):
     response_schema: dict[str, Any] | None = None
     column_prefix: str = ""
     limits: BatchLimits = Field(default_factory=BatchLimits)
+    allow_empty: bool = False
+    invalid_utf8: Literal["error", "replace"] = "error"
 
     @field_validator("prompt")
     @classmethod

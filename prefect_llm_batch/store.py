@@ -53,7 +53,7 @@ import time
 import uuid
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any, Literal, NamedTuple
 
 import fsspec
 import numpy as np
@@ -138,6 +138,7 @@ class JobRecord(BaseModel):
     cached_requests: int = 0
     chunks: list[ChunkPlanRecord]
     limits: BatchLimits | None = None
+    invalid_utf8: Literal["error", "replace"] = "error"  # how the source was read (and is read again)
 
     def round_chunks(self, round_: int) -> list[int]:
         """Ids of the chunks of one round."""

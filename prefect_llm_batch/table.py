@@ -56,6 +56,7 @@ Examples:
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import io
 import os
@@ -64,6 +65,7 @@ import re
 import secrets
 import tempfile
 import threading
+import weakref
 from collections.abc import Callable, Generator, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import IO, Any, Literal, TypeVar
@@ -71,6 +73,7 @@ from typing import IO, Any, Literal, TypeVar
 import fsspec
 import fsspec.core
 import fsspec.utils
+import numpy as np
 import orjson
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -83,6 +86,8 @@ from prefect_llm_batch.errors import TableError
 
 __all__ = [
     "COLUMN_TYPES",
+    "MAX_BLOCK_SIZE",
+    "InvalidUTF8",
     "TableFormat",
     "TableScan",
     "exists",
@@ -91,6 +96,7 @@ __all__ = [
     "read_bytes",
     "read_table",
     "scan_table",
+    "shown_path",
     "table_format",
     "write_bytes_atomic",
     "write_parquet_atomic",
@@ -114,12 +120,26 @@ COLUMN_TYPES: Mapping[str, pa.DataType] = {
     "timestamp": pa.timestamp("us"),
 }
 
-#: Bytes per block handed to pyarrow's CSV reader (its default). Tests lower it to exercise
-#: type inference across blocks without writing huge files.
+#: Bytes per block handed to pyarrow's CSV reader first (its default). Tests lower it to exercise
+#: type inference across blocks without writing huge files. A row longer than a block is read
+#: again with blocks four times as big, up to :data:`MAX_BLOCK_SIZE`.
 CSV_BLOCK_SIZE = 1 << 20
 
-#: Bytes per block handed to pyarrow's JSON reader (its default).
+#: Bytes per block handed to pyarrow's JSON reader first (its default); grows as for CSV.
 JSON_BLOCK_SIZE = 1 << 20
+
+#: The largest block the CSV and JSON Lines readers grow to: the longest row (CSV) or line
+#: (JSON Lines) that can be read.
+MAX_BLOCK_SIZE = 1 << 30
+
+#: What to do with text that is not valid UTF-8 in a CSV or JSON Lines file: ``"error"`` (the
+#: default: name the column and the first bad row) or ``"replace"`` (each invalid byte sequence
+#: of a text column becomes U+FFFD).
+InvalidUTF8 = Literal["error", "replace"]
+
+#: Seconds to wait, after an Arrow reader returned, for its threads to let go of the Python file
+#: it read (see :func:`_read_through_arrow`).
+_RELEASE_SECONDS = 10.0
 
 #: Bytes read at a time by :func:`fingerprint`.
 FINGERPRINT_BLOCK_SIZE = 8 << 20
@@ -152,6 +172,7 @@ _TIMESTAMP_UTC = pa.timestamp("us", tz="UTC")
 _CSV_CONVERSION_ERROR = re.compile(
     r"In CSV column #(?P<index>\d+): .*?CSV conversion error to (?P<type>[^:]+): "
 )
+_STRADDLING = "straddling object straddles two block boundaries"
 _JSON_TYPE_CHANGE = re.compile(r"Column\((?P<path>[^)]*)\) changed from (?P<old>\w+) to (?P<new>\w+)")
 _URL_USERINFO = re.compile(r"^(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*://)[^/@]*@")
 
@@ -213,6 +234,7 @@ def read_table(
     limit: int | None = None,
     columns_types: dict[str, str] | None = None,
     storage_options: dict[str, Any] | None = None,
+    invalid_utf8: InvalidUTF8 = "error",
 ) -> pa.Table:
     """Read a CSV, Parquet or JSON Lines table into Arrow, keeping its types.
 
@@ -225,6 +247,9 @@ def read_table(
         columns_types: Force column types, e.g. ``{"zip": "string"}``; names from
             :data:`COLUMN_TYPES`.
         storage_options: Passed to the fsspec filesystem (credentials, endpoint...).
+        invalid_utf8: Text of a CSV or JSON Lines file that is not valid UTF-8 is an error
+            naming the column and the first bad row (``"error"``), or has each bad byte
+            sequence replaced by U+FFFD (``"replace"``; text columns only).
 
     Returns:
         The table. An empty file gives a table without columns; a header-only CSV gives an
@@ -232,7 +257,7 @@ def read_table(
 
     Raises:
         TableError: The file is missing or unreadable, a forced type is unknown or does not
-            fit the values, or ``limit`` is negative.
+            fit the values, text is not valid UTF-8, or ``limit`` is negative.
 
     Examples:
         >>> write_bytes_atomic("memory://docs/people.csv", b"name,age\\nAda,36\\nAlan,\\n")
@@ -265,6 +290,8 @@ def read_table(
         raise TableError(f"cannot read {shown}: no such file") from exc
     except (OSError, ValueError, pa.ArrowException) as exc:
         raise TableError(f"cannot read {shown} as {_FORMAT_NAMES[fmt]}: {exc}") from exc
+    if fmt != "parquet":
+        table = _check_utf8(table, shown, invalid_utf8)
     _check_forced(forced, table.column_names, shown)
     if fmt == "parquet":
         for name, data_type in forced.items():
@@ -295,6 +322,7 @@ def scan_table(
     columns: list[str] | None = None,
     columns_types: dict[str, str] | None = None,
     storage_options: dict[str, Any] | None = None,
+    invalid_utf8: InvalidUTF8 = "error",
 ) -> TableScan:
     """Read a table as record batches of at most ``batch_rows`` rows, in row order.
 
@@ -309,6 +337,7 @@ def scan_table(
         columns: Read only these columns (Parquet only reads their bytes).
         columns_types: Force column types (see :func:`read_table`).
         storage_options: Passed to the fsspec filesystem.
+        invalid_utf8: As :func:`read_table` (CSV and JSON Lines).
 
     Returns:
         The schema and the batches.
@@ -337,7 +366,13 @@ def scan_table(
     forced = _parse_column_types(columns_types or {}, shown)
     parts = _directory_parts(source, options)
     if parts is None and table_format(source) != "parquet":
-        table = read_table(source, limit=limit, columns_types=columns_types, storage_options=storage_options)
+        table = read_table(
+            source,
+            limit=limit,
+            columns_types=columns_types,
+            storage_options=storage_options,
+            invalid_utf8=invalid_utf8,
+        )
         if columns is not None:
             table = table.select(columns)
         return TableScan(table.schema, iter(table.to_batches(max_chunksize=batch_rows)), whole=table)
@@ -980,6 +1015,79 @@ def _open(source: str, options: Mapping[str, Any], *, compression: str | None) -
         yield file
 
 
+class _HandedFile:
+    """A Python file handed to an Arrow reader, whose release by Arrow can be waited for.
+
+    Only Arrow holds it (no Python frame keeps it), so it dies exactly when Arrow lets go.
+    """
+
+    __slots__ = ("__weakref__", "_file")
+
+    def __init__(self, file: IO[bytes]) -> None:
+        self._file = file
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._file, name)
+
+
+def _read_through_arrow(file: IO[bytes], read: Callable[[Any], T]) -> T:
+    """``read(file)`` with an Arrow reader, returning only once Arrow's threads let go of ``file``.
+
+    Arrow's threaded CSV and JSON readers keep the Python file they read until their last
+    callback ends, on one of Arrow's own threads, which may be after the reader returned. When
+    that callback drops the file while the interpreter exits, the thread cannot take the GIL
+    and the process aborts ("terminate called without an active exception", exit 134): a
+    command that failed right after reading a table died so about one run in ten. Waiting here
+    (a few microseconds normally) keeps every Python object out of Arrow's threads once the
+    read is over, whether it returned or raised.
+
+    ``read`` must not keep its argument in a Python frame (pass a Cython function, maybe
+    through :func:`functools.partial`, or :func:`_first_rows_of`).
+    """
+    released = threading.Event()
+    handle = _HandedFile(file)
+    watch = weakref.ref(handle, lambda _: released.set())
+    try:
+        return read(handle)
+    finally:
+        del handle
+        released.wait(_RELEASE_SECONDS)
+        del watch
+
+
+def _first_rows_of(open_reader: Callable[[Any], Any], limit: int, file: Any) -> pa.Table:
+    """The first ``limit`` rows of the streaming reader ``open_reader(file)``, which is closed after."""
+    reader = open_reader(file)
+    del file  # only the reader holds it now (see _read_through_arrow)
+    try:
+        batches: list[pa.RecordBatch] = []
+        rows = 0
+        while rows < limit:
+            try:
+                batch = reader.read_next_batch()
+            except StopIteration:
+                break
+            batches.append(batch)
+            rows += batch.num_rows
+        return pa.Table.from_batches(batches, schema=reader.schema).slice(0, limit)
+    finally:
+        del reader
+
+
+def _grown(block_size: int, exc: Exception) -> int | None:
+    """The next block size after ``exc``, when it says a row did not fit a block (else None)."""
+    if _STRADDLING not in str(exc) or block_size >= MAX_BLOCK_SIZE:
+        return None
+    return min(block_size * 4, MAX_BLOCK_SIZE)
+
+
+def _too_long(shown: str, block_size: int) -> TableError:
+    return TableError(
+        f"cannot read {shown}: a row is too long to read, even in blocks of {block_size >> 20} MB "
+        "(MAX_BLOCK_SIZE)"
+    )
+
+
 def _read_csv(
     source: str,
     options: Mapping[str, Any],
@@ -992,24 +1100,32 @@ def _read_csv(
     pyarrow's streaming reader infers types from the first block only and fails on a later
     block that does not fit ("In CSV column #3: CSV conversion error to int64: invalid value
     'abc'"). Each such failure widens that column (int64 -> float64 when the value is a number,
-    anything else -> string) and reads again.
-    Columns the user forced are never widened: a value that does not fit them is an error.
+    anything else -> string) and reads again. A row longer than a block is read again with
+    bigger blocks. Columns the user forced are never widened: a value that does not fit them is
+    an error.
     """
     user = dict(forced)
     widened: dict[str, pa.DataType] = {}
     names: list[str] | None = None
+    block_size = CSV_BLOCK_SIZE
     while True:
         try:
-            table = _read_csv_once(source, options, limit, {**widened, **user})
+            table = _read_csv_once(source, options, limit, {**widened, **user}, block_size)
             break
         except pa.ArrowInvalid as exc:
             if "Empty CSV file" in str(exc):
                 return pa.table({})
+            if _STRADDLING in str(exc):
+                grown = _grown(block_size, exc)
+                if grown is None:
+                    raise _too_long(shown, block_size) from exc
+                block_size = grown
+                continue
             match = _CSV_CONVERSION_ERROR.search(str(exc))
             if match is None:
                 raise
             if names is None:
-                names = _csv_column_names(source, options)
+                names = _csv_column_names(source, options, block_size)
             index = int(match["index"])
             if index >= len(names):
                 raise
@@ -1029,30 +1145,51 @@ def _read_csv(
 
 
 def _read_csv_once(
-    source: str, options: Mapping[str, Any], limit: int | None, column_types: Mapping[str, pa.DataType]
+    source: str,
+    options: Mapping[str, Any],
+    limit: int | None,
+    column_types: Mapping[str, pa.DataType],
+    block_size: int = CSV_BLOCK_SIZE,
 ) -> pa.Table:
     parse_options = pa_csv.ParseOptions(newlines_in_values=True)
-    convert_options = pa_csv.ConvertOptions(column_types=dict(column_types))
+    # Text is checked for UTF-8 once the table is read (:func:`_check_utf8`), naming the row,
+    # instead of Arrow turning a column with a bad byte into binary.
+    convert_options = pa_csv.ConvertOptions(column_types=dict(column_types), check_utf8=False)
     with _open(source, options, compression="infer") as file:
         if limit is None:
-            read_options = pa_csv.ReadOptions(block_size=CSV_BLOCK_SIZE, use_threads=True)
-            return pa_csv.read_csv(
-                file, read_options=read_options, parse_options=parse_options, convert_options=convert_options
+            read_options = pa_csv.ReadOptions(block_size=block_size, use_threads=True)
+            return _read_through_arrow(
+                file,
+                functools.partial(
+                    pa_csv.read_csv,
+                    read_options=read_options,
+                    parse_options=parse_options,
+                    convert_options=convert_options,
+                ),
             )
         # Single-threaded, so nothing beyond the rows asked for is read ahead.
-        read_options = pa_csv.ReadOptions(block_size=CSV_BLOCK_SIZE, use_threads=False)
-        reader = pa_csv.open_csv(
-            file, read_options=read_options, parse_options=parse_options, convert_options=convert_options
+        read_options = pa_csv.ReadOptions(block_size=block_size, use_threads=False)
+        open_reader = functools.partial(
+            pa_csv.open_csv,
+            read_options=read_options,
+            parse_options=parse_options,
+            convert_options=convert_options,
         )
-        return _first_rows(reader, limit)
+        return _read_through_arrow(file, functools.partial(_first_rows_of, open_reader, limit))
 
 
-def _csv_column_names(source: str, options: Mapping[str, Any]) -> list[str]:
-    read_options = pa_csv.ReadOptions(block_size=CSV_BLOCK_SIZE, use_threads=False)
+def _csv_column_names(source: str, options: Mapping[str, Any], block_size: int = CSV_BLOCK_SIZE) -> list[str]:
+    read_options = pa_csv.ReadOptions(block_size=block_size, use_threads=False)
     parse_options = pa_csv.ParseOptions(newlines_in_values=True)
+    convert_options = pa_csv.ConvertOptions(check_utf8=False)
+    open_reader = functools.partial(
+        pa_csv.open_csv,
+        read_options=read_options,
+        parse_options=parse_options,
+        convert_options=convert_options,
+    )
     with _open(source, options, compression="infer") as file:
-        reader = pa_csv.open_csv(file, read_options=read_options, parse_options=parse_options)
-        return list(reader.schema.names)
+        return list(_read_through_arrow(file, functools.partial(_first_rows_of, open_reader, 0)).column_names)
 
 
 def _widens_to_float(failed_type: str, message: str) -> bool:
@@ -1072,19 +1209,6 @@ def _conversion_detail(message: str) -> str:
     return found.group(0) if found else message
 
 
-def _first_rows(reader: pa.RecordBatchReader, limit: int) -> pa.Table:
-    batches: list[pa.RecordBatch] = []
-    rows = 0
-    while rows < limit:
-        try:
-            batch = reader.read_next_batch()
-        except StopIteration:
-            break
-        batches.append(batch)
-        rows += batch.num_rows
-    return pa.Table.from_batches(batches, schema=reader.schema).slice(0, limit)
-
-
 def _read_jsonl(
     source: str,
     options: Mapping[str, Any],
@@ -1096,20 +1220,28 @@ def _read_jsonl(
 
     pyarrow's JSON reader refuses a field whose JSON type changes ("Column(/a) changed from
     number to string in row 20000") even when asked for a string column. Such fields are
-    rewritten as JSON strings (``7`` -> ``"7"``) line by line in Python, then read again.
+    rewritten as JSON strings (``7`` -> ``"7"``) line by line in Python, then read again. A
+    line longer than a block is read again with bigger blocks.
     """
     strings = {name for name, data_type in forced.items() if data_type == pa.string()}
     stringified: set[str] = set()
+    block_size = JSON_BLOCK_SIZE
     while True:
         try:
             if stringified:
-                table = _read_jsonl_rewritten(source, options, limit, strings, stringified, shown)
+                table = _read_jsonl_rewritten(source, options, limit, strings, stringified, shown, block_size)
             else:
-                table = _read_jsonl_once(source, options, limit, strings)
+                table = _read_jsonl_once(source, options, limit, strings, block_size)
             break
         except pa.ArrowInvalid as exc:
             if str(exc).startswith(("Empty JSON file", "Empty JSON stream")):
                 return pa.table({})
+            if _STRADDLING in str(exc):
+                grown = _grown(block_size, exc)
+                if grown is None:
+                    raise _too_long(shown, block_size) from exc
+                block_size = grown
+                continue
             match = _JSON_TYPE_CHANGE.search(str(exc))
             if match is None:
                 raise
@@ -1127,16 +1259,25 @@ def _read_jsonl(
 
 
 def _read_jsonl_once(
-    source: str, options: Mapping[str, Any], limit: int | None, strings: set[str]
+    source: str,
+    options: Mapping[str, Any],
+    limit: int | None,
+    strings: set[str],
+    block_size: int = JSON_BLOCK_SIZE,
 ) -> pa.Table:
     parse_options = _json_parse_options(strings)
     with _open(source, options, compression="infer") as file:
         if limit is None:
-            read_options = pa_json.ReadOptions(block_size=JSON_BLOCK_SIZE, use_threads=True)
-            return pa_json.read_json(file, read_options=read_options, parse_options=parse_options)
-        read_options = pa_json.ReadOptions(block_size=JSON_BLOCK_SIZE, use_threads=False)
-        reader = pa_json.open_json(file, read_options=read_options, parse_options=parse_options)
-        return _first_rows(reader, limit)
+            read_options = pa_json.ReadOptions(block_size=block_size, use_threads=True)
+            return _read_through_arrow(
+                file,
+                functools.partial(pa_json.read_json, read_options=read_options, parse_options=parse_options),
+            )
+        read_options = pa_json.ReadOptions(block_size=block_size, use_threads=False)
+        open_reader = functools.partial(
+            pa_json.open_json, read_options=read_options, parse_options=parse_options
+        )
+        return _read_through_arrow(file, functools.partial(_first_rows_of, open_reader, limit))
 
 
 def _read_jsonl_rewritten(
@@ -1146,6 +1287,7 @@ def _read_jsonl_rewritten(
     strings: set[str],
     stringified: set[str],
     shown: str,
+    block_size: int = JSON_BLOCK_SIZE,
 ) -> pa.Table:
     with _open(source, options, compression="infer") as file:
         lines: list[bytes] = []
@@ -1168,10 +1310,86 @@ def _read_jsonl_rewritten(
     if not lines:
         return pa.table({})
     data = io.BytesIO(b"\n".join(lines) + b"\n")
-    read_options = pa_json.ReadOptions(block_size=JSON_BLOCK_SIZE, use_threads=True)
-    return pa_json.read_json(
-        data, read_options=read_options, parse_options=_json_parse_options(strings | stringified)
+    read_options = pa_json.ReadOptions(block_size=block_size, use_threads=True)
+    return _read_through_arrow(
+        data,
+        functools.partial(
+            pa_json.read_json,
+            read_options=read_options,
+            parse_options=_json_parse_options(strings | stringified),
+        ),
     )
+
+
+def _check_utf8(table: pa.Table, shown: str, invalid_utf8: InvalidUTF8) -> pa.Table:
+    """Fail on (or replace) text that is not valid UTF-8, naming the column and the first bad row.
+
+    pyarrow's JSON reader keeps such bytes in ``string`` columns as they are (which then fail
+    wherever they are used) and its CSV reader is asked not to check (so a bad byte does not
+    make its column ``binary``): this checks every value once, with Arrow's own validation.
+    """
+    try:
+        table.validate(full=True)
+        return table
+    except pa.ArrowInvalid:
+        pass
+    for index, field in enumerate(table.schema):
+        column = table.column(index)
+        bad = _invalid_utf8_rows(column, first_only=invalid_utf8 == "error")
+        if not bad:
+            continue
+        flat = pa.types.is_string(field.type) or pa.types.is_large_string(field.type)
+        if invalid_utf8 == "error" or not flat:
+            how = (
+                "pass invalid_utf8='replace' (--invalid-utf8 replace) to replace the bad bytes with U+FFFD"
+                if flat
+                else "fix the file: bad bytes can be replaced only in text columns, not in nested values"
+            )
+            raise TableError(
+                f"cannot read {shown}: column {field.name!r} holds text that is not valid UTF-8, "
+                f"first in row {bad[0]}; {how}"
+            )
+        table = table.set_column(index, field, _replace_invalid_utf8(column, bad))
+    return table
+
+
+def _invalid_utf8_rows(column: pa.ChunkedArray[Any], *, first_only: bool) -> list[int]:
+    """The rows of a column holding invalid UTF-8 (only the first with ``first_only``), found by
+    validating halves of the chunks that fail (about twice the column's bytes for the first)."""
+    found: list[int] = []
+    offset = 0
+    for chunk in column.chunks:
+        pending = [(0, len(chunk))]
+        while pending:
+            start, length = pending.pop()
+            if not length:
+                continue
+            try:
+                chunk.slice(start, length).validate(full=True)
+                continue
+            except pa.ArrowInvalid:
+                pass
+            if length == 1:
+                found.append(offset + start)
+                if first_only:
+                    return found
+                continue
+            half = length // 2
+            pending.append((start + half, length - half))  # the first half is looked at first
+            pending.append((start, half))
+        offset += len(chunk)
+    return found
+
+
+def _replace_invalid_utf8(column: pa.ChunkedArray[Any], rows: list[int]) -> pa.ChunkedArray[Any]:
+    """``column`` with the values of ``rows`` decoded as UTF-8, bad bytes replaced by U+FFFD."""
+    data = column.combine_chunks()
+    binary = data.view(pa.large_binary() if pa.types.is_large_string(data.type) else pa.binary())
+    taken: list[Any] = binary.take(pa.array(rows, pa.int64())).to_pylist()  # never null: those are valid
+    fixed = pa.array([value.decode("utf-8", errors="replace") for value in taken], data.type)
+    mask = np.zeros(len(data), bool)
+    mask[rows] = True
+    return pa.chunked_array([pc.replace_with_mask(data, pa.array(mask), fixed)], data.type)
 
 
 def _json_parse_options(strings: set[str]) -> pa_json.ParseOptions:
@@ -1430,6 +1648,16 @@ def _path_part(source: str) -> str:
     if source.lower().startswith(("http://", "https://")):
         return re.split(r"[?#]", source, maxsplit=1)[0]
     return source
+
+
+def shown_path(source: str) -> str:
+    """Quote a path for a message, hiding URL credentials and query strings (signed URLs).
+
+    Examples:
+        >>> shown_path("s3://key:secret@bucket/in.csv")
+        "'s3://***@bucket/in.csv'"
+    """
+    return _redact(source)
 
 
 def _redact(source: str) -> str:

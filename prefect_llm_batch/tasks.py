@@ -21,13 +21,13 @@ from prefect.tasks import Task
 from . import artifacts, jobs
 from .blocks import ProviderCredentials
 from .costs import DEFAULT_EXPECTED_OUTPUT_TOKENS, Estimate
-from .errors import TableError, is_transient
+from .errors import is_transient
+from .jobs.checks import check_output
 from .jobs.detached import PendingJob, advance
 from .jobs.realtime import realtime_client, run_chunk_realtime
 from .providers import api_key_for, make_provider
 from .providers.base import BatchProvider
 from .spec import JobSpec, ProviderTarget, RunOptions
-from .table import exists
 
 
 def retry_if_transient(task: Task[Any, Any], task_run: TaskRun, state: State[Any]) -> bool:
@@ -88,12 +88,9 @@ def prepare_job(
     credentials: ProviderCredentials | None = None,
     identity: jobs.JobIdentity | None = None,
 ) -> jobs.JobRef:
-    """Read and render the table, take cached answers, plan the batches, write the plan (no HTTP);
-    the caller holds the job's lease (see ``identify-job``)."""
-    if not overwrite and exists(output):
-        raise TableError(
-            f"the output {output} already exists; pass overwrite=True (--overwrite) to replace it"
-        )
+    """Check the output's path, read and render the table, take cached answers, plan the batches,
+    write the plan (no HTTP); the caller holds the job's lease (see ``identify-job``)."""
+    check_output(source, output, state_dir, overwrite=overwrite)
     cache = (options or RunOptions()).cache
     with provider_for(target, spec, credentials) as provider:
         ref = jobs.prepare(

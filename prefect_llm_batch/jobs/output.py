@@ -427,7 +427,9 @@ def assemble(
         if source_fp.result() != record.source_fingerprint:
             raise StateError(f"{record.source} changed since job {ref.job_id} was prepared; run again")
     batch_ids = answers.batch_ids
-    scan = scan_table(record.source, limit=record.limit, storage_options=storage_options)
+    scan = scan_table(
+        record.source, limit=record.limit, storage_options=storage_options, invalid_utf8=record.invalid_utf8
+    )
     metadata = {
         "prefect_llm_batch": canonical_json(
             {

@@ -102,6 +102,8 @@ def compute_job_id(
     }
     if cache != "use":  # a refresh must not resume (and so reuse) the answers of a normal run
         payload["cache"] = cache
+    if spec.invalid_utf8 != "error":  # other prompts (and ids unchanged for the default)
+        payload["invalid_utf8"] = spec.invalid_utf8
     return hashlib.sha256(canonical_json(payload)).hexdigest()[:32]
 
 
@@ -163,10 +165,53 @@ def check_and_render(spec: JobSpec, table: pa.Table) -> tuple[list[str], list[st
     """Check output column names, then compile, check and render both templates over ``table``."""
     template, system_template = check_columns(spec, table.column_names)
     prompts = template.render_table(table, id_column=spec.id_column)
+    blank = BlankPrompts(spec.id_column)
+    blank.add(table, template.check_rendered(table, prompts, spec.id_column), 0)
     systems: list[str | None] | None = None
     if system_template is not None:
-        systems = list(system_template.render_table(table, id_column=spec.id_column))
+        rendered = system_template.render_table(table, id_column=spec.id_column)
+        system_template.check_rendered(table, rendered, spec.id_column)
+        systems = list(rendered)
+    if not spec.allow_empty:
+        blank.check()
     return prompts, systems
+
+
+#: Rows quoted in the error about blank prompts.
+BLANK_ROWS_SHOWN = 5
+
+
+class BlankPrompts:
+    """The rows whose prompt rendered empty or only whitespace, counted over a job's slices."""
+
+    def __init__(self, id_column: str | None) -> None:
+        self.id_column = id_column
+        self.count = 0
+        self.shown: list[str] = []
+
+    def add(self, table: pa.Table, positions: list[int], first_row: int) -> None:
+        """Count the blank prompts of a slice (at ``positions`` of ``table``, row ``first_row`` on)."""
+        self.count += len(positions)
+        for position in positions[: BLANK_ROWS_SHOWN - len(self.shown)]:
+            name = str(first_row + position)
+            if self.id_column is not None:
+                name += f" (id {table.column(self.id_column)[position].as_py()!r})"
+            self.shown.append(name)
+
+    def check(self) -> None:
+        """Raise when any prompt was blank.
+
+        Raises:
+            InputError: Naming the first rows and how many there are.
+        """
+        if not self.count:
+            return
+        more = f" and {self.count - len(self.shown)} more" if self.count > len(self.shown) else ""
+        raise InputError(
+            f"the prompt renders empty (or only whitespace) for {self.count} row(s): row "
+            f"{', '.join(self.shown)}{more}; fix the template or the data, or pass allow_empty=True "
+            "(--allow-empty) to send them as they are"
+        )
 
 
 def preflight(source: str, spec: JobSpec, *, storage_options: dict[str, Any] | None = None) -> None:
@@ -179,7 +224,9 @@ def preflight(source: str, spec: JobSpec, *, storage_options: dict[str, Any] | N
     Raises:
         InputError: As :func:`prepare` would.
     """
-    table = read_table(source, limit=PREFLIGHT_ROWS, storage_options=storage_options)
+    table = read_table(
+        source, limit=PREFLIGHT_ROWS, storage_options=storage_options, invalid_utf8=spec.invalid_utf8
+    )
     check_id_column(table, spec.id_column)
     check_and_render(spec, table)
 
@@ -358,12 +405,19 @@ def _add_lines(
     writer.add(encoded.lines_array(), rows, new, encoded.custom_id_array)
 
 
-def _render(template: PromptTemplate, table: pa.Table, id_column: str | None, first_row: int) -> Texts:
-    """A slice's prompts: straight to JSON in Arrow for plain templates, else through Jinja."""
+def _render(
+    template: PromptTemplate, table: pa.Table, id_column: str | None, first_row: int
+) -> tuple[Texts, list[int]]:
+    """A slice's prompts: straight to JSON in Arrow for plain templates, else through Jinja; and
+    the positions of the blank ones (a prompt too long is an error naming its row)."""
     contents = template.render_json(table)
-    if contents is not None:
-        return contents
-    return template.render_table(table, id_column=id_column, first_row=first_row)
+    prompts: Texts = (
+        contents
+        if contents is not None
+        else template.render_table(table, id_column=id_column, first_row=first_row)
+    )
+    blank = template.check_rendered(table, None if contents is not None else prompts, id_column, first_row)
+    return prompts, blank
 
 
 def _columns_read(schema: pa.Schema, id_column: str | None, *templates: PromptTemplate | None) -> list[str]:
@@ -390,7 +444,13 @@ def _check_id_column_scan(
     if scan.whole is not None:
         check_id_column(scan.whole.select([spec.id_column]), spec.id_column)
         return
-    ids = scan_table(source, limit=limit, columns=[spec.id_column], storage_options=storage_options)
+    ids = scan_table(
+        source,
+        limit=limit,
+        columns=[spec.id_column],
+        storage_options=storage_options,
+        invalid_utf8=spec.invalid_utf8,
+    )
     check_id_column(pa.Table.from_batches(list(ids.batches), schema=ids.schema), spec.id_column)
 
 
@@ -495,13 +555,15 @@ def _plan(
     """Plan a job that has none yet and write its plan, ``job.json`` last (see :func:`prepare`)."""
     job_id, source_fp, limits = identity.job_id, identity.source_fingerprint, identity.limits
     store = JobStore(state_dir, job_id)
-    scan = scan_table(source, limit=limit, storage_options=storage_options)
+    scan = scan_table(source, limit=limit, storage_options=storage_options, invalid_utf8=spec.invalid_utf8)
     template, system_template = check_columns(spec, scan.schema.names)
     _check_id_column_scan(source, scan, spec, limit, storage_options)
     read = _columns_read(scan.schema, spec.id_column, template, system_template)
     names = scan.schema.names
     if scan.whole is None and len(read) < len(names) == len(set(names)):  # Parquet: read by column
-        scan = scan_table(source, limit=limit, columns=read, storage_options=storage_options)
+        scan = scan_table(
+            source, limit=limit, columns=read, storage_options=storage_options, invalid_utf8=spec.invalid_utf8
+        )
     schema = response_schema(spec)
 
     def build_body(prompt: str, system: str | None) -> dict[str, Any]:
@@ -522,14 +584,19 @@ def _plan(
     hit_ids: list[str] = []
     rows = unique = 0
 
+    blank = BlankPrompts(spec.id_column)
+
     def laid_out() -> Iterator[tuple[int, LaidOutRequests]]:
         first = 0
         for batch in scan.batches:
             table = pa.Table.from_batches([batch], schema=scan.schema)
-            prompts = _render(template, table, spec.id_column, first)
-            systems = _render(system_template, table, spec.id_column, first) if system_template else None
+            prompts, blank_rows = _render(template, table, spec.id_column, first)
+            blank.add(table, blank_rows, first)
+            systems = _render(system_template, table, spec.id_column, first)[0] if system_template else None
             yield table.num_rows, encoder.lay_out(prompts, systems)
             first += table.num_rows
+        if not spec.allow_empty:
+            blank.check()  # every row counted: before the plan is written, and so before anything is sent
 
     def row_ids() -> Iterator[pa.Array[Any]]:
         # Reading, rendering and laying out the next slice (Arrow work, mostly outside the GIL)
@@ -605,6 +672,7 @@ def _plan(
         cached_requests=len(hit_ids),
         chunks=chunks,
         limits=limits,
+        invalid_utf8=spec.invalid_utf8,
     )
     store.write_job(record)  # last: its presence means the plan is complete
     logger.info(
