@@ -200,13 +200,14 @@ def test_a_row_longer_than_the_largest_block_is_a_clear_error(
 def test_a_failing_estimate_never_aborts_at_exit(tmp_path: Path) -> None:
     """Arrow's CSV reader used to drop the Python file on its own thread at exit: exit 134."""
     source = write_csv(tmp_path / "in.csv", [f"review {i}" for i in range(50)])
-    command = [
-        sys.executable, "-m", "prefect_llm_batch.cli", "estimate", source, "--prompt", "{{ nosuchcol }}",
-        "--model", "gpt-4o-mini", "--state-dir", str(tmp_path / "state"),
-    ]  # fmt: skip
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
 
-    def once(_: int) -> subprocess.CompletedProcess[str]:
+    def once(n: int) -> subprocess.CompletedProcess[str]:
+        # A state directory each: runs of one job in one state directory exclude each other (the lease).
+        command = [
+            sys.executable, "-m", "prefect_llm_batch.cli", "estimate", source, "--prompt", "{{ nosuchcol }}",
+            "--model", "gpt-4o-mini", "--state-dir", str(tmp_path / f"state-{n}"),
+        ]  # fmt: skip
         return subprocess.run(command, capture_output=True, text=True, env=env, timeout=240, check=False)
 
     with concurrent.futures.ThreadPoolExecutor(max_workers=6) as pool:
