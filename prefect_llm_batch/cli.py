@@ -582,16 +582,14 @@ def fake_server(
     finalizing_seconds: Annotated[float, typer.Option(help="Seconds each batch spends finalizing.")] = 1.0,
 ) -> None:
     """Serve the fake OpenAI-compatible batch API on 127.0.0.1 (base URL http://127.0.0.1:PORT/v1)."""
-    from .testing import FakeServerConfig, serve
+    from .simulator import serve_simulator
 
     typer.echo(f"fake OpenAI batch API on http://127.0.0.1:{port}/v1 (any Bearer key); Ctrl-C stops it")
-    serve(
+    serve_simulator(
         port,
-        FakeServerConfig(
-            validating_seconds=validating_seconds,
-            in_progress_seconds=in_progress_seconds,
-            finalizing_seconds=finalizing_seconds,
-        ),
+        validating_seconds=validating_seconds,
+        in_progress_seconds=in_progress_seconds,
+        finalizing_seconds=finalizing_seconds,
     )
 
 

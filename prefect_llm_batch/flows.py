@@ -31,8 +31,9 @@ from .jobs import COLLECTS_IN_FLIGHT, JobIdentity, JobRef, JobSummary, cancel_jo
 from .jobs.detached import PendingJob
 from .jobs.realtime import Mode, choose_mode
 from .memory import SMALL_PAGES_ENV, prefer_small_pages
-from .providers import api_key_for, make_provider, open_target, target_for
+from .providers import api_key_for, make_provider, target_for
 from .schemas import ResponseSchema
+from .simulator import open_target
 from .spec import (
     DEFAULT_MAX_ERROR_RATE,
     OPENAI_MAX_BATCH_BYTES,

@@ -24,8 +24,9 @@ from pydantic import BaseModel
 from .jobs import JobSummary, Progress
 from .jobs.checks import check_output
 from .jobs.runner import run_job
-from .providers import make_provider, open_target
+from .providers import make_provider
 from .schemas import ResponseSchema
+from .simulator import open_target
 from .spec import (
     BatchLimits,
     CacheMode,

@@ -27,12 +27,13 @@ import pytest
 
 from prefect_llm_batch.errors import LLMBatchError, ProviderRejected
 from prefect_llm_batch.flows import enrich_table
-from prefect_llm_batch.providers import api_key_for, make_provider, open_target
+from prefect_llm_batch.providers import api_key_for, make_provider
 from prefect_llm_batch.providers.anthropic import AnthropicBatchProvider
 from prefect_llm_batch.providers.http import REDACTED, redact
 from prefect_llm_batch.providers.openai import OpenAIBatchProvider
 from prefect_llm_batch.providers.realtime import RealtimeClient, has_batch_api
 from prefect_llm_batch.results import MAX_ERROR_CHARS
+from prefect_llm_batch.simulator import open_target
 from prefect_llm_batch.testing import FakeProviderServer, FakeServerConfig
 
 KEY = "sk-test-SECRET-0123456789abcdef"

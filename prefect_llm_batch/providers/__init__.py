@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import contextlib
 import os
-import secrets
 from collections.abc import Iterator
 
 from ..errors import ConfigError
-from ..spec import SIMULATOR_KEY_BASE_URL, BatchLimits, ProviderTarget
+from ..spec import BatchLimits, ProviderTarget
 from .anthropic import DEFAULT_BASE_URL as ANTHROPIC_DEFAULT_BASE_URL
 from .anthropic import AnthropicBatchProvider
 from .azure import AzureOpenAIBatchProvider, azure_target
@@ -36,7 +35,7 @@ KEY_ENV = {"openai": "OPENAI_API_KEY", "anthropic": "ANTHROPIC_API_KEY", "azure"
 #: estimates, which send nothing); it is not a secret. A running simulator accepts only its own key.
 SIMULATOR_API_KEY = "simulator-key"
 
-#: Base URL of each simulator :func:`open_target` runs -> the key generated for it (per run).
+#: Base URL of each running simulator -> the key generated for it (per run; :func:`simulator_key`).
 _SIMULATOR_KEYS: dict[str, str] = {}
 
 
@@ -80,41 +79,30 @@ def target_for(provider: str, base_url: str | None = None) -> ProviderTarget:
 
 
 @contextlib.contextmanager
-def open_target(
-    provider: str, base_url: str | None = None, *, simulator_seconds: float = 1.5
-) -> Iterator[ProviderTarget]:
-    """Yield where a job's HTTP goes. For ``simulator``, the bundled fake server runs for the
-    duration (batches spend ``simulator_seconds`` in progress, plus a little validating and
-    finalizing); its request keys use a fixed base URL, so its answers are cached across runs.
-    It accepts only a key generated for this run, which :func:`api_key_for` gives the run's
-    providers (no other key, a user's real one included, is ever sent to it).
-    """
-    if provider == "simulator":
-        from ..testing import FakeProviderServer, FakeServerConfig
+def simulator_key(base_url: str, key: str) -> Iterator[None]:
+    """While the block runs, :func:`api_key_for` gives ``key`` for the simulator at ``base_url``
+    (:func:`prefect_llm_batch.simulator.open_target` runs one with a key generated per run).
 
-        pause = simulator_seconds / 3
-        key = f"simulator-{secrets.token_urlsafe(24)}"
-        config = FakeServerConfig(
-            validating_seconds=pause,
-            in_progress_seconds=simulator_seconds,
-            finalizing_seconds=pause,
-            api_key=key,
-        )
-        with FakeProviderServer(config) as server:
-            _SIMULATOR_KEYS[server.base_url] = key
-            try:
-                yield ProviderTarget(
-                    provider="simulator", base_url=server.base_url, key_base_url=SIMULATOR_KEY_BASE_URL
-                )
-            finally:
-                _SIMULATOR_KEYS.pop(server.base_url, None)
-        return
-    yield target_for(provider, base_url)
+    Examples:
+        >>> target = ProviderTarget(provider="simulator", base_url="http://127.0.0.1:1/v1",
+        ...                         key_base_url="simulator://local/v1")
+        >>> with simulator_key(target.base_url, "simulator-abc"):
+        ...     api_key_for(target)
+        'simulator-abc'
+        >>> api_key_for(target)
+        'simulator-key'
+    """
+    _SIMULATOR_KEYS[base_url] = key
+    try:
+        yield
+    finally:
+        _SIMULATOR_KEYS.pop(base_url, None)
 
 
 def api_key_for(target: ProviderTarget, api_key: str | None = None) -> str:
     """The key to use for a target: ``api_key``, else the provider's environment variable; for a
-    simulator started by :func:`open_target`, the key generated for it (``api_key`` is ignored).
+    simulator started by :func:`prefect_llm_batch.simulator.open_target`, the key generated for it
+    (``api_key`` is ignored).
 
     Raises:
         ConfigError: A real provider and no key (the message names the variable).

@@ -9,7 +9,7 @@ requests; Anthropic message batches go ``in_progress -> ended``. Answers are det
 this simulator produces; embeddings are unit vectors seeded by the input, sized by
 :data:`EMBEDDING_DIMENSIONS`), and markers such as ``[[fake:500]]`` or ``[[fake:invalid_json]]``
 in a prompt make single rows fail (see :data:`MARKERS` and
-:mod:`prefect_llm_batch.testing.server`). :attr:`FakeServerConfig.stall_in` and
+:mod:`prefect_llm_batch.testing.completions`). :attr:`FakeServerConfig.stall_in` and
 :meth:`FakeProviderServer.stall_batches` keep batches in one status until released or
 cancelled; :meth:`FakeProviderServer.creates_for` counts the batches created for a job.
 
