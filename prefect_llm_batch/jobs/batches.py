@@ -440,10 +440,10 @@ def _settle_provisional(
     count against the proof: collecting marks those rows ``missing`` and the next round sends them
     again. Custom ids are hashes of the requests, so a batch whose ids are a subset of the chunk's
     answers exactly the chunk's own requests, even if another client (e.g. a copy of this job)
-    made it: joining its answers is correct. While it runs, a
-    user's cancel lets it go and marks the chunk not sent (``released``); once ``max_wait`` has
-    passed, the job lets it go and creates the chunk again (``resubmit``: if it was the chunk's
-    after all, that chunk is paid twice, never joined twice); else it is still ``running``.
+    made it: joining its answers is correct. While it runs, a user's cancel lets it go and marks
+    the chunk not sent (``released``); once ``max_wait`` has passed, the job lets it go and creates
+    the chunk again (``resubmit``: if it was the chunk's after all, that chunk is paid twice, never
+    joined twice); else it is still ``running``.
     """
     batch_id = state.batch_id
     if not info.status.ended:
