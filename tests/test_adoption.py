@@ -277,3 +277,79 @@ def test_openai_resume_adopts_neither_another_file_nor_another_jobs_metadata(tmp
         assert server.batches[resumed.batch_id].input_file_id == state.input_file_id
         assert server.batches[resumed.batch_id].metadata == ours
         assert server.stats.creates == 3
+
+
+def test_anthropic_own_batch_with_an_unreadable_result_line_is_adopted_and_the_row_retried(
+    tmp_path: Path,
+) -> None:
+    config = FakeServerConfig(api_key=KEY, answer=echo, in_progress_seconds=0.3)
+    with FakeProviderServer(config) as server:
+        ref, provider = prepare_anthropic(server, tmp_path, read_timeout=0.5)
+        server.stall_next_create(2.0, route="/v1/messages/batches")  # made, answered too late
+        server.spoil_next_result_line("garble", line=1)  # one of its lines cannot be read
+        with provider:
+            state = jobs.submit_chunk(ref, 0, provider, FAST)
+            ours = state.batch_id
+            assert ours is not None and state.provisional
+            run_batches(ref, provider, FAST)
+        table = output(ref, tmp_path)
+        store = JobStore(ref.state_dir, ref.job_id)
+        state = store.read_chunk(0)
+        assert (state.batch_id, state.provisional, state.history) == (ours, False, [])
+        assert state.unreadable_lines == 1
+        # the chunk's batch once, and the retry round's batch for the row whose line was garbled
+        assert server.stats.calls[CREATE] == 2 and server.stats.creates == 2
+        assert store.read_job().rounds == 2
+    assert table.column("response").to_pylist() == [f"About {t}" for t in TEXTS]
+    assert table.column("response_error_kind").to_pylist() == [None] * len(TEXTS)
+    batch_ids = table.column("response_batch_id").to_pylist()
+    assert batch_ids.count(ours) == len(TEXTS) - 1 and None not in batch_ids
+
+
+def test_anthropic_cancel_keeps_an_ended_provisional_batch_its_results_prove_and_the_next_run_collects_it(
+    tmp_path: Path,
+) -> None:
+    with FakeProviderServer(FakeServerConfig(api_key=KEY, answer=echo)) as server:
+        ref, provider = prepare_anthropic(server, tmp_path, read_timeout=0.5)
+        server.stall_next_create(1.0, route="/v1/messages/batches")  # made, answered too late
+        with provider:
+            state = jobs.submit_chunk(ref, 0, provider, FAST)
+            ours = state.batch_id
+            assert ours is not None and state.provisional
+            assert server.message_batch(ours)["processing_status"] == "ended"  # paid for already
+            assert jobs.cancel_job(ref, provider) == []
+            state = JobStore(ref.state_dir, ref.job_id).read_chunk(0)
+            assert (state.batch_id, state.provisional, state.cancelled_by, state.history) == (
+                ours,
+                False,
+                None,
+                [],
+            )
+            run_batches(ref, provider, FAST)  # the next run: collects it, creates nothing
+        table = output(ref, tmp_path)
+        assert server.stats.calls[CANCEL] == 0
+        assert server.stats.calls[CREATE] == 1 and server.stats.creates == 1
+    assert table.column("response").to_pylist() == [f"About {t}" for t in TEXTS]
+    assert table.column("response_batch_id").to_pylist() == [ours] * len(TEXTS)
+
+
+def test_anthropic_batch_of_the_same_size_created_well_before_the_intent_is_not_a_candidate(
+    tmp_path: Path,
+) -> None:
+    with FakeProviderServer(FakeServerConfig(api_key=KEY, answer=echo)) as server:
+        ref, provider = prepare_anthropic(server, tmp_path)
+        foreign = foreign_message_batch(server, len(TEXTS))
+        # made ten minutes before this run's intent to create (the snapshot holds the live batch)
+        server.message_batches[foreign].created_at -= 600
+        server.fail_next("POST", "/v1/messages/batches", status=500)  # ambiguous; nothing made
+        with provider:
+            state = jobs.submit_chunk(ref, 0, provider, FAST)
+            assert state.batch_id not in (None, foreign) and not state.provisional
+            assert state.history == []
+            run_batches(ref, provider, FAST)
+        table = output(ref, tmp_path)
+        # foreign, the failed create, the chunk's create
+        assert server.stats.calls[CREATE] == 3 and server.stats.creates == 2
+        assert never_cancelled(server, foreign)
+    assert table.column("response").to_pylist() == [f"About {t}" for t in TEXTS]
+    assert table.column("response_batch_id").to_pylist() == [state.batch_id] * len(TEXTS)

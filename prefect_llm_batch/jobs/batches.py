@@ -33,8 +33,15 @@ logger = logging.getLogger("prefect_llm_batch")
 RETRYABLE_BATCH_CODES = frozenset({"token_limit_exceeded"})
 #: How many times one chunk is submitted at most (after retryable batch failures).
 MAX_CHUNK_ATTEMPTS = 3
-#: How far back (seconds) to look when adopting a batch whose create was ambiguous.
+#: How far back (seconds) before the intent to create to look when adopting a batch whose create
+#: was ambiguous, where the provider proves whose a batch is (metadata and input file).
 ADOPT_LOOKBACK_S = 3600.0
+#: How far back (seconds) before the intent to create to look where the provider cannot prove
+#: whose a batch is (``proves_adoption`` False): the chunk's batch is made after the intent was
+#: recorded, so an earlier batch can only be another's; this margin covers the difference between
+#: this machine's clock and the provider's. A wider window would only let another client's batch
+#: of the same size be adopted provisionally (and the chunk wait until it ends).
+ADOPT_CLOCK_SKEW_S = 60.0
 #: Unknown ``custom_id`` s quoted in the one warning about them (the rest are counted).
 UNKNOWN_EXAMPLES = 3
 #: Batches whose results are collected at once (downloaded, parsed and stored): one batch's
@@ -92,6 +99,20 @@ def _adopt(store: JobStore, state: ChunkState, info: BatchInfo, provider: BatchP
     else:
         logger.info("chunk %d: adopted batch %s", state.chunk_id, info.id)
     return _record_batch(store, state, info)
+
+
+def adopt_after(provider: BatchProvider, intent_at: float) -> float:
+    """The earliest creation time (unix seconds) of a batch that may be adopted for a chunk whose
+    intent to create was recorded at ``intent_at``: :data:`ADOPT_LOOKBACK_S` before it where the
+    provider proves adoption, else only :data:`ADOPT_CLOCK_SKEW_S` before it.
+
+    Examples:
+        >>> from prefect_llm_batch.providers.anthropic import AnthropicBatchProvider
+        >>> adopt_after(AnthropicBatchProvider(api_key="sk-test-FAKE"), 1000.0)
+        940.0
+    """
+    margin = ADOPT_LOOKBACK_S if provider.proves_adoption else ADOPT_CLOCK_SKEW_S
+    return intent_at - margin
 
 
 def ended(state: ChunkState) -> bool:
@@ -191,7 +212,7 @@ def submit_chunk(
     if state.intent_at is not None:
         found = provider.find_batch(
             metadata,
-            created_after=state.intent_at - ADOPT_LOOKBACK_S,
+            created_after=adopt_after(provider, state.intent_at),
             requests=n_requests,
             exclude=_not_adoptable(store, state),
             input_file_id=state.input_file_id,
@@ -221,7 +242,7 @@ def submit_chunk(
         logger.warning("chunk %d: create had no clear answer (%s); looking for the batch", chunk_id, exc)
         found = provider.find_batch(
             metadata,
-            created_after=state.intent_at - ADOPT_LOOKBACK_S,
+            created_after=adopt_after(provider, state.intent_at),
             requests=n_requests,
             exclude=_not_adoptable(store, state),
             input_file_id=state.input_file_id,
@@ -412,12 +433,17 @@ def _settle_provisional(
 ) -> Literal["running", "proven", "released", "resubmit"]:
     """Decide about a batch adopted provisionally (never cancelling it).
 
-    Once it has ended, its results are read: if their ``custom_id`` values are exactly the
-    chunk's request ids it becomes the chunk's batch (``proven``: collected as usual); else it is
-    another client's, left alone, and the chunk is created again (``resubmit``). While it runs, a
-    user's cancel lets it go and marks the chunk not sent (``released``); once ``max_wait`` has
-    passed, the job lets it go and creates the chunk again (``resubmit``: if it was the chunk's
-    after all, that chunk is paid twice, never joined twice); else it is still ``running``.
+    Once it has ended, its results are read: if the ``custom_id`` values of its readable lines
+    are some of the chunk's request ids (at least one, none other) it becomes the chunk's batch
+    (``proven``: collected as usual); else it is another client's, left alone, and the chunk is
+    created again (``resubmit``). Lines that cannot be read, and requests with no line, do not
+    count against the proof: collecting marks those rows ``missing`` and the next round sends them
+    again. Custom ids are hashes of the requests, so a batch whose ids are a subset of the chunk's
+    answers exactly the chunk's own requests, even if another client (e.g. a copy of this job)
+    made it: joining its answers is correct. While it runs, a user's cancel lets it go and marks
+    the chunk not sent (``released``); once ``max_wait`` has passed, the job lets it go and creates
+    the chunk again (``resubmit``: if it was the chunk's after all, that chunk is paid twice, never
+    joined twice); else it is still ``running``.
     """
     batch_id = state.batch_id
     if not info.status.ended:
@@ -435,12 +461,13 @@ def _settle_provisional(
         _let_go(store, state, "max_wait")
         return "resubmit"
     expected = set(_chunk_custom_ids(store, state.chunk_id))
-    found: set[str | None] = set()
+    found: set[str] = set()
     if info.status.has_results:
         embeddings = store.read_job().endpoint == EMBEDDINGS_ENDPOINT
-        lines = provider.download_results(info, embeddings=embeddings)
-        found = set(lines.column("custom_id").to_pylist())
-    if found == expected:
+        read = provider.read_results(info, embeddings=embeddings)
+        found = {cid for cid in read.table.column("custom_id").to_pylist() if cid is not None}
+        del read
+    if found and found <= expected:
         state.provisional = False
         store.write_chunk(state)
         logger.info(
@@ -956,16 +983,23 @@ def store_collected(
 def cancel_job(ref: JobRef, provider: BatchProvider, reason: str = "cancelled by the user") -> list[str]:
     """Cancel every running batch of a job and mark the job cancelled (no retry rounds this run).
 
-    A batch adopted provisionally (not proven to be this job's) is never cancelled: the chunk lets
-    it go and is marked not sent. Finished rows are kept; running the job again resumes the rest.
-    Returns the cancelled batch ids.
+    A batch adopted provisionally (not proven to be this job's) is never cancelled. If it has
+    already ended, its results are read first (see :func:`_settle_provisional`): when they prove it
+    the chunk's, it stays the chunk's, and running the job again collects it instead of paying for
+    the chunk again. Otherwise the chunk lets it go and is marked not sent. Finished rows are kept;
+    running the job again resumes the rest. Returns the cancelled batch ids.
     """
     store = JobStore(ref.state_dir, ref.job_id)
     store.write_cancel(reason)
     cancelled = []
     for plan in store.read_job().chunks:
         state = store.read_chunk(plan.chunk_id)
-        if state.provisional:  # not proven to be this job's: never cancelled, only let go
+        if state.provisional and state.batch_id:  # not proven to be this job's: never cancelled
+            info = provider.retrieve(state.batch_id)
+            if info.status.ended:  # paid for: its results may prove it the chunk's
+                _apply(state, info)  # saved by the settling
+                _settle_provisional(store, state, info, provider, RunOptions(), cancelled_by_user=True)
+                continue
             logger.warning(
                 "chunk %d: batch %s is not proven to be this job's: left alone", plan.chunk_id, state.batch_id
             )

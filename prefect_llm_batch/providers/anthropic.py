@@ -36,8 +36,10 @@ caller creates the batch: paying twice for a chunk is possible then, attaching t
 a chunk is not made more likely by guessing. Even a unique match can be another client's batch of
 the same size, so the provider says :attr:`~.base.BatchProvider.proves_adoption` is False: the
 caller adopts the candidate **provisionally**, never cancels it, and counts it as its own only
-once it has ended and its results' ``custom_id`` values are the chunk's (the request ids can be
-read nowhere else); otherwise it leaves the batch alone and creates the chunk again.
+once it has ended and the ``custom_id`` values of its readable result lines are the chunk's (the
+request ids can be read nowhere else); otherwise it leaves the batch alone and creates the chunk
+again. For the same reason the caller looks back only a clock-skew margin before it recorded its
+intent to create (:data:`~prefect_llm_batch.jobs.batches.ADOPT_CLOCK_SKEW_S`).
 
 Retries: 408, 409, 429, 5xx (Anthropic's 529 ``overloaded_error`` included) and network errors
 are retried with exponential backoff and jitter, honouring ``retry-after-ms`` / ``retry-after``.
