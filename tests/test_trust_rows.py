@@ -4,8 +4,10 @@ and parsed in slices. Over real HTTP to the fake server, with real jobs and Parq
 
 from __future__ import annotations
 
+import gzip
 import io
 import logging
+import traceback
 import tracemalloc
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,6 +19,7 @@ import pyarrow as pa
 import pytest
 
 from prefect_llm_batch.cli import print_summary
+from prefect_llm_batch.errors import ProviderUnavailable
 from prefect_llm_batch.jobs import JobSummary
 from prefect_llm_batch.jobs.batches import select_results
 from prefect_llm_batch.providers import base
@@ -297,3 +300,79 @@ def mock_provider(files: dict[str, bytes]) -> OpenAIBatchProvider:
         base_url="https://fake.example/v1",
         transport=httpx.MockTransport(handler),
     )
+
+
+# ----- 12. a download that breaks off mid-body is retried, its error redacted ----------------
+
+DOWNLOAD_KEY = "sk-test-FAKE-download-0123456789"
+
+
+class BreaksOff(httpx.SyncByteStream):
+    """A response body that sends ``good`` and then fails with ``error`` (a dropped connection,
+    a proxy cutting in): what the client sees while it streams the body."""
+
+    def __init__(self, good: bytes, error: Exception) -> None:
+        self.good, self.error = good, error
+
+    def __iter__(self) -> Iterator[bytes]:
+        yield self.good
+        raise self.error
+
+
+def broken_answer(how: str, data: bytes) -> httpx.Response:
+    """A 200 whose body breaks halfway, as ``how`` says; the errors quote the key, as proxies do."""
+    half = data[: len(data) // 2]
+    quoting = f"while sending Authorization: Bearer {DOWNLOAD_KEY}"
+    if how == "decoding":  # a gzip body whose second half is damaged: httpx.DecodingError
+        body = gzip.compress(data)
+        spoiled = body[: len(body) // 2] + b"\x00not gzip any more\x00" * 64
+        return httpx.Response(200, headers={"content-encoding": "gzip"}, stream=httpx.ByteStream(spoiled))
+    errors: dict[str, Exception] = {
+        "read": httpx.ReadError(f"connection reset {quoting}"),
+        "protocol": httpx.RemoteProtocolError(f"peer closed connection {quoting}"),
+        "proxy": httpx.ProxyError(f"proxy dropped the tunnel {quoting}"),
+    }
+    return httpx.Response(200, stream=BreaksOff(half, errors[how]))
+
+
+BREAKS = ["decoding", "read", "protocol", "proxy"]
+
+
+@pytest.mark.parametrize("how", BREAKS)
+def test_a_download_that_breaks_off_mid_body_is_downloaded_again(how: str) -> None:
+    data = b"".join(chat_line(f"k{i:03d}", f"answer {i}") + b"\n" for i in range(200))
+    answers = iter([broken_answer(how, data), httpx.Response(200, content=data)])
+    with OpenAIBatchProvider(
+        api_key=DOWNLOAD_KEY,
+        base_url="https://fake.example/v1",
+        transport=httpx.MockTransport(lambda request: next(answers)),
+        sleep=lambda seconds: None,
+    ) as p:
+        read = p.read_results(ended("file-o"))
+    assert read.table.num_rows == 200 and read.unreadable == 0  # the second, whole download
+    assert read.table.column("response").to_pylist()[199] == "answer 199"
+
+
+@pytest.mark.parametrize("how", BREAKS)
+def test_a_download_that_keeps_breaking_is_provider_unavailable_and_redacted(how: str) -> None:
+    data = b"".join(chat_line(f"k{i:03d}", f"answer {i}") + b"\n" for i in range(200))
+    calls: list[str] = []
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        calls.append(request.url.path)
+        return broken_answer(how, data)
+
+    with (
+        OpenAIBatchProvider(
+            api_key=DOWNLOAD_KEY,
+            base_url="https://fake.example/v1",
+            transport=httpx.MockTransport(answer),
+            max_retries=3,
+            sleep=lambda seconds: None,
+        ) as p,
+        pytest.raises(ProviderUnavailable, match="broke off") as raised,
+    ):
+        p.read_results(ended("file-o"))
+    assert len(calls) == 3  # retried like every idempotent call
+    rendered = "".join(traceback.format_exception(raised.value)) + repr(raised.value.__cause__)
+    assert "file-o" in rendered and DOWNLOAD_KEY not in rendered and "FAKE-download" not in rendered
