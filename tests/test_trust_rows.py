@@ -4,6 +4,7 @@ and parsed in slices. Over real HTTP to the fake server, with real jobs and Parq
 
 from __future__ import annotations
 
+import gc
 import gzip
 import io
 import logging
@@ -220,7 +221,13 @@ def test_a_big_result_file_is_downloaded_and_parsed_in_slices(
     assert set(table.column("response").to_pylist()) == {long_answer}
 
 
-def test_download_memory_is_bounded_by_a_slice_not_the_file(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_download_memory_is_a_slice_of_raw_bytes_plus_the_parsed_results(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Both allocators are measured: Python's (tracemalloc: the raw bytes of the file and its
+    # slices) and Arrow's (its own memory pool, which tracemalloc cannot see: the parsed table).
+    # The bound: one slice of raw bytes, plus the parsed results of the batch, plus one slice's
+    # parsing; never the file's bytes, in either allocator.
     lines, line = 12_000, chat_line("k" * 43, "x" * 1800)
     file_bytes = lines * (len(line) + 1)  # ~24 MB
 
@@ -231,18 +238,41 @@ def test_download_memory_is_bounded_by_a_slice_not_the_file(monkeypatch: pytest.
     slice_bytes = 1 << 20
     monkeypatch.setattr(base, "RESULT_SLICE_BYTES", slice_bytes)
     transport = httpx.MockTransport(lambda request: httpx.Response(200, content=pieces()))
-    with OpenAIBatchProvider(
-        api_key="sk-test-FAKE-rows", base_url="https://fake.example/v1", transport=transport
-    ) as p:
-        tracemalloc.start()
-        try:
-            read = p.read_results(ended("file-o"))
-            peak = tracemalloc.get_traced_memory()[1]
-        finally:
-            tracemalloc.stop()
-    assert read.table.num_rows == lines and read.unreadable == 0
+
+    def download() -> tuple[int, int, int, int]:
+        """Rows, unreadable lines, Python's peak and the parsed table's Arrow bytes (plain ints:
+        no Arrow object outlives the call)."""
+        with OpenAIBatchProvider(
+            api_key="sk-test-FAKE-rows", base_url="https://fake.example/v1", transport=transport
+        ) as p:
+            tracemalloc.start()
+            try:
+                read = p.read_results(ended("file-o"))
+                python_peak = tracemalloc.get_traced_memory()[1]
+            finally:
+                tracemalloc.stop()
+        return read.table.num_rows, read.unreadable, python_peak, read.table.get_total_buffer_size()
+
+    default_pool = pa.default_memory_pool()
+    measured = pa.proxy_memory_pool(default_pool)  # counts what Arrow allocates while it is the default
+    pa.set_memory_pool(measured)
+    try:
+        rows, unreadable, python_peak, table_bytes = download()
+    finally:
+        pa.set_memory_pool(default_pool)
+        measured_pools.append(measured)  # kept alive: no buffer may outlive the pool it came from
+    gc.collect()
+    assert measured.bytes_allocated() == 0  # nothing parsed is still alive: the peak is the call's
+    arrow_peak = measured.max_memory()
+    assert rows == lines and unreadable == 0
     assert file_bytes > 20 * slice_bytes
-    assert peak < 3 * slice_bytes  # Python's allocations: the slice being parsed, not the file
+    assert python_peak < 3 * slice_bytes  # Python: the slice being parsed, not the file
+    assert arrow_peak <= table_bytes + 2 * slice_bytes  # Arrow: the results, and one slice's parsing
+
+
+#: Memory pools a test measured with; kept alive for the session (an Arrow buffer must not outlive
+#: the pool it came from).
+measured_pools: list[pa.MemoryPool] = []
 
 
 def test_sliced_parsing_equals_parsing_the_whole_file(monkeypatch: pytest.MonkeyPatch) -> None:
