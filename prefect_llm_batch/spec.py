@@ -15,8 +15,11 @@ from __future__ import annotations
 
 import enum
 from typing import Any, Literal
+from urllib.parse import urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
+
+from .errors import ConfigError
 
 #: Bump when the request-key encoding changes; old cache entries then stop matching.
 KEY_VERSION = 1
@@ -27,6 +30,9 @@ ProviderName = Literal["simulator", "openai", "anthropic", "azure"]
 
 #: Base URL written into the request keys of simulator jobs, whatever port the simulator used.
 SIMULATOR_KEY_BASE_URL = "simulator://local/v1"
+
+#: Environment variables holding each real provider's key (as the official SDKs read them).
+API_KEY_ENV = {"openai": "OPENAI_API_KEY", "anthropic": "ANTHROPIC_API_KEY", "azure": "AZURE_OPENAI_API_KEY"}
 
 #: OpenAI documents these per batch input file.
 OPENAI_MAX_REQUESTS_PER_BATCH = 50_000
@@ -96,6 +102,61 @@ _RETRYABLE = frozenset(
 )
 
 
+def without_credentials(url: str) -> str:
+    """``url`` without its userinfo (``user:password@``), otherwise as given: for messages.
+
+    Examples:
+        >>> without_credentials("https://me:pw@gw.example/v1?x=1")
+        'https://gw.example/v1?x=1'
+    """
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        return url
+    netloc, slash, tail = rest.partition("/")
+    return f"{scheme}://{netloc.rpartition('@')[2]}{slash}{tail}"
+
+
+def refuse_credentials(url: str, provider: str, where: str = "base_url") -> str:
+    """Return ``url``, or refuse it when it holds credentials (``https://user:password@host/v1``).
+
+    Credentials in a URL would be stored with the job (its state files, Prefect's records) and
+    shown wherever the URL is, and httpx would send them as Basic auth *instead of* the
+    provider key. Keys go in the provider's environment variable or a credentials block.
+
+    Args:
+        url: A base URL.
+        provider: The provider it is for (names its key's variable in the message).
+        where: Where the URL came from (``base_url``, ``OPENAI_BASE_URL``...), for the message.
+
+    Raises:
+        ConfigError: The URL holds a user name or password; the message shows the URL without them.
+
+    Examples:
+        >>> refuse_credentials("https://gw.example/v1", "openai")
+        'https://gw.example/v1'
+        >>> try:
+        ...     refuse_credentials("https://me:pw@gw.example/v1", "openai")
+        ... except ConfigError as error:
+        ...     print(str(error)[:60])
+        base_url 'https://gw.example/v1' holds credentials (user:pas
+    """
+    try:
+        parts = urlsplit(url)
+        found = parts.username is not None or parts.password is not None
+    except ValueError:
+        found = "@" in url.partition("://")[2].partition("/")[0]
+    if not found:
+        return url
+    env = API_KEY_ENV.get(provider)
+    raise ConfigError(
+        f"{where} {without_credentials(url)!r} holds credentials (user:password@ before the host); "
+        "they would be stored with the job and shown in its logs, and sent instead of the API key. "
+        "Remove them from the URL and pass the key through "
+        + (f"{env} or a credentials block" if env else "a credentials block")
+        + " (nothing was sent)"
+    )
+
+
 class BatchLimits(BaseModel):
     """How big one provider batch may get. Defaults are OpenAI's documented limits.
 
@@ -123,7 +184,8 @@ class JobSpec(BaseModel):
             costs nothing and answers with made-up text) or ``openai`` (the real OpenAI Batch API, or
             any OpenAI-compatible service through ``base_url``; needs a key and costs money).
         base_url: API base URL including ``/v1`` (OpenAI convention); ``None`` reads
-            ``OPENAI_BASE_URL`` or uses the provider's default.
+            ``OPENAI_BASE_URL`` or uses the provider's default. It may not hold credentials
+            (``https://user:password@host``): keys go in the environment or a credentials block.
         endpoint: Endpoint every request of the job goes to.
         id_column: Optional column that identifies rows; must be unique and non-null when given.
         response_schema: Optional JSON Schema (an object) the answers must follow; each top-level
@@ -183,6 +245,11 @@ class JobSpec(BaseModel):
             )
         return value
 
+    @field_validator("base_url")
+    @classmethod
+    def _base_url_without_credentials(cls, value: str | None, info: ValidationInfo) -> str | None:
+        return None if value is None else refuse_credentials(value, str(info.data.get("provider")))
+
 
 class ProviderTarget(BaseModel):
     """Where a job's HTTP goes, and how its request keys name the provider (no secrets).
@@ -191,6 +258,8 @@ class ProviderTarget(BaseModel):
         provider: The provider identity in request keys.
         base_url: Where HTTP requests go (includes ``/v1``).
         key_base_url: The base URL written into request keys (the simulator uses a fixed one).
+
+    Neither URL may hold credentials (``user:password@``): the target is stored with detached jobs.
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
@@ -198,6 +267,11 @@ class ProviderTarget(BaseModel):
     provider: ProviderName
     base_url: str
     key_base_url: str
+
+    @field_validator("base_url", "key_base_url")
+    @classmethod
+    def _without_credentials(cls, value: str, info: ValidationInfo) -> str:
+        return refuse_credentials(value, str(info.data.get("provider")), info.field_name or "base_url")
 
 
 #: What to do with the response cache: ``use`` it, ``refresh`` it (send everything, store the

@@ -4,8 +4,11 @@ and parsed in slices. Over real HTTP to the fake server, with real jobs and Parq
 
 from __future__ import annotations
 
+import gc
+import gzip
 import io
 import logging
+import traceback
 import tracemalloc
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,6 +20,7 @@ import pyarrow as pa
 import pytest
 
 from prefect_llm_batch.cli import print_summary
+from prefect_llm_batch.errors import ProviderUnavailable
 from prefect_llm_batch.jobs import JobSummary
 from prefect_llm_batch.jobs.batches import select_results
 from prefect_llm_batch.providers import base
@@ -217,7 +221,13 @@ def test_a_big_result_file_is_downloaded_and_parsed_in_slices(
     assert set(table.column("response").to_pylist()) == {long_answer}
 
 
-def test_download_memory_is_bounded_by_a_slice_not_the_file(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_download_memory_is_a_slice_of_raw_bytes_plus_the_parsed_results(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Both allocators are measured: Python's (tracemalloc: the raw bytes of the file and its
+    # slices) and Arrow's (its own memory pool, which tracemalloc cannot see: the parsed table).
+    # The bound: one slice of raw bytes, plus the parsed results of the batch, plus one slice's
+    # parsing; never the file's bytes, in either allocator.
     lines, line = 12_000, chat_line("k" * 43, "x" * 1800)
     file_bytes = lines * (len(line) + 1)  # ~24 MB
 
@@ -228,18 +238,41 @@ def test_download_memory_is_bounded_by_a_slice_not_the_file(monkeypatch: pytest.
     slice_bytes = 1 << 20
     monkeypatch.setattr(base, "RESULT_SLICE_BYTES", slice_bytes)
     transport = httpx.MockTransport(lambda request: httpx.Response(200, content=pieces()))
-    with OpenAIBatchProvider(
-        api_key="sk-test-FAKE-rows", base_url="https://fake.example/v1", transport=transport
-    ) as p:
-        tracemalloc.start()
-        try:
-            read = p.read_results(ended("file-o"))
-            peak = tracemalloc.get_traced_memory()[1]
-        finally:
-            tracemalloc.stop()
-    assert read.table.num_rows == lines and read.unreadable == 0
+
+    def download() -> tuple[int, int, int, int]:
+        """Rows, unreadable lines, Python's peak and the parsed table's Arrow bytes (plain ints:
+        no Arrow object outlives the call)."""
+        with OpenAIBatchProvider(
+            api_key="sk-test-FAKE-rows", base_url="https://fake.example/v1", transport=transport
+        ) as p:
+            tracemalloc.start()
+            try:
+                read = p.read_results(ended("file-o"))
+                python_peak = tracemalloc.get_traced_memory()[1]
+            finally:
+                tracemalloc.stop()
+        return read.table.num_rows, read.unreadable, python_peak, read.table.get_total_buffer_size()
+
+    default_pool = pa.default_memory_pool()
+    measured = pa.proxy_memory_pool(default_pool)  # counts what Arrow allocates while it is the default
+    pa.set_memory_pool(measured)
+    try:
+        rows, unreadable, python_peak, table_bytes = download()
+    finally:
+        pa.set_memory_pool(default_pool)
+        measured_pools.append(measured)  # kept alive: no buffer may outlive the pool it came from
+    gc.collect()
+    assert measured.bytes_allocated() == 0  # nothing parsed is still alive: the peak is the call's
+    arrow_peak = measured.max_memory()
+    assert rows == lines and unreadable == 0
     assert file_bytes > 20 * slice_bytes
-    assert peak < 3 * slice_bytes  # Python's allocations: the slice being parsed, not the file
+    assert python_peak < 3 * slice_bytes  # Python: the slice being parsed, not the file
+    assert arrow_peak <= table_bytes + 2 * slice_bytes  # Arrow: the results, and one slice's parsing
+
+
+#: Memory pools a test measured with; kept alive for the session (an Arrow buffer must not outlive
+#: the pool it came from).
+measured_pools: list[pa.MemoryPool] = []
 
 
 def test_sliced_parsing_equals_parsing_the_whole_file(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -297,3 +330,79 @@ def mock_provider(files: dict[str, bytes]) -> OpenAIBatchProvider:
         base_url="https://fake.example/v1",
         transport=httpx.MockTransport(handler),
     )
+
+
+# ----- 12. a download that breaks off mid-body is retried, its error redacted ----------------
+
+DOWNLOAD_KEY = "sk-test-FAKE-download-0123456789"
+
+
+class BreaksOff(httpx.SyncByteStream):
+    """A response body that sends ``good`` and then fails with ``error`` (a dropped connection,
+    a proxy cutting in): what the client sees while it streams the body."""
+
+    def __init__(self, good: bytes, error: Exception) -> None:
+        self.good, self.error = good, error
+
+    def __iter__(self) -> Iterator[bytes]:
+        yield self.good
+        raise self.error
+
+
+def broken_answer(how: str, data: bytes) -> httpx.Response:
+    """A 200 whose body breaks halfway, as ``how`` says; the errors quote the key, as proxies do."""
+    half = data[: len(data) // 2]
+    quoting = f"while sending Authorization: Bearer {DOWNLOAD_KEY}"
+    if how == "decoding":  # a gzip body whose second half is damaged: httpx.DecodingError
+        body = gzip.compress(data)
+        spoiled = body[: len(body) // 2] + b"\x00not gzip any more\x00" * 64
+        return httpx.Response(200, headers={"content-encoding": "gzip"}, stream=httpx.ByteStream(spoiled))
+    errors: dict[str, Exception] = {
+        "read": httpx.ReadError(f"connection reset {quoting}"),
+        "protocol": httpx.RemoteProtocolError(f"peer closed connection {quoting}"),
+        "proxy": httpx.ProxyError(f"proxy dropped the tunnel {quoting}"),
+    }
+    return httpx.Response(200, stream=BreaksOff(half, errors[how]))
+
+
+BREAKS = ["decoding", "read", "protocol", "proxy"]
+
+
+@pytest.mark.parametrize("how", BREAKS)
+def test_a_download_that_breaks_off_mid_body_is_downloaded_again(how: str) -> None:
+    data = b"".join(chat_line(f"k{i:03d}", f"answer {i}") + b"\n" for i in range(200))
+    answers = iter([broken_answer(how, data), httpx.Response(200, content=data)])
+    with OpenAIBatchProvider(
+        api_key=DOWNLOAD_KEY,
+        base_url="https://fake.example/v1",
+        transport=httpx.MockTransport(lambda request: next(answers)),
+        sleep=lambda seconds: None,
+    ) as p:
+        read = p.read_results(ended("file-o"))
+    assert read.table.num_rows == 200 and read.unreadable == 0  # the second, whole download
+    assert read.table.column("response").to_pylist()[199] == "answer 199"
+
+
+@pytest.mark.parametrize("how", BREAKS)
+def test_a_download_that_keeps_breaking_is_provider_unavailable_and_redacted(how: str) -> None:
+    data = b"".join(chat_line(f"k{i:03d}", f"answer {i}") + b"\n" for i in range(200))
+    calls: list[str] = []
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        calls.append(request.url.path)
+        return broken_answer(how, data)
+
+    with (
+        OpenAIBatchProvider(
+            api_key=DOWNLOAD_KEY,
+            base_url="https://fake.example/v1",
+            transport=httpx.MockTransport(answer),
+            max_retries=3,
+            sleep=lambda seconds: None,
+        ) as p,
+        pytest.raises(ProviderUnavailable, match="broke off") as raised,
+    ):
+        p.read_results(ended("file-o"))
+    assert len(calls) == 3  # retried like every idempotent call
+    rendered = "".join(traceback.format_exception(raised.value)) + repr(raised.value.__cause__)
+    assert "file-o" in rendered and DOWNLOAD_KEY not in rendered and "FAKE-download" not in rendered

@@ -25,15 +25,16 @@ import pyarrow.csv as pa_csv
 import pyarrow.parquet as pq
 import pytest
 
-from prefect_llm_batch.errors import LLMBatchError, ProviderRejected
+from prefect_llm_batch.errors import ConfigError, LLMBatchError, ProviderRejected
 from prefect_llm_batch.flows import enrich_table
-from prefect_llm_batch.providers import api_key_for, make_provider
+from prefect_llm_batch.providers import KEY_ENV, api_key_for, make_provider, target_for
 from prefect_llm_batch.providers.anthropic import AnthropicBatchProvider
 from prefect_llm_batch.providers.http import REDACTED, redact
 from prefect_llm_batch.providers.openai import OpenAIBatchProvider
 from prefect_llm_batch.providers.realtime import RealtimeClient, has_batch_api
 from prefect_llm_batch.results import MAX_ERROR_CHARS
 from prefect_llm_batch.simulator import open_target
+from prefect_llm_batch.spec import JobSpec, ProviderTarget
 from prefect_llm_batch.testing import FakeProviderServer, FakeServerConfig
 
 KEY = "sk-test-SECRET-0123456789abcdef"
@@ -353,3 +354,100 @@ def test_the_simulator_accepts_only_the_key_generated_for_its_run() -> None:
             assert provider.find_batch({"job_id": "none"}) is None  # its calls carry the run's key
     with open_target("simulator", simulator_seconds=0.0) as again:
         assert api_key_for(again) != key
+
+
+# ---- credentials in a base URL (https://user:password@host/v1) -----------------------------------
+
+PASSWORD = "pw-FAKE-userinfo-0123456789"
+
+
+def with_userinfo(url: str) -> str:
+    """``url`` with ``gwuser:PASSWORD@`` before its host, as a user might paste a gateway's URL."""
+    scheme, _, rest = url.partition("://")
+    return f"{scheme}://gwuser:{PASSWORD}@{rest}"
+
+
+def shows_password(data: bytes | str) -> bool:
+    raw = data.encode() if isinstance(data, str) else data
+    return PASSWORD.encode() in raw or b"userinfo-0123" in raw
+
+
+@pytest.mark.usefixtures("prefect_harness")
+@pytest.mark.parametrize(
+    ("provider", "how"), [("openai", "auto"), ("openai", "realtime"), ("anthropic", "detached")]
+)
+def test_a_base_url_with_credentials_is_refused_before_anything_is_sent_or_stored(
+    provider: str,
+    how: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+    capfd: pytest.CaptureFixture[str],
+) -> None:
+    # The password must reach no log, summary, exception or state file (pending/{job}.json holds the
+    # job's spec and target); the key must not be swapped for it. So the run refuses up front.
+    caplog.set_level(logging.DEBUG)
+    monkeypatch.setenv("OPENAI_API_KEY", KEY)
+    monkeypatch.setenv("ANTHROPIC_API_KEY", KEY)
+    state_dir = tmp_path / "state"
+    with FakeProviderServer(FakeServerConfig(api_key=KEY, batch_api=how != "auto")) as server:
+        base_url = server.anthropic_base_url if provider == "anthropic" else server.base_url
+        state = enrich_table(
+            source=write_source(tmp_path, n=120),
+            output=str(tmp_path / "out.parquet"),
+            prompt=PROMPT,
+            model="claude-3-5-haiku-latest" if provider == "anthropic" else "gpt-4o-mini",
+            provider=provider,  # type: ignore[arg-type]
+            base_url=with_userinfo(base_url),
+            state_dir=str(state_dir),
+            poll_interval=0.05,
+            retry_backoff=0,
+            mode="batch" if how == "detached" else how,  # type: ignore[arg-type]
+            detached=how == "detached",
+            return_state=True,
+        )
+        calls = sum(server.stats.calls.values())
+    error = state.result(raise_on_failure=False)
+    shown = repr(error)
+    if isinstance(error, BaseException):
+        shown += "".join(traceback.format_exception(error))
+    captured = capfd.readouterr()
+    assert not shows_password(shown + caplog.text + captured.out + captured.err)
+    for path in files_under(tmp_path):
+        assert not shows_password(path.read_bytes()), path
+    _, logs = flow_run_messages(state.state_details.flow_run_id)
+    assert not any(shows_password(m) for m in logs)
+
+    assert state.is_failed() and isinstance(error, ConfigError)
+    assert calls == 0  # refused before any request
+    message = str(error)
+    assert "base_url" in message and "credentials" in message and KEY_ENV[provider] in message
+    assert "gwuser" not in message and "127.0.0.1" in message  # the URL is shown without them
+
+
+@pytest.mark.parametrize("provider", ["openai", "anthropic"])
+def test_a_base_url_variable_with_credentials_is_a_config_error_naming_it(
+    provider: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    variable = f"{provider.upper()}_BASE_URL"
+    monkeypatch.setenv(variable, with_userinfo("https://gw.example/v1"))
+    with pytest.raises(ConfigError) as raised:
+        target_for(provider)
+    message = str(raised.value)
+    assert variable in message and "https://gw.example/v1" in message and not shows_password(message)
+    with pytest.raises(ConfigError):
+        JobSpec(prompt="{{ text }}", model="m", provider=provider, base_url=with_userinfo("https://gw/v1"))  # type: ignore[arg-type]
+
+
+def test_the_auto_mode_reason_never_shows_url_credentials(monkeypatch: pytest.MonkeyPatch) -> None:
+    from prefect_llm_batch.jobs import realtime
+
+    monkeypatch.setattr(realtime, "has_batch_api", lambda base_url, api_key: False)
+    target = ProviderTarget.model_construct(  # however it was built
+        provider="openai",
+        base_url=with_userinfo("https://gw.example/v1"),
+        key_base_url="https://gw.example/v1",
+    )
+    mode, reason = realtime.choose_mode("auto", target, 500, KEY)
+    assert mode == "realtime" and "gw.example/v1 has no batch API" in reason
+    assert not shows_password(reason) and "gwuser" not in reason

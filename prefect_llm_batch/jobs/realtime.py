@@ -17,6 +17,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from ..providers.base import BatchProvider
+from ..providers.http import redact
 from ..providers.openai import EMBEDDINGS_ENDPOINT
 from ..providers.realtime import RealtimeClient, has_batch_api
 from ..results import results_to_table
@@ -59,7 +60,8 @@ def choose_mode(
             f"auto: {requests_to_send} requests to send, at most {AUTO_REALTIME_MAX_REQUESTS} go realtime",
         )
     if target.provider in ("openai", "simulator") and api_key and not has_batch_api(target.base_url, api_key):
-        return "realtime", f"auto: {target.base_url} has no batch API (GET /batches answered 404)"
+        shown = redact(target.base_url)  # a target is refused with credentials; never show them anyway
+        return "realtime", f"auto: {shown} has no batch API (GET /batches answered 404)"
     return "batch", f"auto: {requests_to_send} requests, and the server has a batch API"
 
 

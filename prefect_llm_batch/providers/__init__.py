@@ -7,7 +7,7 @@ import os
 from collections.abc import Iterator
 
 from ..errors import ConfigError
-from ..spec import BatchLimits, ProviderTarget
+from ..spec import API_KEY_ENV, BatchLimits, ProviderTarget, refuse_credentials
 from .anthropic import DEFAULT_BASE_URL as ANTHROPIC_DEFAULT_BASE_URL
 from .anthropic import AnthropicBatchProvider
 from .azure import AzureOpenAIBatchProvider, azure_target
@@ -29,7 +29,7 @@ __all__ = [
 ]
 
 #: Environment variables holding each real provider's key (as the official SDKs read them).
-KEY_ENV = {"openai": "OPENAI_API_KEY", "anthropic": "ANTHROPIC_API_KEY", "azure": "AZURE_OPENAI_API_KEY"}
+KEY_ENV = API_KEY_ENV
 
 #: The key sent to a simulator target whose server this process did not start (the CLI's
 #: estimates, which send nothing); it is not a secret. A running simulator accepts only its own key.
@@ -48,6 +48,7 @@ def openai_target(base_url: str | None = None) -> ProviderTarget:
         'https://gateway.example/v1/'
     """
     url = base_url or os.environ.get("OPENAI_BASE_URL") or DEFAULT_BASE_URL
+    refuse_credentials(url, "openai", "base_url" if base_url else "OPENAI_BASE_URL")
     return ProviderTarget(provider="openai", base_url=url, key_base_url=url)
 
 
@@ -60,6 +61,7 @@ def anthropic_target(base_url: str | None = None) -> ProviderTarget:
         'https://proxy.example'
     """
     url = base_url or os.environ.get("ANTHROPIC_BASE_URL") or ANTHROPIC_DEFAULT_BASE_URL
+    refuse_credentials(url, "anthropic", "base_url" if base_url else "ANTHROPIC_BASE_URL")
     return ProviderTarget(provider="anthropic", base_url=url, key_base_url=url)
 
 

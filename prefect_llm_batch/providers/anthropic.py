@@ -594,7 +594,8 @@ class AnthropicBatchProvider(RetryingHTTP, BatchProvider):
 
     def read_results(self, batch: BatchInfo, *, embeddings: bool = False) -> ResultLines:
         """Stream the batch's results to a local temporary file in pieces and parse it in slices:
-        memory holds a slice of the results, not all of them; an unreadable line is counted."""
+        memory holds a slice of the raw results and the parsed ones, not the file; an unreadable
+        line is counted."""
         what = f"download of the results of message batch {batch.id}"
         save = functools.partial(self._save, self._results_url(batch), what)
         where = f"the results of message batch {batch.id}"

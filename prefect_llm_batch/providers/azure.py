@@ -48,7 +48,7 @@ import httpx
 
 from ..errors import ConfigError, ProviderRejected
 from ..requests import normalise_base_url
-from ..spec import BatchLimits, ProviderTarget
+from ..spec import BatchLimits, ProviderTarget, refuse_credentials
 from .base import BatchInfo, BatchStatus
 from .openai import CHAT_ENDPOINT, OpenAIBatchProvider
 
@@ -127,6 +127,7 @@ def azure_target(endpoint_url: str | None = None, api_version: str | None = None
             f"the azure provider needs the resource endpoint: set {ENDPOINT_ENV} "
             "(https://<resource>.openai.azure.com)"
         )
+    refuse_credentials(url, "azure", "base_url" if endpoint_url else ENDPOINT_ENV)
     version = api_version or os.environ.get(API_VERSION_ENV) or None
     base, key_base = azure_urls(url, version)
     if _versioned(version):

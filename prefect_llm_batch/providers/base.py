@@ -229,7 +229,8 @@ class BatchProvider(ABC):
         """Parse a result file in slices of about :data:`RESULT_SLICE_BYTES` (whole lines each,
         :func:`line_slices`) with :meth:`parse_results`; lines that cannot be read are counted.
 
-        Memory holds one slice of the file and the parsed rows, never the whole file.
+        Memory holds one slice of the file's raw bytes and the parsed rows (an Arrow table: the
+        answers without their JSON envelope), never the file's bytes.
 
         Args:
             file: The file, open for reading in binary mode at its start.

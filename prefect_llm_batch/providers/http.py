@@ -318,7 +318,11 @@ class RetryingHTTP:
     def _save(self, path: str, what: str, file: IO[bytes]) -> None:
         """GET ``path`` and write the answer's body to ``file`` piece by piece, as it arrives
         (never the whole body in memory). A body that breaks off halfway is downloaded again
-        from the start, as retried calls are; ``file`` then holds only the last attempt."""
+        from the start, as retried calls are; ``file`` then holds only the last attempt.
+
+        Any httpx error while the body streams (a timeout, a dropped connection, a protocol or
+        proxy error, a body that does not decode) is :class:`ProviderUnavailable`, chained
+        through :func:`redact_chain` as :meth:`_send` does."""
 
         def attempt() -> None:
             file.seek(0)
@@ -327,8 +331,10 @@ class RetryingHTTP:
             try:
                 for piece in response.iter_bytes():
                     file.write(piece)
-            except (httpx.TimeoutException, httpx.NetworkError, httpx.RemoteProtocolError) as exc:
-                raise ProviderUnavailable(f"{what}: the download broke off ({type(exc).__name__})") from exc
+            except httpx.HTTPError as exc:
+                raise ProviderUnavailable(
+                    f"{what}: the download broke off ({type(exc).__name__})"
+                ) from redact_chain(exc, self._secrets())
             finally:
                 response.close()
 

@@ -616,7 +616,8 @@ class OpenAIBatchProvider(RetryingHTTP, BatchProvider):
 
     def read_results(self, batch: BatchInfo, *, embeddings: bool = False) -> ResultLines:
         """Stream the output and error files to local temporary files in pieces, and parse each
-        in slices: memory holds a slice of a file, not the file; an unreadable line is counted."""
+        in slices: memory holds a slice of a file's raw bytes and the parsed results, not the
+        file; an unreadable line is counted."""
         parts = []
         for file_id, what in ((batch.output_file_id, "output"), (batch.error_file_id, "error")):
             if not file_id:  # null, or "" on clean batches of some services
