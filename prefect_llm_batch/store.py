@@ -471,6 +471,32 @@ class JobStore:
     def _lease_path(self) -> str:
         return self._path("lease.json")
 
+    def ensure_held(self) -> None:
+        """Before acting on the job (creating a batch, writing the output): when this run holds
+        the job's lease, check that it still does. Without a lease in this context, nothing to check.
+
+        Raises:
+            JobLocked: This run lost the lease: another run took the job over.
+        """
+        fs, path = fsspec.core.url_to_fs(self._lease_path(), **(self._options or {}))
+        lease = _HELD.get({}).get(lease_key(fs, path))
+        if lease is not None:
+            lease.ensure_held()
+
+
+def lease_key(fs: Any, path: str) -> str:
+    """The canonical name of a lease file (``path`` on ``fs``, as :func:`fsspec.core.url_to_fs`
+    gives them): its real path (symlinks resolved) on a local filesystem, the URL otherwise.
+
+    Examples:
+        >>> import fsspec
+        >>> lease_key(*fsspec.core.url_to_fs("memory://st/jobs/j/lease.json"))
+        'memory:///st/jobs/j/lease.json'
+    """
+    if "file" in fs.protocol:
+        return "file://" + os.path.realpath(path)
+    return str(fs.unstrip_protocol(path))
+
 
 def orjson_dumps(value: Any) -> bytes:
     """Encode JSON (orjson)."""
@@ -678,7 +704,7 @@ def _os_lock(path: str) -> Iterator[None]:
                 fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
 
 
-#: The leases held in the current context (by their path): entering a lease on a job this
+#: The leases held in the current context (by :func:`lease_key`): entering a lease on a job this
 #: context already holds does nothing (one run holds its job once, from planning to output).
 #: Prefect runs a flow's tasks in copies of the flow's context, so they share its leases; another
 #: thread or process starts with none.
@@ -714,6 +740,12 @@ class Lease:
         self.owner = {"id": uuid.uuid4().hex, "host": socket.gethostname(), "pid": os.getpid()}
         self.path = store._lease_path()
         self._fs, self._fs_path = fsspec.core.url_to_fs(self.path, **(store._options or {}))
+        #: The lease file's canonical name: every spelling of one state directory (relative or
+        #: absolute, ``file://`` or plain, through a symlink) is the same lease within a run.
+        self.key = lease_key(self._fs, self._fs_path)
+        #: Set once this runner found that another run holds the job (its lease expired
+        #: while this one was suspended, and was taken): from then on it must not act on the job.
+        self.lost = False
 
     def holder(self) -> dict[str, Any] | None:
         """The current lease record, or None."""
@@ -744,11 +776,40 @@ class Lease:
         if not self._free(record):
             assert record is not None
             until = time.strftime("%H:%M:%S", time.localtime(float(record.get("expires_at", 0))))
-            raise JobLocked(
+            itself = record.get("host") == self.owner["host"] and record.get("pid") == self.owner["pid"]
+            message = (
                 f"job {self.store.job_id} is being run by process {record.get('pid')} "
                 f"on {record.get('host')} "
                 f"(lease renewed until {until}); wait for it to finish, or run again once it has stopped"
             )
+            if itself:
+                message += (
+                    f" (that is this very process: another run of the job in it, in another thread "
+                    f"or context, holds the lease on {self.path})"
+                )
+                logger.warning("%s", message)
+            raise JobLocked(message)
+
+    def _lost_error(self) -> JobLocked:
+        return JobLocked(
+            f"job {self.store.job_id}: this run lost its lease (another run took the job over after "
+            "the lease expired, e.g. while this one was suspended); it stops here and leaves the job "
+            "to that run"
+        )
+
+    def ensure_held(self) -> None:
+        """Check that this runner still holds the lease (the lease file names it).
+
+        Raises:
+            JobLocked: The lease was lost: another run holds the job now (this lease is marked
+                :attr:`lost` from then on).
+        """
+        if not self.lost:
+            record = self.holder()
+            if record is not None and record.get("id") != self.owner["id"]:
+                self.lost = True
+        if self.lost:
+            raise self._lost_error()
 
     def acquire(self) -> None:
         """Take the lease.
@@ -793,15 +854,17 @@ class Lease:
 
     def __enter__(self) -> Lease:
         held = _HELD.get({})
-        outer = held.get(self.path)
+        outer = held.get(self.key)
         self._token: contextvars.Token[dict[str, Lease]] | None = None
         if outer is not None:  # this context holds the job already: nothing to take or release
+            if outer.lost:
+                raise outer._lost_error()
             self.owner = outer.owner
             self._outer: Lease | None = outer
             return self
         self._outer = None
         self.acquire()
-        self._token = _HELD.set({**held, self.path: self})
+        self._token = _HELD.set({**held, self.key: self})
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._keep_alive, name="llm-batch-lease", daemon=True)
         self._thread.start()
@@ -812,7 +875,8 @@ class Lease:
             try:
                 self.renew()
             except JobLocked as exc:
-                logger.error("%s; this run no longer holds the job", exc)
+                self.lost = True  # checked on re-entry, before each create and before the output
+                logger.error("%s; this run no longer holds the job and stops acting on it", exc)
                 return
             except Exception as exc:  # a missed renewal is retried; expiry is ttl away
                 logger.warning("could not renew the lease of job %s: %s", self.store.job_id, exc)
