@@ -831,9 +831,14 @@ class Lease:
     released on exit. Re-entrant within one context: entering a lease on a job that an enclosing
     ``with`` of the same context (thread, or a Prefect task of the flow run) holds does nothing,
     so a run takes its job's lease once, around planning, every round and the output, and the
-    steps that need it can say so. A lease is free when it is absent, expired, or held by a
-    process of this host that no longer exists (so a rerun right after a crash does not wait for
-    expiry).
+    steps that need it can say so. Leases are told apart by :func:`lease_key`, so any spelling
+    of the same state directory (relative, ``file://``, through a symlink) is the same lease. A
+    lease is free when it is absent, expired, or held by a process of this host that no longer
+    exists (so a rerun right after a crash does not wait for expiry).
+
+    A runner that finds another holder in the lease file (it was suspended past the lease's life
+    and another run took the job) marks its lease :attr:`lost`: re-entering it, creating a batch
+    and writing the output (:meth:`JobStore.ensure_held`) then raise JobLocked.
 
     On a local state directory the lease is checked and written under an OS file lock
     (``lease.json.lock``, ``flock``; not on Windows). On object
