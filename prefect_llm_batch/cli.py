@@ -425,6 +425,7 @@ def status(
     from rich.console import Console
     from rich.table import Table
 
+    from .errors import StateError
     from .jobs import job_ref, progress
     from .store import JobStore, list_jobs
 
@@ -441,17 +442,22 @@ def status(
         console.print(table)
         return
     store = JobStore(root, job_id)
-    record = store.read_job()
-    table = Table("chunk", "round", "requests", "batch", "status", "done", "collected")
-    for plan in record.chunks:
-        chunk = store.read_chunk(plan.chunk_id)
-        done = f"{(chunk.completed or 0) + (chunk.failed or 0)}/{plan.requests}"
-        table.add_row(
-            str(plan.chunk_id), str(plan.round), str(plan.requests), chunk.batch_id or "-",
-            chunk.status or "not submitted", done, "yes" if chunk.collected else "no",
-        )  # fmt: skip
+    try:
+        record = store.read_job()
+        table = Table("chunk", "round", "requests", "batch", "status", "done", "collected")
+        for plan in record.chunks:
+            chunk = store.read_chunk(plan.chunk_id)
+            done = f"{(chunk.completed or 0) + (chunk.failed or 0)}/{plan.requests}"
+            table.add_row(
+                str(plan.chunk_id), str(plan.round), str(plan.requests), chunk.batch_id or "-",
+                chunk.status or "not submitted", done, "yes" if chunk.collected else "no",
+            )  # fmt: skip
+        described = progress(job_ref(record, root)).describe()
+    except StateError as exc:  # a damaged or missing file: its name and the fix, no traceback
+        typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
+        raise typer.Exit(1) from None
     console.print(table)
-    console.print(progress(job_ref(record, root)).describe())
+    console.print(described)
     if store.is_cancelled():
         console.print("[yellow]cancelled by the user; run the job again to resume it[/yellow]")
 
@@ -555,19 +561,26 @@ def jobs_clean(
     finished: Annotated[
         bool, typer.Option("--finished", help="Only jobs whose batches are all collected.")
     ] = False,
+    force: Annotated[
+        bool,
+        typer.Option(
+            "--force", help="Delete jobs with batches not collected, or pending, too (nothing is cancelled)."
+        ),
+    ] = False,
 ) -> None:
-    """Delete jobs (all, or those matching every option given), except jobs a run holds now.
+    """Delete jobs (all, or those matching every option given), except jobs a run holds now and
+    jobs with batches submitted and not collected, or pending (unless --force).
 
     Their cached answers stay: running a deleted job again pays only for what the cache does not
-    answer. A deleted job's batches still running at the provider are neither cancelled nor
-    collected (`prefect-llm-batch cancel JOB_ID` first).
+    answer. With --force, a deleted job's batches still running at the provider are neither
+    cancelled nor collected (`prefect-llm-batch cancel JOB_ID` first).
     """
     from .store import clean_jobs
 
     root = _state_dir(state_dir)
     report = clean_jobs(
         root, job_ids=job_ids or None, older_than_s=older_than * 86400 if older_than is not None else None,
-        finished=finished,
+        finished=finished, force=force,
     )  # fmt: skip
     for job_id, reason in report.kept.items():
         typer.echo(f"kept job {job_id}: {reason}")

@@ -37,7 +37,11 @@ Every file is written whole (temporary file and rename locally, one put on objec
 reader never sees half a state. Each chunk has its own state file, so concurrent tasks working on
 different chunks never overwrite each other's state. Nothing here ever holds an API key. On a
 local filesystem the state is owner-only (files 0600, the directories it creates 0700, whatever
-the umask): it holds prompts and answers.
+the umask): it holds prompts and answers. A state directory made earlier with looser modes is
+closed on the first write of each process (:func:`secure_state_dir`): its ``jobs/``, ``cache/``,
+``pending/`` and ``runs/`` folders become 0700, and so does the directory itself when it holds
+nothing else; files already in them keep their modes (not changed one by one), but nobody else
+can reach them.
 """
 
 from __future__ import annotations
@@ -45,9 +49,12 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import io
+import json
 import logging
 import os
+import re
 import socket
+import stat
 import threading
 import time
 import uuid
@@ -91,6 +98,48 @@ STATE_DIR_ENV = "PREFECT_LLM_BATCH_STATE_DIR"
 STATE_FORMAT = 2
 #: How long a job lease lives without renewal.
 LEASE_TTL_S = 120.0
+
+
+#: The folders the store makes in a state directory.
+STATE_FOLDERS = ("cache", "jobs", "pending", "runs")
+_SECURED: set[str] = set()  # the local state directories already secured by this process
+
+
+def secure_state_dir(state_dir: str, storage_options: dict[str, Any] | None = None) -> None:
+    """Make an existing local state directory owner-only (0700), once per process, before the
+    store first writes into it: its folders (``jobs/``, ``cache/``, ``pending/``, ``runs/``), and
+    the directory itself when it holds nothing else (a directory shared with other files is left
+    as it is; its store folders still close it). Not recursive: older files keep their modes, but
+    nobody else can reach them through an owner-only folder. Object stores have no such modes.
+
+    Examples:
+        >>> import os, stat, tempfile
+        >>> root = tempfile.mkdtemp()
+        >>> os.mkdir(f"{root}/jobs", 0o755); os.chmod(f"{root}/jobs", 0o755)
+        >>> secure_state_dir(root)
+        >>> oct(stat.S_IMODE(os.stat(f"{root}/jobs").st_mode))
+        '0o700'
+    """
+    fs, local = fsspec.core.url_to_fs(state_dir, **(storage_options or {}))
+    if "file" not in fs.protocol:
+        return
+    root = os.path.realpath(local)
+    if root in _SECURED:
+        return
+    try:
+        entries = set(os.listdir(root))
+    except OSError:  # not there yet: what the store creates is owner-only
+        return
+    _SECURED.add(root)
+    folders = [os.path.join(root, name) for name in STATE_FOLDERS if name in entries]
+    for path in ([root] if entries <= set(STATE_FOLDERS) else []) + folders:
+        try:
+            mode = stat.S_IMODE(os.stat(path).st_mode)
+            if mode & 0o077:
+                os.chmod(path, 0o700)
+                logger.info("made %s owner-only (it was %o): the state holds prompts and answers", path, mode)
+        except OSError as exc:  # not ours (another user's directory): leave it
+            logger.warning("could not make %s owner-only: %s", path, exc)
 
 
 def default_state_dir() -> str:
@@ -204,6 +253,7 @@ class JobStore:
     def _write(
         self, path: str, data: bytes | Sequence[bytes | memoryview], *, drop_cache: bool = False
     ) -> None:
+        secure_state_dir(self.state_dir, self._options)
         write_bytes_atomic(path, data, storage_options=self._options, drop_cache=drop_cache, private=True)
 
     def _read(self, path: str, *, drop_cache: bool = False) -> bytes:
@@ -258,6 +308,7 @@ class JobStore:
         if isinstance(row_ids, list):
             row_ids = [pa.array(row_ids, pa.string())]
         batches = (pa.record_batch([ids], schema=ROW_IDS_SCHEMA) for ids in row_ids)
+        secure_state_dir(self.state_dir, self._options)
         return write_parquet_batches_atomic(
             batches,
             self._path("rows.parquet"),
@@ -329,6 +380,7 @@ class JobStore:
             return
         data = f"{len(ids)} {widths[0]}\n".encode() + packed
         path = self._path("requests", f"chunk-{chunk_id:05d}.ids")
+        secure_state_dir(self.state_dir, self._options)
         write_bytes_atomic(path, data, storage_options=self._options, durable=False, private=True)
 
     def read_chunk_ids(self, chunk_id: int) -> list[str] | None:
@@ -471,24 +523,68 @@ class JobStore:
     def _lease_path(self) -> str:
         return self._path("lease.json")
 
+    def ensure_held(self) -> None:
+        """Before acting on the job (creating a batch, writing the output): when this run holds
+        the job's lease, check that it still does. Without a lease in this context, nothing to check.
+
+        Raises:
+            JobLocked: This run lost the lease: another run took the job over.
+        """
+        fs, path = fsspec.core.url_to_fs(self._lease_path(), **(self._options or {}))
+        lease = _HELD.get({}).get(lease_key(fs, path))
+        if lease is not None:
+            lease.ensure_held()
+
+
+def lease_key(fs: Any, path: str) -> str:
+    """The canonical name of a lease file (``path`` on ``fs``, as :func:`fsspec.core.url_to_fs`
+    gives them): its real path (symlinks resolved) on a local filesystem, the URL otherwise.
+
+    Examples:
+        >>> import fsspec
+        >>> lease_key(*fsspec.core.url_to_fs("memory://st/jobs/j/lease.json"))
+        'memory:///st/jobs/j/lease.json'
+    """
+    if "file" in fs.protocol:
+        return "file://" + os.path.realpath(path)
+    return str(fs.unstrip_protocol(path))
+
 
 def orjson_dumps(value: Any) -> bytes:
     """Encode JSON (orjson)."""
     return orjson.dumps(value)
 
 
+#: What the messages of the errors without an errno that Arrow raises for undecodable Parquet
+#: bytes say (bad pages, compression, thrift metadata); other errno-less ``OSError``s (a dropped
+#: connection of an object store, say) are not damage.
+_DECODE_ERROR = re.compile(
+    r"thrift|corrupt|magic bytes|deseriali[sz]|decompress|codec failed|unexpected end of stream"
+    r"|no more data to read|exceeded size limit|malformed|page must be|dictionary page|page header"
+    r"|invalid (data|ttype|byte_array|page|column|flatbuffers|compressed|encoding|repetition|definition)",
+    re.IGNORECASE,
+)
+
+
 def is_damage(exc: BaseException) -> bool:
-    """True when reading a Parquet file failed because its bytes cannot be decoded (Arrow's
-    errors, and the ``OSError`` without an errno it raises for corrupt pages), not because the
-    file is missing, forbidden or the network failed.
+    """True when reading a state file or segment failed because its bytes cannot be decoded:
+    Arrow's ``ArrowInvalid`` (e.g. no Parquet magic bytes), the ``OSError`` without an errno it
+    raises for corrupt pages, compression or thrift metadata, and JSON or UTF-8 decode errors.
+    Not when the file is missing or forbidden, the network failed, memory ran out
+    (``MemoryError``, ``ArrowMemoryError``) or Arrow cannot read a feature
+    (``ArrowNotImplementedError``): those are raised as they are, never taken for damage.
 
     Examples:
         >>> is_damage(OSError("Corrupt snappy compressed data.")), is_damage(FileNotFoundError(2, "x"))
         (True, False)
+        >>> is_damage(OSError("Connection reset by peer")), is_damage(pa.ArrowMemoryError("malloc"))
+        (False, False)
     """
-    if isinstance(exc, pa.ArrowException) and not isinstance(exc, OSError):
+    if isinstance(exc, MemoryError | NotImplementedError):
+        return False
+    if isinstance(exc, pa.ArrowInvalid | json.JSONDecodeError | UnicodeDecodeError):
         return True
-    return type(exc) is OSError and exc.errno is None
+    return type(exc) is OSError and exc.errno is None and bool(_DECODE_ERROR.search(str(exc)))
 
 
 def _short(exc: BaseException, most: int = 160) -> str:
@@ -547,27 +643,63 @@ def job_finished(store: JobStore) -> bool:
         return False
 
 
+def in_flight(store: JobStore) -> str | None:
+    """Why deleting a job now would throw paid work away, or None: it is pending (submitted in
+    detached mode, not yet written), or has batches submitted and not collected (running at the
+    provider, or ended with results nobody downloaded). A damaged chunk file counts no batch.
+    """
+    fix = (
+        "collect them (`prefect-llm-batch collect`, or run the job again) or cancel them "
+        f"(`prefect-llm-batch cancel {store.job_id}`) first, or delete it anyway with --force "
+        "(`force=True`)"
+    )
+    if exists(f"{store.state_dir}/pending/{store.job_id}.json", storage_options=store._options):
+        return f"it is pending (submitted detached, its output not written yet): {fix}"
+    fs, root = fsspec.core.url_to_fs(store._path("chunks"), **(store._options or {}))
+    if not fs.exists(root):
+        return None
+    batches = []
+    for path in sorted(str(p) for p in fs.ls(root, detail=False)):
+        name = path.rsplit("/", 1)[-1]
+        if not (name.startswith("chunk-") and name.endswith(".json")):
+            continue
+        try:
+            state = store.read_chunk(int(name[len("chunk-") : -len(".json")]))
+        except (StateError, ValueError):
+            continue
+        if state.batch_id and not state.collected:
+            batches.append(state.batch_id)
+    if not batches:
+        return None
+    shown = ", ".join(batches[:3]) + (", ..." if len(batches) > 3 else "")
+    return f"{len(batches)} batch(es) submitted and not collected ({shown}): {fix}"
+
+
 def clean_jobs(
     state_dir: str,
     *,
     job_ids: Sequence[str] | None = None,
     older_than_s: float | None = None,
     finished: bool = False,
+    force: bool = False,
     storage_options: dict[str, Any] | None = None,
 ) -> CleanedJobs:
     """Delete jobs from a state directory (their plans, batch files, results); the response cache
     keeps their answers, so running one again pays only for what the cache does not answer.
 
     Every job matching all the conditions given is deleted (with none, every job), except a
-    job whose lease a runner holds: it is kept, and :attr:`CleanedJobs.kept` says who holds it.
-    Batches of a deleted job still running at the provider are not cancelled and their results
-    are not collected (``prefect-llm-batch cancel JOB_ID`` first).
+    job whose lease a runner holds, and (unless ``force``) a job with work in flight: pending
+    (submitted detached) or with batches submitted and not collected (see :func:`in_flight`).
+    Those are kept, and :attr:`CleanedJobs.kept` says why. With ``force``, batches of a deleted
+    job still running at the provider are not cancelled and their results are not collected
+    (``prefect-llm-batch cancel JOB_ID`` first).
 
     Args:
         state_dir: The state directory.
         job_ids: Only these jobs (an id that is not there is reported in ``kept``).
         older_than_s: Only jobs none of whose files changed for this many seconds.
         finished: Only jobs whose batches are all collected (see :func:`job_finished`).
+        force: Delete jobs with work in flight too.
         storage_options: fsspec options for the state directory.
 
     Returns:
@@ -606,6 +738,11 @@ def clean_jobs(
         except JobLocked as exc:
             report.kept[job_id] = str(exc)
             continue
+        busy = None if force else in_flight(store)
+        if busy is not None:
+            lease.release()
+            report.kept[job_id] = busy
+            continue
         freed = 0
         for path in files:
             with contextlib.suppress(FileNotFoundError):
@@ -622,6 +759,7 @@ def write_pending(
     state_dir: str, job_id: str, data: bytes, storage_options: dict[str, Any] | None = None
 ) -> None:
     """Record a job submitted in detached mode (``pending/{job_id}.json``)."""
+    secure_state_dir(state_dir, storage_options)
     write_bytes_atomic(
         f"{state_dir.rstrip('/')}/pending/{job_id}.json", data, storage_options=storage_options, private=True
     )
@@ -649,6 +787,7 @@ def record_run(
     state_dir: str, run_id: str, job_id: str, storage_options: dict[str, Any] | None = None
 ) -> None:
     """Remember which job a flow run works on (for its cancellation hook)."""
+    secure_state_dir(state_dir, storage_options)
     write_bytes_atomic(
         f"{state_dir.rstrip('/')}/runs/{run_id}.json",
         orjson_dumps({"job_id": job_id, "at": time.time()}),
@@ -678,7 +817,7 @@ def _os_lock(path: str) -> Iterator[None]:
                 fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
 
 
-#: The leases held in the current context (by their path): entering a lease on a job this
+#: The leases held in the current context (by :func:`lease_key`): entering a lease on a job this
 #: context already holds does nothing (one run holds its job once, from planning to output).
 #: Prefect runs a flow's tasks in copies of the flow's context, so they share its leases; another
 #: thread or process starts with none.
@@ -692,9 +831,14 @@ class Lease:
     released on exit. Re-entrant within one context: entering a lease on a job that an enclosing
     ``with`` of the same context (thread, or a Prefect task of the flow run) holds does nothing,
     so a run takes its job's lease once, around planning, every round and the output, and the
-    steps that need it can say so. A lease is free when it is absent, expired, or held by a
-    process of this host that no longer exists (so a rerun right after a crash does not wait for
-    expiry).
+    steps that need it can say so. Leases are told apart by :func:`lease_key`, so any spelling
+    of the same state directory (relative, ``file://``, through a symlink) is the same lease. A
+    lease is free when it is absent, expired, or held by a process of this host that no longer
+    exists (so a rerun right after a crash does not wait for expiry).
+
+    A runner that finds another holder in the lease file (it was suspended past the lease's life
+    and another run took the job) marks its lease :attr:`lost`: re-entering it, creating a batch
+    and writing the output (:meth:`JobStore.ensure_held`) then raise JobLocked.
 
     On a local state directory the lease is checked and written under an OS file lock
     (``lease.json.lock``, ``flock``; not on Windows). On object
@@ -714,6 +858,12 @@ class Lease:
         self.owner = {"id": uuid.uuid4().hex, "host": socket.gethostname(), "pid": os.getpid()}
         self.path = store._lease_path()
         self._fs, self._fs_path = fsspec.core.url_to_fs(self.path, **(store._options or {}))
+        #: The lease file's canonical name: every spelling of one state directory (relative or
+        #: absolute, ``file://`` or plain, through a symlink) is the same lease within a run.
+        self.key = lease_key(self._fs, self._fs_path)
+        #: Set once this runner found that another run holds the job (its lease expired
+        #: while this one was suspended, and was taken): from then on it must not act on the job.
+        self.lost = False
 
     def holder(self) -> dict[str, Any] | None:
         """The current lease record, or None."""
@@ -744,11 +894,40 @@ class Lease:
         if not self._free(record):
             assert record is not None
             until = time.strftime("%H:%M:%S", time.localtime(float(record.get("expires_at", 0))))
-            raise JobLocked(
+            itself = record.get("host") == self.owner["host"] and record.get("pid") == self.owner["pid"]
+            message = (
                 f"job {self.store.job_id} is being run by process {record.get('pid')} "
                 f"on {record.get('host')} "
                 f"(lease renewed until {until}); wait for it to finish, or run again once it has stopped"
             )
+            if itself:
+                message += (
+                    f" (that is this very process: another run of the job in it, in another thread "
+                    f"or context, holds the lease on {self.path})"
+                )
+                logger.warning("%s", message)
+            raise JobLocked(message)
+
+    def _lost_error(self) -> JobLocked:
+        return JobLocked(
+            f"job {self.store.job_id}: this run lost its lease (another run took the job over after "
+            "the lease expired, e.g. while this one was suspended); it stops here and leaves the job "
+            "to that run"
+        )
+
+    def ensure_held(self) -> None:
+        """Check that this runner still holds the lease (the lease file names it).
+
+        Raises:
+            JobLocked: The lease was lost: another run holds the job now (this lease is marked
+                :attr:`lost` from then on).
+        """
+        if not self.lost:
+            record = self.holder()
+            if record is not None and record.get("id") != self.owner["id"]:
+                self.lost = True
+        if self.lost:
+            raise self._lost_error()
 
     def acquire(self) -> None:
         """Take the lease.
@@ -756,6 +935,7 @@ class Lease:
         Raises:
             JobLocked: Another live run holds it; the message says who and until when.
         """
+        secure_state_dir(self.store.state_dir, self.store._options)
         if "file" in self._fs.protocol:
             # Check and write under an OS lock: two runners taking over the same stale lease
             # cannot both win, and the lease file is only ever replaced whole (never torn).
@@ -793,15 +973,17 @@ class Lease:
 
     def __enter__(self) -> Lease:
         held = _HELD.get({})
-        outer = held.get(self.path)
+        outer = held.get(self.key)
         self._token: contextvars.Token[dict[str, Lease]] | None = None
         if outer is not None:  # this context holds the job already: nothing to take or release
+            if outer.lost:
+                raise outer._lost_error()
             self.owner = outer.owner
             self._outer: Lease | None = outer
             return self
         self._outer = None
         self.acquire()
-        self._token = _HELD.set({**held, self.path: self})
+        self._token = _HELD.set({**held, self.key: self})
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._keep_alive, name="llm-batch-lease", daemon=True)
         self._thread.start()
@@ -812,7 +994,8 @@ class Lease:
             try:
                 self.renew()
             except JobLocked as exc:
-                logger.error("%s; this run no longer holds the job", exc)
+                self.lost = True  # checked on re-entry, before each create and before the output
+                logger.error("%s; this run no longer holds the job and stops acting on it", exc)
                 return
             except Exception as exc:  # a missed renewal is retried; expiry is ttl away
                 logger.warning("could not renew the lease of job %s: %s", self.store.job_id, exc)
@@ -859,7 +1042,8 @@ class ResponseCache:
     FOLDERS = ("segments", "results")
 
     def __init__(self, state_dir: str, storage_options: dict[str, Any] | None = None) -> None:
-        self.base = f"{state_dir.rstrip('/')}/cache"
+        self.state_dir = state_dir.rstrip("/")
+        self.base = f"{self.state_dir}/cache"
         self.root = f"{self.base}/segments"
         self._options = storage_options
         self._fs, self._fs_base = fsspec.core.url_to_fs(self.base, **(storage_options or {}))
@@ -869,8 +1053,11 @@ class ResponseCache:
         paths = []
         for folder in self.FOLDERS:
             root = f"{self._fs_base}/{folder}"
-            if self._fs.exists(root):
-                paths += [str(p) for p in self._fs.ls(root, detail=False) if str(p).endswith(".parquet")]
+            try:
+                listed = self._fs.ls(root, detail=False) if self._fs.exists(root) else []
+            except FileNotFoundError:  # deleted since (a cache clear removing the folder)
+                listed = []
+            paths += [str(p) for p in listed if str(p).endswith(".parquet")]
         return sorted(paths, key=lambda p: (p.rsplit("/", 1)[-1], p))
 
     def _name(self, name: str) -> str:
@@ -882,6 +1069,7 @@ class ResponseCache:
         if table.num_rows == 0:
             return
         path = f"{self.root}/{self._name(name)}"
+        secure_state_dir(self.state_dir, self._options)
         write_bytes_atomic(path, _parquet_bytes(table), storage_options=self._options, private=True)
 
     def add_results(self, name: str, data: bytes) -> None:
@@ -891,6 +1079,7 @@ class ResponseCache:
         leaves the other whole. Rows with an error are in the segment and skipped by every reader.
         """
         path = f"{self.base}/results/{self._name(name)}"
+        secure_state_dir(self.state_dir, self._options)
         write_bytes_atomic(path, data, storage_options=self._options, drop_cache=True, private=True)
 
     def _warn_damaged(self, path: str, exc: BaseException) -> None:
@@ -900,10 +1089,17 @@ class ResponseCache:
             path, _short(exc),
         )  # fmt: skip
 
+    def _gone(self, path: str) -> None:
+        logger.debug("the response cache segment %s was deleted while it was read; skipped", path)
+
     def _read_or_skip(self, path: str, columns: list[str] | None = None) -> pa.Table | None:
-        """:meth:`_read`, or None (and a warning naming the file) when the segment is damaged."""
+        """:meth:`_read`, or None when the segment is damaged (with a warning naming it) or was
+        deleted since it was listed (a ``cache clear`` meanwhile: silently)."""
         try:
             return self._read(path, columns)
+        except FileNotFoundError:
+            self._gone(path)
+            return None
         except Exception as exc:
             if not is_damage(exc):
                 raise
@@ -955,15 +1151,24 @@ class ResponseCache:
 
     def stats(self) -> tuple[int, int, int]:
         """(segments, answers, bytes) in the cache (a damaged segment counts no answers)."""
-        paths = self.segments()
-        answers = sum(map(self._answers, paths))
-        size = sum(int(self._fs.info(p).get("size") or 0) for p in paths)
-        return len(paths), answers, size
+        count = answers = size = 0
+        for path in self.segments():
+            try:
+                stored = int(self._fs.info(path).get("size") or 0)
+            except FileNotFoundError:  # deleted since it was listed
+                self._gone(path)
+                continue
+            count, answers, size = count + 1, answers + self._answers(path), size + stored
+        return count, answers, size
 
     def _answers(self, path: str) -> int:
-        """How many answers a segment holds (only its error column is read, if it has one)."""
+        """How many answers a segment holds (only its error column is read, if it has one; none
+        when it is damaged or was deleted since it was listed)."""
         try:
             return self._count_answers(path)
+        except FileNotFoundError:
+            self._gone(path)
+            return 0
         except Exception as exc:
             if not is_damage(exc):
                 raise
@@ -988,10 +1193,15 @@ class ResponseCache:
         files = freed = 0
         now = time.time()
         for path in self.segments():
-            if older_than_s is not None and now - _modified(self._fs, path, now) < older_than_s:
+            try:
+                if older_than_s is not None and now - _modified(self._fs, path, now) < older_than_s:
+                    continue
+                size = _bytes_freed_by_removing(self._fs, path)
+                self._fs.rm(path)
+            except FileNotFoundError:  # deleted since it was listed (another clear)
+                self._gone(path)
                 continue
-            freed += _bytes_freed_by_removing(self._fs, path)
-            self._fs.rm(path)
+            freed += size
             files += 1
         return Removed(files, freed)
 

@@ -234,6 +234,7 @@ def submit_chunk(
     if state.input_file_id is None:
         state.input_file_id = provider.upload(data, f"{ref.job_id}-chunk-{chunk_id:05d}.jsonl")
         store.write_chunk(state)
+    store.ensure_held()  # a run that lost its lease to another creates nothing more
     state.intent_at = time.time()
     store.write_chunk(state)
     try:

@@ -446,6 +446,7 @@ def assemble(
             }
         ).decode()
     }
+    store.ensure_held()  # a run that lost its lease to another writes no output
     rows, counts = write_joined(
         scan,
         answers,
