@@ -232,3 +232,21 @@ def test_a_lease_taken_over_between_renewals_is_found_lost_before_the_create(
             with pytest.raises(JobLocked, match="lost its lease"):
                 jobs.submit_chunk(ref, 0, provider)
             assert server.stats.creates == 0 and lease.lost
+
+
+def test_a_run_that_lost_its_lease_sends_no_realtime_request(
+    server: FakeProviderServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from prefect_llm_batch.jobs.realtime import realtime_client, run_chunk_realtime
+    from prefect_llm_batch.spec import RunOptions
+
+    suspended = SuspendedRenewal(monkeypatch)
+    where = ProviderTarget(provider="openai", base_url=server.base_url, key_base_url=server.base_url)
+    with openai(server) as provider:
+        ref = prepared(server, tmp_path, provider)
+        store = JobStore(ref.state_dir, ref.job_id)
+        with store.lease(ttl=0.3) as lease:
+            lose(lease, store, suspended)
+            with pytest.raises(JobLocked, match="lost its lease"):
+                run_chunk_realtime(ref, 0, realtime_client(provider, where, KEY), RunOptions())
+    assert server.stats.calls["POST /v1/chat/completions"] == 0  # the lost run sent nothing

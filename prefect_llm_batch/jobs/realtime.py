@@ -105,6 +105,7 @@ def run_chunk_realtime(ref: JobRef, chunk_id: int, client: RealtimeClient, optio
     if answered:
         logger.info("chunk %d: %d requests already answered by an earlier run", chunk_id, len(answered))
     for start in range(0, len(remaining), REALTIME_SLICE):
+        store.ensure_held()  # a run that lost its lease to another sends nothing more
         results = client.run(remaining[start : start + REALTIME_SLICE])
         for result in results:
             result.attempts = round_
