@@ -70,25 +70,34 @@ def test_an_explicit_arrow_pool_or_numpy_setting_wins() -> None:
     assert got["numpy_huge"] is True
 
 
-def test_the_command_and_the_flow_call_it(
+def test_the_command_calls_it_and_the_flow_only_when_the_environment_asks(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path, prefect_harness: Any
 ) -> None:
     calls: list[str] = []
-    monkeypatch.setattr(memory, "prefer_small_pages", lambda: calls.append("cli") or {})
-    monkeypatch.setattr(flows, "prefer_small_pages", lambda: calls.append("flow") or {"arrow_pool": "system"})
+    monkeypatch.setattr(memory, "prefer_small_pages", lambda: calls.append("switched") or {"arrow_pool": "system"})
     monkeypatch.setattr(sys, "argv", ["prefect-llm-batch", "--help"])
     with pytest.raises(SystemExit) as exited:
         cli.main()
     assert exited.value.code == 0
-    assert calls == ["cli"]
+    assert calls == ["switched"]  # the command owns its process
     source = tmp_path / "in.csv"
     pa_csv.write_csv(pa.table({"text": ["a", "b"]}), str(source))
-    flows.enrich_table(
-        source=str(source),
-        output=str(tmp_path / "out.parquet"),
-        prompt="{{ text }}",
-        model="gpt-4o-mini",
-        state_dir=str(tmp_path / "state"),
-        dry_run=True,
-    )
-    assert calls == ["cli", "flow"]
+    run = {
+        "source": str(source),
+        "output": str(tmp_path / "out.parquet"),
+        "prompt": "{{ text }}",
+        "model": "gpt-4o-mini",
+        "state_dir": str(tmp_path / "state"),
+        "dry_run": True,
+    }
+    monkeypatch.delenv(memory.SMALL_PAGES_ENV, raising=False)
+    flows.enrich_table(**run)
+    flows.collect_jobs(state_dir=str(tmp_path / "state"))
+    assert calls == ["switched"]  # the user's worker keeps its settings
+    monkeypatch.setenv(memory.SMALL_PAGES_ENV, "0")
+    flows.enrich_table(**run)
+    assert calls == ["switched"]
+    monkeypatch.setenv(memory.SMALL_PAGES_ENV, "1")  # a deployment opts in
+    flows.enrich_table(**run)
+    flows.collect_jobs(state_dir=str(tmp_path / "state"))
+    assert calls == ["switched", "switched", "switched"]
