@@ -104,19 +104,23 @@ def collect_until_finished(state_dir: str, rounds: int = 200) -> list[Any]:
     return finished
 
 
+def submit_detached(src: str, out: Path, opts: dict[str, Any]) -> JobRef:
+    ref = enrich_table(source=src, output=str(out), detached=True, **opts)
+    assert isinstance(ref, JobRef)
+    return ref
+
+
 def test_a_damaged_pending_record_is_a_warning_and_the_other_jobs_are_collected(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     monkeypatch.setenv("OPENAI_API_KEY", KEY)
     with FakeProviderServer(FakeServerConfig(in_progress_seconds=0.1)) as server:
         opts = options(server, tmp_path, "shared")
-        good = enrich_table(
-            source=source(tmp_path), output=str(tmp_path / "good.parquet"), detached=True, **opts
-        )
+        good = submit_detached(source(tmp_path), tmp_path / "good.parquet", opts)
         other = tmp_path / "other.parquet"
         pq.write_table(pa.table({"id": [1, 2], "text": ["another table", "another job"]}), other)
-        damaged = enrich_table(source=str(other), output=str(tmp_path / "bad.parquet"), detached=True, **opts)
-        assert isinstance(good, JobRef) and isinstance(damaged, JobRef) and good.job_id != damaged.job_id
+        damaged = submit_detached(str(other), tmp_path / "bad.parquet", opts)
+        assert good.job_id != damaged.job_id
         record = Path(opts["state_dir"]) / "pending" / f"{damaged.job_id}.json"
         record.write_text('{"ref": {"job_id": "cut off by a full disk')
         with caplog.at_level("WARNING"):
@@ -137,10 +141,7 @@ def test_collect_finishes_a_job_whatever_the_spelling_of_its_state_directory(
     monkeypatch.setenv("OPENAI_API_KEY", KEY)
     with FakeProviderServer(FakeServerConfig(in_progress_seconds=0.1)) as server:
         opts = options(server, tmp_path, "spelt")
-        ref = enrich_table(
-            source=source(tmp_path), output=str(tmp_path / "out.parquet"), detached=True, **opts
-        )
-        assert isinstance(ref, JobRef)
+        ref = submit_detached(source(tmp_path), tmp_path / "out.parquet", opts)
         (tmp_path / "elsewhere").mkdir()
         other_spelling = str(tmp_path / "elsewhere" / ".." / "state-spelt")
         finished = collect_until_finished(other_spelling, rounds=100)
