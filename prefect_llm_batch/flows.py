@@ -5,32 +5,45 @@ prepare, then per round one ``submit-batch`` task per batch, ``wait-for-batches`
 ``collect-batch`` task per batch and ``plan-retry``, and finally ``write-output``. Running it
 again with the same inputs resumes the same job from its state directory instead of paying
 again; one run at a time holds a job (a lease), from planning to the output.
+
+The flows are thin: they turn parameters into a job, hold its lease, and hand the rounds to the
+job driver (:mod:`prefect_llm_batch.jobs.driver`) with its steps as Prefect tasks
+(:class:`~prefect_llm_batch.tasks.TaskSteps`); the guards are :mod:`prefect_llm_batch.jobs.guards`.
+They leave the worker's process-wide settings alone (see :mod:`prefect_llm_batch.memory`).
 """
 
 from __future__ import annotations
 
 import contextlib
-import time
 from collections.abc import Callable, Iterator
 from typing import Any, Literal
-from uuid import UUID
 
 from prefect import flow
 from prefect.client.schemas.objects import FlowRun, State
 from prefect.context import FlowRunContext
 from prefect.flows import Flow
-from prefect.futures import PrefectFuture, as_completed
 from prefect.logging import get_logger, get_run_logger
 from pydantic import BaseModel
 
 from . import artifacts
 from .blocks import AnthropicBatchCredentials, OpenAIBatchCredentials, ProviderCredentials
 from .costs import DEFAULT_EXPECTED_OUTPUT_TOKENS, Estimate
-from .errors import BatchCancelled, BatchFailed, ConfigError, CostLimitExceeded, ErrorRateExceeded, JobLocked
-from .jobs import COLLECTS_IN_FLIGHT, JobIdentity, JobRef, JobSummary, cancel_job, failed_batches, job_ref
-from .jobs.detached import PendingJob
+from .errors import ConfigError, JobLocked
+from .jobs import (
+    JobIdentity,
+    JobRef,
+    JobSummary,
+    cancel_job,
+    check_cost,
+    check_error_rates,
+    check_outcome,
+    job_ref,
+    run_rounds,
+)
+from .jobs.detached import PendingJob, read_pending_jobs
+from .jobs.driver import submit_first_round
 from .jobs.realtime import Mode, choose_mode
-from .memory import SMALL_PAGES_ENV, prefer_small_pages
+from .memory import SMALL_PAGES_ENV, small_pages_if_asked
 from .providers import api_key_for, make_provider, target_for
 from .schemas import ResponseSchema
 from .simulator import open_target
@@ -49,30 +62,25 @@ from .store import (
     JobStore,
     default_state_dir,
     job_for_run,
-    read_pending,
     record_run,
     remove_pending,
     write_pending,
 )
 from .tasks import (
+    TaskSteps,
     advance_job,
-    collect_batch,
     estimate_job,
     identify_job,
-    plan_retry,
     prepare_job,
-    realtime_chunk,
-    submit_batch,
-    wait_for_batches,
     write_output,
 )
 
 
-def _prefer_small_pages(log: Any) -> None:
-    """:func:`~prefect_llm_batch.memory.prefer_small_pages`, logged when it changed something."""
-    changed = prefer_small_pages()
+def _small_pages_if_asked(log: Any) -> None:
+    """:func:`~prefect_llm_batch.memory.small_pages_if_asked`, logged when it changed something."""
+    changed = small_pages_if_asked()
     if changed:
-        log.debug("allocating with small pages (%s=0 keeps the defaults): %s", SMALL_PAGES_ENV, changed)
+        log.debug("allocating with small pages (%s=1 asked for it): %s", SMALL_PAGES_ENV, changed)
 
 
 @contextlib.contextmanager
@@ -259,7 +267,7 @@ def enrich_table(
         ...     overwrite=True)  # doctest: +SKIP
     """
     log = get_run_logger()
-    _prefer_small_pages(log)
+    _small_pages_if_asked(log)
     schema = ResponseSchema.from_user(response_format) if response_format is not None else None
     spec = JobSpec(
         prompt=prompt,
@@ -302,16 +310,8 @@ def enrich_table(
         log.info("job %s: %s", ref.job_id, planned.describe())
         if dry_run:
             return planned
-        if max_cost_usd is not None and (planned.cost_usd is None or planned.cost_usd > max_cost_usd):
-            known = (
-                f"${planned.cost_usd:.4f}" if planned.cost_usd is not None else "unknown (no price for it)"
-            )
-            raise CostLimitExceeded(
-                f"the estimated cost of job {ref.job_id} is {known}, over max_cost_usd=${max_cost_usd:.4f}: "
-                f"{planned.describe()}. Nothing was sent; raise the limit, or pass prices= for the model."
-            )
+        check_cost(planned, max_cost_usd)
         progress_id = artifacts.start_progress(ref.job_id)
-        store = JobStore(state, ref.job_id)
         run_context = FlowRunContext.get()
         if run_context is not None and run_context.flow_run is not None:
             record_run(state, str(run_context.flow_run.id), ref.job_id)
@@ -327,15 +327,13 @@ def enrich_table(
             "requests_per_minute": realtime_rpm,
             "tokens_per_minute": realtime_tpm,
         }
+        steps = TaskSteps(ref, spec, target, options, credentials, progress_id, realtime)
         if detached:
             if simulated:
                 raise ConfigError(
                     "detached mode needs a provider that outlives the run; the simulator stops with it"
                 )
-            with store.lease():
-                store.clear_cancel()
-                for chunk_id in store.read_job().round_chunks(1):
-                    submit_batch(ref, chunk_id, spec, target, options, credentials)
+            submit_first_round(ref, steps)
             pending = PendingJob(
                 ref=ref, spec=spec, target=target, options=options, output=output, overwrite=overwrite,
                 max_error_rate=max_error_rate,
@@ -345,107 +343,15 @@ def enrich_table(
                 "job %s submitted; the collect-jobs flow writes %s once its batches end", ref.job_id, output
             )
             return ref
-        with store.lease():
-            store.clear_cancel()  # a new run resumes a job a user cancelled earlier
-            round_, chunks = 1, store.read_job().round_chunks(1)
-            while chunks:
-                if chosen == "realtime":
-                    _run_round_realtime(ref, chunks, spec, target, options, credentials, realtime)
-                else:
-                    _run_round(ref, chunks, spec, target, options, credentials, progress_id)
-                chunks = plan_retry(ref, round_, options)
-                if chunks:
-                    pause = options.retry_backoff * 2 ** (round_ - 1)
-                    log.info("round %d: retrying %d batch(es) in %.0f s", round_ + 1, len(chunks), pause)
-                    time.sleep(pause)
-                    round_ += 1
-            artifacts.set_progress(progress_id, artifacts.COLLECTED)
-            summary = write_output(ref, output, overwrite, parser)
-            summary = summary.model_copy(update={"mode": chosen, "mode_reason": reason})
-            artifacts.set_progress(progress_id, 100.0)
-            artifacts.publish_summary(summary)
-            user_cancelled = store.is_cancelled()
-
-    if user_cancelled:
-        raise BatchCancelled(
-            f"job {ref.job_id} was cancelled: {summary.ok_rows} of {summary.rows} rows are answered in "
-            f"{output}; run the same command again to finish the rest"
-        )
-    failed = failed_batches(ref)
-    if failed:
-        first = failed[0]
-        raise BatchFailed(
-            f"{len(failed)} batch(es) failed validation; their rows are marked invalid_request in {output}. "
-            f"Batch {first.batch_id}: {first.error}",
-            batch_id=first.batch_id,
-            code=first.error_code,
-        )
-    if summary.error_rate > max_error_rate:
-        raise ErrorRateExceeded(
-            f"{summary.error_rows} of {summary.rows} rows failed ({summary.error_rate:.1%} > max_error_rate "
-            f"{max_error_rate:.1%}): {summary.errors_by_kind}. The output was written to {output}.",
-            failed=summary.error_rows,
-            total=summary.rows,
-            output=output,
-        )
+        run_rounds(ref, steps, options, realtime=chosen == "realtime", log=log)
+        artifacts.set_progress(progress_id, artifacts.COLLECTED)
+        summary = write_output(ref, output, overwrite, parser)
+        summary = summary.model_copy(update={"mode": chosen, "mode_reason": reason})
+        artifacts.set_progress(progress_id, 100.0)
+        artifacts.publish_summary(summary)
+        user_cancelled = JobStore(state, ref.job_id).is_cancelled()
+    check_outcome(ref, summary, output, max_error_rate, cancelled=user_cancelled)
     return summary
-
-
-def _run_round_realtime(
-    ref: JobRef,
-    chunks: list[int],
-    spec: JobSpec,
-    target: ProviderTarget,
-    options: RunOptions,
-    credentials: ProviderCredentials | None,
-    realtime: dict[str, Any],
-) -> None:
-    """Send one round in realtime; chunks an earlier batch-mode run already submitted finish as batches."""
-    store = JobStore(ref.state_dir, ref.job_id)
-    as_batches = [c for c in chunks if store.read_chunk(c).batch_id]
-    for chunk_id in chunks:
-        if chunk_id not in as_batches:
-            realtime_chunk(ref, chunk_id, spec, target, options, credentials, **realtime)
-    if as_batches:
-        _run_round(ref, as_batches, spec, target, options, credentials)
-
-
-def _run_round(
-    ref: JobRef,
-    chunks: list[int],
-    spec: JobSpec,
-    target: ProviderTarget,
-    options: RunOptions,
-    credentials: ProviderCredentials | None,
-    progress_id: UUID | None = None,
-) -> None:
-    """Submit, wait for and collect the batches of one round (resubmitting token-limit failures)."""
-    pending = list(chunks)
-    while pending:
-        for chunk_id in pending:  # one after the other: each may wait for capacity
-            submit_batch(ref, chunk_id, spec, target, options, credentials)
-        pending = wait_for_batches(ref, spec, target, options, credentials, progress_id)
-    # COLLECTS_IN_FLIGHT at a time, the next one as soon as one ends: memory holds that many
-    # batches' results, however many there are. A failure is raised once it ends (no collect
-    # starts after it) and after those running have ended too.
-    running: set[PrefectFuture[int]] = set()
-    try:
-        for chunk_id in chunks:
-            if len(running) == COLLECTS_IN_FLIGHT:
-                _end_one(running)
-            running.add(collect_batch.submit(ref, chunk_id, spec, target, options, credentials))
-        while running:
-            _end_one(running)
-    finally:
-        for future in running:
-            future.wait()
-
-
-def _end_one(running: set[PrefectFuture[int]]) -> None:
-    """Wait for the first of ``running`` to end, take it out, raise its failure."""
-    ended = next(as_completed(list(running)))
-    running.discard(ended)
-    ended.result()
 
 
 @flow(
@@ -472,16 +378,18 @@ def collect_jobs(
             other job was still handled first).
     """
     log = get_run_logger()
-    _prefer_small_pages(log)
+    _small_pages_if_asked(log)
     state = state_dir or default_state_dir()
-    finished: list[JobSummary] = []
-    too_many_errors: list[str] = []
-    for raw in read_pending(state):
-        pending = PendingJob.model_validate_json(raw)
+    finished: list[tuple[JobSummary, float]] = []
+    for record in read_pending_jobs(state):
+        if record.job is None:
+            log.warning(record.describe_damage())
+            continue
+        pending = record.job
         job_id = pending.ref.job_id
-        store = JobStore(state, job_id)
         try:
-            with store.lease():
+            # the job's own spelling of its state directory: the lease its steps take is this one
+            with JobStore(pending.ref.state_dir, job_id).lease():
                 if not advance_job(pending, credentials):
                     log.info("job %s: batches still running", job_id)
                     continue
@@ -491,11 +399,6 @@ def collect_jobs(
         except JobLocked as exc:
             log.info("job %s is held by another run, skipped: %s", job_id, exc)
             continue
-        finished.append(summary)
-        if summary.error_rate > pending.max_error_rate:
-            too_many_errors.append(f"{job_id}: {summary.error_rows} of {summary.rows} rows failed")
-    if too_many_errors:
-        raise ErrorRateExceeded(
-            "jobs over their max_error_rate (outputs written): " + "; ".join(too_many_errors)
-        )
-    return finished
+        finished.append((summary, pending.max_error_rate))
+    check_error_rates(finished)
+    return [summary for summary, _ in finished]

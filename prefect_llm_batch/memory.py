@@ -9,8 +9,11 @@ took 2.5-3.6 s in huge pages or through Arrow's default pool, against 0.16-0.24 
 million-row job touches about a gigabyte of fresh memory.
 
 :func:`prefer_small_pages` switches both libraries to small pages for the rest of the process.
-The ``prefect-llm-batch`` command and the flows call it when they start; set
-``PREFECT_LLM_BATCH_SMALL_PAGES=0`` to keep the libraries' defaults. An explicit
+It changes process-wide settings, so only programs that own their process call it: the
+``prefect-llm-batch`` command and the benchmark call it when they start (set
+``PREFECT_LLM_BATCH_SMALL_PAGES=0`` to keep the libraries' defaults there). The flows run inside
+the user's worker and leave its settings alone unless the deployment opts in with
+``PREFECT_LLM_BATCH_SMALL_PAGES=1`` (:func:`small_pages_if_asked`). An explicit
 ``ARROW_DEFAULT_MEMORY_POOL`` or ``NUMPY_MADVISE_HUGEPAGE`` in the environment always wins.
 """
 
@@ -24,7 +27,8 @@ from typing import cast
 import numpy  # noqa: F401  (imports numpy._core.multiarray, looked up below)
 import pyarrow as pa
 
-#: Set to ``0`` to keep Arrow's and numpy's own choice of pages.
+#: ``0`` keeps Arrow's and numpy's own choice of pages in the command; ``1`` makes the flows
+#: switch to small pages too (see :func:`small_pages_if_asked`).
 SMALL_PAGES_ENV = "PREFECT_LLM_BATCH_SMALL_PAGES"
 
 
@@ -71,3 +75,17 @@ def prefer_small_pages() -> dict[str, str]:
     if "NUMPY_MADVISE_HUGEPAGE" not in os.environ and switch is not None and switch(False):
         changed["numpy_hugepage"] = "off"
     return changed
+
+
+def small_pages_if_asked() -> dict[str, str]:
+    """:func:`prefer_small_pages`, only when ``PREFECT_LLM_BATCH_SMALL_PAGES=1`` asks for it.
+
+    For code that runs in a process it does not own (the flows, in the user's worker): a
+    deployment opts in through its environment, else the process keeps its settings.
+
+    Returns:
+        What was changed (see :func:`prefer_small_pages`); nothing unless asked.
+    """
+    if os.environ.get(SMALL_PAGES_ENV, "").strip() != "1":
+        return {}
+    return prefer_small_pages()

@@ -23,7 +23,7 @@ from pydantic import BaseModel
 
 from .jobs import JobSummary, Progress
 from .jobs.checks import check_output
-from .jobs.runner import run_job
+from .jobs.driver import run_job
 from .providers import make_provider
 from .schemas import ResponseSchema
 from .simulator import open_target

@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any
 from uuid import UUID
 
 from prefect import task
 from prefect.cache_policies import NONE
 from prefect.client.schemas.objects import State, TaskRun
+from prefect.futures import PrefectFuture, as_completed
 from prefect.logging import get_run_logger
 from prefect.tasks import Task
 
@@ -214,3 +216,78 @@ def realtime_chunk(
             requests_per_minute=requests_per_minute, tokens_per_minute=tokens_per_minute,
         )  # fmt: skip
         return run_chunk_realtime(ref, chunk_id, client, options)
+
+
+@dataclass
+class TaskSteps:
+    """The driver's steps (:class:`~prefect_llm_batch.jobs.Steps`) as Prefect tasks, one task run
+    per step, so that the UI shows ``submit-batch-N``, ``wait-for-batches``, ``collect-batch-N``
+    (:data:`~prefect_llm_batch.jobs.COLLECTS_IN_FLIGHT` running at a time), ``realtime-chunk-N``
+    and ``plan-retry``.
+
+    Args:
+        ref: The prepared job.
+        spec: The job.
+        target: Where its HTTP goes.
+        options: How it runs.
+        credentials: The provider's credentials block; else the environment variables.
+        progress_id: The progress artifact ``wait-for-batches`` updates.
+        realtime_limits: ``concurrency``, ``requests_per_minute``, ``tokens_per_minute`` of
+            ``realtime-chunk``.
+    """
+
+    ref: jobs.JobRef
+    spec: JobSpec
+    target: ProviderTarget
+    options: RunOptions
+    credentials: ProviderCredentials | None = None
+    progress_id: UUID | None = None
+    realtime_limits: dict[str, Any] = field(default_factory=dict)
+
+    def submit(self, chunk_id: int) -> None:
+        """``submit-batch-N``."""
+        submit_batch(self.ref, chunk_id, self.spec, self.target, self.options, self.credentials)
+
+    def wait(self) -> list[int]:
+        """``wait-for-batches``."""
+        return wait_for_batches(
+            self.ref, self.spec, self.target, self.options, self.credentials, self.progress_id
+        )
+
+    def collect(self, chunk_ids: list[int]) -> None:
+        """``collect-batch-N``, :data:`~prefect_llm_batch.jobs.COLLECTS_IN_FLIGHT` at a time, the
+        next one as soon as one ends: memory holds that many batches' results, however many there
+        are. A failure is raised once it ends (no collect starts after it) and after those running
+        have ended too."""
+        running: set[PrefectFuture[int]] = set()
+        try:
+            for chunk_id in chunk_ids:
+                if len(running) == jobs.COLLECTS_IN_FLIGHT:
+                    _end_one(running)
+                running.add(
+                    collect_batch.submit(
+                        self.ref, chunk_id, self.spec, self.target, self.options, self.credentials
+                    )
+                )
+            while running:
+                _end_one(running)
+        finally:
+            for future in running:
+                future.wait()
+
+    def realtime(self, chunk_id: int) -> None:
+        """``realtime-chunk-N``."""
+        realtime_chunk(
+            self.ref, chunk_id, self.spec, self.target, self.options, self.credentials, **self.realtime_limits
+        )
+
+    def plan_retry(self, round_: int) -> list[int]:
+        """``plan-retry``."""
+        return plan_retry(self.ref, round_, self.options)
+
+
+def _end_one(running: set[PrefectFuture[int]]) -> None:
+    """Wait for the first of ``running`` to end, take it out, raise its failure."""
+    ended = next(as_completed(list(running)))
+    running.discard(ended)
+    ended.result()

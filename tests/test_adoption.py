@@ -20,7 +20,7 @@ import pytest
 
 from prefect_llm_batch import jobs
 from prefect_llm_batch.errors import AmbiguousCreate
-from prefect_llm_batch.jobs.runner import run_batches
+from prefect_llm_batch.jobs.driver import run_batches
 from prefect_llm_batch.providers import anthropic_target, make_provider
 from prefect_llm_batch.providers.base import BatchProvider
 from prefect_llm_batch.spec import ErrorKind, JobSpec, ProviderTarget, RunOptions

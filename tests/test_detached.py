@@ -93,3 +93,57 @@ def test_cli_submit_then_collect(monkeypatch: pytest.MonkeyPatch, tmp_path: Path
             if "1 job(s) finished" in collected.output:
                 break
     assert pq.read_table(out).num_rows == 9
+
+
+def collect_until_finished(state_dir: str, rounds: int = 200) -> list[Any]:
+    finished: list[Any] = []
+    for _ in range(rounds):  # what a schedule does, compressed
+        finished += collect_jobs(state_dir=state_dir)
+        if finished:
+            break
+    return finished
+
+
+def submit_detached(src: str, out: Path, opts: dict[str, Any]) -> JobRef:
+    ref = enrich_table(source=src, output=str(out), detached=True, **opts)
+    assert isinstance(ref, JobRef)
+    return ref
+
+
+def test_a_damaged_pending_record_is_a_warning_and_the_other_jobs_are_collected(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setenv("OPENAI_API_KEY", KEY)
+    with FakeProviderServer(FakeServerConfig(in_progress_seconds=0.1)) as server:
+        opts = options(server, tmp_path, "shared")
+        good = submit_detached(source(tmp_path), tmp_path / "good.parquet", opts)
+        other = tmp_path / "other.parquet"
+        pq.write_table(pa.table({"id": [1, 2], "text": ["another table", "another job"]}), other)
+        damaged = submit_detached(str(other), tmp_path / "bad.parquet", opts)
+        assert good.job_id != damaged.job_id
+        record = Path(opts["state_dir"]) / "pending" / f"{damaged.job_id}.json"
+        record.write_text('{"ref": {"job_id": "cut off by a full disk')
+        with caplog.at_level("WARNING"):
+            finished = collect_until_finished(opts["state_dir"])
+    assert [s.job_id for s in finished] == [good.job_id]
+    assert pq.read_table(tmp_path / "good.parquet").num_rows == 9
+    warning = next(
+        r.getMessage() for r in caplog.records if r.levelname == "WARNING" and "damaged" in r.getMessage()
+    )
+    assert str(record) in warning
+    assert f"delete the file, or the job with `prefect-llm-batch jobs clean {damaged.job_id}`" in warning
+    assert record.exists()  # left for the user to look at
+
+
+def test_collect_finishes_a_job_whatever_the_spelling_of_its_state_directory(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setenv("OPENAI_API_KEY", KEY)
+    with FakeProviderServer(FakeServerConfig(in_progress_seconds=0.1)) as server:
+        opts = options(server, tmp_path, "spelt")
+        ref = submit_detached(source(tmp_path), tmp_path / "out.parquet", opts)
+        (tmp_path / "elsewhere").mkdir()
+        other_spelling = str(tmp_path / "elsewhere" / ".." / "state-spelt")
+        finished = collect_until_finished(other_spelling, rounds=100)
+    assert [s.job_id for s in finished] == [ref.job_id]
+    assert pq.read_table(tmp_path / "out.parquet").num_rows == 9

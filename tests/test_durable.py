@@ -82,19 +82,9 @@ class Runner:
         return ref, summary, pq.read_table(out)
 
 
-def run_rounds(ref: jobs.JobRef, provider: BatchProvider, options: RunOptions, first_round: int = 1) -> None:
-    store = JobStore(ref.state_dir, ref.job_id)
-    round_, chunks = first_round, store.read_job().round_chunks(first_round)
-    while chunks:
-        pending = list(chunks)
-        while pending:
-            for chunk_id in pending:
-                jobs.submit_chunk(ref, chunk_id, provider, options)
-            pending = jobs.wait(ref, provider, options)
-        for chunk_id in chunks:
-            jobs.collect_chunk(ref, chunk_id, provider, options)
-        chunks = jobs.plan_retry_round(ref, round_, options)
-        round_ += 1
+def run_rounds(ref: jobs.JobRef, provider: BatchProvider, options: RunOptions) -> None:
+    """Every round of the job (what is left of them), through the job driver with plain steps."""
+    jobs.run_batches(ref, provider, options)
 
 
 def calls(server: FakeProviderServer) -> int:
@@ -596,7 +586,7 @@ def test_stalled_batch_past_max_wait_is_cancelled_and_only_its_unrun_rows_retrie
         assert jobs.plan_retry_round(ref, 1, options) == [1]
 
         server.unstall_batches()
-        run_rounds(ref, provider, options, first_round=2)
+        run_rounds(ref, provider, options)  # round 1 is done: resumes at round 2
         assert server.stats.creates == 2 and server.stats.requests_received == 10 + (10 - finished)
     summary = jobs.assemble(ref, output=str(tmp_path / "out.parquet"))
     table = pq.read_table(tmp_path / "out.parquet")

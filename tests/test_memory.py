@@ -13,7 +13,7 @@ import pyarrow as pa
 import pyarrow.csv as pa_csv
 import pytest
 
-from prefect_llm_batch import cli, flows, memory
+from prefect_llm_batch import cli, memory
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="huge pages are a Linux matter")
 
@@ -70,25 +70,52 @@ def test_an_explicit_arrow_pool_or_numpy_setting_wins() -> None:
     assert got["numpy_huge"] is True
 
 
-def test_the_command_and_the_flow_call_it(
-    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, prefect_harness: Any
-) -> None:
+_FLOW_POOLS = """
+import json, os, sys, pyarrow as pa
+from prefect_llm_batch.flows import enrich_table
+from prefect_llm_batch.memory import SMALL_PAGES_ENV
+run = json.loads(sys.argv[1])
+pools = [pa.default_memory_pool().backend_name]
+enrich_table(**run)
+pools.append(pa.default_memory_pool().backend_name)
+os.environ[SMALL_PAGES_ENV] = "1"  # what a deployment's environment does to opt in
+enrich_table(**run)
+pools.append(pa.default_memory_pool().backend_name)
+print(json.dumps(pools))
+"""
+
+
+def test_the_command_switches_to_small_pages(monkeypatch: pytest.MonkeyPatch) -> None:
     calls: list[str] = []
-    monkeypatch.setattr(memory, "prefer_small_pages", lambda: calls.append("cli") or {})
-    monkeypatch.setattr(flows, "prefer_small_pages", lambda: calls.append("flow") or {"arrow_pool": "system"})
+    monkeypatch.setattr(memory, "prefer_small_pages", lambda: calls.append("switched") or {})
     monkeypatch.setattr(sys, "argv", ["prefect-llm-batch", "--help"])
     with pytest.raises(SystemExit) as exited:
         cli.main()
     assert exited.value.code == 0
-    assert calls == ["cli"]
+    assert calls == ["switched"]  # the command owns its process
+
+
+def test_the_flow_leaves_the_workers_pages_alone_unless_the_environment_asks(
+    tmp_path: Path, prefect_harness: Any
+) -> None:
+    from prefect.settings import PREFECT_API_URL
+
     source = tmp_path / "in.csv"
     pa_csv.write_csv(pa.table({"text": ["a", "b"]}), str(source))
-    flows.enrich_table(
-        source=str(source),
-        output=str(tmp_path / "out.parquet"),
-        prompt="{{ text }}",
-        model="gpt-4o-mini",
-        state_dir=str(tmp_path / "state"),
-        dry_run=True,
+    run = {
+        "source": str(source), "output": str(tmp_path / "out.parquet"), "prompt": "{{ text }}",
+        "model": "gpt-4o-mini", "state_dir": str(tmp_path / "state"), "dry_run": True,
+    }  # fmt: skip
+    clean = {k: v for k, v in os.environ.items() if k not in _OVERRIDES}
+    env = {**clean, "PREFECT_API_URL": str(PREFECT_API_URL.value())}  # the test server: no new one
+    done = subprocess.run(
+        [sys.executable, "-c", _FLOW_POOLS, json.dumps(run)],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
     )
-    assert calls == ["cli", "flow"]
+    assert done.returncode == 0, done.stderr[-2000:]
+    before, after_a_run, after_opting_in = json.loads(done.stdout.strip().splitlines()[-1])
+    assert before == after_a_run == "mimalloc"  # a flow run changed nothing in its worker
+    assert after_opting_in in ("jemalloc", "system")

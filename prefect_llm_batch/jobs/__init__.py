@@ -16,6 +16,11 @@
     retry      plan the next round from the requests that failed in a retryable way
     assemble   join every row to its request's latest result, write Parquet
 
+The round loop (submit, wait, collect, retry, back off) is written once, in
+:mod:`~prefect_llm_batch.jobs.driver`, with its steps injected (plain calls, Prefect tasks, or a
+non-blocking tick for detached jobs); the guards (cost, error rate, failed or cancelled batches)
+are in :mod:`~prefect_llm_batch.jobs.guards`.
+
 Each step reads and writes the job's state directory (:mod:`prefect_llm_batch.store`), so any
 step can run in another process, and running the same job again resumes it: chunks that already
 have a batch are polled, never submitted again.
@@ -42,7 +47,9 @@ from .batches import (
     wait,
     wait_for_capacity,
 )
+from .driver import PlainSteps, Steps, TickSteps, run_batches, run_job, run_rounds, tick
 from .estimate import estimate
+from .guards import check_cost, check_error_rates, check_outcome
 from .output import JobSummary, assemble, latest_results
 from .plan import (
     JobIdentity,
@@ -63,10 +70,16 @@ __all__ = [
     "JobIdentity",
     "JobRef",
     "JobSummary",
+    "PlainSteps",
     "Poll",
     "Progress",
+    "Steps",
+    "TickSteps",
     "assemble",
     "cancel_job",
+    "check_cost",
+    "check_error_rates",
+    "check_outcome",
     "collect_chunk",
     "collect_chunks",
     "compute_job_id",
@@ -83,7 +96,11 @@ __all__ = [
     "prepare",
     "progress",
     "response_schema",
+    "run_batches",
+    "run_job",
+    "run_rounds",
     "submit_chunk",
+    "tick",
     "wait",
     "wait_for_capacity",
 ]

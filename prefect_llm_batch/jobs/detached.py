@@ -1,10 +1,11 @@
 """Detached jobs: submit now, finish later, without holding a worker while the provider works.
 
-``submit`` plans a job, sends its first batches and records it as *pending* in the state
-directory; ``advance`` (run on a schedule, e.g. every 10 minutes, by the ``collect-jobs`` flow)
-polls each pending job once, and when its batches have ended collects them, sends a retry round
-if needed, or writes the output and forgets the job. Each step is short; nothing sleeps on the
-provider.
+A detached run plans a job, submits its first round
+(:func:`~prefect_llm_batch.jobs.driver.submit_first_round`) and records it as *pending* in the
+state directory; :func:`advance` (run on a schedule, e.g. every 10 minutes, by the
+``collect-jobs`` flow) moves each pending job forward once with the driver's non-blocking
+:func:`~prefect_llm_batch.jobs.driver.tick`, and once its results are all collected the output is
+written and the job forgotten. Each step is short; nothing sleeps on the provider.
 """
 
 from __future__ import annotations
@@ -12,13 +13,13 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from pydantic import BaseModel
+import fsspec
+from pydantic import BaseModel, ValidationError
 
 from ..providers.base import BatchProvider
 from ..spec import JobSpec, ProviderTarget, RunOptions
-from ..store import JobStore
-from .batches import collect_chunks, ended, poll_once, submit_chunk
-from .plan import JobRef, plan_retry_round
+from .driver import PlainSteps, tick
+from .plan import JobRef
 
 logger = logging.getLogger("prefect_llm_batch")
 
@@ -35,50 +36,50 @@ class PendingJob(BaseModel):
     max_error_rate: float = 0.1
 
 
-def submit_round(ref: JobRef, provider: BatchProvider, options: RunOptions, chunks: list[int]) -> None:
-    """Submit the given chunks (each at most once)."""
-    for chunk_id in chunks:
-        submit_chunk(ref, chunk_id, provider, options)
+class PendingRecord(BaseModel):
+    """One file of ``{state_dir}/pending/``: the job it records, or why it cannot be read."""
+
+    path: str
+    job: PendingJob | None = None
+    damage: str | None = None
+
+    def describe_damage(self) -> str:
+        """The warning for a damaged record: the file, what is wrong, and the fix."""
+        job_id = self.path.rsplit("/", 1)[-1].removesuffix(".json")
+        return (
+            f"pending job record {self.path} is damaged and was skipped ({self.damage}); "
+            f"delete the file, or the job with `prefect-llm-batch jobs clean {job_id}`"
+        )
+
+
+def read_pending_jobs(state_dir: str, storage_options: dict[str, Any] | None = None) -> list[PendingRecord]:
+    """Every pending job of a state directory, each read on its own: a damaged record (not JSON,
+    or not a :class:`PendingJob`) is reported in its :class:`PendingRecord`, not raised."""
+    fs, root = fsspec.core.url_to_fs(f"{state_dir.rstrip('/')}/pending", **(storage_options or {}))
+    if not fs.exists(root):
+        return []
+    records = []
+    for path in sorted(str(p) for p in fs.ls(root, detail=False) if str(p).endswith(".json")):
+        try:
+            records.append(PendingRecord(path=path, job=PendingJob.model_validate_json(fs.cat_file(path))))
+        except ValidationError as exc:  # pydantic reports bad JSON this way too
+            first = exc.errors()[0]
+            where = ".".join(map(str, first.get("loc", ()))) or "the file"
+            records.append(PendingRecord(path=path, damage=f"{where}: {first.get('msg', exc.title)}"))
+    return records
 
 
 def advance(pending: PendingJob, provider: BatchProvider) -> bool:
-    """Move a detached job forward without waiting; True once every result is collected.
+    """Move a detached job forward without waiting (:func:`~prefect_llm_batch.jobs.driver.tick`
+    with plain steps); True once every result is collected.
 
-    Polls the job's running batches once; resubmits batches that failed with a token limit and
-    submits chunks of the current round that were not sent yet; when the round has ended, collects
-    it and plans (and submits) the next round. The caller writes the output once this is True,
-    holding the job's lease around both (as the ``collect-jobs`` flow does); this step holds it
-    too (re-entrant), so that it never runs beside another runner of the job.
+    The caller writes the output once this is True, holding the job's lease around both (as the
+    ``collect-jobs`` flow does).
 
     Raises:
         JobLocked: Another run holds the job.
     """
-    with JobStore(pending.ref.state_dir, pending.ref.job_id).lease():
-        return _advance(pending, provider)
-
-
-def _advance(pending: PendingJob, provider: BatchProvider) -> bool:
-    ref, options = pending.ref, pending.options
-    store = JobStore(ref.state_dir, ref.job_id)
-    poll = poll_once(ref, provider, options)
-    submit_round(ref, provider, options, poll.resubmit)
-    record = store.read_job()
-    round_ = max(record.rounds, 1)
-    chunks = record.round_chunks(round_)
-    states = {c: store.read_chunk(c) for c in chunks}
-    unsent = [c for c, s in states.items() if not s.batch_id and not ended(s)]
-    if unsent:
-        submit_round(ref, provider, options, unsent)
-        return False
-    if poll.pending or poll.resubmit:
-        return False
-    collect_chunks(ref, chunks, provider, options)
-    following = plan_retry_round(ref, round_, options)
-    if following:
-        logger.info("job %s: round %d sends %d batch(es)", ref.job_id, round_ + 1, len(following))
-        submit_round(ref, provider, options, following)
-        return False
-    return True
+    return tick(pending.ref, PlainSteps(pending.ref, provider, pending.options))
 
 
 def describe(pending: PendingJob) -> dict[str, Any]:

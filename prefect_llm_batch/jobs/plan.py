@@ -514,7 +514,7 @@ def prepare(
     Running it again for the same inputs finds the same job id and keeps the existing state: a
     planned job (its ``job.json`` written) is resumed as planned, never planned again. Planning
     holds the job's lease, so two runs never plan one job at once; a caller that holds it
-    already (the flow, :func:`~prefect_llm_batch.jobs.runner.run_job`: from planning to the
+    already (the flow, :func:`~prefect_llm_batch.jobs.driver.run_job`: from planning to the
     output) keeps it (the lease is re-entrant within a run).
 
     Args:
