@@ -765,13 +765,13 @@ def write_pending(
     )
 
 
-def read_pending(state_dir: str, storage_options: dict[str, Any] | None = None) -> list[bytes]:
-    """The records of every job still pending in a state directory."""
+def read_pending(state_dir: str, storage_options: dict[str, Any] | None = None) -> list[tuple[str, bytes]]:
+    """The records of every job still pending in a state directory: ``(path, bytes)``, by path."""
     fs, root = fsspec.core.url_to_fs(f"{state_dir.rstrip('/')}/pending", **(storage_options or {}))
     if not fs.exists(root):
         return []
-    paths = sorted(p for p in fs.ls(root, detail=False) if str(p).endswith(".json"))
-    return [bytes(fs.cat_file(p)) for p in paths]
+    paths = sorted(str(p) for p in fs.ls(root, detail=False) if str(p).endswith(".json"))
+    return [(p, bytes(fs.cat_file(p))) for p in paths]
 
 
 def remove_pending(state_dir: str, job_id: str, storage_options: dict[str, Any] | None = None) -> None:

@@ -13,11 +13,12 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-import fsspec
 from pydantic import BaseModel, ValidationError
 
+from ..errors import LLMBatchError
 from ..providers.base import BatchProvider
 from ..spec import JobSpec, ProviderTarget, RunOptions
+from ..store import read_pending
 from .driver import PlainSteps, tick
 from .plan import JobRef
 
@@ -48,24 +49,23 @@ class PendingRecord(BaseModel):
         job_id = self.path.rsplit("/", 1)[-1].removesuffix(".json")
         return (
             f"pending job record {self.path} is damaged and was skipped ({self.damage}); "
-            f"delete the file, or the job with `prefect-llm-batch jobs clean {job_id}`"
+            f"delete the file, or the job with `prefect-llm-batch jobs clean --force {job_id}`"
         )
 
 
 def read_pending_jobs(state_dir: str, storage_options: dict[str, Any] | None = None) -> list[PendingRecord]:
     """Every pending job of a state directory, each read on its own: a damaged record (not JSON,
     or not a :class:`PendingJob`) is reported in its :class:`PendingRecord`, not raised."""
-    fs, root = fsspec.core.url_to_fs(f"{state_dir.rstrip('/')}/pending", **(storage_options or {}))
-    if not fs.exists(root):
-        return []
     records = []
-    for path in sorted(str(p) for p in fs.ls(root, detail=False) if str(p).endswith(".json")):
+    for path, data in read_pending(state_dir, storage_options):
         try:
-            records.append(PendingRecord(path=path, job=PendingJob.model_validate_json(fs.cat_file(path))))
+            records.append(PendingRecord(path=path, job=PendingJob.model_validate_json(data)))
         except ValidationError as exc:  # pydantic reports bad JSON this way too
             first = exc.errors()[0]
             where = ".".join(map(str, first.get("loc", ()))) or "the file"
             records.append(PendingRecord(path=path, damage=f"{where}: {first.get('msg', exc.title)}"))
+        except LLMBatchError as exc:  # a record a check now refuses (e.g. a base URL with credentials)
+            records.append(PendingRecord(path=path, damage=str(exc)))
     return records
 
 
