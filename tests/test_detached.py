@@ -131,7 +131,9 @@ def test_a_damaged_pending_record_is_a_warning_and_the_other_jobs_are_collected(
         r.getMessage() for r in caplog.records if r.levelname == "WARNING" and "damaged" in r.getMessage()
     )
     assert str(record) in warning
-    assert f"delete the file, or the job with `prefect-llm-batch jobs clean --force {damaged.job_id}`" in warning
+    assert (
+        f"delete the file, or the job with `prefect-llm-batch jobs clean --force {damaged.job_id}`" in warning
+    )
     assert record.exists()  # left for the user to look at
 
 
