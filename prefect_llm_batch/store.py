@@ -68,6 +68,7 @@ from .requests import split_fixed_width
 from .spec import BatchLimits
 from .table import (
     dictionary_columns,
+    drop_behind,
     exists,
     make_dirs,
     read_bytes,
@@ -266,7 +267,7 @@ class JobStore:
             storage_options=self._options,
             # Request keys are random: a dictionary never pays, and trying one costs a third.
             writer_options={"use_dictionary": False},
-            drop_cache=True,  # read back once, a slice at a time, when the output is written
+            drop_cache=drop_behind(),  # read back once, a slice at a time, when the output is written
             private=True,
         )
 
@@ -305,10 +306,10 @@ class JobStore:
             raise
 
     def write_chunk_input(self, chunk_id: int, data: bytes | Sequence[bytes | memoryview]) -> None:
-        """Write a chunk's batch input file, whole or as its pieces in order (out of the page
-        cache once synced: it is read once, to be uploaded, so a job holds the cache of the batch
-        files being written, not all of them)."""
-        self._write(self._path("requests", f"chunk-{chunk_id:05d}.jsonl"), data, drop_cache=True)
+        """Write a chunk's batch input file, whole or as its pieces in order (with
+        :func:`~prefect_llm_batch.table.drop_behind` on, out of the page cache once synced: it is
+        read once, to be uploaded, so a job holds the cache of the files being written, not all)."""
+        self._write(self._path("requests", f"chunk-{chunk_id:05d}.jsonl"), data, drop_cache=drop_behind())
 
     def write_chunk_ids(self, chunk_id: int, ids: pa.Array[Any]) -> None:
         """Write the ``custom_id`` of every request of a chunk's batch file, in its order: collecting
@@ -361,8 +362,8 @@ class JobStore:
         )  # fmt: skip
 
     def read_chunk_input(self, chunk_id: int) -> bytes:
-        """Read a chunk's batch input file (its pages then leave the page cache)."""
-        return self._read(self._path("requests", f"chunk-{chunk_id:05d}.jsonl"), drop_cache=True)
+        """Read a chunk's batch input file (its pages then leave the page cache, with drop-behind on)."""
+        return self._read(self._path("requests", f"chunk-{chunk_id:05d}.jsonl"), drop_cache=drop_behind())
 
     # chunk states -----------------------------------------------------------------------
 
@@ -397,7 +398,7 @@ class JobStore:
         """Write one chunk's parsed results; returns the file's bytes (see
         :meth:`ResponseCache.add_results`)."""
         data = _parquet_bytes(table)
-        self._write(self.results_path(chunk_id), data, drop_cache=True)
+        self._write(self.results_path(chunk_id), data, drop_cache=drop_behind())
         return data
 
     def read_results(self, chunk_id: int, columns: list[str] | None = None) -> pa.Table:
@@ -901,7 +902,7 @@ class ResponseCache:
         leaves the other whole. Rows with an error are in the segment and skipped by every reader.
         """
         path = f"{self.base}/results/{self._name(name)}"
-        write_bytes_atomic(path, data, storage_options=self._options, drop_cache=True, private=True)
+        write_bytes_atomic(path, data, storage_options=self._options, drop_cache=drop_behind(), private=True)
 
     def _warn_damaged(self, path: str, exc: BaseException) -> None:
         logger.warning(
