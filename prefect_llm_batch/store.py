@@ -265,7 +265,7 @@ class JobStore:
             schema=ROW_IDS_SCHEMA,
             overwrite=True,
             storage_options=self._options,
-            # Request keys are random: a dictionary never pays, and trying one costs a third.
+            # Request keys are random: a dictionary never pays, and trying one costs time.
             writer_options={"use_dictionary": False},
             drop_cache=drop_behind(),  # read back once, a slice at a time, when the output is written
             private=True,
@@ -1031,7 +1031,7 @@ def _bytes_freed_by_removing(fs: Any, path: str) -> int:
 
 def _parquet_bytes(table: pa.Table) -> bytes:
     sink = pa.BufferOutputStream()
-    # Ids and answers are mostly distinct: written plain (see dictionary_columns), a fifth faster.
+    # Ids and answers are mostly distinct: written plain (see dictionary_columns), faster.
     options: dict[str, Any] = {"use_dictionary": dictionary_columns(table.schema, table.slice(0, 4096))}
     pq.write_table(table, sink, **options)  # (the stubs take only a bool)
     return bytes(sink.getvalue().to_pybytes())
