@@ -1506,12 +1506,6 @@ def drop_behind() -> bool:
     It pays where the page cache costs memory the machine must first take (virtual machines whose
     host reclaims freed memory): the next file reuses the pages the last one gave back. Elsewhere
     it only makes writes sync sooner. ``python benchmarks/run.py`` measures both on a machine.
-
-    Examples:
-        >>> import os
-        >>> os.environ.pop(DROP_BEHIND_ENV, None) and None
-        >>> drop_behind()
-        False
     """
     return os.environ.get(DROP_BEHIND_ENV, "").strip() == "1"
 
