@@ -160,6 +160,8 @@ def warm_up() -> tuple[float, float]:
         # What the flows and the command do when they start (every variant alike: naive and
         # floor too); ``--default-pages`` sets PREFECT_LLM_BATCH_SMALL_PAGES=0 (libraries' own).
         prefer_small_pages()
+    # Page-cache drop-behind (off by default in the package): on, as measured since issue 7.
+    os.environ.setdefault("PREFECT_LLM_BATCH_DROP_BEHIND", "1")
     import jinja2  # noqa: F401
     import orjson  # noqa: F401
     import pandas  # noqa: F401

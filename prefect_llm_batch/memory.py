@@ -3,10 +3,9 @@
 On Linux, Arrow's default allocator (mimalloc) and numpy (for arrays of 4 MB and more) ask for
 transparent huge pages. Where the kernel has to compact memory to find a free 2 MB page, or a
 virtual machine's host has to back it (Firecracker and similar, which take freed memory back), the
-first touch of such memory is slow: on the 2-core machines this package is benchmarked on, 256 MB
-took 2.5-3.6 s in huge pages or through Arrow's default pool, against 0.16-0.24 s in small pages
-(``python benchmarks/run.py`` prints this probe first; see ``benchmarks/RESULTS.md``). A
-million-row job touches about a gigabyte of fresh memory.
+first touch of such memory is slow: several times slower than in small pages on the machines
+this package is benchmarked on (``python benchmarks/run.py`` prints this probe first; the figures
+are in ``benchmarks/RESULTS.md``). A million-row job touches about a gigabyte of fresh memory.
 
 :func:`prefer_small_pages` switches both libraries to small pages for the rest of the process.
 It changes process-wide settings, so only programs that own their process call it: the

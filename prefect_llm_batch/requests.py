@@ -177,8 +177,8 @@ _BODY_SLOT = "\x00body\x00"
 def json_string_contents(texts: Sequence[str]) -> list[bytes]:
     r"""The JSON encoding of each text without its quotes, as ``orjson`` writes it inside a body.
 
-    One ``orjson.dumps`` of the whole list, split at the element boundaries, is about seven
-    times faster than one call per text. Inside an encoded string every ``"`` is escaped, so
+    One ``orjson.dumps`` of the whole list, split at the element boundaries, is much faster
+    than one call per text. Inside an encoded string every ``"`` is escaped, so
     ``","`` can only be a boundary, except where a text ends with ``",`` (its escaped quote
     followed by the comma and the closing quote); such lists are encoded one text at a time.
 

@@ -5,7 +5,8 @@ Layout under ``{state_dir}/jobs/{job_id}/``::
     job.json                   the plan (written last when preparing: its presence means "prepared")
     rows.parquet               the custom_id of every input row, in row order
     requests/chunk-00000.jsonl the batch input file of each chunk, exactly as uploaded
-    requests/chunk-00000.ids   its requests' custom_ids: "count width\\n", then the ids packed
+    requests/chunk-00000.ids.parquet its requests' custom_ids, in order (older state: a packed
+                               ``chunk-00000.ids``, still read)
     chunks/chunk-00000.json    each chunk's state: intent, input file, batch id, status, history
     results/chunk-00000.parquet each chunk's parsed results (one row per custom_id)
     results/cached.parquet     answers taken from the response cache when the job was prepared
@@ -60,10 +61,9 @@ import time
 import uuid
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
-from typing import Any, Literal, NamedTuple
+from typing import Any, Literal, NamedTuple, cast
 
 import fsspec
-import numpy as np
 import orjson
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -71,10 +71,11 @@ import pyarrow.parquet as pq
 from pydantic import BaseModel, Field
 
 from .errors import JobLocked, StateError, TableError
-from .requests import split_fixed_width, value_offsets
+from .requests import split_fixed_width
 from .spec import BatchLimits
 from .table import (
     dictionary_columns,
+    drop_behind,
     exists,
     make_dirs,
     read_bytes,
@@ -315,9 +316,9 @@ class JobStore:
             schema=ROW_IDS_SCHEMA,
             overwrite=True,
             storage_options=self._options,
-            # Request keys are random: a dictionary never pays, and trying one costs a third.
+            # Request keys are random: a dictionary never pays, and trying one costs time.
             writer_options={"use_dictionary": False},
-            drop_cache=True,  # read back once, a slice at a time, when the output is written
+            drop_cache=drop_behind(),  # read back once, a slice at a time, when the output is written
             private=True,
         )
 
@@ -356,55 +357,65 @@ class JobStore:
             raise
 
     def write_chunk_input(self, chunk_id: int, data: bytes | Sequence[bytes | memoryview]) -> None:
-        """Write a chunk's batch input file, whole or as its pieces in order (out of the page
-        cache once synced: it is read once, to be uploaded, so a job holds the cache of the batch
-        files being written, not all of them)."""
-        self._write(self._path("requests", f"chunk-{chunk_id:05d}.jsonl"), data, drop_cache=True)
+        """Write a chunk's batch input file, whole or as its pieces in order (with
+        :func:`~prefect_llm_batch.table.drop_behind` on, out of the page cache once synced: it is
+        read once, to be uploaded, so a job holds the cache of the files being written, not all)."""
+        self._write(self._path("requests", f"chunk-{chunk_id:05d}.jsonl"), data, drop_cache=drop_behind())
 
     def write_chunk_ids(self, chunk_id: int, ids: pa.Array[Any]) -> None:
-        """Write the ``custom_id`` of every request of a chunk's batch file, in its order, when
-        they all have one width (this package's do): collecting the batch reads these, not the
-        batch file. Other ids are not written (collecting then reads the batch file).
+        """Write the ``custom_id`` of every request of a chunk's batch file, in its order: collecting
+        the batch reads these, not the batch file (Parquet, one ``custom_id`` column).
 
-        Not synced: a copy of what the batch file holds, so after a crash a missing or short file
+        Not synced: a copy of what the batch file holds, so after a crash a missing or damaged file
         only means the batch file is read instead (:meth:`read_chunk_ids` checks it).
         """
-        ids = ids.cast(pa.large_string())
-        buffers: list[Any] = ids.buffers()
-        offsets = value_offsets(ids)
-        widths = np.diff(offsets)
-        if not len(ids) or ids.null_count or widths[0] < 1 or np.any(widths != widths[0]):
+        if ids.null_count:  # (never from a batch file: every line has its id)
             return
-        packed = memoryview(buffers[2])[offsets[0] : offsets[-1]]
-        if not packed.tobytes().isascii():
-            return
-        data = f"{len(ids)} {widths[0]}\n".encode() + packed
-        path = self._path("requests", f"chunk-{chunk_id:05d}.ids")
+        table = pa.Table.from_arrays([ids.cast(pa.string())], schema=ROW_IDS_SCHEMA)
+        path = self._path("requests", f"chunk-{chunk_id:05d}.ids.parquet")
         secure_state_dir(self.state_dir, self._options)
-        write_bytes_atomic(path, data, storage_options=self._options, durable=False, private=True)
+        write_bytes_atomic(
+            path, _parquet_bytes(table), storage_options=self._options, durable=False, private=True
+        )
 
     def read_chunk_ids(self, chunk_id: int) -> list[str] | None:
-        """The ids :meth:`write_chunk_ids` wrote, or None when there is no such file or it is not
-        whole (batch files that are not fixed-width, state from before these files, a crash)."""
-        path = self._path("requests", f"chunk-{chunk_id:05d}.ids")
-        if not exists(path, storage_options=self._options):
+        """The ids :meth:`write_chunk_ids` wrote, or None when there is no such file or it is
+        damaged (state from before these files, a crash): the caller reads the batch file then.
+
+        State written before the ids files were Parquet has ``chunk-NNNNN.ids`` files instead
+        ("count width\\n", then the ids packed end to end): those are read too.
+        """
+        path = self._path("requests", f"chunk-{chunk_id:05d}.ids.parquet")
+        if exists(path, storage_options=self._options):
+            data = self._read(path)
+            try:  # (decoding bytes in memory: any error is damage)
+                ids = pq.read_table(io.BytesIO(data)).column("custom_id")
+            except (KeyError, pa.ArrowException, OSError):
+                self._warn_ids_damaged(chunk_id)
+                return None
+            return cast("list[str]", ids.to_pylist())  # (no nulls: see write_chunk_ids)
+        legacy = self._path("requests", f"chunk-{chunk_id:05d}.ids")
+        if not exists(legacy, storage_options=self._options):
             return None
-        header, _, packed = self._read(path).partition(b"\n")
+        header, _, packed = self._read(legacy).partition(b"\n")
         try:
             count, width = (int(field) for field in header.split())
         except ValueError:
             count = width = 0
         if width < 1 or len(packed) != count * width or not packed.isascii():
-            logger.warning(
-                "chunk %d of job %s: its ids file is not whole; reading its batch file instead",
-                chunk_id, self.job_id,
-            )  # fmt: skip
+            self._warn_ids_damaged(chunk_id)
             return None
         return split_fixed_width(packed, width)
 
+    def _warn_ids_damaged(self, chunk_id: int) -> None:
+        logger.warning(
+            "chunk %d of job %s: its ids file is not whole; reading its batch file instead",
+            chunk_id, self.job_id,
+        )  # fmt: skip
+
     def read_chunk_input(self, chunk_id: int) -> bytes:
-        """Read a chunk's batch input file (its pages then leave the page cache)."""
-        return self._read(self._path("requests", f"chunk-{chunk_id:05d}.jsonl"), drop_cache=True)
+        """Read a chunk's batch input file (its pages then leave the page cache, with drop-behind on)."""
+        return self._read(self._path("requests", f"chunk-{chunk_id:05d}.jsonl"), drop_cache=drop_behind())
 
     # chunk states -----------------------------------------------------------------------
 
@@ -439,7 +450,7 @@ class JobStore:
         """Write one chunk's parsed results; returns the file's bytes (see
         :meth:`ResponseCache.add_results`)."""
         data = _parquet_bytes(table)
-        self._write(self.results_path(chunk_id), data, drop_cache=True)
+        self._write(self.results_path(chunk_id), data, drop_cache=drop_behind())
         return data
 
     def read_results(self, chunk_id: int, columns: list[str] | None = None) -> pa.Table:
@@ -1080,7 +1091,7 @@ class ResponseCache:
         """
         path = f"{self.base}/results/{self._name(name)}"
         secure_state_dir(self.state_dir, self._options)
-        write_bytes_atomic(path, data, storage_options=self._options, drop_cache=True, private=True)
+        write_bytes_atomic(path, data, storage_options=self._options, drop_cache=drop_behind(), private=True)
 
     def _warn_damaged(self, path: str, exc: BaseException) -> None:
         logger.warning(
@@ -1230,7 +1241,7 @@ def _bytes_freed_by_removing(fs: Any, path: str) -> int:
 
 def _parquet_bytes(table: pa.Table) -> bytes:
     sink = pa.BufferOutputStream()
-    # Ids and answers are mostly distinct: written plain (see dictionary_columns), a fifth faster.
+    # Ids and answers are mostly distinct: written plain (see dictionary_columns), faster.
     options: dict[str, Any] = {"use_dictionary": dictionary_columns(table.schema, table.slice(0, 4096))}
     pq.write_table(table, sink, **options)  # (the stubs take only a bool)
     return bytes(sink.getvalue().to_pybytes())

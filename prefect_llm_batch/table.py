@@ -1495,6 +1495,19 @@ WRITE_BUFFER_BYTES = 1 << 20
 #: Bytes a file written with ``drop_cache`` grows by between two write-behind syncs.
 DROP_BEHIND_BYTES = 32 << 20
 _CAN_DROP = hasattr(os, "posix_fadvise") and hasattr(os, "POSIX_FADV_DONTNEED")
+#: Set to ``1`` to turn page-cache drop-behind on (see :func:`drop_behind`); off by default.
+DROP_BEHIND_ENV = "PREFECT_LLM_BATCH_DROP_BEHIND"
+
+
+def drop_behind() -> bool:
+    """Whether the job files read once later (batch files, row ids, stored results) leave the page
+    cache as they are written and read: ``PREFECT_LLM_BATCH_DROP_BEHIND=1``. Off by default.
+
+    It pays where the page cache costs memory the machine must first take (virtual machines whose
+    host reclaims freed memory): the next file reuses the pages the last one gave back. Elsewhere
+    it only makes writes sync sooner. ``python benchmarks/run.py`` measures both on a machine.
+    """
+    return os.environ.get(DROP_BEHIND_ENV, "").strip() == "1"
 
 
 def _drop_cached_pages(descriptor: int) -> None:
@@ -1505,13 +1518,8 @@ def _drop_cached_pages(descriptor: int) -> None:
 
 class _DropBehindFile(io.FileIO):
     """A file being written that every :data:`DROP_BEHIND_BYTES` syncs what it holds and lets the
-    kernel drop those pages, so that writing a big file holds that much page cache, not the file.
-
-    Where the page cache costs memory the machine must first take (virtual machines whose host
-    reclaims freed memory: on the machines of ``benchmarks/RESULTS.md``, 256 MB of new synced
-    files took 2.83 s kept in the cache and 0.21 s dropped behind, as the probe that
-    ``benchmarks/run.py`` prints first measures), the next write reuses the pages the last one
-    gave back.
+    kernel drop those pages, so that writing a big file holds that much page cache, not the file
+    (see :func:`drop_behind`).
     """
 
     _pending = 0

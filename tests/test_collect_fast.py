@@ -506,17 +506,46 @@ def test_prepare_writes_each_batch_files_ids_and_collecting_reads_them_not_the_b
     monkeypatch.setattr(store, "read_chunk_input", no_batch_file)
     assert _chunk_custom_ids(store, 1) == store.read_chunk_ids(1)
     monkeypatch.undo()
-    whole = tmp_path / "state" / "jobs" / ref.job_id / "requests" / "chunk-00001.ids"
+    folder = tmp_path / "state" / "jobs" / ref.job_id / "requests"
+    whole = folder / "chunk-00001.ids.parquet"
+    assert not list(folder.glob("*.ids"))  # no file of the packed format any more
     want = store.read_chunk_ids(1)
-    for damaged in (whole.read_bytes()[:-5], b"", b"300 43\n", b"x y\n" + b"a" * 43):
+    assert want is not None
+    for damaged in (whole.read_bytes()[:-5], b"", b"PAR1", b"x y\n" + b"a" * 43):
         whole.write_bytes(damaged)  # as a crash may leave it (the file is not synced)
         assert store.read_chunk_ids(1) is None
         assert _chunk_custom_ids(store, 1) == want  # from the batch file
     whole.unlink()
     assert store.read_chunk_ids(1) is None
     assert _chunk_custom_ids(store, 1) == want
-    # ids of several widths (not this package's) get no ids file: the batch file is read
-    store.write_chunk_ids(1, pa.array(["a" * 43, "b" * 42]))
-    assert store.read_chunk_ids(1) is None
-    store.write_chunk_ids(1, pa.array(want).slice(10, 5))  # a slice of an array: its own ids
+    # any ids are written as they are (several widths, non-ASCII), and a slice is its own ids
+    store.write_chunk_ids(1, pa.array(["a" * 43, "b" * 42, "café"]))
+    assert store.read_chunk_ids(1) == ["a" * 43, "b" * 42, "café"]
+    store.write_chunk_ids(1, pa.array(want).slice(10, 5))
     assert store.read_chunk_ids(1) == want[10:15]
+
+
+def packed_ids(ids: list[str]) -> bytes:
+    """An ids file as the package wrote it before they were Parquet: "count width\\n", then the
+    ids (ASCII, one width) end to end."""
+    return f"{len(ids)} {len(ids[0])}\n".encode() + "".join(ids).encode("ascii")
+
+
+def test_the_packed_ids_files_of_older_state_are_still_read(tmp_path: Path) -> None:
+    from prefect_llm_batch.store import JobStore
+
+    store = JobStore(str(tmp_path / "state"), "job-1")
+    ids = [f"{i:043d}" for i in range(300)]
+    data = b"".join(orjson.dumps({"custom_id": cid, "body": {}}) + b"\n" for cid in ids)
+    store.write_chunk_input(0, data)
+    old = tmp_path / "state" / "jobs" / "job-1" / "requests" / "chunk-00000.ids"
+    old.write_bytes(packed_ids(ids[::-1]))  # reversed: proves these, not the batch file's, are read
+    assert store.read_chunk_ids(0) == ids[::-1]
+    assert _chunk_custom_ids(store, 0) == ids[::-1]
+    for damaged in (packed_ids(ids)[:-5], b"", b"300 43\n", b"x y\n" + b"a" * 43):
+        old.write_bytes(damaged)  # as a crash may have left it (it was not synced)
+        assert store.read_chunk_ids(0) is None
+        assert _chunk_custom_ids(store, 0) == ids  # from the batch file
+    old.write_bytes(packed_ids(ids[::-1]))
+    store.write_chunk_ids(0, pa.array(ids))  # a Parquet file wins over an older packed one
+    assert store.read_chunk_ids(0) == ids

@@ -696,14 +696,39 @@ def test_drop_cache_is_only_where_asked_and_reads_can_drop_too(
     assert len(dropped) == count + 1
 
 
-def test_a_job_drops_its_batch_files_row_ids_and_results_but_not_its_output(
-    tmp_path: Path, dropped: list[tuple[int, int]]
+def write_job_files(state_dir: Path) -> None:
+    """A chunk's batch file (written, read back), the row ids and a chunk's stored results."""
+    from prefect_llm_batch.results import RowResult, results_to_table
+    from prefect_llm_batch.store import JobStore
+
+    store = JobStore(str(state_dir), "job1")
+    store.write_chunk_input(0, b'{"custom_id":"a"}\n' * 10_000)
+    store.read_chunk_input(0)
+    store.write_row_ids(["a"] * 10_000)
+    store.write_results(0, results_to_table([RowResult("a", response="yes")]))
+
+
+def test_a_job_keeps_its_files_in_the_page_cache_by_default(
+    tmp_path: Path, dropped: list[tuple[int, int]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv(table_module.DROP_BEHIND_ENV, raising=False)
+    assert not table_module.drop_behind()
+    write_job_files(tmp_path / "state")
+    assert dropped == []
+    for value, on in (("1", True), (" 1\n", True), ("0", False), ("", False), ("yes", False)):
+        monkeypatch.setenv(table_module.DROP_BEHIND_ENV, value)
+        assert table_module.drop_behind() is on
+
+
+def test_with_drop_behind_on_a_job_drops_its_batch_files_row_ids_and_results_but_not_its_output(
+    tmp_path: Path, dropped: list[tuple[int, int]], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from prefect_llm_batch.jobs.output import TableAnswers, write_joined
     from prefect_llm_batch.results import RowResult, result_positions, results_to_table
     from prefect_llm_batch.store import JobStore
     from prefect_llm_batch.table import scan_table
 
+    monkeypatch.setenv(table_module.DROP_BEHIND_ENV, "1")
     store = JobStore(str(tmp_path / "state"), "job1")
     store.write_chunk_input(0, b'{"custom_id":"a"}\n' * 10_000)
     store.write_row_ids(["a"] * 10_000)

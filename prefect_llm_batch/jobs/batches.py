@@ -545,139 +545,10 @@ def _chunk_custom_ids(store: JobStore, chunk_id: int) -> list[str]:
     return ids
 
 
-#: Odd multipliers of the id hash, one per try (a second try when two wanted ids share a key).
-_MIXES = (np.uint64(0x9E3779B97F4A7C15), np.uint64(0xC2B2AE3D27D4EB4F), np.uint64(0x165667B19E3779F9))
-
-
-def _offsets(array: pa.Array[Any]) -> npt.NDArray[np.int64] | None:
-    """The value offsets of a string array (``len + 1`` of them), or None for other types."""
-    if pa.types.is_string(array.type):
-        dtype: type[np.signedinteger[Any]] = np.int32
-    elif pa.types.is_large_string(array.type):
-        dtype = np.int64
-    else:
-        return None
-    buffer = array.buffers()[1]
-    if buffer is None:
-        return None
-    size = np.dtype(dtype).itemsize
-    offsets = np.frombuffer(memoryview(buffer), dtype, len(array) + 1, array.offset * size)
-    return offsets.astype(np.int64)
-
-
-class _IdWords:
-    """The values of a string array that have one width in bytes, as 64-bit words (for hashing).
-
-    ``hashed`` says which values have the width (and are valid); ``words`` are columns of 8 of
-    their bytes each, at offsets 0, 8, 16... and, when the width is no multiple of 8, ``width - 8``
-    (overlapping the one before); values narrower than 8 bytes are padded with zeros. The words
-    are views into the array's data when every value qualifies, copies otherwise (same words).
-    """
-
-    def __init__(self, array: pa.Array[Any], width: int, offsets: npt.NDArray[np.int64]) -> None:
-        widths = np.diff(offsets)
-        hashed = widths == width
-        if array.null_count:
-            hashed &= np.asarray(array.is_valid())
-        self.hashed = hashed
-        self.count = int(np.count_nonzero(hashed))
-        self.words: list[npt.NDArray[np.uint64]] = []
-        data = array.buffers()[2]
-        if data is None or self.count == 0:
-            return
-        starts = [*range(0, width - 7, 8)] + ([max(0, width - 8)] if width % 8 else [])
-        if self.count == len(array) and width >= 8:
-            view, first = memoryview(data), int(offsets[0])
-            for start in starts:
-                word = np.ndarray((self.count,), np.uint64, view, first + start, (width,))
-                self.words.append(word)
-            return
-        raw = np.frombuffer(memoryview(data), np.uint8)
-        values = np.zeros((self.count, max(8, width)), np.uint8)
-        values[:, :width] = raw[offsets[:-1][hashed][:, None] + np.arange(width)]
-        for start in starts:
-            self.words.append(np.ascontiguousarray(values[:, start : start + 8]).view(np.uint64)[:, 0])
-
-    def keys(self, mix: np.uint64, bits: int, positions: npt.NDArray[np.int64]) -> npt.NDArray[np.uint64]:
-        """Each hashed value's key: the top ``64 - bits`` bits of a hash of its words, its
-        position (``positions``) in the low ``bits``."""
-        key = self.words[0] * mix
-        for word in self.words[1:]:
-            key ^= word
-            key *= mix
-        key ^= key >> np.uint64(29)  # a finalizer: the high bits kept depend on every word
-        key *= mix
-        key ^= key >> np.uint64(32)
-        key >>= np.uint64(bits)
-        key <<= np.uint64(bits)
-        key |= positions.astype(np.uint64)
-        return key
-
-
-def _sorted_lookup(ids: pa.ChunkedArray[Any], wanted: pa.Array[Any]) -> npt.NDArray[np.int64] | None:
-    """:func:`_lookup` by sorting hashes of the ids (with their positions in the low bits), every
-    match then checked against the id itself.
-
-    Returns None (use a hash lookup) unless every wanted id is a valid string of one width
-    whose key is unique (ids repeat, or keys collide on every try: about ``n**2 / 2**(65 - bits)``
-    each, bits for the position).
-    """
-    offsets = _offsets(wanted)
-    if offsets is None or wanted.null_count:
-        return None
-    width = int(offsets[1] - offsets[0])
-    if width < 1 or np.any(np.diff(offsets) != width):
-        return None
-    mine = _IdWords(wanted, width, offsets)
-    lines: list[_IdWords] = []
-    for chunk in ids.chunks:
-        chunk_offsets = _offsets(chunk)
-        if chunk_offsets is None:
-            return None
-        lines.append(_IdWords(chunk, width, chunk_offsets))
-    n, total = len(wanted), len(ids)
-    bits = max(1, max(n, total) - 1).bit_length()
-    mask = np.uint64((1 << bits) - 1)
-    hashed = np.concatenate([part.hashed for part in lines])
-    line_positions = np.flatnonzero(hashed)
-    for mix in _MIXES:
-        wanted_keys = np.sort(mine.keys(mix, bits, np.arange(n)))
-        wanted_high = wanted_keys >> np.uint64(bits)
-        if not np.any(wanted_high[1:] == wanted_high[:-1]):
-            break
-    else:
-        return None
-    parts, start = [], 0
-    for part in lines:
-        if part.count:
-            parts.append(part.keys(mix, bits, line_positions[start : start + part.count]))
-        start += part.count
-    line_keys = np.sort(np.concatenate(parts)) if parts else np.zeros(0, np.uint64)
-    line_high = line_keys >> np.uint64(bits)
-    if len(line_high) == n and np.array_equal(line_high, wanted_high):
-        at = np.arange(n)  # one line per wanted key: the usual case
-    else:
-        at = np.minimum(np.searchsorted(wanted_high, line_high), n - 1)
-    hit = wanted_high[at] == line_high
-    slots = np.full(total, -1, np.int64)
-    slots[(line_keys[hit] & mask).astype(np.int64)] = (wanted_keys[at[hit]] & mask).astype(np.int64)
-    # Keys are unique among the wanted ids: a line whose key matches is that id or no wanted id.
-    candidates = wanted.take(np.maximum(slots, 0))
-    same = pc.fill_null(pc.equal(ids, candidates), pa.scalar(False))
-    return np.where(np.asarray(same), slots, -1)
-
-
 def _lookup(ids: pa.ChunkedArray[Any], wanted: pa.Array[Any]) -> npt.NDArray[np.int64]:
-    """For every id, its position in ``wanted`` or -1: ``pc.index_in`` (first position of a
-    repeated id), by sorting fixed-width ids' hashes where it can (faster than hashing strings)."""
-    if len(ids) == 0 or len(wanted) == 0:
-        return np.full(len(ids), -1, np.int64)
-    slots = _sorted_lookup(ids, wanted)
-    if slots is not None:
-        return slots
-    return np.asarray(pc.fill_null(pc.index_in(ids, value_set=wanted), pa.scalar(-1, pa.int32()))).astype(
-        np.int64
-    )
+    """For every id, its position in ``wanted`` (the first, for a repeated id) or -1."""
+    found = pc.index_in(ids, value_set=wanted)
+    return np.asarray(pc.fill_null(found, pa.scalar(-1, found.type))).astype(np.int64)
 
 
 def select_results(
@@ -690,9 +561,8 @@ def select_results(
     a ``conflicting_results`` row (no answer; identical answers are one answer). Lines for ids
     not in ``expected`` are ignored with one warning (a count and a few of them); an id without
     a line gets a ``missing`` row.
-    Vectorised: one lookup of the lines' ids (fixed-width ids, such as this project's, by sorting
-    their hashes; others by a hash lookup), then integer work; lines that already are one per
-    request in ``expected`` order are returned as they are.
+    Vectorised: one lookup of the lines' ids (``pyarrow.compute.index_in``), then integer work;
+    lines that already are one per request in ``expected`` order are returned as they are.
 
     Args:
         lines: The batch's results, one row per line (:meth:`BatchProvider.download_results`).
