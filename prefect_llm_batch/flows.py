@@ -415,11 +415,26 @@ _SET_BY_RUN_LLM_BATCH_JOB = frozenset(
 )  # fmt: skip
 
 
+def _job_block(value: Any) -> LLMBatchJob | None:
+    """The ``job`` parameter of a flow run as a block: as given, or loaded from the saved block
+    document the API's copy of the parameters names (the API never holds the key)."""
+    if isinstance(value, LLMBatchJob):
+        return value
+    if isinstance(value, dict):
+        ref = value.get("$ref") or (
+            {"block_document_id": value["_block_document_id"]} if value.get("_block_document_id") else None
+        )
+        if ref:
+            loaded = LLMBatchJob.load_from_ref(ref)  # hooks of a sync flow run in a sync context
+            return loaded if isinstance(loaded, LLMBatchJob) else None
+    return None
+
+
 def cancel_job_block_batches(flow: Flow[Any, Any], flow_run: FlowRun, state: State[Any]) -> None:
     """``on_cancellation`` hook of ``run_llm_batch_job``: :func:`cancel_provider_batches` with the
-    job block's credentials (when the run holds the block itself; else the environment's key)."""
-    job = flow_run.parameters.get("job")
-    credentials = job.credentials if isinstance(job, LLMBatchJob) else None
+    job block's credentials (a block passed without saving it: the environment's key)."""
+    job = _job_block(flow_run.parameters.get("job"))
+    credentials = job.credentials if job is not None else None
     parameters = {**flow_run.parameters, "credentials": credentials}
     cancel_provider_batches(flow, flow_run.model_copy(update={"parameters": parameters}), state)
 

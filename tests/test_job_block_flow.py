@@ -106,3 +106,24 @@ def test_options_that_the_block_sets_are_refused_before_anything_is_sent(
     with pytest.raises(ConfigError, match=r"\['poll_intervall'\] are not enrich_table parameters"):
         run_llm_batch_job(job, source(tmp_path), str(tmp_path / "out.parquet"), options={"poll_intervall": 1})
     assert sum(server.stats.calls.values()) == 0
+
+
+def test_cancelling_the_run_cancels_its_batches_with_the_saved_blocks_key(tmp_path: Path) -> None:
+    from prefect.client.orchestration import get_client
+    from prefect.states import Cancelled
+
+    from prefect_llm_batch.flows import cancel_job_block_batches
+
+    with FakeProviderServer(FakeServerConfig(api_key=KEY, stall_in="in_progress")) as server:
+        job = LLMBatchJob.load(saved_job("anthropic", server))
+        state = run_llm_batch_job(
+            job, source(tmp_path), str(tmp_path / "out.parquet"), state_dir=str(tmp_path / "state"),
+            detached=True, options={"max_requests_per_batch": 2}, return_state=True,
+        )  # fmt: skip
+        assert state.result().chunks == 3  # detached: submitted, the run has returned
+        with get_client(sync_client=True) as client:  # the parameters as the API holds them
+            flow_run = client.read_flow_run(state.state_details.flow_run_id)
+        assert isinstance(flow_run.parameters["job"], dict)
+        cancel_job_block_batches(run_llm_batch_job, flow_run, Cancelled())
+        assert server.stats.calls["POST /v1/messages/batches"] == 3
+        assert server.stats.calls["POST /v1/messages/batches/{id}/cancel"] == 3
