@@ -24,11 +24,11 @@ from prefect.blocks.abstract import CredentialsBlock
 from prefect.blocks.core import Block
 from pydantic import ConfigDict, Field, HttpUrl, SecretStr, model_validator
 
-from .errors import TemplateError
+from .errors import ConfigError, TemplateError
 from .prompts import PromptTemplate
 from .providers import anthropic_target, make_provider, openai_target
 from .providers.base import BatchProvider
-from .spec import BatchLimits, JobSpec, ProviderName
+from .spec import BatchLimits, JobSpec, ProviderName, ProviderTarget
 
 __all__ = ["AnthropicBatchCredentials", "LLMBatchJob", "OpenAIBatchCredentials"]
 
@@ -90,22 +90,33 @@ class OpenAIBatchCredentials(CredentialsBlock):
         description="Base URL including /v1, for OpenAI-compatible services. Empty means api.openai.com.",
     )
 
-    def get_client(self, limits: BatchLimits | None = None, **options: Any) -> BatchProvider:
+    def get_client(
+        self,
+        limits: BatchLimits | None = None,
+        *,
+        target: ProviderTarget | None = None,
+        endpoint: str | None = None,
+        **options: Any,
+    ) -> BatchProvider:
         """Return a **new** batch provider client using these credentials.
 
         Each call builds its own client (no shared state); close it after use, or use it as a
-        context manager.
+        context manager. The flows' tasks get their clients here, one per task run.
 
         Args:
             limits: Batch size limits (default OpenAI's).
+            target: Where the requests go (the job's resolved target: an ``openai`` or ``azure``
+                server, or the simulator); default ``base_url``, else ``OPENAI_BASE_URL``, else OpenAI.
+            endpoint: The endpoint of the job's requests (default chat completions).
             **options: Passed to the provider (timeouts, retries, backoff).
 
         Returns:
-            A provider for ``base_url`` (else ``OPENAI_BASE_URL``, else OpenAI).
+            A provider for ``target``.
+
+        Raises:
+            ConfigError: ``target`` is another provider's (this key is not sent there).
         """
-        return make_provider(
-            openai_target(self.base_url), api_key=self.api_key.get_secret_value(), limits=limits, **options
-        )
+        return _client(self, target or openai_target(self.base_url), limits, endpoint, options)
 
 
 class AnthropicBatchCredentials(CredentialsBlock):
@@ -143,11 +154,30 @@ class AnthropicBatchCredentials(CredentialsBlock):
         default=None, title="Base URL", description="Base URL without /v1. Empty means api.anthropic.com."
     )
 
-    def get_client(self, limits: BatchLimits | None = None, **options: Any) -> BatchProvider:
-        """Return a **new** Anthropic batch provider client using these credentials."""
-        return make_provider(
-            anthropic_target(self.base_url), api_key=self.api_key.get_secret_value(), limits=limits, **options
-        )
+    def get_client(
+        self,
+        limits: BatchLimits | None = None,
+        *,
+        target: ProviderTarget | None = None,
+        endpoint: str | None = None,
+        **options: Any,
+    ) -> BatchProvider:
+        """Return a **new** Anthropic batch provider client using these credentials.
+
+        Args:
+            limits: Batch size limits.
+            target: Where the requests go (an ``anthropic`` server or the simulator); default
+                ``base_url``, else ``ANTHROPIC_BASE_URL``, else Anthropic.
+            endpoint: The endpoint of the job's requests (chat completions, sent as Messages).
+            **options: Passed to the provider (timeouts, retries, backoff).
+
+        Returns:
+            A provider for ``target``.
+
+        Raises:
+            ConfigError: ``target`` is another provider's (this key is not sent there).
+        """
+        return _client(self, target or anthropic_target(self.base_url), limits, endpoint, options)
 
 
 class LLMBatchJob(Block):
@@ -162,11 +192,15 @@ class LLMBatchJob(Block):
         system: Optional system prompt (also a template).
         model: Model name.
         params: Extra request parameters (``temperature``, ``max_tokens``...).
-        provider: ``simulator`` (offline fake, free) or ``openai`` (real, costs money).
-        base_url: OpenAI-compatible base URL including ``/v1``; empty uses the credentials' or OpenAI's.
+        provider: ``simulator`` (offline fake, free), ``openai``, ``anthropic`` or ``azure`` (real,
+            costs money).
+        base_url: The provider's base URL (OpenAI-compatible ones include ``/v1``); empty uses the
+            credentials', else the provider's.
         id_column: Column that identifies rows (unique, non-null); named in error messages.
         response_schema: Optional JSON Schema (an object) the answers must follow.
-        credentials: Credentials for ``openai``; empty reads ``OPENAI_API_KEY``.
+        credentials: The provider's credentials block (``LLM Batch OpenAI Credentials`` for
+            ``openai`` and ``azure``, ``LLM Batch Anthropic Credentials`` for ``anthropic``); empty
+            reads the provider's environment variable (``OPENAI_API_KEY``...).
 
     Examples:
         >>> job = LLMBatchJob(prompt="Sentiment of: {{ review }}", model="gpt-4o-mini",
@@ -195,8 +229,10 @@ class LLMBatchJob(Block):
         ```python
         from prefect_llm_batch.blocks import LLMBatchJob
 
+        from prefect_llm_batch.flows import run_llm_batch_job
+
         job = LLMBatchJob.load("BLOCK_NAME")
-        spec = job.to_spec()
+        run_llm_batch_job(job, source="reviews.csv", output="reviews.parquet")
         ```"""
 
     # Validation errors would otherwise echo the raw input, nested credentials included.
@@ -214,12 +250,18 @@ class LLMBatchJob(Block):
     )
     provider: ProviderName = Field(
         default="simulator",
-        description="simulator (the bundled offline fake: free, made-up answers) or openai (costs money).",
+        description=(
+            "simulator (the bundled offline fake: free, made-up answers), or openai, anthropic or "
+            "azure (real: costs money)."
+        ),
     )
     base_url: str | None = Field(
         default=None,
         title="Base URL",
-        description="OpenAI-compatible base URL including /v1. Empty uses the credentials' or OpenAI's.",
+        description=(
+            "The provider's base URL (OpenAI-compatible ones include /v1). Empty uses the "
+            "credentials', else the provider's."
+        ),
     )
     id_column: str | None = Field(
         default=None, description="Column that identifies rows (unique, non-null); named in errors."
@@ -228,18 +270,24 @@ class LLMBatchJob(Block):
         default=None,
         description="Optional JSON Schema (an object) the answers must follow; one column per property.",
     )
-    credentials: OpenAIBatchCredentials | None = Field(
-        default=None, description="Credentials for the openai provider; empty reads OPENAI_API_KEY."
+    credentials: OpenAIBatchCredentials | AnthropicBatchCredentials | None = Field(
+        default=None,
+        description=(
+            "The provider's credentials: OpenAI's for openai and azure, Anthropic's for anthropic. "
+            "Empty reads the provider's environment variable (OPENAI_API_KEY...)."
+        ),
     )
 
     @model_validator(mode="after")
     def _valid_job(self) -> LLMBatchJob:
         spec = self.to_spec()
         try:
+            if self.credentials is not None and self.provider != "simulator":
+                check_credentials_fit(self.credentials, self.provider)
             PromptTemplate(spec.prompt)
             if spec.system is not None:
                 PromptTemplate(spec.system, name="system prompt")
-        except TemplateError as exc:
+        except (TemplateError, ConfigError) as exc:
             raise ValueError(str(exc)) from exc
         return self
 
@@ -271,3 +319,36 @@ class LLMBatchJob(Block):
 
 #: Either provider's credentials block.
 ProviderCredentials = OpenAIBatchCredentials | AnthropicBatchCredentials
+
+
+def check_credentials_fit(credentials: ProviderCredentials, provider: str) -> None:
+    """Refuse to use one provider's credentials block for another real provider.
+
+    Args:
+        credentials: The block.
+        provider: The real provider the key would be sent to.
+
+    Raises:
+        ConfigError: The block is another provider's (the message names both, never the key).
+    """
+    anthropic = isinstance(credentials, AnthropicBatchCredentials)
+    if anthropic != (provider == "anthropic"):
+        right = "Anthropic" if provider == "anthropic" else "OpenAI"
+        raise ConfigError(
+            f"an {credentials.get_block_type_name()} block cannot be used with the {provider} provider "
+            f"(its key is not sent there); use an LLM Batch {right} Credentials block"
+        )
+
+
+def _client(
+    credentials: ProviderCredentials,
+    target: ProviderTarget,
+    limits: BatchLimits | None,
+    endpoint: str | None,
+    options: dict[str, Any],
+) -> BatchProvider:
+    """A new provider for ``target`` with the block's key (the simulator takes any block)."""
+    if target.provider != "simulator":
+        check_credentials_fit(credentials, target.provider)
+    key = credentials.api_key.get_secret_value()
+    return make_provider(target, api_key=key, limits=limits, endpoint=endpoint, **options)

@@ -15,6 +15,7 @@ They leave the worker's process-wide settings alone (see :mod:`prefect_llm_batch
 from __future__ import annotations
 
 import contextlib
+import inspect
 from collections.abc import Callable, Iterator
 from typing import Any, Literal
 
@@ -26,7 +27,7 @@ from prefect.logging import get_logger, get_run_logger
 from pydantic import BaseModel
 
 from . import artifacts
-from .blocks import AnthropicBatchCredentials, OpenAIBatchCredentials, ProviderCredentials
+from .blocks import AnthropicBatchCredentials, LLMBatchJob, OpenAIBatchCredentials, ProviderCredentials
 from .costs import DEFAULT_EXPECTED_OUTPUT_TOKENS, Estimate
 from .errors import ConfigError, JobLocked
 from .jobs import (
@@ -402,3 +403,109 @@ def collect_jobs(
         finished.append((summary, pending.max_error_rate))
     check_error_rates(finished)
     return [summary for summary, _ in finished]
+
+
+#: ``enrich_table`` parameters that ``run_llm_batch_job`` sets itself, from the block or its own.
+_SET_BY_RUN_LLM_BATCH_JOB = frozenset(
+    {
+        "source", "output", "prompt", "system", "model", "params", "response_format", "provider",
+        "base_url", "credentials", "id_column", "state_dir", "limit", "overwrite", "dry_run",
+        "detached", "max_cost_usd",
+    }
+)  # fmt: skip
+
+
+def _job_block(value: Any) -> LLMBatchJob | None:
+    """The ``job`` parameter of a flow run as a block: as given, or loaded from the saved block
+    document the API's copy of the parameters names (the API never holds the key)."""
+    if isinstance(value, LLMBatchJob):
+        return value
+    if isinstance(value, dict):
+        ref = value.get("$ref") or (
+            {"block_document_id": value["_block_document_id"]} if value.get("_block_document_id") else None
+        )
+        if ref:
+            loaded = LLMBatchJob.load_from_ref(ref)  # hooks of a sync flow run in a sync context
+            return loaded if isinstance(loaded, LLMBatchJob) else None
+    return None
+
+
+def cancel_job_block_batches(flow: Flow[Any, Any], flow_run: FlowRun, state: State[Any]) -> None:
+    """``on_cancellation`` hook of ``run_llm_batch_job``: :func:`cancel_provider_batches` with the
+    job block's credentials (a block passed without saving it: the environment's key)."""
+    job = _job_block(flow_run.parameters.get("job"))
+    credentials = job.credentials if job is not None else None
+    parameters = {**flow_run.parameters, "credentials": credentials}
+    cancel_provider_batches(flow, flow_run.model_copy(update={"parameters": parameters}), state)
+
+
+@flow(
+    name="run-llm-batch-job",
+    description=(
+        "Run a saved LLM Batch Job block (prompt, model, provider, credentials) on a table and "
+        "write the table with the answers as new columns to Parquet."
+    ),
+    on_cancellation=[cancel_job_block_batches],
+)
+def run_llm_batch_job(
+    job: LLMBatchJob,
+    source: str,
+    output: str,
+    state_dir: str | None = None,
+    limit: int | None = None,
+    overwrite: bool = False,
+    dry_run: bool = False,
+    detached: bool = False,
+    max_cost_usd: float | None = None,
+    options: dict[str, Any] | None = None,
+) -> JobSummary | Estimate | JobRef:
+    """Run an ``LLM Batch Job`` block on a table, with the block's credentials (either provider's).
+
+    A thin wrapper: the block becomes ``enrich_table``'s job parameters and the same code runs, in
+    this flow run (its tasks show under it; no second flow run holding the credentials).
+
+    Args:
+        job: The saved job: in the UI a block picker, in Python ``LLMBatchJob.load("name")``.
+        source: Table to read (as ``enrich_table``'s).
+        output: Parquet file to write.
+        state_dir: Where job state and the response cache live (default as ``enrich_table``'s).
+        limit: Only the first N rows (a trial run).
+        overwrite: Replace an existing output.
+        dry_run: Plan the job and return its estimate without sending anything.
+        detached: Submit and return at once; the ``collect-jobs`` flow finishes the job (give it
+            the same credentials block).
+        max_cost_usd: Refuse to send a job whose estimated cost is higher (or unknown).
+        options: Any other ``enrich_table`` parameter by name (``poll_interval``,
+            ``max_error_rate``, ``mode``, ``max_requests_per_batch``...).
+
+    Returns:
+        As ``enrich_table``: the job summary (with ``dry_run``, the estimate; with ``detached``,
+        the job reference).
+
+    Raises:
+        ConfigError: ``options`` names a parameter that does not exist or that the block or this
+            flow sets (nothing is read or sent).
+
+    Examples:
+        >>> from prefect_llm_batch.blocks import LLMBatchJob
+        >>> from prefect_llm_batch.flows import run_llm_batch_job
+        >>> run_llm_batch_job(LLMBatchJob.load("reviews-sentiment"), source="reviews.csv",
+        ...     output="out/reviews.parquet", overwrite=True)  # doctest: +SKIP
+    """
+    extra = dict(options or {})
+    known = inspect.signature(enrich_table.fn).parameters
+    unknown = sorted(name for name in extra if name not in known)
+    if unknown:
+        raise ConfigError(f"options {unknown} are not enrich_table parameters")
+    taken = sorted(name for name in extra if name in _SET_BY_RUN_LLM_BATCH_JOB)
+    if taken:
+        raise ConfigError(f"options {taken} are set by the job block or by this flow's own parameters")
+    spec = job.to_spec()
+    result: JobSummary | Estimate | JobRef = enrich_table.fn(
+        source=source, output=output, prompt=spec.prompt, system=spec.system, model=spec.model,
+        params=spec.params, response_format=spec.response_schema, provider=spec.provider,
+        base_url=spec.base_url, credentials=job.credentials, id_column=spec.id_column,
+        state_dir=state_dir, limit=limit, overwrite=overwrite, dry_run=dry_run, detached=detached,
+        max_cost_usd=max_cost_usd, **extra,
+    )  # fmt: skip
+    return result

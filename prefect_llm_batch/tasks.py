@@ -44,9 +44,18 @@ def retry_if_transient(task: Task[Any, Any], task_run: TaskRun, state: State[Any
 def provider_for(
     target: ProviderTarget, spec: JobSpec, credentials: ProviderCredentials | None
 ) -> BatchProvider:
-    """A new provider client; the key comes from the block (a SecretStr) or ``OPENAI_API_KEY``."""
-    key = credentials.api_key.get_secret_value() if credentials is not None else None
-    return make_provider(target, api_key=key, limits=spec.limits, endpoint=spec.endpoint)
+    """A new provider client for one task run.
+
+    With a credentials block, the client is the block's :meth:`get_client` (as Prefect's
+    integrations get theirs); without one, the key is the provider's environment variable
+    (``OPENAI_API_KEY``, ``ANTHROPIC_API_KEY``...).
+
+    Raises:
+        ConfigError: No key for a real provider, or the block is another provider's.
+    """
+    if credentials is not None:
+        return credentials.get_client(spec.limits, target=target, endpoint=spec.endpoint)
+    return make_provider(target, limits=spec.limits, endpoint=spec.endpoint)
 
 
 def _log() -> logging.Logger | logging.LoggerAdapter[logging.Logger]:

@@ -21,8 +21,11 @@ from prefect.testing.standard_test_suites.blocks import BlockStandardTestSuite
 from pydantic import ValidationError
 
 from prefect_llm_batch.blocks import AnthropicBatchCredentials, LLMBatchJob, OpenAIBatchCredentials
-from prefect_llm_batch.errors import LLMBatchError
+from prefect_llm_batch.errors import ConfigError, LLMBatchError
+from prefect_llm_batch.providers import anthropic_target, openai_target
+from prefect_llm_batch.providers.base import BatchProvider
 from prefect_llm_batch.spec import BatchLimits, JobSpec
+from prefect_llm_batch.tasks import provider_for
 
 SECRET = "test-key-5f3a9c1e-never-print-me"
 MASK = "**********"
@@ -147,6 +150,62 @@ def test_get_client_returns_a_new_provider_each_call() -> None:
         assert first is not second
         assert first.key_base_url == second.key_base_url == "https://gw.example/v1"
         assert second.limits.max_requests_per_batch == 7
+
+
+def test_tasks_get_a_new_client_from_the_blocks_get_client_each_time() -> None:
+    calls: list[dict[str, object]] = []
+
+    class CountingCredentials(OpenAIBatchCredentials):
+        _block_type_slug = "llm-batch-counting-test-credentials"
+
+        def get_client(self, limits: BatchLimits | None = None, **options: object) -> BatchProvider:
+            calls.append({"limits": limits, **options})
+            return super().get_client(limits, **options)  # type: ignore[arg-type]
+
+    creds = CountingCredentials(api_key=SECRET)
+    target = openai_target("https://gw.example/v1")
+    limits = BatchLimits(max_requests_per_batch=9)
+    spec = JobSpec(prompt="{{ text }}", model="m", endpoint="/v1/embeddings", limits=limits)
+    with provider_for(target, spec, creds) as first, provider_for(target, spec, creds) as second:
+        assert first is not second
+        assert first.key_base_url == "https://gw.example/v1"
+        assert first.endpoint == "/v1/embeddings"
+        assert first.limits.max_requests_per_batch == 9
+    assert calls == [{"limits": spec.limits, "target": target, "endpoint": "/v1/embeddings"}] * 2
+
+
+def test_get_client_takes_the_jobs_target_for_either_provider() -> None:
+    anthropic, openai = AnthropicBatchCredentials(api_key=SECRET), OpenAIBatchCredentials(api_key=SECRET)
+    with (
+        anthropic.get_client(target=anthropic_target("https://a.example")) as a,
+        openai.get_client(target=openai_target("https://o.example/v1")) as o,
+    ):
+        assert (a.key_base_url, a.endpoint) == ("https://a.example", "/v1/messages")
+        assert o.key_base_url == "https://o.example/v1"
+
+
+@pytest.mark.parametrize(
+    ("creds", "target"),
+    [
+        (OpenAIBatchCredentials(api_key=SECRET), anthropic_target("https://a.example")),
+        (AnthropicBatchCredentials(api_key=SECRET), openai_target("https://o.example/v1")),
+    ],
+)
+def test_one_providers_key_is_never_sent_to_the_other(
+    creds: OpenAIBatchCredentials | AnthropicBatchCredentials, target: object
+) -> None:
+    spec = JobSpec(prompt="{{ text }}", model="m")
+    with pytest.raises(ConfigError, match="cannot be used with the") as info:
+        provider_for(target, spec, creds)  # type: ignore[arg-type]
+    assert SECRET not in str(info.value)
+
+
+def test_a_job_block_with_the_other_providers_credentials_fails_when_built() -> None:
+    with pytest.raises(ValidationError, match="use an LLM Batch Anthropic Credentials block") as info:
+        a_job(provider="anthropic")
+    assert SECRET not in str(info.value)
+    job = a_job(provider="anthropic", credentials=AnthropicBatchCredentials(api_key=SECRET))
+    assert isinstance(job.credentials, AnthropicBatchCredentials)
 
 
 def test_the_key_goes_on_the_wire_and_nowhere_else(caplog: pytest.LogCaptureFixture) -> None:
