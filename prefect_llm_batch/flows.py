@@ -20,6 +20,7 @@ from collections.abc import Callable, Iterator
 from typing import Any, Literal
 
 from prefect import flow
+from prefect.blocks.core import Block
 from prefect.client.schemas.objects import FlowRun, State
 from prefect.context import FlowRunContext
 from prefect.flows import Flow
@@ -129,7 +130,7 @@ def cancel_provider_batches(flow: Flow[Any, Any], flow_run: FlowRun, state: Stat
     record = store.read_job()
     if record.provider == "simulator":
         return  # the simulator's batches ended with the run's process
-    credentials = flow_run.parameters.get("credentials")
+    credentials = _saved_block(flow_run.parameters.get("credentials"))
     key = (
         credentials.api_key.get_secret_value()
         if isinstance(credentials, (OpenAIBatchCredentials, AnthropicBatchCredentials))
@@ -415,19 +416,22 @@ _SET_BY_RUN_LLM_BATCH_JOB = frozenset(
 )  # fmt: skip
 
 
-def _job_block(value: Any) -> LLMBatchJob | None:
-    """The ``job`` parameter of a flow run as a block: as given, or loaded from the saved block
-    document the API's copy of the parameters names (the API never holds the key)."""
-    if isinstance(value, LLMBatchJob):
-        return value
+def _saved_block(value: Any) -> Any:
+    """A block parameter of a flow run: as given, or loaded from the saved block document that the
+    API's copy of the parameters names (the API never holds the key); else ``value`` unchanged."""
     if isinstance(value, dict):
         ref = value.get("$ref") or (
             {"block_document_id": value["_block_document_id"]} if value.get("_block_document_id") else None
         )
         if ref:
-            loaded = LLMBatchJob.load_from_ref(ref)  # hooks of a sync flow run in a sync context
-            return loaded if isinstance(loaded, LLMBatchJob) else None
-    return None
+            return Block.load_from_ref(ref)  # hooks of a sync flow run in a sync context
+    return value
+
+
+def _job_block(value: Any) -> LLMBatchJob | None:
+    """The ``job`` parameter of a flow run as a block (see :func:`_saved_block`), or None."""
+    loaded = _saved_block(value)
+    return loaded if isinstance(loaded, LLMBatchJob) else None
 
 
 def cancel_job_block_batches(flow: Flow[Any, Any], flow_run: FlowRun, state: State[Any]) -> None:

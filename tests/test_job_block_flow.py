@@ -127,3 +127,26 @@ def test_cancelling_the_run_cancels_its_batches_with_the_saved_blocks_key(tmp_pa
         cancel_job_block_batches(run_llm_batch_job, flow_run, Cancelled())
         assert server.stats.calls["POST /v1/messages/batches"] == 3
         assert server.stats.calls["POST /v1/messages/batches/{id}/cancel"] == 3
+
+
+def test_cancelling_an_enrich_table_run_uses_its_saved_credentials_block(tmp_path: Path) -> None:
+    from prefect.client.orchestration import get_client
+    from prefect.states import Cancelled
+
+    from prefect_llm_batch.flows import cancel_provider_batches, enrich_table
+
+    with FakeProviderServer(FakeServerConfig(api_key=KEY, stall_in="in_progress")) as server:
+        name = f"creds-{uuid.uuid4().hex[:12]}"
+        AnthropicBatchCredentials(api_key=KEY, base_url=server.anthropic_base_url).save(name)
+        state = enrich_table(
+            source=source(tmp_path), output=str(tmp_path / "out.parquet"), prompt="Sentiment of: {{ text }}",
+            model="claude-3-5-haiku-latest", provider="anthropic", id_column="id",
+            credentials=AnthropicBatchCredentials.load(name), state_dir=str(tmp_path / "state"),
+            detached=True, max_requests_per_batch=2, return_state=True,
+        )  # fmt: skip
+        assert state.result().chunks == 3
+        with get_client(sync_client=True) as client:  # the parameters as the API holds them: a reference
+            flow_run = client.read_flow_run(state.state_details.flow_run_id)
+        assert isinstance(flow_run.parameters["credentials"], dict)
+        cancel_provider_batches(enrich_table, flow_run, Cancelled())
+        assert server.stats.calls["POST /v1/messages/batches/{id}/cancel"] == 3
