@@ -464,7 +464,7 @@ def run(
                 source, output, spec, options, state_dir=root, limit=limit, overwrite=overwrite,
                 max_error_rate=max_error_rate, max_cost_usd=max_cost_usd, detached=detached,
                 mode=cast(Mode, mode), realtime_limits=realtime,
-                on_change=lambda p: typer.echo(f"  {p.describe()}", err=True),
+                on_change=lambda p: typer.echo(f"  {p.describe()}", err=True), where="cli",
             )  # fmt: skip
     except CostLimitExceeded as exc:
         raise fail(str(exc), 2) from None
@@ -709,7 +709,6 @@ def status(
     from rich.table import Table
 
     from .errors import StateError
-    from .jobs import job_ref, progress
     from .store import JobStore, list_jobs
 
     root = _state_dir(state_dir)
@@ -724,6 +723,8 @@ def status(
             )  # fmt: skip
         console.print(table)
         return
+    from .jobs import job_ref, progress
+
     store = JobStore(root, resolve_job_id(root, job_id))
     try:
         record = store.read_job()

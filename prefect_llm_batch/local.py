@@ -38,7 +38,7 @@ from .jobs import (
     prepare,
     run_rounds,
 )
-from .jobs.checks import check_before_start, check_output
+from .jobs.checks import Where, check_before_start, check_output
 from .jobs.detached import PendingJob
 from .jobs.driver import submit_first_round
 from .jobs.realtime import Mode, choose_mode, realtime_client
@@ -69,6 +69,7 @@ def run_table(
     realtime_limits: dict[str, Any] | None = None,
     on_change: Callable[[Progress], None] | None = None,
     log: logging.Logger = logger,
+    where: Where = "python",
 ) -> JobSummary | JobRef:
     """Run a whole job as the ``enrich_table`` flow does, in this process and without Prefect.
 
@@ -90,6 +91,7 @@ def run_table(
         realtime_limits: ``concurrency``, ``requests_per_minute``, ``tokens_per_minute``.
         on_change: Called with the progress while waiting for batches.
         log: Where the run's steps are logged.
+        where: Who started the run, for the wording of the early checks' messages.
 
     Returns:
         The job summary (with ``detached``, the job reference).
@@ -98,7 +100,7 @@ def run_table(
         LLMBatchError: As the flow raises them (the same guard functions).
     """
     check_before_start(
-        source, output, state_dir, where="python", provider=spec.provider, model=spec.model,
+        source, output, state_dir, where=where, provider=spec.provider, model=spec.model,
         api_key=api_key, overwrite=overwrite, detached=detached, mode=mode, max_cost_usd=max_cost_usd,
         prices=prices,
     )  # fmt: skip
