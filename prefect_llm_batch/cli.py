@@ -75,9 +75,7 @@ app = typer.Typer(
 def _main(
     version: Annotated[
         bool,
-        typer.Option(
-            "--version", callback=_version, is_eager=True, help="Show the version and exit."
-        ),
+        typer.Option("--version", callback=_version, is_eager=True, help="Show the version and exit."),
     ] = False,
 ) -> None:
     """Enrich tables with LLM answers through provider batch APIs, as Prefect flows."""
@@ -120,9 +118,7 @@ BaseUrlOption = Annotated[
     ),
 ]
 LimitOption = Annotated[int | None, typer.Option(help="Only the first N rows (a trial run).")]
-MaxRequestsOption = Annotated[
-    int, typer.Option(help="Most requests per batch (OpenAI allows 50,000).")
-]
+MaxRequestsOption = Annotated[int, typer.Option(help="Most requests per batch (OpenAI allows 50,000).")]
 MaxBytesOption = Annotated[
     int, typer.Option(help="Largest batch input file, in bytes (OpenAI allows 200 MB).")
 ]
@@ -201,14 +197,18 @@ def _one_line(exc: Exception) -> str:
     parts = []
     for error in errors():
         field = ".".join(str(p) for p in error.get("loc", ()))
-        shown = {"params": "--param", "response_schema": "--schema"}.get(field, f"--{field.replace('_', '-')}")
+        shown = {"params": "--param", "response_schema": "--schema"}.get(
+            field, f"--{field.replace('_', '-')}"
+        )
         parts.append(f"{shown}: {str(error.get('msg', '')).removeprefix('Value error, ')}")
     return "; ".join(parts) or str(exc)
 
 
 def _check_choices(provider: str, invalid_utf8: str, mode: str = "batch") -> None:
     if provider not in PROVIDERS:
-        raise typer.BadParameter(f"--provider must be {', '.join(PROVIDERS[:-1])} or {PROVIDERS[-1]}, not {provider!r}")
+        raise typer.BadParameter(
+            f"--provider must be {', '.join(PROVIDERS[:-1])} or {PROVIDERS[-1]}, not {provider!r}"
+        )
     if mode not in ("batch", "realtime", "auto"):
         raise typer.BadParameter(f"--mode must be batch, realtime or auto, not {mode!r}")
     if invalid_utf8 not in ("error", "replace"):
@@ -254,7 +254,9 @@ def build_spec(
             column_prefix=column_prefix,
             provider=cast(Any, provider),
             base_url=base_url,
-            limits=BatchLimits(max_requests_per_batch=max_requests_per_batch, max_batch_bytes=max_batch_bytes),
+            limits=BatchLimits(
+                max_requests_per_batch=max_requests_per_batch, max_batch_bytes=max_batch_bytes
+            ),
             allow_empty=allow_empty,
             invalid_utf8=cast(Literal["error", "replace"], invalid_utf8),
         )
@@ -686,7 +688,9 @@ def resolve_job_id(state_dir: str, prefix: str) -> str:
     import fsspec
 
     fs, root = fsspec.core.url_to_fs(f"{state_dir.rstrip('/')}/jobs")
-    ids = [str(p).rstrip("/").rsplit("/", 1)[-1] for p in fs.ls(root, detail=False)] if fs.exists(root) else []
+    ids = (
+        [str(p).rstrip("/").rsplit("/", 1)[-1] for p in fs.ls(root, detail=False)] if fs.exists(root) else []
+    )
     if prefix in ids:
         return prefix
     matches = sorted(i for i in ids if prefix and i.startswith(prefix))

@@ -128,10 +128,13 @@ def run_table(
                 )
             realtime = (
                 realtime_client(
-                    client, target, key, max_concurrency=limits.get("concurrency", 16),
+                    client,
+                    target,
+                    key,
+                    max_concurrency=limits.get("concurrency", 16),
                     requests_per_minute=limits.get("requests_per_minute"),
                     tokens_per_minute=limits.get("tokens_per_minute"),
-                )  # fmt: skip
+                )
                 if chosen == "realtime"
                 else None
             )

@@ -71,7 +71,9 @@ def test_run_with_a_prefect_server_is_a_flow_run(tmp_path: Path) -> None:
     from prefect import get_client
 
     out = tmp_path / "out.parquet"
-    result = runner.invoke(app, ["run", REVIEWS, str(out), *BASE, "--limit", "5", "--state-dir", str(tmp_path / "s")])
+    result = runner.invoke(
+        app, ["run", REVIEWS, str(out), *BASE, "--limit", "5", "--state-dir", str(tmp_path / "s")]
+    )
     assert result.exit_code == 0, result.output
     assert "ran without Prefect" not in result.output
     with get_client(sync_client=True) as client:
@@ -133,7 +135,9 @@ def test_checks_that_need_no_provider_are_one_line_and_exit_2_with_nothing_sent(
         monkeypatch.setenv("OPENAI_API_KEY", "sk-test-FAKE-0000")
     if case == "detached":
         provider = []  # the simulator
-    result = runner.invoke(app, ["run", REVIEWS, out, *BASE, *provider, *extra, "--state-dir", str(tmp_path / "s")])
+    result = runner.invoke(
+        app, ["run", REVIEWS, out, *BASE, *provider, *extra, "--state-dir", str(tmp_path / "s")]
+    )
     assert result.exit_code == 2, result.output
     lines = _error_lines(result.output)
     assert len(lines) == 1 and lines[0].startswith("error: "), result.output
@@ -177,7 +181,9 @@ def test_enrich_names_its_api_key_argument_when_the_key_is_missing(
     from prefect_llm_batch.notebook import enrich
 
     monkeypatch.delenv("ANTHROPIC_API_KEY", raising=False)
-    with pytest.raises(ConfigError, match=r"provider='anthropic' needs an API key: pass enrich\(api_key=\.\.\.\)"):
+    with pytest.raises(
+        ConfigError, match=r"provider='anthropic' needs an API key: pass enrich\(api_key=\.\.\.\)"
+    ):
         enrich(pd.DataFrame({"t": ["a"]}), "{{ t }}", "claude-3-5-haiku", provider="anthropic",
                state_dir=str(tmp_path), progress=False)  # fmt: skip
     assert not (tmp_path / "inputs").exists()
@@ -239,14 +245,16 @@ def test_estimate_is_the_job_run_sends_with_the_same_options(
     tmp_path: Path, fake_provider: FakeProviderServer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("OPENAI_API_KEY", "sk-test-FAKE-0000")
-    options = ["--schema", _schema_file(tmp_path), "--id-column", "review_id", "--max-requests-per-batch", "3",
-               "--max-batch-bytes", "100000", "--limit", "10", "--provider", "openai",
-               "--base-url", fake_provider.base_url, "--poll-interval", "0.1"]  # fmt: skip
+    options = ["--schema", _schema_file(tmp_path), "--id-column", "review_id",
+               "--max-requests-per-batch", "3", "--max-batch-bytes", "100000", "--limit", "10",
+               "--provider", "openai", "--base-url", fake_provider.base_url,
+               "--poll-interval", "0.1"]  # fmt: skip
     job_id = _estimate(tmp_path, *[o for o in options if o not in ("--poll-interval", "0.1")])
     planned = _plan(tmp_path / "s", job_id)
     assert len(planned) == 4  # 10 requests, 3 per batch
     result = runner.invoke(
-        app, ["run", REVIEWS, str(tmp_path / "o.parquet"), *BASE, *options, "--state-dir", str(tmp_path / "s")]
+        app,
+        ["run", REVIEWS, str(tmp_path / "o.parquet"), *BASE, *options, "--state-dir", str(tmp_path / "s")],
     )
     assert result.exit_code == 0, result.output
     assert [p.name for p in (tmp_path / "s" / "jobs").iterdir()] == [job_id]  # the same job
@@ -255,11 +263,12 @@ def test_estimate_is_the_job_run_sends_with_the_same_options(
 
 
 def test_estimate_plans_what_a_simulator_run_sends(tmp_path: Path) -> None:
-    options = ["--schema", _schema_file(tmp_path), "--id-column", "review_id", "--max-requests-per-batch", "3",
-               "--max-batch-bytes", "100000", "--limit", "10"]  # fmt: skip
+    options = ["--schema", _schema_file(tmp_path), "--id-column", "review_id",
+               "--max-requests-per-batch", "3", "--max-batch-bytes", "100000", "--limit", "10"]  # fmt: skip
     job_id = _estimate(tmp_path, *options)
     result = runner.invoke(
-        app, ["run", REVIEWS, str(tmp_path / "o.parquet"), *BASE, *options, "--state-dir", str(tmp_path / "s")]
+        app,
+        ["run", REVIEWS, str(tmp_path / "o.parquet"), *BASE, *options, "--state-dir", str(tmp_path / "s")],
     )
     assert result.exit_code == 0, result.output
     # each simulator run is its own server, so its own job; the plan is the estimate's
@@ -296,7 +305,7 @@ def test_version_prints_the_version() -> None:
 def test_provider_help_lists_every_provider_and_defaults_match_the_spec() -> None:
     from prefect_llm_batch import spec
 
-    assert cli.PROVIDERS == typing.get_args(spec.ProviderName)
+    assert typing.get_args(spec.ProviderName) == cli.PROVIDERS
     assert cli.DEFAULT_MAX_REQUESTS_PER_BATCH == spec.OPENAI_MAX_REQUESTS_PER_BATCH
     assert cli.DEFAULT_MAX_BATCH_BYTES == spec.OPENAI_MAX_BATCH_BYTES
     assert cli.DEFAULT_MAX_ERROR_RATE == spec.DEFAULT_MAX_ERROR_RATE
@@ -324,10 +333,8 @@ def test_a_reserved_param_is_one_friendly_line(tmp_path: Path) -> None:
 def test_option_names_are_whole_at_80_columns() -> None:
     for command in ("run", "estimate", "submit", "status", "cancel"):
         output = runner.invoke(app, [command, "--help"], terminal_width=80).output
-        names = {
-            p.opts[0] for p in typing.cast(typing.Any, cli.typer.main.get_command(app)).commands[command].params
-            if p.opts[0].startswith("--")
-        }  # fmt: skip
+        group = typing.cast(typing.Any, cli.typer.main.get_command(app))
+        names = {p.opts[0] for p in group.commands[command].params if p.opts[0].startswith("--")}
         for name in names:
             assert name in output.split(), (command, name)
         assert "…" not in output

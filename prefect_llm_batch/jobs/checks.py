@@ -243,6 +243,5 @@ def check_before_start(
         if estimate_cost(model, 1, 1, prices) is None:
             raise CostLimitExceeded(
                 f"{cap} is set but there is no price for model {model!r}, so the cost cannot be "
-                "checked; nothing was sent"
-                + ("" if where == "cli" else "; pass prices= for the model")
+                "checked; nothing was sent" + ("" if where == "cli" else "; pass prices= for the model")
             )
