@@ -446,6 +446,10 @@ def run(
                 "tokens_per_minute": realtime_tpm}  # fmt: skip
     tracked = prefect_api_url() is not None
     try:
+        if tracked and max_cost_usd is not None:  # the cap, before a flow run starts (no HTTP)
+            from .jobs import check_cost
+
+            check_cost(plan_estimate(source, spec, root, limit), max_cost_usd)
         if tracked:
             summary = _run_flow(
                 source, output, spec, schema, provider, state_dir, limit, overwrite, poll_interval,
@@ -582,6 +586,28 @@ def collect(state_dir: StateDirOption = None) -> None:
     typer.echo(f"{len(finished)} job(s) finished")
 
 
+def plan_estimate(
+    source: str, spec: JobSpec, state_dir: str, limit: int | None, expected_output_tokens: int = 100
+) -> Any:
+    """Plan the job in the state directory, as ``run`` plans it, and estimate it (no HTTP, no key)."""
+    from .jobs import estimate as estimate_job
+    from .jobs import prepare
+    from .providers import make_provider, target_for
+    from .spec import SIMULATOR_KEY_BASE_URL, ProviderTarget
+
+    if spec.provider == "simulator":  # the simulator's requests are keyed by this URL, whatever its port
+        target = ProviderTarget(
+            provider="simulator", base_url=SIMULATOR_KEY_BASE_URL, key_base_url=SIMULATOR_KEY_BASE_URL
+        )
+    else:
+        target = target_for(spec.provider, spec.base_url)
+    with make_provider(  # builds bodies only
+        target, api_key="not-used-for-estimates", limits=spec.limits, endpoint=spec.endpoint
+    ) as client:
+        ref = prepare(source, spec, client, target, state_dir=state_dir, limit=limit)
+    return estimate_job(ref, spec.params, expected_output_tokens=expected_output_tokens)
+
+
 @app.command()
 def estimate(
     source: Annotated[str, typer.Argument(help=SOURCE_HELP)],
@@ -619,23 +645,9 @@ def estimate(
     )  # fmt: skip
     from .costs import BATCH_PRICES
     from .errors import LLMBatchError
-    from .jobs import estimate as estimate_job
-    from .jobs import prepare
-    from .providers import make_provider, target_for
-    from .spec import SIMULATOR_KEY_BASE_URL, ProviderTarget
 
     try:
-        if provider == "simulator":  # the simulator's requests are keyed by this URL, whatever its port
-            target = ProviderTarget(
-                provider="simulator", base_url=SIMULATOR_KEY_BASE_URL, key_base_url=SIMULATOR_KEY_BASE_URL
-            )
-        else:
-            target = target_for(provider, base_url)
-        with make_provider(  # builds bodies only
-            target, api_key="not-used-for-estimates", limits=spec.limits, endpoint=spec.endpoint
-        ) as client:
-            ref = prepare(source, spec, client, target, state_dir=_state_dir(state_dir), limit=limit)
-        result = estimate_job(ref, spec.params, expected_output_tokens=expected_output_tokens)
+        result = plan_estimate(source, spec, _state_dir(state_dir), limit, expected_output_tokens)
     except LLMBatchError as exc:
         raise fail(str(exc)) from None
     typer.echo(f"job {result.job_id}: {result.describe()}")

@@ -106,7 +106,7 @@ def run_table(
     )  # fmt: skip
     limits = dict(realtime_limits or {})
     with (
-        open_target(spec.provider, spec.base_url) as target,
+        open_target(spec.provider, spec.base_url, simulator_seconds=0.6) as target,  # as enrich()
         make_provider(target, api_key=api_key, limits=spec.limits, endpoint=spec.endpoint) as client,
     ):
         identity = identify(source, spec, client, target, limit=limit, cache=options.cache)

@@ -338,3 +338,19 @@ def test_option_names_are_whole_at_80_columns() -> None:
         for name in names:
             assert name in output.split(), (command, name)
         assert "…" not in output
+
+
+@pytest.mark.usefixtures("prefect_harness")
+def test_a_cost_cap_is_checked_before_the_flow_run_starts(
+    tmp_path: Path, fake_provider: FakeProviderServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-test-FAKE-0000")
+    result = runner.invoke(
+        app,
+        ["run", REVIEWS, str(tmp_path / "o.parquet"), *BASE, "--provider", "openai", "--base-url",
+         fake_provider.base_url, "--max-cost-usd", "0", "--state-dir", str(tmp_path / "s")],
+    )  # fmt: skip
+    assert result.exit_code == 2, result.output
+    lines = _error_lines(result.output)
+    assert len(lines) == 1 and "over max_cost_usd" in lines[0], result.output
+    assert sum(fake_provider.stats.calls.values()) == 0
