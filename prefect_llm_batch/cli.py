@@ -13,21 +13,53 @@ Examples:
 
 from __future__ import annotations
 
+import inspect
 import json
 import os
 import sys
 import time
 from pathlib import Path
-from typing import Annotated, Any, Literal, cast
+from typing import TYPE_CHECKING, Annotated, Any, Literal, cast
 
 import typer
 
-from .spec import DEFAULT_MAX_ERROR_RATE, OPENAI_MAX_BATCH_BYTES, OPENAI_MAX_REQUESTS_PER_BATCH, ProviderName
+if TYPE_CHECKING:
+    from .spec import JobSpec
+
+# Nothing heavy is imported at the top: `--help`, `status` and `cache info` stay fast; each command
+# imports what it uses, and Prefect only when a run goes through a Prefect server.
+
+#: The providers of ``--provider`` (``prefect_llm_batch.spec.ProviderName``; a test keeps them equal).
+PROVIDERS = ("simulator", "openai", "anthropic", "azure")
+
+#: Defaults of the planning options (``prefect_llm_batch.spec``'s; a test keeps them equal).
+DEFAULT_MAX_REQUESTS_PER_BATCH = 50_000
+DEFAULT_MAX_BATCH_BYTES = 200 * 1024 * 1024
+DEFAULT_MAX_ERROR_RATE = 0.1
 
 #: Help of the source argument of ``run`` and ``estimate``.
 SOURCE_HELP = (
     "Table to enrich: .csv, .parquet, .jsonl, or a directory of Parquet parts; a path or fsspec URL."
 )
+
+#: What makes a run a tracked Prefect flow run, printed after a run without Prefect.
+TRACKED_HINT = (
+    "ran without Prefect (no Prefect server configured); for a tracked flow run in the Prefect UI: "
+    "`prefect server start`, then `export PREFECT_API_URL=http://127.0.0.1:4200/api`"
+)
+
+
+def _version(value: bool) -> None:
+    if value:
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            shown = version("prefect-llm-batch")
+        except PackageNotFoundError:  # running from a source tree that is not installed
+            from . import __version__ as shown
+        typer.echo(f"prefect-llm-batch {shown}")
+        raise typer.Exit()
+
 
 app = typer.Typer(
     name="prefect-llm-batch",
@@ -35,13 +67,77 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    rich_markup_mode=None,  # click's plain help: fast, and option names are never cut short
 )
+
+
+@app.callback()
+def _main(
+    version: Annotated[
+        bool,
+        typer.Option("--version", callback=_version, is_eager=True, help="Show the version and exit."),
+    ] = False,
+) -> None:
+    """Enrich tables with LLM answers through provider batch APIs, as Prefect flows."""
 
 
 StateDirOption = Annotated[
     str | None,
     typer.Option(help="Job state directory (default: PREFECT_LLM_BATCH_STATE_DIR or ~/.local/state)."),
 ]
+# The options that decide the plan, shared by `run` and `estimate` so that an estimate is the plan
+# `run` sends with the same options.
+PromptOption = Annotated[
+    str, typer.Option(help="Jinja2 template over the row's columns, e.g. 'Summarise: {{ text }}'.")
+]
+ModelOption = Annotated[str, typer.Option(help="Model name, e.g. gpt-4o-mini.")]
+SystemOption = Annotated[str | None, typer.Option(help="System prompt (also a template).")]
+SchemaOption = Annotated[
+    Path | None,
+    typer.Option(help="JSON Schema file the answers must follow; each top-level property becomes a column."),
+]
+ColumnPrefixOption = Annotated[str, typer.Option(help="Prefix for the schema's typed columns.")]
+IdColumnOption = Annotated[str | None, typer.Option(help="Unique, non-null column that identifies rows.")]
+ParamOption = Annotated[
+    list[str] | None,
+    typer.Option(help="Request parameter key=value (value parsed as JSON when it can be)."),
+]
+ProviderOption = Annotated[
+    str,
+    typer.Option(
+        help="'simulator' (default: offline, free, made-up answers), or a real provider: 'openai', "
+        "'anthropic' or 'azure' (needs OPENAI_API_KEY / ANTHROPIC_API_KEY / AZURE_OPENAI_API_KEY, "
+        "costs money, a batch can take 24 h)."
+    ),
+]
+BaseUrlOption = Annotated[
+    str | None,
+    typer.Option(
+        help="Base URL: OpenAI-compatible including /v1 (default OPENAI_BASE_URL); "
+        "Anthropic without /v1 (default ANTHROPIC_BASE_URL)."
+    ),
+]
+LimitOption = Annotated[int | None, typer.Option(help="Only the first N rows (a trial run).")]
+MaxRequestsOption = Annotated[int, typer.Option(help="Most requests per batch (OpenAI allows 50,000).")]
+MaxBytesOption = Annotated[
+    int, typer.Option(help="Largest batch input file, in bytes (OpenAI allows 200 MB).")
+]
+AllowEmptyOption = Annotated[
+    bool, typer.Option("--allow-empty", help="Send rows whose prompt renders empty (else an error).")
+]
+InvalidUtf8Option = Annotated[
+    str,
+    typer.Option(help="Text that is not UTF-8 in a CSV/JSONL source: error (default) or replace (U+FFFD)."),
+]
+
+
+def fail(message: str, code: int = 1) -> typer.Exit:
+    """Print ``error: message`` (one line, red, on stderr) and return the exit to raise.
+
+    Exit code 2 is a usage error (an option, a path, a key: fix the command), 1 anything else.
+    """
+    typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
+    return typer.Exit(code)
 
 
 def parse_param(text: str) -> tuple[str, Any]:
@@ -54,6 +150,10 @@ def parse_param(text: str) -> tuple[str, Any]:
     key, sep, value = text.partition("=")
     if not sep or not key.strip():
         raise typer.BadParameter(f"--param takes key=value, not {text!r}")
+    if not value:
+        raise typer.BadParameter(
+            f"--param {key.strip()}= has no value; for an empty string write {key.strip()}='\"\"'"
+        )
     try:
         return key.strip(), json.loads(value)
     except ValueError:
@@ -74,60 +174,180 @@ def _read_schema(path: Path) -> dict[str, Any]:
     return value
 
 
+def _one_line(exc: Exception) -> str:
+    """A pydantic validation error as one line, with the CLI's names for the fields.
+
+    Examples:
+        >>> from pydantic import BaseModel, field_validator
+        >>> class M(BaseModel):
+        ...     params: dict[str, int]
+        ...     @field_validator("params")
+        ...     @classmethod
+        ...     def no_model(cls, v: dict[str, int]) -> dict[str, int]:
+        ...         raise ValueError("params may not set ['model']")
+        >>> try:
+        ...     M(params={"model": 1})
+        ... except ValueError as exc:
+        ...     _one_line(exc)
+        "--param: params may not set ['model']"
+    """
+    errors = getattr(exc, "errors", None)
+    if not callable(errors):
+        return str(exc)
+    parts = []
+    for error in errors():
+        field = ".".join(str(p) for p in error.get("loc", ()))
+        shown = {"params": "--param", "response_schema": "--schema"}.get(
+            field, f"--{field.replace('_', '-')}"
+        )
+        parts.append(f"{shown}: {str(error.get('msg', '')).removeprefix('Value error, ')}")
+    return "; ".join(parts) or str(exc)
+
+
+def _check_choices(provider: str, invalid_utf8: str, mode: str = "batch") -> None:
+    if provider not in PROVIDERS:
+        raise typer.BadParameter(
+            f"--provider must be {', '.join(PROVIDERS[:-1])} or {PROVIDERS[-1]}, not {provider!r}"
+        )
+    if mode not in ("batch", "realtime", "auto"):
+        raise typer.BadParameter(f"--mode must be batch, realtime or auto, not {mode!r}")
+    if invalid_utf8 not in ("error", "replace"):
+        raise typer.BadParameter(f"--invalid-utf8 must be error or replace, not {invalid_utf8!r}")
+
+
+def build_spec(
+    *,
+    prompt: str,
+    model: str,
+    system: str | None,
+    schema: Path | None,
+    column_prefix: str,
+    id_column: str | None,
+    param: list[str] | None,
+    provider: str,
+    base_url: str | None,
+    max_requests_per_batch: int,
+    max_batch_bytes: int,
+    allow_empty: bool,
+    invalid_utf8: str,
+) -> JobSpec:
+    """The job the options describe: ``run`` and ``estimate`` build it here, so that the estimate
+    plans exactly what ``run`` sends.
+
+    Raises:
+        typer.Exit: A bad option (code 2) or schema file (code 1), reported in one line.
+    """
+    from .errors import LLMBatchError
+    from .schemas import ResponseSchema
+    from .spec import BatchLimits, JobSpec
+
+    params = dict(parse_param(p) for p in param or [])
+    try:
+        response_format = _read_schema(schema) if schema is not None else None
+        return JobSpec(
+            prompt=prompt,
+            system=system,
+            model=model,
+            params=params,
+            id_column=id_column,
+            response_schema=ResponseSchema(response_format).schema if response_format is not None else None,
+            column_prefix=column_prefix,
+            provider=cast(Any, provider),
+            base_url=base_url,
+            limits=BatchLimits(
+                max_requests_per_batch=max_requests_per_batch, max_batch_bytes=max_batch_bytes
+            ),
+            allow_empty=allow_empty,
+            invalid_utf8=cast(Literal["error", "replace"], invalid_utf8),
+        )
+    except LLMBatchError as exc:
+        raise fail(str(exc)) from None
+    except ValueError as exc:  # pydantic validation of the options
+        raise fail(_one_line(exc), 2) from None
+
+
+def prefect_api_url() -> str | None:
+    """The Prefect API this process would talk to, read without importing Prefect when it can be.
+
+    In order: ``PREFECT_API_URL`` in the environment; Prefect's own settings when Prefect is
+    imported already (a test harness, ``temporary_settings``); the active profile of
+    ``profiles.toml`` (``PREFECT_PROFILES_PATH``, else ``$PREFECT_HOME/profiles.toml``, the
+    profile named by ``PREFECT_PROFILE`` or the file's ``active``); ``[api] url`` of a
+    ``prefect.toml`` in the working directory. None: no server is configured.
+    """
+    url = os.environ.get("PREFECT_API_URL")
+    if url:
+        return url
+    if "prefect.settings" in sys.modules:
+        from prefect.settings import get_current_settings
+
+        return get_current_settings().api.url or None
+    import tomllib
+
+    home = Path(os.environ.get("PREFECT_HOME") or "~/.prefect").expanduser()
+    profiles = Path(os.environ.get("PREFECT_PROFILES_PATH") or home / "profiles.toml").expanduser()
+    try:
+        data = tomllib.loads(profiles.read_text(encoding="utf-8"))
+        name = os.environ.get("PREFECT_PROFILE") or data.get("active") or ""
+        url = data.get("profiles", {}).get(name, {}).get("PREFECT_API_URL")
+        if url:
+            return str(url)
+    except (OSError, ValueError, AttributeError):
+        pass
+    try:
+        data = tomllib.loads(Path("prefect.toml").read_text(encoding="utf-8"))
+        url = data.get("api", {}).get("url")
+        return str(url) if url else None
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
+def _before_work() -> None:
+    """What a command that reads tables does first (see :mod:`prefect_llm_batch.memory`); the
+    quick commands skip it (it imports numpy and pyarrow)."""
+    from .memory import prefer_small_pages
+
+    prefer_small_pages()
+
+
 def _prefect_defaults() -> None:
     # The temporary local server needs more than the default 20 s on small machines.
     os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "60")
+
+
+def _log_to_stderr() -> None:
+    """Show the library's INFO lines on stderr (a run without Prefect has no Prefect logger)."""
+    import logging
+
+    logger = logging.getLogger("prefect_llm_batch")
+    if not logger.handlers:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(asctime)s %(message)s", "%H:%M:%S"))
+        logger.addHandler(handler)
+        logger.setLevel(logging.INFO)
 
 
 @app.command()
 def run(
     source: Annotated[str, typer.Argument(help=SOURCE_HELP)],
     output: Annotated[str, typer.Argument(help="Parquet file to write (path or fsspec URL).")],
-    prompt: Annotated[
-        str, typer.Option(help="Jinja2 template over the row's columns, e.g. 'Summarise: {{ text }}'.")
-    ],
-    model: Annotated[str, typer.Option(help="Model name, e.g. gpt-4o-mini.")],
-    system: Annotated[str | None, typer.Option(help="System prompt (also a template).")] = None,
-    schema: Annotated[
-        Path | None,
-        typer.Option(
-            help="JSON Schema file the answers must follow; each top-level property becomes a column."
-        ),
-    ] = None,
-    column_prefix: Annotated[str, typer.Option(help="Prefix for the schema's typed columns.")] = "",
-    id_column: Annotated[
-        str | None, typer.Option(help="Unique, non-null column that identifies rows.")
-    ] = None,
-    param: Annotated[
-        list[str] | None,
-        typer.Option(help="Request parameter key=value (value parsed as JSON when it can be)."),
-    ] = None,
-    provider: Annotated[
-        str,
-        typer.Option(
-            help="'simulator' (default: offline, free, made-up answers), 'openai' or 'anthropic' "
-            "(real: needs OPENAI_API_KEY / ANTHROPIC_API_KEY, costs money, a batch can take 24 h)."
-        ),
-    ] = "simulator",
-    base_url: Annotated[
-        str | None,
-        typer.Option(
-            help="Base URL: OpenAI-compatible including /v1 (default OPENAI_BASE_URL); "
-            "Anthropic without /v1 (default ANTHROPIC_BASE_URL)."
-        ),
-    ] = None,
+    prompt: PromptOption,
+    model: ModelOption,
+    system: SystemOption = None,
+    schema: SchemaOption = None,
+    column_prefix: ColumnPrefixOption = "",
+    id_column: IdColumnOption = None,
+    param: ParamOption = None,
+    provider: ProviderOption = "simulator",
+    base_url: BaseUrlOption = None,
     state_dir: Annotated[
         str | None,
         typer.Option(help="Job state directory, any fsspec URL (default: PREFECT_LLM_BATCH_STATE_DIR)."),
     ] = None,
-    limit: Annotated[int | None, typer.Option(help="Only the first N rows (a trial run).")] = None,
+    limit: LimitOption = None,
     overwrite: Annotated[bool, typer.Option(help="Replace the output if it exists.")] = False,
-    max_requests_per_batch: Annotated[
-        int, typer.Option(help="Most requests per batch.")
-    ] = OPENAI_MAX_REQUESTS_PER_BATCH,
-    max_batch_bytes: Annotated[
-        int, typer.Option(help="Largest batch input file, in bytes.")
-    ] = OPENAI_MAX_BATCH_BYTES,
+    max_requests_per_batch: MaxRequestsOption = DEFAULT_MAX_REQUESTS_PER_BATCH,
+    max_batch_bytes: MaxBytesOption = DEFAULT_MAX_BATCH_BYTES,
     poll_interval: Annotated[
         float | None, typer.Option(help="Seconds between status checks (default 30; 0.5 for the simulator).")
     ] = None,
@@ -184,124 +404,174 @@ def run(
     realtime_tpm: Annotated[
         float | None, typer.Option(help="Realtime tokens per minute to keep under.")
     ] = None,
-    allow_empty: Annotated[
-        bool, typer.Option("--allow-empty", help="Send rows whose prompt renders empty (else an error).")
-    ] = False,
-    invalid_utf8: Annotated[
-        str,
-        typer.Option(
-            help="Text that is not UTF-8 in a CSV/JSONL source: error (default) or replace (U+FFFD)."
-        ),
-    ] = "error",
+    allow_empty: AllowEmptyOption = False,
+    invalid_utf8: InvalidUtf8Option = "error",
 ) -> None:
-    """Enrich SOURCE with one answer per row and write OUTPUT (Parquet)."""
-    if provider not in ("simulator", "openai", "anthropic", "azure"):
-        raise typer.BadParameter(
-            f"--provider must be simulator, openai, anthropic or azure, not {provider!r}"
-        )
-    if mode not in ("batch", "realtime", "auto"):
-        raise typer.BadParameter(f"--mode must be batch, realtime or auto, not {mode!r}")
+    """Enrich SOURCE with one answer per row and write OUTPUT (Parquet).
+
+    With a Prefect server configured (PREFECT_API_URL, or a profile that sets it), the run is an
+    `enrich-table` flow run shown in the Prefect UI; without one it runs the same job in this
+    process, without Prefect, and says so.
+    """
+    _check_choices(provider, invalid_utf8, mode)
+    _before_work()
     if no_cache and refresh_cache:
         raise typer.BadParameter("--no-cache and --refresh-cache exclude each other")
-    if invalid_utf8 not in ("error", "replace"):
-        raise typer.BadParameter(f"--invalid-utf8 must be error or replace, not {invalid_utf8!r}")
-    params = dict(parse_param(p) for p in param or [])
-    from .errors import LLMBatchError
+    spec = build_spec(
+        prompt=prompt, model=model, system=system, schema=schema, column_prefix=column_prefix,
+        id_column=id_column, param=param, provider=provider, base_url=base_url,
+        max_requests_per_batch=max_requests_per_batch, max_batch_bytes=max_batch_bytes,
+        allow_empty=allow_empty, invalid_utf8=invalid_utf8,
+    )  # fmt: skip
+    from .errors import CostLimitExceeded, LLMBatchError
     from .jobs import JobRef, JobSummary, preflight
+    from .jobs.checks import check_before_start
     from .jobs.realtime import Mode
-    from .schemas import ResponseSchema
-    from .spec import JobSpec
 
+    root = _state_dir(state_dir)
+    try:  # every check that needs no provider, before Prefect is imported
+        check_before_start(
+            source, output, root, where="cli", provider=provider, model=model, overwrite=overwrite,
+            detached=detached, mode=mode, max_cost_usd=max_cost_usd,
+        )  # fmt: skip
+    except LLMBatchError as exc:
+        raise fail(str(exc), 2) from None
     try:
-        response_format = _read_schema(schema) if schema is not None else None
-        spec = JobSpec(
-            prompt=prompt,
-            system=system,
-            model=model,
-            params=params,
-            id_column=id_column,
-            response_schema=ResponseSchema(response_format).schema if response_format is not None else None,
-            column_prefix=column_prefix,
-            allow_empty=allow_empty,
-            invalid_utf8=invalid_utf8,
-        )
         preflight(source, spec)
     except LLMBatchError as exc:
-        typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
-        raise typer.Exit(1) from None
-    except ValueError as exc:  # pydantic validation of the options
-        typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
-        raise typer.Exit(2) from None
+        raise fail(str(exc)) from None
 
-    _prefect_defaults()
-    from .flows import enrich_table
-
+    cache = "off" if no_cache else ("refresh" if refresh_cache else "use")
+    realtime = {"concurrency": realtime_concurrency, "requests_per_minute": realtime_rpm,
+                "tokens_per_minute": realtime_tpm}  # fmt: skip
+    tracked = prefect_api_url() is not None
     try:
-        summary = enrich_table(
-            source=source,
-            output=output,
-            prompt=prompt,
-            model=model,
-            system=system,
-            params=params,
-            response_format=json.dumps(response_format) if response_format is not None else None,
-            column_prefix=column_prefix,
-            provider=cast(ProviderName, provider),
-            base_url=base_url,
-            id_column=id_column,
-            state_dir=state_dir,
-            limit=limit,
-            overwrite=overwrite,
-            max_requests_per_batch=max_requests_per_batch,
-            max_batch_bytes=max_batch_bytes,
-            poll_interval=poll_interval,
-            max_error_rate=max_error_rate,
-            max_attempts=max_attempts,
-            retry_backoff=retry_backoff,
-            cache="off" if no_cache else ("refresh" if refresh_cache else "use"),
-            max_in_flight_batches=max_in_flight_batches,
-            max_enqueued_tokens=max_enqueued_tokens,
-            max_wait=max_wait,
-            keep_input_files=keep_input_files,
-            max_cost_usd=max_cost_usd,
-            detached=detached,
-            mode=cast(Mode, mode),
-            realtime_concurrency=realtime_concurrency,
-            realtime_rpm=realtime_rpm,
-            realtime_tpm=realtime_tpm,
-            allow_empty=allow_empty,
-            invalid_utf8=cast(Literal["error", "replace"], invalid_utf8),
-        )
+        if tracked and max_cost_usd is not None:  # the cap, before a flow run starts (no HTTP)
+            from .jobs import check_cost
+
+            check_cost(plan_estimate(source, spec, root, limit), max_cost_usd)
+        if tracked:
+            summary = _run_flow(
+                source, output, spec, schema, provider, state_dir, limit, overwrite, poll_interval,
+                max_error_rate, max_attempts, retry_backoff, cache, max_in_flight_batches,
+                max_enqueued_tokens, max_wait, keep_input_files, max_cost_usd, detached, mode, realtime,
+            )  # fmt: skip
+        else:
+            from .local import run_table
+            from .spec import RunOptions
+
+            options = RunOptions.for_provider(
+                provider, poll_interval=poll_interval, retry_backoff=retry_backoff, max_attempts=max_attempts,
+                cache=cast(Any, cache), max_in_flight_batches=max_in_flight_batches,
+                max_enqueued_tokens=max_enqueued_tokens, max_wait=max_wait, keep_input_files=keep_input_files,
+            )  # fmt: skip
+            _log_to_stderr()
+            summary = run_table(
+                source, output, spec, options, state_dir=root, limit=limit, overwrite=overwrite,
+                max_error_rate=max_error_rate, max_cost_usd=max_cost_usd, detached=detached,
+                mode=cast(Mode, mode), realtime_limits=realtime,
+                on_change=lambda p: typer.echo(f"  {p.describe()}", err=True), where="cli",
+            )  # fmt: skip
+    except CostLimitExceeded as exc:
+        raise fail(str(exc), 2) from None
     except LLMBatchError as exc:
-        typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
-        raise typer.Exit(1) from None
+        raise fail(str(exc)) from None
     if isinstance(summary, JobRef):
         typer.echo(
             f"job {summary.job_id} submitted ({summary.chunks} batch(es)); run `prefect-llm-batch collect` "
             "(or the collect-jobs deployment) later to write the output"
         )
-        return
-    assert isinstance(summary, JobSummary)
-    print_summary(summary)
+    else:
+        assert isinstance(summary, JobSummary)
+        print_summary(summary)
+    if not tracked:
+        typer.echo(TRACKED_HINT)
 
 
-@app.command(
-    "submit",
-    context_settings={"allow_extra_args": True, "ignore_unknown_options": True},
-    add_help_option=False,
-)
-def submit(ctx: typer.Context) -> None:
+def _run_flow(
+    source: str,
+    output: str,
+    spec: JobSpec,
+    schema: Path | None,
+    provider: str,
+    state_dir: str | None,
+    limit: int | None,
+    overwrite: bool,
+    poll_interval: float | None,
+    max_error_rate: float,
+    max_attempts: int,
+    retry_backoff: float | None,
+    cache: str,
+    max_in_flight_batches: int | None,
+    max_enqueued_tokens: int | None,
+    max_wait: float | None,
+    keep_input_files: bool,
+    max_cost_usd: float | None,
+    detached: bool,
+    mode: str,
+    realtime: dict[str, Any],
+) -> Any:
+    """Run the job as an ``enrich-table`` flow run (Prefect is imported here, and only here)."""
+    _prefect_defaults()
+    from .flows import enrich_table
+
+    return enrich_table(
+        source=source,
+        output=output,
+        prompt=spec.prompt,
+        model=spec.model,
+        system=spec.system,
+        params=spec.params,
+        response_format=json.dumps(spec.response_schema) if schema is not None else None,
+        column_prefix=spec.column_prefix,
+        provider=cast(Any, provider),
+        base_url=spec.base_url,
+        id_column=spec.id_column,
+        state_dir=state_dir,
+        limit=limit,
+        overwrite=overwrite,
+        max_requests_per_batch=spec.limits.max_requests_per_batch,
+        max_batch_bytes=spec.limits.max_batch_bytes,
+        poll_interval=poll_interval,
+        max_error_rate=max_error_rate,
+        max_attempts=max_attempts,
+        retry_backoff=retry_backoff,
+        cache=cast(Any, cache),
+        max_in_flight_batches=max_in_flight_batches,
+        max_enqueued_tokens=max_enqueued_tokens,
+        max_wait=max_wait,
+        keep_input_files=keep_input_files,
+        max_cost_usd=max_cost_usd,
+        detached=detached,
+        mode=cast(Any, mode),
+        realtime_concurrency=realtime["concurrency"],
+        realtime_rpm=realtime["requests_per_minute"],
+        realtime_tpm=realtime["tokens_per_minute"],
+        allow_empty=spec.allow_empty,
+        invalid_utf8=spec.invalid_utf8,
+    )
+
+
+def _submit(**options: Any) -> None:
     """Submit SOURCE's batches and return at once; `prefect-llm-batch collect` writes OUTPUT later.
 
-    Takes exactly the arguments and options of `run` (see `prefect-llm-batch run --help`): it is
-    `run --detached`.
+    Takes the arguments and options of `run`: it is `run --detached`.
     """
-    typer.main.get_command(app).main(args=["run", *ctx.args, "--detached"], standalone_mode=False)
+    run(**options, detached=True)
+
+
+_RUN = inspect.signature(run, eval_str=True)
+_submit.__signature__ = _RUN.replace(  # type: ignore[attr-defined]
+    parameters=[p for p in _RUN.parameters.values() if p.name != "detached"]
+)
+_submit.__annotations__ = {p.name: p.annotation for p in _submit.__signature__.parameters.values()}  # type: ignore[attr-defined]
+app.command("submit")(_submit)
 
 
 @app.command()
 def collect(state_dir: StateDirOption = None) -> None:
     """Finish the jobs submitted with --detached whose batches have ended (never waits)."""
+    _before_work()
     _prefect_defaults()
     from .errors import LLMBatchError
     from .flows import collect_jobs
@@ -316,66 +586,71 @@ def collect(state_dir: StateDirOption = None) -> None:
     typer.echo(f"{len(finished)} job(s) finished")
 
 
+def plan_estimate(
+    source: str, spec: JobSpec, state_dir: str, limit: int | None, expected_output_tokens: int = 100
+) -> Any:
+    """Plan the job in the state directory, as ``run`` plans it, and estimate it (no HTTP, no key)."""
+    from .jobs import estimate as estimate_job
+    from .jobs import prepare
+    from .providers import make_provider, target_for
+    from .spec import SIMULATOR_KEY_BASE_URL, ProviderTarget
+
+    if spec.provider == "simulator":  # the simulator's requests are keyed by this URL, whatever its port
+        target = ProviderTarget(
+            provider="simulator", base_url=SIMULATOR_KEY_BASE_URL, key_base_url=SIMULATOR_KEY_BASE_URL
+        )
+    else:
+        target = target_for(spec.provider, spec.base_url)
+    with make_provider(  # builds bodies only
+        target, api_key="not-used-for-estimates", limits=spec.limits, endpoint=spec.endpoint
+    ) as client:
+        ref = prepare(source, spec, client, target, state_dir=state_dir, limit=limit)
+    return estimate_job(ref, spec.params, expected_output_tokens=expected_output_tokens)
+
+
 @app.command()
 def estimate(
     source: Annotated[str, typer.Argument(help=SOURCE_HELP)],
-    prompt: Annotated[str, typer.Option(help="Jinja2 template over the row's columns.")],
-    model: Annotated[str, typer.Option(help="Model name, e.g. gpt-4o-mini.")],
-    system: Annotated[str | None, typer.Option(help="System prompt (also a template).")] = None,
-    param: Annotated[list[str] | None, typer.Option(help="Request parameter key=value.")] = None,
-    provider: Annotated[str, typer.Option(help="openai, anthropic or simulator.")] = "openai",
-    base_url: Annotated[str | None, typer.Option(help="Base URL (see `run --help`).")] = None,
+    prompt: PromptOption,
+    model: ModelOption,
+    system: SystemOption = None,
+    schema: SchemaOption = None,
+    column_prefix: ColumnPrefixOption = "",
+    id_column: IdColumnOption = None,
+    param: ParamOption = None,
+    provider: ProviderOption = "simulator",
+    base_url: BaseUrlOption = None,
     state_dir: StateDirOption = None,
-    limit: Annotated[int | None, typer.Option(help="Only the first N rows.")] = None,
+    limit: LimitOption = None,
+    max_requests_per_batch: MaxRequestsOption = DEFAULT_MAX_REQUESTS_PER_BATCH,
+    max_batch_bytes: MaxBytesOption = DEFAULT_MAX_BATCH_BYTES,
     expected_output_tokens: Annotated[
         int, typer.Option(help="Output tokens assumed per request when no max_tokens param is set.")
     ] = 100,
-    allow_empty: Annotated[
-        bool, typer.Option("--allow-empty", help="Send rows whose prompt renders empty (else an error).")
-    ] = False,
-    invalid_utf8: Annotated[
-        str,
-        typer.Option(
-            help="Text that is not UTF-8 in a CSV/JSONL source: error (default) or replace (U+FFFD)."
-        ),
-    ] = "error",
+    allow_empty: AllowEmptyOption = False,
+    invalid_utf8: InvalidUtf8Option = "error",
 ) -> None:
     """Rows, unique requests, cache hits, estimated tokens and batch cost, before anything is sent.
 
     Nothing goes over the network and no key is needed: the job is planned in the state
-    directory (a later `run` with the same options reuses the plan).
+    directory, as `run` with the same options plans it (that run reuses the plan).
     """
+    _check_choices(provider, invalid_utf8)
+    _before_work()
+    spec = build_spec(
+        prompt=prompt, model=model, system=system, schema=schema, column_prefix=column_prefix,
+        id_column=id_column, param=param, provider=provider, base_url=base_url,
+        max_requests_per_batch=max_requests_per_batch, max_batch_bytes=max_batch_bytes,
+        allow_empty=allow_empty, invalid_utf8=invalid_utf8,
+    )  # fmt: skip
     from .costs import BATCH_PRICES
     from .errors import LLMBatchError
-    from .jobs import estimate as estimate_job
-    from .jobs import prepare
-    from .providers import make_provider, target_for
-    from .spec import SIMULATOR_KEY_BASE_URL, JobSpec, ProviderTarget
 
     try:
-        if invalid_utf8 not in ("error", "replace"):
-            raise typer.BadParameter(f"--invalid-utf8 must be error or replace, not {invalid_utf8!r}")
-        spec = JobSpec(
-            prompt=prompt,
-            system=system,
-            model=model,
-            params=dict(parse_param(p) for p in param or []),
-            allow_empty=allow_empty,
-            invalid_utf8=cast(Literal["error", "replace"], invalid_utf8),
-        )
-        if provider == "simulator":
-            target = ProviderTarget(
-                provider="simulator", base_url=SIMULATOR_KEY_BASE_URL, key_base_url=SIMULATOR_KEY_BASE_URL
-            )
-        else:
-            target = target_for(provider, base_url)
-        with make_provider(target, api_key="not-used-for-estimates") as client:  # builds bodies only
-            ref = prepare(source, spec, client, target, state_dir=_state_dir(state_dir), limit=limit)
-        result = estimate_job(ref, spec.params, expected_output_tokens=expected_output_tokens)
+        result = plan_estimate(source, spec, _state_dir(state_dir), limit, expected_output_tokens)
     except LLMBatchError as exc:
-        typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
-        raise typer.Exit(1) from None
-    typer.echo(result.describe())
+        raise fail(str(exc)) from None
+    typer.echo(f"job {result.job_id}: {result.describe()}")
     if result.cost_usd is None:
         typer.echo(
             f"known models: {', '.join(sorted(BATCH_PRICES))} (prices at batch rates, USD per 1M tokens)"
@@ -416,9 +691,33 @@ def _state_dir(state_dir: str | None) -> str:
     return state_dir or default_state_dir()
 
 
+def resolve_job_id(state_dir: str, prefix: str) -> str:
+    """The job of ``state_dir`` whose id is ``prefix`` or starts with it.
+
+    Raises:
+        typer.Exit: Code 2 after one line: no such job, or the prefix fits several.
+    """
+    import fsspec
+
+    fs, root = fsspec.core.url_to_fs(f"{state_dir.rstrip('/')}/jobs")
+    ids = (
+        [str(p).rstrip("/").rsplit("/", 1)[-1] for p in fs.ls(root, detail=False)] if fs.exists(root) else []
+    )
+    if prefix in ids:
+        return prefix
+    matches = sorted(i for i in ids if prefix and i.startswith(prefix))
+    if len(matches) == 1:
+        return matches[0]
+    if not matches:
+        raise fail(f"no job {prefix} in {state_dir}", 2)
+    raise fail(f"job id {prefix} is ambiguous in {state_dir}: {', '.join(matches)}; give more of it", 2)
+
+
 @app.command()
 def status(
-    job_id: Annotated[str | None, typer.Argument(help="A job id (default: list the jobs).")] = None,
+    job_id: Annotated[
+        str | None, typer.Argument(help="A job id, or its first characters (default: list the jobs).")
+    ] = None,
     state_dir: StateDirOption = None,
 ) -> None:
     """Show the jobs of a state directory, or one job's batches and progress (no HTTP)."""
@@ -426,7 +725,6 @@ def status(
     from rich.table import Table
 
     from .errors import StateError
-    from .jobs import job_ref, progress
     from .store import JobStore, list_jobs
 
     root = _state_dir(state_dir)
@@ -441,7 +739,9 @@ def status(
             )  # fmt: skip
         console.print(table)
         return
-    store = JobStore(root, job_id)
+    from .jobs import job_ref, progress
+
+    store = JobStore(root, resolve_job_id(root, job_id))
     try:
         record = store.read_job()
         table = Table("chunk", "round", "requests", "batch", "status", "done", "collected")
@@ -464,7 +764,9 @@ def status(
 
 @app.command()
 def cancel(
-    job_id: Annotated[str, typer.Argument(help="The job id (see `prefect-llm-batch status`).")],
+    job_id: Annotated[
+        str, typer.Argument(help="The job id, or its first characters (see `prefect-llm-batch status`).")
+    ],
     state_dir: StateDirOption = None,
     wait: Annotated[bool, typer.Option(help="Wait until every batch has stopped.")] = False,
     poll_interval: Annotated[float, typer.Option(help="Seconds between checks with --wait.")] = 10.0,
@@ -476,7 +778,7 @@ def cancel(
     from .store import JobStore
 
     root = _state_dir(state_dir)
-    store = JobStore(root, job_id)
+    store = JobStore(root, resolve_job_id(root, job_id))
     try:
         record = store.read_job()
         if record.provider == "simulator":
@@ -608,9 +910,6 @@ def fake_server(
 
 def main() -> None:
     """Entry point of the ``prefect-llm-batch`` console script."""
-    from .memory import prefer_small_pages
-
-    prefer_small_pages()  # before any work: see prefect_llm_batch.memory
     app()
 
 

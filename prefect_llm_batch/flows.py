@@ -42,6 +42,7 @@ from .jobs import (
     job_ref,
     run_rounds,
 )
+from .jobs.checks import check_before_start
 from .jobs.detached import PendingJob, read_pending_jobs
 from .jobs.driver import submit_first_round
 from .jobs.realtime import Mode, choose_mode
@@ -301,6 +302,12 @@ def enrich_table(
     if simulated:
         log.warning("provider 'simulator': answers come from the bundled simulator, not from a model")
     state = state_dir or default_state_dir()
+    # Every check that needs no provider, before the first task (nothing is planned or sent).
+    check_before_start(
+        source, output, state, where="flow", provider=provider, model=model, overwrite=overwrite,
+        api_key=credentials.api_key.get_secret_value() if credentials is not None else None,
+        detached=detached, mode=mode, max_cost_usd=None if dry_run else max_cost_usd, prices=prices,
+    )  # fmt: skip
     with (
         resolve_target(provider, base_url, credentials) as target,
         hold_job(source, spec, target, state, limit, options, credentials) as identity,

@@ -22,7 +22,7 @@ import pyarrow.parquet as pq
 from pydantic import BaseModel
 
 from .jobs import JobSummary, Progress
-from .jobs.checks import check_output
+from .jobs.checks import check_before_start, check_output
 from .jobs.driver import run_job
 from .providers import make_provider
 from .schemas import ResponseSchema
@@ -127,6 +127,9 @@ def enrich(
         >>> out["response"].tolist()  # doctest: +SKIP
         ['positive', 'negative']
     """
+    state = state_dir or default_state_dir()
+    # before anything is written or started: a missing key is named as enrich(api_key=...)
+    check_before_start(state, None, state, where="python", provider=provider, model=model, api_key=api_key)
     schema = ResponseSchema.from_user(response_format) if response_format is not None else None
     spec = JobSpec(
         prompt=prompt,
@@ -144,7 +147,6 @@ def enrich(
         provider, poll_interval=poll_interval, max_attempts=max_attempts, cache=cache
     )
     table = pa.Table.from_pandas(df.reset_index(drop=True), preserve_index=False)
-    state = state_dir or default_state_dir()
     # The input is written under its content hash, so a rerun finds the same source and job.
     hashed = pd.util.hash_pandas_object(df, index=False).to_numpy().tobytes()
     digest = hashlib.sha256(hashed + ",".join(map(str, df.columns)).encode()).hexdigest()[:24]

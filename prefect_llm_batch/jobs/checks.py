@@ -25,15 +25,17 @@ from __future__ import annotations
 import os
 import secrets
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, Literal
 
 import fsspec.core
 from fsspec.implementations.local import LocalFileSystem
 
-from ..errors import TableError
+from ..costs import estimate_cost
+from ..errors import ConfigError, CostLimitExceeded, TableError
+from ..spec import API_KEY_ENV
 from ..table import exists, shown_path
 
-__all__ = ["check_output", "check_output_writable", "same_or_inside"]
+__all__ = ["check_before_start", "check_output", "check_output_writable", "same_or_inside"]
 
 
 def _location(path: str, storage_options: Mapping[str, Any] | None) -> tuple[str, str]:
@@ -149,3 +151,97 @@ def check_output_writable(output: str, *, storage_options: Mapping[str, Any] | N
             f"failed ({reason}); "
             "nothing was sent"
         ) from exc
+
+
+#: Where a user starts a job from, for the wording of :func:`check_before_start`'s messages.
+Where = Literal["cli", "flow", "python"]
+
+#: How each entry point names the provider's key: the option or parameter the user can change.
+_KEY_HINTS: dict[str, str] = {
+    "cli": "set {env} in the environment (or leave out --provider to try the offline simulator)",
+    "flow": "pass credentials= (an LLM Batch credentials block) or set {env} in the worker's environment",
+    "python": "pass enrich(api_key=...) or set {env}",
+}
+
+
+def _named(where: Where, option: str) -> str:
+    """``--max-cost-usd`` on the command line, ``max_cost_usd`` elsewhere.
+
+    Examples:
+        >>> _named("cli", "max_cost_usd"), _named("flow", "max_cost_usd")
+        ('--max-cost-usd', 'max_cost_usd')
+    """
+    return "--" + option.replace("_", "-") if where == "cli" else option
+
+
+def check_before_start(
+    source: str,
+    output: str | None,
+    state_dir: str,
+    *,
+    where: Where,
+    provider: str,
+    model: str,
+    api_key: str | None = None,
+    overwrite: bool = False,
+    detached: bool = False,
+    mode: str = "batch",
+    max_cost_usd: float | None = None,
+    prices: Mapping[str, tuple[float, float]] | None = None,
+    storage_options: Mapping[str, Any] | None = None,
+) -> None:
+    """Every check that needs neither the provider nor the whole table, in one place: the CLI runs
+    it before it imports Prefect, the flow before its first task, ``enrich`` before it starts.
+
+    Args:
+        source: The table.
+        output: Where the output goes (None: no output, e.g. an estimate).
+        state_dir: The state directory.
+        where: Who starts the job (``cli``, ``flow``, ``python``): the messages name what the user
+            can change there (``--provider``, ``credentials=``, ``enrich(api_key=...)``).
+        provider: The provider's name.
+        model: The model (its price, when ``max_cost_usd`` is set).
+        api_key: The key given explicitly (a block's or ``api_key=``); never shown.
+        overwrite: An existing output may be replaced.
+        detached: The job is submitted and collected later.
+        mode: ``batch``, ``realtime`` or ``auto``.
+        max_cost_usd: The most the job may cost.
+        prices: Extra prices (USD per 1M tokens) over the built-in table.
+        storage_options: fsspec options for the paths.
+
+    Raises:
+        TableError: The output is the source, inside it or inside the state directory, exists
+            without ``overwrite``, or cannot be written.
+        ConfigError: A real provider without a key, a detached run with the simulator or in
+            realtime mode, or a negative cost cap.
+        CostLimitExceeded: A cost cap for a model without a price.
+
+    Examples:
+        >>> check_before_start("memory://d/t.csv", None, "memory://s", where="cli", provider="simulator",
+        ...     model="gpt-4o-mini", detached=True)
+        Traceback (most recent call last):
+        ...
+        prefect_llm_batch.errors.ConfigError: --detached needs a provider that outlives the run; ...
+    """
+    if output is not None:
+        check_output(source, output, state_dir, overwrite=overwrite, storage_options=storage_options)
+    if detached and provider == "simulator":
+        raise ConfigError(
+            f"{_named(where, 'detached')} needs a provider that outlives the run; the simulator stops "
+            "with it (use --provider openai or anthropic, or run without detaching)"
+        )
+    if detached and mode == "realtime":
+        raise ConfigError(f"realtime mode cannot run {_named(where, 'detached')}: it sends as it goes")
+    env = API_KEY_ENV.get(provider)
+    if env is not None and not api_key and not os.environ.get(env):
+        option = f"--provider {provider}" if where == "cli" else f"provider={provider!r}"
+        raise ConfigError(f"{option} needs an API key: " + _KEY_HINTS[where].format(env=env))
+    if max_cost_usd is not None:
+        cap = _named(where, "max_cost_usd")
+        if max_cost_usd < 0:
+            raise ConfigError(f"{cap} must be 0 or more, not {max_cost_usd}")
+        if estimate_cost(model, 1, 1, prices) is None:
+            raise CostLimitExceeded(
+                f"{cap} is set but there is no price for model {model!r}, so the cost cannot be "
+                "checked; nothing was sent" + ("" if where == "cli" else "; pass prices= for the model")
+            )

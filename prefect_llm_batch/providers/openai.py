@@ -116,8 +116,16 @@ RESULT_LINE_SCHEMA = pa.schema(
 )
 #: Bytes per block of the JSON reader (blocks are parsed in parallel; a line must fit in one).
 READ_BLOCK_BYTES = 16 << 20
-#: Finish reasons that make an answer an error (see :func:`~prefect_llm_batch.results.parse_chat_completion`).
-_ERROR_FINISH_REASONS = pa.array(["length", "content_filter"])
+
+
+@functools.cache
+def _error_finish_reasons() -> pa.Array[Any]:
+    """Finish reasons that make an answer an error (see
+    :func:`~prefect_llm_batch.results.parse_chat_completion`), made on first use: pyarrow imports
+    pandas to build an array, which the quick commands that import this module never need."""
+    return pa.array(["length", "content_filter"])
+
+
 _SCAN_BYTES = 1 << 22
 _OPEN_BRACE, _CLOSE_BRACE = ord("{"), ord("}")
 
@@ -217,7 +225,7 @@ def parse_chat_results(data: bytes, batch_id: str | None, parse_line: LineParser
         pc.fill_null(pc.equal(pc.struct_field(response, "status_code"), pa.scalar(200)), False),
         pc.is_valid(content),
         pc.is_null(pc.struct_field(message, "refusal")),
-        pc.invert(pc.is_in(finish, value_set=_ERROR_FINISH_REASONS)),
+        pc.invert(pc.is_in(finish, value_set=_error_finish_reasons())),
     )
     plain = conditions[0]
     for condition in conditions[1:]:
