@@ -85,14 +85,24 @@ print(json.dumps(pools))
 """
 
 
-def test_the_command_switches_to_small_pages(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_the_command_switches_to_small_pages_for_work_not_for_help(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
     calls: list[str] = []
     monkeypatch.setattr(memory, "prefer_small_pages", lambda: calls.append("switched") or {})
-    monkeypatch.setattr(sys, "argv", ["prefect-llm-batch", "--help"])
-    with pytest.raises(SystemExit) as exited:
-        cli.main()
-    assert exited.value.code == 0
-    assert calls == ["switched"]  # the command owns its process
+    source = tmp_path / "in.csv"
+    pa_csv.write_csv(pa.table({"text": ["a", "b"]}), str(source))
+    for argv, switched in (
+        (["--help"], []),  # a quick command loads no table: nothing to switch
+        (["estimate", str(source), "--prompt", "{{ text }}", "--model", "gpt-4o-mini",
+          "--state-dir", str(tmp_path / "state")], ["switched"]),
+    ):  # fmt: skip
+        calls.clear()
+        monkeypatch.setattr(sys, "argv", ["prefect-llm-batch", *argv])
+        with pytest.raises(SystemExit) as exited:
+            cli.main()
+        assert exited.value.code == 0
+        assert calls == switched  # the command owns its process
 
 
 def test_the_flow_leaves_the_workers_pages_alone_unless_the_environment_asks(
