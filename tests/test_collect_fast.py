@@ -24,14 +24,10 @@ from prefect_llm_batch.jobs.batches import _chunk_custom_ids, select_results
 from prefect_llm_batch.providers import openai as openai_module
 from prefect_llm_batch.providers.anthropic import AnthropicBatchProvider
 from prefect_llm_batch.providers.base import BatchProvider
-from prefect_llm_batch.providers.openai import (
-    EMBEDDINGS_ENDPOINT,
-    OpenAIBatchProvider,
-    parse_chat_results,
-)
+from prefect_llm_batch.providers.openai import OpenAIBatchProvider, parse_chat_results
 from prefect_llm_batch.requests import fixed_width_ids
 from prefect_llm_batch.results import RowResult, result_schema, results_to_table
-from prefect_llm_batch.spec import ErrorKind
+from prefect_llm_batch.spec import EMBEDDINGS_ENDPOINT, ErrorKind
 
 BATCH = "batch_fast"
 

@@ -20,10 +20,9 @@ from pydantic import BaseModel
 
 from ..errors import AmbiguousCreate, BatchFailed, ProviderRejected, StateError
 from ..providers.base import BatchInfo, BatchProvider, BatchStatus
-from ..providers.openai import EMBEDDINGS_ENDPOINT
 from ..requests import ID_HEAD, fixed_width_ids, split_fixed_width
 from ..results import EMBEDDING_COLUMN, RowResult, results_to_table, short
-from ..spec import ErrorKind, RunOptions
+from ..spec import EMBEDDINGS_ENDPOINT, ErrorKind, RunOptions
 from ..store import ChunkState, JobRecord, JobStore, ResponseCache
 from .plan import JobRef
 

@@ -21,7 +21,6 @@ from .. import __version__
 from ..costs import estimate_cost
 from ..errors import StateError
 from ..keyindex import Digests, ResultIndex, decode_custom_ids
-from ..providers.openai import EMBEDDINGS_ENDPOINT
 from ..requests import canonical_json
 from ..results import (
     OUTPUT_FIELDS,
@@ -33,6 +32,7 @@ from ..results import (
     result_schema,
 )
 from ..schemas import ResponseSchema
+from ..spec import EMBEDDINGS_ENDPOINT
 from ..store import JobStore
 from ..table import (
     SCAN_BATCH_ROWS,
