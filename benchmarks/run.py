@@ -499,11 +499,12 @@ def collect_job(context: StageContext) -> dict[str, Any]:
     import pyarrow.parquet as pq
 
     from prefect_llm_batch import jobs
+    from prefect_llm_batch.cache import ResponseCache
     from prefect_llm_batch.jobs import batches
     from prefect_llm_batch.jobs.batches import _chunk_custom_ids, _with_attempts, select_results
     from prefect_llm_batch.providers.openai import OpenAIBatchProvider
     from prefect_llm_batch.spec import ProviderTarget
-    from prefect_llm_batch.store import JobStore, ResponseCache
+    from prefect_llm_batch.store import JobStore
 
     store_collected = getattr(batches, "store_collected", None)
     files = ensure_results(context.rows, context.seed)

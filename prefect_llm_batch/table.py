@@ -873,6 +873,21 @@ def dictionary_columns(schema: pa.Schema, sample: pa.Table | None) -> list[str]:
     return names
 
 
+def parquet_bytes(table: pa.Table) -> bytes:
+    """Encode a table as Parquet bytes (the state's and the cache's results files).
+
+    Examples:
+        >>> import pyarrow as pa
+        >>> parquet_bytes(pa.table({"custom_id": ["a"]}))[:4]
+        b'PAR1'
+    """
+    sink = pa.BufferOutputStream()
+    # Ids and answers are mostly distinct: written plain (see dictionary_columns), faster.
+    options: dict[str, Any] = {"use_dictionary": dictionary_columns(table.schema, table.slice(0, 4096))}
+    pq.write_table(table, sink, **options)  # (the stubs take only a bool)
+    return bytes(sink.getvalue().to_pybytes())
+
+
 def read_bytes(
     path: str, *, storage_options: dict[str, Any] | None = None, drop_cache: bool = False
 ) -> bytes:
@@ -933,6 +948,21 @@ def exists(path: str, *, storage_options: dict[str, Any] | None = None) -> bool:
         return bool(fs.exists(fs_path))
     except (OSError, ValueError) as exc:
         raise TableError(f"cannot tell whether {_redact(path)} exists: {exc}") from exc
+
+
+def modified_time(fs: Any, path: str, default: float) -> float:
+    """A file's modification time (seconds since the epoch), or ``default`` when unknown."""
+    info = fs.info(path)
+    modified = info.get("mtime") or info.get("created") or info.get("LastModified")
+    return modified.timestamp() if hasattr(modified, "timestamp") else float(modified or default)
+
+
+def bytes_freed_by_removing(fs: Any, path: str) -> int:
+    """The bytes deleting a file frees: its size; locally, none while another link to it lives."""
+    if "file" in fs.protocol:
+        stat = os.stat(path)
+        return int(stat.st_size) if stat.st_nlink <= 1 else 0
+    return int(fs.info(path).get("size") or 0)
 
 
 def fingerprint(source: str, *, storage_options: dict[str, Any] | None = None) -> str:

@@ -19,6 +19,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from pydantic import BaseModel
 
+from ..cache import ResponseCache
 from ..errors import InputError, StateError
 from ..prompts import PromptTemplate
 from ..providers.base import BatchProvider
@@ -36,7 +37,7 @@ from ..requests import (
 from ..results import EMBEDDING_COLUMN, OUTPUT_COLUMNS, RESULT_SCHEMA, result_schema
 from ..schemas import ResponseSchema
 from ..spec import BatchLimits, CacheMode, ErrorKind, JobSpec, ProviderTarget, RunOptions
-from ..store import ChunkPlanRecord, ChunkState, JobRecord, JobStore, ResponseCache
+from ..store import ChunkPlanRecord, ChunkState, JobRecord, JobStore
 from ..table import TableScan, fingerprint, read_ahead, read_table, scan_table
 
 logger = logging.getLogger("prefect_llm_batch")
