@@ -887,7 +887,7 @@ def probe_first_touch() -> str:
 
 _PAGE_CACHE_PROBE = """
 import json, os, shutil, sys, time
-from prefect_llm_batch.table import write_bytes_atomic
+from prefect_llm_batch.files import write_bytes_atomic
 root, data, out = sys.argv[1], os.urandom(1 << 20) * 32, {}
 for drop in (False, True):
     shutil.rmtree(root, ignore_errors=True)

@@ -25,14 +25,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from .files import bytes_freed_by_removing, drop_behind, modified_time, write_bytes_atomic
 from .store import is_damage, secure_state_dir, short_error
-from .table import (
-    bytes_freed_by_removing,
-    drop_behind,
-    modified_time,
-    parquet_bytes,
-    write_bytes_atomic,
-)
+from .table import parquet_bytes
 
 logger = logging.getLogger("prefect_llm_batch")
 

@@ -28,7 +28,7 @@ import fsspec
 import orjson
 
 from .errors import JobLocked
-from .table import make_dirs, write_bytes_atomic
+from .files import make_dirs, write_bytes_atomic
 
 if TYPE_CHECKING:
     from .store import JobStore

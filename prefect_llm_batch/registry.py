@@ -20,8 +20,8 @@ import orjson
 from pydantic import BaseModel, Field
 
 from .errors import JobLocked, StateError
+from .files import bytes_freed_by_removing, exists, modified_time, read_bytes, write_bytes_atomic
 from .store import JobRecord, JobStore, orjson_dumps, secure_state_dir
-from .table import bytes_freed_by_removing, exists, modified_time, read_bytes, write_bytes_atomic
 
 logger = logging.getLogger("prefect_llm_batch")
 

@@ -31,7 +31,7 @@ import fsspec.core
 from fsspec.implementations.local import LocalFileSystem
 
 from ..errors import TableError
-from ..table import exists, shown_path
+from ..files import exists, shown_path
 
 __all__ = ["check_output", "check_output_writable", "same_or_inside"]
 

@@ -20,6 +20,7 @@ from pydantic import BaseModel, Field
 from .. import __version__
 from ..costs import estimate_cost
 from ..errors import StateError
+from ..files import write_parquet_batches_atomic
 from ..keyindex import Digests, ResultIndex, decode_custom_ids
 from ..requests import canonical_json
 from ..results import (
@@ -34,15 +35,7 @@ from ..results import (
 from ..schemas import ResponseSchema
 from ..spec import EMBEDDINGS_ENDPOINT
 from ..store import JobStore
-from ..table import (
-    SCAN_BATCH_ROWS,
-    TableScan,
-    dictionary_columns,
-    fingerprint,
-    read_ahead,
-    scan_table,
-    write_parquet_batches_atomic,
-)
+from ..table import SCAN_BATCH_ROWS, TableScan, dictionary_columns, fingerprint, read_ahead, scan_table
 from .plan import JobRef
 
 logger = logging.getLogger("prefect_llm_batch")
