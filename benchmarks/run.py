@@ -262,10 +262,11 @@ def prepare_steps(context: StageContext) -> dict[str, Any]:
     import numpy as np
     import pyarrow as pa
 
+    from prefect_llm_batch.batchfile import RequestEncoder
     from prefect_llm_batch.jobs.plan import _ChunkWriter, _render
+    from prefect_llm_batch.keys import DigestSet
     from prefect_llm_batch.prompts import PromptTemplate
     from prefect_llm_batch.providers.openai import OpenAIBatchProvider
-    from prefect_llm_batch.requests import DigestSet, RequestEncoder
     from prefect_llm_batch.store import JobStore
     from prefect_llm_batch.table import fingerprint, scan_table
 

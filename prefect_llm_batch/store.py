@@ -56,8 +56,8 @@ from pydantic import BaseModel, Field
 
 from .errors import StateError, TableError
 from .files import drop_behind, exists, read_bytes, write_bytes_atomic, write_parquet_batches_atomic
+from .keys import split_fixed_width
 from .lease import LEASE_TTL_S, Lease, check_held
-from .requests import split_fixed_width
 from .spec import BatchLimits
 from .table import parquet_bytes
 

@@ -18,10 +18,11 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from pydantic import BaseModel
 
+from ..batchfile import ID_HEAD, fixed_width_ids
 from ..cache import ResponseCache
 from ..errors import AmbiguousCreate, BatchFailed, ProviderRejected, StateError
+from ..keys import split_fixed_width
 from ..providers.base import BatchInfo, BatchProvider, BatchStatus
-from ..requests import ID_HEAD, fixed_width_ids, split_fixed_width
 from ..results import EMBEDDING_COLUMN, RowResult, results_to_table, short
 from ..spec import EMBEDDINGS_ENDPOINT, ErrorKind, RunOptions
 from ..store import ChunkState, JobRecord, JobStore

@@ -21,8 +21,7 @@ from .. import __version__
 from ..costs import estimate_cost
 from ..errors import StateError
 from ..files import write_parquet_batches_atomic
-from ..keyindex import Digests, ResultIndex, decode_custom_ids
-from ..requests import canonical_json
+from ..keys import Digests, ResultIndex, canonical_json, decode_custom_ids
 from ..results import (
     OUTPUT_FIELDS,
     RESULT_SCHEMA,
@@ -147,7 +146,7 @@ class JobAnswers:
 
     The results of each source (the answers taken from the cache, then every chunk in round
     order) are numbered one after the other, and the rows' ids are matched to them by key
-    (:class:`~prefect_llm_batch.keyindex.ResultIndex`: about 48 bytes per result), giving each
+    (:class:`~prefect_llm_batch.keys.ResultIndex`: about 48 bytes per result), giving each
     row its result's number (4 bytes per row) and each result the last row that needs it (4
     more per result). A source is read when a row first needs one of its answers; after each
     slice of rows, only the answers that later rows still need are kept (those of requests

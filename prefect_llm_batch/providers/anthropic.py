@@ -78,7 +78,7 @@ import httpx
 import orjson
 
 from ..errors import ConfigError, InputError, LLMBatchError, ProviderRejected, ProviderUnavailable
-from ..requests import normalise_base_url
+from ..keys import normalise_base_url
 from ..results import RowResult, short
 from ..schemas import ResponseSchema
 from ..spec import MESSAGES_ENDPOINT, BatchLimits, ErrorKind

@@ -47,7 +47,7 @@ from urllib.parse import parse_qs, urlsplit, urlunsplit
 import httpx
 
 from ..errors import ConfigError, ProviderRejected
-from ..requests import normalise_base_url
+from ..keys import normalise_base_url
 from ..spec import CHAT_ENDPOINT, BatchLimits, ProviderTarget, refuse_credentials
 from .base import BatchInfo, BatchStatus
 from .openai import OpenAIBatchProvider

@@ -36,13 +36,14 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.json as pj
 
+from ..batchfile import chat_body
 from ..errors import (
     ConfigError,
     InputError,
     LLMBatchError,
     ProviderRejected,
 )
-from ..requests import chat_body, normalise_base_url
+from ..keys import normalise_base_url
 from ..results import (
     EMBEDDING_COLUMN,
     NEVER_RAN_CODES,
