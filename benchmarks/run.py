@@ -262,10 +262,11 @@ def prepare_steps(context: StageContext) -> dict[str, Any]:
     import numpy as np
     import pyarrow as pa
 
+    from prefect_llm_batch.batchfile import RequestEncoder
     from prefect_llm_batch.jobs.plan import _ChunkWriter, _render
+    from prefect_llm_batch.keys import DigestSet
     from prefect_llm_batch.prompts import PromptTemplate
     from prefect_llm_batch.providers.openai import OpenAIBatchProvider
-    from prefect_llm_batch.requests import DigestSet, RequestEncoder
     from prefect_llm_batch.store import JobStore
     from prefect_llm_batch.table import fingerprint, scan_table
 
@@ -499,11 +500,12 @@ def collect_job(context: StageContext) -> dict[str, Any]:
     import pyarrow.parquet as pq
 
     from prefect_llm_batch import jobs
+    from prefect_llm_batch.cache import ResponseCache
     from prefect_llm_batch.jobs import batches
     from prefect_llm_batch.jobs.batches import _chunk_custom_ids, _with_attempts, select_results
     from prefect_llm_batch.providers.openai import OpenAIBatchProvider
     from prefect_llm_batch.spec import ProviderTarget
-    from prefect_llm_batch.store import JobStore, ResponseCache
+    from prefect_llm_batch.store import JobStore
 
     store_collected = getattr(batches, "store_collected", None)
     files = ensure_results(context.rows, context.seed)
@@ -886,7 +888,7 @@ def probe_first_touch() -> str:
 
 _PAGE_CACHE_PROBE = """
 import json, os, shutil, sys, time
-from prefect_llm_batch.table import write_bytes_atomic
+from prefect_llm_batch.files import write_bytes_atomic
 root, data, out = sys.argv[1], os.urandom(1 << 20) * 32, {}
 for drop in (False, True):
     shutil.rmtree(root, ignore_errors=True)

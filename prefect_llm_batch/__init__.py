@@ -1,8 +1,9 @@
 """prefect-llm-batch: enrich tables with LLM answers through provider batch APIs, as Prefect flows.
 
 The pure core (:mod:`~prefect_llm_batch.spec`, :mod:`~prefect_llm_batch.prompts`,
-:mod:`~prefect_llm_batch.requests`, :mod:`~prefect_llm_batch.results`) imports neither Prefect nor
-httpx. Public names below are imported lazily, so ``import prefect_llm_batch`` stays cheap.
+:mod:`~prefect_llm_batch.results`), the request keys (:mod:`~prefect_llm_batch.keys`) and the
+batch files (:mod:`~prefect_llm_batch.batchfile`) import neither Prefect nor httpx. Public names
+below are imported lazily, so ``import prefect_llm_batch`` stays cheap.
 
 Examples:
     >>> import prefect_llm_batch

@@ -725,7 +725,8 @@ def status(
     from rich.table import Table
 
     from .errors import StateError
-    from .store import JobStore, list_jobs
+    from .registry import list_jobs
+    from .store import JobStore
 
     root = _state_dir(state_dir)
     console = Console()
@@ -813,7 +814,7 @@ app.add_typer(cache_app, name="cache")
 @cache_app.command("info")
 def cache_info(state_dir: StateDirOption = None) -> None:
     """How many answers the cache holds, and where."""
-    from .store import ResponseCache
+    from .cache import ResponseCache
 
     cache = ResponseCache(_state_dir(state_dir))
     segments, answers, size = cache.stats()
@@ -826,7 +827,7 @@ def cache_clear(
     older_than: Annotated[float | None, typer.Option(help="Only segments older than this many days.")] = None,
 ) -> None:
     """Delete cached answers (all, or those older than --older-than days); jobs keep their results."""
-    from .store import ResponseCache
+    from .cache import ResponseCache
 
     cache = ResponseCache(_state_dir(state_dir))
     removed = cache.clear(older_than * 86400 if older_than is not None else None)
@@ -877,7 +878,7 @@ def jobs_clean(
     answer. With --force, a deleted job's batches still running at the provider are neither
     cancelled nor collected (`prefect-llm-batch cancel JOB_ID` first).
     """
-    from .store import clean_jobs
+    from .registry import clean_jobs
 
     root = _state_dir(state_dir)
     report = clean_jobs(

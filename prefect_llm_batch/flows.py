@@ -48,6 +48,7 @@ from .jobs.driver import submit_first_round
 from .jobs.realtime import Mode, choose_mode
 from .memory import SMALL_PAGES_ENV, small_pages_if_asked
 from .providers import api_key_for, make_provider, target_for
+from .registry import job_for_run, record_run, remove_pending, write_pending
 from .schemas import ResponseSchema
 from .simulator import open_target
 from .spec import (
@@ -61,14 +62,7 @@ from .spec import (
     ProviderTarget,
     RunOptions,
 )
-from .store import (
-    JobStore,
-    default_state_dir,
-    job_for_run,
-    record_run,
-    remove_pending,
-    write_pending,
-)
+from .store import JobStore, default_state_dir
 from .tasks import (
     TaskSteps,
     advance_job,

@@ -43,9 +43,10 @@ from .jobs.detached import PendingJob
 from .jobs.driver import submit_first_round
 from .jobs.realtime import Mode, choose_mode, realtime_client
 from .providers import api_key_for, make_provider
+from .registry import write_pending
 from .simulator import open_target
 from .spec import JobSpec, RunOptions
-from .store import JobStore, write_pending
+from .store import JobStore
 
 logger = logging.getLogger("prefect_llm_batch")
 

@@ -21,6 +21,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from pydantic import BaseModel
 
+from .files import exists, write_parquet_atomic
 from .jobs import JobSummary, Progress
 from .jobs.checks import check_before_start, check_output
 from .jobs.driver import run_job
@@ -35,7 +36,6 @@ from .spec import (
     RunOptions,
 )
 from .store import default_state_dir
-from .table import exists, write_parquet_atomic
 
 
 class _Bar:

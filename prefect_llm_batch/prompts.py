@@ -80,7 +80,7 @@ from jinja2.runtime import Context
 from jinja2.sandbox import SandboxedEnvironment
 
 from prefect_llm_batch.errors import InputError, TemplateError
-from prefect_llm_batch.requests import value_offsets
+from prefect_llm_batch.keys import value_offsets
 
 __all__ = ["MAX_PROMPT_CHARS", "PromptTemplate", "render_value"]
 

@@ -34,6 +34,12 @@ SIMULATOR_KEY_BASE_URL = "simulator://local/v1"
 #: Environment variables holding each real provider's key (as the official SDKs read them).
 API_KEY_ENV = {"openai": "OPENAI_API_KEY", "anthropic": "ANTHROPIC_API_KEY", "azure": "AZURE_OPENAI_API_KEY"}
 
+#: Endpoints (the ``endpoint`` of a batch and the ``url`` of its lines); the one definition.
+CHAT_ENDPOINT = "/v1/chat/completions"
+EMBEDDINGS_ENDPOINT = "/v1/embeddings"
+#: Anthropic's Messages endpoint (message batches carry their requests' bodies without a URL).
+MESSAGES_ENDPOINT = "/v1/messages"
+
 #: OpenAI documents these per batch input file.
 OPENAI_MAX_REQUESTS_PER_BATCH = 50_000
 OPENAI_MAX_BATCH_BYTES = 200 * 1024 * 1024

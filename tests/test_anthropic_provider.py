@@ -9,6 +9,7 @@ from typing import Any
 import httpx
 import pytest
 
+from prefect_llm_batch.batchfile import encode_line
 from prefect_llm_batch.errors import (
     AmbiguousCreate,
     ConfigError,
@@ -24,7 +25,6 @@ from prefect_llm_batch.providers.anthropic import (
     tool_for_schema,
 )
 from prefect_llm_batch.providers.base import BatchInfo, BatchStatus
-from prefect_llm_batch.requests import encode_line
 from prefect_llm_batch.schemas import ResponseSchema
 from prefect_llm_batch.spec import BatchLimits, ErrorKind
 

@@ -18,20 +18,16 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from prefect_llm_batch.batchfile import fixed_width_ids
 from prefect_llm_batch.errors import ProviderUnavailable
 from prefect_llm_batch.jobs import batches
 from prefect_llm_batch.jobs.batches import _chunk_custom_ids, select_results
 from prefect_llm_batch.providers import openai as openai_module
 from prefect_llm_batch.providers.anthropic import AnthropicBatchProvider
 from prefect_llm_batch.providers.base import BatchProvider
-from prefect_llm_batch.providers.openai import (
-    EMBEDDINGS_ENDPOINT,
-    OpenAIBatchProvider,
-    parse_chat_results,
-)
-from prefect_llm_batch.requests import fixed_width_ids
+from prefect_llm_batch.providers.openai import OpenAIBatchProvider, parse_chat_results
 from prefect_llm_batch.results import RowResult, result_schema, results_to_table
-from prefect_llm_batch.spec import ErrorKind
+from prefect_llm_batch.spec import EMBEDDINGS_ENDPOINT, ErrorKind
 
 BATCH = "batch_fast"
 
@@ -441,7 +437,7 @@ def test_chunk_custom_ids_fast_path_and_fallback() -> None:
 def test_chunk_custom_ids_of_a_real_batch_file_take_the_fixed_width_path(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    from prefect_llm_batch.requests import custom_id
+    from prefect_llm_batch.keys import custom_id
 
     ids = [
         custom_id("openai", "https://api.openai.com/v1", "/v1/chat/completions", {"n": i}) for i in range(500)

@@ -20,11 +20,12 @@ import pyarrow.parquet as pq
 import pytest
 
 from prefect_llm_batch import jobs
+from prefect_llm_batch.cache import ResponseCache
 from prefect_llm_batch.errors import JobLocked
 from prefect_llm_batch.providers import make_provider
 from prefect_llm_batch.providers.base import BatchProvider
 from prefect_llm_batch.spec import SIMULATOR_KEY_BASE_URL, JobSpec, ProviderTarget, RunOptions
-from prefect_llm_batch.store import JobStore, ResponseCache
+from prefect_llm_batch.store import JobStore
 from prefect_llm_batch.testing import FakeProviderServer, FakeServerConfig
 
 KEY = "test-key-durable-0000"

@@ -17,9 +17,8 @@ from prefect_llm_batch import jobs
 from prefect_llm_batch.errors import StateError
 from prefect_llm_batch.jobs.driver import run_batches
 from prefect_llm_batch.jobs.output import JobAnswers, TableAnswers, latest_results, write_joined
-from prefect_llm_batch.keyindex import ResultIndex, decode_custom_ids
+from prefect_llm_batch.keys import ResultIndex, custom_id_array, custom_id_from_digest, decode_custom_ids
 from prefect_llm_batch.providers import make_provider
-from prefect_llm_batch.requests import custom_id_array, custom_id_from_digest
 from prefect_llm_batch.results import result_positions
 from prefect_llm_batch.spec import BatchLimits, JobSpec, ProviderTarget, RunOptions
 from prefect_llm_batch.store import JobStore

@@ -17,12 +17,14 @@ import pytest
 
 from prefect_llm_batch import jobs
 from prefect_llm_batch import table as table_module
+from prefect_llm_batch.batchfile import build_request_set
+from prefect_llm_batch.cache import ResponseCache
 from prefect_llm_batch.jobs import plan as plan_module
+from prefect_llm_batch.keys import DigestSet, first_new
 from prefect_llm_batch.providers.openai import OpenAIBatchProvider
-from prefect_llm_batch.requests import DigestSet, build_request_set, first_new
 from prefect_llm_batch.results import RowResult, results_to_table
 from prefect_llm_batch.spec import BatchLimits, JobSpec, ProviderTarget
-from prefect_llm_batch.store import JobStore, ResponseCache
+from prefect_llm_batch.store import JobStore
 
 FULL = (1 << 64) - 1
 #: Sort-key masks: the real one, and narrower ones under which distinct digests share keys

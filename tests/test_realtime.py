@@ -13,14 +13,14 @@ import pytest
 
 from prefect_llm_batch.errors import ProviderRejected, ProviderUnavailable
 from prefect_llm_batch.providers.anthropic import AnthropicBatchProvider
-from prefect_llm_batch.providers.openai import EMBEDDINGS_ENDPOINT, OpenAIBatchProvider
+from prefect_llm_batch.providers.openai import OpenAIBatchProvider
 from prefect_llm_batch.providers.realtime import (
     RealtimeClient,
     estimate_tokens,
     has_batch_api,
     parse_duration,
 )
-from prefect_llm_batch.spec import ErrorKind
+from prefect_llm_batch.spec import EMBEDDINGS_ENDPOINT, ErrorKind
 from prefect_llm_batch.testing import FakeProviderServer, FakeServerConfig
 from prefect_llm_batch.testing.answers import default_answer
 from prefect_llm_batch.testing.server import openai_duration

@@ -118,7 +118,7 @@ def test_realtime_resume_does_not_resend_finished_slices(
     table = pq.read_table(tmp_path / "out.parquet")
     assert table.column("id").to_pylist() == list(range(10))
     # The chunk's answers are in the response cache: its stored results, in a file of its own.
-    from prefect_llm_batch.store import ResponseCache
+    from prefect_llm_batch.cache import ResponseCache
 
     assert ResponseCache(ref.state_dir).stats()[:2] == (1, 10)
     [segment] = (tmp_path / "s" / "cache" / "results").iterdir()

@@ -8,16 +8,13 @@ import re
 import orjson
 import pytest
 
+from prefect_llm_batch.batchfile import build_request_set, chat_body, encode_line, plan_chunks
 from prefect_llm_batch.errors import InputError
-from prefect_llm_batch.requests import (
-    build_request_set,
+from prefect_llm_batch.keys import (
     canonical_json,
-    chat_body,
     custom_id,
     custom_id_from_digest,
-    encode_line,
     normalise_base_url,
-    plan_chunks,
     request_digest,
 )
 from prefect_llm_batch.spec import KEY_VERSION, BatchLimits
@@ -140,7 +137,7 @@ def test_a_single_line_over_the_byte_limit_names_the_row() -> None:
 def test_packing_many_lines_at_once_equals_one_at_a_time() -> None:
     import random
 
-    from prefect_llm_batch.requests import ChunkPacker
+    from prefect_llm_batch.batchfile import ChunkPacker
 
     rng = random.Random(11)
     for _ in range(300):

@@ -14,21 +14,18 @@ import pytest
 
 from prefect_llm_batch import jobs
 from prefect_llm_batch import table as table_module
+from prefect_llm_batch.batchfile import (
+    RequestEncoder,
+    build_request_set,
+    chat_body,
+    json_string_contents,
+    plan_chunks,
+)
 from prefect_llm_batch.errors import StateError, TemplateError
+from prefect_llm_batch.keys import canonical_json, custom_id_array, custom_id_from_digest, request_digest
 from prefect_llm_batch.providers import make_provider
 from prefect_llm_batch.providers.anthropic import AnthropicBatchProvider
 from prefect_llm_batch.providers.openai import OpenAIBatchProvider
-from prefect_llm_batch.requests import (
-    RequestEncoder,
-    build_request_set,
-    canonical_json,
-    chat_body,
-    custom_id_array,
-    custom_id_from_digest,
-    json_string_contents,
-    plan_chunks,
-    request_digest,
-)
 from prefect_llm_batch.schemas import ResponseSchema
 from prefect_llm_batch.spec import BatchLimits, JobSpec, ProviderTarget, RunOptions
 from prefect_llm_batch.store import JobStore

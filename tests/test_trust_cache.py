@@ -17,12 +17,14 @@ import pytest
 from typer.testing import CliRunner
 
 from prefect_llm_batch import jobs
+from prefect_llm_batch.cache import ResponseCache
 from prefect_llm_batch.cli import app
 from prefect_llm_batch.errors import StateError
 from prefect_llm_batch.jobs.driver import run_batches
 from prefect_llm_batch.providers import make_provider
+from prefect_llm_batch.registry import clean_jobs
 from prefect_llm_batch.spec import BatchLimits, JobSpec, ProviderTarget, RunOptions
-from prefect_llm_batch.store import JobStore, ResponseCache, clean_jobs
+from prefect_llm_batch.store import JobStore
 from prefect_llm_batch.testing import FakeProviderServer, FakeServerConfig
 
 KEY = "sk-test-FAKE-cache-0000"

@@ -28,10 +28,11 @@ import pytest
 
 from prefect_llm_batch import table as table_module
 from prefect_llm_batch.errors import InputError, TableError, TemplateError
+from prefect_llm_batch.files import write_bytes_atomic
 from prefect_llm_batch.flows import enrich_table
 from prefect_llm_batch.jobs.checks import check_output, check_output_writable
 from prefect_llm_batch.prompts import MAX_PROMPT_CHARS, PromptTemplate
-from prefect_llm_batch.table import read_table, scan_table, write_bytes_atomic
+from prefect_llm_batch.table import read_table, scan_table
 from prefect_llm_batch.testing import FakeProviderServer, FakeServerConfig
 
 API_KEY = "sk-test-FAKE-trust-inputs-0000"

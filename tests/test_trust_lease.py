@@ -19,12 +19,14 @@ import pyarrow.parquet as pq
 import pytest
 
 from prefect_llm_batch import jobs
+from prefect_llm_batch.cache import ResponseCache
 from prefect_llm_batch.errors import JobLocked
 from prefect_llm_batch.jobs import plan as plan_module
 from prefect_llm_batch.notebook import enrich
 from prefect_llm_batch.providers import make_provider
+from prefect_llm_batch.registry import list_jobs
 from prefect_llm_batch.spec import BatchLimits, JobSpec, ProviderTarget
-from prefect_llm_batch.store import JobRecord, JobStore, ResponseCache, list_jobs
+from prefect_llm_batch.store import JobRecord, JobStore
 from prefect_llm_batch.testing import FakeProviderServer, FakeServerConfig
 
 KEY = "sk-test-FAKE-lease-0000"

@@ -22,9 +22,10 @@ import pytest
 
 from prefect_llm_batch import jobs
 from prefect_llm_batch.errors import JobLocked
+from prefect_llm_batch.lease import Lease
 from prefect_llm_batch.providers import make_provider
 from prefect_llm_batch.spec import BatchLimits, JobSpec, ProviderTarget
-from prefect_llm_batch.store import JobStore, Lease
+from prefect_llm_batch.store import JobStore
 from prefect_llm_batch.testing import FakeProviderServer, FakeServerConfig
 
 KEY = "sk-test-FAKE-lease-faults-0000"

@@ -19,6 +19,7 @@ import orjson
 import pyarrow as pa
 import pytest
 
+from prefect_llm_batch.cache import ResponseCache
 from prefect_llm_batch.cli import print_summary
 from prefect_llm_batch.errors import ProviderUnavailable
 from prefect_llm_batch.jobs import JobSummary
@@ -28,7 +29,7 @@ from prefect_llm_batch.providers.anthropic import AnthropicBatchProvider
 from prefect_llm_batch.providers.openai import OpenAIBatchProvider
 from prefect_llm_batch.results import RowResult, results_to_table
 from prefect_llm_batch.spec import ErrorKind, JobSpec, ProviderTarget
-from prefect_llm_batch.store import JobStore, ResponseCache
+from prefect_llm_batch.store import JobStore
 from prefect_llm_batch.testing import FakeProviderServer, FakeServerConfig
 
 from .test_durable import FAST, Runner, spec, texts, write_source

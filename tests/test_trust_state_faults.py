@@ -18,12 +18,14 @@ import pyarrow.parquet as pq
 import pytest
 from typer.testing import CliRunner
 
+from prefect_llm_batch import cache as cache_module
 from prefect_llm_batch import jobs
-from prefect_llm_batch import store as store_module
+from prefect_llm_batch.cache import ResponseCache
 from prefect_llm_batch.cli import app
 from prefect_llm_batch.providers import make_provider
+from prefect_llm_batch.registry import clean_jobs, write_pending
 from prefect_llm_batch.spec import BatchLimits, JobSpec, ProviderTarget
-from prefect_llm_batch.store import JobStore, ResponseCache, clean_jobs, is_damage, write_pending
+from prefect_llm_batch.store import ChunkState, JobStore, is_damage
 from prefect_llm_batch.testing import FakeProviderServer, FakeServerConfig
 
 KEY = "sk-test-FAKE-state-faults-0000"
@@ -168,7 +170,7 @@ def test_a_cache_read_failing_for_another_reason_than_damage_is_raised_not_skipp
     def failing(*args: object, **kwargs: object) -> None:
         raise error
 
-    monkeypatch.setattr(store_module.pq, "ParquetFile", failing)
+    monkeypatch.setattr(cache_module.pq, "ParquetFile", failing)
     with caplog.at_level(logging.WARNING, logger="prefect_llm_batch"), pytest.raises(type(error)):
         cache.lookup(["x"])
     assert "damaged" not in caplog.text  # not mistaken for a damaged segment (and its answers lost)
@@ -214,7 +216,7 @@ def test_the_first_write_closes_a_state_directory_made_with_looser_permissions(t
     for path in (state, state / "jobs", state / "jobs" / "old", state / "cache"):
         path.chmod(0o755)
     old_file.chmod(0o644)
-    JobStore(str(state), "job1").write_chunk(store_module.ChunkState(chunk_id=0))
+    JobStore(str(state), "job1").write_chunk(ChunkState(chunk_id=0))
     assert mode(state) == mode(state / "jobs") == mode(state / "cache") == 0o700
     assert mode(old_file) == 0o644  # not file by file (documented): the closed folders hide it
     assert mode(state / "jobs" / "job1" / "chunks" / "chunk-00000.json") == 0o600

@@ -18,13 +18,14 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from pydantic import BaseModel
 
+from ..batchfile import ID_HEAD, fixed_width_ids
+from ..cache import ResponseCache
 from ..errors import AmbiguousCreate, BatchFailed, ProviderRejected, StateError
+from ..keys import split_fixed_width
 from ..providers.base import BatchInfo, BatchProvider, BatchStatus
-from ..providers.openai import EMBEDDINGS_ENDPOINT
-from ..requests import ID_HEAD, fixed_width_ids, split_fixed_width
 from ..results import EMBEDDING_COLUMN, RowResult, results_to_table, short
-from ..spec import ErrorKind, RunOptions
-from ..store import ChunkState, JobRecord, JobStore, ResponseCache
+from ..spec import EMBEDDINGS_ENDPOINT, ErrorKind, RunOptions
+from ..store import ChunkState, JobRecord, JobStore
 from .plan import JobRef
 
 logger = logging.getLogger("prefect_llm_batch")
@@ -833,7 +834,7 @@ def store_collected(
     """Store a chunk's results, add its answers to the response cache, and mark it collected.
 
     The cache's segment holds the stored file's bytes (a file of its own, see
-    :meth:`~prefect_llm_batch.store.ResponseCache.add_results`): nothing is encoded twice.
+    :meth:`~prefect_llm_batch.cache.ResponseCache.add_results`): nothing is encoded twice.
 
     Args:
         ref: The job.

@@ -17,8 +17,8 @@ from pydantic import BaseModel, ValidationError
 
 from ..errors import LLMBatchError
 from ..providers.base import BatchProvider
+from ..registry import read_pending
 from ..spec import JobSpec, ProviderTarget, RunOptions
-from ..store import read_pending
 from .driver import PlainSteps, tick
 from .plan import JobRef
 

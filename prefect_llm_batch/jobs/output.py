@@ -20,9 +20,8 @@ from pydantic import BaseModel, Field
 from .. import __version__
 from ..costs import estimate_cost
 from ..errors import StateError
-from ..keyindex import Digests, ResultIndex, decode_custom_ids
-from ..providers.openai import EMBEDDINGS_ENDPOINT
-from ..requests import canonical_json
+from ..files import write_parquet_batches_atomic
+from ..keys import Digests, ResultIndex, canonical_json, decode_custom_ids
 from ..results import (
     OUTPUT_FIELDS,
     RESULT_SCHEMA,
@@ -33,16 +32,9 @@ from ..results import (
     result_schema,
 )
 from ..schemas import ResponseSchema
+from ..spec import EMBEDDINGS_ENDPOINT
 from ..store import JobStore
-from ..table import (
-    SCAN_BATCH_ROWS,
-    TableScan,
-    dictionary_columns,
-    fingerprint,
-    read_ahead,
-    scan_table,
-    write_parquet_batches_atomic,
-)
+from ..table import SCAN_BATCH_ROWS, TableScan, dictionary_columns, fingerprint, read_ahead, scan_table
 from .plan import JobRef
 
 logger = logging.getLogger("prefect_llm_batch")
@@ -154,7 +146,7 @@ class JobAnswers:
 
     The results of each source (the answers taken from the cache, then every chunk in round
     order) are numbered one after the other, and the rows' ids are matched to them by key
-    (:class:`~prefect_llm_batch.keyindex.ResultIndex`: about 48 bytes per result), giving each
+    (:class:`~prefect_llm_batch.keys.ResultIndex`: about 48 bytes per result), giving each
     row its result's number (4 bytes per row) and each result the last row that needs it (4
     more per result). A source is read when a row first needs one of its answers; after each
     slice of rows, only the answers that later rows still need are kept (those of requests

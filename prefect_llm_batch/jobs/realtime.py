@@ -18,10 +18,9 @@ import pyarrow.compute as pc
 
 from ..providers.base import BatchProvider
 from ..providers.http import redact
-from ..providers.openai import EMBEDDINGS_ENDPOINT
 from ..providers.realtime import RealtimeClient, has_batch_api
 from ..results import results_to_table
-from ..spec import ProviderTarget, RunOptions
+from ..spec import EMBEDDINGS_ENDPOINT, ProviderTarget, RunOptions
 from ..store import JobStore
 from .batches import store_collected
 from .plan import JobRef

@@ -7,7 +7,14 @@ import os
 from collections.abc import Iterator
 
 from ..errors import ConfigError
-from ..spec import API_KEY_ENV, BatchLimits, ProviderTarget, refuse_credentials
+from ..spec import (
+    API_KEY_ENV,
+    CHAT_ENDPOINT,
+    MESSAGES_ENDPOINT,
+    BatchLimits,
+    ProviderTarget,
+    refuse_credentials,
+)
 from .anthropic import DEFAULT_BASE_URL as ANTHROPIC_DEFAULT_BASE_URL
 from .anthropic import AnthropicBatchProvider
 from .azure import AzureOpenAIBatchProvider, azure_target
@@ -145,10 +152,10 @@ def make_provider(
     key = api_key_for(target, api_key)
     if target.provider == "azure":
         return AzureOpenAIBatchProvider.from_target(
-            target, api_key=key, limits=limits, endpoint=endpoint or "/v1/chat/completions", **options
+            target, api_key=key, limits=limits, endpoint=endpoint or CHAT_ENDPOINT, **options
         )
     if target.provider == "anthropic":
-        if endpoint not in (None, "/v1/chat/completions", "/v1/messages"):
+        if endpoint not in (None, CHAT_ENDPOINT, MESSAGES_ENDPOINT):
             raise ConfigError(f"the anthropic provider has no {endpoint} batches; use openai for embeddings")
         return AnthropicBatchProvider(
             api_key=key,
@@ -163,6 +170,6 @@ def make_provider(
         name=target.provider,
         key_base_url=target.key_base_url,
         limits=limits,
-        endpoint=endpoint or "/v1/chat/completions",
+        endpoint=endpoint or CHAT_ENDPOINT,
         **options,  # type: ignore[arg-type]
     )

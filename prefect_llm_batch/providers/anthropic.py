@@ -78,10 +78,10 @@ import httpx
 import orjson
 
 from ..errors import ConfigError, InputError, LLMBatchError, ProviderRejected, ProviderUnavailable
-from ..requests import normalise_base_url
+from ..keys import normalise_base_url
 from ..results import RowResult, short
 from ..schemas import ResponseSchema
-from ..spec import BatchLimits, ErrorKind
+from ..spec import MESSAGES_ENDPOINT, BatchLimits, ErrorKind
 from .base import (
     BatchInfo,
     BatchProvider,
@@ -89,8 +89,7 @@ from .base import (
     ResultLines,
     decode_result_lines,
 )
-from .http import RetryingHTTP, redact_json
-from .openai import _error_fields, error_for_response
+from .http import RetryingHTTP, error_fields, error_for_response, redact_json
 
 DEFAULT_BASE_URL = "https://api.anthropic.com"
 #: The ``anthropic-version`` header sent with every call.
@@ -346,7 +345,7 @@ class AnthropicBatchProvider(RetryingHTTP, BatchProvider):
 
     @property
     def endpoint(self) -> str:
-        return "/v1/messages"
+        return MESSAGES_ENDPOINT
 
     # ---- pure ---------------------------------------------------------------------------
 
@@ -470,7 +469,7 @@ class AnthropicBatchProvider(RetryingHTTP, BatchProvider):
         error = error_for_response(response, what)
         if isinstance(error, ProviderRejected) and error.code is None:
             # Anthropic's envelope has no code: its error type (request_too_large...) is the code.
-            _, _, etype = _error_fields(response)
+            _, _, etype = error_fields(response)
             return ProviderRejected(error.message, status_code=error.status_code, code=etype)
         return error
 

@@ -47,10 +47,10 @@ from urllib.parse import parse_qs, urlsplit, urlunsplit
 import httpx
 
 from ..errors import ConfigError, ProviderRejected
-from ..requests import normalise_base_url
-from ..spec import BatchLimits, ProviderTarget, refuse_credentials
+from ..keys import normalise_base_url
+from ..spec import CHAT_ENDPOINT, BatchLimits, ProviderTarget, refuse_credentials
 from .base import BatchInfo, BatchStatus
-from .openai import CHAT_ENDPOINT, OpenAIBatchProvider
+from .openai import OpenAIBatchProvider
 
 #: Environment variable of the key (as the official SDK reads it).
 KEY_ENV = "AZURE_OPENAI_API_KEY"

@@ -1,4 +1,7 @@
-"""HTTP plumbing shared by the batch providers: retries with backoff, and error translation.
+"""HTTP plumbing shared by the providers: retries with backoff, error translation, redaction.
+
+Shared helpers (public, for every provider): :func:`parse_retry_after`, :func:`error_fields`,
+:func:`error_for_response` (OpenAI-style error envelopes), and the redaction functions below.
 
 :class:`RetryingHTTP` is a mixin. A provider sets the attributes it declares in its
 ``__init__`` and implements :meth:`RetryingHTTP._error_for_response` (its wire format's error
@@ -40,8 +43,10 @@ Examples:
 
 from __future__ import annotations
 
+import email.utils
 import random
 import re
+import time
 from collections.abc import Callable, Iterable, Mapping
 from typing import IO, Any, TypeVar
 from urllib.parse import quote
@@ -49,7 +54,16 @@ from urllib.parse import quote
 import httpx
 from tenacity import RetryCallState, Retrying, retry_if_exception, stop_after_attempt
 
-from ..errors import AmbiguousCreate, LLMBatchError, ProviderUnavailable, Transient
+from ..errors import (
+    AmbiguousCreate,
+    LLMBatchError,
+    ProviderRejected,
+    ProviderUnavailable,
+    RateLimited,
+    Transient,
+)
+from ..results import error_kind_for_status, short
+from ..spec import ErrorKind
 
 T = TypeVar("T")
 E = TypeVar("E", bound=BaseException)
@@ -196,6 +210,76 @@ def http_timeout(read: float) -> httpx.Timeout:
         (120.0, 600.0)
     """
     return httpx.Timeout(connect=15.0, read=read, write=600.0, pool=30.0)
+
+
+def parse_retry_after(headers: httpx.Headers) -> float | None:
+    """Read ``retry-after-ms`` or ``retry-after`` (seconds or an HTTP date) in seconds.
+
+    Examples:
+        >>> parse_retry_after(httpx.Headers({"retry-after-ms": "250"}))
+        0.25
+        >>> parse_retry_after(httpx.Headers({"retry-after": "3"}))
+        3.0
+    """
+    ms = headers.get("retry-after-ms")
+    if ms:
+        try:
+            return max(0.0, float(ms) / 1000.0)
+        except ValueError:
+            pass
+    value = headers.get("retry-after")
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        when = email.utils.parsedate_to_datetime(value) if value else None
+        return max(0.0, when.timestamp() - time.time()) if when else None
+
+
+def error_fields(response: httpx.Response) -> tuple[str, str | None, str | None]:
+    """Message, code and type of an OpenAI-style error envelope (or the raw text).
+
+    Anthropic's envelope has the same ``error.message`` / ``error.type`` fields.
+
+    Examples:
+        >>> envelope = {"error": {"message": "bad", "type": "invalid_request_error"}}
+        >>> error_fields(httpx.Response(400, json=envelope))
+        ('bad', None, 'invalid_request_error')
+    """
+    try:
+        payload = response.json()
+    except ValueError:
+        return short(response.text or response.reason_phrase), None, None
+    err = payload.get("error") if isinstance(payload, dict) else None
+    if isinstance(err, dict):
+        code = err.get("code")
+        etype = err.get("type")
+        return (
+            short(str(err.get("message") or response.reason_phrase)),
+            code if isinstance(code, str) else None,
+            etype if isinstance(etype, str) else None,
+        )
+    return short(response.text), None, None
+
+
+def error_for_response(response: httpx.Response, what: str) -> LLMBatchError:
+    """Translate an HTTP error response into the project's error tree (quoting the provider).
+
+    Examples:
+        >>> error = error_for_response(httpx.Response(429, headers={"retry-after": "2"}), "create batch")
+        >>> type(error).__name__, error.retry_after
+        ('RateLimited', 2.0)
+    """
+    status = response.status_code
+    message, code, etype = error_fields(response)
+    text = f"{what} failed with HTTP {status}: {message}"
+    kind = error_kind_for_status(status, code, etype)
+    if kind is ErrorKind.RATE_LIMITED:
+        return RateLimited(text, retry_after=parse_retry_after(response.headers))
+    if kind is ErrorKind.SERVER_ERROR:
+        return ProviderUnavailable(text, status_code=status, retry_after=parse_retry_after(response.headers))
+    return ProviderRejected(text, status_code=status, code=code)
 
 
 class RetryingHTTP:

@@ -23,7 +23,6 @@ Examples:
 
 from __future__ import annotations
 
-import email.utils
 import functools
 import time
 from collections.abc import Callable, Collection, Iterator
@@ -37,15 +36,14 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.json as pj
 
+from ..batchfile import chat_body
 from ..errors import (
     ConfigError,
     InputError,
     LLMBatchError,
     ProviderRejected,
-    ProviderUnavailable,
-    RateLimited,
 )
-from ..requests import chat_body, normalise_base_url
+from ..keys import normalise_base_url
 from ..results import (
     EMBEDDING_COLUMN,
     NEVER_RAN_CODES,
@@ -58,7 +56,7 @@ from ..results import (
     short,
 )
 from ..schemas import ResponseSchema
-from ..spec import BatchLimits, ErrorKind
+from ..spec import CHAT_ENDPOINT, EMBEDDINGS_ENDPOINT, BatchLimits, ErrorKind
 from .base import (
     BatchInfo,
     BatchProvider,
@@ -66,11 +64,9 @@ from .base import (
     ResultLines,
     decode_result_lines,
 )
-from .http import RetryingHTTP, redact_error, redact_json
+from .http import RetryingHTTP, error_for_response, redact_error, redact_json
 
 DEFAULT_BASE_URL = "https://api.openai.com/v1"
-CHAT_ENDPOINT = "/v1/chat/completions"
-EMBEDDINGS_ENDPOINT = "/v1/embeddings"
 #: Endpoints this provider builds requests for.
 ENDPOINTS = frozenset({CHAT_ENDPOINT, EMBEDDINGS_ENDPOINT})
 
@@ -298,62 +294,6 @@ def _scatter(
         )
         start, used = start + len(chunk), used + count
     return pa.chunked_array(chunks, values.type)
-
-
-def parse_retry_after(headers: httpx.Headers) -> float | None:
-    """Read ``retry-after-ms`` or ``retry-after`` (seconds or an HTTP date) in seconds.
-
-    Examples:
-        >>> parse_retry_after(httpx.Headers({"retry-after-ms": "250"}))
-        0.25
-        >>> parse_retry_after(httpx.Headers({"retry-after": "3"}))
-        3.0
-    """
-    ms = headers.get("retry-after-ms")
-    if ms:
-        try:
-            return max(0.0, float(ms) / 1000.0)
-        except ValueError:
-            pass
-    value = headers.get("retry-after")
-    if not value:
-        return None
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        when = email.utils.parsedate_to_datetime(value) if value else None
-        return max(0.0, when.timestamp() - time.time()) if when else None
-
-
-def _error_fields(response: httpx.Response) -> tuple[str, str | None, str | None]:
-    """Message, code and type of an OpenAI error envelope (or the raw text)."""
-    try:
-        payload = response.json()
-    except ValueError:
-        return short(response.text or response.reason_phrase), None, None
-    err = payload.get("error") if isinstance(payload, dict) else None
-    if isinstance(err, dict):
-        code = err.get("code")
-        etype = err.get("type")
-        return (
-            short(str(err.get("message") or response.reason_phrase)),
-            code if isinstance(code, str) else None,
-            etype if isinstance(etype, str) else None,
-        )
-    return short(response.text), None, None
-
-
-def error_for_response(response: httpx.Response, what: str) -> LLMBatchError:
-    """Translate an HTTP error response into the project's error tree (quoting the provider)."""
-    status = response.status_code
-    message, code, etype = _error_fields(response)
-    text = f"{what} failed with HTTP {status}: {message}"
-    kind = error_kind_for_status(status, code, etype)
-    if kind is ErrorKind.RATE_LIMITED:
-        return RateLimited(text, retry_after=parse_retry_after(response.headers))
-    if kind is ErrorKind.SERVER_ERROR:
-        return ProviderUnavailable(text, status_code=status, retry_after=parse_retry_after(response.headers))
-    return ProviderRejected(text, status_code=status, code=code)
 
 
 class OpenAIBatchProvider(RetryingHTTP, BatchProvider):

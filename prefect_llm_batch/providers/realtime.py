@@ -53,8 +53,7 @@ from ..results import RowResult, short
 from ..spec import ErrorKind
 from .anthropic import ANTHROPIC_VERSION, parse_rfc3339
 from .base import BatchProvider
-from .http import MAX_RETRY_AFTER_S, redact, redact_chain, redacted_response, secrets_of
-from .openai import parse_retry_after
+from .http import MAX_RETRY_AFTER_S, parse_retry_after, redact, redact_chain, redacted_response, secrets_of
 
 __all__ = ["RealtimeClient", "RealtimeStats", "estimate_tokens", "has_batch_api", "parse_duration"]
 

@@ -1,36 +1,21 @@
-"""Request bodies, request keys, ``custom_id`` s, de-duplication and chunk planning (pure).
+"""Batch input files (pure): request bodies, JSONL lines per endpoint, chunk packing under limits.
 
-A **request key** identifies what is asked, and of whom: the SHA-256 of the canonical JSON
-(sorted keys, no whitespace, UTF-8) of ``{"key_version", "provider", "base_url", "endpoint",
-"body"}``. Two rows that render the same body share one key, so the request is sent once and
-its answer fanned back out to both. The key includes the provider and the normalised base URL,
-so an answer from the simulator can never be served to a job against a real provider.
-
-A **custom_id** is the key in a fixed-length, provider-safe spelling: the 32 digest bytes in
-unpadded URL-safe base64, always 43 characters of ``[A-Za-z0-9_-]``; valid for OpenAI,
-Anthropic and Together alike. Rows reach their answers through it, never through line order.
-
-Examples:
-    >>> body = {"model": "m", "messages": [{"role": "user", "content": "hi"}]}
-    >>> cid = custom_id("openai", "https://api.openai.com/v1", "/v1/chat/completions", body)
-    >>> len(cid), cid == custom_id("openai", "https://API.openai.com/v1/", "/v1/chat/completions", body)
-    (43, True)
-    >>> cid == custom_id("simulator", "https://api.openai.com/v1", "/v1/chat/completions", body)
-    False
+:func:`chat_body` builds a chat-completions body; :class:`RequestEncoder` builds the bodies, keys
+(:mod:`~prefect_llm_batch.keys`) and batch input lines of many rows at once, in Arrow;
+:func:`build_request_set` is the same in one call, de-duplicated. :func:`encode_line` writes one
+JSONL line, :func:`fixed_width_ids` reads the ``custom_id`` s back out of a batch file this
+package wrote. :class:`ChunkPacker` and :func:`plan_chunks` split the lines into batches under
+the provider's request and byte limits (:class:`~prefect_llm_batch.spec.BatchLimits`).
 """
 
 from __future__ import annotations
 
-import binascii
 import bisect
-import contextlib
-import gc
 import hashlib
 import itertools
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeAlias, cast
-from urllib.parse import urlsplit, urlunsplit
 
 import numpy as np
 import numpy.typing as npt
@@ -39,112 +24,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from .errors import InputError
-from .spec import KEY_VERSION, BatchLimits
-
-_DEFAULT_PORTS = {"http": 80, "https": 443}
-
-
-def normalise_base_url(url: str) -> str:
-    """Return the canonical spelling of a base URL, as used in request keys.
-
-    Lower-cases scheme and host, drops user info, default ports, query, fragment and trailing
-    slashes. User info is dropped so credentials embedded in a URL never reach keys or files.
-
-    Args:
-        url: A base URL such as ``https://api.openai.com/v1/``.
-
-    Returns:
-        The normalised URL.
-
-    Examples:
-        >>> normalise_base_url("HTTPS://user:pw@Api.OpenAI.com:443/v1/")
-        'https://api.openai.com/v1'
-    """
-    parts = urlsplit(url.strip())
-    scheme = parts.scheme.lower()
-    host = (parts.hostname or "").lower()
-    netloc = host
-    if parts.port is not None and _DEFAULT_PORTS.get(scheme) != parts.port:
-        netloc = f"{host}:{parts.port}"
-    path = parts.path.rstrip("/")
-    return urlunsplit((scheme, netloc, path, "", ""))
-
-
-def canonical_json(value: Any) -> bytes:
-    """Encode a JSON value canonically: sorted keys, no whitespace, UTF-8.
-
-    Examples:
-        >>> canonical_json({"b": 1, "a": [1.5, "é"]})
-        b'{"a":[1.5,"\\xc3\\xa9"],"b":1}'
-    """
-    return orjson.dumps(value, option=orjson.OPT_SORT_KEYS)
-
-
-def _key_parts(provider: str, base_url: str, endpoint: str) -> tuple[bytes, bytes]:
-    """The canonical key payload's bytes before and after the body's JSON.
-
-    Sorted keys put ``body`` second, so the payload is always ``prefix + body JSON + suffix``.
-    """
-    payload = {
-        "key_version": KEY_VERSION,
-        "provider": provider,
-        "base_url": normalise_base_url(base_url),
-        "endpoint": endpoint,
-        "body": None,
-    }
-    whole = canonical_json(payload)
-    at = whole.index(b'"body":null') + len(b'"body":')
-    return whole[:at], whole[at + len(b"null") :]
-
-
-def request_digest(provider: str, base_url: str, endpoint: str, body: dict[str, Any]) -> bytes:
-    """Return the 32-byte SHA-256 request key of one request (see the module docstring)."""
-    payload = {
-        "key_version": KEY_VERSION,
-        "provider": provider,
-        "base_url": normalise_base_url(base_url),
-        "endpoint": endpoint,
-        "body": body,
-    }
-    return hashlib.sha256(canonical_json(payload)).digest()
-
-
-_URLSAFE = bytes.maketrans(b"+/", b"-_")
-
-
-def custom_id_from_digest(digest: bytes) -> str:
-    """Spell a 32-byte request key as a 43-character ``custom_id``.
-
-    Examples:
-        >>> custom_id_from_digest(bytes(32))
-        'AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA'
-        >>> import base64
-        >>> expected = base64.urlsafe_b64encode(bytes(range(32)))[:43].decode()
-        >>> custom_id_from_digest(bytes(range(32))) == expected
-        True
-    """
-    return binascii.b2a_base64(digest, newline=False)[:43].translate(_URLSAFE).decode("ascii")
-
-
-@contextlib.contextmanager
-def no_cyclic_gc() -> Iterator[None]:
-    """Pause the cyclic garbage collector while building millions of acyclic objects.
-
-    Each generation-2 collection walks every live container; building 1M request bodies triggers
-    dozens of them for nothing (bodies hold no cycles). Reference counting still frees memory.
-    """
-    enabled = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if enabled:
-            gc.enable()
-
-
-def custom_id(provider: str, base_url: str, endpoint: str, body: dict[str, Any]) -> str:
-    """Return the ``custom_id`` of one request: its request key, spelled for the wire."""
-    return custom_id_from_digest(request_digest(provider, base_url, endpoint, body))
+from .keys import canonical_json, custom_id_array, hash_rows, key_parts
+from .spec import BatchLimits
 
 
 def chat_body(
@@ -169,8 +50,14 @@ def chat_body(
 
 #: Stand-ins for a row's prompt and system prompt when a body's fixed JSON is worked out once.
 _PROMPT_SLOT = "\x00prompt-slot\x00"
+
+
 _SYSTEM_SLOT = "\x00system-slot\x00"
+
+
 _ID_SLOT = "\x00custom_id\x00"
+
+
 _BODY_SLOT = "\x00body\x00"
 
 
@@ -197,32 +84,6 @@ def json_string_contents(texts: Sequence[str]) -> list[bytes]:
     if len(parts) != len(texts):  # cannot happen (see above); never guess
         return [orjson.dumps(text)[1:-1] for text in texts]
     return parts
-
-
-def custom_id_array(digests: Sequence[bytes]) -> pa.Array[Any]:
-    """Spell many 32-byte request keys as ``custom_id`` s at once (see :func:`custom_id_from_digest`).
-
-    Each digest is padded to 33 bytes, a multiple of 3, so one base64 pass over all of them
-    gives 44 characters per digest whose first 43 are that digest's ``custom_id``.
-
-    Examples:
-        >>> digests = [bytes(range(32)), bytes([255]) * 32]
-        >>> custom_id_array(digests).to_pylist() == [custom_id_from_digest(d) for d in digests]
-        True
-    """
-    if not digests:
-        return pa.array([], pa.large_string())
-    joined = b"\x00".join(digests) + b"\x00"
-    text = binascii.b2a_base64(joined, newline=False).translate(_URLSAFE)
-    if len(text) != 44 * len(digests):
-        raise ValueError("request digests are 32 bytes each")
-    # The first 43 characters of every 44 (base64 is ASCII: valid UTF-8 as it is).
-    data = np.ascontiguousarray(np.frombuffer(text, np.uint8).reshape(len(digests), 44)[:, :43])
-    offsets = np.arange(0, 43 * len(digests) + 1, 43, dtype=np.int64)
-    spelled: pa.Array[Any] = pa.Array.from_buffers(
-        pa.large_string(), len(digests), [None, pa.py_buffer(offsets.data), pa.py_buffer(data.data)]
-    )
-    return spelled
 
 
 @dataclass(frozen=True)
@@ -273,19 +134,6 @@ def _binary(value: bytes) -> pa.Scalar[Any]:
     return pa.scalar(value, pa.large_binary())
 
 
-def value_offsets(values: pa.Array[Any]) -> npt.NDArray[np.int64]:
-    """Where each value of a large binary or large string array starts and ends in its data
-    buffer (``len(values) + 1`` offsets, the array's own slice taken into account; no copy).
-
-    Examples:
-        >>> value_offsets(pa.array([b"ab", b"c", b"def"], pa.large_binary()).slice(1)).tolist()
-        [2, 3, 6]
-    """
-    buffers: list[Any] = values.buffers()
-    offsets: npt.NDArray[np.int64] = np.frombuffer(buffers[1], np.int64)
-    return offsets[values.offset : values.offset + len(values) + 1]
-
-
 def _join(pieces: Sequence[bytes | pa.Array[Any]]) -> pa.Array[Any]:
     """Concatenate fixed bytes and binary arrays element-wise (Arrow, no Python per row);
     at least one piece is an array."""
@@ -319,6 +167,7 @@ class RequestEncoder:
         >>> encoded = encoder.encode(["hi", "hi", "yo"])
         >>> encoded.custom_ids[0] == encoded.custom_ids[1] != encoded.custom_ids[2]
         True
+        >>> from prefect_llm_batch.keys import custom_id
         >>> encoded.custom_ids[2] == custom_id("openai", "https://x/v1/", "/v1/chat/completions",
         ...                                    chat_body("m", "yo"))
         True
@@ -338,7 +187,7 @@ class RequestEncoder:
         build_line: Callable[[str, Any], dict[str, Any]] | None = None,
     ) -> None:
         self._build_body = build_body
-        self._key_head, self._key_tail = _key_parts(provider, base_url, endpoint)
+        self._key_head, self._key_tail = key_parts(provider, base_url, endpoint)
         self._line_parts = _line_parts(build_line) if build_line is not None else None
         self._shapes: dict[bool, _BodyShape | None] = {}
 
@@ -429,7 +278,7 @@ class RequestEncoder:
         encoded, n = laid.encoded, laid.rows
         digests: list[bytes] = [] if len(laid.payloads) == 1 else [b""] * n
         for rows, head, keyed in laid.payloads:
-            part = _hash_rows(head, keyed)
+            part = hash_rows(head, keyed)
             if rows is None:
                 digests = part
             else:
@@ -481,25 +330,6 @@ class RequestEncoder:
             pieces[-1] = shape.parts[-1] + self._key_tail
             keyed = _join(pieces)
         return head, keyed
-
-
-def _hash_rows(head: Any, keyed: pa.Array[Any]) -> list[bytes]:
-    """The SHA-256 digest of ``head``'s bytes followed by each value of ``keyed`` (a binary
-    array without nulls): one hash copy, one update and one digest per row, over views of the
-    array's buffer (no Python object per value but the view)."""
-    keyed = keyed.cast(pa.large_binary())
-    buffers: list[Any] = keyed.buffers()
-    offsets = value_offsets(keyed).tolist()
-    data = memoryview(buffers[2]) if buffers[2] is not None else memoryview(b"")
-    out: list[bytes] = []
-    append = out.append
-    copy = head.copy
-    with no_cyclic_gc():
-        for start, end in itertools.pairwise(offsets):
-            hasher = copy()
-            hasher.update(data[start:end])
-            append(hasher.digest())
-    return out
 
 
 def _interleave(parts: Sequence[bytes], values: Sequence[bytes]) -> list[bytes]:
@@ -627,17 +457,6 @@ class EncodedRequests:
 ID_HEAD = b'{"custom_id":"'
 
 
-def split_fixed_width(packed: bytes, width: int) -> list[str]:
-    """ASCII ids packed end to end, ``width`` bytes each, as strings.
-
-    Examples:
-        >>> split_fixed_width(b"k1k2k3", 2)
-        ['k1', 'k2', 'k3']
-    """
-    text = packed.decode("ascii")
-    return [text[i : i + width] for i in range(0, len(text), width)]
-
-
 def fixed_width_ids(data: bytes) -> npt.NDArray[np.uint8] | None:
     """The ``custom_id`` of every line of a batch file, one row of bytes per line, sliced out with
     numpy; None unless every line is :data:`ID_HEAD`, an id of one width in plain printable ASCII
@@ -668,150 +487,6 @@ def fixed_width_ids(data: bytes) -> npt.NDArray[np.uint8] | None:
     if not printable.all() or np.any(raw[starts + head + width] != ord('"')):
         return None
     return cast("npt.NDArray[np.uint8]", ids)
-
-
-def first_new(digests: Sequence[bytes], seen: set[bytes]) -> list[int]:
-    """The positions of the digests not in ``seen`` and not earlier in ``digests``, in order;
-    adds every digest to ``seen`` (the reference that :class:`DigestSet` is checked against).
-
-    Examples:
-        >>> seen = {b"a"}
-        >>> first_new([b"b", b"a", b"c", b"b"], seen), sorted(seen)
-        ([0, 2], [b'a', b'b', b'c'])
-    """
-    with no_cyclic_gc():
-        # Each digest's first position (later ones overwrite, reversed: the first wins), then
-        # those not seen before, in order.
-        firsts = dict(zip(reversed(digests), range(len(digests) - 1, -1, -1), strict=True))
-        new = sorted(map(firsts.__getitem__, firsts.keys() - seen))
-        seen.update(firsts)
-    return new
-
-
-class DigestSet:
-    """The distinct 32-byte request keys seen so far, for de-duplication slice by slice.
-
-    :meth:`add` returns, for one slice of digests, the positions of those never seen before
-    (each at its first position in the slice), in increasing order, and remembers the slice:
-    exactly :func:`first_new` against a set of every digest added so far, without a Python
-    object per digest. Every distinct digest is kept once in numpy arrays (32 bytes, one block
-    a slice, never copied), and its first 8 bytes, as a sort key, with its number (16 bytes)
-    in one of a few sorted runs, merged as they grow (sizes at least doubling, so a key is
-    merged about log2(slices) times); a slice is sorted by key and looked up in each run by
-    bisection.
-    Equal keys are always confirmed on all 32 bytes; two different digests that share their
-    first 8 bytes (never seen in practice: about n^2 / 2^65 for n requests) switch the set to
-    a Python set of bytes, which gives the same answers.
-
-    Args:
-        key_mask: The bits of the first 8 bytes (little-endian) used as the sort key; narrower
-            masks make distinct digests share keys (for tests of that case).
-
-    Examples:
-        >>> digests = DigestSet()
-        >>> digests.add([b"a" * 32, b"b" * 32, b"a" * 32]).tolist()
-        [0, 1]
-        >>> digests.add([b"c" * 32, b"b" * 32, b"c" * 32]).tolist(), len(digests)
-        ([0], 3)
-    """
-
-    def __init__(self, key_mask: int = (1 << 64) - 1) -> None:
-        self._mask = np.uint64(key_mask)
-        # Every distinct digest, as added: one (n, 4) block a slice, numbered on from ``_starts``.
-        self._blocks: list[npt.NDArray[np.uint64]] = []
-        self._starts: list[int] = []
-        self._count = 0
-        # Sorted runs: (keys, strictly increasing; the row of ``_words`` of each key's digest).
-        self._runs: list[tuple[npt.NDArray[np.uint64], npt.NDArray[np.int64]]] = []
-        self._exact: set[bytes] | None = None  # once two distinct digests share a key
-
-    def __len__(self) -> int:
-        return self._count if self._exact is None else len(self._exact)
-
-    def clear(self) -> None:
-        """Forget every digest."""
-        self._blocks, self._starts, self._count, self._runs, self._exact = [], [], 0, [], None
-
-    def add(self, digests: Sequence[bytes]) -> npt.NDArray[np.int64]:
-        """Add one slice of 32-byte digests; return the positions of those new to the set.
-
-        Returns:
-            The increasing positions in ``digests`` of every digest neither added before nor
-            earlier in ``digests``.
-        """
-        if self._exact is None:
-            new = self._add_sorted(digests)
-            if new is not None:
-                return new
-            self._exact = self._as_set()  # two distinct digests share a key: exact from now on
-            self._blocks, self._starts, self._count, self._runs = [], [], 0, []
-        return np.asarray(first_new(digests, self._exact), np.int64)
-
-    def _add_sorted(self, digests: Sequence[bytes]) -> npt.NDArray[np.int64] | None:
-        """:meth:`add` on the sorted runs; None (nothing changed) when distinct digests share a key."""
-        n = len(digests)
-        if not n:
-            return np.zeros(0, np.int64)
-        joined = b"".join(digests)
-        if len(joined) != 32 * n:
-            raise ValueError("request digests are 32 bytes each")
-        words = np.frombuffer(joined, "<u8").reshape(n, 4)
-        keys = words[:, 0] & self._mask
-        order = np.argsort(keys)
-        ordered = keys[order]
-        same = ordered[1:] == ordered[:-1]
-        starts = np.flatnonzero(np.concatenate(([True], ~same)))  # where each key's rows begin
-        if len(starts) < n:  # repeated keys: the same digest, or distinct ones sharing a key
-            if not np.array_equal(words[order[:-1][same]], words[order[1:][same]]):
-                return None
-            positions = np.minimum.reduceat(order, starts)  # each digest's first position
-        else:
-            positions = order
-        unique_keys = ordered[starts]  # increasing, as the positions
-        fresh = np.ones(len(positions), bool)
-        for run_keys, run_rows in self._runs:
-            at = np.minimum(np.searchsorted(run_keys, unique_keys), len(run_keys) - 1)
-            hit = run_keys[at] == unique_keys
-            if hit.any():
-                if not np.array_equal(self._stored(run_rows[at[hit]]), words[positions[hit]]):
-                    return None
-                fresh &= ~hit
-        positions = positions[fresh]
-        if len(positions):
-            self._insert(unique_keys[fresh], np.take(words, positions, axis=0))
-        new = np.zeros(n, bool)
-        new[positions] = True
-        return np.flatnonzero(new).astype(np.int64, copy=False)
-
-    def _insert(self, keys: npt.NDArray[np.uint64], words: npt.NDArray[np.uint64]) -> None:
-        start, stop = self._count, self._count + len(keys)
-        self._blocks.append(words)
-        self._starts.append(start)
-        self._count = stop
-        self._runs.append((keys, np.arange(start, stop, dtype=np.int64)))
-        while len(self._runs) > 1 and len(self._runs[-1][0]) * 2 > len(self._runs[-2][0]):
-            (keys_a, rows_a), (keys_b, rows_b) = self._runs[-2:]
-            merged = np.concatenate((keys_a, keys_b))
-            order = np.argsort(merged, kind="stable")  # two sorted runs: merged in linear time
-            self._runs[-2:] = [(merged[order], np.concatenate((rows_a, rows_b))[order])]
-
-    def _as_set(self) -> set[bytes]:
-        out: set[bytes] = set()
-        with no_cyclic_gc():
-            for block in self._blocks:
-                data = block.tobytes()
-                out.update(data[at : at + 32] for at in range(0, len(data), 32))
-        return out
-
-    def _stored(self, rows: npt.NDArray[np.int64]) -> npt.NDArray[np.uint64]:
-        """The digests (as (n, 4) words) numbered ``rows``."""
-        starts = np.asarray(self._starts, np.int64)
-        blocks = np.searchsorted(starts, rows, side="right") - 1
-        out = np.empty((len(rows), 4), np.uint64)
-        for block in np.unique(blocks).tolist():
-            picked = blocks == block
-            out[picked] = self._blocks[block][rows[picked] - starts[block]]
-        return out
 
 
 @dataclass(frozen=True)

@@ -9,7 +9,7 @@ the first word, a job's results are found with a binary search and checked on al
 
 Examples:
     >>> import pyarrow as pa
-    >>> from prefect_llm_batch.requests import custom_id_from_digest
+    >>> from prefect_llm_batch.keys import custom_id_from_digest
     >>> ids = [custom_id_from_digest(bytes([i]) * 32) for i in range(3)]
     >>> index = ResultIndex([decode_custom_ids(pa.array(ids[:2])), decode_custom_ids(pa.array(ids[1:]))])
     >>> index.lookup(decode_custom_ids(pa.array([ids[2], ids[0], ids[1]]))).tolist()
@@ -43,7 +43,7 @@ def decode_custom_ids(
 
     One base64 pass over all of them: each id, with an ``A`` appended, is the base64 of its
     digest followed by a zero byte (which is how ids are spelled, see
-    :func:`~prefect_llm_batch.requests.custom_id_array`).
+    :func:`~prefect_llm_batch.keys.custom_id_array`).
 
     Args:
         ids: The ids.
@@ -55,7 +55,7 @@ def decode_custom_ids(
 
     Examples:
         >>> import pyarrow as pa
-        >>> from prefect_llm_batch.requests import custom_id_from_digest
+        >>> from prefect_llm_batch.keys import custom_id_from_digest
         >>> words = decode_custom_ids(pa.array([custom_id_from_digest(bytes(range(32)))]))
         >>> words.shape, words.tobytes() == bytes(range(32))
         ((1, 4), True)
