@@ -43,12 +43,11 @@ from .jobs import (
     run_rounds,
 )
 from .jobs.checks import check_before_start
-from .jobs.detached import PendingJob, read_pending_jobs
-from .jobs.driver import submit_first_round
-from .jobs.realtime import Mode, choose_mode
+from .jobs.detached import read_pending_jobs, submit_detached
+from .jobs.realtime import Mode, pick_mode
 from .memory import SMALL_PAGES_ENV, small_pages_if_asked
 from .providers import api_key_for, make_provider, target_for
-from .registry import job_for_run, record_run, remove_pending, write_pending
+from .registry import job_for_run, record_run, remove_pending
 from .schemas import ResponseSchema
 from .simulator import open_target
 from .spec import (
@@ -281,7 +280,6 @@ def enrich_table(
         allow_empty=allow_empty,
         invalid_utf8=invalid_utf8,
     )
-    simulated = provider == "simulator"
     options = RunOptions.for_provider(
         provider,
         poll_interval=poll_interval,
@@ -293,7 +291,7 @@ def enrich_table(
         max_wait=max_wait,
         keep_input_files=keep_input_files,
     )  # fmt: skip
-    if simulated:
+    if provider == "simulator":
         log.warning("provider 'simulator': answers come from the bundled simulator, not from a model")
     state = state_dir or default_state_dir()
     # Every check that needs no provider, before the first task (nothing is planned or sent).
@@ -319,29 +317,21 @@ def enrich_table(
         if run_context is not None and run_context.flow_run is not None:
             record_run(state, str(run_context.flow_run.id), ref.job_id)
         key = credentials.api_key.get_secret_value() if credentials is not None else None
-        chosen, reason = choose_mode(mode, target, planned.requests_to_send, api_key_for(target, key))
+        chosen, reason = pick_mode(
+            mode, target, planned.requests_to_send, api_key_for(target, key), detached=detached
+        )
         log.info("job %s runs in %s mode (%s)", ref.job_id, chosen, reason)
-        if chosen == "realtime" and (detached or target.provider == "azure"):
-            raise ConfigError(
-                f"realtime mode does not support {'detached runs' if detached else 'azure'} yet"
-            )
         realtime = {
             "concurrency": realtime_concurrency,
             "requests_per_minute": realtime_rpm,
             "tokens_per_minute": realtime_tpm,
         }
         steps = TaskSteps(ref, spec, target, options, credentials, progress_id, realtime)
-        if detached:
-            if simulated:
-                raise ConfigError(
-                    "detached mode needs a provider that outlives the run; the simulator stops with it"
-                )
-            submit_first_round(ref, steps)
-            pending = PendingJob(
-                ref=ref, spec=spec, target=target, options=options, output=output, overwrite=overwrite,
+        if detached:  # (check_before_start refused the simulator, whose batches end with the run)
+            submit_detached(
+                ref, steps, spec=spec, target=target, options=options, output=output, overwrite=overwrite,
                 max_error_rate=max_error_rate,
             )  # fmt: skip
-            write_pending(state, ref.job_id, pending.model_dump_json().encode())
             log.info(
                 "job %s submitted; the collect-jobs flow writes %s once its batches end", ref.job_id, output
             )

@@ -24,7 +24,6 @@ from collections.abc import Callable
 from typing import Any
 
 from .costs import DEFAULT_EXPECTED_OUTPUT_TOKENS
-from .errors import ConfigError
 from .jobs import (
     JobRef,
     JobSummary,
@@ -39,11 +38,9 @@ from .jobs import (
     run_rounds,
 )
 from .jobs.checks import Where, check_before_start, check_output
-from .jobs.detached import PendingJob
-from .jobs.driver import submit_first_round
-from .jobs.realtime import Mode, choose_mode, realtime_client
+from .jobs.detached import submit_detached
+from .jobs.realtime import Mode, pick_mode, realtime_client
 from .providers import api_key_for, make_provider
-from .registry import write_pending
 from .simulator import open_target
 from .spec import JobSpec, RunOptions
 from .store import JobStore
@@ -122,11 +119,7 @@ def run_table(
             log.info("job %s: %s", ref.job_id, planned.describe())
             check_cost(planned, max_cost_usd)
             key = api_key_for(target, api_key)
-            chosen, reason = choose_mode(mode, target, planned.requests_to_send, key)
-            if chosen == "realtime" and (detached or target.provider == "azure"):
-                raise ConfigError(
-                    f"realtime mode does not support {'detached runs' if detached else 'azure'} yet"
-                )
+            chosen, reason = pick_mode(mode, target, planned.requests_to_send, key, detached=detached)
             realtime = (
                 realtime_client(
                     client,
@@ -141,13 +134,10 @@ def run_table(
             )
             steps = PlainSteps(ref, client, options, on_change=on_change, realtime_client=realtime)
             if detached:
-                submit_first_round(ref, steps)
-                pending = PendingJob(
-                    ref=ref, spec=spec, target=target, options=options, output=output, overwrite=overwrite,
-                    max_error_rate=max_error_rate,
+                return submit_detached(
+                    ref, steps, spec=spec, target=target, options=options, output=output,
+                    overwrite=overwrite, max_error_rate=max_error_rate,
                 )  # fmt: skip
-                write_pending(state_dir, ref.job_id, pending.model_dump_json().encode())
-                return ref
             run_rounds(ref, steps, options, realtime=chosen == "realtime", log=log)
             summary = assemble(ref, output=output, overwrite=overwrite)
             summary = summary.model_copy(update={"mode": chosen, "mode_reason": reason})

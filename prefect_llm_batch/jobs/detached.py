@@ -17,9 +17,9 @@ from pydantic import BaseModel, ValidationError
 
 from ..errors import LLMBatchError
 from ..providers.base import BatchProvider
-from ..registry import read_pending
+from ..registry import read_pending, write_pending
 from ..spec import JobSpec, ProviderTarget, RunOptions
-from .driver import PlainSteps, tick
+from .driver import PlainSteps, Steps, TickSteps, submit_first_round, tick
 from .plan import JobRef
 
 logger = logging.getLogger("prefect_llm_batch")
@@ -51,6 +51,28 @@ class PendingRecord(BaseModel):
             f"pending job record {self.path} is damaged and was skipped ({self.damage}); "
             f"delete the file, or the job with `prefect-llm-batch jobs clean --force {job_id}`"
         )
+
+
+def submit_detached(
+    ref: JobRef,
+    steps: Steps | TickSteps,
+    *,
+    spec: JobSpec,
+    target: ProviderTarget,
+    options: RunOptions,
+    output: str,
+    overwrite: bool = False,
+    max_error_rate: float = 0.1,
+) -> JobRef:
+    """Submit a job's first round and record it as pending (the ``collect-jobs`` flow or
+    ``prefect-llm-batch collect`` finishes it); returns its reference at once."""
+    submit_first_round(ref, steps)
+    pending = PendingJob(
+        ref=ref, spec=spec, target=target, options=options, output=output, overwrite=overwrite,
+        max_error_rate=max_error_rate,
+    )  # fmt: skip
+    write_pending(ref.state_dir, ref.job_id, pending.model_dump_json().encode())
+    return ref
 
 
 def read_pending_jobs(state_dir: str, storage_options: dict[str, Any] | None = None) -> list[PendingRecord]:

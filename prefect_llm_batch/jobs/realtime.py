@@ -16,6 +16,7 @@ import orjson
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from ..errors import ConfigError
 from ..providers.base import BatchProvider
 from ..providers.http import redact
 from ..providers.realtime import RealtimeClient, has_batch_api
@@ -62,6 +63,20 @@ def choose_mode(
         shown = redact(target.base_url)  # a target is refused with credentials; never show them anyway
         return "realtime", f"auto: {shown} has no batch API (GET /batches answered 404)"
     return "batch", f"auto: {requests_to_send} requests, and the server has a batch API"
+
+
+def pick_mode(
+    mode: Mode, target: ProviderTarget, requests_to_send: int, api_key: str | None, *, detached: bool
+) -> tuple[Literal["batch", "realtime"], str]:
+    """:func:`choose_mode`, refusing what realtime mode does not support yet (detached runs, Azure).
+
+    Raises:
+        ConfigError: Realtime was chosen for a detached run or for Azure.
+    """
+    chosen, reason = choose_mode(mode, target, requests_to_send, api_key)
+    if chosen == "realtime" and (detached or target.provider == "azure"):
+        raise ConfigError(f"realtime mode does not support {'detached runs' if detached else 'azure'} yet")
+    return chosen, reason
 
 
 def realtime_client(

@@ -15,7 +15,7 @@ from prefect_llm_batch.errors import InputError
 from prefect_llm_batch.flows import enrich_table
 from prefect_llm_batch.testing import FakeProviderServer, FakeServerConfig, default_answer
 from prefect_llm_batch.testing.answers import last_user_text
-from tests.test_schemas import EXPECTED_TYPES, JSON_SCHEMA, Review
+from tests.unit.core.test_schemas import EXPECTED_TYPES, JSON_SCHEMA, Review
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")
 KEY = "test-key-structured"

@@ -13,9 +13,10 @@ from prefect_llm_batch.providers import make_provider
 from prefect_llm_batch.spec import JobSpec, ProviderTarget, RunOptions
 from prefect_llm_batch.store import JobStore
 from prefect_llm_batch.testing import FakeProviderServer
+from tests.paths import FIXTURES
 
 #: Made by ``tests/fixtures/make_packed_ids_state.py`` with the code of commit 1d8d4a9.
-FIXTURE = Path(__file__).parent / "fixtures" / "packed_ids_state"
+FIXTURE = FIXTURES / "packed_ids_state"
 JOB_ID = "2d32dcea6b9e8873b03f49e90f88931e"
 TEXTS = ["apple", "pear", "plum", "apple", "fig", "kiwi", "lime"]
 FAST = RunOptions(poll_interval=0.02, retry_backoff=0)

@@ -36,6 +36,7 @@ from prefect_llm_batch.results import MAX_ERROR_CHARS
 from prefect_llm_batch.simulator import open_target
 from prefect_llm_batch.spec import JobSpec, ProviderTarget
 from prefect_llm_batch.testing import FakeProviderServer, FakeServerConfig
+from tests.paths import REPO
 
 KEY = "sk-test-SECRET-0123456789abcdef"
 #: A part of the key no redaction marker or ordinary text contains: a cut key still shows it.
@@ -167,7 +168,7 @@ def test_the_cli_prints_the_gateway_error_without_the_key(
         **os.environ,
         "OPENAI_API_KEY": KEY,
         "PREFECT_API_URL": str(PREFECT_API_URL.value()),
-        "PYTHONPATH": os.pathsep.join([str(Path(__file__).parent.parent), os.environ.get("PYTHONPATH", "")]),
+        "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]),
     }
     command = [
         sys.executable, "-c", "from prefect_llm_batch.cli import app; app()",

@@ -10,8 +10,7 @@ import pytest
 
 from prefect_llm_batch import enrich
 from prefect_llm_batch.jobs import JobSummary
-
-EXAMPLES = Path(__file__).parent.parent / "examples"
+from tests.paths import EXAMPLES
 
 
 def test_enrich_inside_a_running_event_loop_keeps_index_and_rows(tmp_path: Path) -> None:

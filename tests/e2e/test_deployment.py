@@ -25,7 +25,8 @@ import httpx
 import pyarrow.parquet as pq
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
+from tests.paths import REPO
+
 PREFECT = [sys.executable, "-m", "prefect"]
 DEPLOYMENT = "enrich-table/reviews-sentiment"
 POOL = "local-pool"

@@ -17,10 +17,11 @@ from typer.testing import CliRunner
 from prefect_llm_batch import cli
 from prefect_llm_batch.cli import app
 from prefect_llm_batch.testing import FakeProviderServer
+from tests.paths import EXAMPLES, REPO
 
 runner = CliRunner()
-REVIEWS = str(Path(__file__).parent.parent / "examples" / "reviews.csv")
-ROOT = str(Path(__file__).parent.parent)
+REVIEWS = str(EXAMPLES / "reviews.csv")
+ROOT = str(REPO)
 BASE = ["--prompt", "Sentiment of: {{ review }}", "--model", "gpt-4o-mini"]
 
 

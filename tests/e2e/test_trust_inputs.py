@@ -34,9 +34,10 @@ from prefect_llm_batch.jobs.checks import check_output, check_output_writable
 from prefect_llm_batch.prompts import MAX_PROMPT_CHARS, PromptTemplate
 from prefect_llm_batch.table import read_table, scan_table
 from prefect_llm_batch.testing import FakeProviderServer, FakeServerConfig
+from tests.paths import REPO
 
 API_KEY = "sk-test-FAKE-trust-inputs-0000"
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = REPO
 
 
 @pytest.fixture

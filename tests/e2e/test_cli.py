@@ -9,6 +9,7 @@ import pytest
 from typer.testing import CliRunner
 
 from prefect_llm_batch.cli import app, parse_param
+from tests.paths import EXAMPLES
 
 runner = CliRunner()
 
@@ -48,7 +49,7 @@ def test_bad_param_is_rejected() -> None:
 
 @pytest.mark.usefixtures("prefect_harness")
 def test_trial_run_with_limit_against_the_simulator(tmp_path: Path) -> None:
-    source = Path(__file__).parent.parent / "examples" / "reviews.csv"
+    source = EXAMPLES / "reviews.csv"
     out = tmp_path / "trial.parquet"
     result = runner.invoke(
         app,
@@ -78,7 +79,7 @@ def test_trial_run_with_limit_against_the_simulator(tmp_path: Path) -> None:
 
 @pytest.mark.usefixtures("prefect_harness")
 def test_missing_column_is_a_one_line_error_not_a_traceback(tmp_path: Path) -> None:
-    source = Path(__file__).parent.parent / "examples" / "reviews.csv"
+    source = EXAMPLES / "reviews.csv"
     result = runner.invoke(
         app,
         [

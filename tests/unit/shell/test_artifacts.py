@@ -9,9 +9,10 @@ import pytest
 
 from prefect_llm_batch.artifacts import artifact_key
 from prefect_llm_batch.flows import enrich_table
+from tests.paths import EXAMPLES
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")
-EXAMPLE = str(Path(__file__).parent.parent / "examples" / "reviews.csv")
+EXAMPLE = str(EXAMPLES / "reviews.csv")
 
 
 def test_progress_summary_and_sample_artifacts(tmp_path: Path) -> None:
