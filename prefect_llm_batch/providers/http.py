@@ -123,7 +123,7 @@ def redact(text: str, secrets: Iterable[str] = ()) -> str:
         'echo: {"authorization": "Bearer [redacted]", "x-api-key": "[redacted]"}'
         >>> redact("POST https://me:pw@gw.example/v1 with key my-own-secret", ["my-own-secret"])
         'POST https://[redacted]@gw.example/v1 with key [redacted]'
-        >>> redact("token sk-proj-0123456789abcdefXYZ expired")
+        >>> redact("token sk-FAKE0123456789ab expired")
         'token [redacted] expired'
     """
     known = {

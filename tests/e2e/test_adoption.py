@@ -27,7 +27,7 @@ from prefect_llm_batch.spec import ErrorKind, JobSpec, ProviderTarget, RunOption
 from prefect_llm_batch.store import JobStore
 from prefect_llm_batch.testing import FakeProviderServer, FakeServerConfig
 
-KEY = "sk-test-FAKE-adoption-0000"
+KEY = "fake-key-FAKE-adoption-0000"
 FAST = RunOptions(poll_interval=0.02, retry_backoff=0)
 TEXTS = ["first", "second", "third"]
 CANCEL = "POST /v1/messages/batches/{id}/cancel"

@@ -20,7 +20,7 @@ from prefect_llm_batch.testing import FakeProviderServer, FakeServerConfig
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")
 
-KEY = "sk-test-FAKE-job-block-7d1e4b"
+KEY = "fake-key-FAKE-job-block-7d1e4b"
 TEXTS = ["love it, great", "awful, broken", "fine", "great value", "terrible support"]
 
 

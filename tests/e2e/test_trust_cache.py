@@ -27,7 +27,7 @@ from prefect_llm_batch.spec import BatchLimits, JobSpec, ProviderTarget, RunOpti
 from prefect_llm_batch.store import JobStore
 from prefect_llm_batch.testing import FakeProviderServer, FakeServerConfig
 
-KEY = "sk-test-FAKE-cache-0000"
+KEY = "fake-key-FAKE-cache-0000"
 FAST = RunOptions(poll_interval=0.02, retry_backoff=0)
 SPEC = JobSpec(
     prompt="Summarise {{ text }}", model="gpt-4o-mini", provider="openai",

@@ -36,7 +36,7 @@ from prefect_llm_batch.table import read_table, scan_table
 from prefect_llm_batch.testing import FakeProviderServer, FakeServerConfig
 from tests.paths import REPO
 
-API_KEY = "sk-test-FAKE-trust-inputs-0000"
+API_KEY = "fake-key-FAKE-trust-inputs-0000"
 ROOT = REPO
 
 

@@ -29,7 +29,7 @@ from prefect_llm_batch.spec import BatchLimits, JobSpec, ProviderTarget
 from prefect_llm_batch.store import JobRecord, JobStore
 from prefect_llm_batch.testing import FakeProviderServer, FakeServerConfig
 
-KEY = "sk-test-FAKE-lease-0000"
+KEY = "fake-key-FAKE-lease-0000"
 PROMPT = "Summarise {{ text }}"
 MODEL = "gpt-4o-mini"
 ROWS = 9

@@ -28,7 +28,7 @@ from prefect_llm_batch.spec import BatchLimits, JobSpec, ProviderTarget
 from prefect_llm_batch.store import JobStore
 from prefect_llm_batch.testing import FakeProviderServer, FakeServerConfig
 
-KEY = "sk-test-FAKE-lease-faults-0000"
+KEY = "fake-key-FAKE-lease-faults-0000"
 ROWS = 6
 
 

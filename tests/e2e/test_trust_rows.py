@@ -244,7 +244,7 @@ def test_download_memory_is_a_slice_of_raw_bytes_plus_the_parsed_results(
         """Rows, unreadable lines, Python's peak and the parsed table's Arrow bytes (plain ints:
         no Arrow object outlives the call)."""
         with OpenAIBatchProvider(
-            api_key="sk-test-FAKE-rows", base_url="https://fake.example/v1", transport=transport
+            api_key="fake-key-FAKE-rows", base_url="https://fake.example/v1", transport=transport
         ) as p:
             tracemalloc.start()
             try:
@@ -284,7 +284,7 @@ def test_sliced_parsing_equals_parsing_the_whole_file(monkeypatch: pytest.Monkey
     with mock_provider({"file-o": data}) as p:
         got = p.read_results(ended("file-o")).table
         assert got.equals(p.parse_results(data, "batch_1"))
-    with AnthropicBatchProvider(api_key="sk-test-FAKE-rows") as a:
+    with AnthropicBatchProvider(api_key="fake-key-FAKE-rows") as a:
         message = {"content": [{"type": "text", "text": "hi"}], "usage": {}, "stop_reason": "end_turn"}
         raw = [{"custom_id": f"m{i}", "result": {"type": "succeeded", "message": message}} for i in range(50)]
         whole = b"".join(orjson.dumps(r) + b"\n" for r in raw)
@@ -327,7 +327,7 @@ def mock_provider(files: dict[str, bytes]) -> OpenAIBatchProvider:
         return httpx.Response(200, content=files[request.url.path.split("/")[-2]])
 
     return OpenAIBatchProvider(
-        api_key="sk-test-FAKE-rows",
+        api_key="fake-key-FAKE-rows",
         base_url="https://fake.example/v1",
         transport=httpx.MockTransport(handler),
     )
@@ -335,7 +335,7 @@ def mock_provider(files: dict[str, bytes]) -> OpenAIBatchProvider:
 
 # ----- 12. a download that breaks off mid-body is retried, its error redacted ----------------
 
-DOWNLOAD_KEY = "sk-test-FAKE-download-0123456789"
+DOWNLOAD_KEY = "fake-key-FAKE-download-0123456789"
 
 
 class BreaksOff(httpx.SyncByteStream):

@@ -38,7 +38,7 @@ from prefect_llm_batch.spec import JobSpec, ProviderTarget
 from prefect_llm_batch.testing import FakeProviderServer, FakeServerConfig
 from tests.paths import REPO
 
-KEY = "sk-test-SECRET-0123456789abcdef"
+KEY = "fake-key-SECRET-0123456789abcdef"
 #: A part of the key no redaction marker or ordinary text contains: a cut key still shows it.
 KEY_PART = b"SECRET-0123"
 PROMPT = "Sentiment of: {{ text }}"
@@ -282,10 +282,10 @@ def test_realtime_error_answers_quoting_the_request_are_redacted() -> None:
 def test_redact_removes_keys_auth_headers_tokens_and_userinfo() -> None:
     text = (
         f'{{"authorization": "Bearer other-token-123", "x-api-key": "kkk-123", "api-key": "azure-123"}} '
-        f"https://user:pass@gw.example/v1 sk-proj-abcdefghijklmnop9 {KEY}"
+        f"https://user:pass@gw.example/v1 sk-FAKEabcdefghijk9 {KEY}"
     )
     shown = redact(text, [KEY])
-    for secret in ("other-token-123", "kkk-123", "azure-123", "user:pass", "sk-proj-abcdefghijklmnop9", KEY):
+    for secret in ("other-token-123", "kkk-123", "azure-123", "user:pass", "sk-FAKEabcdefghijk9", KEY):
         assert secret not in shown
     assert shown.count(REDACTED) == 6
 
@@ -342,16 +342,16 @@ def test_the_state_directory_is_owner_only_whatever_the_umask(
 
 def test_the_simulator_accepts_only_the_key_generated_for_its_run() -> None:
     with open_target("simulator", simulator_seconds=0.0) as target:
-        key = api_key_for(target, "sk-test-the-users-real-key")
-        assert key != "sk-test-the-users-real-key"
-        for other in ("simulator-key", "sk-test-the-users-real-key", "anything"):
+        key = api_key_for(target, "fake-key-the-users-real-key")
+        assert key != "fake-key-the-users-real-key"
+        for other in ("simulator-key", "fake-key-the-users-real-key", "anything"):
             refused = httpx.get(f"{target.base_url}/batches", headers={"Authorization": f"Bearer {other}"})
             assert refused.status_code == 401
         assert (
             httpx.get(f"{target.base_url}/batches", headers={"Authorization": f"Bearer {key}"}).status_code
             == 200
         )
-        with make_provider(target, api_key="sk-test-the-users-real-key") as provider:
+        with make_provider(target, api_key="fake-key-the-users-real-key") as provider:
             assert provider.find_batch({"job_id": "none"}) is None  # its calls carry the run's key
     with open_target("simulator", simulator_seconds=0.0) as again:
         assert api_key_for(again) != key

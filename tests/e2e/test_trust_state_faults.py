@@ -28,7 +28,7 @@ from prefect_llm_batch.spec import BatchLimits, JobSpec, ProviderTarget
 from prefect_llm_batch.store import ChunkState, JobStore, is_damage
 from prefect_llm_batch.testing import FakeProviderServer, FakeServerConfig
 
-KEY = "sk-test-FAKE-state-faults-0000"
+KEY = "fake-key-FAKE-state-faults-0000"
 SPEC = JobSpec(
     prompt="Say {{ text }}",
     model="gpt-4o-mini",

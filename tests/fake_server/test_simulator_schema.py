@@ -21,7 +21,7 @@ from prefect_llm_batch.schemas import ResponseSchema
 from prefect_llm_batch.testing import FakeProviderServer, FakeServerConfig, default_answer
 from prefect_llm_batch.testing.answers import SchemaAnswerError, schema_answer, tool_input
 
-KEY = "sk-test-FAKE-simulator-schema"
+KEY = "fake-key-FAKE-simulator-schema"
 SCORE = {
     "type": "object",
     "properties": {"score": {"type": "integer", "minimum": 1, "maximum": 5}},

@@ -42,7 +42,7 @@ def ref(tmp_path: Path) -> Iterator[jobs.JobRef]:
     spec = JobSpec(
         prompt="{{ text }}", model="gpt-4o-mini", provider="openai", limits={"max_requests_per_batch": 2}
     )
-    with make_provider(NOWHERE, api_key="sk-test-FAKE-driver-0000") as provider:
+    with make_provider(NOWHERE, api_key="fake-key-FAKE-driver-0000") as provider:
         prepared = jobs.prepare(str(source), spec, provider, NOWHERE, state_dir=str(tmp_path / "state"))
     assert prepared.chunks == ROWS // PER_BATCH
     yield prepared
