@@ -298,7 +298,7 @@ def prepare_steps(context: StageContext) -> dict[str, Any]:
         if batch is None:
             break
         with context.step("render"):
-            prompts = _render(template, pa.Table.from_batches([batch]), None, rows)
+            prompts, _blank = _render(template, pa.Table.from_batches([batch]), None, rows)
         with context.step("keys"):
             encoded = encoder.encode(prompts)
         with context.step("dedup"):
