@@ -21,6 +21,13 @@ from prefect_llm_batch.schemas import ResponseSchema
 from prefect_llm_batch.testing import FakeProviderServer, FakeServerConfig, default_answer
 from prefect_llm_batch.testing.answers import SchemaAnswerError, schema_answer, tool_input
 
+# Hypothesis warns (an error here) when the global ``random`` state moves while it draws an
+# example. Threads other tests leave behind (HTTP retry jitter, servers) draw from it, so the
+# warning says nothing about these strategies, which use no randomness of their own.
+pytestmark = pytest.mark.filterwarnings(
+    "ignore:Do not use the `random` module inside strategies:hypothesis.errors.HypothesisDeprecationWarning"
+)
+
 KEY = "fake-key-FAKE-simulator-schema"
 SCORE = {
     "type": "object",
