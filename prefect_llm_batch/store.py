@@ -481,6 +481,22 @@ class JobStore:
             return None
         return self._read_parquet(path, columns)
 
+    def write_borrowed_results(self, table: pa.Table) -> None:
+        """Write the answers a shard borrows from the earlier shards of its job that sent them."""
+        self._write(self._path("results", "borrowed.parquet"), parquet_bytes(table))
+
+    def read_borrowed_results(self, columns: list[str] | None = None) -> pa.Table | None:
+        """Read the answers a shard borrowed (None if it borrowed none)."""
+        path = self._path("results", "borrowed.parquet")
+        if not exists(path, storage_options=self._options):
+            return None
+        return self._read_parquet(path, columns)
+
+    @property
+    def options(self) -> dict[str, Any] | None:
+        """The fsspec storage options of the state directory."""
+        return self._options
+
     # cancel marker ----------------------------------------------------------------------
 
     def write_cancel(self, reason: str) -> None:

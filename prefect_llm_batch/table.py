@@ -74,6 +74,7 @@ import pyarrow.parquet as pq
 
 from prefect_llm_batch.errors import TableError
 from prefect_llm_batch.files import filesystem, shown_path
+from prefect_llm_batch.shards import Shard, hive_partitions
 
 __all__ = [
     "COLUMN_TYPES",
@@ -306,6 +307,7 @@ def scan_table(
     columns_types: dict[str, str] | None = None,
     storage_options: dict[str, Any] | None = None,
     invalid_utf8: InvalidUTF8 = "error",
+    shard: Shard | None = None,
 ) -> TableScan:
     """Read a table as record batches of at most ``batch_rows`` rows, in row order.
 
@@ -321,9 +323,12 @@ def scan_table(
         columns_types: Force column types (see :func:`read_table`).
         storage_options: Passed to the fsspec filesystem.
         invalid_utf8: As :func:`read_table` (CSV and JSON Lines).
+        shard: Read only this shard of ``source`` (see :mod:`prefect_llm_batch.shards`): its
+            row groups, with the source's schema and the part's partition columns.
 
     Returns:
-        The schema and the batches.
+        The schema and the batches. A directory's hive partition values (``key=value`` folders)
+        are string columns after the parts' own columns.
 
     Raises:
         TableError: As :func:`read_table`; for a directory, also when it holds no Parquet file
@@ -348,7 +353,7 @@ def scan_table(
         raise ValueError(f"batch_rows must be at least 1, not {batch_rows}")
     options = storage_options or {}
     forced = _parse_column_types(columns_types or {}, shown)
-    parts = _directory_parts(source, options)
+    parts = _directory_parts(source, options) if shard is None else [shard.part]
     if parts is None and table_format(source) != "parquet":
         table = read_table(
             source,
@@ -361,24 +366,80 @@ def scan_table(
             table = table.select(columns)
         return TableScan(table.schema, iter(table.to_batches(max_chunksize=batch_rows)), whole=table)
     files = parts if parts is not None else [source]
+    if shard is not None:
+        partitions = [dict(shard.partitions)]
+    elif parts is not None:
+        root = len(_path_part(source).rstrip("/"))
+        partitions = [dict(hive_partitions(part[root:] if "://" not in source else _below(part, source, options)))
+                      for part in parts]  # fmt: skip
+    else:
+        partitions = [{}]
     try:
-        whole_schema = _parquet_schema(files[0], options)
+        whole_schema = _parquet_schema(shard.schema_part if shard is not None else files[0], options)
     except FileNotFoundError as exc:
         raise TableError(f"cannot read {shown}: no such file") from exc
     except (OSError, ValueError, pa.ArrowException) as exc:
         raise TableError(f"cannot read {shown} as Parquet: {exc}") from exc
+    keys = list(partitions[0])
+    for part, values in zip(files, partitions, strict=True):
+        if list(values) != keys:
+            raise TableError(
+                f"cannot read {shown}: part {shown_path(part)} has the partition folders "
+                f"{', '.join(values) or '(none)'}, not {', '.join(keys) or '(none)'}"
+            )
+    clash = [name for name in keys if name in whole_schema.names]
+    if clash:
+        raise TableError(
+            f"cannot read {shown}: the partition folder {clash[0]!r} has the name of a column of its parts"
+        )
     full = whole_schema  # every column, with the forced types
     for name, data_type in forced.items():
         if name in full.names:
             full = full.set(full.get_field_index(name), full.field(name).with_type(data_type))
+    for name in keys:
+        full = full.append(pa.field(name, pa.string()))
     schema = full
     if columns is not None:
         schema = pa.schema([full.field(name) for name in columns]).with_metadata(full.metadata or {})
     _check_forced(forced, schema.names, shown)
+    file_columns = None if columns is None else [c for c in columns if c not in keys]
+    file_schema = _without(schema, keys)
+    row_groups = None if shard is None else list(range(shard.first_row_group, shard.first_row_group + shard.row_groups))
     batches = _parquet_batches(
-        files, options, schema, (whole_schema, full), limit, batch_rows, columns, shown
-    )
+        files, options, file_schema, (whole_schema, _without(full, keys)), limit, batch_rows,
+        file_columns, shown, row_groups, (partitions, schema) if keys else None,
+    )  # fmt: skip
     return TableScan(schema, _rebatch(batches, schema, batch_rows) if len(files) > 1 else batches)
+
+
+def _without(schema: pa.Schema, names: list[str]) -> pa.Schema:
+    return pa.schema([f for f in schema if f.name not in names]).with_metadata(schema.metadata or {})
+
+
+def parquet_parts(source: str, storage_options: dict[str, Any] | None = None) -> list[str] | None:
+    """The Parquet parts of a directory source, in path order; None when ``source`` is a file.
+
+    Hidden files and folders (``.x``, ``_x``) are skipped.
+
+    Raises:
+        TableError: The directory cannot be listed or holds no Parquet file.
+    """
+    return _directory_parts(source, storage_options or {})
+
+
+def _below(part: str, root: str, options: Mapping[str, Any]) -> str:
+    _, root_path = filesystem(root, dict(options))
+    _, part_path = filesystem(part, dict(options))
+    return str(part_path)[len(str(root_path).rstrip("/")) :]
+
+
+def _with_partitions(batch: pa.RecordBatch, values: Mapping[str, str], schema: pa.Schema) -> pa.RecordBatch:
+    """A part's batch with its partition values as columns (``schema``: the scan's)."""
+    arrays = [
+        pa.array([values[f.name]] * batch.num_rows, pa.string()) if f.name in values else batch.column(f.name)
+        for f in schema
+    ]
+    return pa.RecordBatch.from_arrays(arrays, schema=schema)
 
 
 def _rebatch(batches: Iterator[pa.RecordBatch], schema: pa.Schema, rows: int) -> Iterator[pa.RecordBatch]:
@@ -489,6 +550,8 @@ def _parquet_batches(
     batch_rows: int,
     columns: list[str] | None,
     shown: str,
+    row_groups: list[int] | None = None,
+    partitions: tuple[list[dict[str, str]], pa.Schema] | None = None,
 ) -> Iterator[pa.RecordBatch]:
     # ``first``: the first part's schema as written and with the forced types. Every part must
     # have its columns and types castable to it, even when only some ``columns`` are read:
@@ -496,7 +559,7 @@ def _parquet_batches(
     # are paid for, reads them all.
     written, full = first
     remaining = limit
-    for path in files:
+    for number, path in enumerate(files):
         if remaining is not None and remaining <= 0:
             return
         try:
@@ -513,7 +576,10 @@ def _parquet_batches(
                 odd = columns is not None and found.types != written.types
                 wanted = columns if columns is not None else found.names
                 size = batch_rows if remaining is None else min(batch_rows, remaining)
-                for batch in parquet.iter_batches(batch_size=size, columns=None if odd else columns):
+                read = parquet.iter_batches(
+                    batch_size=size, columns=None if odd else columns, row_groups=row_groups
+                )
+                for batch in read:
                     if remaining is not None:
                         if remaining <= 0:
                             break
@@ -523,6 +589,8 @@ def _parquet_batches(
                         batch = _cast_batch(batch, full, path).select(wanted)
                     elif batch.schema != schema:
                         batch = _cast_batch(batch, schema, path)
+                    if partitions is not None:
+                        batch = _with_partitions(batch, partitions[0][number], partitions[1])
                     yield batch
         except TableError:
             raise

@@ -204,38 +204,60 @@ def submit_first_round(ref: JobRef, steps: Steps | TickSteps) -> None:
             steps.submit(chunk_id)
 
 
+def advance(ref: JobRef, steps: TickSteps) -> list[int] | None:
+    """Poll a job's running batches once and submit what is due, without waiting; the caller
+    holds the job's lease.
+
+    Submits again the batches that failed with a token limit, and the chunks of the current
+    round not sent yet.
+
+    Returns:
+        The chunks of the current round once every one has ended (ready to collect), else None.
+    """
+    store = JobStore(ref.state_dir, ref.job_id)
+    poll = steps.poll()
+    for chunk_id in poll.resubmit:
+        steps.submit(chunk_id)
+    record = store.read_job()
+    chunks = record.round_chunks(max(record.rounds, 1))
+    unsent = [c for c in chunks if not (s := store.read_chunk(c)).batch_id and not ended(s)]
+    for chunk_id in unsent:
+        steps.submit(chunk_id)
+    if unsent or poll.pending or poll.resubmit:
+        return None
+    return chunks
+
+
+def finish_round(ref: JobRef, steps: TickSteps, *, log: Log = logger) -> bool:
+    """After the current round is collected: plan the next round and submit it; True when there
+    is none (every result is collected). The caller holds the job's lease."""
+    record = JobStore(ref.state_dir, ref.job_id).read_job()
+    round_ = max(record.rounds, 1)
+    following = steps.plan_retry(round_)
+    if following:
+        log.info("job %s: round %d sends %d batch(es)", ref.job_id, round_ + 1, len(following))
+        for chunk_id in following:
+            steps.submit(chunk_id)
+        return False
+    return True
+
+
 def tick(ref: JobRef, steps: TickSteps, *, log: Log = logger) -> bool:
     """Move a job forward once, without waiting; True once every result is collected.
 
-    Polls the job's running batches once; submits again the batches that failed with a token
-    limit and the chunks of the current round not sent yet; when the round has ended, collects
-    it and plans (and submits) the next round. The caller writes the output once this is True,
-    holding the job's lease around both; this holds it too (re-entrant).
+    :func:`advance`, then, when the round has ended, collects it and :func:`finish_round`. The
+    caller writes the output once this is True, holding the job's lease around both; this holds
+    it too (re-entrant).
 
     Raises:
         JobLocked: Another run holds the job.
     """
-    store = JobStore(ref.state_dir, ref.job_id)
-    with store.lease():
-        poll = steps.poll()
-        for chunk_id in poll.resubmit:
-            steps.submit(chunk_id)
-        record = store.read_job()
-        round_ = max(record.rounds, 1)
-        chunks = record.round_chunks(round_)
-        unsent = [c for c in chunks if not (s := store.read_chunk(c)).batch_id and not ended(s)]
-        for chunk_id in unsent:
-            steps.submit(chunk_id)
-        if unsent or poll.pending or poll.resubmit:
+    with JobStore(ref.state_dir, ref.job_id).lease():
+        chunks = advance(ref, steps)
+        if chunks is None:
             return False
         steps.collect(chunks)
-        following = steps.plan_retry(round_)
-        if following:
-            log.info("job %s: round %d sends %d batch(es)", ref.job_id, round_ + 1, len(following))
-            for chunk_id in following:
-                steps.submit(chunk_id)
-            return False
-        return True
+        return finish_round(ref, steps, log=log)
 
 
 def run_job(

@@ -1,0 +1,483 @@
+"""One job as shards: every shard a job of its own, request keys and answers shared job-wide.
+
+A sharded job is planned from a :class:`~prefect_llm_batch.shards.ShardPlan`::
+
+    plan        the shards (file and row-group ranges), from the Parquet footers only
+    identify    each shard's content fingerprint (its row groups' bytes), then the job's id from
+                them; the run takes the job's lease (one runner per sharded job)
+    prepare     per shard, anywhere: render, key and plan the shard as a job of its own
+                (``{job_id}-{index:05d}``) in the same state directory and response cache
+    claim       once, in order: a request key that an earlier shard sends is *borrowed* by the
+                later ones (taken out of their batch files), so it is sent once per job
+    rounds      one poller advances every shard's batches; ended rounds are collected per shard,
+                anywhere
+    write       per shard, anywhere: borrowed answers are copied from the shards that sent them,
+                then the shard's rows are written as one part of the output dataset
+    manifest    written last (rows, shards, job id, schema): its presence means the output is whole
+
+Every step but ``claim`` and the poller is a function of one shard that reads and writes the
+state directory only, so it can run on any worker of a distributed engine, and run again after a
+worker is lost (each is idempotent, and each shard's lease keeps two workers off one shard).
+How the steps run (a loop, Prefect tasks on a Dask cluster) is the caller's:
+:func:`run_sharded_job` runs them in this process; ``prefect_llm_batch.flows`` maps them on the
+flow's task runner.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import time
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import orjson
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+from pydantic import BaseModel
+
+from ..errors import InputError, StateError
+from ..files import exists, read_bytes, write_bytes_atomic
+from ..keys import DigestSet, decode_custom_ids
+from ..providers.base import BatchProvider
+from ..shards import Shard, ShardPlan, shard_fingerprint
+from ..spec import CacheMode, JobSpec, ProviderTarget, RunOptions
+from ..store import JobStore, orjson_dumps, secure_state_dir
+from ..table import parquet_bytes
+from .driver import TickSteps, advance, finish_round, submit_first_round
+from .output import JobSummary, assemble, latest_results
+from .plan import JobIdentity, JobRef, compute_job_id, effective_limits, estimate_tokens, prepare
+
+logger = logging.getLogger("prefect_llm_batch")
+
+#: The manifest of a sharded output, written last.
+MANIFEST = "_manifest.json"
+#: Borrowed answers of a shard (copied from the shards that sent them), beside its results.
+BORROWED_IDS = "borrowed.parquet"
+
+
+class ShardedJob(BaseModel):
+    """What ``shards.json`` holds, in the job's folder: the plan and each shard's job id."""
+
+    job_id: str
+    source: str
+    source_fingerprint: str
+    plan: ShardPlan
+    shard_job_ids: list[str]
+    created_at: float
+
+
+def shard_job_id(job_id: str, index: int) -> str:
+    """The job id of shard ``index`` of a sharded job.
+
+    Examples:
+        >>> shard_job_id("0123abcd", 7)
+        '0123abcd-00007'
+    """
+    return f"{job_id}-{index:05d}"
+
+
+def identify_sharded(
+    plan: ShardPlan,
+    fingerprints: list[str],
+    spec: JobSpec,
+    provider: BatchProvider,
+    target: ProviderTarget,
+    *,
+    cache: CacheMode = "use",
+) -> JobIdentity:
+    """The sharded job's id: its shards' fingerprints (content and ranges) and the job's options.
+
+    Args:
+        plan: The shards.
+        fingerprints: Each shard's :func:`~prefect_llm_batch.shards.shard_fingerprint`, in order.
+    """
+    if len(fingerprints) != len(plan.shards):
+        raise ValueError("one fingerprint per shard")
+    digest = hashlib.sha256(b"prefect-llm-batch shards\n")
+    digest.update(plan.digest().encode())
+    for value in fingerprints:
+        digest.update(f"\n{value}".encode())
+    source_fp = digest.hexdigest()
+    limits = effective_limits(spec, provider)
+    job_id = compute_job_id(spec, target, source_fp, None, limits, cache)
+    return JobIdentity(job_id=job_id, source_fingerprint=source_fp, limits=limits)
+
+
+def _shards_path(state_dir: str, job_id: str) -> str:
+    return f"{state_dir.rstrip('/')}/jobs/{job_id}/shards.json"
+
+
+def record_sharded_job(
+    state_dir: str,
+    identity: JobIdentity,
+    plan: ShardPlan,
+    *,
+    storage_options: dict[str, Any] | None = None,
+) -> ShardedJob:
+    """Write (or read back) the sharded job's ``shards.json``; the caller holds the job's lease.
+
+    Raises:
+        StateError: The state holds another plan under this job id (it cannot: the id hashes the plan).
+    """
+    path = _shards_path(state_dir, identity.job_id)
+    if exists(path, storage_options=storage_options):
+        found = ShardedJob.model_validate_json(read_bytes(path, storage_options=storage_options))
+        if found.plan.digest() != plan.digest():
+            raise StateError(f"job {identity.job_id} in {state_dir} holds another shard plan")
+        return found
+    job = ShardedJob(
+        job_id=identity.job_id,
+        source=plan.source,
+        source_fingerprint=identity.source_fingerprint,
+        plan=plan,
+        shard_job_ids=[shard_job_id(identity.job_id, s.index) for s in plan.shards],
+        created_at=time.time(),
+    )
+    secure_state_dir(state_dir, storage_options)
+    write_bytes_atomic(path, orjson_dumps(job.model_dump(mode="json")), storage_options=storage_options, private=True)
+    return job
+
+
+def read_sharded_job(state_dir: str, job_id: str, storage_options: dict[str, Any] | None = None) -> ShardedJob | None:
+    """The sharded job ``job_id`` (None: no such sharded job in ``state_dir``)."""
+    path = _shards_path(state_dir, job_id)
+    if not exists(path, storage_options=storage_options):
+        return None
+    return ShardedJob.model_validate_json(read_bytes(path, storage_options=storage_options))
+
+
+def prepare_shard(
+    shard: Shard,
+    job: JobIdentity,
+    fingerprint: str,
+    spec: JobSpec,
+    provider: BatchProvider,
+    target: ProviderTarget,
+    *,
+    state_dir: str,
+    cache: CacheMode = "use",
+    storage_options: dict[str, Any] | None = None,
+) -> JobRef:
+    """Plan one shard as a job of its own (idempotent: a planned shard is resumed as planned)."""
+    identity = JobIdentity(
+        job_id=shard_job_id(job.job_id, shard.index), source_fingerprint=fingerprint, limits=job.limits
+    )
+    return prepare(
+        shard.source,
+        spec,
+        provider,
+        target,
+        state_dir=state_dir,
+        cache=cache,
+        storage_options=storage_options,
+        identity=identity,
+        shard=shard,
+    )
+
+
+class Claims(BaseModel):
+    """What :func:`claim_shared_requests` found: requests each shard borrows from earlier ones."""
+
+    borrowed: list[int]
+
+    @property
+    def total(self) -> int:
+        """Requests borrowed in all (sent once, by an earlier shard)."""
+        return sum(self.borrowed)
+
+
+def _unique_ids(store: JobStore) -> pa.Array[Any]:
+    """The distinct request ids of a shard's rows that its cached answers do not hold."""
+    ids = pc.unique(store.read_row_ids())
+    cached = store.read_cached_results(["custom_id"])
+    if cached is not None and cached.num_rows:
+        ids = ids.filter(pc.invert(pc.is_in(ids, value_set=cached.column("custom_id").combine_chunks())))
+    return ids
+
+
+def claim_shared_requests(refs: list[JobRef], *, storage_options: dict[str, Any] | None = None) -> Claims:
+    """Give every request key to the first shard that has it; later shards borrow its answer.
+
+    In shard order: a shard's distinct request ids (not answered by the cache) that an earlier
+    shard has are *borrowed*: written to the shard's ``borrowed.parquet`` and taken out of its
+    batch files (before anything is sent), so each key is sent once per job. Run before the first
+    submit of any shard; running it again finds the same claims (a shard's borrowed ids are
+    recomputed from its rows, and its batch files rewritten only while they still hold them).
+    Memory holds every distinct key of the job (about 48 bytes each), in this process.
+    """
+    seen = DigestSet()
+    borrowed_counts: list[int] = []
+    for ref in refs:
+        store = JobStore(ref.state_dir, ref.job_id, storage_options)
+        ids = _unique_ids(store)
+        digests = decode_custom_ids(ids, what="row")
+        new = seen.add([row.tobytes() for row in digests])
+        keep = pa.array(_mask(len(ids), new))
+        borrowed = ids.filter(pc.invert(keep))
+        borrowed_counts.append(len(borrowed))
+        if len(borrowed):
+            _take_out(store, borrowed)
+    claims = Claims(borrowed=borrowed_counts)
+    if claims.total:
+        logger.info("%d request(s) repeated across shards are sent once, by the first shard that has them", claims.total)
+    return claims
+
+
+def _mask(n: int, positions: Any) -> list[bool]:
+    mask = [False] * n
+    for position in positions.tolist():
+        mask[position] = True
+    return mask
+
+
+def _take_out(store: JobStore, borrowed: pa.Array[Any]) -> None:
+    """Record a shard's borrowed ids, then take them out of its first-round batch files."""
+    table = pa.table({"custom_id": borrowed.cast(pa.string())})
+    path = f"{store.root}/{BORROWED_IDS}"
+    if not exists(path, storage_options=store.options):
+        write_bytes_atomic(path, parquet_bytes(table), storage_options=store.options, private=True)
+    record = store.read_job()
+    if any(store.read_chunk(c.chunk_id).intent_at or store.read_chunk(c.chunk_id).batch_id for c in record.chunks):
+        return  # already sent (a job claimed and submitted before): the batch files stay as sent
+    value_set = table.column("custom_id").combine_chunks()
+    taken = set(value_set.to_pylist())
+    kept_chunks = []
+    changed = False
+    for plan in record.chunks:
+        ids = store.read_chunk_ids(plan.chunk_id)
+        if ids is not None and not pc.any(pc.is_in(pa.array(ids, pa.string()), value_set=value_set)).as_py():
+            kept_chunks.append(plan)
+            continue
+        lines = [
+            line
+            for line in store.read_chunk_input(plan.chunk_id).splitlines(keepends=True)
+            if line.strip() and str(orjson.loads(line)["custom_id"]) not in taken
+        ]
+        changed = True
+        if not lines:
+            continue
+        data = b"".join(lines)
+        store.write_chunk_input(plan.chunk_id, data)
+        store.write_chunk_ids(plan.chunk_id, pa.array([str(orjson.loads(line)["custom_id"]) for line in lines]))
+        kept_chunks.append(
+            plan.model_copy(
+                update={"requests": len(lines), "bytes": len(data), "est_tokens": sum(estimate_tokens(x) for x in lines)}
+            )
+        )
+    if changed:
+        record.chunks = kept_chunks
+        store.write_job(record)
+
+
+def read_borrowed_ids(store: JobStore) -> pa.Array[Any] | None:
+    """The ids a shard borrows (None: it borrows none)."""
+    path = f"{store.root}/{BORROWED_IDS}"
+    if not exists(path, storage_options=store.options):
+        return None
+    return pq.read_table(pa.BufferReader(read_bytes(path, storage_options=store.options))).column("custom_id").combine_chunks()
+
+
+def fill_borrowed(ref: JobRef, earlier: list[JobRef], *, storage_options: dict[str, Any] | None = None) -> int:
+    """Copy the answers a shard borrows from the earlier shards that sent them (idempotent).
+
+    Returns:
+        How many answers were copied.
+
+    Raises:
+        StateError: An earlier shard is not collected, or holds no answer for a borrowed id.
+    """
+    store = JobStore(ref.state_dir, ref.job_id, storage_options)
+    wanted = read_borrowed_ids(store)
+    if wanted is None or not len(wanted):
+        return 0
+    found: list[pa.Table] = []
+    for owner in earlier:
+        if not len(wanted):
+            break
+        results, _ = latest_results(JobStore(owner.state_dir, owner.job_id, storage_options))
+        hit = results.filter(pc.is_in(results.column("custom_id"), value_set=wanted))
+        if hit.num_rows:
+            found.append(hit)
+            wanted = wanted.filter(pc.invert(pc.is_in(wanted, value_set=hit.column("custom_id").combine_chunks())))
+    if len(wanted):
+        raise StateError(
+            f"shard job {ref.job_id}: {len(wanted)} borrowed answer(s) are in no earlier shard; run the job again"
+        )
+    table = pa.concat_tables(found)
+    store.write_borrowed_results(table)
+    return table.num_rows
+
+
+def part_name(index: int) -> str:
+    """The file name of shard ``index``'s part of the output dataset.
+
+    Examples:
+        >>> part_name(12)
+        'part-00012.parquet'
+    """
+    return f"part-{index:05d}.parquet"
+
+
+def write_shard(
+    ref: JobRef,
+    index: int,
+    earlier: list[JobRef],
+    output: str,
+    *,
+    overwrite: bool = False,
+    parser: Callable[[str], Any] | None = None,
+    storage_options: dict[str, Any] | None = None,
+) -> JobSummary:
+    """Fill a shard's borrowed answers and write its rows as one part of the output dataset."""
+    store = JobStore(ref.state_dir, ref.job_id, storage_options)
+    with store.lease():
+        fill_borrowed(ref, earlier, storage_options=storage_options)
+        return assemble(
+            ref,
+            output=f"{output.rstrip('/')}/{part_name(index)}",
+            overwrite=overwrite,
+            parser=parser,
+            storage_options=storage_options,
+        )
+
+
+def write_manifest(
+    output: str,
+    job: ShardedJob,
+    summaries: list[JobSummary],
+    *,
+    storage_options: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Write the output dataset's manifest, last: its parts, rows, job id and schema.
+
+    Raises:
+        StateError: A part is missing.
+    """
+    from ..files import filesystem
+
+    parts = []
+    schema: pa.Schema | None = None
+    fs, root = filesystem(output, storage_options)
+    for shard, summary in zip(job.plan.shards, summaries, strict=True):
+        name = part_name(shard.index)
+        path = f"{root.rstrip('/')}/{name}"
+        if not fs.exists(path):
+            raise StateError(f"the part {name} of {output} is missing; run the job again")
+        if schema is None:
+            with fs.open(path, "rb") as handle:
+                schema = pq.ParquetFile(handle).schema_arrow
+        parts.append({"path": name, "rows": summary.rows, "shard": shard.index, "job_id": summary.job_id})
+    manifest = {
+        "job_id": job.job_id,
+        "source": job.source,
+        "rows": sum(p["rows"] for p in parts),
+        "shards": len(parts),
+        "parts": parts,
+        "schema": [{"name": f.name, "type": str(f.type)} for f in (schema or pa.schema([]))],
+    }
+    write_bytes_atomic(
+        f"{output.rstrip('/')}/{MANIFEST}", orjson.dumps(manifest, option=orjson.OPT_INDENT_2),
+        overwrite=True, storage_options=storage_options,
+    )  # fmt: skip
+    return manifest
+
+
+def combine(job: ShardedJob, output: str, summaries: list[JobSummary]) -> JobSummary:
+    """One summary of the whole sharded job, from its shards'."""
+    errors: dict[str, int] = {}
+    for s in summaries:
+        for kind, count in s.errors_by_kind.items():
+            errors[kind] = errors.get(kind, 0) + count
+    first = summaries[0]
+    costs = [s.cost_usd for s in summaries]
+    return JobSummary(
+        job_id=job.job_id,
+        output=output,
+        state_dir=first.state_dir,
+        provider=first.provider,
+        model=first.model,
+        rows=sum(s.rows for s in summaries),
+        unique_requests=sum(s.unique_requests for s in summaries),
+        cached_requests=sum(s.cached_requests for s in summaries),
+        ok_rows=sum(s.ok_rows for s in summaries),
+        error_rows=sum(s.error_rows for s in summaries),
+        errors_by_kind=dict(sorted(errors.items())),
+        batch_ids=[b for s in summaries for b in s.batch_ids],
+        rounds=max(s.rounds for s in summaries),
+        input_tokens=sum(s.input_tokens for s in summaries),
+        output_tokens=sum(s.output_tokens for s in summaries),
+        cost_usd=None if any(c is None for c in costs) else sum(c or 0.0 for c in costs),
+        unreadable_lines=sum(s.unreadable_lines for s in summaries),
+    )
+
+
+def run_shard_rounds(
+    refs: list[JobRef],
+    steps_for: Callable[[JobRef], TickSteps],
+    collect: Callable[[list[tuple[JobRef, list[int]]]], None],
+    options: RunOptions,
+    *,
+    sleep: Callable[[float], None] = time.sleep,
+    on_poll: Callable[[list[JobRef]], None] | None = None,
+) -> None:
+    """Run every round of every shard: one poller here, the collects handed to ``collect``.
+
+    Each pass polls every unfinished shard once (submitting what is due); the shards whose round
+    ended are collected together (``collect`` runs them anywhere, in parallel, and returns once
+    all are stored), then their next round is planned and submitted. The poller never waits on a
+    worker, and a worker never waits on a batch.
+
+    Args:
+        refs: The prepared (and claimed) shards.
+        steps_for: The tick steps of a shard (submit, poll, plan the retry; their ``collect`` is unused).
+        collect: Collects ``(shard, chunks)`` pairs, each under its shard's lease.
+        options: How the job runs (``poll_interval``).
+        sleep: How to wait between passes (tests pass a fake).
+        on_poll: Called after each pass with the shards still running (progress displays).
+    """
+    for ref in refs:
+        submit_first_round(ref, steps_for(ref))
+    pending = list(refs)
+    while pending:
+        ready: list[tuple[JobRef, list[int]]] = []
+        for ref in pending:
+            with JobStore(ref.state_dir, ref.job_id).lease():
+                chunks = advance(ref, steps_for(ref))
+            if chunks is not None:
+                ready.append((ref, chunks))
+        if ready:
+            collect(ready)
+            for ref, _ in ready:
+                with JobStore(ref.state_dir, ref.job_id).lease():
+                    if finish_round(ref, steps_for(ref)):
+                        pending.remove(ref)
+        if on_poll is not None:
+            on_poll(pending)
+        if pending and not ready:
+            sleep(options.poll_interval)
+
+
+def shard_refs(job: ShardedJob, state_dir: str, storage_options: dict[str, Any] | None = None) -> list[JobRef]:
+    """The references of a sharded job's prepared shards."""
+    from .plan import job_ref
+
+    return [
+        job_ref(JobStore(state_dir, job_id, storage_options).read_job(), state_dir) for job_id in job.shard_job_ids
+    ]
+
+
+def check_shardable(limit: int | None) -> None:
+    """Refuse options that shards do not support, before anything is read.
+
+    Raises:
+        InputError: ``limit`` is set.
+    """
+    if limit is not None:
+        raise InputError("limit cannot be combined with shards: run the first rows without shards")
+
+
+def fingerprints(shards: Iterable[Shard], storage_options: dict[str, Any] | None = None) -> list[str]:
+    """Every shard's content fingerprint, in this process (engines map :func:`shard_fingerprint`)."""
+    return [shard_fingerprint(s, storage_options) for s in shards]
