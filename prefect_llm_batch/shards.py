@@ -243,8 +243,8 @@ def plan_shards(
         ...     with fs.open(f"/shards-doc/year={year}/part-0.parquet", "wb") as f:
         ...         pq.write_table(pa.table({"a": list(range(10))}), f, row_group_size=4)
         >>> plan = plan_shards("memory://shards-doc", rows_per_shard=5)
-        >>> [(s.first_row_group, s.rows, s.partitions) for s in plan.shards]
-        [(0, 8, (('year', '2023'),)), (2, 2, (('year', '2023'),)), (0, 8, (('year', '2024'),)), (2, 2, (('year', '2024'),))]
+        >>> [(s.first_row_group, s.rows, dict(s.partitions)["year"]) for s in plan.shards]
+        [(0, 8, '2023'), (2, 2, '2023'), (0, 8, '2024'), (2, 2, '2024')]
     """
     if rows_per_shard < 1:
         raise ValueError(f"rows_per_shard must be at least 1, not {rows_per_shard}")

@@ -58,6 +58,7 @@ from .errors import StateError, TableError
 from .files import drop_behind, exists, read_bytes, write_bytes_atomic, write_parquet_batches_atomic
 from .keys import split_fixed_width
 from .lease import LEASE_TTL_S, Lease, check_held
+from .shards import Shard
 from .spec import BatchLimits
 from .table import parquet_bytes
 
@@ -161,6 +162,7 @@ class JobRecord(BaseModel):
     chunks: list[ChunkPlanRecord]
     limits: BatchLimits | None = None
     invalid_utf8: Literal["error", "replace"] = "error"  # how the source was read (and is read again)
+    shard: Shard | None = None  # a shard of a sharded job: the part and row groups it reads
 
     def round_chunks(self, round_: int) -> list[int]:
         """Ids of the chunks of one round."""

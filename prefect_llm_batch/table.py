@@ -369,9 +369,7 @@ def scan_table(
     if shard is not None:
         partitions = [dict(shard.partitions)]
     elif parts is not None:
-        root = len(_path_part(source).rstrip("/"))
-        partitions = [dict(hive_partitions(part[root:] if "://" not in source else _below(part, source, options)))
-                      for part in parts]  # fmt: skip
+        partitions = [dict(hive_partitions(_below(part, source, options))) for part in parts]
     else:
         partitions = [{}]
     try:
@@ -404,7 +402,11 @@ def scan_table(
     _check_forced(forced, schema.names, shown)
     file_columns = None if columns is None else [c for c in columns if c not in keys]
     file_schema = _without(schema, keys)
-    row_groups = None if shard is None else list(range(shard.first_row_group, shard.first_row_group + shard.row_groups))
+    row_groups = (
+        None
+        if shard is None
+        else list(range(shard.first_row_group, shard.first_row_group + shard.row_groups))
+    )
     batches = _parquet_batches(
         files, options, file_schema, (whole_schema, _without(full, keys)), limit, batch_rows,
         file_columns, shown, row_groups, (partitions, schema) if keys else None,

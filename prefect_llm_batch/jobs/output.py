@@ -32,6 +32,7 @@ from ..results import (
     result_schema,
 )
 from ..schemas import ResponseSchema
+from ..shards import shard_fingerprint
 from ..spec import EMBEDDINGS_ENDPOINT
 from ..store import JobStore
 from ..table import SCAN_BATCH_ROWS, TableScan, dictionary_columns, fingerprint, read_ahead, scan_table
@@ -248,6 +249,7 @@ class JobAnswers:
             table = read(columns)
             assert table is not None
             return table
+        assert isinstance(source, int)
         return self._store.read_results(source, columns)
 
     def _keys(self, source: Source, cached_ids: pa.Table | None) -> Digests:
@@ -428,14 +430,19 @@ def assemble(
         return results
 
     with ThreadPoolExecutor(max_workers=1) as pool:  # hashing the source overlaps matching the ids
-        source_fp = pool.submit(fingerprint, record.source, storage_options=storage_options)
+        source_fp = (
+            pool.submit(shard_fingerprint, record.shard, storage_options)
+            if record.shard is not None
+            else pool.submit(fingerprint, record.source, storage_options=storage_options)
+        )
         answers = JobAnswers(store, transform)
         if source_fp.result() != record.source_fingerprint:
             raise StateError(f"{record.source} changed since job {ref.job_id} was prepared; run again")
     batch_ids = answers.batch_ids
     scan = scan_table(
-        record.source, limit=record.limit, storage_options=storage_options, invalid_utf8=record.invalid_utf8
-    )
+        record.source, limit=record.limit, storage_options=storage_options, invalid_utf8=record.invalid_utf8,
+        shard=record.shard,
+    )  # fmt: skip
     metadata = {
         "prefect_llm_batch": canonical_json(
             {

@@ -28,8 +28,9 @@ from __future__ import annotations
 import hashlib
 import logging
 import time
-from collections.abc import Callable, Iterable
-from typing import Any
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from typing import Any, Protocol
 
 import orjson
 import pyarrow as pa
@@ -41,11 +42,12 @@ from ..errors import InputError, StateError
 from ..files import exists, read_bytes, write_bytes_atomic
 from ..keys import DigestSet, decode_custom_ids
 from ..providers.base import BatchProvider
-from ..shards import Shard, ShardPlan, shard_fingerprint
+from ..shards import DEFAULT_SHARD_ROWS, Shard, ShardPlan, plan_shards, shard_fingerprint
 from ..spec import CacheMode, JobSpec, ProviderTarget, RunOptions
 from ..store import JobStore, orjson_dumps, secure_state_dir
 from ..table import parquet_bytes
-from .driver import TickSteps, advance, finish_round, submit_first_round
+from .batches import collect_chunks
+from .driver import PlainSteps, TickSteps, advance, finish_round, submit_first_round
 from .output import JobSummary, assemble, latest_results
 from .plan import JobIdentity, JobRef, compute_job_id, effective_limits, estimate_tokens, prepare
 
@@ -136,11 +138,15 @@ def record_sharded_job(
         created_at=time.time(),
     )
     secure_state_dir(state_dir, storage_options)
-    write_bytes_atomic(path, orjson_dumps(job.model_dump(mode="json")), storage_options=storage_options, private=True)
+    write_bytes_atomic(
+        path, orjson_dumps(job.model_dump(mode="json")), storage_options=storage_options, private=True
+    )
     return job
 
 
-def read_sharded_job(state_dir: str, job_id: str, storage_options: dict[str, Any] | None = None) -> ShardedJob | None:
+def read_sharded_job(
+    state_dir: str, job_id: str, storage_options: dict[str, Any] | None = None
+) -> ShardedJob | None:
     """The sharded job ``job_id`` (None: no such sharded job in ``state_dir``)."""
     path = _shards_path(state_dir, job_id)
     if not exists(path, storage_options=storage_options):
@@ -221,7 +227,10 @@ def claim_shared_requests(refs: list[JobRef], *, storage_options: dict[str, Any]
             _take_out(store, borrowed)
     claims = Claims(borrowed=borrowed_counts)
     if claims.total:
-        logger.info("%d request(s) repeated across shards are sent once, by the first shard that has them", claims.total)
+        logger.info(
+            "%d request(s) repeated across shards are sent once, by the first shard that has them",
+            claims.total,
+        )
     return claims
 
 
@@ -239,7 +248,9 @@ def _take_out(store: JobStore, borrowed: pa.Array[Any]) -> None:
     if not exists(path, storage_options=store.options):
         write_bytes_atomic(path, parquet_bytes(table), storage_options=store.options, private=True)
     record = store.read_job()
-    if any(store.read_chunk(c.chunk_id).intent_at or store.read_chunk(c.chunk_id).batch_id for c in record.chunks):
+    if any(
+        store.read_chunk(c.chunk_id).intent_at or store.read_chunk(c.chunk_id).batch_id for c in record.chunks
+    ):
         return  # already sent (a job claimed and submitted before): the batch files stay as sent
     value_set = table.column("custom_id").combine_chunks()
     taken = set(value_set.to_pylist())
@@ -260,10 +271,16 @@ def _take_out(store: JobStore, borrowed: pa.Array[Any]) -> None:
             continue
         data = b"".join(lines)
         store.write_chunk_input(plan.chunk_id, data)
-        store.write_chunk_ids(plan.chunk_id, pa.array([str(orjson.loads(line)["custom_id"]) for line in lines]))
+        store.write_chunk_ids(
+            plan.chunk_id, pa.array([str(orjson.loads(line)["custom_id"]) for line in lines])
+        )
         kept_chunks.append(
             plan.model_copy(
-                update={"requests": len(lines), "bytes": len(data), "est_tokens": sum(estimate_tokens(x) for x in lines)}
+                update={
+                    "requests": len(lines),
+                    "bytes": len(data),
+                    "est_tokens": sum(estimate_tokens(x) for x in lines),
+                }
             )
         )
     if changed:
@@ -276,10 +293,16 @@ def read_borrowed_ids(store: JobStore) -> pa.Array[Any] | None:
     path = f"{store.root}/{BORROWED_IDS}"
     if not exists(path, storage_options=store.options):
         return None
-    return pq.read_table(pa.BufferReader(read_bytes(path, storage_options=store.options))).column("custom_id").combine_chunks()
+    return (
+        pq.read_table(pa.BufferReader(read_bytes(path, storage_options=store.options)))
+        .column("custom_id")
+        .combine_chunks()
+    )
 
 
-def fill_borrowed(ref: JobRef, earlier: list[JobRef], *, storage_options: dict[str, Any] | None = None) -> int:
+def fill_borrowed(
+    ref: JobRef, earlier: list[JobRef], *, storage_options: dict[str, Any] | None = None
+) -> int:
     """Copy the answers a shard borrows from the earlier shards that sent them (idempotent).
 
     Returns:
@@ -300,10 +323,13 @@ def fill_borrowed(ref: JobRef, earlier: list[JobRef], *, storage_options: dict[s
         hit = results.filter(pc.is_in(results.column("custom_id"), value_set=wanted))
         if hit.num_rows:
             found.append(hit)
-            wanted = wanted.filter(pc.invert(pc.is_in(wanted, value_set=hit.column("custom_id").combine_chunks())))
+            wanted = wanted.filter(
+                pc.invert(pc.is_in(wanted, value_set=hit.column("custom_id").combine_chunks()))
+            )
     if len(wanted):
         raise StateError(
-            f"shard job {ref.job_id}: {len(wanted)} borrowed answer(s) are in no earlier shard; run the job again"
+            f"shard job {ref.job_id}: {len(wanted)} borrowed answer(s) are in no earlier shard; "
+            "run the job again"
         )
     table = pa.concat_tables(found)
     store.write_borrowed_results(table)
@@ -357,7 +383,7 @@ def write_manifest(
     """
     from ..files import filesystem
 
-    parts = []
+    parts: list[dict[str, Any]] = []
     schema: pa.Schema | None = None
     fs, root = filesystem(output, storage_options)
     for shard, summary in zip(job.plan.shards, summaries, strict=True):
@@ -379,7 +405,7 @@ def write_manifest(
     }
     write_bytes_atomic(
         f"{output.rstrip('/')}/{MANIFEST}", orjson.dumps(manifest, option=orjson.OPT_INDENT_2),
-        overwrite=True, storage_options=storage_options,
+        storage_options=storage_options,
     )  # fmt: skip
     return manifest
 
@@ -459,12 +485,15 @@ def run_shard_rounds(
             sleep(options.poll_interval)
 
 
-def shard_refs(job: ShardedJob, state_dir: str, storage_options: dict[str, Any] | None = None) -> list[JobRef]:
+def shard_refs(
+    job: ShardedJob, state_dir: str, storage_options: dict[str, Any] | None = None
+) -> list[JobRef]:
     """The references of a sharded job's prepared shards."""
     from .plan import job_ref
 
     return [
-        job_ref(JobStore(state_dir, job_id, storage_options).read_job(), state_dir) for job_id in job.shard_job_ids
+        job_ref(JobStore(state_dir, job_id, storage_options).read_job(), state_dir)
+        for job_id in job.shard_job_ids
     ]
 
 
@@ -481,3 +510,245 @@ def check_shardable(limit: int | None) -> None:
 def fingerprints(shards: Iterable[Shard], storage_options: dict[str, Any] | None = None) -> list[str]:
     """Every shard's content fingerprint, in this process (engines map :func:`shard_fingerprint`)."""
     return [shard_fingerprint(s, storage_options) for s in shards]
+
+
+class ShardSteps(Protocol):
+    """The steps of a sharded job that run per shard, as :func:`run_sharded` calls them.
+
+    Each takes every shard at once, so an engine can run them in parallel.
+    """
+
+    def fingerprint(self, shards: list[Shard]) -> list[str]:
+        """Each shard's :func:`~prefect_llm_batch.shards.shard_fingerprint`."""
+
+    def prepare(self, shards: list[Shard], job: JobIdentity, fingerprints: list[str]) -> list[JobRef]:
+        """:func:`prepare_shard` of each shard."""
+
+    def collect(self, pairs: list[tuple[JobRef, list[int]]]) -> None:
+        """Collect the chunks of each shard, under its lease."""
+
+    def write(self, refs: list[JobRef], parts: str) -> list[JobSummary]:
+        """:func:`write_shard` of each shard into the folder ``parts``."""
+
+    def tick_steps(self, ref: JobRef) -> TickSteps:
+        """The poller's steps of a shard (submit, poll, plan the retry)."""
+
+
+@dataclass
+class PlainShardSteps:
+    """The shard steps as calls in this process, one shard after the other.
+
+    Args:
+        spec: The job.
+        provider: Its provider client.
+        target: Where its HTTP goes.
+        options: How it runs.
+        state_dir: The state directory.
+        parser: Parses answers for a response schema.
+        storage_options: fsspec options of the source, state and output.
+        sleep: How to wait (tests pass a fake).
+    """
+
+    spec: JobSpec
+    provider: BatchProvider
+    target: ProviderTarget
+    options: RunOptions
+    state_dir: str
+    parser: Callable[[str], Any] | None = None
+    storage_options: dict[str, Any] | None = None
+    sleep: Callable[[float], None] = time.sleep
+
+    def fingerprint(self, shards: list[Shard]) -> list[str]:
+        """:func:`~prefect_llm_batch.shards.shard_fingerprint` of each shard."""
+        return [shard_fingerprint(s, self.storage_options) for s in shards]
+
+    def prepare(self, shards: list[Shard], job: JobIdentity, fingerprints: list[str]) -> list[JobRef]:
+        """:func:`prepare_shard` of each shard."""
+        return [
+            prepare_shard(
+                shard,
+                job,
+                fp,
+                self.spec,
+                self.provider,
+                self.target,
+                state_dir=self.state_dir,
+                cache=self.options.cache,
+                storage_options=self.storage_options,
+            )
+            for shard, fp in zip(shards, fingerprints, strict=True)
+        ]
+
+    def collect(self, pairs: list[tuple[JobRef, list[int]]]) -> None:
+        """Collect each shard's chunks."""
+        for ref, chunks in pairs:
+            with JobStore(ref.state_dir, ref.job_id).lease():
+                collect_chunks(ref, chunks, self.provider, self.options)
+
+    def write(self, refs: list[JobRef], parts: str) -> list[JobSummary]:
+        """:func:`write_shard` of each shard."""
+        return [
+            write_shard(
+                ref,
+                i,
+                refs[:i],
+                parts,
+                overwrite=True,
+                parser=self.parser,
+                storage_options=self.storage_options,
+            )
+            for i, ref in enumerate(refs)
+        ]
+
+    def tick_steps(self, ref: JobRef) -> TickSteps:
+        """:class:`~prefect_llm_batch.jobs.driver.PlainSteps` of the shard."""
+        return PlainSteps(ref, self.provider, self.options, sleep=self.sleep)
+
+
+def run_sharded(
+    source: str,
+    spec: JobSpec,
+    provider: BatchProvider,
+    target: ProviderTarget,
+    options: RunOptions,
+    steps: ShardSteps,
+    *,
+    state_dir: str,
+    output: str,
+    rows_per_shard: int = DEFAULT_SHARD_ROWS,
+    overwrite: bool = False,
+    single_file: bool = False,
+    storage_options: dict[str, Any] | None = None,
+    sleep: Callable[[float], None] = time.sleep,
+    on_poll: Callable[[list[JobRef]], None] | None = None,
+) -> JobSummary:
+    """Run a job as shards, from the plan to the output's manifest (see the module's docstring).
+
+    Args:
+        source: One Parquet file or a directory of Parquet parts.
+        spec: The job.
+        provider: Its provider client (the poller's: submits and polls run here).
+        target: Where its HTTP goes.
+        options: How it runs.
+        steps: How the per-shard steps run (:class:`PlainShardSteps`, Prefect tasks...).
+        state_dir: The state directory (any fsspec URL).
+        output: The output dataset's directory (or, with ``single_file``, the Parquet file).
+        rows_per_shard: Rows a shard aims for.
+        overwrite: Replace ``output`` if it exists.
+        single_file: Concatenate the parts into one Parquet file at ``output`` (the job must fit
+            in one machine's memory... only a part at a time is held: the file is streamed).
+        storage_options: fsspec options of the source, state and output.
+        sleep: How to wait between polls.
+        on_poll: Called after each poll with the shards still running.
+
+    Returns:
+        The summary of the whole job.
+
+    Raises:
+        JobLocked: Another run holds the job.
+    """
+    check_output_dataset(
+        output, overwrite=overwrite, single_file=single_file, storage_options=storage_options
+    )
+    plan = plan_shards(source, rows_per_shard=rows_per_shard, storage_options=storage_options)
+    fps = steps.fingerprint(list(plan.shards))
+    identity = identify_sharded(plan, fps, spec, provider, target, cache=options.cache)
+    with JobStore(state_dir, identity.job_id, storage_options).lease():
+        job = record_sharded_job(state_dir, identity, plan, storage_options=storage_options)
+        logger.info("job %s: %d rows in %d shard(s) of %s", job.job_id, plan.rows, len(plan.shards), source)
+        refs = steps.prepare(list(plan.shards), identity, fps)
+        claim_shared_requests(refs, storage_options=storage_options)
+        run_shard_rounds(refs, steps.tick_steps, steps.collect, options, sleep=sleep, on_poll=on_poll)
+        parts = f"{state_dir.rstrip('/')}/jobs/{job.job_id}/parts" if single_file else output
+        summaries = steps.write(refs, parts)
+        if single_file:
+            concatenate_parts(parts, [part_name(s.index) for s in plan.shards], output, overwrite=overwrite,
+                              storage_options=storage_options)  # fmt: skip
+        else:
+            write_manifest(output, job, summaries, storage_options=storage_options)
+        return combine(job, output, summaries)
+
+
+def check_output_dataset(
+    output: str, *, overwrite: bool, single_file: bool, storage_options: dict[str, Any] | None = None
+) -> None:
+    """Refuse an output that exists (unless ``overwrite``), before anything is read or sent.
+
+    A dataset directory without a manifest (a run interrupted while writing its parts) is taken
+    as this job's and written again.
+
+    Raises:
+        TableError: The output exists.
+    """
+    from ..errors import TableError
+    from ..files import filesystem, shown_path
+
+    fs, path = filesystem(output, storage_options)
+    if overwrite or not fs.exists(path):
+        return
+    if single_file or not fs.isdir(path) or fs.exists(f"{path.rstrip('/')}/{MANIFEST}"):
+        raise TableError(f"the output {shown_path(output)} exists; pass overwrite to replace it")
+
+
+def concatenate_parts(
+    folder: str,
+    names: list[str],
+    output: str,
+    *,
+    overwrite: bool = False,
+    storage_options: dict[str, Any] | None = None,
+) -> int:
+    """Write the parts, in order, as one Parquet file (streamed: one row group at a time).
+
+    Returns:
+        The rows written.
+    """
+    from ..files import filesystem, write_parquet_batches_atomic
+
+    fs, root = filesystem(folder, storage_options)
+    paths = [f"{root.rstrip('/')}/{name}" for name in names]
+    with fs.open(paths[0], "rb") as handle:
+        schema = pq.ParquetFile(handle).schema_arrow
+
+    def batches() -> Iterator[pa.RecordBatch]:
+        for path in paths:
+            with fs.open(path, "rb") as handle:
+                yield from pq.ParquetFile(handle).iter_batches()
+
+    return write_parquet_batches_atomic(
+        batches(), output, schema=schema, overwrite=overwrite, storage_options=storage_options
+    )
+
+
+def run_sharded_job(
+    source: str,
+    spec: JobSpec,
+    provider: BatchProvider,
+    target: ProviderTarget,
+    options: RunOptions,
+    *,
+    state_dir: str,
+    output: str,
+    rows_per_shard: int = DEFAULT_SHARD_ROWS,
+    overwrite: bool = False,
+    single_file: bool = False,
+    parser: Callable[[str], Any] | None = None,
+    storage_options: dict[str, Any] | None = None,
+    sleep: Callable[[float], None] = time.sleep,
+) -> JobSummary:
+    """:func:`run_sharded` in this process (no Prefect, no cluster): shards one after the other."""
+    steps = PlainShardSteps(
+        spec,
+        provider,
+        target,
+        options,
+        state_dir,
+        parser=parser,
+        storage_options=storage_options,
+        sleep=sleep,
+    )
+    return run_sharded(
+        source, spec, provider, target, options, steps, state_dir=state_dir, output=output,
+        rows_per_shard=rows_per_shard, overwrite=overwrite, single_file=single_file,
+        storage_options=storage_options, sleep=sleep,
+    )  # fmt: skip
