@@ -621,6 +621,7 @@ def run_sharded(
     storage_options: dict[str, Any] | None = None,
     sleep: Callable[[float], None] = time.sleep,
     on_poll: Callable[[list[JobRef]], None] | None = None,
+    on_written: Callable[[list[JobSummary]], None] | None = None,
 ) -> JobSummary:
     """Run a job as shards, from the plan to the output's manifest (see the module's docstring).
 
@@ -640,6 +641,7 @@ def run_sharded(
         storage_options: fsspec options of the source, state and output.
         sleep: How to wait between polls.
         on_poll: Called after each poll with the shards still running.
+        on_written: Called with every shard's summary once the parts are written.
 
     Returns:
         The summary of the whole job.
@@ -661,6 +663,8 @@ def run_sharded(
         run_shard_rounds(refs, steps.tick_steps, steps.collect, options, sleep=sleep, on_poll=on_poll)
         parts = f"{state_dir.rstrip('/')}/jobs/{job.job_id}/parts" if single_file else output
         summaries = steps.write(refs, parts)
+        if on_written is not None:
+            on_written(summaries)
         if single_file:
             concatenate_parts(parts, [part_name(s.index) for s in plan.shards], output, overwrite=overwrite,
                               storage_options=storage_options)  # fmt: skip
