@@ -325,8 +325,8 @@ def enrich_table(
         with resolve_target(provider, base_url, credentials) as target:
             summary = run_in_shards(
                 source, spec, target, options, state_dir=state, output=output, overwrite=overwrite,
-                parser=parser, credentials=credentials, engine=engine, dask_address=dask_address, dask_workers=dask_workers,
-                rows_per_shard=rows_per_shard, single_file=single_file,
+                parser=parser, credentials=credentials, engine=engine, dask_address=dask_address,
+                dask_workers=dask_workers, rows_per_shard=rows_per_shard, single_file=single_file,
             )  # fmt: skip
         check_error_rates([(summary, max_error_rate)])
         return summary
