@@ -35,8 +35,14 @@ def target(server: FakeProviderServer) -> ProviderTarget:
 
 
 def spec(**overrides: Any) -> JobSpec:
-    return JobSpec(**{"prompt": "Tag {{ text }} from {{ city }}", "model": "gpt-4o-mini", "provider": "openai",
-                      **overrides})  # fmt: skip
+    return JobSpec(
+        **{
+            "prompt": "Tag {{ text }} from {{ city }}",
+            "model": "gpt-4o-mini",
+            "provider": "openai",
+            **overrides,
+        }
+    )
 
 
 def write_dataset(root: Path, cities: dict[str, list[str]], row_group_size: int = 4) -> str:
@@ -58,9 +64,15 @@ def test_a_sharded_job_writes_every_row_in_order_with_partition_columns_and_a_ma
     where = target(server)
     with make_provider(where, api_key=KEY, backoff=0.01) as provider:
         summary = run_sharded_job(
-            source, spec(), provider, where, FAST, state_dir=str(tmp_path / "state"),
-            output=str(tmp_path / "out"), rows_per_shard=5,
-        )  # fmt: skip
+            source,
+            spec(),
+            provider,
+            where,
+            FAST,
+            state_dir=str(tmp_path / "state"),
+            output=str(tmp_path / "out"),
+            rows_per_shard=5,
+        )
     plan = plan_shards(source, rows_per_shard=5)
     # Oslo: row groups 0-1 (8 rows), then 2 (2); Rome: 0-1 (7): a shard never spans parts
     assert [(s.first_row_group, s.rows) for s in plan.shards] == [(0, 8), (2, 2), (0, 7)]
@@ -89,9 +101,15 @@ def test_a_request_repeated_in_two_shards_is_sent_once_and_both_rows_get_its_ans
     job = spec(prompt="Tag {{ text }}")
     with make_provider(where, api_key=KEY, backoff=0.01) as provider:
         summary = run_sharded_job(
-            source, job, provider, where, FAST, state_dir=str(tmp_path / "state"), output=str(tmp_path / "out"),
+            source,
+            job,
+            provider,
+            where,
+            FAST,
+            state_dir=str(tmp_path / "state"),
+            output=str(tmp_path / "out"),
             rows_per_shard=1,
-        )  # fmt: skip
+        )
     assert server.stats.requests_received == 4  # "same text", a, b, c: the repeated one once
     out = pq.read_table(tmp_path / "out")
     answers = dict(zip(out.column("text").to_pylist(), out.column("response").to_pylist(), strict=False))
@@ -107,12 +125,25 @@ def test_the_sharded_output_equals_the_single_process_output(
     where = target(server)
     with make_provider(where, api_key=KEY, backoff=0.01) as provider:
         run_sharded_job(
-            source, spec(), provider, where, FAST, state_dir=str(tmp_path / "s1"), output=str(tmp_path / "out"),
-            rows_per_shard=4, single_file=True,
-        )  # fmt: skip
+            source,
+            spec(),
+            provider,
+            where,
+            FAST,
+            state_dir=str(tmp_path / "s1"),
+            output=str(tmp_path / "out"),
+            rows_per_shard=4,
+            single_file=True,
+        )
         jobs.run_job(
-            source, spec(), provider, where, FAST, state_dir=str(tmp_path / "s2"), output=str(tmp_path / "one.parquet")
-        )  # fmt: skip
+            source,
+            spec(),
+            provider,
+            where,
+            FAST,
+            state_dir=str(tmp_path / "s2"),
+            output=str(tmp_path / "one.parquet"),
+        )
     sharded, single = pq.read_table(tmp_path / "out"), pq.read_table(tmp_path / "one.parquet")
     keep = ["id", "text", "city", "response", "response_error_kind"]
     assert sharded.select(keep).equals(single.select(keep))
@@ -126,7 +157,12 @@ def test_an_existing_output_is_refused_before_anything_is_read(
     where = target(server)
     with make_provider(where, api_key=KEY) as provider, pytest.raises(TableError, match="exists"):
         run_sharded_job(
-            str(tmp_path / "missing"), spec(), provider, where, FAST, state_dir=str(tmp_path / "s"),
+            str(tmp_path / "missing"),
+            spec(),
+            provider,
+            where,
+            FAST,
+            state_dir=str(tmp_path / "s"),
             output=str(tmp_path / "out"),
-        )  # fmt: skip
+        )
     assert server.stats.uploads == 0
