@@ -84,7 +84,9 @@ class PrefectBudget:
     def describe(self) -> str:
         """How the budget is held, for summaries and logs."""
         names = ", ".join(name for name in self._limits) or "none"
-        return f"shared with every job of this provider and model (Prefect global concurrency limits: {names})"
+        return (
+            f"shared with every job of this provider and model (Prefect global concurrency limits: {names})"
+        )
 
     def _call(self, method: str, *args: Any, **kwargs: Any) -> Any:
         if self._client is not None:
@@ -105,7 +107,9 @@ class PrefectBudget:
             try:
                 found = self._call("read_global_concurrency_limit_by_name", name)
             except ObjectNotFound:
-                self._call("create_global_concurrency_limit", GlobalConcurrencyLimitCreate(name=name, limit=wanted))
+                self._call(
+                    "create_global_concurrency_limit", GlobalConcurrencyLimitCreate(name=name, limit=wanted)
+                )
                 logger.info("created the Prefect global concurrency limit %s (%d)", name, wanted)
                 self._limits[name] = wanted
                 continue

@@ -66,6 +66,11 @@ class Shard(BaseModel):
     schema_part: str = ""
 
     @property
+    def row_group_list(self) -> list[int]:
+        """The numbers of the row groups it reads."""
+        return list(range(self.first_row_group, self.first_row_group + self.row_groups))
+
+    @property
     def name(self) -> str:
         """``shard-NNNNN``: how files and tasks of the shard are named."""
         return f"shard-{self.index:05d}"
@@ -248,9 +253,10 @@ def plan_shards(
     """
     if rows_per_shard < 1:
         raise ValueError(f"rows_per_shard must be at least 1, not {rows_per_shard}")
-    from .table import parquet_parts, table_format
+    from .table import table_format
+    from .table.parquet_dataset import directory_parts
 
-    parts = parquet_parts(source, storage_options)
+    parts = directory_parts(source, storage_options or {})
     if parts is None:
         if table_format(source) != "parquet":
             raise TableError(
@@ -280,8 +286,8 @@ def plan_shards(
 
 
 def _relative(part: str, root: str, storage_options: dict[str, Any] | None) -> str:
-    """``part``'s path below ``root`` (as :func:`~prefect_llm_batch.table.parquet_parts` and the
-    user spell them)."""
+    """``part``'s path below ``root`` (as :func:`~prefect_llm_batch.table.parquet_dataset.directory_parts`
+    and the user spell them)."""
     _, root_path = filesystem(root, storage_options)
     _, part_path = filesystem(part, storage_options)
     return str(part_path)[len(str(root_path).rstrip("/")) :].lstrip("/")

@@ -26,13 +26,12 @@ import pyarrow.csv as pa_csv
 import pyarrow.parquet as pq
 import pytest
 
-from prefect_llm_batch import table as table_module
 from prefect_llm_batch.errors import InputError, TableError, TemplateError
 from prefect_llm_batch.files import write_bytes_atomic
 from prefect_llm_batch.flows import enrich_table
 from prefect_llm_batch.jobs.checks import check_output, check_output_writable
 from prefect_llm_batch.prompts import MAX_PROMPT_CHARS, PromptTemplate
-from prefect_llm_batch.table import read_table, scan_table
+from prefect_llm_batch.table import arrow_files, csv_reading, read_table, scan_table
 from prefect_llm_batch.testing import FakeProviderServer, FakeServerConfig
 from tests.paths import REPO
 
@@ -189,7 +188,7 @@ def test_a_3_mb_cell_is_read_in_csv_and_jsonl(tmp_path: Path, suffix: str) -> No
 def test_a_row_longer_than_the_largest_block_is_a_clear_error(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(table_module, "MAX_BLOCK_SIZE", 1 << 20)
+    monkeypatch.setattr(arrow_files, "MAX_BLOCK_SIZE", 1 << 20)
     path = tmp_path / "huge.csv"
     path.write_text("id,text\n0,a\n1," + "x" * (3 << 20) + "\n2,b\n", encoding="utf-8")
     with pytest.raises(TableError, match=r"huge.csv.*a row is too long to read, even in blocks of 1 MB"):
@@ -290,7 +289,7 @@ def test_arrow_lets_go_of_the_file_before_a_read_returns(
     """What made the abort at exit possible: a Python file still held by Arrow's threads (here the
     CSV reader's read-ahead, made slow) after the read returned."""
     data = b"id,text\n" + b"".join(b"%d,row %d\n" % (i, i) for i in range(20_000))
-    monkeypatch.setattr(table_module, "CSV_BLOCK_SIZE", 1 << 14)
+    monkeypatch.setattr(csv_reading, "CSV_BLOCK_SIZE", 1 << 14)
     opened: list[weakref.ref[io.BytesIO]] = []
 
     @contextlib.contextmanager
@@ -299,7 +298,7 @@ def test_arrow_lets_go_of_the_file_before_a_read_returns(
         opened.append(weakref.ref(file))
         yield file
 
-    monkeypatch.setattr(table_module, "_open", slow_open)
+    monkeypatch.setattr(csv_reading, "open_source", slow_open)
     for limit in (5, None):
         opened.clear()
         rows = read_table(str(tmp_path / "any.csv"), limit=limit)

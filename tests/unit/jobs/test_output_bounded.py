@@ -198,7 +198,7 @@ def test_answers_are_dropped_after_the_last_row_that_needs_them(
     assert len(record.chunks) == (28 if repeats else 30)
     kept = _kept_answers(monkeypatch)
     monkeypatch.setattr("prefect_llm_batch.jobs.output.SCAN_BATCH_ROWS", 250)  # parts of the row ids
-    monkeypatch.setattr("prefect_llm_batch.table.SCAN_BATCH_ROWS", 250)  # slices of the input
+    monkeypatch.setattr("prefect_llm_batch.table.reading.SCAN_BATCH_ROWS", 250)  # slices of the input
     summary = jobs.assemble(ref, output=str(tmp_path / "out.parquet"))
     # A slice of 250 rows reads at most 4 sources of 100 answers; the repeated requests add the
     # answers later rows still need (far fewer than the 2,800 of the job).

@@ -16,7 +16,6 @@ import pyarrow.parquet as pq
 import pytest
 
 from prefect_llm_batch import jobs
-from prefect_llm_batch import table as table_module
 from prefect_llm_batch.batchfile import build_request_set
 from prefect_llm_batch.cache import ResponseCache
 from prefect_llm_batch.jobs import plan as plan_module
@@ -25,6 +24,7 @@ from prefect_llm_batch.providers.openai import OpenAIBatchProvider
 from prefect_llm_batch.results import RowResult, results_to_table
 from prefect_llm_batch.spec import BatchLimits, JobSpec, ProviderTarget
 from prefect_llm_batch.store import JobStore
+from prefect_llm_batch.table import reading as table_reading
 
 FULL = (1 << 64) - 1
 #: Sort-key masks: the real one, and narrower ones under which distinct digests share keys
@@ -197,7 +197,7 @@ def test_prepare_writes_the_same_files_as_with_a_python_set(
         prompt="Q {{ text }}", system=system, model="m", provider="openai",
         limits=BatchLimits(max_requests_per_batch=13),
     )  # fmt: skip
-    monkeypatch.setattr(table_module, "SCAN_BATCH_ROWS", slice_rows)
+    monkeypatch.setattr(table_reading, "SCAN_BATCH_ROWS", slice_rows)
     ref, files = _prepare(source, tmp_path / "new", spec, monkeypatch, reference=False)
     _, expected_files = _prepare(source, tmp_path / "old", spec, monkeypatch, reference=True)
     assert files == expected_files
@@ -227,7 +227,7 @@ def test_cache_hits_are_the_same_as_with_a_python_set(
     pq.write_table(table, source)
     limits = BatchLimits(max_requests_per_batch=11)
     spec = JobSpec(prompt="Q {{ text }}", model="m", provider="openai", limits=limits)
-    monkeypatch.setattr(table_module, "SCAN_BATCH_ROWS", slice_rows)
+    monkeypatch.setattr(table_reading, "SCAN_BATCH_ROWS", slice_rows)
     first, _ = _prepare(source, tmp_path / "probe", spec, monkeypatch, reference=False)
     row_ids = JobStore(first.state_dir, first.job_id).read_row_ids().to_pylist()
     unique = list(dict.fromkeys(str(cid) for cid in row_ids))
@@ -262,7 +262,7 @@ def test_a_slice_whose_first_request_opens_a_batch(tmp_path: Path, monkeypatch: 
     pq.write_table(pa.table({"text": [f"t{i}" for i in range(30)] + ["t3"] * 5}), source)
     limits = BatchLimits(max_requests_per_batch=5)
     spec = JobSpec(prompt="{{ text }}", model="m", provider="openai", limits=limits)
-    monkeypatch.setattr(table_module, "SCAN_BATCH_ROWS", 10)
+    monkeypatch.setattr(table_reading, "SCAN_BATCH_ROWS", 10)
     ref, _ = _prepare(source, tmp_path / "s", spec, monkeypatch, reference=False)
     assert ref.unique_requests == 30 and ref.chunks == 6
     store = JobStore(ref.state_dir, ref.job_id)

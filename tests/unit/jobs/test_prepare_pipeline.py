@@ -11,10 +11,10 @@ import pyarrow.parquet as pq
 import pytest
 
 from prefect_llm_batch import jobs
-from prefect_llm_batch import table as table_module
 from prefect_llm_batch.errors import InputError, TemplateError
 from prefect_llm_batch.providers.openai import OpenAIBatchProvider
 from prefect_llm_batch.spec import BatchLimits, JobSpec, ProviderTarget
+from prefect_llm_batch.table import reading as table_reading
 
 BASE = "https://x/v1"
 TARGET = ProviderTarget(provider="openai", base_url=BASE, key_base_url=BASE)
@@ -46,7 +46,7 @@ def test_errors_come_in_row_order(
     error: type[Exception],
     message: str,
 ) -> None:
-    monkeypatch.setattr(table_module, "SCAN_BATCH_ROWS", 8)
+    monkeypatch.setattr(table_reading, "SCAN_BATCH_ROWS", 8)
     texts = ["short"] * 40
     texts[long_row] = "long " * 400
     n = [1] * 40
@@ -61,7 +61,7 @@ def test_errors_come_in_row_order(
 
 
 def test_a_prepared_job_leaves_no_thread_behind(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(table_module, "SCAN_BATCH_ROWS", 8)
+    monkeypatch.setattr(table_reading, "SCAN_BATCH_ROWS", 8)
     pq.write_table(pa.table({"t": [f"text {i % 30}" for i in range(100)]}), tmp_path / "in.parquet")
     spec = JobSpec(
         prompt="{{ t }}", model="m", provider="openai", limits=BatchLimits(max_requests_per_batch=7)
@@ -80,7 +80,7 @@ def test_a_failed_batch_file_write_fails_the_job_whichever_write_is_in_flight(
     # written, and no thread is left behind.
     from prefect_llm_batch.store import JobStore
 
-    monkeypatch.setattr(table_module, "SCAN_BATCH_ROWS", 8)
+    monkeypatch.setattr(table_reading, "SCAN_BATCH_ROWS", 8)
     pq.write_table(pa.table({"t": [f"text {i}" for i in range(100)]}), tmp_path / "in.parquet")
     spec = JobSpec(
         prompt="{{ t }}", model="m", provider="openai", limits=BatchLimits(max_requests_per_batch=7)
@@ -108,7 +108,7 @@ def test_batch_files_are_the_lines_of_their_requests_in_order(
 
     from prefect_llm_batch.store import JobStore
 
-    monkeypatch.setattr(table_module, "SCAN_BATCH_ROWS", 8)
+    monkeypatch.setattr(table_reading, "SCAN_BATCH_ROWS", 8)
     texts = [f"text {i % 23}" if i % 3 else f"unique {i}" for i in range(120)]
     pq.write_table(pa.table({"t": texts}), tmp_path / "in.parquet")
     spec = JobSpec(

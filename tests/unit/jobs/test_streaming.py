@@ -13,7 +13,6 @@ import pyarrow.parquet as pq
 import pytest
 
 from prefect_llm_batch import jobs
-from prefect_llm_batch import table as table_module
 from prefect_llm_batch.batchfile import (
     RequestEncoder,
     build_request_set,
@@ -29,6 +28,7 @@ from prefect_llm_batch.providers.openai import OpenAIBatchProvider
 from prefect_llm_batch.schemas import ResponseSchema
 from prefect_llm_batch.spec import BatchLimits, JobSpec, ProviderTarget, RunOptions
 from prefect_llm_batch.store import JobStore
+from prefect_llm_batch.table import reading as table_reading
 from prefect_llm_batch.testing import FakeProviderServer, FakeServerConfig
 
 KEY = "test-key-streaming-0000"
@@ -150,7 +150,7 @@ def test_prepare_in_slices_equals_the_whole_job_at_once(
     )
     target = ProviderTarget(provider="openai", base_url="https://x/v1", key_base_url="https://x/v1")
     provider = OpenAIBatchProvider(api_key="unused", base_url="https://x/v1")
-    monkeypatch.setattr(table_module, "SCAN_BATCH_ROWS", 7)
+    monkeypatch.setattr(table_reading, "SCAN_BATCH_ROWS", 7)
     ref = jobs.prepare(str(source), spec, provider, target, state_dir=str(tmp_path / "state"))
 
     prompts, systems = jobs.plan.check_and_render(spec, table)
@@ -189,7 +189,7 @@ def test_a_bad_row_in_a_later_slice_is_named_by_its_row_number(
     pq.write_table(table, source)
     spec = JobSpec(prompt="{{ 10 // n }}", model="m", provider="openai", id_column="key")
     target = ProviderTarget(provider="openai", base_url="https://x/v1", key_base_url="https://x/v1")
-    monkeypatch.setattr(table_module, "SCAN_BATCH_ROWS", 10)
+    monkeypatch.setattr(table_reading, "SCAN_BATCH_ROWS", 10)
     provider = OpenAIBatchProvider(api_key="unused", base_url="https://x/v1")
     with pytest.raises(TemplateError, match=r"row 23 \(id 'k23'\)"):
         jobs.prepare(str(source), spec, provider, target, state_dir=str(tmp_path / "state"))
@@ -201,7 +201,7 @@ def test_partitioned_input_runs_end_to_end_in_row_order(
 ) -> None:
     table = _job_table(120)
     _write_parts(tmp_path / "parts", table, [50, 1, 33, 36])
-    monkeypatch.setattr(table_module, "SCAN_BATCH_ROWS", 16)
+    monkeypatch.setattr(table_reading, "SCAN_BATCH_ROWS", 16)
     out = tmp_path / "out.parquet"
     with FakeProviderServer(FakeServerConfig()) as server:
         target = ProviderTarget(provider="openai", base_url=server.base_url, key_base_url=server.base_url)
@@ -296,7 +296,7 @@ def test_failed_prepares_leave_no_thread_behind(tmp_path: Path, monkeypatch: pyt
 
     from prefect_llm_batch.errors import InputError
 
-    monkeypatch.setattr(table_module, "SCAN_BATCH_ROWS", 8)
+    monkeypatch.setattr(table_reading, "SCAN_BATCH_ROWS", 8)
     target = ProviderTarget(provider="openai", base_url="https://x/v1", key_base_url="https://x/v1")
     texts = ["short"] * 30 + ["long " * 400] + ["short"] * 69
     pq.write_table(pa.table({"n": [1] * 50 + [0] + [1] * 49, "t": texts}), tmp_path / "in.parquet")

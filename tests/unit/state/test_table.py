@@ -17,10 +17,19 @@ import pyarrow.parquet as pq
 import pytest
 
 from prefect_llm_batch import files as files_module
-from prefect_llm_batch import table as table_module
 from prefect_llm_batch.errors import InputError, TableError
 from prefect_llm_batch.files import exists, read_bytes, write_bytes_atomic, write_parquet_atomic
-from prefect_llm_batch.table import dictionary_columns, fingerprint, read_table, table_format
+from prefect_llm_batch.table import (
+    csv_reading,
+    dictionary_columns,
+    fingerprint,
+    fingerprints,
+    jsonl_reading,
+    read_ahead,
+    read_table,
+    scan_table,
+    table_format,
+)
 
 
 @pytest.fixture
@@ -166,7 +175,7 @@ def test_csv_late_text_in_numeric_column_becomes_string(mem: str, limit: int | N
 def test_csv_late_text_with_small_blocks(
     mem: str, limit: int | None, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(table_module, "CSV_BLOCK_SIZE", 4096)
+    monkeypatch.setattr(csv_reading, "CSV_BLOCK_SIZE", 4096)
     source = f"{mem}/late.csv"
     write_bytes_atomic(source, _late_text_csv(5_000, "not a number"))
     table = read_table(source, limit=limit)
@@ -175,7 +184,7 @@ def test_csv_late_text_with_small_blocks(
 
 
 def test_csv_late_float_in_int_column_becomes_float(mem: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(table_module, "CSV_BLOCK_SIZE", 4096)
+    monkeypatch.setattr(csv_reading, "CSV_BLOCK_SIZE", 4096)
     source = f"{mem}/late.csv"
     write_bytes_atomic(source, _late_text_csv(5_000, "2.5"))
     for limit in (None, 10_000):
@@ -185,7 +194,7 @@ def test_csv_late_float_in_int_column_becomes_float(mem: str, monkeypatch: pytes
 
 
 def test_csv_limit_types_come_from_rows_read(mem: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(table_module, "CSV_BLOCK_SIZE", 4096)
+    monkeypatch.setattr(csv_reading, "CSV_BLOCK_SIZE", 4096)
     source = f"{mem}/late.csv"
     write_bytes_atomic(source, _late_text_csv(5_000, "abc"))
     table = read_table(source, limit=3)
@@ -193,7 +202,7 @@ def test_csv_limit_types_come_from_rows_read(mem: str, monkeypatch: pytest.Monke
 
 
 def test_csv_limit_does_not_read_past_the_rows_asked_for(mem: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(table_module, "CSV_BLOCK_SIZE", 4096)
+    monkeypatch.setattr(csv_reading, "CSV_BLOCK_SIZE", 4096)
     rows = "".join(f"{i},x\n" for i in range(5_000))
     source = f"{mem}/broken_tail.csv"
     write_bytes_atomic(source, f"a,b\n{rows}1,2,3,4\n".encode())  # a malformed last row
@@ -305,7 +314,7 @@ def test_jsonl_keeps_types(mem: str) -> None:
 
 
 def test_jsonl_mixed_types_become_strings(mem: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(table_module, "JSON_BLOCK_SIZE", 4096)
+    monkeypatch.setattr(jsonl_reading, "JSON_BLOCK_SIZE", 4096)
     lines = [f'{{"code": {i}, "x": 1}}' for i in range(2_000)]
     lines += ['{"code": "A-1", "x": 2}', '{"code": true, "x": 3}', '{"code": {"k": 1}, "x": 4}']
     source = f"{mem}/mixed.jsonl"
@@ -471,7 +480,7 @@ def test_partitioned_directory_reads_parts_in_path_order(mem: str, tmp_path: Pat
         write_bytes_atomic(f"{where}/.hidden.parquet", b"not parquet")
         assert read_table(where).to_pydict() == {"n": [1, 2, 3], "s": ["a", "b", "c"]}
         assert read_table(where, limit=2).column("n").to_pylist() == [1, 2]
-        scan = table_module.scan_table(where, batch_rows=1, columns=["s"])
+        scan = scan_table(where, batch_rows=1, columns=["s"])
         assert scan.schema.names == ["s"]
         assert [b.column("s").to_pylist() for b in scan.batches] == [["a"], ["b"], ["c"]]
         before = fingerprint(where)
@@ -493,10 +502,10 @@ def test_partitioned_directory_errors_name_the_part(mem: str) -> None:
 def test_scan_streams_a_parquet_file_in_batches(tmp_path: Path) -> None:
     path = str(tmp_path / "t.parquet")
     write_parquet_atomic(pa.table({"n": list(range(10))}), path)
-    scan = table_module.scan_table(path, batch_rows=4, limit=9)
+    scan = scan_table(path, batch_rows=4, limit=9)
     assert [b.num_rows for b in scan.batches] == [4, 4, 1]
     csv = _write(tmp_path / "t.csv", "a\n1\n2\n3\n")
-    assert [b.num_rows for b in table_module.scan_table(csv, batch_rows=2).batches] == [2, 1]
+    assert [b.num_rows for b in scan_table(csv, batch_rows=2).batches] == [2, 1]
 
 
 def test_streamed_write_publishes_nothing_when_the_batches_fail(tmp_path: Path, mem: str) -> None:
@@ -558,7 +567,7 @@ def test_read_bytes_missing(mem: str) -> None:
 
 def test_fingerprint_is_sha256_streamed(mem: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     data = os.urandom(100_000)
-    monkeypatch.setattr(table_module, "FINGERPRINT_BLOCK_SIZE", 4096)
+    monkeypatch.setattr(fingerprints, "FINGERPRINT_BLOCK_SIZE", 4096)
     for path in (f"{mem}/blob.bin", str(tmp_path / "blob.bin")):
         write_bytes_atomic(path, data)
         assert fingerprint(path) == hashlib.sha256(data).hexdigest()
@@ -568,7 +577,7 @@ def test_fingerprint_is_sha256_streamed(mem: str, tmp_path: Path, monkeypatch: p
 
 def test_fingerprint_reads_in_blocks(mem: str, monkeypatch: pytest.MonkeyPatch) -> None:
     write_bytes_atomic(f"{mem}/blob.bin", b"x" * 10_000)
-    monkeypatch.setattr(table_module, "FINGERPRINT_BLOCK_SIZE", 1_000)
+    monkeypatch.setattr(fingerprints, "FINGERPRINT_BLOCK_SIZE", 1_000)
     sizes: list[int] = []
     real_open = fsspec.filesystem("memory").open
 
@@ -603,7 +612,7 @@ def test_fingerprint_missing(mem: str) -> None:
 def test_read_ahead_keeps_order_raises_where_it_failed_and_stops_early() -> None:
     import threading
 
-    assert list(table_module.read_ahead(iter(range(100)), depth=3)) == list(range(100))
+    assert list(read_ahead(iter(range(100)), depth=3)) == list(range(100))
 
     def failing() -> Iterator[int]:
         yield 1
@@ -612,7 +621,7 @@ def test_read_ahead_keeps_order_raises_where_it_failed_and_stops_early() -> None
 
     seen = []
     with pytest.raises(ValueError, match="part 3 is broken"):
-        for item in table_module.read_ahead(failing()):
+        for item in read_ahead(failing()):
             seen.append(item)
     assert seen == [1, 2]
 
@@ -625,7 +634,7 @@ def test_read_ahead_keeps_order_raises_where_it_failed_and_stops_early() -> None
             yield n
             n += 1
 
-    for item in table_module.read_ahead(endless(), depth=2):
+    for item in read_ahead(endless(), depth=2):
         if item == 5:
             break
     assert len(produced) <= 5 + 1 + 3  # the producer stopped a few items ahead, not forever
@@ -718,7 +727,6 @@ def test_with_drop_behind_on_a_job_drops_its_batch_files_row_ids_and_results_but
     from prefect_llm_batch.jobs.output import TableAnswers, write_joined
     from prefect_llm_batch.results import RowResult, result_positions, results_to_table
     from prefect_llm_batch.store import JobStore
-    from prefect_llm_batch.table import scan_table
 
     monkeypatch.setenv(files_module.DROP_BEHIND_ENV, "1")
     store = JobStore(str(tmp_path / "state"), "job1")
@@ -765,7 +773,6 @@ def test_dictionary_columns_leave_out_mostly_distinct_and_nested_columns() -> No
 def test_dictionary_columns_keep_the_default_for_types_without_a_distinct_count(tmp_path: Path) -> None:
     from prefect_llm_batch.jobs.output import TableAnswers, write_joined
     from prefect_llm_batch.results import RowResult, result_positions, results_to_table
-    from prefect_llm_batch.table import scan_table
 
     n = 2000
     table = pa.table(
