@@ -52,7 +52,9 @@ def test_hive_partition_folders_become_string_columns_for_every_reader(tmp_path:
 
 def test_parts_with_other_partition_folders_are_refused_naming_the_part(tmp_path: Path) -> None:
     source = dataset(tmp_path / "d", {"year=2023": 2, "other": 1})
-    with pytest.raises(TableError, match=r"part .*part-0.parquet. has the partition folders year, not \(none\)"):
+    with pytest.raises(
+        TableError, match=r"part .*part-0.parquet. has the partition folders year, not \(none\)"
+    ):
         read_table(source)
 
 
