@@ -40,13 +40,12 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from data import DATA_DIR, MODEL, TEMPLATE, make_table  # noqa: E402
+from data import DATA_DIR, MODEL, TEMPLATE, make_table
 
 KEY_BASE_URL = "https://api.openai.com/v1"
 ROW_GROUP_ROWS = 62_500
@@ -98,7 +97,8 @@ def make_up_answers(state_dir: str, job_id: str) -> int:
         columns = {
             "custom_id": ids, "response": ["positive"] * n, "response_input_tokens": [120] * n,
             "response_output_tokens": [1] * n, "response_finish_reason": ["stop"] * n,
-            "response_model": ["gpt-4o-mini-2024-07-18"] * n, "response_batch_id": [f"batch_{plan.chunk_id}"] * n,
+            "response_model": ["gpt-4o-mini-2024-07-18"] * n,
+            "response_batch_id": [f"batch_{plan.chunk_id}"] * n,
             "response_cached": [False] * n, "response_attempts": [1] * n,
         }  # fmt: skip
         table = pa.table(
@@ -189,8 +189,10 @@ def on_dask(source: str, work: Path, workers: int) -> dict[str, Any]:
         )  # fmt: skip
         done = time.perf_counter()
         peaks = sorted(client.run(peak_rss_mb).values())
-    return {"prepare_s": prepared - started, "write_s": done - written_at, "rows": sum(rows), "peak_mb": peaks,
-            "claim_s": claim_s, "borrowed": claims.total, "shards": len(shards)}  # fmt: skip
+    return {
+        "prepare_s": prepared - started, "write_s": done - written_at, "rows": sum(rows), "peak_mb": peaks,
+        "claim_s": claim_s, "borrowed": claims.total, "shards": len(shards),
+    }  # fmt: skip
 
 
 def measure(name: str, run: Callable[[], dict[str, Any]], repeat: int) -> dict[str, Any]:
@@ -231,7 +233,8 @@ def main(argv: list[str] | None = None) -> int:
     base = results["single process"]["total_s"]
     print(f"\n{rows:,} rows, shards of {SHARD_ROWS:,} rows, {os.cpu_count()} CPUs\n")
     print(
-        "| variant | prepare s | write s | prepare + write s | rows/s | vs single process | peak RSS per worker MB |"
+        "| variant | prepare s | write s | prepare + write s | rows/s | vs single process "
+        "| peak RSS per worker MB |"
     )
     print("|---|---:|---:|---:|---:|---:|---:|")
     for name, r in results.items():
