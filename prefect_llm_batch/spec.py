@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import enum
 from typing import Any, Literal
-from urllib.parse import urlsplit
+from urllib.parse import urlsplit, urlunsplit
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
@@ -161,6 +161,35 @@ def refuse_credentials(url: str, provider: str, where: str = "base_url") -> str:
         + (f"{env} or a credentials block" if env else "a credentials block")
         + " (nothing was sent)"
     )
+
+
+_DEFAULT_PORTS = {"http": 80, "https": 443}
+
+
+def normalise_base_url(url: str) -> str:
+    """Return the canonical spelling of a base URL, as used in request keys.
+
+    Lower-cases scheme and host, drops user info, default ports, query, fragment and trailing
+    slashes. User info is dropped so credentials embedded in a URL never reach keys or files.
+
+    Args:
+        url: A base URL such as ``https://api.openai.com/v1/``.
+
+    Returns:
+        The normalised URL.
+
+    Examples:
+        >>> normalise_base_url("HTTPS://user:pw@Api.OpenAI.com:443/v1/")
+        'https://api.openai.com/v1'
+    """
+    parts = urlsplit(url.strip())
+    scheme = parts.scheme.lower()
+    host = (parts.hostname or "").lower()
+    netloc = host
+    if parts.port is not None and _DEFAULT_PORTS.get(scheme) != parts.port:
+        netloc = f"{host}:{parts.port}"
+    path = parts.path.rstrip("/")
+    return urlunsplit((scheme, netloc, path, "", ""))
 
 
 class BatchLimits(BaseModel):

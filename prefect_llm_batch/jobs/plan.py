@@ -19,16 +19,17 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from pydantic import BaseModel
 
+from ..arrays import value_offsets
 from ..batchfile import ChunkPacker, EncodedRequests, LaidOutRequests, RequestEncoder, Texts
 from ..cache import ResponseCache
 from ..errors import InputError, StateError
-from ..keys import DigestSet, canonical_json, normalise_base_url, value_offsets
+from ..keys import DigestSet, canonical_json
 from ..prompts import PromptTemplate
 from ..providers.base import BatchProvider
 from ..results import EMBEDDING_COLUMN, OUTPUT_COLUMNS, RESULT_SCHEMA, result_schema
 from ..schemas import ResponseSchema
 from ..shards import Shard
-from ..spec import BatchLimits, CacheMode, ErrorKind, JobSpec, ProviderTarget, RunOptions
+from ..spec import BatchLimits, CacheMode, ErrorKind, JobSpec, ProviderTarget, RunOptions, normalise_base_url
 from ..store import ChunkPlanRecord, ChunkState, JobRecord, JobStore
 from ..table import TableScan, fingerprint, read_ahead, read_table, scan_table
 

@@ -33,10 +33,8 @@ from .digest import (
     hash_rows,
     key_parts,
     no_cyclic_gc,
-    normalise_base_url,
     request_digest,
     split_fixed_width,
-    value_offsets,
 )
 from .index import CUSTOM_ID_CHARS, Digests, ResultIndex, decode_custom_ids
 
@@ -54,8 +52,6 @@ __all__ = [
     "hash_rows",
     "key_parts",
     "no_cyclic_gc",
-    "normalise_base_url",
     "request_digest",
     "split_fixed_width",
-    "value_offsets",
 ]

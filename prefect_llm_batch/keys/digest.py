@@ -11,8 +11,8 @@ unpadded URL-safe base64, always 43 characters of ``[A-Za-z0-9_-]``; valid for O
 Anthropic and Together alike. Rows reach their answers through it, never through line order.
 
 Also the Arrow helpers that key many rows at once (:func:`key_parts`, :func:`hash_rows`,
-:func:`custom_id_array`, :func:`value_offsets`) and :func:`split_fixed_width` for ids packed end
-to end.
+:func:`custom_id_array`) and :func:`split_fixed_width` for ids packed end to end. Base URLs
+are normalised by :func:`~prefect_llm_batch.spec.normalise_base_url`.
 """
 
 from __future__ import annotations
@@ -24,42 +24,13 @@ import hashlib
 import itertools
 from collections.abc import Iterator, Sequence
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 import numpy as np
-import numpy.typing as npt
 import orjson
 import pyarrow as pa
 
-from ..spec import KEY_VERSION
-
-_DEFAULT_PORTS = {"http": 80, "https": 443}
-
-
-def normalise_base_url(url: str) -> str:
-    """Return the canonical spelling of a base URL, as used in request keys.
-
-    Lower-cases scheme and host, drops user info, default ports, query, fragment and trailing
-    slashes. User info is dropped so credentials embedded in a URL never reach keys or files.
-
-    Args:
-        url: A base URL such as ``https://api.openai.com/v1/``.
-
-    Returns:
-        The normalised URL.
-
-    Examples:
-        >>> normalise_base_url("HTTPS://user:pw@Api.OpenAI.com:443/v1/")
-        'https://api.openai.com/v1'
-    """
-    parts = urlsplit(url.strip())
-    scheme = parts.scheme.lower()
-    host = (parts.hostname or "").lower()
-    netloc = host
-    if parts.port is not None and _DEFAULT_PORTS.get(scheme) != parts.port:
-        netloc = f"{host}:{parts.port}"
-    path = parts.path.rstrip("/")
-    return urlunsplit((scheme, netloc, path, "", ""))
+from ..arrays import value_offsets
+from ..spec import KEY_VERSION, normalise_base_url
 
 
 def canonical_json(value: Any) -> bytes:
@@ -164,19 +135,6 @@ def custom_id_array(digests: Sequence[bytes]) -> pa.Array[Any]:
         pa.large_string(), len(digests), [None, pa.py_buffer(offsets.data), pa.py_buffer(data.data)]
     )
     return spelled
-
-
-def value_offsets(values: pa.Array[Any]) -> npt.NDArray[np.int64]:
-    """Where each value of a large binary or large string array starts and ends in its data
-    buffer (``len(values) + 1`` offsets, the array's own slice taken into account; no copy).
-
-    Examples:
-        >>> value_offsets(pa.array([b"ab", b"c", b"def"], pa.large_binary()).slice(1)).tolist()
-        [2, 3, 6]
-    """
-    buffers: list[Any] = values.buffers()
-    offsets: npt.NDArray[np.int64] = np.frombuffer(buffers[1], np.int64)
-    return offsets[values.offset : values.offset + len(values) + 1]
 
 
 def hash_rows(head: Any, keyed: pa.Array[Any]) -> list[bytes]:

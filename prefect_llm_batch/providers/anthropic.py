@@ -78,10 +78,9 @@ import httpx
 import orjson
 
 from ..errors import ConfigError, InputError, LLMBatchError, ProviderRejected, ProviderUnavailable
-from ..keys import normalise_base_url
 from ..results import RowResult, short
 from ..schemas import ResponseSchema
-from ..spec import MESSAGES_ENDPOINT, BatchLimits, ErrorKind
+from ..spec import MESSAGES_ENDPOINT, BatchLimits, ErrorKind, normalise_base_url
 from .base import (
     BatchInfo,
     BatchProvider,

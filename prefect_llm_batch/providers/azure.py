@@ -47,8 +47,7 @@ from urllib.parse import parse_qs, urlsplit, urlunsplit
 import httpx
 
 from ..errors import ConfigError, ProviderRejected
-from ..keys import normalise_base_url
-from ..spec import CHAT_ENDPOINT, BatchLimits, ProviderTarget, refuse_credentials
+from ..spec import CHAT_ENDPOINT, BatchLimits, ProviderTarget, normalise_base_url, refuse_credentials
 from .base import BatchInfo, BatchStatus
 from .openai import OpenAIBatchProvider
 

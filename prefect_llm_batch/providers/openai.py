@@ -43,7 +43,6 @@ from ..errors import (
     LLMBatchError,
     ProviderRejected,
 )
-from ..keys import normalise_base_url
 from ..results import (
     EMBEDDING_COLUMN,
     NEVER_RAN_CODES,
@@ -56,7 +55,7 @@ from ..results import (
     short,
 )
 from ..schemas import ResponseSchema
-from ..spec import CHAT_ENDPOINT, EMBEDDINGS_ENDPOINT, BatchLimits, ErrorKind
+from ..spec import CHAT_ENDPOINT, EMBEDDINGS_ENDPOINT, BatchLimits, ErrorKind, normalise_base_url
 from .base import (
     BatchInfo,
     BatchProvider,

@@ -14,10 +14,9 @@ from prefect_llm_batch.keys import (
     canonical_json,
     custom_id,
     custom_id_from_digest,
-    normalise_base_url,
     request_digest,
 )
-from prefect_llm_batch.spec import KEY_VERSION, BatchLimits
+from prefect_llm_batch.spec import KEY_VERSION, BatchLimits, normalise_base_url
 
 CUSTOM_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 BODY = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "héllo\nworld"}], "temperature": 0}
