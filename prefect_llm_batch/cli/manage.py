@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import time
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated, NamedTuple
 
 import typer
 
 from .options import StateDirOption, fail, resolve_state_dir
-from .summary import human_size
+from .summary import age_text, cost_text, human_size, none_sent
+
+if TYPE_CHECKING:
+    from ..store import JobRecord, JobStore
 
 
 def resolve_job_id(state_dir: str, prefix: str) -> str:
@@ -50,12 +53,20 @@ def status(
     root = resolve_state_dir(state_dir)
     console = Console()
     if job_id is None:
-        table = Table("job", "created", "provider / model", "rows", "batches", "source")
-        for record in list_jobs(root):
-            created = time.strftime("%Y-%m-%d %H:%M", time.localtime(record.created_at))
+        records = list_jobs(root)
+        outputs = pending_outputs(root) if records else {}
+        table = Table("job", "state", "output", "rows done", "requests done", "age", "provider / model")
+        table.columns[0].no_wrap = True  # the full id, to copy into `status`, `cancel`, `jobs clean`
+        now = time.time()
+        for record in records:
+            try:
+                shown = describe_job(JobStore(root, record.job_id), record, outputs.get(record.job_id))
+            except StateError as exc:
+                shown = JobView(state=f"damaged ({exc})", rows_done="?", requests_done="?")
             table.add_row(
-                record.job_id, created, f"{record.provider} / {record.model}", str(record.rows),
-                str(len(record.chunks)), record.source,
+                record.job_id, shown.state, shown.output or "-", f"{shown.rows_done}/{record.rows}",
+                f"{shown.requests_done}/{record.unique_requests}", age_text(now - record.created_at),
+                f"{record.provider} / {record.model}",
             )  # fmt: skip
         console.print(table)
         return
@@ -64,6 +75,7 @@ def status(
     store = JobStore(root, resolve_job_id(root, job_id))
     try:
         record = store.read_job()
+        shown = describe_job(store, record, pending_outputs(root).get(record.job_id))
         table = Table("chunk", "round", "requests", "batch", "status", "done", "collected")
         for plan in record.chunks:
             chunk = store.read_chunk(plan.chunk_id)
@@ -76,10 +88,84 @@ def status(
     except StateError as exc:  # a damaged or missing file: its name and the fix, no traceback
         typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
         raise typer.Exit(1) from None
-    console.print(table)
-    console.print(described)
+    console.print(f"job {record.job_id}: {shown.state}; output {shown.output or '-'}", soft_wrap=True)
+    console.print(
+        f"rows done {shown.rows_done}/{record.rows}, requests done {shown.requests_done}/"
+        f"{record.unique_requests} ({record.cached_requests} from the cache)",
+        soft_wrap=True,
+    )
+    if shown.cost:
+        console.print(f"cost: {shown.cost}", soft_wrap=True)
+    if record.chunks:
+        console.print(table)
+        console.print(described)
+    else:
+        console.print(none_sent(record))
     if store.is_cancelled():
         console.print("[yellow]cancelled by the user; run the job again to resume it[/yellow]")
+
+
+class JobView(NamedTuple):
+    """What ``status`` shows of one job (see :func:`describe_job`)."""
+
+    state: str
+    rows_done: str
+    requests_done: str
+    output: str | None = None
+    cost: str | None = None
+
+
+def pending_outputs(state_dir: str) -> dict[str, str]:
+    """The output of each job submitted detached and not yet written, by job id."""
+    from ..jobs.detached import read_pending_jobs
+
+    return {p.job.ref.job_id: p.job.output for p in read_pending_jobs(state_dir) if p.job is not None}
+
+
+def describe_job(store: JobStore, record: JobRecord, pending_output: str | None) -> JobView:
+    """A job's state, output and progress, from its state directory (no HTTP).
+
+    The state is ``cancelled`` (by the user), ``written`` (a run wrote its output), ``submitted
+    (detached)`` (``collect`` writes it), or where its batches are: ``planned`` (none submitted),
+    ``running``, ``ended`` (results not all downloaded) or ``collected`` (output not written yet).
+    Rows are done once the output is written; requests once their batch reports them done, or
+    when they came from the cache.
+
+    Raises:
+        StateError: A damaged state file (its name and the fix).
+    """
+    from ..jobs import JobSummary, ended
+
+    written = store.read_summary()
+    summary = JobSummary.model_validate_json(written) if written is not None else None
+    chunks = [store.read_chunk(c.chunk_id) for c in record.chunks]
+    first_round = {c.chunk_id: c.requests for c in record.chunks if c.round == 1}
+    done = record.cached_requests + sum(
+        min(first_round[s.chunk_id], (s.completed or 0) + (s.failed or 0))
+        for s in chunks
+        if s.chunk_id in first_round
+    )
+    if store.is_cancelled():
+        state = "cancelled"
+    elif summary is not None and all(s.collected for s in chunks):
+        state = "written"
+    elif pending_output is not None:
+        state = "submitted (detached)"
+    elif not any(s.batch_id for s in chunks):
+        state = "planned"
+    elif not all(ended(s) for s in chunks if s.batch_id):
+        state = "running"
+    else:
+        state = "collected" if all(s.collected for s in chunks) else "ended"
+    if summary is not None and state == "written":
+        return JobView(
+            state=state, rows_done=str(summary.rows), requests_done=str(record.unique_requests),
+            output=summary.output, cost=cost_text(summary),
+        )  # fmt: skip
+    return JobView(
+        state=state, rows_done="0", requests_done=str(done),
+        output=pending_output or (summary.output if summary is not None else None),
+    )  # fmt: skip
 
 
 def cancel(
