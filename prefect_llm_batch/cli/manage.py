@@ -52,23 +52,23 @@ def status(
 
     root = resolve_state_dir(state_dir)
     console = Console()
-    if job_id is None:
+    if job_id is None:  # two plain lines a job: the full id never wraps or gets cut short
         records = list_jobs(root)
         outputs = pending_outputs(root) if records else {}
-        table = Table("job", "state", "output", "rows done", "requests done", "age", "provider / model")
-        table.columns[0].no_wrap = True  # the full id, to copy into `status`, `cancel`, `jobs clean`
         now = time.time()
         for record in records:
             try:
                 shown = describe_job(JobStore(root, record.job_id), record, outputs.get(record.job_id))
             except StateError as exc:
                 shown = JobView(state=f"damaged ({exc})", rows_done="?", requests_done="?")
-            table.add_row(
-                record.job_id, shown.state, shown.output or "-", f"{shown.rows_done}/{record.rows}",
-                f"{shown.requests_done}/{record.unique_requests}", age_text(now - record.created_at),
-                f"{record.provider} / {record.model}",
-            )  # fmt: skip
-        console.print(table)
+            typer.echo(
+                f"{record.job_id}  {shown.state}  rows {shown.rows_done}/{record.rows}  requests "
+                f"{shown.requests_done}/{record.unique_requests}  {age_text(now - record.created_at)} ago"
+            )
+            where = f"{record.provider} / {record.model}; source {record.source}"
+            typer.echo(f"    output {shown.output or '-'}; {where}")
+        if not records:
+            typer.echo(f"no jobs in {root}")
         return
     from ..jobs import job_ref, progress
 

@@ -111,11 +111,12 @@ def test_status_lists_each_job_s_full_id_state_output_rows_done_and_age(
     result = runner.invoke(app, ["status", "--state-dir", "s"], terminal_width=80)
     assert result.exit_code == 0, result.output
     lines = result.output.splitlines()
-    (written,) = [line for line in lines if written_id in line]  # the whole id, on one line
-    assert "written" in written and "o.parquet" in written and "5/5" in written
-    assert re.search(r"\b\d+ s\b", written), written
-    (planned_line,) = [line for line in lines if planned_id in line]
-    assert "planned" in planned_line and "0/7" in planned_line
+    written = lines[lines.index(next(line for line in lines if line.startswith(written_id))) :][:2]
+    assert re.fullmatch(rf"{written_id}  written  rows 5/5  requests 5/5  \d+ s ago", written[0]), written
+    assert written[1].startswith("    output o.parquet;"), written
+    planned = lines[lines.index(next(line for line in lines if line.startswith(planned_id))) :][:2]
+    assert re.fullmatch(rf"{planned_id}  planned  rows 0/7  requests 5/7  \d+ s ago", planned[0]), planned
+    assert planned[1].startswith("    output -;"), planned
 
 
 def test_a_fully_cached_job_says_so_in_the_summary_and_in_status(
