@@ -105,7 +105,7 @@ def test_status_lists_each_job_s_full_id_state_output_rows_done_and_age(
     assert _simulator_run(tmp_path, "o.parquet", 5).exit_code == 0
     planned = runner.invoke(app, ["estimate", REVIEWS, *BASE, "--limit", "7", "--state-dir", "s"])
     assert planned.exit_code == 0, planned.output
-    (written_id,) = [j for j in _job_ids(tmp_path / "s") if JobStore("s", j).read_summary() is not None]
+    (written_id,) = [j for j in _job_ids(tmp_path / "s") if JobStore("s", j).read_job().rows == 5]
     (planned_id,) = [j for j in _job_ids(tmp_path / "s") if j != written_id]
 
     result = runner.invoke(app, ["status", "--state-dir", "s"], terminal_width=80)
