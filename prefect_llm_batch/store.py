@@ -481,6 +481,19 @@ class JobStore:
             return None
         return self._read_parquet(path, columns)
 
+    # summary of the written output --------------------------------------------------------
+
+    def write_summary(self, data: bytes) -> None:
+        """Write ``summary.json``: what the run that last wrote the job's output reported."""
+        self._write(self._path("summary.json"), data)
+
+    def read_summary(self) -> bytes | None:
+        """Read ``summary.json`` (None until a run has written the job's output)."""
+        path = self._path("summary.json")
+        if not exists(path, storage_options=self._options):
+            return None
+        return self._read(path)
+
     # cancel marker ----------------------------------------------------------------------
 
     def write_cancel(self, reason: str) -> None:
