@@ -20,6 +20,7 @@ from prefect.artifacts import (
     update_progress_artifact,
 )
 
+from .costs import describe_usd
 from .jobs import JobSummary, Progress
 
 logger = logging.getLogger("prefect_llm_batch")
@@ -77,8 +78,10 @@ def waiting_progress(progress: Progress) -> float:
 
 
 def publish_summary(summary: JobSummary) -> None:
-    """A markdown summary (rows, errors by kind, batches, tokens) and a table of sample rows."""
+    """A markdown summary (rows, errors by kind, batches, tokens, cost) and a table of sample rows."""
     errors = "\n".join(f"| {kind} | {count} |" for kind, count in summary.errors_by_kind.items())
+    estimated = describe_usd(summary.estimated_cost_usd, summary.model)
+    billed = describe_usd(summary.cost_usd, summary.model)
     markdown = f"""# LLM batch job `{summary.job_id}`
 
 | | |
@@ -93,6 +96,7 @@ def publish_summary(summary: JobSummary) -> None:
 | rounds | {summary.rounds} |
 | batches | {", ".join(f"`{b}`" for b in summary.batch_ids) or "none"} |
 | tokens billed | {summary.input_tokens} in, {summary.output_tokens} out |
+| cost (batch prices) | {estimated} estimated, {billed} for the tokens billed |
 
 ## Errors by kind
 

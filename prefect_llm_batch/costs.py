@@ -88,6 +88,16 @@ def output_tokens_per_request(
     return expected
 
 
+def describe_usd(value: float | None, model: str) -> str:
+    """A cost for people, or why there is none.
+
+    Examples:
+        >>> describe_usd(0.00123, "gpt-4o-mini"), describe_usd(None, "my-model")
+        ('$0.0012', 'unknown (no price for model my-model)')
+    """
+    return f"${value:.4f}" if value is not None else f"unknown (no price for model {model})"
+
+
 class Estimate(BaseModel):
     """What a job would send and cost, computed before anything is sent."""
 

@@ -499,6 +499,19 @@ class JobStore:
         """The fsspec storage options of the state directory."""
         return self._options
 
+    # summary of the written output --------------------------------------------------------
+
+    def write_summary(self, data: bytes) -> None:
+        """Write ``summary.json``: what the run that last wrote the job's output reported."""
+        self._write(self._path("summary.json"), data)
+
+    def read_summary(self) -> bytes | None:
+        """Read ``summary.json`` (None until a run has written the job's output)."""
+        path = self._path("summary.json")
+        if not exists(path, storage_options=self._options):
+            return None
+        return self._read(path)
+
     # cancel marker ----------------------------------------------------------------------
 
     def write_cancel(self, reason: str) -> None:

@@ -36,6 +36,7 @@ from ..shards import shard_fingerprint
 from ..spec import EMBEDDINGS_ENDPOINT
 from ..store import JobStore
 from ..table import SCAN_BATCH_ROWS, TableScan, dictionary_columns, fingerprint, read_ahead, scan_table
+from .estimate import estimate
 from .plan import JobRef
 
 logger = logging.getLogger("prefect_llm_batch")
@@ -53,6 +54,10 @@ class JobSummary(BaseModel):
     over rows, and exclude answers taken from the cache. ``unreadable_lines`` counts the result
     lines the job's batches returned that could not be read (not JSON, or no ``custom_id``):
     their requests were ``missing`` and sent again.
+
+    Costs are USD at batch prices (:mod:`prefect_llm_batch.costs`), None for a model without a
+    price: ``estimated_cost_usd`` is the estimate made before anything was sent (the plan, as
+    ``prefect-llm-batch estimate`` reports it), ``cost_usd`` the cost of the tokens billed.
     """
 
     job_id: str
@@ -71,6 +76,7 @@ class JobSummary(BaseModel):
     input_tokens: int = 0
     output_tokens: int = 0
     cost_usd: float | None = None
+    estimated_cost_usd: float | None = None
     mode: str = "batch"
     mode_reason: str = ""
     unreadable_lines: int = 0
@@ -491,6 +497,8 @@ def assemble(
         unreadable_lines=answers.unreadable_lines,
     )
     summary.cost_usd = estimate_cost(summary.model, summary.input_tokens, summary.output_tokens)
+    summary.estimated_cost_usd = estimate(ref, record.params).cost_usd
+    store.write_summary(summary.model_dump_json(indent=1).encode())
     logger.info(
         "wrote %s: %d rows, %d ok, %d with errors %s",
         output, summary.rows, summary.ok_rows, summary.error_rows, summary.errors_by_kind or "",

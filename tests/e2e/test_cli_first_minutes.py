@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
+import typer
 from typer.testing import CliRunner
 
 from prefect_llm_batch import cli
@@ -334,7 +335,7 @@ def test_a_reserved_param_is_one_friendly_line(tmp_path: Path) -> None:
 def test_option_names_are_whole_at_80_columns() -> None:
     for command in ("run", "estimate", "submit", "status", "cancel"):
         output = runner.invoke(app, [command, "--help"], terminal_width=80).output
-        group = typing.cast(typing.Any, cli.typer.main.get_command(app))
+        group = typing.cast(typing.Any, typer.main.get_command(app))
         names = {p.opts[0] for p in group.commands[command].params if p.opts[0].startswith("--")}
         for name in names:
             assert name in output.split(), (command, name)
