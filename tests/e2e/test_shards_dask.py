@@ -44,3 +44,39 @@ def test_a_job_runs_as_shards_on_a_local_dask_cluster_and_equals_the_single_proc
     keep = ["id", "text", "city", "response", "response_error_kind"]
     assert parts.select(keep).equals(pq.read_table(tmp_path / "one.parquet").select(keep))
     assert sharded.rows == single.rows == 60 and sharded.ok_rows == 60
+
+
+def test_the_cli_runs_a_dataset_as_shards_on_dask_into_one_file(
+    prefect_harness: None, tmp_path: Path
+) -> None:
+    from typer.testing import CliRunner
+
+    from prefect_llm_batch.cli import app
+
+    source = write_dataset(tmp_path / "src")
+    out = tmp_path / "one.parquet"
+    result = CliRunner().invoke(
+        app,
+        [
+            "run", source, str(out), "--prompt", "Tag {{ text }}", "--model", "gpt-4o-mini",
+            "--state-dir", str(tmp_path / "state"), "--engine", "dask", "--dask-workers", "1",
+            "--rows-per-shard", "20", "--single-file",
+        ],
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    table = pq.read_table(out)
+    assert table.num_rows == 60 and table.column("city").to_pylist()[:1] == ["Oslo"]
+    assert table.column("response").null_count == 0
+
+
+def test_the_cli_refuses_shards_with_limit_before_anything_runs(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from prefect_llm_batch.cli import app
+
+    source = write_dataset(tmp_path / "src")
+    result = CliRunner().invoke(
+        app, ["run", source, str(tmp_path / "o"), "--prompt", "x {{ text }}", "--model", "m", "--engine", "dask",
+              "--limit", "5"],
+    )  # fmt: skip
+    assert result.exit_code == 2 and "--limit" in result.output
