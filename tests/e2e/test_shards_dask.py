@@ -76,7 +76,8 @@ def test_the_cli_refuses_shards_with_limit_before_anything_runs(tmp_path: Path) 
 
     source = write_dataset(tmp_path / "src")
     result = CliRunner().invoke(
-        app, ["run", source, str(tmp_path / "o"), "--prompt", "x {{ text }}", "--model", "m", "--engine", "dask",
-              "--limit", "5"],
-    )  # fmt: skip
+        app,
+        ["run", source, str(tmp_path / "o"), "--prompt", "x {{ text }}", "--model", "m", "--engine", "dask"]
+        + ["--limit", "5"],
+    )
     assert result.exit_code == 2 and "--limit" in result.output
