@@ -14,7 +14,7 @@ Example::
     def test_roundtrip(s3):
         write_bytes_atomic(s3.url("a.txt"), b"x")
         assert read_bytes(s3.url("a.txt"), storage_options=s3.storage_options) == b"x"
-        assert s3.keys() == ["a.txt"]
+        assert s3.object_keys() == ["a.txt"]
 """
 
 from __future__ import annotations
@@ -137,12 +137,11 @@ class FakeS3:
             region_name=REGION,
         )
 
-    def keys(self) -> list[str]:
+    def object_keys(self) -> list[str]:
         """Every object key in the bucket, sorted."""
         paginator = self.client().get_paginator("list_objects_v2")
-        return sorted(
-            item["Key"] for page in paginator.paginate(Bucket=self.bucket) for item in page.get("Contents", [])
-        )
+        pages = paginator.paginate(Bucket=self.bucket)
+        return sorted(item["Key"] for page in pages for item in page.get("Contents", []))
 
     def get(self, key: str) -> bytes:
         """One object's bytes."""

@@ -68,7 +68,7 @@ def run_flow(server: FakeProviderServer, source: str, output: str, state_dir: st
 def no_credentials_in(s3: FakeS3, prefect_home: Path) -> None:
     """Neither the access key id nor the secret in any object of the bucket or file of the Prefect home."""
     secrets = [FAKE_ACCESS_KEY_ID.encode(), FAKE_SECRET_ACCESS_KEY.encode()]
-    keys = s3.keys()
+    keys = s3.object_keys()
     assert keys
     for key in keys:
         data = s3.get(key)
@@ -84,13 +84,14 @@ def test_a_job_with_source_state_and_output_on_s3_runs_through_the_flow(
     server: FakeProviderServer, s3: FakeS3
 ) -> None:
     source = put_source(s3, 10)
-    summary = run_flow(server, source, s3.url("out/enriched.parquet"), s3.url("state"), max_requests_per_batch=4)
+    output, state = s3.url("out/enriched.parquet"), s3.url("state")
+    summary = run_flow(server, source, output, state, max_requests_per_batch=4)
 
     assert summary.ok_rows == 10 and server.stats.creates == 3
     table = read_output(s3, "out/enriched.parquet")
     assert table.column("id").to_pylist() == list(range(10))
     assert table.column("response").to_pylist() == expected(10)
-    keys = s3.keys()
+    keys = s3.object_keys()
     assert any(key.startswith(f"state/jobs/{summary.job_id}/") for key in keys), keys
     assert any(key.startswith("state/cache/") for key in keys), keys
 
@@ -140,8 +141,8 @@ def test_the_cli_with_state_on_s3_killed_while_waiting_resumes_without_resubmitt
     finally:
         proc.send_signal(signal.SIGKILL)
         proc.wait(30)
-    assert "out/cli.parquet" not in s3.keys()
-    assert any(key.endswith("/lease.json") for key in s3.keys())  # left behind by the killed run
+    assert "out/cli.parquet" not in s3.object_keys()
+    assert any(key.endswith("/lease.json") for key in s3.object_keys())  # left behind by the killed run
     server.unstall_batches()
 
     rerun = subprocess.run(args, env=env, capture_output=True, timeout=300)
@@ -150,5 +151,5 @@ def test_the_cli_with_state_on_s3_killed_while_waiting_resumes_without_resubmitt
     table = read_output(s3, "out/cli.parquet")
     assert table.column("response").to_pylist() == expected(10)
     assert set(table.column("response_batch_id").to_pylist()) == set(server.batches)
-    assert not any(key.endswith("/lease.json") for key in s3.keys())  # released at the end
+    assert not any(key.endswith("/lease.json") for key in s3.object_keys())  # released at the end
     no_credentials_in(s3, Path(os.environ["PREFECT_HOME"]))
