@@ -50,6 +50,7 @@ from prefect_llm_batch.errors import TableError
 
 __all__ = [
     "DROP_BEHIND_ENV",
+    "LISTING_CACHE_PROTOCOLS",
     "WriteConflict",
     "bytes_freed_by_removing",
     "conditional_writes",
@@ -666,9 +667,28 @@ def _exists_error(shown: str) -> TableError:
     )
 
 
-def filesystem(path: str, storage_options: Mapping[str, Any] | None) -> tuple[Any, str]:
-    """The fsspec filesystem of ``path`` and the path on it (``storage_options`` passed as given)."""
-    fs, fs_path = fsspec.core.url_to_fs(path, **(storage_options or {}))
+#: Object stores whose fsspec filesystems keep directory listings for the life of the process.
+LISTING_CACHE_PROTOCOLS = frozenset({"s3", "s3a", "gs", "gcs", "az", "abfs", "abfss", "adl"})
+
+
+def filesystem(path: str, storage_options: Mapping[str, Any] | None = None) -> tuple[Any, str]:
+    """The fsspec filesystem of ``path`` and the path on it, with ``storage_options`` as given.
+
+    On object stores (:data:`LISTING_CACHE_PROTOCOLS`) listings are not cached unless the
+    options say otherwise (``use_listings_cache``): fsspec keeps one filesystem per set of
+    options for the whole process, and a listing kept there would hide from a long-lived process
+    (a notebook, a worker) the state that other processes and machines write meanwhile, and
+    answer ``exists`` from it.
+
+    Examples:
+        >>> fs, where = filesystem("memory://docs/state/jobs")
+        >>> where
+        '/docs/state/jobs'
+    """
+    options = dict(storage_options or {})
+    if fsspec.core.split_protocol(path)[0] in LISTING_CACHE_PROTOCOLS:
+        options.setdefault("use_listings_cache", False)
+    fs, fs_path = fsspec.core.url_to_fs(path, **options)
     return fs, fs_path
 
 

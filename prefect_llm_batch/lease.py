@@ -39,13 +39,13 @@ import uuid
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
-import fsspec
 import orjson
 
 from .errors import JobLocked
 from .files import (
     WriteConflict,
     conditional_writes,
+    filesystem,
     make_dirs,
     read_versioned,
     write_bytes_atomic,
@@ -147,7 +147,7 @@ class Lease:
         self.ttl = ttl
         self.owner = {"id": uuid.uuid4().hex, "host": socket.gethostname(), "pid": os.getpid()}
         self.path = store._lease_path()
-        self._fs, self._fs_path = fsspec.core.url_to_fs(self.path, **(store._options or {}))
+        self._fs, self._fs_path = filesystem(self.path, store._options)
         #: The lease file's canonical name: every spelling of one state directory (relative or
         #: absolute, ``file://`` or plain, through a symlink) is the same lease within a run.
         self.key = lease_key(self._fs, self._fs_path)
@@ -368,7 +368,7 @@ def check_held(lease_path: str, storage_options: dict[str, Any] | None = None) -
     Raises:
         JobLocked: This run lost the lease: another run took the job over.
     """
-    fs, path = fsspec.core.url_to_fs(lease_path, **(storage_options or {}))
+    fs, path = filesystem(lease_path, storage_options)
     lease = _HELD.get({}).get(lease_key(fs, path))
     if lease is not None:
         lease.ensure_held()

@@ -17,8 +17,10 @@ import pyarrow as pa
 import pytest
 import s3fs
 
+from prefect_llm_batch.cache import ResponseCache
 from prefect_llm_batch.errors import JobLocked, TableError
 from prefect_llm_batch.files import conditional_writes, read_bytes, write_parquet_atomic
+from prefect_llm_batch.registry import read_pending, write_pending
 from prefect_llm_batch.store import JobStore
 from tests.s3 import FAKE_ACCESS_KEY_ID, FAKE_SECRET_ACCESS_KEY, FakeS3
 
@@ -126,3 +128,29 @@ def test_the_lease_works_with_storage_options_alone_and_keeps_no_credential(
         with pytest.raises(JobLocked, match="is being run by process"):
             JobStore(s3.url("state"), "job1", s3.storage_options).lease().acquire()
     assert s3.object_keys() == []  # released
+
+
+def test_state_written_by_another_machine_is_seen_by_a_process_that_listed_it_before(
+    s3: FakeS3,
+) -> None:
+    """s3fs keeps listings per filesystem instance, for the life of the process: a long-lived
+    process (a notebook, a Prefect worker, a Dask worker) must still see what others write."""
+    state = s3.url("state")
+    write_pending(state, "job-a", b"{}")
+    assert [path.rsplit("/", 1)[-1] for path, _ in read_pending(state)] == ["job-a.json"]
+    cache = ResponseCache(state)
+    cache.add_results("shard-1", b"results of shard 1")
+    assert len(cache.segments()) == 1
+    store = JobStore(state, "job-a")
+    store.write_cancel("first")
+    assert store.is_cancelled()
+    store.clear_cancel()
+    assert not store.is_cancelled()
+
+    s3.put("state/pending/job-b.json", b"{}")  # another machine: submitted a detached job,
+    s3.put("state/cache/results/99999999999999999999-shard-2.parquet", b"results of shard 2")
+    s3.put("state/jobs/job-a/cancel.json", b'{"at": 0, "reason": "by another machine"}')  # cancelled
+
+    assert [path.rsplit("/", 1)[-1] for path, _ in read_pending(state)] == ["job-a.json", "job-b.json"]
+    assert len(ResponseCache(state).segments()) == 2
+    assert JobStore(state, "job-a").is_cancelled()
