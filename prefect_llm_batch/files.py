@@ -50,7 +50,7 @@ from prefect_llm_batch.errors import TableError
 
 __all__ = [
     "DROP_BEHIND_ENV",
-    "LISTING_CACHE_PROTOCOLS",
+    "OBJECT_STORE_PROTOCOLS",
     "WriteConflict",
     "bytes_freed_by_removing",
     "conditional_writes",
@@ -59,6 +59,7 @@ __all__ = [
     "filesystem",
     "make_dirs",
     "modified_time",
+    "object_store",
     "read_bytes",
     "read_versioned",
     "shown_path",
@@ -404,7 +405,11 @@ def _write_atomic(
                 try:
                     fs.put_file(local, path, **put_options)
                 except FileNotFoundError:
-                    # Object stores have no directories; other filesystems may need the parents first.
+                    # Object stores have no directories: a missing bucket stays an error (making
+                    # "directories" there would create a bucket from a typo). Other filesystems may
+                    # need the parents first.
+                    if object_store(fs):
+                        raise
                     fs.makedirs(fs._parent(path), exist_ok=True)
                     fs.put_file(local, path, **put_options)
             except OSError as exc:  # FileExistsError included
@@ -430,6 +435,12 @@ def conditional_writes(path: str, storage_options: Mapping[str, Any] | None = No
         (False, False)
     """
     return _conditional(filesystem(path, storage_options)[0])
+
+
+def object_store(fs: Any) -> bool:
+    """Whether an fsspec filesystem is an object store (:data:`OBJECT_STORE_PROTOCOLS`)."""
+    protocols = (fs.protocol,) if isinstance(fs.protocol, str) else tuple(fs.protocol)
+    return any(protocol in OBJECT_STORE_PROTOCOLS for protocol in protocols)
 
 
 def _conditional(fs: Any) -> bool:
@@ -667,14 +678,15 @@ def _exists_error(shown: str) -> TableError:
     )
 
 
-#: Object stores whose fsspec filesystems keep directory listings for the life of the process.
-LISTING_CACHE_PROTOCOLS = frozenset({"s3", "s3a", "gs", "gcs", "az", "abfs", "abfss", "adl"})
+#: Object stores: no directories (a missing bucket is never created by a write: it is an error),
+#: and fsspec filesystems that keep directory listings for the life of the process.
+OBJECT_STORE_PROTOCOLS = frozenset({"s3", "s3a", "gs", "gcs", "az", "abfs", "abfss", "adl"})
 
 
 def filesystem(path: str, storage_options: Mapping[str, Any] | None = None) -> tuple[Any, str]:
     """The fsspec filesystem of ``path`` and the path on it, with ``storage_options`` as given.
 
-    On object stores (:data:`LISTING_CACHE_PROTOCOLS`) listings are not cached unless the
+    On object stores (:data:`OBJECT_STORE_PROTOCOLS`) listings are not cached unless the
     options say otherwise (``use_listings_cache``): fsspec keeps one filesystem per set of
     options for the whole process, and a listing kept there would hide from a long-lived process
     (a notebook, a worker) the state that other processes and machines write meanwhile, and
@@ -686,7 +698,7 @@ def filesystem(path: str, storage_options: Mapping[str, Any] | None = None) -> t
         '/docs/state/jobs'
     """
     options = dict(storage_options or {})
-    if fsspec.core.split_protocol(path)[0] in LISTING_CACHE_PROTOCOLS:
+    if fsspec.core.split_protocol(path)[0] in OBJECT_STORE_PROTOCOLS:
         options.setdefault("use_listings_cache", False)
     fs, fs_path = fsspec.core.url_to_fs(path, **options)
     return fs, fs_path

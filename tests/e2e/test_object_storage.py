@@ -18,6 +18,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from prefect_llm_batch.batchfile import chat_body
+from prefect_llm_batch.errors import TableError
 from prefect_llm_batch.flows import enrich_table
 from prefect_llm_batch.testing import FakeProviderServer, FakeServerConfig, default_answer
 from tests.s3 import FAKE_ACCESS_KEY_ID, FAKE_SECRET_ACCESS_KEY, FakeS3
@@ -99,6 +100,17 @@ def test_a_job_with_source_state_and_output_on_s3_runs_through_the_flow(
     assert rerun.ok_rows == 10 and server.stats.creates == 3  # answered from the state on S3
     assert read_output(s3, "out/again.parquet").column("response").to_pylist() == expected(10)
     no_credentials_in(s3, Path(os.environ["PREFECT_HOME"]))
+
+
+def test_an_output_in_a_bucket_that_does_not_exist_fails_before_sending_and_creates_no_bucket(
+    server: FakeProviderServer, s3: FakeS3
+) -> None:
+    source = put_source(s3, 3)
+    with pytest.raises(TableError, match=r"'s3://no-such-bucket-2/out.parquet' cannot be written"):
+        run_flow(server, source, "s3://no-such-bucket-2/out.parquet", s3.url("state"))
+    assert server.stats.requests_received == 0 and server.stats.uploads == 0
+    buckets = {bucket["Name"] for bucket in s3.client().list_buckets()["Buckets"]}
+    assert s3.bucket in buckets and not buckets & {"no-such-bucket-2"}
 
 
 # ----- the CLI, killed and run again ---------------------------------------------------------

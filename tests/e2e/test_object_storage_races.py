@@ -20,6 +20,7 @@ import s3fs
 from prefect_llm_batch.cache import ResponseCache
 from prefect_llm_batch.errors import JobLocked, TableError
 from prefect_llm_batch.files import conditional_writes, read_bytes, write_parquet_atomic
+from prefect_llm_batch.jobs.checks import check_output_writable
 from prefect_llm_batch.registry import read_pending, write_pending
 from prefect_llm_batch.store import JobStore
 from tests.s3 import FAKE_ACCESS_KEY_ID, FAKE_SECRET_ACCESS_KEY, FakeS3
@@ -154,3 +155,12 @@ def test_state_written_by_another_machine_is_seen_by_a_process_that_listed_it_be
     assert [path.rsplit("/", 1)[-1] for path, _ in read_pending(state)] == ["job-a.json", "job-b.json"]
     assert len(ResponseCache(state).segments()) == 2
     assert JobStore(state, "job-a").is_cancelled()
+
+
+def test_a_write_to_a_bucket_that_does_not_exist_fails_and_creates_no_bucket(s3: FakeS3) -> None:
+    with pytest.raises(TableError, match=r"cannot write 's3://no-such-bucket-0/out/o.parquet'.*bucket"):
+        write_parquet_atomic(pa.table({"a": [1]}), "s3://no-such-bucket-0/out/o.parquet")
+    with pytest.raises(TableError, match=r"the output 's3://no-such-bucket-1/o.parquet' cannot be written"):
+        check_output_writable("s3://no-such-bucket-1/o.parquet")
+    buckets = {bucket["Name"] for bucket in s3.client().list_buckets()["Buckets"]}
+    assert s3.bucket in buckets and not buckets & {"no-such-bucket-0", "no-such-bucket-1"}
