@@ -20,7 +20,7 @@ from collections.abc import Iterator  # noqa: E402
 
 import pytest  # noqa: E402
 
-pytest_plugins = ["prefect_llm_batch.testing.pytest_plugin"]
+pytest_plugins = ["prefect_llm_batch.testing.pytest_plugin", "tests.s3"]
 
 
 @pytest.fixture(scope="session")

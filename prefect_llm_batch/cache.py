@@ -20,12 +20,11 @@ import logging
 import time
 from typing import Any, NamedTuple
 
-import fsspec
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from .files import bytes_freed_by_removing, drop_behind, modified_time, write_bytes_atomic
+from .files import bytes_freed_by_removing, drop_behind, filesystem, modified_time, write_bytes_atomic
 from .store import is_damage, secure_state_dir, short_error
 from .table import parquet_bytes
 
@@ -65,7 +64,7 @@ class ResponseCache:
         self.base = f"{self.state_dir}/cache"
         self.root = f"{self.base}/segments"
         self._options = storage_options
-        self._fs, self._fs_base = fsspec.core.url_to_fs(self.base, **(storage_options or {}))
+        self._fs, self._fs_base = filesystem(self.base, storage_options)
 
     def segments(self) -> list[str]:
         """Paths of the segment files of both folders, oldest first (by the time in their names)."""

@@ -10,6 +10,19 @@ whatever the umask; directories that already exist are left as they are. Other w
 umask decide, as for any new file. Object stores have no such permissions: ``private`` does
 nothing there.
 
+Conditional writes (object stores that support them: S3 through s3fs). Publishing without
+overwrite (``overwrite=False`` in :func:`write_parquet_atomic` and
+:func:`write_parquet_batches_atomic`) sends the one put with ``If-None-Match: *``, so an object
+that appears between the existence check and the put is never replaced: the store refuses the
+put and the write fails as if the check had seen it. :func:`read_versioned` and
+:func:`write_if_version` give a compare-and-swap on one object (``If-None-Match: *`` to create,
+``If-Match: <ETag>`` to replace a known version), which the job lease uses. Where the store
+cannot (:func:`conditional_writes` is false: the local filesystem, which has its own atomic
+link and rename; ``memory://``, GCS, Azure... through fsspec), publishing without overwrite is
+today's check then put, and a file created between the two is replaced. S3-compatible servers
+that ignore these headers (some older ones) give no protection either; AWS S3, MinIO and moto
+honour them.
+
 Page-cache drop-behind for big files written or read once (:func:`drop_behind`, off by default)
 and the quoting of paths in messages with their credentials hidden (:func:`shown_path`) live here
 too. Every failure is raised as :class:`~prefect_llm_batch.errors.TableError` naming the path.
@@ -37,15 +50,21 @@ from prefect_llm_batch.errors import TableError
 
 __all__ = [
     "DROP_BEHIND_ENV",
+    "OBJECT_STORE_PROTOCOLS",
+    "WriteConflict",
     "bytes_freed_by_removing",
+    "conditional_writes",
     "drop_behind",
     "exists",
     "filesystem",
     "make_dirs",
     "modified_time",
+    "object_store",
     "read_bytes",
+    "read_versioned",
     "shown_path",
     "write_bytes_atomic",
+    "write_if_version",
     "write_parquet_atomic",
     "write_parquet_batches_atomic",
 ]
@@ -375,21 +394,144 @@ def _write_atomic(
             return
         if not overwrite and fs.exists(path):
             raise _exists_error(shown)
+        # Without overwrite, the put itself refuses an existing object where the store can.
+        put_options = {} if overwrite or not _conditional(fs) else {"mode": "create"}
         # Built in a local temporary file (not in memory: outputs may be big), then one put.
         with tempfile.TemporaryDirectory(prefix="prefect-llm-batch-") as scratch:
             local = os.path.join(scratch, "upload")
             with open(local, "wb", buffering=WRITE_BUFFER_BYTES) as file:
                 write(file)
             try:
-                fs.put_file(local, path)
-            except FileNotFoundError:
-                # Object stores have no directories; other filesystems may need the parents first.
-                fs.makedirs(fs._parent(path), exist_ok=True)
-                fs.put_file(local, path)
+                try:
+                    fs.put_file(local, path, **put_options)
+                except FileNotFoundError:
+                    # Object stores have no directories: a missing bucket stays an error (making
+                    # "directories" there would create a bucket from a typo). Other filesystems may
+                    # need the parents first.
+                    if object_store(fs):
+                        raise
+                    fs.makedirs(fs._parent(path), exist_ok=True)
+                    fs.put_file(local, path, **put_options)
+            except OSError as exc:  # FileExistsError included
+                if put_options and _precondition_failed(exc):
+                    raise _exists_error(shown) from None
+                raise
     except TableError:
         raise
     except (OSError, ValueError, pa.ArrowException) as exc:
         raise TableError(f"cannot write {shown}: {exc}") from exc
+
+
+class WriteConflict(TableError):
+    """A conditional write was refused: the object is not (or no longer) the version expected."""
+
+
+def conditional_writes(path: str, storage_options: Mapping[str, Any] | None = None) -> bool:
+    """Whether the store of ``path`` refuses a put on a condition (``If-None-Match``, ``If-Match``):
+    S3 through s3fs. See the module docstring for what happens elsewhere.
+
+    Examples:
+        >>> conditional_writes("memory://docs/x"), conditional_writes("/tmp/x")
+        (False, False)
+    """
+    return _conditional(filesystem(path, storage_options)[0])
+
+
+def object_store(fs: Any) -> bool:
+    """Whether an fsspec filesystem is an object store (:data:`OBJECT_STORE_PROTOCOLS`)."""
+    protocols = (fs.protocol,) if isinstance(fs.protocol, str) else tuple(fs.protocol)
+    return any(protocol in OBJECT_STORE_PROTOCOLS for protocol in protocols)
+
+
+def _conditional(fs: Any) -> bool:
+    return "s3" in fs.protocol and hasattr(fs, "call_s3")
+
+
+def _precondition_failed(exc: BaseException) -> bool:
+    """Whether a store error says a condition of the put did not hold (412, or S3's 409 for a
+    conditional put racing another on the same key)."""
+    if isinstance(exc, FileExistsError):
+        return True
+    cause = exc.__cause__ or exc.__context__
+    response = getattr(cause, "response", None)
+    if not isinstance(response, dict):
+        return False
+    code = str(response.get("Error", {}).get("Code", ""))
+    status = response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+    return code in {"PreconditionFailed", "ConditionalRequestConflict", "412"} or status == 412
+
+
+def read_versioned(
+    path: str, *, storage_options: Mapping[str, Any] | None = None
+) -> tuple[bytes, str] | None:
+    """Read an object and the version (ETag) a later :func:`write_if_version` must find.
+
+    The version is asked first and the content second: if the object changes in between, the
+    content may be newer than the version, and a write on that version is then refused (never
+    a write over a version that was not read). Only on stores with :func:`conditional_writes`.
+
+    Args:
+        path: An fsspec URL.
+        storage_options: Passed to the fsspec filesystem.
+
+    Returns:
+        The content and its version, or None when the object does not exist.
+
+    Raises:
+        TableError: The store cannot do conditional writes, or the read failed.
+    """
+    fs, fs_path = _conditional_fs(path, storage_options)
+    try:
+        fs.invalidate_cache(fs_path)  # never a version from a listing made earlier
+        version = str(fs.info(fs_path)["ETag"])
+        data = bytes(fs.cat_file(fs_path))
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError, KeyError) as exc:
+        raise TableError(f"cannot read {shown_path(path)}: {exc}") from exc
+    return data, version
+
+
+def write_if_version(
+    path: str, data: bytes, *, version: str | None, storage_options: Mapping[str, Any] | None = None
+) -> str:
+    """Write an object only if it is still at ``version`` (compare-and-swap), in one put.
+
+    Args:
+        path: An fsspec URL on a store with :func:`conditional_writes`.
+        data: The whole new content (small: one put).
+        version: The ETag the object must have (``If-Match``), or None: it must not exist
+            (``If-None-Match: *``).
+        storage_options: Passed to the fsspec filesystem.
+
+    Returns:
+        The new version (ETag).
+
+    Raises:
+        WriteConflict: The object is not at ``version`` (or exists, for None); nothing written.
+        TableError: The store cannot do conditional writes, or the write failed.
+    """
+    fs, fs_path = _conditional_fs(path, storage_options)
+    condition = {"mode": "create"} if version is None else {"IfMatch": version}
+    try:
+        answer = fs.pipe_file(fs_path, data, **condition)
+    except (FileExistsError, FileNotFoundError, OSError) as exc:
+        if _precondition_failed(exc) or (version is not None and isinstance(exc, FileNotFoundError)):
+            expected = "absent" if version is None else f"at version {version}"
+            raise WriteConflict(f"{shown_path(path)} is no longer {expected}; not written") from None
+        raise TableError(f"cannot write {shown_path(path)}: {exc}") from exc
+    finally:
+        fs.invalidate_cache(fs_path)
+    if isinstance(answer, dict) and answer.get("ETag"):
+        return str(answer["ETag"])
+    return str(fs.info(fs_path)["ETag"])
+
+
+def _conditional_fs(path: str, storage_options: Mapping[str, Any] | None) -> tuple[Any, str]:
+    fs, fs_path = filesystem(path, storage_options)
+    if not _conditional(fs):
+        raise TableError(f"{shown_path(path)}: this store cannot do conditional writes")
+    return fs, fs_path
 
 
 def drop_behind() -> bool:
@@ -536,9 +678,29 @@ def _exists_error(shown: str) -> TableError:
     )
 
 
-def filesystem(path: str, storage_options: Mapping[str, Any] | None) -> tuple[Any, str]:
-    """The fsspec filesystem of ``path`` and the path on it (``storage_options`` passed as given)."""
-    fs, fs_path = fsspec.core.url_to_fs(path, **(storage_options or {}))
+#: Object stores: no directories (a missing bucket is never created by a write: it is an error),
+#: and fsspec filesystems that keep directory listings for the life of the process.
+OBJECT_STORE_PROTOCOLS = frozenset({"s3", "s3a", "gs", "gcs", "az", "abfs", "abfss", "adl"})
+
+
+def filesystem(path: str, storage_options: Mapping[str, Any] | None = None) -> tuple[Any, str]:
+    """The fsspec filesystem of ``path`` and the path on it, with ``storage_options`` as given.
+
+    On object stores (:data:`OBJECT_STORE_PROTOCOLS`) listings are not cached unless the
+    options say otherwise (``use_listings_cache``): fsspec keeps one filesystem per set of
+    options for the whole process, and a listing kept there would hide from a long-lived process
+    (a notebook, a worker) the state that other processes and machines write meanwhile, and
+    answer ``exists`` from it.
+
+    Examples:
+        >>> fs, where = filesystem("memory://docs/state/jobs")
+        >>> where
+        '/docs/state/jobs'
+    """
+    options = dict(storage_options or {})
+    if fsspec.core.split_protocol(path)[0] in OBJECT_STORE_PROTOCOLS:
+        options.setdefault("use_listings_cache", False)
+    fs, fs_path = fsspec.core.url_to_fs(path, **options)
     return fs, fs_path
 
 

@@ -2,8 +2,23 @@
 
 One runner holds a job from planning to its output: the lease is taken once the job id is known
 (:func:`~prefect_llm_batch.jobs.identify`), before the plan is written or resumed, and held
-through every round and the output; it is re-entrant within one run (one context). A local
-lease is taken under an OS lock on ``lease.json.lock`` (``flock``).
+through every round and the output; it is re-entrant within one run (one context).
+
+How the lease file is written, by store:
+
+- Local filesystem: checked and written under an OS lock on ``lease.json.lock`` (``flock``; the
+  lock is local-only: it means nothing to another machine).
+- S3 (s3fs; :func:`~prefect_llm_batch.files.conditional_writes`): compare-and-swap on the object.
+  A free lease is created with ``If-None-Match: *`` (absent) or replaced with ``If-Match`` on the
+  ETag read when it was found free (expired, or of a dead process of this host); renewals are
+  ``If-Match`` on the ETag of this runner's last write. Of two runners racing, the store lets one
+  put through and refuses the other, which raises JobLocked; a renewal refused means the lease
+  was taken over. Release reads the holder then deletes (S3 general-purpose buckets do not all
+  take a condition on delete): a lease taken over in between would be deleted, which can only
+  follow an expiry this runner already missed.
+- Other stores (``memory://``, GCS, Azure...): no atomic create here; the lease is written and
+  read back after a short pause, so two runners starting within that pause could both believe
+  they hold it.
 
 :class:`Lease` works on a :class:`~prefect_llm_batch.store.JobStore` (its lease path, state
 directory and storage options); :meth:`JobStore.lease <prefect_llm_batch.store.JobStore.lease>`
@@ -24,11 +39,18 @@ import uuid
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
-import fsspec
 import orjson
 
 from .errors import JobLocked
-from .files import make_dirs, write_bytes_atomic
+from .files import (
+    WriteConflict,
+    conditional_writes,
+    filesystem,
+    make_dirs,
+    read_versioned,
+    write_bytes_atomic,
+    write_if_version,
+)
 
 if TYPE_CHECKING:
     from .store import JobStore
@@ -106,9 +128,10 @@ class Lease:
     and writing the output (:meth:`JobStore.ensure_held`) then raise JobLocked.
 
     On a local state directory the lease is checked and written under an OS file lock
-    (``lease.json.lock``, ``flock``; not on Windows). On object
-    stores, which have no atomic create here, the lease is written and read back after a short
-    pause; two runners starting within that pause could both believe they hold it (documented).
+    (``lease.json.lock``, ``flock``; not on Windows); on S3 with conditional puts
+    (``If-None-Match: *`` to create, ``If-Match`` on the ETag to take over and renew); on other
+    object stores it is written and read back after a short pause, and two runners starting
+    within that pause could both believe they hold it (see the module docstring).
 
     Examples:
         >>> import socket
@@ -124,16 +147,22 @@ class Lease:
         self.ttl = ttl
         self.owner = {"id": uuid.uuid4().hex, "host": socket.gethostname(), "pid": os.getpid()}
         self.path = store._lease_path()
-        self._fs, self._fs_path = fsspec.core.url_to_fs(self.path, **(store._options or {}))
+        self._fs, self._fs_path = filesystem(self.path, store._options)
         #: The lease file's canonical name: every spelling of one state directory (relative or
         #: absolute, ``file://`` or plain, through a symlink) is the same lease within a run.
         self.key = lease_key(self._fs, self._fs_path)
         #: Set once this runner found that another run holds the job (its lease expired
         #: while this one was suspended, and was taken): from then on it must not act on the job.
         self.lost = False
+        #: The store takes conditional puts: the lease is a compare-and-swap on this object.
+        self._cas = conditional_writes(self.path, store._options)
+        #: The version (ETag) of this runner's last write of the lease (conditional stores).
+        self._version: str | None = None
 
     def holder(self) -> dict[str, Any] | None:
         """The current lease record, or None."""
+        if self._cas:
+            return self._versioned()[0]
         try:
             with self._fs.open(self._fs_path, "rb") as handle:
                 value = orjson.loads(handle.read())
@@ -142,6 +171,18 @@ class Lease:
         except ValueError:
             return None  # a torn or empty file: treat as free
         return value if isinstance(value, dict) else None
+
+    def _versioned(self) -> tuple[dict[str, Any] | None, str | None]:
+        """The lease record and the version it was read at (None, None when absent)."""
+        found = read_versioned(self.path, storage_options=self.store._options)
+        if found is None:
+            return None, None
+        data, version = found
+        try:
+            value = orjson.loads(data)
+        except ValueError:
+            return None, version  # a torn or empty object: free, replaced at this version
+        return (value if isinstance(value, dict) else None), version
 
     def _free(self, record: dict[str, Any] | None) -> bool:
         if record is None:
@@ -156,8 +197,7 @@ class Lease:
     def _record(self) -> bytes:
         return orjson.dumps({**self.owner, "acquired_at": time.time(), "expires_at": time.time() + self.ttl})
 
-    def _check_free(self) -> None:
-        record = self.holder()
+    def _check_free(self, record: dict[str, Any] | None) -> None:
         if not self._free(record):
             assert record is not None
             until = time.strftime("%H:%M:%S", time.localtime(float(record.get("expires_at", 0))))
@@ -210,12 +250,28 @@ class Lease:
             # cannot both win, and the lease file is only ever replaced whole (never torn).
             make_dirs(self._fs._parent(self._fs_path), private=True)
             with _os_lock(self._fs_path + ".lock"):
-                self._check_free()
+                self._check_free(self.holder())
                 write_bytes_atomic(
                     self.path, self._record(), storage_options=self.store._options, private=True
                 )
             return
-        self._check_free()
+        if self._cas:
+            record, version = self._versioned()
+            self._check_free(record)
+            try:
+                self._version = write_if_version(
+                    self.path, self._record(), version=version, storage_options=self.store._options
+                )
+            except WriteConflict:
+                # Another runner's put went through first (or this one's did, and its answer
+                # was lost and the put retried): the lease file says which.
+                record, version = self._versioned()
+                if record is None or record.get("id") != self.owner["id"]:
+                    self._check_free(record)  # says who holds it, when it is still held
+                    raise JobLocked(f"job {self.store.job_id} was just taken by another run") from None
+                self._version = version
+            return
+        self._check_free(self.holder())
         write_bytes_atomic(self.path, self._record(), storage_options=self.store._options, private=True)
         time.sleep(0.2)
         record = self.holder()
@@ -229,10 +285,33 @@ class Lease:
             JobLocked: The lease expired and another runner took it meanwhile (this runner was
                 suspended longer than the lease lives); it must stop rather than overwrite it.
         """
+        if self._cas:
+            self._renew_conditionally()
+            return
         record = self.holder()
         if record is not None and record.get("id") != self.owner["id"]:
             raise JobLocked(f"job {self.store.job_id}: the lease was taken over by another run")
         write_bytes_atomic(self.path, self._record(), storage_options=self.store._options, private=True)
+
+    def _renew_conditionally(self) -> None:
+        """Renew with ``If-Match`` on this runner's last version of the lease."""
+        try:
+            self._version = write_if_version(
+                self.path, self._record(), version=self._version, storage_options=self.store._options
+            )
+            return
+        except WriteConflict:
+            pass
+        # Refused: taken over, or this runner's last put went through with its answer lost.
+        record, version = self._versioned()
+        if record is None or record.get("id") != self.owner["id"] or version is None:
+            raise JobLocked(f"job {self.store.job_id}: the lease was taken over by another run")
+        try:
+            self._version = write_if_version(
+                self.path, self._record(), version=version, storage_options=self.store._options
+            )
+        except WriteConflict:
+            raise JobLocked(f"job {self.store.job_id}: the lease was taken over by another run") from None
 
     def release(self) -> None:
         """Give the lease up (only if this runner still holds it)."""
@@ -289,7 +368,7 @@ def check_held(lease_path: str, storage_options: dict[str, Any] | None = None) -
     Raises:
         JobLocked: This run lost the lease: another run took the job over.
     """
-    fs, path = fsspec.core.url_to_fs(lease_path, **(storage_options or {}))
+    fs, path = filesystem(lease_path, storage_options)
     lease = _HELD.get({}).get(lease_key(fs, path))
     if lease is not None:
         lease.ensure_held()

@@ -15,12 +15,11 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-import fsspec
 import orjson
 from pydantic import BaseModel, Field
 
 from .errors import JobLocked, StateError
-from .files import bytes_freed_by_removing, exists, modified_time, read_bytes, write_bytes_atomic
+from .files import bytes_freed_by_removing, exists, filesystem, modified_time, read_bytes, write_bytes_atomic
 from .store import JobRecord, JobStore, orjson_dumps, secure_state_dir
 
 logger = logging.getLogger("prefect_llm_batch")
@@ -29,7 +28,7 @@ logger = logging.getLogger("prefect_llm_batch")
 def list_jobs(state_dir: str, storage_options: dict[str, Any] | None = None) -> list[JobRecord]:
     """Every prepared job of a state directory, newest first (a job whose ``job.json`` is damaged
     is left out, with a warning that names the file and how to delete the job)."""
-    fs, root = fsspec.core.url_to_fs(f"{state_dir.rstrip('/')}/jobs", **(storage_options or {}))
+    fs, root = filesystem(f"{state_dir.rstrip('/')}/jobs", storage_options)
     if not fs.exists(root):
         return []
     records = []
@@ -79,7 +78,7 @@ def in_flight(store: JobStore) -> str | None:
     )
     if exists(f"{store.state_dir}/pending/{store.job_id}.json", storage_options=store._options):
         return f"it is pending (submitted detached, its output not written yet): {fix}"
-    fs, root = fsspec.core.url_to_fs(store._path("chunks"), **(store._options or {}))
+    fs, root = filesystem(store._path("chunks"), store._options)
     if not fs.exists(root):
         return None
     batches = []
@@ -137,7 +136,7 @@ def clean_jobs(
         ['job1']
     """
     report = CleanedJobs()
-    fs, root = fsspec.core.url_to_fs(f"{state_dir.rstrip('/')}/jobs", **(storage_options or {}))
+    fs, root = filesystem(f"{state_dir.rstrip('/')}/jobs", storage_options)
     present = (
         sorted(str(p).rstrip("/").rsplit("/", 1)[-1] for p in fs.ls(root, detail=False))
         if fs.exists(root)
@@ -192,7 +191,7 @@ def write_pending(
 
 def read_pending(state_dir: str, storage_options: dict[str, Any] | None = None) -> list[tuple[str, bytes]]:
     """The records of every job still pending in a state directory: ``(path, bytes)``, by path."""
-    fs, root = fsspec.core.url_to_fs(f"{state_dir.rstrip('/')}/pending", **(storage_options or {}))
+    fs, root = filesystem(f"{state_dir.rstrip('/')}/pending", storage_options)
     if not fs.exists(root):
         return []
     paths = sorted(str(p) for p in fs.ls(root, detail=False) if str(p).endswith(".json"))
@@ -201,9 +200,7 @@ def read_pending(state_dir: str, storage_options: dict[str, Any] | None = None) 
 
 def remove_pending(state_dir: str, job_id: str, storage_options: dict[str, Any] | None = None) -> None:
     """Forget a detached job once its output is written."""
-    fs, path = fsspec.core.url_to_fs(
-        f"{state_dir.rstrip('/')}/pending/{job_id}.json", **(storage_options or {})
-    )
+    fs, path = filesystem(f"{state_dir.rstrip('/')}/pending/{job_id}.json", storage_options)
     if fs.exists(path):
         fs.rm(path)
 

@@ -48,14 +48,20 @@ from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, Literal, cast
 
-import fsspec
 import orjson
 import pyarrow as pa
 import pyarrow.parquet as pq
 from pydantic import BaseModel, Field
 
 from .errors import StateError, TableError
-from .files import drop_behind, exists, read_bytes, write_bytes_atomic, write_parquet_batches_atomic
+from .files import (
+    drop_behind,
+    exists,
+    filesystem,
+    read_bytes,
+    write_bytes_atomic,
+    write_parquet_batches_atomic,
+)
 from .keys import split_fixed_width
 from .lease import LEASE_TTL_S, Lease, check_held
 from .shards import Shard
@@ -94,7 +100,7 @@ def secure_state_dir(state_dir: str, storage_options: dict[str, Any] | None = No
         >>> oct(stat.S_IMODE(os.stat(f"{root}/jobs").st_mode))
         '0o700'
     """
-    fs, local = fsspec.core.url_to_fs(state_dir, **(storage_options or {}))
+    fs, local = filesystem(state_dir, storage_options)
     if "file" not in fs.protocol:
         return
     root = os.path.realpath(local)
@@ -298,7 +304,7 @@ class JobStore:
 
     def read_row_ids(self) -> pa.Array[Any]:
         """Read the custom_id of every input row."""
-        fs, path = fsspec.core.url_to_fs(self._path("rows.parquet"), **(self._options or {}))
+        fs, path = filesystem(self._path("rows.parquet"), self._options)
         try:
             with fs.open(path, "rb") as handle:  # read as it decodes, not whole into memory first
                 table = pq.read_table(handle)
@@ -316,7 +322,7 @@ class JobStore:
         Raises:
             StateError: The job has no row ids.
         """
-        fs, path = fsspec.core.url_to_fs(self._path("rows.parquet"), **(self._options or {}))
+        fs, path = filesystem(self._path("rows.parquet"), self._options)
         try:
             handle = fs.open(path, "rb")
         except FileNotFoundError as exc:
@@ -443,7 +449,7 @@ class JobStore:
         if columns is None:
             return pq.read_table(io.BytesIO(self._read(path)))
         try:  # only the columns' pages are read: a file's ids are a tenth of its bytes
-            fs, fs_path = fsspec.core.url_to_fs(path, **(self._options or {}))
+            fs, fs_path = filesystem(path, self._options)
             with fs.open(fs_path, "rb") as handle:
                 return pq.read_table(handle, columns=columns)
         except FileNotFoundError:  # read as before: the error names the file, credentials hidden
@@ -457,7 +463,7 @@ class JobStore:
 
     def read_partial_results(self, chunk_id: int) -> list[pa.Table]:
         """The slices of a realtime chunk's results written so far, in order."""
-        fs, root = fsspec.core.url_to_fs(self._path("results"), **(self._options or {}))
+        fs, root = filesystem(self._path("results"), self._options)
         if not fs.exists(root):
             return []
         prefix = f"chunk-{chunk_id:05d}.part-"
@@ -524,7 +530,7 @@ class JobStore:
 
     def clear_cancel(self) -> None:
         """Forget a user's cancel (a new run resumes the job)."""
-        fs, path = fsspec.core.url_to_fs(self._path("cancel.json"), **(self._options or {}))
+        fs, path = filesystem(self._path("cancel.json"), self._options)
         if fs.exists(path):
             fs.rm(path)
 

@@ -32,7 +32,7 @@ from fsspec.implementations.local import LocalFileSystem
 
 from ..costs import estimate_cost
 from ..errors import ConfigError, CostLimitExceeded, TableError
-from ..files import exists, shown_path
+from ..files import exists, object_store, shown_path
 from ..spec import API_KEY_ENV
 
 __all__ = ["check_before_start", "check_output", "check_output_writable", "same_or_inside"]
@@ -141,6 +141,8 @@ def check_output_writable(output: str, *, storage_options: Mapping[str, Any] | N
         try:
             fs.pipe_file(probe, b"")
         except FileNotFoundError:  # filesystems with real directories may need the parent first
+            if object_store(fs):  # a missing bucket: never created from what may be a typo
+                raise
             fs.makedirs(parent, exist_ok=True)
             fs.pipe_file(probe, b"")
         fs.rm_file(probe)
