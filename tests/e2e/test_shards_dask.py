@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -75,9 +76,32 @@ def test_the_cli_refuses_shards_with_limit_before_anything_runs(tmp_path: Path) 
     from prefect_llm_batch.cli import app
 
     source = write_dataset(tmp_path / "src")
-    result = CliRunner().invoke(
-        app,
-        ["run", source, str(tmp_path / "o"), "--prompt", "x {{ text }}", "--model", "m", "--engine", "dask"]
-        + ["--limit", "5"],
-    )
+    args = ["run", source, str(tmp_path / "o"), "--prompt", "x {{ text }}", "--model", "m"]
+    result = CliRunner().invoke(app, [*args, "--engine", "dask", "--limit", "5"])
     assert result.exit_code == 2 and "--limit" in result.output
+
+
+def test_a_sharded_job_with_source_state_and_output_on_s3_keeps_no_credential(
+    prefect_harness: None, tmp_path: Path, s3: Any
+) -> None:
+    from prefect_llm_batch.flows import enrich_table
+    from tests.s3 import FAKE_ACCESS_KEY_ID, FAKE_SECRET_ACCESS_KEY
+
+    local = Path(write_dataset(tmp_path / "src"))
+    for part in sorted(local.rglob("*.parquet")):
+        s3.put(f"src/{part.relative_to(local).as_posix()}", part.read_bytes())
+    summary = enrich_table(
+        source=s3.url("src"), output=s3.url("out"), state_dir=s3.url("state"), prompt="Tag {{ text }} ({{ city }})",
+        model="gpt-4o-mini", engine="dask", dask_workers=2, rows_per_shard=20,
+    )  # fmt: skip
+    assert summary.rows == 60 and summary.ok_rows == 60
+    keys = s3.object_keys()
+    assert "out/_manifest.json" in keys
+    parts = sorted(k for k in keys if k.startswith("out/part-"))
+    assert parts == [f"out/part-{i:05d}.parquet" for i in range(4)]
+    assert any(k.startswith("state/jobs/") and k.endswith("/shards.json") for k in keys)
+    manifest = json.loads(s3.get("out/_manifest.json"))
+    assert manifest["rows"] == 60
+    for key in keys:
+        body = s3.get(key)
+        assert FAKE_ACCESS_KEY_ID.encode() not in body and FAKE_SECRET_ACCESS_KEY.encode() not in body, key
