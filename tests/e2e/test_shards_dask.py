@@ -92,7 +92,8 @@ def test_a_sharded_job_with_source_state_and_output_on_s3_keeps_no_credential(
         s3.put(f"src/{part.relative_to(local).as_posix()}", part.read_bytes())
     summary = enrich_table(
         source=s3.url("src"), output=s3.url("out"), state_dir=s3.url("state"),
-        prompt="Tag {{ text }} ({{ city }})", model="gpt-4o-mini", engine="dask", dask_workers=2, rows_per_shard=20,
+        prompt="Tag {{ text }} ({{ city }})", model="gpt-4o-mini", engine="dask", dask_workers=2,
+        rows_per_shard=20,
     )  # fmt: skip
     assert summary.rows == 60 and summary.ok_rows == 60
     keys = s3.object_keys()
