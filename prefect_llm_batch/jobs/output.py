@@ -35,7 +35,7 @@ from ..schemas import ResponseSchema
 from ..spec import EMBEDDINGS_ENDPOINT
 from ..store import JobStore
 from ..table import SCAN_BATCH_ROWS, TableScan, dictionary_columns, fingerprint, read_ahead, scan_table
-from .plan import JobRef
+from .identity import JobRef
 
 logger = logging.getLogger("prefect_llm_batch")
 

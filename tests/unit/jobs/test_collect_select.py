@@ -8,7 +8,7 @@ import random
 import pyarrow as pa
 import pytest
 
-from prefect_llm_batch.jobs.batches import select_results
+from prefect_llm_batch.jobs.collect import select_results
 from prefect_llm_batch.results import RowResult, results_to_table
 from prefect_llm_batch.spec import ErrorKind
 
