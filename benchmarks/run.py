@@ -263,7 +263,8 @@ def prepare_steps(context: StageContext) -> dict[str, Any]:
     import pyarrow as pa
 
     from prefect_llm_batch.batchfile import RequestEncoder
-    from prefect_llm_batch.jobs.plan import _ChunkWriter, _render
+    from prefect_llm_batch.jobs.chunks import ChunkWriter
+    from prefect_llm_batch.jobs.prepare import render_slice
     from prefect_llm_batch.keys import DigestSet
     from prefect_llm_batch.prompts import PromptTemplate
     from prefect_llm_batch.providers.openai import OpenAIBatchProvider
@@ -283,7 +284,7 @@ def prepare_steps(context: StageContext) -> dict[str, Any]:
         build_body=lambda prompt, system: provider.build_body(MODEL, prompt, system, {}),
         build_line=provider.build_line,
     )
-    writer = _ChunkWriter(store, provider.limits, 0, 1)
+    writer = ChunkWriter(store, provider.limits, 0, 1)
     seen = DigestSet()
     rows = unique = 0
     ids: list[pa.Array] = []
@@ -298,7 +299,7 @@ def prepare_steps(context: StageContext) -> dict[str, Any]:
         if batch is None:
             break
         with context.step("render"):
-            prompts, _blank = _render(template, pa.Table.from_batches([batch]), None, rows)
+            prompts, _blank = render_slice(template, pa.Table.from_batches([batch]), None, rows)
         with context.step("keys"):
             encoded = encoder.encode(prompts)
         with context.step("dedup"):
@@ -377,7 +378,7 @@ def collect_ours(context: StageContext) -> dict[str, Any]:
     import pyarrow.compute as pc
     import pyarrow.parquet as pq
 
-    from prefect_llm_batch.jobs.batches import select_results
+    from prefect_llm_batch.jobs.collect import select_results
     from prefect_llm_batch.jobs.output import TableAnswers, write_joined
     from prefect_llm_batch.providers.openai import OpenAIBatchProvider
     from prefect_llm_batch.results import result_positions
@@ -501,13 +502,14 @@ def collect_job(context: StageContext) -> dict[str, Any]:
 
     from prefect_llm_batch import jobs
     from prefect_llm_batch.cache import ResponseCache
-    from prefect_llm_batch.jobs import batches
-    from prefect_llm_batch.jobs.batches import _chunk_custom_ids, _with_attempts, select_results
+    from prefect_llm_batch.jobs import collect
+    from prefect_llm_batch.jobs.chunks import chunk_custom_ids
+    from prefect_llm_batch.jobs.collect import select_results, with_attempts
     from prefect_llm_batch.providers.openai import OpenAIBatchProvider
     from prefect_llm_batch.spec import ProviderTarget
     from prefect_llm_batch.store import JobStore
 
-    store_collected = getattr(batches, "store_collected", None)
+    store_collected = getattr(collect, "store_collected", None)
     files = ensure_results(context.rows, context.seed)
     source = str(ensure_table(context.rows, context.seed))
     spec, _ = _spec_and_target(KEY_BASE_URL)
@@ -526,7 +528,7 @@ def collect_job(context: StageContext) -> dict[str, Any]:
     plans = store.read_job().chunks
     wanted_of = {}
     for plan in plans:
-        wanted = [synthetic_of[cid] for cid in _chunk_custom_ids(store, plan.chunk_id)]
+        wanted = [synthetic_of[cid] for cid in chunk_custom_ids(store, plan.chunk_id)]
         wanted_of[plan.chunk_id] = pa.array(wanted, pa.string())
         chunk_of.update(dict.fromkeys(wanted, plan.chunk_id))
     del synthetic_of
@@ -547,7 +549,7 @@ def collect_job(context: StageContext) -> dict[str, Any]:
     def collect_one(plan: Any) -> int:
         chunk_id, batch_id = plan.chunk_id, f"batch_{plan.chunk_id:05d}"
         with context.step("request ids"):
-            expected = _chunk_custom_ids(store, chunk_id)
+            expected = chunk_custom_ids(store, chunk_id)
             wanted = wanted_of.pop(chunk_id)  # the same ids as the result lines spell them
         with context.step("parse lines"):
             tables = [
@@ -558,7 +560,7 @@ def collect_job(context: StageContext) -> dict[str, Any]:
             count = lines.num_rows
         with context.step("select_results"):
             table = select_results(lines, wanted, batch_id, chunk_id=chunk_id)
-            table = _with_attempts(table.set_column(0, "custom_id", pa.array(expected, pa.string())), 1)
+            table = with_attempts(table.set_column(0, "custom_id", pa.array(expected, pa.string())), 1)
         with context.step("store results + cache"):
             chunk = store.read_chunk(chunk_id)
             chunk.batch_id, chunk.status = batch_id, "completed"
@@ -640,7 +642,7 @@ def _job_with_made_up_answers(
     import pyarrow as pa
 
     from prefect_llm_batch import jobs
-    from prefect_llm_batch.jobs.batches import _chunk_custom_ids
+    from prefect_llm_batch.jobs.chunks import chunk_custom_ids
     from prefect_llm_batch.providers.openai import OpenAIBatchProvider
     from prefect_llm_batch.results import RESULT_SCHEMA
     from prefect_llm_batch.spec import ProviderTarget
@@ -656,7 +658,7 @@ def _job_with_made_up_answers(
     prepare_peak = _status_mb("VmHWM")
     store = JobStore(ref.state_dir, ref.job_id)
     for plan in store.read_job().chunks:  # what collecting each batch would have stored
-        ids = _chunk_custom_ids(store, plan.chunk_id)
+        ids = chunk_custom_ids(store, plan.chunk_id)
         n = len(ids)
         columns = {
             "custom_id": ids,

@@ -21,6 +21,11 @@ The round loop (submit, wait, collect, retry, back off) is written once, in
 non-blocking tick for detached jobs); the guards (cost, error rate, failed or cancelled batches)
 are in :mod:`~prefect_llm_batch.jobs.guards`.
 
+Each step has its module, named after it: ``identity`` (and ``input_checks``, the checks
+``prepare`` and :func:`preflight` make before anything is sent), ``prepare`` (writing batch input
+files with ``chunks``), ``submit``, ``poll`` (wait and cancel), ``collect``, ``retry`` and
+``output`` (assemble).
+
 Each step reads and writes the job's state directory (:mod:`prefect_llm_batch.store`), so any
 step can run in another process, and running the same job again resumes it: chunks that already
 have a batch are polled, never submitted again.
@@ -31,38 +36,27 @@ and batch limits. Change any of them and it is another job (whose unchanged requ
 response cache still answers).
 """
 
-from .batches import (
-    COLLECTS_IN_FLIGHT,
+from .collect import COLLECTS_IN_FLIGHT, collect_chunk, collect_chunks
+from .driver import PlainSteps, Steps, TickSteps, run_batches, run_job, run_rounds, tick
+from .estimate import estimate
+from .guards import check_cost, check_error_rates, check_outcome
+from .identity import JobIdentity, JobRef, compute_job_id, effective_limits, identify, job_ref
+from .input_checks import preflight, response_schema
+from .output import JobSummary, assemble, latest_results
+from .poll import (
     MAX_CHUNK_ATTEMPTS,
     Poll,
     Progress,
     cancel_job,
-    collect_chunk,
-    collect_chunks,
     ended,
     failed_batches,
     poll_once,
     progress,
-    submit_chunk,
     wait,
-    wait_for_capacity,
 )
-from .driver import PlainSteps, Steps, TickSteps, run_batches, run_job, run_rounds, tick
-from .estimate import estimate
-from .guards import check_cost, check_error_rates, check_outcome
-from .output import JobSummary, assemble, latest_results
-from .plan import (
-    JobIdentity,
-    JobRef,
-    compute_job_id,
-    effective_limits,
-    identify,
-    job_ref,
-    plan_retry_round,
-    preflight,
-    prepare,
-    response_schema,
-)
+from .prepare import prepare
+from .retry import plan_retry_round
+from .submit import submit_chunk, wait_for_capacity
 
 __all__ = [
     "COLLECTS_IN_FLIGHT",

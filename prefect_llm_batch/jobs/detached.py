@@ -20,7 +20,7 @@ from ..providers.base import BatchProvider
 from ..registry import read_pending, write_pending
 from ..spec import JobSpec, ProviderTarget, RunOptions
 from .driver import PlainSteps, Steps, TickSteps, submit_first_round, tick
-from .plan import JobRef
+from .identity import JobRef
 
 logger = logging.getLogger("prefect_llm_batch")
 

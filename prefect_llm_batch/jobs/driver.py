@@ -34,10 +34,14 @@ from ..providers.base import BatchProvider
 from ..providers.realtime import RealtimeClient
 from ..spec import JobSpec, ProviderTarget, RunOptions
 from ..store import JobStore
-from .batches import Poll, Progress, collect_chunks, ended, poll_once, submit_chunk, wait
+from .collect import collect_chunks
+from .identity import JobRef, identify
 from .output import JobSummary, assemble
-from .plan import JobRef, identify, plan_retry_round, prepare
+from .poll import Poll, Progress, ended, poll_once, wait
+from .prepare import prepare
 from .realtime import run_chunk_realtime
+from .retry import plan_retry_round
+from .submit import submit_chunk
 
 logger = logging.getLogger("prefect_llm_batch")
 

@@ -7,7 +7,7 @@ from typing import Any
 
 from ..costs import DEFAULT_EXPECTED_OUTPUT_TOKENS, Estimate, estimate_cost, output_tokens_per_request
 from ..store import JobStore
-from .plan import JobRef
+from .identity import JobRef
 
 
 def estimate(

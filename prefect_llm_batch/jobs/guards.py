@@ -10,9 +10,9 @@ from __future__ import annotations
 
 from ..costs import Estimate
 from ..errors import BatchCancelled, BatchFailed, CostLimitExceeded, ErrorRateExceeded
-from .batches import failed_batches
+from .identity import JobRef
 from .output import JobSummary
-from .plan import JobRef
+from .poll import failed_batches
 
 
 def check_cost(planned: Estimate, max_cost_usd: float | None) -> None:

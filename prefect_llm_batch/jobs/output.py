@@ -37,7 +37,7 @@ from ..spec import EMBEDDINGS_ENDPOINT
 from ..store import JobStore
 from ..table import SCAN_BATCH_ROWS, TableScan, dictionary_columns, fingerprint, read_ahead, scan_table
 from .estimate import estimate
-from .plan import JobRef
+from .identity import JobRef
 
 logger = logging.getLogger("prefect_llm_batch")
 

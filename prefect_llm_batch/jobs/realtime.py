@@ -23,8 +23,8 @@ from ..providers.realtime import RealtimeClient, has_batch_api
 from ..results import results_to_table
 from ..spec import EMBEDDINGS_ENDPOINT, ProviderTarget, RunOptions
 from ..store import JobStore
-from .batches import store_collected
-from .plan import JobRef
+from .collect import store_collected
+from .identity import JobRef
 
 logger = logging.getLogger("prefect_llm_batch")
 

@@ -46,10 +46,12 @@ from ..shards import DEFAULT_SHARD_ROWS, Shard, ShardPlan, plan_shards, shard_fi
 from ..spec import CacheMode, JobSpec, ProviderTarget, RunOptions
 from ..store import JobStore, orjson_dumps, secure_state_dir
 from ..table import parquet_bytes
-from .batches import collect_chunks
+from .chunks import estimate_tokens
+from .collect import collect_chunks
 from .driver import PlainSteps, TickSteps, advance, finish_round, submit_first_round
+from .identity import JobIdentity, JobRef, compute_job_id, effective_limits, job_ref
 from .output import JobSummary, assemble, latest_results
-from .plan import JobIdentity, JobRef, compute_job_id, effective_limits, estimate_tokens, prepare
+from .prepare import prepare
 
 logger = logging.getLogger("prefect_llm_batch")
 
@@ -489,8 +491,6 @@ def shard_refs(
     job: ShardedJob, state_dir: str, storage_options: dict[str, Any] | None = None
 ) -> list[JobRef]:
     """The references of a sharded job's prepared shards."""
-    from .plan import job_ref
-
     return [
         job_ref(JobStore(state_dir, job_id, storage_options).read_job(), state_dir)
         for job_id in job.shard_job_ids

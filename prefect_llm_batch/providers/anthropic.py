@@ -39,7 +39,7 @@ caller adopts the candidate **provisionally**, never cancels it, and counts it a
 once it has ended and the ``custom_id`` values of its readable result lines are the chunk's (the
 request ids can be read nowhere else); otherwise it leaves the batch alone and creates the chunk
 again. For the same reason the caller looks back only a clock-skew margin before it recorded its
-intent to create (:data:`~prefect_llm_batch.jobs.batches.ADOPT_CLOCK_SKEW_S`).
+intent to create (:data:`~prefect_llm_batch.jobs.submit.ADOPT_CLOCK_SKEW_S`).
 
 Retries: 408, 409, 429, 5xx (Anthropic's 529 ``overloaded_error`` included) and network errors
 are retried with exponential backoff and jitter, honouring ``retry-after-ms`` / ``retry-after``.

@@ -15,7 +15,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from prefect_llm_batch import jobs
-from prefect_llm_batch.jobs import batches
+from prefect_llm_batch.jobs import collect
 from prefect_llm_batch.providers import make_provider
 from prefect_llm_batch.spec import JobSpec, ProviderTarget, RunOptions
 from prefect_llm_batch.store import JobStore
@@ -101,8 +101,8 @@ def test_collect_chunks_runs_two_at_a_time_and_collects_every_batch(
     ended_job: tuple[jobs.JobRef, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     ref, provider = ended_job
-    tracker = Tracker(batches.collect_chunk, hold=0.1)
-    monkeypatch.setattr(batches, "collect_chunk", tracker)
+    tracker = Tracker(collect.collect_chunk, hold=0.1)
+    monkeypatch.setattr(collect, "collect_chunk", tracker)
 
     stored = jobs.collect_chunks(ref, range(ref.chunks), provider, FAST)
 
@@ -118,9 +118,9 @@ def test_a_failed_collect_raises_leaves_unstarted_chunks_and_a_rerun_finishes(
     ended_job: tuple[jobs.JobRef, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     ref, provider = ended_job
-    real = batches.collect_chunk
+    real = collect.collect_chunk
     tracker = Tracker(real, hold=0.5, fail=1)
-    monkeypatch.setattr(batches, "collect_chunk", tracker)
+    monkeypatch.setattr(collect, "collect_chunk", tracker)
 
     with pytest.raises(RuntimeError, match="download of chunk 1 broke"):
         jobs.collect_chunks(ref, range(ref.chunks), provider, FAST)
@@ -128,7 +128,7 @@ def test_a_failed_collect_raises_leaves_unstarted_chunks_and_a_rerun_finishes(
     # chunk 1 failed while chunk 0 ran: chunk 0 finished, no other chunk started
     assert sorted(tracker.started) == [0, 1]
     assert collected(ref) == [0]
-    monkeypatch.setattr(batches, "collect_chunk", real)
+    monkeypatch.setattr(collect, "collect_chunk", real)
     assert jobs.collect_chunks(ref, range(ref.chunks), provider, FAST) == ROWS  # collected ones are read back
     assert collected(ref) == list(range(ref.chunks))
     assert jobs.assemble(ref, output=str(tmp_path / "out.parquet")).ok_rows == ROWS
@@ -138,7 +138,7 @@ def test_every_failure_is_reported_the_first_chunks_raised(
     ended_job: tuple[jobs.JobRef, Any], monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     ref, provider = ended_job
-    real = batches.collect_chunk
+    real = collect.collect_chunk
 
     def broken(ref: jobs.JobRef, chunk_id: int, *args: Any) -> int:
         if chunk_id in (0, 1):
@@ -146,7 +146,7 @@ def test_every_failure_is_reported_the_first_chunks_raised(
             raise RuntimeError(f"chunk {chunk_id} broke")
         return real(ref, chunk_id, *args)
 
-    monkeypatch.setattr(batches, "collect_chunk", broken)
+    monkeypatch.setattr(collect, "collect_chunk", broken)
     with (
         caplog.at_level("WARNING", logger="prefect_llm_batch"),
         pytest.raises(RuntimeError, match="chunk 0 broke"),
@@ -164,8 +164,8 @@ def test_an_interrupt_starts_no_more_chunks(
     ended_job: tuple[jobs.JobRef, Any], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     ref, provider = ended_job
-    tracker = Tracker(batches.collect_chunk, hold=0.5)
-    monkeypatch.setattr(batches, "collect_chunk", tracker)
+    tracker = Tracker(collect.collect_chunk, hold=0.5)
+    monkeypatch.setattr(collect, "collect_chunk", tracker)
 
     def interrupt(signum: int, frame: Any) -> None:
         raise Interrupted

@@ -7,6 +7,7 @@ each batch created once, and the plan it wrote is the job's plan.
 
 from __future__ import annotations
 
+import importlib
 import os
 import threading
 from collections.abc import Callable, Iterator
@@ -21,13 +22,15 @@ import pytest
 from prefect_llm_batch import jobs
 from prefect_llm_batch.cache import ResponseCache
 from prefect_llm_batch.errors import JobLocked
-from prefect_llm_batch.jobs import plan as plan_module
 from prefect_llm_batch.notebook import enrich
 from prefect_llm_batch.providers import make_provider
 from prefect_llm_batch.registry import list_jobs
 from prefect_llm_batch.spec import BatchLimits, JobSpec, ProviderTarget
 from prefect_llm_batch.store import JobRecord, JobStore
 from prefect_llm_batch.testing import FakeProviderServer, FakeServerConfig
+
+#: The module ``jobs.prepare`` (the package attribute of that name is the function).
+PREPARE = importlib.import_module("prefect_llm_batch.jobs.prepare")
 
 KEY = "fake-key-FAKE-lease-0000"
 PROMPT = "Summarise {{ text }}"
@@ -55,7 +58,7 @@ class StalledRead:
         self.release = threading.Event()
         self.timeout = timeout
         self.calls = 0
-        original = plan_module.scan_table
+        original = PREPARE.scan_table
 
         def scan_table(*args: Any, **kwargs: Any) -> Any:
             self.calls += 1
@@ -64,7 +67,7 @@ class StalledRead:
                 self.release.wait(self.timeout)
             return original(*args, **kwargs)
 
-        monkeypatch.setattr(plan_module, "scan_table", scan_table)
+        monkeypatch.setattr(PREPARE, "scan_table", scan_table)
 
 
 def in_thread(target: Callable[[], Any]) -> tuple[threading.Thread, dict[str, Any]]:

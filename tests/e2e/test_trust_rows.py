@@ -23,7 +23,7 @@ from prefect_llm_batch.cache import ResponseCache
 from prefect_llm_batch.cli import print_summary
 from prefect_llm_batch.errors import ProviderUnavailable
 from prefect_llm_batch.jobs import JobSummary
-from prefect_llm_batch.jobs.batches import select_results
+from prefect_llm_batch.jobs.collect import select_results
 from prefect_llm_batch.providers import base
 from prefect_llm_batch.providers.anthropic import AnthropicBatchProvider
 from prefect_llm_batch.providers.openai import OpenAIBatchProvider

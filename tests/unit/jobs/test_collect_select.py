@@ -8,11 +8,11 @@ import random
 import pyarrow as pa
 import pytest
 
-from prefect_llm_batch.jobs.batches import select_results
+from prefect_llm_batch.jobs.collect import select_results
 from prefect_llm_batch.results import RowResult, results_to_table
 from prefect_llm_batch.spec import ErrorKind
 
-from .test_collect_fast import BATCH, reference_select
+from .test_collect_results import BATCH, reference_select
 
 
 def b64_ids(rng: random.Random, n: int, width: int = 43) -> list[str]:

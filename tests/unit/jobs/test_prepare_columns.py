@@ -15,7 +15,7 @@ import pytest
 
 from prefect_llm_batch import jobs
 from prefect_llm_batch.errors import InputError, TableError, TemplateError
-from prefect_llm_batch.jobs.plan import _columns_read
+from prefect_llm_batch.jobs.prepare import columns_read
 from prefect_llm_batch.prompts import PromptTemplate
 from prefect_llm_batch.providers import make_provider
 from prefect_llm_batch.providers.openai import OpenAIBatchProvider
@@ -78,16 +78,16 @@ def test_columns_read_are_the_templates_and_the_id_column_in_table_order() -> No
     names = ["id", "title", "notes", "stars", "body"]
     prompt = PromptTemplate("{{ body }} / {{ title }}")
     schema = wide().schema
-    assert _columns_read(schema, None, prompt, None) == ["title", "body"]
-    assert _columns_read(schema, "id", prompt, PromptTemplate("Rate {{ stars }}")) == [
+    assert columns_read(schema, None, prompt, None) == ["title", "body"]
+    assert columns_read(schema, "id", prompt, PromptTemplate("Rate {{ stars }}")) == [
         "id",
         "title",
         "stars",
         "body",
     ]
-    assert _columns_read(schema, None, PromptTemplate("{{ row['title'] }}")) == names
-    assert _columns_read(schema, None, PromptTemplate("Say hello")) == ["stars"]  # one, to count rows
-    assert _columns_read(pa.schema([("a", pa.string())]), None, PromptTemplate("Hi")) == ["a"]
+    assert columns_read(schema, None, PromptTemplate("{{ row['title'] }}")) == names
+    assert columns_read(schema, None, PromptTemplate("Say hello")) == ["stars"]  # one, to count rows
+    assert columns_read(pa.schema([("a", pa.string())]), None, PromptTemplate("Hi")) == ["a"]
     # a column shadowing a Jinja global the template calls is read too
     assert PromptTemplate("{{ range(2) | list }}").columns_read(["range", "x"]) == ["range"]
 

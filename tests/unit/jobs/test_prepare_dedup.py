@@ -4,6 +4,7 @@ share their sort key), and prepare's files are the same with either (cache hits 
 
 from __future__ import annotations
 
+import importlib
 import random
 from pathlib import Path
 from typing import Any
@@ -18,7 +19,7 @@ import pytest
 from prefect_llm_batch import jobs
 from prefect_llm_batch.batchfile import build_request_set
 from prefect_llm_batch.cache import ResponseCache
-from prefect_llm_batch.jobs import plan as plan_module
+from prefect_llm_batch.jobs.input_checks import check_and_render
 from prefect_llm_batch.keys import DigestSet, first_new
 from prefect_llm_batch.providers.openai import OpenAIBatchProvider
 from prefect_llm_batch.results import RowResult, results_to_table
@@ -26,6 +27,8 @@ from prefect_llm_batch.spec import BatchLimits, JobSpec, ProviderTarget
 from prefect_llm_batch.store import JobStore
 from prefect_llm_batch.table import reading as table_reading
 
+#: The module ``jobs.prepare`` (the package attribute of that name is the function).
+PREPARE = importlib.import_module("prefect_llm_batch.jobs.prepare")
 FULL = (1 << 64) - 1
 #: Sort-key masks: the real one, and narrower ones under which distinct digests share keys
 #: (0: every digest has the same key), so that the exact fallback starts at different times.
@@ -178,7 +181,7 @@ def _prepare(
 ) -> tuple[jobs.JobRef, dict[str, Any]]:
     with monkeypatch.context() as patch:
         if reference:
-            patch.setattr(plan_module, "DigestSet", _Reference)
+            patch.setattr(PREPARE, "DigestSet", _Reference)
         target = ProviderTarget(provider="openai", base_url=BASE, key_base_url=BASE)
         provider = OpenAIBatchProvider(api_key="unused", base_url=BASE)
         ref = jobs.prepare(str(source), spec, provider, target, state_dir=str(state))
@@ -201,7 +204,7 @@ def test_prepare_writes_the_same_files_as_with_a_python_set(
     ref, files = _prepare(source, tmp_path / "new", spec, monkeypatch, reference=False)
     _, expected_files = _prepare(source, tmp_path / "old", spec, monkeypatch, reference=True)
     assert files == expected_files
-    prompts, systems = jobs.plan.check_and_render(spec, table)
+    prompts, systems = check_and_render(spec, table)
     expected = build_request_set(
         provider="openai", base_url=BASE, endpoint="/v1/chat/completions", prompts=prompts,
         systems=systems, build_body=lambda p, s: OpenAIBatchProvider.build_body(

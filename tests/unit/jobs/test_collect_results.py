@@ -18,10 +18,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from prefect_llm_batch.batchfile import fixed_width_ids
+from prefect_llm_batch.batchfile import ID_HEAD, fixed_width_ids
 from prefect_llm_batch.errors import ProviderUnavailable
-from prefect_llm_batch.jobs import batches
-from prefect_llm_batch.jobs.batches import _chunk_custom_ids, select_results
+from prefect_llm_batch.jobs.chunks import chunk_custom_ids
+from prefect_llm_batch.jobs.collect import select_results
+from prefect_llm_batch.keys import split_fixed_width
 from prefect_llm_batch.providers import openai as openai_module
 from prefect_llm_batch.providers.anthropic import AnthropicBatchProvider
 from prefect_llm_batch.providers.base import BatchProvider
@@ -429,9 +430,9 @@ def test_chunk_custom_ids_fast_path_and_fallback() -> None:
     ]
     data = b"\n".join(lines) + b"\n"
     want = [str(orjson.loads(line)["custom_id"]) for line in data.splitlines() if line]
-    got = _chunk_custom_ids(FakeStore(data), 0)  # type: ignore[arg-type]
+    got = chunk_custom_ids(FakeStore(data), 0)  # type: ignore[arg-type]
     assert got == want == ["A" * 43, "short_id-1", "key-second", "spaced", "escaped", "café"]
-    assert batches.ID_HEAD == b'{"custom_id":"'
+    assert ID_HEAD == b'{"custom_id":"'
 
 
 def test_chunk_custom_ids_of_a_real_batch_file_take_the_fixed_width_path(
@@ -449,8 +450,8 @@ def test_chunk_custom_ids_of_a_real_batch_file_take_the_fixed_width_path(
     )
     matrix = fixed_width_ids(data)
     assert matrix is not None and matrix.shape == (500, 43)
-    assert batches._id_strings(matrix) == ids
-    assert _chunk_custom_ids(FakeStore(data), 0) == ids  # type: ignore[arg-type]
+    assert split_fixed_width(matrix.tobytes(), matrix.shape[1]) == ids
+    assert chunk_custom_ids(FakeStore(data), 0) == ids  # type: ignore[arg-type]
     # anything else goes line by line, with the same answer
     for odd in (
         data[:-1],  # no final newline
@@ -462,7 +463,7 @@ def test_chunk_custom_ids_of_a_real_batch_file_take_the_fixed_width_path(
     ):
         assert fixed_width_ids(odd) is None
         want = [str(orjson.loads(line)["custom_id"]) for line in odd.splitlines() if line.strip()]
-        assert _chunk_custom_ids(FakeStore(odd), 0) == want  # type: ignore[arg-type]
+        assert chunk_custom_ids(FakeStore(odd), 0) == want  # type: ignore[arg-type]
 
 
 def test_prepare_writes_each_batch_files_ids_and_collecting_reads_them_not_the_batch_file(
@@ -500,7 +501,7 @@ def test_prepare_writes_each_batch_files_ids_and_collecting_reads_them_not_the_b
         raise AssertionError("the batch file was read")
 
     monkeypatch.setattr(store, "read_chunk_input", no_batch_file)
-    assert _chunk_custom_ids(store, 1) == store.read_chunk_ids(1)
+    assert chunk_custom_ids(store, 1) == store.read_chunk_ids(1)
     monkeypatch.undo()
     folder = tmp_path / "state" / "jobs" / ref.job_id / "requests"
     whole = folder / "chunk-00001.ids.parquet"
@@ -510,10 +511,10 @@ def test_prepare_writes_each_batch_files_ids_and_collecting_reads_them_not_the_b
     for damaged in (whole.read_bytes()[:-5], b"", b"PAR1", b"x y\n" + b"a" * 43):
         whole.write_bytes(damaged)  # as a crash may leave it (the file is not synced)
         assert store.read_chunk_ids(1) is None
-        assert _chunk_custom_ids(store, 1) == want  # from the batch file
+        assert chunk_custom_ids(store, 1) == want  # from the batch file
     whole.unlink()
     assert store.read_chunk_ids(1) is None
-    assert _chunk_custom_ids(store, 1) == want
+    assert chunk_custom_ids(store, 1) == want
     # any ids are written as they are (several widths, non-ASCII), and a slice is its own ids
     store.write_chunk_ids(1, pa.array(["a" * 43, "b" * 42, "café"]))
     assert store.read_chunk_ids(1) == ["a" * 43, "b" * 42, "café"]
@@ -537,11 +538,11 @@ def test_the_packed_ids_files_of_older_state_are_still_read(tmp_path: Path) -> N
     old = tmp_path / "state" / "jobs" / "job-1" / "requests" / "chunk-00000.ids"
     old.write_bytes(packed_ids(ids[::-1]))  # reversed: proves these, not the batch file's, are read
     assert store.read_chunk_ids(0) == ids[::-1]
-    assert _chunk_custom_ids(store, 0) == ids[::-1]
+    assert chunk_custom_ids(store, 0) == ids[::-1]
     for damaged in (packed_ids(ids)[:-5], b"", b"300 43\n", b"x y\n" + b"a" * 43):
         old.write_bytes(damaged)  # as a crash may have left it (it was not synced)
         assert store.read_chunk_ids(0) is None
-        assert _chunk_custom_ids(store, 0) == ids  # from the batch file
+        assert chunk_custom_ids(store, 0) == ids  # from the batch file
     old.write_bytes(packed_ids(ids[::-1]))
     store.write_chunk_ids(0, pa.array(ids))  # a Parquet file wins over an older packed one
     assert store.read_chunk_ids(0) == ids

@@ -21,6 +21,7 @@ from prefect_llm_batch.batchfile import (
     plan_chunks,
 )
 from prefect_llm_batch.errors import StateError, TemplateError
+from prefect_llm_batch.jobs.input_checks import check_and_render
 from prefect_llm_batch.keys import canonical_json, custom_id_array, custom_id_from_digest, request_digest
 from prefect_llm_batch.providers import make_provider
 from prefect_llm_batch.providers.anthropic import AnthropicBatchProvider
@@ -153,7 +154,7 @@ def test_prepare_in_slices_equals_the_whole_job_at_once(
     monkeypatch.setattr(table_reading, "SCAN_BATCH_ROWS", 7)
     ref = jobs.prepare(str(source), spec, provider, target, state_dir=str(tmp_path / "state"))
 
-    prompts, systems = jobs.plan.check_and_render(spec, table)
+    prompts, systems = check_and_render(spec, table)
     expected = build_request_set(
         provider="openai",
         base_url="https://x/v1",

@@ -1,0 +1,63 @@
+"""Planning a retry round: the requests of a round that failed in a retryable way, in new chunks."""
+
+from __future__ import annotations
+
+import logging
+
+import orjson
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from ..spec import BatchLimits, ErrorKind, RunOptions
+from ..store import JobStore
+from .chunks import ChunkWriter
+from .identity import JobRef
+
+logger = logging.getLogger("prefect_llm_batch")
+
+
+def plan_retry_round(ref: JobRef, round_: int, options: RunOptions) -> list[int]:
+    """Plan round ``round_ + 1``: resend the requests of round ``round_`` whose error is retryable.
+
+    Idempotent: when the next round is already planned (a resumed run), its chunks are returned.
+    Nothing is planned after ``options.max_attempts`` rounds or while a user's cancel applies.
+
+    Returns:
+        The chunk ids of the next round (empty when there is nothing to retry).
+    """
+    store = JobStore(ref.state_dir, ref.job_id)
+    record = store.read_job()
+    planned = record.round_chunks(round_ + 1)
+    if planned:
+        return planned
+    if round_ >= options.max_attempts or store.is_cancelled():
+        return []
+    retryable = pa.array([k.value for k in ErrorKind if k.retryable], pa.string())
+    retry_ids: set[str] = set()
+    for chunk_id in record.round_chunks(round_):
+        results = store.read_results(chunk_id)
+        failed = results.filter(pc.is_in(results.column("response_error_kind"), value_set=retryable))
+        retry_ids.update(str(cid) for cid in failed.column("custom_id").to_pylist())
+    if not retry_ids:
+        return []
+    lines = [
+        line
+        for chunk_id in record.round_chunks(round_)
+        for line in store.read_chunk_input(chunk_id).splitlines(keepends=True)
+        if line.strip() and str(orjson.loads(line)["custom_id"]) in retry_ids
+    ]
+    first_id = max((c.chunk_id for c in record.chunks), default=-1) + 1
+    writer = ChunkWriter(store, record.limits or BatchLimits(), first_id, round_ + 1)
+    try:
+        writer.add(lines, None)
+    except BaseException:
+        writer.abandon()
+        raise
+    chunks = writer.close()
+    record.chunks.extend(chunks)
+    store.write_job(record)
+    logger.info(
+        "job %s: %d request(s) failed in a retryable way in round %d; round %d sends them in %d batch(es)",
+        ref.job_id, len(lines), round_, round_ + 1, len(chunks),
+    )  # fmt: skip
+    return [c.chunk_id for c in chunks]
