@@ -63,7 +63,9 @@ def write_dataset(root: Path, rows: int = 12_000) -> str:
 
 
 @pytest.fixture
-def cluster() -> Iterator[Any]:
+def cluster(server: FakeProviderServer) -> Iterator[Any]:
+    """A local cluster whose workers start with the provider key in their environment (as workers
+    of a remote cluster must have it: the flow never sends them a key from its environment)."""
     from distributed import LocalCluster
 
     with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as c:
@@ -129,6 +131,20 @@ def test_a_second_run_of_a_running_sharded_job_is_refused_clearly(
     plan = plan_shards(source, rows_per_shard=40)
     with make_provider(where, api_key="fake-key-x") as provider:
         identity = identify_sharded(plan, [shard_fingerprint(s) for s in plan.shards], spec, provider, where)
-    with JobStore(str(tmp_path / "state"), identity.job_id).lease(), pytest.raises(JobLocked):
-        run(source, tmp_path / "out", tmp_path / "state", server, rows_per_shard=40)
+    held, done = threading.Event(), threading.Event()
+
+    def hold() -> None:  # another runner (its own thread and context) holds the job
+        with JobStore(str(tmp_path / "state"), identity.job_id).lease():
+            held.set()
+            done.wait(60)
+
+    holder = threading.Thread(target=hold)
+    holder.start()
+    try:
+        assert held.wait(30)
+        with pytest.raises(JobLocked, match=identity.job_id):
+            run(source, tmp_path / "out", tmp_path / "state", server, rows_per_shard=40)
+    finally:
+        done.set()
+        holder.join()
     assert server.stats.uploads == 0 and not (tmp_path / "out").exists()
