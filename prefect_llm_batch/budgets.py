@@ -3,39 +3,38 @@ concurrency limits, held with leases.
 
 A provider limits what one organisation has queued: tokens enqueued in batches not yet ended
 (OpenAI's "enqueued tokens" per model) and batches in flight. A job keeps within its own
-``max_enqueued_tokens`` / ``max_in_flight_batches``; shards of one job, and jobs running at the
-same time, share the organisation's budget, so they take it from two Prefect global concurrency
-limits, created when missing::
+``max_enqueued_tokens`` / ``max_in_flight_batches``; shards of one job, and jobs running at the same
+time, share the organisation's budget, so they take it from two Prefect global concurrency limits,
+created when missing::
 
     llm-batch:{provider}:{model}:enqueued-tokens   limit: max_enqueued_tokens
     llm-batch:{provider}:{model}:batches           limit: max_in_flight_batches
 
-(see :func:`limit_names`; an administrator may create them first, or change their limits in the
-UI: an existing limit is used as it is). Before a batch is created its estimated tokens (and one
-batch) are taken with a lease; the lease is renewed at every poll while the batch runs and
-released once it has ended. A run that dies stops renewing: its leases expire after
-:data:`LEASE_SECONDS` and give the budget back. ``token_limit_exceeded`` and HTTP 429 are still
-handled as before (the budget is an estimate; the provider has the last word).
+(see :func:`limit_names`; an administrator may create them first, or change their limits in the UI:
+an existing limit is used as it is). Before a batch is created its estimated tokens (and one batch)
+are taken with a lease (while the budget is full, the submit waits, polling, and tries again); the
+lease is renewed at every poll while the batch runs and released once it has ended. A run that dies
+stops renewing: its leases expire after :data:`LEASE_SECONDS` and give the budget back.
+``token_limit_exceeded`` and HTTP 429 are still handled as before (the budget is an estimate; the
+provider has the last word).
 
-Without a Prefect API (a run without a server), :func:`prefect_budget` gives None: each job keeps
-to its own limits only, and its summary says so.
+Without a Prefect API (a run without a server), :func:`prefect_budget` gives None: each job keeps to
+its own limits only, and its summary says so.
 """
 
 from __future__ import annotations
 
 import logging
 import re
-import time
-from collections.abc import Callable
 from typing import Any
 from uuid import UUID
+
+from .spec import RunOptions
 
 logger = logging.getLogger("prefect_llm_batch")
 
 #: How long a lease lives without renewal: a few poll intervals (renewed at every poll).
 LEASE_SECONDS = 15 * 60.0
-#: Most seconds between two tries to take a budget that is full (Prefect suggests when to retry).
-MAX_RETRY_SECONDS = 30.0
 
 
 def limit_names(provider: str, model: str) -> tuple[str, str]:
@@ -60,7 +59,6 @@ class PrefectBudget:
         max_enqueued_tokens: The enqueued-token limit to create when missing (None: no token budget).
         max_in_flight_batches: The in-flight-batch limit to create when missing (None: none).
         client: A synchronous Prefect client (default: a new one per call).
-        sleep: How to wait while the budget is full (tests pass a fake).
     """
 
     shared = True
@@ -73,12 +71,10 @@ class PrefectBudget:
         max_enqueued_tokens: int | None,
         max_in_flight_batches: int | None,
         client: Any | None = None,
-        sleep: Callable[[float], None] = time.sleep,
     ) -> None:
         self.tokens_name, self.batches_name = limit_names(provider, model)
         self._wanted = {self.tokens_name: max_enqueued_tokens, self.batches_name: max_in_flight_batches}
         self._client = client
-        self._sleep = sleep
         self._limits: dict[str, int] = {}
 
     def describe(self) -> str:
@@ -118,43 +114,34 @@ class PrefectBudget:
                 logger.info("the Prefect global concurrency limit %s is %d (kept as set)", name, found.limit)
         return dict(self._limits)
 
-    def acquire(self, tokens: int) -> list[str]:
-        """Take ``tokens`` enqueued tokens and one in-flight batch, waiting while the budget is full.
+    def try_acquire(self, tokens: int) -> list[str] | None:
+        """Take ``tokens`` enqueued tokens and one in-flight batch, or nothing while either limit is full.
 
         A batch bigger than the whole token budget takes all of it (it runs alone).
 
         Returns:
-            The lease ids (one per limit), to renew and release.
+            The lease ids (one per limit), to renew and release; None when the budget is full.
         """
         from prefect.exceptions import PrefectHTTPStatusError
 
         if not self._limits:
             self.ensure_limits()
         leases: list[str] = []
-        wants = [(self.tokens_name, max(1, tokens)), (self.batches_name, 1)]
-        for name, slots in wants:
+        for name, slots in ((self.tokens_name, max(1, tokens)), (self.batches_name, 1)):
             if name not in self._limits:
                 continue
-            slots = min(slots, self._limits[name])
-            logged = False
-            while True:
-                try:
-                    response = self._call(
-                        "increment_concurrency_slots_with_lease",
-                        names=[name], slots=slots, mode="concurrency", lease_duration=LEASE_SECONDS,
-                    )  # fmt: skip
-                except PrefectHTTPStatusError as exc:
-                    if exc.response.status_code != 423:
-                        self.release(leases)
-                        raise
-                    if not logged:
-                        logger.info("waiting for %d slot(s) of %s (shared with other jobs)", slots, name)
-                        logged = True
-                    retry = float(exc.response.headers.get("Retry-After") or 1.0)
-                    self._sleep(min(max(retry, 0.1), MAX_RETRY_SECONDS))
-                    continue
-                leases.append(str(response.json()["lease_id"]))
-                break
+            try:
+                response = self._call(
+                    "increment_concurrency_slots_with_lease",
+                    names=[name], slots=min(slots, self._limits[name]), mode="concurrency",
+                    lease_duration=LEASE_SECONDS,
+                )  # fmt: skip
+            except PrefectHTTPStatusError as exc:
+                self.release(leases)
+                if exc.response.status_code == 423:
+                    return None
+                raise
+            leases.append(str(response.json()["lease_id"]))
         return leases
 
     def renew(self, leases: list[str]) -> None:
@@ -176,6 +163,14 @@ class PrefectBudget:
                 self._call("release_concurrency_slots_with_lease", UUID(lease))
             except (ObjectNotFound, PrefectHTTPStatusError) as exc:
                 logger.debug("lease %s could not be released: %s", lease, exc)
+
+
+def job_budget(provider: str, model: str, options: RunOptions) -> PrefectBudget | None:
+    """:func:`prefect_budget` for a job's ``max_enqueued_tokens`` and ``max_in_flight_batches``."""
+    return prefect_budget(
+        provider, model, max_enqueued_tokens=options.max_enqueued_tokens,
+        max_in_flight_batches=options.max_in_flight_batches,
+    )  # fmt: skip
 
 
 def prefect_budget(

@@ -29,6 +29,7 @@ from pydantic import BaseModel
 
 from . import artifacts
 from .blocks import AnthropicBatchCredentials, LLMBatchJob, OpenAIBatchCredentials, ProviderCredentials
+from .budgets import job_budget
 from .costs import DEFAULT_EXPECTED_OUTPUT_TOKENS, Estimate
 from .errors import ConfigError, InputError, JobLocked
 from .jobs import (
@@ -42,6 +43,7 @@ from .jobs import (
     job_ref,
     run_rounds,
 )
+from .jobs.budget import own_limits
 from .jobs.checks import check_before_start
 from .jobs.detached import read_pending_jobs, submit_detached
 from .jobs.realtime import Mode, pick_mode
@@ -369,7 +371,14 @@ def enrich_table(
         run_rounds(ref, steps, options, realtime=chosen == "realtime", log=log)
         artifacts.set_progress(progress_id, artifacts.COLLECTED)
         summary = write_output(ref, output, overwrite, parser)
-        summary = summary.model_copy(update={"mode": chosen, "mode_reason": reason})
+        budget = job_budget(target.provider, spec.model, options)
+        summary = summary.model_copy(
+            update={
+                "mode": chosen,
+                "mode_reason": reason,
+                "budget": budget.describe() if budget else own_limits(options),
+            }
+        )
         artifacts.set_progress(progress_id, 100.0)
         artifacts.publish_summary(summary)
         user_cancelled = JobStore(state, ref.job_id).is_cancelled()

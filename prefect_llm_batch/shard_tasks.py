@@ -27,7 +27,9 @@ from pydantic import SecretStr
 
 from . import artifacts, jobs
 from .blocks import ProviderCredentials
+from .budgets import job_budget
 from .jobs import JobSummary, collect_chunks
+from .jobs.budget import Budget, own_limits
 from .jobs.sharded import ShardSteps, fill_borrowed, part_name, prepare_shard, run_sharded
 from .providers import api_key_for, simulator_key
 from .shards import DEFAULT_SHARD_ROWS, Shard, shard_fingerprint
@@ -136,6 +138,7 @@ class TaskShardSteps:
         key: The simulator's per-run key (simulator only).
         parser: Parses answers for a response schema.
         storage_options: fsspec options of the source, state and output.
+        budget: The provider budget shared with other jobs (a Prefect server), if any.
     """
 
     submit: Submit
@@ -148,6 +151,7 @@ class TaskShardSteps:
     key: SecretStr | None = None
     parser: Callable[[str], Any] | None = None
     storage_options: dict[str, Any] | None = None
+    budget: Budget | None = None
 
     def _all(self, futures: list[PrefectFuture[Any]]) -> list[Any]:
         for future in futures:
@@ -221,7 +225,7 @@ class TaskShardSteps:
 
     def tick_steps(self, ref: jobs.JobRef) -> jobs.TickSteps:
         """The poller's steps: plain calls in the flow (they only wait on the provider)."""
-        return jobs.PlainSteps(ref, self.provider, self.options)
+        return jobs.PlainSteps(ref, self.provider, self.options, budget=self.budget, wait_for_budget=False)
 
 
 def _index(ref: jobs.JobRef) -> int:
@@ -266,8 +270,19 @@ def shard_steps_for(
 ) -> ShardSteps:
     """:class:`TaskShardSteps` (the simulator's key as a secret value)."""
     secret = SecretStr(key) if key is not None and target.provider == "simulator" else None
+    budget = job_budget(target.provider, spec.model, options)
     return TaskShardSteps(
-        submit, spec, target, options, state_dir, provider, credentials, secret, parser, storage_options
+        submit,
+        spec,
+        target,
+        options,
+        state_dir,
+        provider,
+        credentials,
+        secret,
+        parser,
+        storage_options,
+        budget,
     )
 
 
@@ -347,6 +362,8 @@ def run_in_shards(
         )  # fmt: skip
     if progress:
         artifacts.set_progress(progress["id"], 100.0)
+    budget = steps.budget if isinstance(steps, TaskShardSteps) else None
+    summary = summary.model_copy(update={"budget": budget.describe() if budget else own_limits(options)})
     publish_shards(summary.job_id, written)
     log.info(
         "job %s: %d rows in %d shard(s) written to %s", summary.job_id, summary.rows, len(written), output

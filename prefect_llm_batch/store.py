@@ -205,6 +205,8 @@ class ChunkState(BaseModel):
     #: (a provider whose batches carry no metadata): the job never cancels it, and it counts as
     #: the chunk's only once its results carry the chunk's request ids.
     provisional: bool = False
+    #: Leases on a shared provider budget held for the running batch (see ``jobs.budget``).
+    budget_leases: list[str] = Field(default_factory=list)
 
 
 class JobStore:

@@ -34,6 +34,7 @@ from ..providers.base import BatchProvider
 from ..providers.realtime import RealtimeClient
 from ..spec import JobSpec, ProviderTarget, RunOptions
 from ..store import JobStore
+from .budget import Budget
 from .collect import collect_chunks
 from .identity import JobRef, identify
 from .output import JobSummary, assemble
@@ -94,6 +95,9 @@ class PlainSteps:
         on_change: Called with the progress when it changes while waiting.
         sleep: How to wait (tests pass a fake).
         realtime_client: Sends realtime chunks (needed only in realtime mode).
+        budget: A provider budget shared with other jobs (see :mod:`~prefect_llm_batch.jobs.budget`).
+        wait_for_budget: Wait in ``submit`` while the shared budget is full (False: a poller that
+            must not block leaves the chunk for its next pass).
     """
 
     ref: JobRef
@@ -102,18 +106,29 @@ class PlainSteps:
     on_change: Callable[[Progress], None] | None = None
     sleep: Callable[[float], None] = time.sleep
     realtime_client: RealtimeClient | None = None
+    budget: Budget | None = None
+    wait_for_budget: bool = True
 
     def submit(self, chunk_id: int) -> None:
         """:func:`~prefect_llm_batch.jobs.submit_chunk`."""
-        submit_chunk(self.ref, chunk_id, self.provider, self.options, self.sleep)
+        submit_chunk(
+            self.ref, chunk_id, self.provider, self.options, self.sleep, self.budget, self.wait_for_budget
+        )
 
     def wait(self) -> list[int]:
         """:func:`~prefect_llm_batch.jobs.wait`."""
-        return wait(self.ref, self.provider, self.options, on_change=self.on_change, sleep=self.sleep)
+        return wait(
+            self.ref,
+            self.provider,
+            self.options,
+            on_change=self.on_change,
+            sleep=self.sleep,
+            budget=self.budget,
+        )
 
     def poll(self) -> Poll:
         """:func:`~prefect_llm_batch.jobs.poll_once`."""
-        return poll_once(self.ref, self.provider, self.options)
+        return poll_once(self.ref, self.provider, self.options, self.budget)
 
     def collect(self, chunk_ids: list[int]) -> None:
         """:func:`~prefect_llm_batch.jobs.collect_chunks` (``COLLECTS_IN_FLIGHT`` at a time)."""

@@ -80,6 +80,9 @@ class JobSummary(BaseModel):
     mode: str = "batch"
     mode_reason: str = ""
     unreadable_lines: int = 0
+    #: How ``max_enqueued_tokens`` / ``max_in_flight_batches`` were held: shared with other jobs
+    #: (a Prefect server), or this job's own limits only; empty when neither was set.
+    budget: str = ""
 
     @property
     def error_rate(self) -> float:
