@@ -69,7 +69,7 @@ from .tasks import (
     estimate_job,
     identify_job,
     prepare_job,
-    write_output,
+    write_output_asset,
 )
 
 
@@ -343,7 +343,7 @@ def enrich_table(
             return ref
         run_rounds(ref, steps, options, realtime=chosen == "realtime", log=log)
         artifacts.set_progress(progress_id, artifacts.COLLECTED)
-        summary = write_output(ref, output, overwrite, parser)
+        summary = write_output_asset(ref, output, overwrite, parser, source=source)
         summary = summary.model_copy(update={"mode": chosen, "mode_reason": reason})
         artifacts.set_progress(progress_id, 100.0)
         artifacts.publish_summary(summary)
@@ -394,7 +394,7 @@ def collect_jobs(
                 if not advance_job(pending, credentials):
                     log.info("job %s: batches still running", job_id)
                     continue
-                summary = write_output(pending.ref, pending.output, pending.overwrite)
+                summary = write_output_asset(pending.ref, pending.output, pending.overwrite)
                 artifacts.publish_summary(summary)
                 remove_pending(state, job_id)
         except JobLocked as exc:
