@@ -96,19 +96,26 @@ def _python_only(annotation: Any) -> bool:
     return origin in (collections.abc.Callable, type) or annotation is type
 
 
+def _skipped(annotation: Any) -> Any:
+    """``annotation`` left out of the JSON schema (``SkipJsonSchema[annotation]``)."""
+    annotated: Any = Annotated  # built at run time, from types mypy cannot see
+    marker: Any = SkipJsonSchema()
+    return annotated[annotation, marker]
+
+
 def _without_python_only(annotation: Any) -> Any:
     """``annotation`` with its Python-only types skipped in the JSON schema (the whole annotation
     when nothing else than None is left)."""
     if typing.get_origin(annotation) not in (Union, types.UnionType):
-        return SkipJsonSchema[annotation] if _python_only(annotation) else annotation
+        return _skipped(annotation) if _python_only(annotation) else annotation
     members = typing.get_args(annotation)
     kept = [m for m in members if m is not type(None) and not _python_only(m)]
     if not kept:
-        return SkipJsonSchema[annotation]
+        return _skipped(annotation)
     if len(kept) == len([m for m in members if m is not type(None)]):
         return annotation
-    rebuilt = [SkipJsonSchema[m] if _python_only(m) else m for m in members]
-    return Union[tuple(rebuilt)]  # noqa: UP007 (built from a list)
+    union: Any = Union
+    return union[tuple(_skipped(m) if _python_only(m) else m for m in members)]
 
 
 def ui_form(fn: F) -> F:

@@ -51,9 +51,8 @@ def test_python_only_parameters_and_types_are_not_in_the_form() -> None:
 
 def test_the_flows_still_take_python_only_parameters() -> None:
     assert "parser" in enrich_table.fn.__code__.co_varnames
-    assert enrich_table.validate_parameters(
-        {"source": "a.csv", "output": "b.parquet", "prompt": "{{ x }}", "model": "m", "parser": str}
-    )["parser"] is str
+    given = {"source": "a.csv", "output": "b.parquet", "prompt": "{{ x }}", "model": "m", "parser": str}
+    assert enrich_table.validate_parameters(given)["parser"] is str
 
 
 @pytest.mark.parametrize("flow", [enrich_table, collect_jobs], ids=lambda f: f.name)
