@@ -31,6 +31,7 @@ from . import artifacts
 from .blocks import AnthropicBatchCredentials, LLMBatchJob, OpenAIBatchCredentials, ProviderCredentials
 from .costs import DEFAULT_EXPECTED_OUTPUT_TOKENS, Estimate
 from .errors import ConfigError, JobLocked
+from .forms import ui_form
 from .jobs import (
     JobIdentity,
     JobRef,
@@ -68,7 +69,7 @@ from .tasks import (
     estimate_job,
     identify_job,
     prepare_job,
-    write_output,
+    write_output_asset,
 )
 
 
@@ -144,6 +145,7 @@ def cancel_provider_batches(flow: Flow[Any, Any], flow_run: FlowRun, state: Stat
     ),
     on_cancellation=[cancel_provider_batches],
 )
+@ui_form
 def enrich_table(
     source: str,
     output: str,
@@ -209,7 +211,10 @@ def enrich_table(
             ``openai`` (real: needs ``OPENAI_API_KEY`` or ``credentials``, and costs money), or
             ``anthropic`` (real: Message Batches; needs ``ANTHROPIC_API_KEY`` or ``credentials``).
         base_url: OpenAI-compatible base URL including ``/v1`` (default ``OPENAI_BASE_URL`` or OpenAI).
-        credentials: An ``LLM Batch OpenAI Credentials`` block; else ``OPENAI_API_KEY`` is read.
+        credentials: Either provider's credentials block: an ``LLM Batch OpenAI Credentials``
+            block (OpenAI-compatible: ``openai``, ``azure``) or an ``LLM Batch Anthropic
+            Credentials`` block (``anthropic``); empty reads the provider's environment variable
+            (``OPENAI_API_KEY``, ``ANTHROPIC_API_KEY``).
         id_column: Column that identifies rows (unique, non-null); named in error messages.
         state_dir: Where job state and the response cache live (any fsspec URL); default
             ``$PREFECT_LLM_BATCH_STATE_DIR`` or ``~/.local/state/prefect-llm-batch``.
@@ -338,7 +343,7 @@ def enrich_table(
             return ref
         run_rounds(ref, steps, options, realtime=chosen == "realtime", log=log)
         artifacts.set_progress(progress_id, artifacts.COLLECTED)
-        summary = write_output(ref, output, overwrite, parser)
+        summary = write_output_asset(ref, output, overwrite, parser, source=source)
         summary = summary.model_copy(update={"mode": chosen, "mode_reason": reason})
         artifacts.set_progress(progress_id, 100.0)
         artifacts.publish_summary(summary)
@@ -354,6 +359,7 @@ def enrich_table(
         "send retry rounds, write each output. Run it on a schedule (e.g. every 10 minutes)."
     ),
 )
+@ui_form
 def collect_jobs(
     state_dir: str | None = None, credentials: ProviderCredentials | None = None
 ) -> list[JobSummary]:
@@ -361,7 +367,9 @@ def collect_jobs(
 
     Args:
         state_dir: The state directory the jobs were submitted with (default as ``enrich_table``'s).
-        credentials: Credentials block for the jobs' provider; else the environment variables.
+        credentials: Either provider's credentials block for the jobs' provider (``LLM Batch
+            OpenAI Credentials`` or ``LLM Batch Anthropic Credentials``); empty reads the
+            provider's environment variable.
 
     Returns:
         Summaries of the jobs finished by this run (others stay pending for the next run).
@@ -386,7 +394,7 @@ def collect_jobs(
                 if not advance_job(pending, credentials):
                     log.info("job %s: batches still running", job_id)
                     continue
-                summary = write_output(pending.ref, pending.output, pending.overwrite)
+                summary = write_output_asset(pending.ref, pending.output, pending.overwrite)
                 artifacts.publish_summary(summary)
                 remove_pending(state, job_id)
         except JobLocked as exc:
@@ -442,6 +450,7 @@ def cancel_job_block_batches(flow: Flow[Any, Any], flow_run: FlowRun, state: Sta
     ),
     on_cancellation=[cancel_job_block_batches],
 )
+@ui_form
 def run_llm_batch_job(
     job: LLMBatchJob,
     source: str,
