@@ -47,7 +47,7 @@ class OpenAIBatchCredentials(CredentialsBlock):
     """Credentials for the OpenAI Batch API, or any OpenAI-compatible service.
 
     The key is a ``SecretStr``: Prefect stores it encrypted, and the UI, ``repr`` and logs show
-    ``********``. Use :meth:`get_client` to talk to the provider.
+    ``********``. ``get_client()`` returns a new client for the provider.
 
     Attributes:
         api_key: The API key, sent as ``Authorization: Bearer``.
@@ -120,7 +120,10 @@ class OpenAIBatchCredentials(CredentialsBlock):
 
 
 class AnthropicBatchCredentials(CredentialsBlock):
-    """Credentials for Anthropic's Message Batches API (block type ``llm-batch-anthropic-credentials``).
+    """Credentials for Anthropic's Message Batches API.
+
+    The key is a ``SecretStr``: Prefect stores it encrypted, and the UI, ``repr`` and logs show
+    ``********``. ``get_client()`` returns a new client for the provider.
 
     Attributes:
         api_key: The API key, sent as ``x-api-key``.
@@ -138,7 +141,7 @@ class AnthropicBatchCredentials(CredentialsBlock):
     _block_type_slug = "llm-batch-anthropic-credentials"
     _logo_url = HttpUrl(ANTHROPIC_LOGO_URL)
     _documentation_url = HttpUrl("https://docs.anthropic.com/en/docs/build-with-claude/batch-processing")
-    _code_example = """\\
+    _code_example = """\
         ```python
         from prefect_llm_batch.blocks import AnthropicBatchCredentials
 

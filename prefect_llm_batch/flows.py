@@ -32,6 +32,7 @@ from .blocks import AnthropicBatchCredentials, LLMBatchJob, OpenAIBatchCredentia
 from .budgets import job_budget
 from .costs import DEFAULT_EXPECTED_OUTPUT_TOKENS, Estimate
 from .errors import ConfigError, InputError, JobLocked
+from .forms import ui_form
 from .jobs import (
     JobIdentity,
     JobRef,
@@ -71,7 +72,7 @@ from .tasks import (
     estimate_job,
     identify_job,
     prepare_job,
-    write_output,
+    write_output_asset,
 )
 
 
@@ -147,6 +148,7 @@ def cancel_provider_batches(flow: Flow[Any, Any], flow_run: FlowRun, state: Stat
     ),
     on_cancellation=[cancel_provider_batches],
 )
+@ui_form
 def enrich_table(
     source: str,
     output: str,
@@ -217,7 +219,10 @@ def enrich_table(
             ``openai`` (real: needs ``OPENAI_API_KEY`` or ``credentials``, and costs money), or
             ``anthropic`` (real: Message Batches; needs ``ANTHROPIC_API_KEY`` or ``credentials``).
         base_url: OpenAI-compatible base URL including ``/v1`` (default ``OPENAI_BASE_URL`` or OpenAI).
-        credentials: An ``LLM Batch OpenAI Credentials`` block; else ``OPENAI_API_KEY`` is read.
+        credentials: Either provider's credentials block: an ``LLM Batch OpenAI Credentials``
+            block (OpenAI-compatible: ``openai``, ``azure``) or an ``LLM Batch Anthropic
+            Credentials`` block (``anthropic``); empty reads the provider's environment variable
+            (``OPENAI_API_KEY``, ``ANTHROPIC_API_KEY``).
         id_column: Column that identifies rows (unique, non-null); named in error messages.
         state_dir: Where job state and the response cache live (any fsspec URL); default
             ``$PREFECT_LLM_BATCH_STATE_DIR`` or ``~/.local/state/prefect-llm-batch``.
@@ -370,7 +375,7 @@ def enrich_table(
             return ref
         run_rounds(ref, steps, options, realtime=chosen == "realtime", log=log)
         artifacts.set_progress(progress_id, artifacts.COLLECTED)
-        summary = write_output(ref, output, overwrite, parser)
+        summary = write_output_asset(ref, output, overwrite, parser, source=source)
         budget = job_budget(target.provider, spec.model, options)
         summary = summary.model_copy(
             update={
@@ -393,6 +398,7 @@ def enrich_table(
         "send retry rounds, write each output. Run it on a schedule (e.g. every 10 minutes)."
     ),
 )
+@ui_form
 def collect_jobs(
     state_dir: str | None = None, credentials: ProviderCredentials | None = None
 ) -> list[JobSummary]:
@@ -400,7 +406,9 @@ def collect_jobs(
 
     Args:
         state_dir: The state directory the jobs were submitted with (default as ``enrich_table``'s).
-        credentials: Credentials block for the jobs' provider; else the environment variables.
+        credentials: Either provider's credentials block for the jobs' provider (``LLM Batch
+            OpenAI Credentials`` or ``LLM Batch Anthropic Credentials``); empty reads the
+            provider's environment variable.
 
     Returns:
         Summaries of the jobs finished by this run (others stay pending for the next run).
@@ -425,7 +433,7 @@ def collect_jobs(
                 if not advance_job(pending, credentials):
                     log.info("job %s: batches still running", job_id)
                     continue
-                summary = write_output(pending.ref, pending.output, pending.overwrite)
+                summary = write_output_asset(pending.ref, pending.output, pending.overwrite)
                 artifacts.publish_summary(summary)
                 remove_pending(state, job_id)
         except JobLocked as exc:
@@ -481,6 +489,7 @@ def cancel_job_block_batches(flow: Flow[Any, Any], flow_run: FlowRun, state: Sta
     ),
     on_cancellation=[cancel_job_block_batches],
 )
+@ui_form
 def run_llm_batch_job(
     job: LLMBatchJob,
     source: str,

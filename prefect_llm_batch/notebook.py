@@ -11,6 +11,7 @@ your data).
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -39,32 +40,90 @@ from .store import default_state_dir
 
 
 class _Bar:
-    """A rich progress bar (renders in terminals and Jupyter)."""
+    """A progress bar: rich's in a terminal, and in Jupyter when ``ipywidgets`` is installed (the
+    ``notebook`` extra); else, in Jupyter, :class:`TextProgress` (rich would only warn there)."""
 
     def __init__(self, show: bool) -> None:
         self.show = show
         self.progress: Any = None
         self.task: Any = None
+        self.text: TextProgress | None = None
 
     def __enter__(self) -> _Bar:
-        if self.show:
-            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+        if not self.show:
+            return self
+        from rich.console import Console
 
-            self.progress = Progress(
-                TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn()
-            )
-            self.progress.start()
-            self.task = self.progress.add_task("requests", total=None)
+        if Console().is_jupyter and importlib.util.find_spec("ipywidgets") is None:
+            from IPython.display import display
+
+            self.text = TextProgress(display)
+            return self
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+        self.progress = Progress(
+            TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn()
+        )
+        self.progress.start()
+        self.task = self.progress.add_task("requests", total=None)
         return self
 
     def update(self, p: Progress) -> None:
+        if self.text is not None:
+            self.text.update(p)
         if self.progress is not None:
             statuses = ", ".join(f"{k} {v}" for k, v in sorted(p.statuses.items()))
             self.progress.update(self.task, total=p.requests, completed=p.requests_done, description=statuses)
 
     def __exit__(self, *exc: object) -> None:
+        if self.text is not None and not self.text.updated and exc[0] is None:
+            self.text.handle.update(_Text("requests: no batch to wait for"))
         if self.progress is not None:
             self.progress.stop()
+
+
+class TextProgress:
+    """A plain-text progress line that one notebook output updates in place (no widgets).
+
+    Args:
+        display: ``IPython.display.display``, or any function that shows an object and, with
+            ``display_id=True``, returns a handle whose ``update`` replaces it.
+
+    Examples:
+        >>> class Handle:
+        ...     def update(self, obj): print(obj)
+        >>> bar = TextProgress(lambda obj, display_id: Handle(), width=10)
+        >>> bar.update(Progress(batches=2, batches_ended=1, requests=20, requests_done=15,
+        ...                     statuses={"completed": 1, "in_progress": 1}))
+        requests [#######---]  15/20  batches 1/2 ended (completed 1, in_progress 1)
+    """
+
+    def __init__(self, display: Callable[..., Any], width: int = 30) -> None:
+        self.width = width
+        self.updated = False
+        self.handle: Any = display(_Text("requests: planning"), display_id=True)
+
+    @staticmethod
+    def line(p: Progress, width: int = 30) -> str:
+        """The progress as one line of text."""
+        filled = width * p.requests_done // p.requests if p.requests else 0
+        statuses = ", ".join(f"{k} {v}" for k, v in sorted(p.statuses.items()))
+        return (
+            f"requests [{'#' * filled}{'-' * (width - filled)}] {p.requests_done:>3}/{p.requests}  "
+            f"batches {p.batches_ended}/{p.batches} ended ({statuses})"
+        )
+
+    def update(self, p: Progress) -> None:
+        """Show ``p`` in place of the previous line."""
+        self.handle.update(_Text(self.line(p, self.width)))
+        self.updated = True
+
+
+class _Text(str):
+    """Text that Jupyter shows as is (a plain ``str`` would show with its quotes)."""
+
+    def __repr__(self) -> str:
+        return str(self)
 
 
 def enrich(

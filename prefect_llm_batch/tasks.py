@@ -10,15 +10,19 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 from uuid import UUID
 
 from prefect import task
+from prefect.assets import add_asset_metadata, materialize
 from prefect.cache_policies import NONE
 from prefect.client.schemas.objects import State, TaskRun
+from prefect.context import AssetContext
 from prefect.futures import PrefectFuture, as_completed
 from prefect.logging import get_run_logger
 from prefect.tasks import Task
+from prefect.types.names import validate_valid_asset_key
 
 from . import artifacts, jobs
 from .blocks import ProviderCredentials
@@ -30,7 +34,7 @@ from .jobs.detached import PendingJob, advance
 from .jobs.realtime import realtime_client, run_chunk_realtime
 from .providers import api_key_for, make_provider
 from .providers.base import BatchProvider
-from .spec import JobSpec, ProviderTarget, RunOptions
+from .spec import JobSpec, ProviderTarget, RunOptions, without_credentials
 
 
 def retry_if_transient(task: Task[Any, Any], task_run: TaskRun, state: State[Any]) -> bool:
@@ -186,8 +190,82 @@ def plan_retry(ref: jobs.JobRef, round_: int, options: RunOptions) -> list[int]:
 def write_output(
     ref: jobs.JobRef, output: str, overwrite: bool = False, parser: Callable[[str], Any] | None = None
 ) -> jobs.JobSummary:
-    """Join the results back to the rows (typed columns with a schema) and write the output Parquet."""
-    return jobs.assemble(ref, output=output, overwrite=overwrite, parser=parser)
+    """Join the results back to the rows (typed columns with a schema) and write the output Parquet;
+    run as :func:`write_output_asset`, the job id and row counts become the asset's metadata."""
+    summary = jobs.assemble(ref, output=output, overwrite=overwrite, parser=parser)
+    key = asset_key(output)
+    context = AssetContext.get()
+    if key is not None and context is not None and key in {a.key for a in context.downstream_assets}:
+        add_asset_metadata(key, output_asset_metadata(summary))
+    return summary
+
+
+def asset_key(path: str) -> str | None:
+    """The Prefect asset key of a table: its URL without userinfo, or ``file://`` and the absolute
+    path of a local one; None when Prefect refuses it as a key (spaces, ``#``, ``?``, ``%``...).
+
+    Examples:
+        >>> asset_key("s3://me:pw@bucket/out/reviews.parquet")
+        's3://bucket/out/reviews.parquet'
+        >>> asset_key("/data/out.parquet")
+        'file:///data/out.parquet'
+        >>> asset_key("/data/my reviews.parquet") is None
+        True
+    """
+    scheme, sep, _ = path.partition("://")
+    if sep and scheme.isalnum():
+        key = without_credentials(scheme.lower() + path[len(scheme) :])
+    else:
+        key = "file://" + Path(path).expanduser().absolute().as_posix()
+    try:
+        return validate_valid_asset_key(key)
+    except ValueError:
+        return None
+
+
+def output_asset_metadata(summary: jobs.JobSummary) -> dict[str, Any]:
+    """What the UI shows with a materialization of the output: the job and its row counts."""
+    return {
+        "job_id": summary.job_id,
+        "rows": summary.rows,
+        "ok_rows": summary.ok_rows,
+        "error_rows": summary.error_rows,
+        "provider": summary.provider,
+        "model": summary.model,
+    }
+
+
+def write_output_asset(
+    ref: jobs.JobRef,
+    output: str,
+    overwrite: bool = False,
+    parser: Callable[[str], Any] | None = None,
+    source: str | None = None,
+) -> jobs.JobSummary:
+    """``write-output`` as the task that materializes the output Parquet as a Prefect asset (the
+    source table, when it can be a key, as its upstream asset), so the output shows in the UI's
+    lineage with the job id and row counts; a path Prefect cannot take as a key is written by the
+    plain task.
+
+    Args:
+        ref: The job.
+        output: Parquet file to write.
+        overwrite: Replace an existing output.
+        parser: Optional function from answer text to a dict.
+        source: The job's source table.
+
+    Returns:
+        The job summary.
+    """
+    key = asset_key(output)
+    if key is None:
+        get_run_logger().info("%s cannot be a Prefect asset key: written without an asset", output)
+        return write_output(ref, output, overwrite, parser)
+    upstream = asset_key(source) if source is not None else None
+    materializing = materialize(
+        key, name="write-output", cache_policy=NONE, asset_deps=[upstream] if upstream else None
+    )(write_output.fn)
+    return materializing(ref, output, overwrite, parser)
 
 
 @task(name="estimate-job", cache_policy=NONE)

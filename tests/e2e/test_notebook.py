@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import importlib.util
+import re
 from pathlib import Path
 
 import pandas as pd
@@ -57,6 +59,30 @@ def test_example_notebook_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) 
     ).execute()
     outputs = [o for cell in notebook.cells if cell.cell_type == "code" for o in cell.outputs]
     assert not [o for o in outputs if o.output_type == "error"]
+    # no warning (rich asks for ipywidgets in Jupyter): nothing on stderr
+    assert not [o for o in outputs if o.output_type == "stream" and o.name == "stderr"]
+    assert not [o for o in outputs if "Warning" in str(o)]
+    # the live progress bar ends at all requests done
+    shown = [o.get("data", {}) for o in outputs if o.output_type == "display_data"]
+    if importlib.util.find_spec("ipywidgets") is None:  # the plain-text bar, updated in place
+        bars = [str(data.get("text/plain", "")) for data in shown]
+        assert any(re.search(r"requests \[#+\]\s+20/20", bar) for bar in bars), bars
+    else:  # the notebook extra: rich's bar in a widget
+        assert any("application/vnd.jupyter.widget-view+json" in data for data in shown), shown
     assert any(
         "response_cached" in str(o.get("data", "")) or "True" in str(o.get("data", "")) for o in outputs
     )
+
+
+def test_example_notebook_is_saved_with_its_outputs() -> None:
+    """Readers of the repository see what each cell gives, the progress bar included, with no
+    error and nothing from the machine it ran on."""
+    import nbformat
+
+    notebook = nbformat.read(EXAMPLES / "enrich_dataframe.ipynb", as_version=4)
+    code = [cell for cell in notebook.cells if cell.cell_type == "code"]
+    assert code and all(cell.execution_count and cell.outputs for cell in code)
+    outputs = [o for cell in code for o in cell.outputs]
+    assert not [o for o in outputs if o.output_type == "error" or "Warning" in str(o)]
+    assert any("20/20" in str(o.get("data", {}).get("text/plain", "")) for o in outputs)
+    assert not re.search(r"/(tmp|home|root|work|Users)/", str(outputs))

@@ -6,6 +6,7 @@ import io
 import json
 import logging
 import os
+import re
 import struct
 import subprocess
 import sys
@@ -346,3 +347,22 @@ def test_prefect_block_register_registers_every_block_type() -> None:
     with get_client(sync_client=True) as client:
         for slug in ("llm-batch-openai-credentials", "llm-batch-anthropic-credentials", "llm-batch-job"):
             assert client.read_block_type_by_slug(slug).slug == slug
+
+
+@pytest.mark.parametrize("block", [OpenAIBatchCredentials, AnthropicBatchCredentials, LLMBatchJob])
+def test_the_blocks_code_example_is_one_fenced_python_block(block: type[Block]) -> None:
+    """The UI renders the code example as Markdown: a fence at the start of a line, nothing around it."""
+    example = block.get_code_example()
+    assert example is not None
+    lines = example.splitlines()
+    assert lines[0] == "```python" and lines[-1] == "```", example
+    assert f"from prefect_llm_batch.blocks import {block.__name__}" in lines
+    assert all(not line.startswith(" ") for line in lines if "import" in line or "load(" in line)
+
+
+@pytest.mark.parametrize("block", [OpenAIBatchCredentials, AnthropicBatchCredentials, LLMBatchJob])
+def test_the_blocks_description_has_no_rest_roles(block: type[Block]) -> None:
+    """The UI shows the docstring's first text section as Markdown, where a role stays literal."""
+    description = block.get_description()
+    assert description
+    assert not re.search(r":[a-z]+:`", description), description
