@@ -171,7 +171,7 @@ def prepare(
         with store.lease():
             if not store.is_prepared():  # (else the run that held the lease planned it meanwhile)
                 return _plan(
-                    source, spec, provider, target, identity, state_dir, limit, cache, storage_options
+                    source, spec, provider, target, identity, state_dir, limit, cache, storage_options, shard
                 )
     logger.info("job %s is already prepared in %s: resuming it", identity.job_id, state_dir)
     return job_ref(store.read_job(), state_dir)
