@@ -30,7 +30,7 @@ from .blocks import ProviderCredentials
 from .budgets import job_budget
 from .jobs import JobSummary, collect_chunks
 from .jobs.budget import Budget, own_limits
-from .jobs.sharded import ShardSteps, fill_borrowed, part_name, prepare_shard, run_sharded
+from .jobs.sharded import ShardSteps, prepare_shard, run_sharded, write_shard
 from .providers import api_key_for, simulator_key
 from .shards import DEFAULT_SHARD_ROWS, Shard, shard_fingerprint
 from .spec import JobSpec, ProviderTarget, RunOptions
@@ -113,13 +113,9 @@ def write_shard_task(
     storage_options: dict[str, Any] | None = None,
 ) -> JobSummary:
     """Copy the shard's borrowed answers and write its part of the output dataset."""
-    store = JobStore(ref.state_dir, ref.job_id, storage_options)
-    with store.lease():
-        fill_borrowed(ref, earlier, storage_options=storage_options)
-        return jobs.assemble(
-            ref, output=f"{parts.rstrip('/')}/{part_name(index)}", overwrite=True, parser=parser,
-            storage_options=storage_options,
-        )  # fmt: skip
+    return write_shard(
+        ref, index, earlier, parts, overwrite=True, parser=parser, storage_options=storage_options
+    )
 
 
 @dataclass
