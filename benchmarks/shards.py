@@ -146,7 +146,7 @@ def _prepare_one(shard: Any, job: Any, state: str) -> Any:
 
 
 def _write_one(ref: Any, index: int, earlier: list[Any], output: str) -> int:
-    from prefect_llm_batch.jobs.sharded import write_shard
+    from prefect_llm_batch.jobs.dataset import write_shard
 
     return write_shard(ref, index, earlier, output, overwrite=True).rows
 
@@ -154,7 +154,8 @@ def _write_one(ref: Any, index: int, earlier: list[Any], output: str) -> int:
 def on_dask(source: str, work: Path, workers: int) -> dict[str, Any]:
     from distributed import Client, LocalCluster
 
-    from prefect_llm_batch.jobs.sharded import claim_shared_requests, identify_sharded, record_sharded_job
+    from prefect_llm_batch.jobs.claims import claim_shared_requests
+    from prefect_llm_batch.jobs.sharded import identify_sharded, record_sharded_job
     from prefect_llm_batch.shards import plan_shards, shard_fingerprint
 
     spec, target, provider = _spec_target_provider()

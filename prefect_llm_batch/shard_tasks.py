@@ -30,7 +30,8 @@ from .blocks import ProviderCredentials
 from .budgets import job_budget
 from .jobs import JobSummary, collect_chunks
 from .jobs.budget import Budget, own_limits
-from .jobs.sharded import ShardSteps, prepare_shard, run_sharded, write_shard
+from .jobs.dataset import write_shard
+from .jobs.sharded import ShardSteps, prepare_shard, run_sharded
 from .providers import api_key_for, simulator_key
 from .shards import DEFAULT_SHARD_ROWS, Shard, shard_fingerprint
 from .spec import JobSpec, ProviderTarget, RunOptions

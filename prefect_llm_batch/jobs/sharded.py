@@ -28,37 +28,34 @@ from __future__ import annotations
 import hashlib
 import logging
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-import orjson
-import pyarrow as pa
-import pyarrow.compute as pc
-import pyarrow.parquet as pq
 from pydantic import BaseModel
 
-from ..errors import InputError, StateError
+from ..errors import StateError
 from ..files import exists, read_bytes, write_bytes_atomic
-from ..keys import DigestSet, decode_custom_ids
 from ..providers.base import BatchProvider
 from ..shards import DEFAULT_SHARD_ROWS, Shard, ShardPlan, plan_shards, shard_fingerprint
 from ..spec import CacheMode, JobSpec, ProviderTarget, RunOptions
 from ..store import JobStore, orjson_dumps, secure_state_dir
-from ..table import parquet_bytes
-from .chunks import estimate_tokens
+from .claims import claim_shared_requests
 from .collect import collect_chunks
+from .dataset import (
+    check_output_dataset,
+    combine,
+    concatenate_parts,
+    part_name,
+    write_manifest,
+    write_shard,
+)
 from .driver import PlainSteps, TickSteps, advance, finish_round, submit_first_round
-from .identity import JobIdentity, JobRef, compute_job_id, effective_limits, job_ref
-from .output import JobSummary, assemble, latest_results
+from .identity import JobIdentity, JobRef, compute_job_id, effective_limits
+from .output import JobSummary
 from .prepare import prepare
 
 logger = logging.getLogger("prefect_llm_batch")
-
-#: The manifest of a sharded output, written last.
-MANIFEST = "_manifest.json"
-#: Borrowed answers of a shard (copied from the shards that sent them), beside its results.
-BORROWED_IDS = "borrowed.parquet"
 
 
 class ShardedJob(BaseModel):
@@ -146,16 +143,6 @@ def record_sharded_job(
     return job
 
 
-def read_sharded_job(
-    state_dir: str, job_id: str, storage_options: dict[str, Any] | None = None
-) -> ShardedJob | None:
-    """The sharded job ``job_id`` (None: no such sharded job in ``state_dir``)."""
-    path = _shards_path(state_dir, job_id)
-    if not exists(path, storage_options=storage_options):
-        return None
-    return ShardedJob.model_validate_json(read_bytes(path, storage_options=storage_options))
-
-
 def prepare_shard(
     shard: Shard,
     job: JobIdentity,
@@ -182,262 +169,6 @@ def prepare_shard(
         storage_options=storage_options,
         identity=identity,
         shard=shard,
-    )
-
-
-class Claims(BaseModel):
-    """What :func:`claim_shared_requests` found: requests each shard borrows from earlier ones."""
-
-    borrowed: list[int]
-
-    @property
-    def total(self) -> int:
-        """Requests borrowed in all (sent once, by an earlier shard)."""
-        return sum(self.borrowed)
-
-
-def _unique_ids(store: JobStore) -> pa.Array[Any]:
-    """The distinct request ids of a shard's rows that its cached answers do not hold."""
-    ids = pc.unique(store.read_row_ids())
-    cached = store.read_cached_results(["custom_id"])
-    if cached is not None and cached.num_rows:
-        ids = ids.filter(pc.invert(pc.is_in(ids, value_set=cached.column("custom_id").combine_chunks())))
-    return ids
-
-
-def claim_shared_requests(refs: list[JobRef], *, storage_options: dict[str, Any] | None = None) -> Claims:
-    """Give every request key to the first shard that has it; later shards borrow its answer.
-
-    In shard order: a shard's distinct request ids (not answered by the cache) that an earlier
-    shard has are *borrowed*: written to the shard's ``borrowed.parquet`` and taken out of its
-    batch files (before anything is sent), so each key is sent once per job. Run before the first
-    submit of any shard; running it again finds the same claims (a shard's borrowed ids are
-    recomputed from its rows, and its batch files rewritten only while they still hold them).
-    Memory holds every distinct key of the job (about 48 bytes each), in this process.
-    """
-    seen = DigestSet()
-    borrowed_counts: list[int] = []
-    for ref in refs:
-        store = JobStore(ref.state_dir, ref.job_id, storage_options)
-        ids = _unique_ids(store)
-        digests = decode_custom_ids(ids, what="row")
-        new = seen.add([row.tobytes() for row in digests])
-        keep = pa.array(_mask(len(ids), new))
-        borrowed = ids.filter(pc.invert(keep))
-        borrowed_counts.append(len(borrowed))
-        if len(borrowed):
-            _take_out(store, borrowed)
-    claims = Claims(borrowed=borrowed_counts)
-    if claims.total:
-        logger.info(
-            "%d request(s) repeated across shards are sent once, by the first shard that has them",
-            claims.total,
-        )
-    return claims
-
-
-def _mask(n: int, positions: Any) -> list[bool]:
-    mask = [False] * n
-    for position in positions.tolist():
-        mask[position] = True
-    return mask
-
-
-def _take_out(store: JobStore, borrowed: pa.Array[Any]) -> None:
-    """Record a shard's borrowed ids, then take them out of its first-round batch files."""
-    table = pa.table({"custom_id": borrowed.cast(pa.string())})
-    path = f"{store.root}/{BORROWED_IDS}"
-    if not exists(path, storage_options=store.options):
-        write_bytes_atomic(path, parquet_bytes(table), storage_options=store.options, private=True)
-    record = store.read_job()
-    if any(
-        store.read_chunk(c.chunk_id).intent_at or store.read_chunk(c.chunk_id).batch_id for c in record.chunks
-    ):
-        return  # already sent (a job claimed and submitted before): the batch files stay as sent
-    value_set = table.column("custom_id").combine_chunks()
-    taken = set(value_set.to_pylist())
-    kept_chunks = []
-    changed = False
-    for plan in record.chunks:
-        ids = store.read_chunk_ids(plan.chunk_id)
-        if ids is not None and not pc.any(pc.is_in(pa.array(ids, pa.string()), value_set=value_set)).as_py():
-            kept_chunks.append(plan)
-            continue
-        lines = [
-            line
-            for line in store.read_chunk_input(plan.chunk_id).splitlines(keepends=True)
-            if line.strip() and str(orjson.loads(line)["custom_id"]) not in taken
-        ]
-        changed = True
-        if not lines:
-            continue
-        data = b"".join(lines)
-        store.write_chunk_input(plan.chunk_id, data)
-        store.write_chunk_ids(
-            plan.chunk_id, pa.array([str(orjson.loads(line)["custom_id"]) for line in lines])
-        )
-        kept_chunks.append(
-            plan.model_copy(
-                update={
-                    "requests": len(lines),
-                    "bytes": len(data),
-                    "est_tokens": sum(estimate_tokens(x) for x in lines),
-                }
-            )
-        )
-    if changed:
-        record.chunks = kept_chunks
-        store.write_job(record)
-
-
-def read_borrowed_ids(store: JobStore) -> pa.Array[Any] | None:
-    """The ids a shard borrows (None: it borrows none)."""
-    path = f"{store.root}/{BORROWED_IDS}"
-    if not exists(path, storage_options=store.options):
-        return None
-    return (
-        pq.read_table(pa.BufferReader(read_bytes(path, storage_options=store.options)))
-        .column("custom_id")
-        .combine_chunks()
-    )
-
-
-def fill_borrowed(
-    ref: JobRef, earlier: list[JobRef], *, storage_options: dict[str, Any] | None = None
-) -> int:
-    """Copy the answers a shard borrows from the earlier shards that sent them (idempotent).
-
-    Returns:
-        How many answers were copied.
-
-    Raises:
-        StateError: An earlier shard is not collected, or holds no answer for a borrowed id.
-    """
-    store = JobStore(ref.state_dir, ref.job_id, storage_options)
-    wanted = read_borrowed_ids(store)
-    if wanted is None or not len(wanted):
-        return 0
-    found: list[pa.Table] = []
-    for owner in earlier:
-        if not len(wanted):
-            break
-        results, _ = latest_results(JobStore(owner.state_dir, owner.job_id, storage_options))
-        hit = results.filter(pc.is_in(results.column("custom_id"), value_set=wanted))
-        if hit.num_rows:
-            found.append(hit)
-            wanted = wanted.filter(
-                pc.invert(pc.is_in(wanted, value_set=hit.column("custom_id").combine_chunks()))
-            )
-    if len(wanted):
-        raise StateError(
-            f"shard job {ref.job_id}: {len(wanted)} borrowed answer(s) are in no earlier shard; "
-            "run the job again"
-        )
-    table = pa.concat_tables(found)
-    store.write_borrowed_results(table)
-    return table.num_rows
-
-
-def part_name(index: int) -> str:
-    """The file name of shard ``index``'s part of the output dataset.
-
-    Examples:
-        >>> part_name(12)
-        'part-00012.parquet'
-    """
-    return f"part-{index:05d}.parquet"
-
-
-def write_shard(
-    ref: JobRef,
-    index: int,
-    earlier: list[JobRef],
-    output: str,
-    *,
-    overwrite: bool = False,
-    parser: Callable[[str], Any] | None = None,
-    storage_options: dict[str, Any] | None = None,
-) -> JobSummary:
-    """Fill a shard's borrowed answers and write its rows as one part of the output dataset."""
-    store = JobStore(ref.state_dir, ref.job_id, storage_options)
-    with store.lease():
-        fill_borrowed(ref, earlier, storage_options=storage_options)
-        return assemble(
-            ref,
-            output=f"{output.rstrip('/')}/{part_name(index)}",
-            overwrite=overwrite,
-            parser=parser,
-            storage_options=storage_options,
-        )
-
-
-def write_manifest(
-    output: str,
-    job: ShardedJob,
-    summaries: list[JobSummary],
-    *,
-    storage_options: dict[str, Any] | None = None,
-) -> dict[str, Any]:
-    """Write the output dataset's manifest, last: its parts, rows, job id and schema.
-
-    Raises:
-        StateError: A part is missing.
-    """
-    from ..files import filesystem
-
-    parts: list[dict[str, Any]] = []
-    schema: pa.Schema | None = None
-    fs, root = filesystem(output, storage_options)
-    for shard, summary in zip(job.plan.shards, summaries, strict=True):
-        name = part_name(shard.index)
-        path = f"{root.rstrip('/')}/{name}"
-        if not fs.exists(path):
-            raise StateError(f"the part {name} of {output} is missing; run the job again")
-        if schema is None:
-            with fs.open(path, "rb") as handle:
-                schema = pq.ParquetFile(handle).schema_arrow
-        parts.append({"path": name, "rows": summary.rows, "shard": shard.index, "job_id": summary.job_id})
-    manifest = {
-        "job_id": job.job_id,
-        "source": job.source,
-        "rows": sum(p["rows"] for p in parts),
-        "shards": len(parts),
-        "parts": parts,
-        "schema": [{"name": f.name, "type": str(f.type)} for f in (schema or pa.schema([]))],
-    }
-    write_bytes_atomic(
-        f"{output.rstrip('/')}/{MANIFEST}", orjson.dumps(manifest, option=orjson.OPT_INDENT_2),
-        storage_options=storage_options,
-    )  # fmt: skip
-    return manifest
-
-
-def combine(job: ShardedJob, output: str, summaries: list[JobSummary]) -> JobSummary:
-    """One summary of the whole sharded job, from its shards'."""
-    errors: dict[str, int] = {}
-    for s in summaries:
-        for kind, count in s.errors_by_kind.items():
-            errors[kind] = errors.get(kind, 0) + count
-    first = summaries[0]
-    costs = [s.cost_usd for s in summaries]
-    return JobSummary(
-        job_id=job.job_id,
-        output=output,
-        state_dir=first.state_dir,
-        provider=first.provider,
-        model=first.model,
-        rows=sum(s.rows for s in summaries),
-        unique_requests=sum(s.unique_requests for s in summaries),
-        cached_requests=sum(s.cached_requests for s in summaries),
-        ok_rows=sum(s.ok_rows for s in summaries),
-        error_rows=sum(s.error_rows for s in summaries),
-        errors_by_kind=dict(sorted(errors.items())),
-        batch_ids=[b for s in summaries for b in s.batch_ids],
-        rounds=max(s.rounds for s in summaries),
-        input_tokens=sum(s.input_tokens for s in summaries),
-        output_tokens=sum(s.output_tokens for s in summaries),
-        cost_usd=None if any(c is None for c in costs) else sum(c or 0.0 for c in costs),
-        unreadable_lines=sum(s.unreadable_lines for s in summaries),
     )
 
 
@@ -485,31 +216,6 @@ def run_shard_rounds(
             on_poll(pending)
         if pending and not ready:
             sleep(options.poll_interval)
-
-
-def shard_refs(
-    job: ShardedJob, state_dir: str, storage_options: dict[str, Any] | None = None
-) -> list[JobRef]:
-    """The references of a sharded job's prepared shards."""
-    return [
-        job_ref(JobStore(state_dir, job_id, storage_options).read_job(), state_dir)
-        for job_id in job.shard_job_ids
-    ]
-
-
-def check_shardable(limit: int | None) -> None:
-    """Refuse options that shards do not support, before anything is read.
-
-    Raises:
-        InputError: ``limit`` is set.
-    """
-    if limit is not None:
-        raise InputError("limit cannot be combined with shards: run the first rows without shards")
-
-
-def fingerprints(shards: Iterable[Shard], storage_options: dict[str, Any] | None = None) -> list[str]:
-    """Every shard's content fingerprint, in this process (engines map :func:`shard_fingerprint`)."""
-    return [shard_fingerprint(s, storage_options) for s in shards]
 
 
 class ShardSteps(Protocol):
@@ -671,57 +377,6 @@ def run_sharded(
         else:
             write_manifest(output, job, summaries, storage_options=storage_options)
         return combine(job, output, summaries)
-
-
-def check_output_dataset(
-    output: str, *, overwrite: bool, single_file: bool, storage_options: dict[str, Any] | None = None
-) -> None:
-    """Refuse an output that exists (unless ``overwrite``), before anything is read or sent.
-
-    A dataset directory without a manifest (a run interrupted while writing its parts) is taken
-    as this job's and written again.
-
-    Raises:
-        TableError: The output exists.
-    """
-    from ..errors import TableError
-    from ..files import filesystem, shown_path
-
-    fs, path = filesystem(output, storage_options)
-    if overwrite or not fs.exists(path):
-        return
-    if single_file or not fs.isdir(path) or fs.exists(f"{path.rstrip('/')}/{MANIFEST}"):
-        raise TableError(f"the output {shown_path(output)} exists; pass overwrite to replace it")
-
-
-def concatenate_parts(
-    folder: str,
-    names: list[str],
-    output: str,
-    *,
-    overwrite: bool = False,
-    storage_options: dict[str, Any] | None = None,
-) -> int:
-    """Write the parts, in order, as one Parquet file (streamed: one row group at a time).
-
-    Returns:
-        The rows written.
-    """
-    from ..files import filesystem, write_parquet_batches_atomic
-
-    fs, root = filesystem(folder, storage_options)
-    paths = [f"{root.rstrip('/')}/{name}" for name in names]
-    with fs.open(paths[0], "rb") as handle:
-        schema = pq.ParquetFile(handle).schema_arrow
-
-    def batches() -> Iterator[pa.RecordBatch]:
-        for path in paths:
-            with fs.open(path, "rb") as handle:
-                yield from pq.ParquetFile(handle).iter_batches()
-
-    return write_parquet_batches_atomic(
-        batches(), output, schema=schema, overwrite=overwrite, storage_options=storage_options
-    )
 
 
 def run_sharded_job(

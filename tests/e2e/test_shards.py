@@ -13,7 +13,8 @@ import pytest
 
 from prefect_llm_batch import jobs
 from prefect_llm_batch.errors import TableError
-from prefect_llm_batch.jobs.sharded import MANIFEST, run_sharded_job
+from prefect_llm_batch.jobs.dataset import MANIFEST
+from prefect_llm_batch.jobs.sharded import run_sharded_job
 from prefect_llm_batch.providers import make_provider
 from prefect_llm_batch.shards import plan_shards
 from prefect_llm_batch.spec import JobSpec, ProviderTarget, RunOptions

@@ -11,7 +11,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from prefect_llm_batch.jobs.sharded import MANIFEST
+from prefect_llm_batch.jobs.dataset import MANIFEST
 
 pytestmark = pytest.mark.timeout(600)
 

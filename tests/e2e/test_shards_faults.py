@@ -17,7 +17,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from prefect_llm_batch.errors import JobLocked
-from prefect_llm_batch.jobs.sharded import MANIFEST
+from prefect_llm_batch.jobs.dataset import MANIFEST
 from prefect_llm_batch.testing import FakeProviderServer, FakeServerConfig
 
 pytestmark = pytest.mark.timeout(900)
@@ -117,9 +117,9 @@ def test_a_worker_killed_during_a_step_costs_no_extra_batch_and_changes_no_answe
 def test_a_second_run_of_a_running_sharded_job_is_refused_clearly(
     prefect_harness: None, tmp_path: Path, server: FakeProviderServer
 ) -> None:
-    from prefect_llm_batch.jobs.sharded import identify_sharded, plan_shards
+    from prefect_llm_batch.jobs.sharded import identify_sharded
     from prefect_llm_batch.providers import make_provider, target_for
-    from prefect_llm_batch.shards import shard_fingerprint
+    from prefect_llm_batch.shards import plan_shards, shard_fingerprint
     from prefect_llm_batch.spec import JobSpec
     from prefect_llm_batch.store import JobStore
 
