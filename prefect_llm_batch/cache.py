@@ -24,7 +24,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from .files import bytes_freed_by_removing, drop_behind, filesystem, modified_time, write_bytes_atomic
+from .files import bytes_freed_by_removing, modified_time, write_bytes_atomic
+from .local_files import drop_behind
+from .object_stores import filesystem
 from .store import is_damage, secure_state_dir, short_error
 from .table import parquet_bytes
 

@@ -8,7 +8,7 @@ How the lease file is written, by store:
 
 - Local filesystem: checked and written under an OS lock on ``lease.json.lock`` (``flock``; the
   lock is local-only: it means nothing to another machine).
-- S3 (s3fs; :func:`~prefect_llm_batch.files.conditional_writes`): compare-and-swap on the object.
+- S3 (s3fs; :func:`~prefect_llm_batch.object_stores.conditional_writes`): compare-and-swap on the object.
   A free lease is created with ``If-None-Match: *`` (absent) or replaced with ``If-Match`` on the
   ETag read when it was found free (expired, or of a dead process of this host); renewals are
   ``If-Match`` on the ETag of this runner's last write. Of two runners racing, the store lets one
@@ -42,15 +42,8 @@ from typing import TYPE_CHECKING, Any
 import orjson
 
 from .errors import JobLocked
-from .files import (
-    WriteConflict,
-    conditional_writes,
-    filesystem,
-    make_dirs,
-    read_versioned,
-    write_bytes_atomic,
-    write_if_version,
-)
+from .files import make_dirs, write_bytes_atomic
+from .object_stores import WriteConflict, conditional_writes, filesystem, read_versioned, write_if_version
 
 if TYPE_CHECKING:
     from .store import JobStore

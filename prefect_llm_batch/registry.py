@@ -19,7 +19,8 @@ import orjson
 from pydantic import BaseModel, Field
 
 from .errors import JobLocked, StateError
-from .files import bytes_freed_by_removing, exists, filesystem, modified_time, read_bytes, write_bytes_atomic
+from .files import bytes_freed_by_removing, exists, modified_time, read_bytes, write_bytes_atomic
+from .object_stores import filesystem
 from .store import JobRecord, JobStore, orjson_dumps, secure_state_dir
 
 logger = logging.getLogger("prefect_llm_batch")

@@ -25,7 +25,7 @@ import pyarrow.parquet as pq
 from pydantic import BaseModel, ConfigDict
 
 from .errors import TableError
-from .files import filesystem, shown_path
+from .object_stores import filesystem, shown_path
 
 #: Rows per shard unless told otherwise: enough that a shard's fixed costs (a task, a few state
 #: files, its own batches) are small beside its work, few enough that a worker holds a shard's
@@ -242,7 +242,7 @@ def plan_shards(
 
     Examples:
         >>> import pyarrow as pa, pyarrow.parquet as pq
-        >>> from prefect_llm_batch.files import filesystem
+        >>> from prefect_llm_batch.object_stores import filesystem
         >>> fs, _ = filesystem("memory://", None)
         >>> for year in (2023, 2024):
         ...     with fs.open(f"/shards-doc/year={year}/part-0.parquet", "wb") as f:

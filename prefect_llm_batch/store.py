@@ -54,16 +54,11 @@ import pyarrow.parquet as pq
 from pydantic import BaseModel, Field
 
 from .errors import StateError, TableError
-from .files import (
-    drop_behind,
-    exists,
-    filesystem,
-    read_bytes,
-    write_bytes_atomic,
-    write_parquet_batches_atomic,
-)
+from .files import exists, read_bytes, write_bytes_atomic, write_parquet_batches_atomic
 from .keys import split_fixed_width
 from .lease import LEASE_TTL_S, Lease, check_held
+from .local_files import drop_behind
+from .object_stores import filesystem
 from .shards import Shard
 from .spec import BatchLimits
 from .table import parquet_bytes
@@ -340,7 +335,7 @@ class JobStore:
 
     def write_chunk_input(self, chunk_id: int, data: bytes | Sequence[bytes | memoryview]) -> None:
         """Write a chunk's batch input file, whole or as its pieces in order (with
-        :func:`~prefect_llm_batch.files.drop_behind` on, out of the page cache once synced: it is
+        :func:`~prefect_llm_batch.local_files.drop_behind` on, out of the page cache once synced: it is
         read once, to be uploaded, so a job holds the cache of the files being written, not all)."""
         self._write(self._path("requests", f"chunk-{chunk_id:05d}.jsonl"), data, drop_cache=drop_behind())
 

@@ -1,6 +1,6 @@
 """Batch input files (pure): request bodies, JSONL lines per endpoint, chunk packing under limits.
 
-:func:`chat_body` builds a chat-completions body; :class:`RequestEncoder` builds the bodies, keys
+:class:`RequestEncoder` builds the bodies (with a provider's body builder), keys
 (:mod:`~prefect_llm_batch.keys`) and batch input lines of many rows at once, in Arrow;
 :func:`build_request_set` is the same in one call, de-duplicated. :func:`encode_line` writes one
 JSONL line, :func:`fixed_width_ids` reads the ``custom_id`` s back out of a batch file this
@@ -19,7 +19,7 @@ Modules:
 
 from __future__ import annotations
 
-from prefect_llm_batch.batchfile.bodies import chat_body, json_string_contents
+from prefect_llm_batch.batchfile.bodies import json_string_contents
 from prefect_llm_batch.batchfile.chunks import ChunkPacker, ChunkPlan, plan_chunks
 from prefect_llm_batch.batchfile.encoder import EncodedRequests, LaidOutRequests, RequestEncoder, Texts
 from prefect_llm_batch.batchfile.lines import ID_HEAD, encode_line, fixed_width_ids
@@ -35,7 +35,6 @@ __all__ = [
     "RequestSet",
     "Texts",
     "build_request_set",
-    "chat_body",
     "encode_line",
     "fixed_width_ids",
     "json_string_contents",

@@ -1,34 +1,12 @@
-"""Request bodies: the chat-completions body, JSON string contents, and a body's fixed JSON around
-its texts (its shape), which :class:`~prefect_llm_batch.batchfile.encoder.RequestEncoder` fills row by row."""
+"""Request bodies: JSON string contents, and a body's fixed JSON around its texts (its shape),
+which :class:`~prefect_llm_batch.batchfile.encoder.RequestEncoder` fills row by row."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
 
 import orjson
-
-
-def chat_body(
-    model: str, prompt: str, system: str | None = None, params: dict[str, Any] | None = None
-) -> dict[str, Any]:
-    """Build a chat-completions request body.
-
-    Examples:
-        >>> chat_body("gpt-4o-mini", "Hi", system="Be brief", params={"temperature": 0})
-        {'model': 'gpt-4o-mini', 'messages': [{'role': 'system', 'content': 'Be brief'}, \
-{'role': 'user', 'content': 'Hi'}], 'temperature': 0}
-    """
-    messages: list[dict[str, str]] = []
-    if system:
-        messages.append({"role": "system", "content": system})
-    messages.append({"role": "user", "content": prompt})
-    body: dict[str, Any] = {"model": model, "messages": messages}
-    if params:
-        body.update(params)
-    return body
-
 
 #: Stand-ins for a row's prompt and system prompt when a body's fixed JSON is worked out once.
 PROMPT_SLOT = "\x00prompt-slot\x00"

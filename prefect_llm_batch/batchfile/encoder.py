@@ -70,20 +70,21 @@ class RequestEncoder:
             needed only for :meth:`EncodedRequests.lines`.
 
     Examples:
-        >>> from prefect_llm_batch.batchfile.bodies import chat_body
+        >>> def chat(model, prompt, system=None):  # a chat-completions body, as a provider builds it
+        ...     return {"model": model, "messages": [{"role": "user", "content": prompt}]}
         >>> encoder = RequestEncoder(provider="openai", base_url="https://x/v1",
-        ...     endpoint="/v1/chat/completions", build_body=lambda p, s: chat_body("m", p, s),
+        ...     endpoint="/v1/chat/completions", build_body=lambda p, s: chat("m", p, s),
         ...     build_line=lambda cid, body: {"custom_id": cid, "body": body})
         >>> encoded = encoder.encode(["hi", "hi", "yo"])
         >>> encoded.custom_ids[0] == encoded.custom_ids[1] != encoded.custom_ids[2]
         True
         >>> from prefect_llm_batch.keys import custom_id
         >>> encoded.custom_ids[2] == custom_id("openai", "https://x/v1/", "/v1/chat/completions",
-        ...                                    chat_body("m", "yo"))
+        ...                                    chat("m", "yo"))
         True
         >>> import orjson
         >>> line = orjson.loads(encoded.lines([2])[0])
-        >>> line["custom_id"] == encoded.custom_ids[2], line["body"] == chat_body("m", "yo")
+        >>> line["custom_id"] == encoded.custom_ids[2], line["body"] == chat("m", "yo")
         (True, True)
     """
 

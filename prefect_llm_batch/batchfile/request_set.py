@@ -59,10 +59,11 @@ def build_request_set(
         The de-duplicated :class:`RequestSet`.
 
     Examples:
-        >>> from prefect_llm_batch.batchfile.bodies import chat_body
+        >>> def chat(model, prompt, system=None):  # a chat-completions body, as a provider builds it
+        ...     return {"model": model, "messages": [{"role": "user", "content": prompt}]}
         >>> rs = build_request_set(provider="openai", base_url="https://x/v1",
         ...     endpoint="/v1/chat/completions", prompts=["a", "b", "a"],
-        ...     build_body=lambda prompt, system: chat_body("m", prompt, system))
+        ...     build_body=lambda prompt, system: chat("m", prompt, system))
         >>> len(rs.row_ids), len(rs.unique_ids), rs.row_ids[0] == rs.row_ids[2], rs.first_row
         (3, 2, True, [0, 1])
     """

@@ -32,7 +32,8 @@ from fsspec.implementations.local import LocalFileSystem
 
 from ..costs import estimate_cost
 from ..errors import ConfigError, CostLimitExceeded, TableError
-from ..files import exists, object_store, shown_path
+from ..files import exists
+from ..object_stores import object_store, shown_path
 from ..spec import API_KEY_ENV
 
 __all__ = ["check_before_start", "check_output", "check_output_writable", "same_or_inside"]

@@ -74,7 +74,7 @@ def write_manifest(
     Raises:
         StateError: A part is missing.
     """
-    from ..files import filesystem
+    from ..object_stores import filesystem
 
     parts: list[dict[str, Any]] = []
     schema: pa.Schema | None = None
@@ -144,7 +144,7 @@ def check_output_dataset(
         TableError: The output exists.
     """
     from ..errors import TableError
-    from ..files import filesystem, shown_path
+    from ..object_stores import filesystem, shown_path
 
     fs, path = filesystem(output, storage_options)
     if overwrite or not fs.exists(path):
@@ -166,7 +166,8 @@ def concatenate_parts(
     Returns:
         The rows written.
     """
-    from ..files import filesystem, write_parquet_batches_atomic
+    from ..files import write_parquet_batches_atomic
+    from ..object_stores import filesystem
 
     fs, root = filesystem(folder, storage_options)
     paths = [f"{root.rstrip('/')}/{name}" for name in names]

@@ -36,7 +36,6 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.json as pj
 
-from ..batchfile import chat_body
 from ..errors import (
     ConfigError,
     InputError,
@@ -68,6 +67,27 @@ from .http import RetryingHTTP, error_for_response, redact_error, redact_json
 DEFAULT_BASE_URL = "https://api.openai.com/v1"
 #: Endpoints this provider builds requests for.
 ENDPOINTS = frozenset({CHAT_ENDPOINT, EMBEDDINGS_ENDPOINT})
+
+
+def chat_body(
+    model: str, prompt: str, system: str | None = None, params: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """Build a chat-completions request body.
+
+    Examples:
+        >>> chat_body("gpt-4o-mini", "Hi", system="Be brief", params={"temperature": 0})
+        {'model': 'gpt-4o-mini', 'messages': [{'role': 'system', 'content': 'Be brief'}, \
+{'role': 'user', 'content': 'Hi'}], 'temperature': 0}
+    """
+    messages: list[dict[str, str]] = []
+    if system:
+        messages.append({"role": "system", "content": system})
+    messages.append({"role": "user", "content": prompt})
+    body: dict[str, Any] = {"model": model, "messages": messages}
+    if params:
+        body.update(params)
+    return body
+
 
 _STATUSES = {s.value: s for s in BatchStatus}
 

@@ -6,7 +6,7 @@ import hashlib
 from typing import Any
 
 from prefect_llm_batch.errors import TableError
-from prefect_llm_batch.files import filesystem, shown_path
+from prefect_llm_batch.object_stores import filesystem, shown_path
 from prefect_llm_batch.table.formats import path_part
 from prefect_llm_batch.table.parquet_dataset import directory_parts
 

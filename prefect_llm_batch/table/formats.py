@@ -17,7 +17,7 @@ import fsspec.utils
 import pyarrow as pa
 
 from prefect_llm_batch.errors import TableError
-from prefect_llm_batch.files import shown_path
+from prefect_llm_batch.object_stores import shown_path
 
 #: The formats :func:`~prefect_llm_batch.table.reading.read_table` understands.
 TableFormat = Literal["csv", "parquet", "jsonl"]

@@ -16,7 +16,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from prefect_llm_batch.errors import TableError
-from prefect_llm_batch.files import filesystem, shown_path
+from prefect_llm_batch.object_stores import filesystem, shown_path
 from prefect_llm_batch.shards import hive_partitions
 from prefect_llm_batch.table.arrow_files import open_source
 from prefect_llm_batch.table.formats import EXTENSIONS, check_forced, path_part

@@ -12,7 +12,7 @@ from typing import Any, TypeVar
 import pyarrow as pa
 
 from prefect_llm_batch.errors import TableError
-from prefect_llm_batch.files import shown_path
+from prefect_llm_batch.object_stores import shown_path
 from prefect_llm_batch.shards import Shard
 from prefect_llm_batch.table.csv_reading import read_csv
 from prefect_llm_batch.table.formats import (

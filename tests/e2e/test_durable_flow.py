@@ -21,10 +21,10 @@ import pyarrow.parquet as pq
 import pytest
 from typer.testing import CliRunner
 
-from prefect_llm_batch.batchfile import chat_body
 from prefect_llm_batch.cli import app
 from prefect_llm_batch.errors import BatchCancelled, JobLocked
 from prefect_llm_batch.flows import enrich_table
+from prefect_llm_batch.providers.openai import chat_body
 from prefect_llm_batch.testing import FakeProviderServer, FakeServerConfig, default_answer
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")

@@ -12,9 +12,9 @@ import pyarrow.csv as pa_csv
 import pyarrow.parquet as pq
 import pytest
 
-from prefect_llm_batch.batchfile import chat_body
 from prefect_llm_batch.errors import BatchFailed, ErrorRateExceeded, TableError, TemplateError
 from prefect_llm_batch.flows import enrich_table
+from prefect_llm_batch.providers.openai import chat_body
 from prefect_llm_batch.results import OUTPUT_COLUMNS
 from prefect_llm_batch.testing import FakeProviderServer, FakeServerConfig, default_answer
 

@@ -17,9 +17,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from prefect_llm_batch.batchfile import chat_body
 from prefect_llm_batch.errors import TableError
 from prefect_llm_batch.flows import enrich_table
+from prefect_llm_batch.providers.openai import chat_body
 from prefect_llm_batch.testing import FakeProviderServer, FakeServerConfig, default_answer
 from tests.s3 import FAKE_ACCESS_KEY_ID, FAKE_SECRET_ACCESS_KEY, FakeS3
 

@@ -19,8 +19,9 @@ import s3fs
 
 from prefect_llm_batch.cache import ResponseCache
 from prefect_llm_batch.errors import JobLocked, TableError
-from prefect_llm_batch.files import conditional_writes, read_bytes, write_parquet_atomic
+from prefect_llm_batch.files import read_bytes, write_parquet_atomic
 from prefect_llm_batch.jobs.checks import check_output_writable
+from prefect_llm_batch.object_stores import conditional_writes
 from prefect_llm_batch.registry import read_pending, write_pending
 from prefect_llm_batch.store import JobStore
 from tests.s3 import FAKE_ACCESS_KEY_ID, FAKE_SECRET_ACCESS_KEY, FakeS3

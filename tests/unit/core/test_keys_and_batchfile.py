@@ -8,7 +8,7 @@ import re
 import orjson
 import pytest
 
-from prefect_llm_batch.batchfile import build_request_set, chat_body, encode_line, plan_chunks
+from prefect_llm_batch.batchfile import build_request_set, encode_line, plan_chunks
 from prefect_llm_batch.errors import InputError
 from prefect_llm_batch.keys import (
     canonical_json,
@@ -16,6 +16,7 @@ from prefect_llm_batch.keys import (
     custom_id_from_digest,
     request_digest,
 )
+from prefect_llm_batch.providers.openai import chat_body
 from prefect_llm_batch.spec import KEY_VERSION, BatchLimits, normalise_base_url
 
 CUSTOM_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")

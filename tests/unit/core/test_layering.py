@@ -20,11 +20,8 @@ CORE = {"arrays", "costs", "errors", "prompts", "results", "schemas", "spec"}
 CORE_LIBRARIES = {"jinja2", "jsonschema", "numpy", "orjson", "pyarrow", "pydantic"}
 
 #: Imports from providers to outside the core that are known and wait for a home in the core or
-#: in the provider: (provider module, imported module). Do not add to it; empty it.
-KNOWN_PROVIDER_EXCEPTIONS = {
-    # ``chat_body`` (the chat-completions body) lives in batchfile.py, being split meanwhile.
-    ("prefect_llm_batch.providers.openai", "prefect_llm_batch.batchfile"),
-}
+#: in the provider: (provider module, imported module). Keep it empty.
+KNOWN_PROVIDER_EXCEPTIONS: set[tuple[str, str]] = set()
 
 
 def _modules(part: str) -> list[Path]:

@@ -16,7 +16,6 @@ from prefect_llm_batch import jobs
 from prefect_llm_batch.batchfile import (
     RequestEncoder,
     build_request_set,
-    chat_body,
     json_string_contents,
     plan_chunks,
 )
@@ -25,7 +24,7 @@ from prefect_llm_batch.jobs.input_checks import check_and_render
 from prefect_llm_batch.keys import canonical_json, custom_id_array, custom_id_from_digest, request_digest
 from prefect_llm_batch.providers import make_provider
 from prefect_llm_batch.providers.anthropic import AnthropicBatchProvider
-from prefect_llm_batch.providers.openai import OpenAIBatchProvider
+from prefect_llm_batch.providers.openai import OpenAIBatchProvider, chat_body
 from prefect_llm_batch.schemas import ResponseSchema
 from prefect_llm_batch.spec import BatchLimits, JobSpec, ProviderTarget, RunOptions
 from prefect_llm_batch.store import JobStore

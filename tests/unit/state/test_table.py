@@ -16,9 +16,15 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from prefect_llm_batch import files as files_module
+from prefect_llm_batch import local_files
 from prefect_llm_batch.errors import InputError, TableError
-from prefect_llm_batch.files import exists, read_bytes, write_bytes_atomic, write_parquet_atomic
+from prefect_llm_batch.files import (
+    exists,
+    read_bytes,
+    write_bytes_atomic,
+    write_parquet_atomic,
+    write_parquet_batches_atomic,
+)
 from prefect_llm_batch.table import (
     csv_reading,
     dictionary_columns,
@@ -436,7 +442,7 @@ def test_failed_local_write_leaves_nothing_behind(tmp_path: Path, monkeypatch: p
     destination = tmp_path / "out" / "t.parquet"
     write_parquet_atomic(pa.table({"a": [1]}), str(destination))
     before = destination.read_bytes()
-    monkeypatch.setattr(files_module.pq, "write_table", _failing_write)
+    monkeypatch.setattr(pq, "write_table", _failing_write)
     with pytest.raises(TableError, match="disk full"):
         write_parquet_atomic(pa.table({"a": [2]}), str(destination), overwrite=True)
     with pytest.raises(TableError, match="disk full"):
@@ -446,7 +452,7 @@ def test_failed_local_write_leaves_nothing_behind(tmp_path: Path, monkeypatch: p
 
 
 def test_failed_object_store_write_leaves_nothing_behind(mem: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(files_module.pq, "write_table", _failing_write)
+    monkeypatch.setattr(pq, "write_table", _failing_write)
     with pytest.raises(TableError, match="disk full"):
         write_parquet_atomic(pa.table({"a": [2]}), f"{mem}/t.parquet")
     assert not exists(f"{mem}/t.parquet")
@@ -515,7 +521,7 @@ def test_streamed_write_publishes_nothing_when_the_batches_fail(tmp_path: Path, 
 
     for where in (str(tmp_path / "s.parquet"), f"{mem}/s.parquet"):
         with pytest.raises(RuntimeError, match="source broke"):
-            files_module.write_parquet_batches_atomic(
+            write_parquet_batches_atomic(
                 batches(), where, schema=pa.schema([("a", pa.int64())]), overwrite=True
             )
         assert not exists(where)
@@ -532,7 +538,7 @@ def test_local_write_keeps_other_process_file_when_it_appears(
         destination.write_bytes(b"someone else's")
         real_write(table, where, **kwargs)
 
-    monkeypatch.setattr(files_module.pq, "write_table", write_and_race)
+    monkeypatch.setattr(pq, "write_table", write_and_race)
     with pytest.raises(TableError, match="already exists"):
         write_parquet_atomic(pa.table({"a": [1]}), str(destination))
     assert destination.read_bytes() == b"someone else's"
@@ -647,7 +653,7 @@ def test_read_ahead_keeps_order_raises_where_it_failed_and_stops_early() -> None
 @pytest.fixture
 def dropped(monkeypatch: pytest.MonkeyPatch) -> list[tuple[int, int]]:
     """Every ``posix_fadvise(DONTNEED)`` made, as (bytes synced so far, bytes in the file)."""
-    if not files_module._CAN_DROP:
+    if not local_files.CAN_DROP:
         pytest.skip("this platform has no posix_fadvise")
     calls: list[tuple[int, int]] = []
     real = os.posix_fadvise
@@ -658,7 +664,7 @@ def dropped(monkeypatch: pytest.MonkeyPatch) -> list[tuple[int, int]]:
         real(fd, offset, length, advice)
 
     monkeypatch.setattr(os, "posix_fadvise", spy)
-    monkeypatch.setattr(files_module, "DROP_BEHIND_BYTES", 1 << 16)
+    monkeypatch.setattr(local_files, "DROP_BEHIND_BYTES", 1 << 16)
     return calls
 
 
@@ -670,7 +676,7 @@ def test_a_parquet_file_written_with_drop_cache_is_dropped_as_it_grows(
     batches = (
         pa.record_batch([pa.array([f"{i}-{j}-" * 20 for j in range(2000)])], schema=schema) for i in range(8)
     )
-    rows = files_module.write_parquet_batches_atomic(batches, destination, schema=schema, drop_cache=True)
+    rows = write_parquet_batches_atomic(batches, destination, schema=schema, drop_cache=True)
     assert rows == 16_000
     assert read_table(destination).column("text").to_pylist()[:2] == ["0-0-" * 20, "0-1-" * 20]
     size = os.path.getsize(destination)
@@ -712,13 +718,13 @@ def write_job_files(state_dir: Path) -> None:
 def test_a_job_keeps_its_files_in_the_page_cache_by_default(
     tmp_path: Path, dropped: list[tuple[int, int]], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.delenv(files_module.DROP_BEHIND_ENV, raising=False)
-    assert not files_module.drop_behind()
+    monkeypatch.delenv(local_files.DROP_BEHIND_ENV, raising=False)
+    assert not local_files.drop_behind()
     write_job_files(tmp_path / "state")
     assert dropped == []
     for value, on in (("1", True), (" 1\n", True), ("0", False), ("", False), ("yes", False)):
-        monkeypatch.setenv(files_module.DROP_BEHIND_ENV, value)
-        assert files_module.drop_behind() is on
+        monkeypatch.setenv(local_files.DROP_BEHIND_ENV, value)
+        assert local_files.drop_behind() is on
 
 
 def test_with_drop_behind_on_a_job_drops_its_batch_files_row_ids_and_results_but_not_its_output(
@@ -728,7 +734,7 @@ def test_with_drop_behind_on_a_job_drops_its_batch_files_row_ids_and_results_but
     from prefect_llm_batch.results import RowResult, result_positions, results_to_table
     from prefect_llm_batch.store import JobStore
 
-    monkeypatch.setenv(files_module.DROP_BEHIND_ENV, "1")
+    monkeypatch.setenv(local_files.DROP_BEHIND_ENV, "1")
     store = JobStore(str(tmp_path / "state"), "job1")
     store.write_chunk_input(0, b'{"custom_id":"a"}\n' * 10_000)
     store.write_row_ids(["a"] * 10_000)
