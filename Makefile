@@ -41,10 +41,13 @@ check: lint test
 # Performance: prepare/collect/end to end against naive baselines and floors (see benchmarks/RESULTS.md).
 bench: install
 	$(BIN)/python benchmarks/run.py
+	$(BIN)/python benchmarks/shards.py
 
-# A small version (seconds) that CI runs so the suite cannot rot.
+# A small version (seconds) that CI runs so the suite cannot rot; the sharded one starts two local
+# Dask clusters (about a minute).
 bench-quick: install
 	$(BIN)/python benchmarks/run.py --quick
+	$(BIN)/python benchmarks/shards.py --quick
 
 clean:
 	rm -rf $(VENV) out .pytest_cache .mypy_cache .ruff_cache

@@ -97,6 +97,7 @@ def publish_summary(summary: JobSummary) -> None:
 | batches | {", ".join(f"`{b}`" for b in summary.batch_ids) or "none"} |
 | tokens billed | {summary.input_tokens} in, {summary.output_tokens} out |
 | cost (batch prices) | {estimated} estimated, {billed} for the tokens billed |
+| provider budget | {summary.budget or "no limit set"} |
 
 ## Errors by kind
 

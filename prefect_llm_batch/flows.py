@@ -29,8 +29,9 @@ from pydantic import BaseModel
 
 from . import artifacts
 from .blocks import AnthropicBatchCredentials, LLMBatchJob, OpenAIBatchCredentials, ProviderCredentials
+from .budgets import job_budget
 from .costs import DEFAULT_EXPECTED_OUTPUT_TOKENS, Estimate
-from .errors import ConfigError, JobLocked
+from .errors import ConfigError, InputError, JobLocked
 from .forms import ui_form
 from .jobs import (
     JobIdentity,
@@ -43,6 +44,7 @@ from .jobs import (
     job_ref,
     run_rounds,
 )
+from .jobs.budget import own_limits
 from .jobs.checks import check_before_start
 from .jobs.detached import read_pending_jobs, submit_detached
 from .jobs.realtime import Mode, pick_mode
@@ -50,6 +52,7 @@ from .memory import SMALL_PAGES_ENV, small_pages_if_asked
 from .providers import api_key_for, make_provider, target_for
 from .registry import job_for_run, record_run, remove_pending
 from .schemas import ResponseSchema
+from .shard_tasks import run_in_shards
 from .simulator import open_target
 from .spec import (
     DEFAULT_MAX_ERROR_RATE,
@@ -186,6 +189,11 @@ def enrich_table(
     expected_output_tokens: int = DEFAULT_EXPECTED_OUTPUT_TOKENS,
     allow_empty: bool = False,
     invalid_utf8: Literal["error", "replace"] = "error",
+    engine: Literal["process", "dask"] = "process",
+    dask_address: str | None = None,
+    dask_workers: int = 2,
+    rows_per_shard: int | None = None,
+    single_file: bool = False,
 ) -> JobSummary | Estimate | JobRef:
     """Enrich a table with one LLM answer per row, through a provider batch API.
 
@@ -251,6 +259,16 @@ def enrich_table(
             naming the rows, before anything is sent).
         invalid_utf8: Text of a CSV or JSON Lines source that is not valid UTF-8 is an ``error``
             naming the column and the first bad row (default), or ``replace``: bad bytes become U+FFFD.
+        engine: ``process`` (default: the job in this flow run) or ``dask``: the job runs as shards
+            (file and row-group ranges of a Parquet source) whose prepare, collect and write steps
+            are tasks on a Dask cluster; the output is then a directory of Parquet parts with a
+            ``_manifest.json`` (see the README's "When one machine is not enough").
+        dask_address: The scheduler of an existing Dask cluster (``tcp://host:8786``); default: a
+            local cluster of ``dask_workers`` processes for the run.
+        dask_workers: Worker processes of the local cluster.
+        rows_per_shard: Rows per shard (default 1,000,000); set without ``engine="dask"``, the
+            shards run in this flow run's threads.
+        single_file: With shards, write one Parquet file at ``output`` instead of a dataset.
 
     Returns:
         The job summary (with ``dry_run``, the estimate; with ``detached``, the job reference).
@@ -305,6 +323,20 @@ def enrich_table(
         api_key=credentials.api_key.get_secret_value() if credentials is not None else None,
         detached=detached, mode=mode, max_cost_usd=None if dry_run else max_cost_usd, prices=prices,
     )  # fmt: skip
+    if engine == "dask" or rows_per_shard is not None:
+        if limit is not None or dry_run or detached or mode != "batch":
+            raise InputError(
+                "a job in shards runs whole and in batch mode: "
+                "limit, dry_run, detached and mode are not for it"
+            )
+        with resolve_target(provider, base_url, credentials) as target:
+            summary = run_in_shards(
+                source, spec, target, options, state_dir=state, output=output, overwrite=overwrite,
+                parser=parser, credentials=credentials, engine=engine, dask_address=dask_address,
+                dask_workers=dask_workers, rows_per_shard=rows_per_shard, single_file=single_file,
+            )  # fmt: skip
+        check_error_rates([(summary, max_error_rate)])
+        return summary
     with (
         resolve_target(provider, base_url, credentials) as target,
         hold_job(source, spec, target, state, limit, options, credentials) as identity,
@@ -344,7 +376,14 @@ def enrich_table(
         run_rounds(ref, steps, options, realtime=chosen == "realtime", log=log)
         artifacts.set_progress(progress_id, artifacts.COLLECTED)
         summary = write_output_asset(ref, output, overwrite, parser, source=source)
-        summary = summary.model_copy(update={"mode": chosen, "mode_reason": reason})
+        budget = job_budget(target.provider, spec.model, options)
+        summary = summary.model_copy(
+            update={
+                "mode": chosen,
+                "mode_reason": reason,
+                "budget": budget.describe() if budget else own_limits(options),
+            }
+        )
         artifacts.set_progress(progress_id, 100.0)
         artifacts.publish_summary(summary)
         user_cancelled = JobStore(state, ref.job_id).is_cancelled()

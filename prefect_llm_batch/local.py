@@ -37,6 +37,7 @@ from .jobs import (
     prepare,
     run_rounds,
 )
+from .jobs.budget import own_limits
 from .jobs.checks import Where, check_before_start, check_output
 from .jobs.detached import submit_detached
 from .jobs.realtime import Mode, pick_mode, realtime_client
@@ -140,7 +141,9 @@ def run_table(
                 )  # fmt: skip
             run_rounds(ref, steps, options, realtime=chosen == "realtime", log=log)
             summary = assemble(ref, output=output, overwrite=overwrite)
-            summary = summary.model_copy(update={"mode": chosen, "mode_reason": reason})
+            summary = summary.model_copy(
+                update={"mode": chosen, "mode_reason": reason, "budget": own_limits(options)}
+            )
             cancelled = store.is_cancelled()
     check_outcome(ref, summary, output, max_error_rate, cancelled=cancelled)
     return summary

@@ -59,6 +59,7 @@ from .keys import split_fixed_width
 from .lease import LEASE_TTL_S, Lease, check_held
 from .local_files import drop_behind
 from .object_stores import filesystem
+from .shards import Shard
 from .spec import BatchLimits
 from .table import parquet_bytes
 
@@ -162,6 +163,7 @@ class JobRecord(BaseModel):
     chunks: list[ChunkPlanRecord]
     limits: BatchLimits | None = None
     invalid_utf8: Literal["error", "replace"] = "error"  # how the source was read (and is read again)
+    shard: Shard | None = None  # a shard of a sharded job: the part and row groups it reads
 
     def round_chunks(self, round_: int) -> list[int]:
         """Ids of the chunks of one round."""
@@ -198,6 +200,8 @@ class ChunkState(BaseModel):
     #: (a provider whose batches carry no metadata): the job never cancels it, and it counts as
     #: the chunk's only once its results carry the chunk's request ids.
     provisional: bool = False
+    #: Leases on a shared provider budget held for the running batch (see ``jobs.budget``).
+    budget_leases: list[str] = Field(default_factory=list)
 
 
 class JobStore:
@@ -481,6 +485,22 @@ class JobStore:
         if not exists(path, storage_options=self._options):
             return None
         return self._read_parquet(path, columns)
+
+    def write_borrowed_results(self, table: pa.Table) -> None:
+        """Write the answers a shard borrows from the earlier shards of its job that sent them."""
+        self._write(self._path("results", "borrowed.parquet"), parquet_bytes(table))
+
+    def read_borrowed_results(self, columns: list[str] | None = None) -> pa.Table | None:
+        """Read the answers a shard borrowed (None if it borrowed none)."""
+        path = self._path("results", "borrowed.parquet")
+        if not exists(path, storage_options=self._options):
+            return None
+        return self._read_parquet(path, columns)
+
+    @property
+    def options(self) -> dict[str, Any] | None:
+        """The fsspec storage options of the state directory."""
+        return self._options
 
     # summary of the written output --------------------------------------------------------
 

@@ -26,6 +26,7 @@ from prefect.types.names import validate_valid_asset_key
 
 from . import artifacts, jobs
 from .blocks import ProviderCredentials
+from .budgets import job_budget
 from .costs import DEFAULT_EXPECTED_OUTPUT_TOKENS, Estimate
 from .errors import is_transient
 from .jobs.checks import check_output
@@ -131,8 +132,9 @@ def submit_batch(
 
     Returns the batch id, or None when the job was cancelled before this chunk was sent.
     """
+    budget = job_budget(target.provider, spec.model, options)
     with provider_for(target, spec, credentials) as provider:
-        state = jobs.submit_chunk(ref, chunk_id, provider, options)
+        state = jobs.submit_chunk(ref, chunk_id, provider, options, budget=budget)
     return state.batch_id
 
 
@@ -159,8 +161,9 @@ def wait_for_batches(
         log.info("job %s: %s", ref.job_id, p.describe())
         artifacts.set_progress(progress_id, artifacts.waiting_progress(p))
 
+    budget = job_budget(target.provider, spec.model, options)
     with provider_for(target, spec, credentials) as provider:
-        return jobs.wait(ref, provider, options, on_change=report)
+        return jobs.wait(ref, provider, options, on_change=report, budget=budget)
 
 
 @task(name="collect-batch", task_run_name="collect-batch-{chunk_id}", **_RETRIED)

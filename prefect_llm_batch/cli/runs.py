@@ -181,6 +181,23 @@ def run(
     ] = None,
     allow_empty: AllowEmptyOption = False,
     invalid_utf8: InvalidUtf8Option = "error",
+    engine: Annotated[
+        str,
+        typer.Option(
+            help="process (default) or dask: run a Parquet SOURCE as shards on a Dask cluster; OUTPUT is "
+            "then a directory of Parquet parts with a _manifest.json."
+        ),
+    ] = "process",
+    dask_address: Annotated[
+        str | None, typer.Option(help="Scheduler of an existing Dask cluster (default: a local cluster).")
+    ] = None,
+    dask_workers: Annotated[int, typer.Option(help="Worker processes of the local Dask cluster.")] = 2,
+    rows_per_shard: Annotated[
+        int | None, typer.Option(help="Rows per shard (default 1,000,000); without --engine dask: threads.")
+    ] = None,
+    single_file: Annotated[
+        bool, typer.Option(help="With shards, write one Parquet file at OUTPUT instead of a dataset.")
+    ] = False,
 ) -> None:
     """Enrich SOURCE with one answer per row and write OUTPUT (Parquet).
 
@@ -189,6 +206,11 @@ def run(
     process, without Prefect, and says so.
     """
     check_choices(provider, invalid_utf8, mode)
+    if engine not in ("process", "dask"):
+        raise fail(f"--engine must be process or dask, not {engine!r}", 2)
+    sharded = engine == "dask" or rows_per_shard is not None
+    if sharded and (limit is not None or detached or mode != "batch"):
+        raise fail("shards run whole and in batch mode: --limit, --detached and --mode are not for them", 2)
     before_work()
     if no_cache and refresh_cache:
         raise typer.BadParameter("--no-cache and --refresh-cache exclude each other")
@@ -220,16 +242,19 @@ def run(
     realtime = {"concurrency": realtime_concurrency, "requests_per_minute": realtime_rpm,
                 "tokens_per_minute": realtime_tpm}  # fmt: skip
     tracked = prefect_api_url() is not None
+    shards = {"engine": engine, "dask_address": dask_address, "dask_workers": dask_workers,
+              "rows_per_shard": rows_per_shard, "single_file": single_file}  # fmt: skip
     try:
         if tracked and max_cost_usd is not None:  # the cap, before a flow run starts (no HTTP)
             from ..jobs import check_cost
 
             check_cost(plan_estimate(source, spec, root, limit), max_cost_usd)
-        if tracked:
+        if tracked or sharded:  # (shards are Prefect tasks: a temporary server when none is configured)
             summary = _run_flow(
                 source, output, spec, schema, provider, state_dir, limit, overwrite, poll_interval,
                 max_error_rate, max_attempts, retry_backoff, cache, max_in_flight_batches,
                 max_enqueued_tokens, max_wait, keep_input_files, max_cost_usd, detached, mode, realtime,
+                shards if sharded else {},
             )  # fmt: skip
         else:
             from ..local import run_table
@@ -259,7 +284,7 @@ def run(
     else:
         assert isinstance(summary, JobSummary)
         print_summary(summary)
-    if not tracked:
+    if not tracked and not sharded:
         typer.echo(TRACKED_HINT)
 
 
@@ -285,6 +310,7 @@ def _run_flow(
     detached: bool,
     mode: str,
     realtime: dict[str, Any],
+    shards: dict[str, Any],
 ) -> Any:
     """Run the job as an ``enrich-table`` flow run (Prefect is imported here, and only here)."""
     _prefect_defaults()
@@ -324,6 +350,7 @@ def _run_flow(
         realtime_tpm=realtime["tokens_per_minute"],
         allow_empty=spec.allow_empty,
         invalid_utf8=spec.invalid_utf8,
+        **shards,
     )
 
 

@@ -27,6 +27,8 @@ def print_summary(summary: Any) -> None:
     table.add_row("batches", ", ".join(summary.batch_ids) or none_sent(summary))
     table.add_row("tokens", f"{summary.input_tokens} in, {summary.output_tokens} out")
     table.add_row("cost", cost_text(summary))
+    if summary.budget:
+        table.add_row("provider budget", summary.budget)
     table.add_row("state", summary.state_dir)
     console = Console()
     console.print(table)

@@ -34,6 +34,7 @@ from ..providers.base import BatchProvider
 from ..providers.realtime import RealtimeClient
 from ..spec import JobSpec, ProviderTarget, RunOptions
 from ..store import JobStore
+from .budget import Budget
 from .collect import collect_chunks
 from .identity import JobRef, identify
 from .output import JobSummary, assemble
@@ -94,6 +95,9 @@ class PlainSteps:
         on_change: Called with the progress when it changes while waiting.
         sleep: How to wait (tests pass a fake).
         realtime_client: Sends realtime chunks (needed only in realtime mode).
+        budget: A provider budget shared with other jobs (see :mod:`~prefect_llm_batch.jobs.budget`).
+        wait_for_budget: Wait in ``submit`` while the shared budget is full (False: a poller that
+            must not block leaves the chunk for its next pass).
     """
 
     ref: JobRef
@@ -102,18 +106,29 @@ class PlainSteps:
     on_change: Callable[[Progress], None] | None = None
     sleep: Callable[[float], None] = time.sleep
     realtime_client: RealtimeClient | None = None
+    budget: Budget | None = None
+    wait_for_budget: bool = True
 
     def submit(self, chunk_id: int) -> None:
         """:func:`~prefect_llm_batch.jobs.submit_chunk`."""
-        submit_chunk(self.ref, chunk_id, self.provider, self.options, self.sleep)
+        submit_chunk(
+            self.ref, chunk_id, self.provider, self.options, self.sleep, self.budget, self.wait_for_budget
+        )
 
     def wait(self) -> list[int]:
         """:func:`~prefect_llm_batch.jobs.wait`."""
-        return wait(self.ref, self.provider, self.options, on_change=self.on_change, sleep=self.sleep)
+        return wait(
+            self.ref,
+            self.provider,
+            self.options,
+            on_change=self.on_change,
+            sleep=self.sleep,
+            budget=self.budget,
+        )
 
     def poll(self) -> Poll:
         """:func:`~prefect_llm_batch.jobs.poll_once`."""
-        return poll_once(self.ref, self.provider, self.options)
+        return poll_once(self.ref, self.provider, self.options, self.budget)
 
     def collect(self, chunk_ids: list[int]) -> None:
         """:func:`~prefect_llm_batch.jobs.collect_chunks` (``COLLECTS_IN_FLIGHT`` at a time)."""
@@ -208,38 +223,60 @@ def submit_first_round(ref: JobRef, steps: Steps | TickSteps) -> None:
             steps.submit(chunk_id)
 
 
+def advance(ref: JobRef, steps: TickSteps) -> list[int] | None:
+    """Poll a job's running batches once and submit what is due, without waiting; the caller
+    holds the job's lease.
+
+    Submits again the batches that failed with a token limit, and the chunks of the current
+    round not sent yet.
+
+    Returns:
+        The chunks of the current round once every one has ended (ready to collect), else None.
+    """
+    store = JobStore(ref.state_dir, ref.job_id)
+    poll = steps.poll()
+    for chunk_id in poll.resubmit:
+        steps.submit(chunk_id)
+    record = store.read_job()
+    chunks = record.round_chunks(max(record.rounds, 1))
+    unsent = [c for c in chunks if not (s := store.read_chunk(c)).batch_id and not ended(s)]
+    for chunk_id in unsent:
+        steps.submit(chunk_id)
+    if unsent or poll.pending or poll.resubmit:
+        return None
+    return chunks
+
+
+def finish_round(ref: JobRef, steps: TickSteps, *, log: Log = logger) -> bool:
+    """After the current round is collected: plan the next round and submit it; True when there
+    is none (every result is collected). The caller holds the job's lease."""
+    record = JobStore(ref.state_dir, ref.job_id).read_job()
+    round_ = max(record.rounds, 1)
+    following = steps.plan_retry(round_)
+    if following:
+        log.info("job %s: round %d sends %d batch(es)", ref.job_id, round_ + 1, len(following))
+        for chunk_id in following:
+            steps.submit(chunk_id)
+        return False
+    return True
+
+
 def tick(ref: JobRef, steps: TickSteps, *, log: Log = logger) -> bool:
     """Move a job forward once, without waiting; True once every result is collected.
 
-    Polls the job's running batches once; submits again the batches that failed with a token
-    limit and the chunks of the current round not sent yet; when the round has ended, collects
-    it and plans (and submits) the next round. The caller writes the output once this is True,
-    holding the job's lease around both; this holds it too (re-entrant).
+    :func:`advance`, then, when the round has ended, collects it and :func:`finish_round`. The
+    caller writes the output once this is True, holding the job's lease around both; this holds
+    it too (re-entrant).
 
     Raises:
         JobLocked: Another run holds the job.
     """
-    store = JobStore(ref.state_dir, ref.job_id)
-    with store.lease():
-        poll = steps.poll()
-        for chunk_id in poll.resubmit:
-            steps.submit(chunk_id)
-        record = store.read_job()
-        round_ = max(record.rounds, 1)
-        chunks = record.round_chunks(round_)
-        unsent = [c for c in chunks if not (s := store.read_chunk(c)).batch_id and not ended(s)]
-        for chunk_id in unsent:
-            steps.submit(chunk_id)
-        if unsent or poll.pending or poll.resubmit:
+    with JobStore(ref.state_dir, ref.job_id).lease():
+        chunks = advance(ref, steps)
+        if chunks is None:
             return False
         steps.collect(chunks)
-        following = steps.plan_retry(round_)
-        if following:
-            log.info("job %s: round %d sends %d batch(es)", ref.job_id, round_ + 1, len(following))
-            for chunk_id in following:
-                steps.submit(chunk_id)
-            return False
-        return True
+        return finish_round(ref, steps, log=log)
 
 
 def run_job(

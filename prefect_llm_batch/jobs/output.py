@@ -32,6 +32,7 @@ from ..results import (
     result_schema,
 )
 from ..schemas import ResponseSchema
+from ..shards import shard_fingerprint
 from ..spec import EMBEDDINGS_ENDPOINT
 from ..store import JobStore
 from ..table import SCAN_BATCH_ROWS, TableScan, dictionary_columns, fingerprint, read_ahead, scan_table
@@ -39,6 +40,11 @@ from .estimate import estimate
 from .identity import JobRef
 
 logger = logging.getLogger("prefect_llm_batch")
+
+#: The source of a shard's borrowed answers among :class:`JobAnswers`' sources.
+BORROWED = "borrowed"
+#: Where answers come from: the cache (None), borrowed from earlier shards, or a chunk.
+Source: TypeAlias = "int | str | None"
 
 
 class JobSummary(BaseModel):
@@ -74,6 +80,9 @@ class JobSummary(BaseModel):
     mode: str = "batch"
     mode_reason: str = ""
     unreadable_lines: int = 0
+    #: How ``max_enqueued_tokens`` / ``max_in_flight_batches`` were held: shared with other jobs
+    #: (a Prefect server), or this job's own limits only; empty when neither was set.
+    budget: str = ""
 
     @property
     def error_rate(self) -> float:
@@ -100,6 +109,9 @@ def latest_results(store: JobStore, columns: list[str] | None = None) -> tuple[p
     cached = store.read_cached_results(columns)
     if cached is not None:
         first.append(cached.select(schema.names).cast(schema))
+    borrowed = store.read_borrowed_results(columns)  # (a shard: answers sent by earlier shards)
+    if borrowed is not None:
+        first.append(borrowed.select(schema.names).cast(schema))
     batch_ids: list[str] = []
     for plan in sorted(record.chunks, key=lambda c: (c.round, c.chunk_id)):
         state = store.read_chunk(plan.chunk_id)
@@ -174,12 +186,14 @@ class JobAnswers:
         self._store = store
         self._transform = transform
         self._schema = result_schema(embeddings=record.endpoint == EMBEDDINGS_ENDPOINT)
-        sources: list[int | None] = []
+        sources: list[Source] = []
         self.batch_ids: list[str] = []
         self.unreadable_lines = 0
         cached_ids = store.read_cached_results(["custom_id"])
         if cached_ids is not None:
             sources.append(None)
+        if store.read_borrowed_results(["custom_id"]) is not None:
+            sources.append(BORROWED)
         for plan in sorted(record.chunks, key=lambda c: (c.round, c.chunk_id)):
             state = store.read_chunk(plan.chunk_id)
             if not state.collected:
@@ -238,14 +252,16 @@ class JobAnswers:
         self.output_tokens = 0
         pa.default_memory_pool().release_unused()
 
-    def _read(self, source: int | None, columns: list[str] | None) -> pa.Table:
-        if source is None:
-            table = self._store.read_cached_results(columns)
+    def _read(self, source: Source, columns: list[str] | None) -> pa.Table:
+        if source is None or source == BORROWED:
+            read = self._store.read_cached_results if source is None else self._store.read_borrowed_results
+            table = read(columns)
             assert table is not None
             return table
+        assert isinstance(source, int)
         return self._store.read_results(source, columns)
 
-    def _keys(self, source: int | None, cached_ids: pa.Table | None) -> Digests:
+    def _keys(self, source: Source, cached_ids: pa.Table | None) -> Digests:
         table = cached_ids if source is None and cached_ids is not None else self._read(source, ["custom_id"])
         ids = table.column("custom_id")
         try:
@@ -260,6 +276,9 @@ class JobAnswers:
 
     def _count_tokens(self, source: int, table: pa.Table) -> None:
         if source in self._taken:
+            return
+        if self._sources[source] == BORROWED:  # sent, and counted, by the shard that owns them
+            self._taken.add(source)
             return
         latest = self._latest[self._offsets[source] : self._offsets[source + 1]]
         sent = pc.and_(pa.array(latest), pc.invert(table.column("response_cached").combine_chunks()))
@@ -420,14 +439,19 @@ def assemble(
         return results
 
     with ThreadPoolExecutor(max_workers=1) as pool:  # hashing the source overlaps matching the ids
-        source_fp = pool.submit(fingerprint, record.source, storage_options=storage_options)
+        source_fp = (
+            pool.submit(shard_fingerprint, record.shard, storage_options)
+            if record.shard is not None
+            else pool.submit(fingerprint, record.source, storage_options=storage_options)
+        )
         answers = JobAnswers(store, transform)
         if source_fp.result() != record.source_fingerprint:
             raise StateError(f"{record.source} changed since job {ref.job_id} was prepared; run again")
     batch_ids = answers.batch_ids
     scan = scan_table(
-        record.source, limit=record.limit, storage_options=storage_options, invalid_utf8=record.invalid_utf8
-    )
+        record.source, limit=record.limit, storage_options=storage_options, invalid_utf8=record.invalid_utf8,
+        shard=record.shard,
+    )  # fmt: skip
     metadata = {
         "prefect_llm_batch": canonical_json(
             {

@@ -16,6 +16,7 @@ from ..providers.base import BatchInfo, BatchProvider, BatchStatus
 from ..results import short
 from ..spec import EMBEDDINGS_ENDPOINT, RunOptions
 from ..store import ChunkState, JobStore
+from .budget import Budget
 from .chunks import chunk_custom_ids
 from .identity import JobRef
 
@@ -115,7 +116,9 @@ class Poll(BaseModel):
     changed: bool
 
 
-def poll_once(ref: JobRef, provider: BatchProvider, options: RunOptions | None = None) -> Poll:
+def poll_once(
+    ref: JobRef, provider: BatchProvider, options: RunOptions | None = None, budget: Budget | None = None
+) -> Poll:
     """Check every submitted, unfinished batch of a job once (no sleeping).
 
     A batch older than ``options.max_wait`` is cancelled (its unrun requests are retried in the
@@ -124,6 +127,8 @@ def poll_once(ref: JobRef, provider: BatchProvider, options: RunOptions | None =
     A batch adopted provisionally is never cancelled: once it ends, its results decide whether it
     is the chunk's; if not (or once ``max_wait`` has passed), the chunk lets it go and is
     resubmitted (see :func:`_settle_provisional`).
+
+    With a shared ``budget``, each running batch's leases are renewed, and given back once it ended.
 
     Returns:
         The chunks still running, the chunks to resubmit, and whether anything visible changed.
@@ -147,6 +152,13 @@ def poll_once(ref: JobRef, provider: BatchProvider, options: RunOptions | None =
             if info.status.ended:
                 logger.info("chunk %d: batch %s %s", chunk_id, info.id, info.status.value)
             store.write_chunk(state)
+        if budget is not None and state.budget_leases:
+            if info.status.ended:
+                budget.release(state.budget_leases)
+                state.budget_leases = []
+                store.write_chunk(state)
+            else:
+                budget.renew(state.budget_leases)
         if state.provisional:
             verdict = _settle_provisional(store, state, info, provider, options, cancelled_by_user)
             if verdict == "running":
@@ -193,6 +205,7 @@ def wait(
     *,
     on_change: Callable[[Progress], None] | None = None,
     sleep: Callable[[float], None] = time.sleep,
+    budget: Budget | None = None,
 ) -> list[int]:
     """Poll (see :func:`poll_once`) until every submitted batch of a job has ended.
 
@@ -206,7 +219,7 @@ def wait(
     if on_change is not None and any(not ended(store.read_chunk(i)) for i in watched):
         on_change(progress(ref, watched))
     while True:
-        poll = poll_once(ref, provider, options)
+        poll = poll_once(ref, provider, options, budget)
         resubmit.extend(poll.resubmit)
         if poll.changed and on_change is not None:
             on_change(progress(ref, watched))

@@ -22,6 +22,7 @@ from ..keys import DigestSet, canonical_json
 from ..prompts import PromptTemplate
 from ..providers.base import BatchProvider
 from ..results import EMBEDDING_COLUMN, RESULT_SCHEMA, result_schema
+from ..shards import Shard
 from ..spec import CacheMode, JobSpec, ProviderTarget, normalise_base_url
 from ..store import JobRecord, JobStore
 from ..table import TableScan, read_ahead, scan_table
@@ -95,7 +96,12 @@ def columns_read(schema: pa.Schema, id_column: str | None, *templates: PromptTem
 
 
 def _check_id_column_scan(
-    source: str, scan: TableScan, spec: JobSpec, limit: int | None, storage_options: dict[str, Any] | None
+    source: str,
+    scan: TableScan,
+    spec: JobSpec,
+    limit: int | None,
+    storage_options: dict[str, Any] | None,
+    shard: Shard | None = None,
 ) -> None:
     """Check the id column over the whole input, reading only that column."""
     if spec.id_column is None:
@@ -109,6 +115,7 @@ def _check_id_column_scan(
         columns=[spec.id_column],
         storage_options=storage_options,
         invalid_utf8=spec.invalid_utf8,
+        shard=shard,
     )
     check_id_column(pa.Table.from_batches(list(ids.batches), schema=ids.schema), spec.id_column)
 
@@ -124,6 +131,7 @@ def prepare(
     cache: CacheMode = "use",
     storage_options: dict[str, Any] | None = None,
     identity: JobIdentity | None = None,
+    shard: Shard | None = None,
 ) -> JobRef:
     """Read, render, key, de-duplicate, look up the cache and plan a job; write the plan (no HTTP).
 
@@ -144,6 +152,8 @@ def prepare(
     Args:
         identity: The job's :func:`~prefect_llm_batch.jobs.identity.identify` result, when the
             caller computed it (to take the lease first); else it is computed here.
+        shard: Plan only this shard of ``source`` (a job of a sharded job: see
+            :mod:`prefect_llm_batch.jobs.sharded`; ``identity`` is then required).
 
     Raises:
         InputError: The table, a template, or the id column is wrong (the message names the row,
@@ -151,6 +161,8 @@ def prepare(
         JobLocked: Another run holds the job's lease while it is not planned yet.
     """
     if identity is None:
+        if shard is not None:
+            raise ValueError("a shard is prepared with its identity (see jobs.sharded.prepare_shard)")
         identity = identify(
             source, spec, provider, target, limit=limit, cache=cache, storage_options=storage_options
         )
@@ -159,7 +171,7 @@ def prepare(
         with store.lease():
             if not store.is_prepared():  # (else the run that held the lease planned it meanwhile)
                 return _plan(
-                    source, spec, provider, target, identity, state_dir, limit, cache, storage_options
+                    source, spec, provider, target, identity, state_dir, limit, cache, storage_options, shard
                 )
     logger.info("job %s is already prepared in %s: resuming it", identity.job_id, state_dir)
     return job_ref(store.read_job(), state_dir)
@@ -175,19 +187,23 @@ def _plan(
     limit: int | None,
     cache: CacheMode,
     storage_options: dict[str, Any] | None,
+    shard: Shard | None = None,
 ) -> JobRef:
     """Plan a job that has none yet and write its plan, ``job.json`` last (see :func:`prepare`)."""
     job_id, source_fp, limits = identity.job_id, identity.source_fingerprint, identity.limits
     store = JobStore(state_dir, job_id)
-    scan = scan_table(source, limit=limit, storage_options=storage_options, invalid_utf8=spec.invalid_utf8)
+    scan = scan_table(
+        source, limit=limit, storage_options=storage_options, invalid_utf8=spec.invalid_utf8, shard=shard
+    )
     template, system_template = check_columns(spec, scan.schema.names)
-    _check_id_column_scan(source, scan, spec, limit, storage_options)
+    _check_id_column_scan(source, scan, spec, limit, storage_options, shard)
     read = columns_read(scan.schema, spec.id_column, template, system_template)
     names = scan.schema.names
     if scan.whole is None and len(read) < len(names) == len(set(names)):  # Parquet: read by column
         scan = scan_table(
-            source, limit=limit, columns=read, storage_options=storage_options, invalid_utf8=spec.invalid_utf8
-        )
+            source, limit=limit, columns=read, storage_options=storage_options,
+            invalid_utf8=spec.invalid_utf8, shard=shard,
+        )  # fmt: skip
     schema = response_schema(spec)
 
     def build_body(prompt: str, system: str | None) -> dict[str, Any]:
@@ -299,6 +315,7 @@ def _plan(
         chunks=chunks,
         limits=limits,
         invalid_utf8=spec.invalid_utf8,
+        shard=shard,
     )
     store.write_job(record)  # last: its presence means the plan is complete
     logger.info(

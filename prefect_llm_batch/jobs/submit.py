@@ -11,6 +11,7 @@ from ..errors import AmbiguousCreate
 from ..providers.base import BatchInfo, BatchProvider, BatchStatus
 from ..spec import RunOptions
 from ..store import ChunkState, JobRecord, JobStore
+from .budget import Budget
 from .identity import JobRef
 from .poll import apply_status
 
@@ -139,6 +140,8 @@ def submit_chunk(
     provider: BatchProvider,
     options: RunOptions | None = None,
     sleep: Callable[[float], None] = time.sleep,
+    budget: Budget | None = None,
+    wait_for_budget: bool = True,
 ) -> ChunkState:
     """Make sure chunk ``chunk_id`` has a provider batch, creating one at most once.
 
@@ -150,6 +153,12 @@ def submit_chunk(
     is resolved by listing, and only created again when no batch carries the metadata. Where
     batches carry no metadata (the provider's ``proves_adoption`` is False), a found batch is
     adopted provisionally: :func:`~prefect_llm_batch.jobs.poll.poll_once` settles whose it is once it ends.
+
+    With a shared ``budget`` (see :mod:`~prefect_llm_batch.jobs.budget`), the chunk's estimated
+    tokens are taken from it before the upload, and given back if no batch comes of it. While it
+    is full, the call waits (refreshing the job's own running batches, whose end gives their share
+    back), or, with ``wait_for_budget=False`` (a poller that must not block), returns the chunk
+    unsubmitted: the next pass tries again.
     """
     options = options or RunOptions()
     store = JobStore(ref.state_dir, ref.job_id)
@@ -179,6 +188,64 @@ def submit_chunk(
         store.write_chunk(state)
         logger.info("chunk %d: not submitted, the job was cancelled", chunk_id)
         return state
+    if budget is not None and not state.budget_leases:
+        leases = _take_budget(ref, store, chunk_id, provider, options, sleep, budget, wait_for_budget)
+        if leases is None:
+            return state
+        state.budget_leases = leases
+        store.write_chunk(state)
+    try:
+        return _create(ref, store, state, provider, metadata, n_requests)
+    except BaseException:
+        if budget is not None and state.budget_leases and not state.batch_id:
+            budget.release(state.budget_leases)
+            state.budget_leases = []
+            store.write_chunk(state)
+        raise
+
+
+def _take_budget(
+    ref: JobRef,
+    store: JobStore,
+    chunk_id: int,
+    provider: BatchProvider,
+    options: RunOptions,
+    sleep: Callable[[float], None],
+    budget: Budget,
+    wait: bool,
+) -> list[str] | None:
+    """The chunk's share of the shared budget (None: full, and not waiting)."""
+    record = store.read_job()
+    tokens = next(c.est_tokens for c in record.chunks if c.chunk_id == chunk_id)
+    logged = False
+    while True:
+        leases = budget.try_acquire(tokens)
+        if leases is not None or not wait:
+            return leases
+        if not logged:
+            logger.info("chunk %d waits for the shared provider budget (%s)", chunk_id, budget.describe())
+            logged = True
+        sleep(options.poll_interval)
+        for state in _in_flight(store, record, chunk_id):  # the job's own batches give their share back
+            assert state.batch_id is not None
+            if apply_status(state, provider.retrieve(state.batch_id)):
+                if state.status and BatchStatus(state.status).ended and state.budget_leases:
+                    budget.release(state.budget_leases)
+                    state.budget_leases = []
+                store.write_chunk(state)
+
+
+def _create(
+    ref: JobRef,
+    store: JobStore,
+    state: ChunkState,
+    provider: BatchProvider,
+    metadata: dict[str, str],
+    n_requests: int,
+) -> ChunkState:
+    """Upload the chunk's batch file (once), record the intent, create the batch (see
+    :func:`submit_chunk`)."""
+    chunk_id = state.chunk_id
     data = store.read_chunk_input(chunk_id)
     if state.input_file_id is None:
         state.input_file_id = provider.upload(data, f"{ref.job_id}-chunk-{chunk_id:05d}.jsonl")

@@ -17,6 +17,7 @@ import pyarrow.parquet as pq
 
 from prefect_llm_batch.errors import TableError
 from prefect_llm_batch.object_stores import filesystem, shown_path
+from prefect_llm_batch.shards import hive_partitions
 from prefect_llm_batch.table.arrow_files import open_source
 from prefect_llm_batch.table.formats import EXTENSIONS, check_forced, path_part
 
@@ -36,6 +37,9 @@ def scan_parquet(
     limit: int | None,
     batch_rows: int,
     shown: str,
+    partitions: list[dict[str, str]] | None = None,
+    row_groups: list[int] | None = None,
+    schema_file: str | None = None,
 ) -> tuple[pa.Schema, Iterator[pa.RecordBatch]]:
     """Read Parquet files (a file, or a dataset's parts in order) as one stream of record batches.
 
@@ -51,6 +55,10 @@ def scan_parquet(
         limit: Read only the first ``limit`` rows, or None for all.
         batch_rows: Most rows per batch.
         shown: The source as shown in messages (credentials hidden).
+        partitions: Each file's hive partition values (see :func:`partition_values`): string
+            columns after the files' own, every file having the same names.
+        row_groups: Read only these row groups (of a single file: a shard).
+        schema_file: The file whose schema the batches have (default: the first of ``files``).
 
     Returns:
         The schema and the batches.
@@ -69,21 +77,73 @@ def scan_parquet(
         (['n'], [2, 1])
     """
     try:
-        whole_schema = parquet_schema(files[0], options)
+        whole_schema = parquet_schema(schema_file or files[0], options)
     except FileNotFoundError as exc:
         raise TableError(f"cannot read {shown}: no such file") from exc
     except (OSError, ValueError, pa.ArrowException) as exc:
         raise TableError(f"cannot read {shown} as Parquet: {exc}") from exc
+    keys = _partition_keys(files, partitions or [{} for _ in files], whole_schema, shown)
     full = whole_schema  # every column, with the forced types
     for name, data_type in forced.items():
         if name in full.names:
             full = full.set(full.get_field_index(name), full.field(name).with_type(data_type))
+    file_full = full
+    for name in keys:
+        full = full.append(pa.field(name, pa.string()))
     schema = full
     if columns is not None:
         schema = pa.schema([full.field(name) for name in columns]).with_metadata(full.metadata or {})
     check_forced(forced, schema.names, shown)
-    batches = parquet_batches(files, options, schema, (whole_schema, full), limit, batch_rows, columns, shown)
+    file_columns = None if columns is None else [c for c in columns if c not in keys]
+    file_schema = pa.schema([f for f in schema if f.name not in keys]).with_metadata(schema.metadata or {})
+    batches = parquet_batches(
+        files, options, file_schema, (whole_schema, file_full), limit, batch_rows, file_columns, shown,
+        row_groups, (partitions or [], schema) if keys else None,
+    )  # fmt: skip
     return schema, rebatch(batches, schema, batch_rows) if len(files) > 1 else batches
+
+
+def _partition_keys(
+    files: list[str], partitions: list[dict[str, str]], schema: pa.Schema, shown: str
+) -> list[str]:
+    """The partition columns every file shares (an error names a part that differs, or a clash)."""
+    keys = list(partitions[0]) if partitions else []
+    for path, values in zip(files, partitions, strict=True):
+        if list(values) != keys:
+            raise TableError(
+                f"cannot read {shown}: part {shown_path(path)} has the partition folders "
+                f"{', '.join(values) or '(none)'}, not {', '.join(keys) or '(none)'}"
+            )
+    clash = [name for name in keys if name in schema.names]
+    if clash:
+        raise TableError(
+            f"cannot read {shown}: the partition folder {clash[0]!r} is also a column of its parts"
+        )
+    return keys
+
+
+def _with_partitions(batch: pa.RecordBatch, values: Mapping[str, str], schema: pa.Schema) -> pa.RecordBatch:
+    """A file's batch with its partition values as columns of ``schema``."""
+    arrays = [
+        pa.array([values[f.name]] * batch.num_rows, pa.string()) if f.name in values else batch.column(f.name)
+        for f in schema
+    ]
+    return pa.RecordBatch.from_arrays(arrays, schema=schema)
+
+
+def partition_values(parts: list[str], source: str, options: Mapping[str, Any]) -> list[dict[str, str]]:
+    """The hive partition values (``key=value`` folders below ``source``) of each of its parts.
+
+    Examples:
+        >>> partition_values(["/d/year=2024/m=1/p.parquet"], "/d", {})
+        [{'year': '2024', 'm': '1'}]
+    """
+    _, root = filesystem(source, dict(options))
+    found = []
+    for part in parts:
+        _, path = filesystem(part, dict(options))
+        found.append(dict(hive_partitions(str(path)[len(str(root).rstrip("/")) :])))
+    return found
 
 
 def directory_parts(source: str, options: Mapping[str, Any]) -> list[str] | None:
@@ -150,6 +210,8 @@ def parquet_batches(
     batch_rows: int,
     columns: list[str] | None,
     shown: str,
+    row_groups: list[int] | None = None,
+    partitions: tuple[list[dict[str, str]], pa.Schema] | None = None,
 ) -> Iterator[pa.RecordBatch]:
     """Read Parquet files in order as record batches of ``schema`` (see :func:`scan_parquet`).
 
@@ -162,6 +224,9 @@ def parquet_batches(
         batch_rows: Most rows per batch (per file: batches do not cross files).
         columns: Read only these columns, or None for all.
         shown: The source as shown in messages.
+        row_groups: Read only these row groups (of a single file).
+        partitions: Each file's partition values and the schema with their columns: the
+            batches then have that schema.
 
     Raises:
         TableError: A part's columns or types do not match the first's, or it cannot be read.
@@ -172,7 +237,7 @@ def parquet_batches(
     # are paid for, reads them all.
     written, full = first
     remaining = limit
-    for path in files:
+    for number, path in enumerate(files):
         if remaining is not None and remaining <= 0:
             return
         try:
@@ -189,7 +254,10 @@ def parquet_batches(
                 odd = columns is not None and found.types != written.types
                 wanted = columns if columns is not None else found.names
                 size = batch_rows if remaining is None else min(batch_rows, remaining)
-                for batch in parquet.iter_batches(batch_size=size, columns=None if odd else columns):
+                read = parquet.iter_batches(
+                    batch_size=size, columns=None if odd else columns, row_groups=row_groups
+                )
+                for batch in read:
                     if remaining is not None:
                         if remaining <= 0:
                             break
@@ -199,6 +267,8 @@ def parquet_batches(
                         batch = _cast_batch(batch, full, path).select(wanted)
                     elif batch.schema != schema:
                         batch = _cast_batch(batch, schema, path)
+                    if partitions is not None:
+                        batch = _with_partitions(batch, partitions[0][number], partitions[1])
                     yield batch
         except TableError:
             raise

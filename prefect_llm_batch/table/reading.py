@@ -13,6 +13,7 @@ import pyarrow as pa
 
 from prefect_llm_batch.errors import TableError
 from prefect_llm_batch.object_stores import shown_path
+from prefect_llm_batch.shards import Shard
 from prefect_llm_batch.table.csv_reading import read_csv
 from prefect_llm_batch.table.formats import (
     InvalidUTF8,
@@ -23,7 +24,12 @@ from prefect_llm_batch.table.formats import (
     table_format,
 )
 from prefect_llm_batch.table.jsonl_reading import read_jsonl
-from prefect_llm_batch.table.parquet_dataset import directory_parts, read_parquet, scan_parquet
+from prefect_llm_batch.table.parquet_dataset import (
+    directory_parts,
+    partition_values,
+    read_parquet,
+    scan_parquet,
+)
 from prefect_llm_batch.table.utf8_checks import check_utf8
 
 T = TypeVar("T")
@@ -130,6 +136,7 @@ def scan_table(
     columns_types: dict[str, str] | None = None,
     storage_options: dict[str, Any] | None = None,
     invalid_utf8: InvalidUTF8 = "error",
+    shard: Shard | None = None,
 ) -> TableScan:
     """Read a table as record batches of at most ``batch_rows`` rows, in row order.
 
@@ -145,9 +152,12 @@ def scan_table(
         columns_types: Force column types (see :func:`read_table`).
         storage_options: Passed to the fsspec filesystem.
         invalid_utf8: As :func:`read_table` (CSV and JSON Lines).
+        shard: Read only this shard of ``source`` (see :mod:`prefect_llm_batch.shards`): its
+            row groups, with the source's schema and the part's partition columns.
 
     Returns:
-        The schema and the batches.
+        The schema and the batches. A directory's hive partition values (``key=value`` folders)
+        are string columns after the parts' own columns.
 
     Raises:
         TableError: As :func:`read_table`; for a directory, also when it holds no Parquet file
@@ -172,7 +182,7 @@ def scan_table(
         raise ValueError(f"batch_rows must be at least 1, not {batch_rows}")
     options = storage_options or {}
     forced = parse_column_types(columns_types or {}, shown)
-    parts = directory_parts(source, options)
+    parts = directory_parts(source, options) if shard is None else [shard.part]
     if parts is None and table_format(source) != "parquet":
         table = read_table(
             source,
@@ -185,9 +195,21 @@ def scan_table(
             table = table.select(columns)
         return TableScan(table.schema, iter(table.to_batches(max_chunksize=batch_rows)), whole=table)
     files = parts if parts is not None else [source]
+    partitions: list[dict[str, str]] | None = None
+    row_groups: list[int] | None = None
+    schema_file: str | None = None
+    if shard is not None:
+        partitions, row_groups, schema_file = (
+            [dict(shard.partitions)],
+            shard.row_group_list,
+            shard.schema_part,
+        )
+    elif parts is not None:
+        partitions = partition_values(parts, source, options)
     schema, batches = scan_parquet(
-        files, options, forced=forced, columns=columns, limit=limit, batch_rows=batch_rows, shown=shown
-    )
+        files, options, forced=forced, columns=columns, limit=limit, batch_rows=batch_rows, shown=shown,
+        partitions=partitions, row_groups=row_groups, schema_file=schema_file,
+    )  # fmt: skip
     return TableScan(schema, batches)
 
 
