@@ -10,6 +10,7 @@ the Parquet output. About 40 s on 2 cores, most of it Prefect start-up.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import signal
 import socket
@@ -159,7 +160,7 @@ def prefect_server(tmp_path: Path) -> Iterator[PrefectServer]:
         stop_group(process)
 
 
-@pytest.mark.timeout(300)
+@pytest.mark.timeout(600)
 def test_deploy_run_and_check_on_a_real_server(prefect_server: PrefectServer, tmp_path: Path) -> None:
     server = prefect_server
     output = tmp_path / "out" / "reviews.parquet"
@@ -245,6 +246,23 @@ def test_deploy_run_and_check_on_a_real_server(prefect_server: PrefectServer, tm
     assert by_type["progress"]["data"] == 100.0
     assert "| rows | 200 |" in by_type["markdown"]["data"]
     assert "review_id" in str(by_type["table"]["data"])
+
+    # The sharded deployment: the example dataset as shards on a local Dask cluster the flow run
+    # starts (the scheduler's address is a parameter; empty here), picked up by the same worker.
+    dataset = tmp_path / "out" / "reviews-dataset"
+    server.cli(
+        "deployment", "run", "enrich-table/reviews-sentiment-dask", "--param", f"output={dataset}",
+        "--param", f"state_dir={tmp_path / 'state-dask'}", cwd=elsewhere,
+    )  # fmt: skip
+    worker_log = server.cli(
+        "worker", "start", "--pool", POOL, "--run-once", cwd=elsewhere, timeout=WORKER_TIMEOUT * 2
+    )
+    manifest = json.loads((dataset / "_manifest.json").read_text())
+    source_rows = pq.read_table(REPO / "examples" / "reviews-dataset").num_rows
+    assert manifest["rows"] == source_rows and manifest["shards"] >= 12, worker_log
+    parts = pq.read_table(dataset)
+    assert parts.column("response").null_count == 0
+    assert "month" in parts.column_names
 
     # Shown with `pytest -s`; the budget is about 60 s on 2 cores.
     print(f"\nreal-server round trip timings (s): {server.timings}")
