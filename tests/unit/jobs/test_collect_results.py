@@ -26,7 +26,8 @@ from prefect_llm_batch.keys import split_fixed_width
 from prefect_llm_batch.providers import openai as openai_module
 from prefect_llm_batch.providers.anthropic import AnthropicBatchProvider
 from prefect_llm_batch.providers.base import BatchProvider
-from prefect_llm_batch.providers.openai import OpenAIBatchProvider, parse_chat_results
+from prefect_llm_batch.providers.openai import OpenAIBatchProvider
+from prefect_llm_batch.providers.openai_results import parse_chat_results
 from prefect_llm_batch.results import RowResult, result_schema, results_to_table
 from prefect_llm_batch.spec import EMBEDDINGS_ENDPOINT, ErrorKind
 
