@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+import numpy as np
 import orjson
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -57,43 +58,61 @@ def claim_shared_requests(refs: list[JobRef], *, storage_options: dict[str, Any]
     """Give every request key to the first shard that has it; later shards borrow its answer.
 
     In shard order: a shard's distinct request ids (not answered by the cache) that an earlier
-    shard has are *borrowed*: written to the shard's ``borrowed.parquet`` and taken out of its
-    batch files (before anything is sent), so each key is sent once per job. Run before the first
-    submit of any shard; running it again finds the same claims (a shard's borrowed ids are
-    recomputed from its rows, and its batch files rewritten only while they still hold them).
-    Memory holds every distinct key of the job (about 48 bytes each), in this process.
+    shard has are *borrowed*: written, with the number of the shard that sends them, to the
+    shard's ``borrowed.parquet`` and taken out of its batch files (before anything is sent), so
+    each key is sent once per job. Run before the first submit of any shard; running it again
+    finds the same claims (a shard's borrowed ids are recomputed from its rows, and its batch
+    files rewritten only while they still hold them). Memory holds every distinct key of the job
+    (about 48 bytes each), in this process; when keys repeat across shards, a second pass over
+    the shards' row ids finds which shard sends each borrowed key.
     """
     seen = DigestSet()
-    borrowed_counts: list[int] = []
+    borrowed: list[pa.Array[Any]] = []
     for ref in refs:
-        store = JobStore(ref.state_dir, ref.job_id, storage_options)
-        ids = _unique_ids(store)
+        ids = _unique_ids(JobStore(ref.state_dir, ref.job_id, storage_options))
         digests = decode_custom_ids(ids, what="row")
-        new = seen.add([row.tobytes() for row in digests])
-        keep = pa.array(_mask(len(ids), new))
-        borrowed = ids.filter(pc.invert(keep))
-        borrowed_counts.append(len(borrowed))
-        if len(borrowed):
-            _take_out(store, borrowed)
-    claims = Claims(borrowed=borrowed_counts)
-    if claims.total:
-        logger.info(
-            "%d request(s) repeated across shards are sent once, by the first shard that has them",
-            claims.total,
-        )
+        fresh = np.zeros(len(ids), bool)
+        fresh[seen.add([row.tobytes() for row in digests])] = True
+        borrowed.append(ids.filter(pa.array(~fresh)))
+    seen.clear()
+    claims = Claims(borrowed=[len(b) for b in borrowed])
+    if not claims.total:
+        return claims
+    owners = _owners(refs, borrowed, storage_options)
+    owner_ids = owners.column("custom_id").combine_chunks()
+    owner_numbers = owners.column("owner").combine_chunks()
+    for ref, ids in zip(refs, borrowed, strict=True):
+        if len(ids):
+            owner = pc.take(owner_numbers, pc.index_in(ids, value_set=owner_ids))
+            _take_out(JobStore(ref.state_dir, ref.job_id, storage_options), ids, owner)
+    logger.info(
+        "%d request(s) repeated across shards are sent once, by the first shard that has them",
+        claims.total,
+    )
     return claims
 
 
-def _mask(n: int, positions: Any) -> list[bool]:
-    mask = [False] * n
-    for position in positions.tolist():
-        mask[position] = True
-    return mask
+def _owners(
+    refs: list[JobRef], borrowed: list[pa.Array[Any]], storage_options: dict[str, Any] | None
+) -> pa.Table:
+    """Which shard sends each borrowed id: the first one whose own (not borrowed) ids hold it."""
+    wanted = pc.unique(pa.chunked_array(borrowed, pa.string()).combine_chunks())
+    found: list[pa.Table] = []
+    for number, (ref, own_borrowed) in enumerate(zip(refs, borrowed, strict=True)):
+        ids = _unique_ids(JobStore(ref.state_dir, ref.job_id, storage_options))
+        ids = ids.filter(pc.invert(pc.is_in(ids, value_set=own_borrowed)))
+        lent = ids.filter(pc.is_in(ids, value_set=wanted))
+        if len(lent):
+            found.append(pa.table({"custom_id": lent, "owner": pa.array([number] * len(lent), pa.int32())}))
+    return (
+        pa.concat_tables(found) if found else pa.table({"custom_id": [], "owner": pa.array([], pa.int32())})
+    )
 
 
-def _take_out(store: JobStore, borrowed: pa.Array[Any]) -> None:
-    """Record a shard's borrowed ids, then take them out of its first-round batch files."""
-    table = pa.table({"custom_id": borrowed.cast(pa.string())})
+def _take_out(store: JobStore, borrowed: pa.Array[Any], owner: pa.Array[Any]) -> None:
+    """Record a shard's borrowed ids and their owners, then take them out of its first-round
+    batch files."""
+    table = pa.table({"custom_id": borrowed.cast(pa.string()), "owner": owner})
     path = f"{store.root}/{BORROWED_IDS}"
     if not exists(path, storage_options=store.options):
         write_bytes_atomic(path, parquet_bytes(table), storage_options=store.options, private=True)
@@ -138,16 +157,12 @@ def _take_out(store: JobStore, borrowed: pa.Array[Any]) -> None:
         store.write_job(record)
 
 
-def read_borrowed_ids(store: JobStore) -> pa.Array[Any] | None:
-    """The ids a shard borrows (None: it borrows none)."""
+def read_borrowed_ids(store: JobStore) -> pa.Table | None:
+    """The ids a shard borrows and the shard that sends each (``custom_id``, ``owner``); None: none."""
     path = f"{store.root}/{BORROWED_IDS}"
     if not exists(path, storage_options=store.options):
         return None
-    return (
-        pq.read_table(pa.BufferReader(read_bytes(path, storage_options=store.options)))
-        .column("custom_id")
-        .combine_chunks()
-    )
+    return pq.read_table(pa.BufferReader(read_bytes(path, storage_options=store.options)))
 
 
 def fill_borrowed(
@@ -163,24 +178,26 @@ def fill_borrowed(
     """
     store = JobStore(ref.state_dir, ref.job_id, storage_options)
     wanted = read_borrowed_ids(store)
-    if wanted is None or not len(wanted):
+    if wanted is None or not wanted.num_rows:
         return 0
     found: list[pa.Table] = []
-    for owner in earlier:
-        if not len(wanted):
-            break
-        results, _ = latest_results(JobStore(owner.state_dir, owner.job_id, storage_options))
-        hit = results.filter(pc.is_in(results.column("custom_id"), value_set=wanted))
-        if hit.num_rows:
-            found.append(hit)
-            wanted = wanted.filter(
-                pc.invert(pc.is_in(wanted, value_set=hit.column("custom_id").combine_chunks()))
-            )
-    if len(wanted):
-        raise StateError(
-            f"shard job {ref.job_id}: {len(wanted)} borrowed answer(s) are in no earlier shard; "
-            "run the job again"
+    owners = wanted.column("owner").combine_chunks()
+    for number in [int(n) for n in pc.unique(owners).to_pylist() if n is not None]:
+        ids = (
+            wanted.column("custom_id")
+            .filter(pc.equal(owners, pa.scalar(number, pa.int32())))
+            .combine_chunks()
         )
+        results, _ = latest_results(
+            JobStore(earlier[number].state_dir, earlier[number].job_id, storage_options)
+        )
+        hit = results.filter(pc.is_in(results.column("custom_id"), value_set=ids))
+        if hit.num_rows < len(ids):
+            raise StateError(
+                f"shard job {ref.job_id}: shard {number} holds {hit.num_rows} of the {len(ids)} answers it "
+                "lends; run the job again"
+            )
+        found.append(hit)
     table = pa.concat_tables(found)
     store.write_borrowed_results(table)
     return table.num_rows

@@ -96,7 +96,9 @@ def test_a_request_repeated_in_two_shards_is_sent_once_and_both_rows_get_its_ans
 ) -> None:
     same = ["same text"] * 3
     source = write_dataset(
-        tmp_path / "src", {"Oslo": [*same, "a", "b"], "Rome": [*same, "c"]}, row_group_size=10
+        tmp_path / "src",
+        {"Kyiv": [*same], "Oslo": [*same, "a", "b"], "Rome": [*same, "c"]},
+        row_group_size=10,
     )
     where = target(server)
     job = spec(prompt="Tag {{ text }}")
@@ -116,7 +118,11 @@ def test_a_request_repeated_in_two_shards_is_sent_once_and_both_rows_get_its_ans
     answers = dict(zip(out.column("text").to_pylist(), out.column("response").to_pylist(), strict=False))
     rome = out.filter(pa.compute.equal(out.column("city"), "Rome"))
     assert rome.column("response").to_pylist()[:3] == [answers["same text"]] * 3
-    assert summary.ok_rows == 9
+    assert summary.ok_rows == 12
+    kyiv = out.filter(pa.compute.equal(out.column("city"), "Kyiv"))
+    assert (
+        kyiv.column("response").to_pylist() == [answers["same text"]] * 3
+    )  # shard 0 sends it; Oslo and Rome borrow
 
 
 def test_the_sharded_output_equals_the_single_process_output(
