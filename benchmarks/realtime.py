@@ -21,6 +21,11 @@ Every case sends the same requests (one per row of a generated CSV, all prompts 
 * ``cli-prefect``: the same with ``PREFECT_API_URL`` pointing at a Prefect server this script
   starts (``prefect server start`` in a temporary ``PREFECT_HOME``): an ``enrich-table`` flow run.
 
+Each case is preceded by an unmeasured run of :data:`WARM_UP` other rows (so imports are compiled
+and a Prefect server has seen the flow). Bytecode is cached (``PYTHONPYCACHEPREFIX`` under the
+temporary directory, ``PYTHONDONTWRITEBYTECODE`` dropped), as in an installed package; pass
+``--no-bytecode-cache`` to keep the environment's setting.
+
 Measured per case: wall time; CPU seconds (user + system) of the case's process tree
 (``resource.getrusage(RUSAGE_CHILDREN)`` around it); for ``cli-prefect`` also the Prefect
 server's CPU during the run (psutil, its process tree, with its idle CPU per second measured
@@ -53,6 +58,8 @@ KEY = "fake-key-realtime-bench"
 MODEL = "gpt-4o-mini"
 PROMPT = "Sentiment of this review, one word: {{ review }}"
 CASES = ("floor", "client", "cli", "cli-prefect")
+#: Rows of the unmeasured run before each case (it compiles and caches what the case imports).
+WARM_UP = 10
 
 # ---- the fake provider, in its own process ---------------------------------------------------
 
@@ -242,7 +249,7 @@ def run_case(
 ) -> dict[str, Any]:  # fmt: skip
     """Run one case against a fresh fake provider; wall, CPU, answered rows and the achieved rate."""
     provider = FakeProvider(args.rpm, args.latency, env)
-    output = scratch / f"{name}.parquet"
+    output = scratch / f"{name}-{n}.parquet"
     case_env = dict(env)
     if name in ("floor", "client"):
         command = [sys.executable, __file__, f"--{name}-child", provider.base_url, str(n),
@@ -252,7 +259,7 @@ def run_case(
             sys.executable, "-m", "prefect_llm_batch.cli", "run", str(source), str(output),
             "--prompt", PROMPT, "--model", MODEL, "--provider", "openai", "--base-url", provider.base_url,
             "--mode", "realtime", "--realtime-rpm", f"{args.rpm:g}",
-            "--realtime-concurrency", str(args.concurrency), "--state-dir", str(scratch / f"state-{name}"),
+            "--realtime-concurrency", str(args.concurrency), "--state-dir", str(scratch / f"state-{name}-{n}"),
         ]  # fmt: skip
         case_env["OPENAI_API_KEY"] = KEY
         if prefect_url is not None:
@@ -290,11 +297,11 @@ def run_case(
     }
 
 
-def write_source(path: Path, n: int) -> None:
+def write_source(path: Path, n: int, start: int = 0) -> None:
     with path.open("w", newline="") as handle:
         writer = csv.writer(handle)
         writer.writerow(["id", "review"])
-        for i in range(n):
+        for i in range(start, start + n):
             writer.writerow([i, review(i)])
 
 
@@ -307,6 +314,11 @@ def main() -> int:
     parser.add_argument("--quick", action="store_true", help="300 requests (about 30 s per case at 600 rpm)")
     parser.add_argument("--cases", default=",".join(CASES), help=f"comma-separated, of {', '.join(CASES)}")
     parser.add_argument("--idle", type=float, default=20.0, help="seconds of Prefect server idle CPU measured")
+    parser.add_argument(
+        "--no-bytecode-cache",
+        action="store_true",
+        help="keep PYTHONDONTWRITEBYTECODE as set (by default bytecode is cached under the temp directory)",
+    )
     parser.add_argument("--floor-child", nargs=4, help=argparse.SUPPRESS)
     parser.add_argument("--client-child", nargs=4, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -330,8 +342,13 @@ def main() -> int:
         env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_API")}
         env["PREFECT_HOME"] = str(scratch / "prefect-home-cli")  # no profile names a server
         env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
+        if not args.no_bytecode_cache:  # as an installed package runs: imports read cached bytecode
+            env.pop("PYTHONDONTWRITEBYTECODE", None)
+            env["PYTHONPYCACHEPREFIX"] = str(Path(tempfile.gettempdir()) / "prefect-llm-batch-bench-pycache")
         source = scratch / "reviews.csv"
         write_source(source, n)
+        warm = scratch / "warm.csv"
+        write_source(warm, WARM_UP, start=n)  # other prompts: nothing the measured run sends is cached
         for name in cases:
             server: subprocess.Popen[bytes] | None = None
             url = None
@@ -342,6 +359,7 @@ def main() -> int:
                     time.sleep(args.idle)
                     idle = (_tree_cpu(server.pid) - idle_before) / args.idle
                     server_before = _tree_cpu(server.pid)
+                run_case(name, args, WARM_UP, warm, scratch, env, url)  # imports compiled, server warm
                 stats = run_case(name, args, n, source, scratch, env, url)
                 if server is not None:
                     stats["server_cpu"] = _tree_cpu(server.pid) - server_before
