@@ -130,7 +130,9 @@ async def _floor(base_url: str, n: int, rpm: float, concurrency: int) -> int:
     pending = iter(range(n))
     answered = 0
     async with httpx.AsyncClient(
-        headers={"Authorization": f"Bearer {KEY}"}, timeout=120, limits=httpx.Limits(max_connections=concurrency)
+        headers={"Authorization": f"Bearer {KEY}"},
+        timeout=120,
+        limits=httpx.Limits(max_connections=concurrency),
     ) as client:
 
         async def worker() -> None:
@@ -156,10 +158,7 @@ def _client(base_url: str, n: int, rpm: float, concurrency: int) -> int:
 
     with OpenAIBatchProvider(api_key=KEY, base_url=base_url) as provider:
         lines = [
-            provider.build_line(
-                f"row-{i}", provider.build_body(MODEL, review(i), None, {})
-            )
-            for i in range(n)
+            provider.build_line(f"row-{i}", provider.build_body(MODEL, review(i), None, {})) for i in range(n)
         ]
         client = RealtimeClient(
             provider, api_key=KEY, base_url=base_url, wire="openai",
@@ -258,8 +257,8 @@ def run_case(
         command = [
             sys.executable, "-m", "prefect_llm_batch.cli", "run", str(source), str(output),
             "--prompt", PROMPT, "--model", MODEL, "--provider", "openai", "--base-url", provider.base_url,
-            "--mode", "realtime", "--realtime-rpm", f"{args.rpm:g}",
-            "--realtime-concurrency", str(args.concurrency), "--state-dir", str(scratch / f"state-{name}-{n}"),
+            "--mode", "realtime", "--realtime-rpm", f"{args.rpm:g}", "--realtime-concurrency",
+            str(args.concurrency), "--state-dir", str(scratch / f"state-{name}-{n}"),
         ]  # fmt: skip
         case_env["OPENAI_API_KEY"] = KEY
         if prefect_url is not None:
@@ -267,7 +266,9 @@ def run_case(
     cpu_before = _children_cpu()
     started = time.monotonic()
     log = open(scratch / f"{name}.log", "w")  # noqa: SIM115 - closed below
-    process = subprocess.Popen(command, env=case_env, stdout=subprocess.PIPE, stderr=log, text=True, cwd=scratch)
+    process = subprocess.Popen(
+        command, env=case_env, stdout=subprocess.PIPE, stderr=log, text=True, cwd=scratch
+    )
     while process.poll() is None:
         provider.sample()
         time.sleep(0.25)
@@ -313,7 +314,9 @@ def main() -> int:
     parser.add_argument("--concurrency", type=int, default=16)
     parser.add_argument("--quick", action="store_true", help="300 requests (about 30 s per case at 600 rpm)")
     parser.add_argument("--cases", default=",".join(CASES), help=f"comma-separated, of {', '.join(CASES)}")
-    parser.add_argument("--idle", type=float, default=20.0, help="seconds of Prefect server idle CPU measured")
+    parser.add_argument(
+        "--idle", type=float, default=20.0, help="seconds of Prefect server idle CPU measured"
+    )
     parser.add_argument(
         "--no-bytecode-cache",
         action="store_true",
@@ -382,8 +385,9 @@ def main() -> int:
     for name, s in rows:
         server_cpu = s.get("server_cpu")
         shown = f"{server_cpu:.1f} s ({s['server_idle']:.1f} s)" if server_cpu is not None else ""
+        total = s["cpu"] + (server_cpu or 0.0)
         print(
-            f"| {name} | {s['wall']:.1f} s | {s['cpu']:.1f} s | {shown} | {s['cpu'] + (server_cpu or 0.0):.1f} s | "
+            f"| {name} | {s['wall']:.1f} s | {s['cpu']:.1f} s | {shown} | {total:.1f} s | "
             f"{s['answered']:,} | {s['lost']:,} | {s['429s']:,} | {s['rate']:.3f} |"
         )
     print(
