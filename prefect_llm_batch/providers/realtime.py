@@ -39,6 +39,7 @@ import concurrent.futures
 import contextlib
 import random
 import re
+import ssl
 import time
 from collections.abc import Awaitable, Mapping
 from dataclasses import dataclass
@@ -259,6 +260,7 @@ class RealtimeClient:
         self._secrets = (api_key, *secrets_of({}, base_url))
         self._base_url = base_url.rstrip("/")
         self._transport = transport
+        self._tls: ssl.SSLContext | None = None  # made once: each run's client reuses it
 
     # ---- public -------------------------------------------------------------------------
 
@@ -301,6 +303,7 @@ class RealtimeClient:
             timeout=httpx.Timeout(self.timeout, connect=15.0),
             limits=httpx.Limits(max_connections=self.max_concurrency, max_keepalive_connections=None),
             transport=self._transport,
+            verify=self._tls_context(),
         ) as client:
 
             async def worker() -> None:
@@ -320,6 +323,13 @@ class RealtimeClient:
             )
             for line, result in zip(lines, results, strict=True)
         ]
+
+    def _tls_context(self) -> ssl.SSLContext:
+        """httpx's default TLS context, made on the first run and kept: making one loads the CA
+        bundle, which a realtime chunk would otherwise pay once per slice."""
+        if self._tls is None:
+            self._tls = httpx.create_ssl_context()
+        return self._tls
 
     # ---- one request --------------------------------------------------------------------
 

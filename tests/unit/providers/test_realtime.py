@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+import ssl
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -366,3 +367,23 @@ def test_has_batch_api_errors(server: FakeProviderServer) -> None:
         has_batch_api("http://127.0.0.1:9/v1", KEY)
     catch_all = httpx.MockTransport(lambda request: httpx.Response(200, text="<html>hello</html>"))
     assert has_batch_api("http://x/v1", KEY, transport=catch_all) is False
+
+
+def test_runs_of_one_client_load_the_tls_trust_store_once(
+    server: FakeProviderServer, provider: OpenAIBatchProvider, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A realtime chunk runs the client once per slice; each run used to build a new TLS context
+    # (loading the CA bundle: tens of milliseconds of CPU) for its new httpx client.
+    made: list[ssl.SSLContext] = []
+    create = ssl.create_default_context
+
+    def counting(*args: Any, **kwargs: Any) -> ssl.SSLContext:
+        made.append(create(*args, **kwargs))
+        return made[-1]
+
+    monkeypatch.setattr(ssl, "create_default_context", counting)
+    client = client_for(server, provider)
+    for start in range(3):
+        results = client.run(openai_lines(provider, 2, prefix=f"Slice {start}"))
+        assert all(r.ok for r in results)
+    assert len(made) == 1
