@@ -22,6 +22,10 @@ PROVIDERS = ("simulator", "openai", "anthropic", "azure")
 DEFAULT_MAX_REQUESTS_PER_BATCH = 50_000
 DEFAULT_MAX_BATCH_BYTES = 200 * 1024 * 1024
 DEFAULT_MAX_ERROR_RATE = 0.1
+#: Defaults of ``--input-file-expiry`` and ``--output-expiry`` (``prefect_llm_batch.spec``'s; a test keeps
+#: them equal): 7 and 30 days.
+DEFAULT_INPUT_FILE_EXPIRY = 7 * 24 * 3600
+DEFAULT_OUTPUT_EXPIRY = 30 * 24 * 3600
 
 #: Help of the source argument of ``run`` and ``estimate``.
 SOURCE_HELP = (

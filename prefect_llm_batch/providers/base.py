@@ -145,6 +145,10 @@ class BatchProvider(ABC):
     #: so a found batch is a candidate: the caller adopts it provisionally, never cancels it,
     #: and counts it as its own only once its results carry the caller's request ids.
     proves_adoption: bool = True
+    #: True when :meth:`upload` takes ``expires_after`` and :meth:`create` ``output_expires_after``
+    #: (seconds, anchored at the file's creation): the provider deletes the job's remote files by
+    #: itself (OpenAI's Files and Batch APIs). False: the job does not pass them.
+    expires_remote_files: bool = False
 
     @property
     @abstractmethod

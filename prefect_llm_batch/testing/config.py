@@ -193,6 +193,8 @@ class ServerStats:
         creates_by_job: OpenAI batches created per ``metadata["job_id"]`` (see
             :meth:`FakeProviderServer.creates_for`).
         realtime_429: Realtime requests refused by the realtime rate limit.
+        file_expiries: The ``expires_after`` seconds each uploaded file was created with (None:
+            none asked).
 
     Examples:
         >>> ServerStats().calls["POST /v1/batches"], ServerStats().creates_by_job["job-1"]
@@ -205,3 +207,4 @@ class ServerStats:
     calls: Counter[str] = field(default_factory=Counter)
     creates_by_job: Counter[str] = field(default_factory=Counter)
     realtime_429: int = 0
+    file_expiries: dict[str, int | None] = field(default_factory=dict)

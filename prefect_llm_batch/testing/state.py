@@ -156,6 +156,8 @@ class FakeBatch:
     status_before_cancel: BatchStatus | None = None
     clock_shift: float = 0.0
     frozen_clock: float | None = None
+    #: Seconds its output and error files live (``output_expires_after``); None: 30 days.
+    output_expires_after: int | None = None
 
     @property
     def request_counts(self) -> dict[str, int]:
@@ -703,22 +705,31 @@ class _State:
             rng.shuffle(output)
             rng.shuffle(failed)
         now = int(time.time())
+        ttl = batch.output_expires_after or _FILE_TTL_SECONDS
         if output:
             batch.output_file_id = self._store_result_file(
-                f"batch_{batch.id}_output.jsonl", output, now, spoil=True
+                f"batch_{batch.id}_output.jsonl", output, now, spoil=True, ttl=ttl
             ).id
         if failed:
-            batch.error_file_id = self._store_result_file(f"batch_{batch.id}_error.jsonl", failed, now).id
+            batch.error_file_id = self._store_result_file(
+                f"batch_{batch.id}_error.jsonl", failed, now, ttl=ttl
+            ).id
 
     def _store_result_file(
-        self, filename: str, lines: list[dict[str, Any]], now: int, *, spoil: bool = False
+        self,
+        filename: str,
+        lines: list[dict[str, Any]],
+        now: int,
+        *,
+        spoil: bool = False,
+        ttl: int = _FILE_TTL_SECONDS,
     ) -> FakeFile:
         data = (
             result_bytes(self.line_faults, lines)
             if spoil
             else b"".join(orjson.dumps(line) + b"\n" for line in lines)
         )
-        stored = FakeFile(f"file-{_hex()}", data, filename, "batch_output", now, now + _FILE_TTL_SECONDS)
+        stored = FakeFile(f"file-{_hex()}", data, filename, "batch_output", now, now + ttl)
         self.files[stored.id] = stored
         return stored
 
