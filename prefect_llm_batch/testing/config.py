@@ -126,6 +126,8 @@ class FakeServerConfig:
             ``POST /v1/messages/batches``) that passes the key check answers 400 with an error
             message quoting the request's method, URL and headers (the key included), as some
             proxies and gateways do.
+        line_usage: If ``False``, result lines carry no ``usage``; the batch object still reports
+            the batch's ``usage`` (the count a job's cost then comes from).
 
     With a realtime limit set, every realtime answer carries ``x-ratelimit-limit-requests``
     (per minute), ``x-ratelimit-remaining-requests`` (left in the current window) and
@@ -165,6 +167,7 @@ class FakeServerConfig:
     realtime_latency_s: float = 0.0
     batch_api: bool = True
     echo_request_on_create: bool = False
+    line_usage: bool = True
 
     def __post_init__(self) -> None:
         if self.stall_in is not None and self.stall_in not in _STALL_ORDER:

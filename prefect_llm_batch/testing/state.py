@@ -667,9 +667,11 @@ class _State:
                 "message": "The request timed out before it could be completed.",
             }
             return _Outcome(custom_id, line, succeeded=False)
+        usage = response_body.get("usage") or {}
+        if not self.config.line_usage:  # counted in the batch's usage only
+            response_body = {k: v for k, v in response_body.items() if k != "usage"}
         line["response"] = {"status_code": status, "request_id": f"req_{_hex(32)}", "body": response_body}
         line["error"] = None
-        usage = response_body.get("usage") or {}
         return _Outcome(
             custom_id,
             line,

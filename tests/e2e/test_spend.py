@@ -131,3 +131,60 @@ def test_cli_expiry_defaults_equal_the_run_options_defaults() -> None:
         == RunOptions().input_file_expiry
     )
     assert cli_options.DEFAULT_OUTPUT_EXPIRY == spec.DEFAULT_OUTPUT_EXPIRY == RunOptions().output_expiry
+
+
+# ---- 4. budgets count what is in flight ----------------------------------------------------------
+
+
+def long_answer(body: dict[str, Any]) -> str:
+    return "a long answer " * 150  # ~2,100 characters: far more output tokens than the estimate's 100
+
+
+def test_a_retry_round_that_would_cross_max_cost_usd_is_not_sent_and_the_summary_says_why(
+    tmp_path: Path,
+) -> None:
+    config = FakeServerConfig(api_key=KEY, seed=3, expire_after_requests=3, answer=long_answer)
+    with FakeProviderServer(config) as server:
+        spec = openai_spec(server)
+        # the estimate of all 6 requests (~100 output tokens each) is under the cap; round 1 alone,
+        # billed at its long answers, is over it: round 2 must not be sent
+        summary = run_table(
+            source(tmp_path), str(tmp_path / "out.parquet"), spec, RunOptions(**FAST),
+            state_dir=str(tmp_path / "state"), api_key=KEY, max_cost_usd=0.0003, max_error_rate=1.0,
+        )  # fmt: skip
+        assert isinstance(summary, jobs.JobSummary)
+        assert summary.estimated_cost_usd is not None and summary.estimated_cost_usd < 0.0003
+        assert len(server.batches) == 1 and server.stats.creates == 1  # no round 2
+        assert summary.rounds == 1
+        assert summary.errors_by_kind == {"batch_expired": 3}
+        assert "round 2 (3 request(s)" in summary.stopped and "max_cost_usd=$0.0003" in summary.stopped
+        assert summary.cost_usd is not None and summary.cost_usd > 0.0003
+    table = pq.read_table(tmp_path / "out.parquet")
+    assert table.column("response_error_kind").to_pylist().count("batch_expired") == 3
+
+
+def test_a_retry_round_within_max_cost_usd_is_sent(tmp_path: Path) -> None:
+    config = FakeServerConfig(api_key=KEY, seed=3, expire_after_requests=3)
+    with FakeProviderServer(config) as server:
+        summary = run_table(
+            source(tmp_path), str(tmp_path / "out.parquet"), openai_spec(server), RunOptions(**FAST),
+            state_dir=str(tmp_path / "state"), api_key=KEY, max_cost_usd=1.0, max_error_rate=1.0,
+        )  # fmt: skip
+        assert isinstance(summary, jobs.JobSummary)
+        assert server.stats.creates == 2 and summary.stopped == ""
+        assert summary.ok_rows == 6
+
+
+def test_cost_comes_from_the_batch_usage_when_the_lines_carry_none(tmp_path: Path) -> None:
+    config = FakeServerConfig(api_key=KEY, seed=3, line_usage=False)
+    with FakeProviderServer(config) as server:
+        summary = run_table(
+            source(tmp_path), str(tmp_path / "out.parquet"), openai_spec(server), RunOptions(**FAST),
+            state_dir=str(tmp_path / "state"), api_key=KEY,
+        )  # fmt: skip
+        (batch_id,) = server.batches
+        usage = server.batch(batch_id)["usage"]
+    assert isinstance(summary, jobs.JobSummary)
+    assert usage["input_tokens"] > 0 and usage["output_tokens"] > 0
+    expected = (usage["input_tokens"] * 0.075 + usage["output_tokens"] * 0.30) / 1e6
+    assert summary.cost_usd == pytest.approx(expected)
