@@ -193,6 +193,7 @@ def enrich_table(
     expected_output_tokens: int = DEFAULT_EXPECTED_OUTPUT_TOKENS,
     allow_empty: bool = False,
     invalid_utf8: Literal["error", "replace"] = "error",
+    cache_system_prompt: bool = False,
     engine: Literal["process", "dask"] = "process",
     dask_address: str | None = None,
     dask_workers: int = 2,
@@ -269,6 +270,8 @@ def enrich_table(
             naming the rows, before anything is sent).
         invalid_utf8: Text of a CSV or JSON Lines source that is not valid UTF-8 is an ``error``
             naming the column and the first bad row (default), or ``replace``: bad bytes become U+FFFD.
+        cache_system_prompt: Mark the system prompt cacheable (Anthropic prompt caching, for one
+            system prompt shared by every row); cache reads and writes count in the input tokens.
         engine: ``process`` (default: the job in this flow run) or ``dask``: the job runs as shards
             (file and row-group ranges of a Parquet source) whose prepare, collect and write steps
             are tasks on a Dask cluster; the output is then a directory of Parquet parts with a
@@ -312,6 +315,7 @@ def enrich_table(
         limits=BatchLimits(max_requests_per_batch=max_requests_per_batch, max_batch_bytes=max_batch_bytes),
         allow_empty=allow_empty,
         invalid_utf8=invalid_utf8,
+        cache_system_prompt=cache_system_prompt,
     )
     options = RunOptions.for_provider(
         provider,

@@ -242,6 +242,9 @@ class JobSpec(BaseModel):
         invalid_utf8: Text of a CSV or JSON Lines source that is not valid UTF-8: ``"error"``
             (default; names the column and the first bad row) or ``"replace"`` (bad bytes become
             U+FFFD).
+        cache_system_prompt: Mark the system prompt cacheable (Anthropic prompt caching: the
+            system block gets ``cache_control: {"type": "ephemeral"}``); worth it when every row
+            shares one system prompt. Cache reads and writes count in ``response_input_tokens``.
 
     Examples:
         >>> JobSpec(prompt="{{ a }}", model="m", params={"temperature": 0}).params
@@ -270,6 +273,7 @@ class JobSpec(BaseModel):
     limits: BatchLimits = Field(default_factory=BatchLimits)
     allow_empty: bool = False
     invalid_utf8: Literal["error", "replace"] = "error"
+    cache_system_prompt: bool = False
 
     @field_validator("prompt")
     @classmethod

@@ -77,6 +77,13 @@ MaxBytesOption = Annotated[
 AllowEmptyOption = Annotated[
     bool, typer.Option("--allow-empty", help="Send rows whose prompt renders empty (else an error).")
 ]
+CacheSystemPromptOption = Annotated[
+    bool,
+    typer.Option(
+        "--cache-system-prompt",
+        help="Mark the system prompt cacheable (Anthropic prompt caching; one system prompt for all rows).",
+    ),
+]
 InvalidUtf8Option = Annotated[
     str,
     typer.Option(help="Text that is not UTF-8 in a CSV/JSONL source: error (default) or replace (U+FFFD)."),
@@ -187,6 +194,7 @@ def build_spec(
     max_batch_bytes: int,
     allow_empty: bool,
     invalid_utf8: str,
+    cache_system_prompt: bool = False,
 ) -> JobSpec:
     """The job the options describe: ``run`` and ``estimate`` build it here, so that the estimate
     plans exactly what ``run`` sends.
@@ -216,6 +224,7 @@ def build_spec(
             ),
             allow_empty=allow_empty,
             invalid_utf8=cast(Literal["error", "replace"], invalid_utf8),
+            cache_system_prompt=cache_system_prompt,
         )
     except LLMBatchError as exc:
         raise fail(str(exc)) from None

@@ -21,6 +21,7 @@ from .options import (
     SOURCE_HELP,
     AllowEmptyOption,
     BaseUrlOption,
+    CacheSystemPromptOption,
     ColumnPrefixOption,
     IdColumnOption,
     InvalidUtf8Option,
@@ -197,6 +198,7 @@ def run(
     ] = None,
     allow_empty: AllowEmptyOption = False,
     invalid_utf8: InvalidUtf8Option = "error",
+    cache_system_prompt: CacheSystemPromptOption = False,
     engine: Annotated[
         str,
         typer.Option(
@@ -234,7 +236,7 @@ def run(
         prompt=prompt, model=model, system=system, schema=schema, column_prefix=column_prefix,
         id_column=id_column, param=param, provider=provider, base_url=base_url,
         max_requests_per_batch=max_requests_per_batch, max_batch_bytes=max_batch_bytes,
-        allow_empty=allow_empty, invalid_utf8=invalid_utf8,
+        allow_empty=allow_empty, invalid_utf8=invalid_utf8, cache_system_prompt=cache_system_prompt,
     )  # fmt: skip
     from ..errors import CostLimitExceeded, LLMBatchError
     from ..jobs import JobRef, JobSummary, preflight
@@ -372,6 +374,7 @@ def _run_flow(
         realtime_tpm=realtime["tokens_per_minute"],
         allow_empty=spec.allow_empty,
         invalid_utf8=spec.invalid_utf8,
+        cache_system_prompt=spec.cache_system_prompt,
         **shards,
     )
 

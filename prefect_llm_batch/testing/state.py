@@ -280,6 +280,8 @@ class _State:
         self.lock = threading.RLock()
         self.stopping = threading.Event()
         self.files: dict[str, FakeFile] = {}
+        #: Prompt prefixes Anthropic requests marked cacheable (prompt caching), as the fake saw them.
+        self.prompt_cache: set[str] = set()
         self.batches: dict[str, FakeBatch] = {}
         self.stats = ServerStats()
         self.message_batches: dict[str, FakeMessageBatch] = {}
@@ -502,7 +504,9 @@ class _State:
                 None,
             )
         else:
-            status, body, never_ran = complete_message(params, self.config.answer, batch=True)
+            status, body, never_ran = complete_message(
+                params, self.config.answer, batch=True, cache=self.prompt_cache
+            )
         if never_ran == "drop":
             return _MessageOutcome(custom_id, None, "succeeded")
         if never_ran is not None:

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import orjson
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
@@ -188,3 +189,47 @@ def test_cost_comes_from_the_batch_usage_when_the_lines_carry_none(tmp_path: Pat
     assert usage["input_tokens"] > 0 and usage["output_tokens"] > 0
     expected = (usage["input_tokens"] * 0.075 + usage["output_tokens"] * 0.30) / 1e6
     assert summary.cost_usd == pytest.approx(expected)
+
+
+# ---- 7. Anthropic prompt caching in batches -----------------------------------------------------
+
+SYSTEM = "You summarise customer reviews in one short sentence, plainly. " * 20
+
+
+def test_cache_system_prompt_marks_the_system_block_and_counts_cache_tokens_as_input(
+    server: FakeProviderServer, tmp_path: Path
+) -> None:
+    spec = JobSpec(
+        prompt="Summarise {{ text }}", system=SYSTEM, model="claude-3-5-haiku", provider="anthropic",
+        base_url=server.anthropic_base_url, cache_system_prompt=True,
+    )  # fmt: skip
+    summary = run_table(
+        source(tmp_path), str(tmp_path / "out.parquet"), spec, RunOptions(**FAST),
+        state_dir=str(tmp_path / "state"), api_key=KEY,
+    )  # fmt: skip
+    assert isinstance(summary, jobs.JobSummary) and summary.ok_rows == 6
+    (batch_id,) = server.message_batches
+    results_url = server.message_batch(batch_id)["results_url"]
+    headers = {"x-api-key": KEY, "anthropic-version": "2023-06-01"}
+    lines = [orjson.loads(line) for line in httpx.get(results_url, headers=headers).content.splitlines()]
+    usages = [line["result"]["message"]["usage"] for line in lines]
+    system_tokens = usages[0]["cache_creation_input_tokens"] + usages[0]["cache_read_input_tokens"]
+    assert system_tokens > 100
+    assert sum(u["cache_creation_input_tokens"] for u in usages) == system_tokens  # written once
+    assert sum(u["cache_read_input_tokens"] > 0 for u in usages) == 5  # then read
+    table = pq.read_table(tmp_path / "out.parquet")
+    by_id = {line["custom_id"]: line["result"]["message"]["usage"] for line in lines}
+    expected = sorted(u["input_tokens"] + system_tokens for u in by_id.values())
+    assert sorted(table.column("response_input_tokens").to_pylist()) == expected
+
+
+def test_cache_system_prompt_is_refused_for_a_provider_without_prompt_caching(
+    server: FakeProviderServer, tmp_path: Path
+) -> None:
+    spec = openai_spec(server, system="Be brief.", cache_system_prompt=True)
+    with pytest.raises(Exception, match="cache_system_prompt: provider 'openai'"):
+        run_table(
+            source(tmp_path), str(tmp_path / "out.parquet"), spec, RunOptions(**FAST),
+            state_dir=str(tmp_path / "state"), api_key=KEY,
+        )  # fmt: skip
+    assert server.stats.uploads == 0 and server.stats.creates == 0
