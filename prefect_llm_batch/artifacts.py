@@ -98,6 +98,7 @@ def publish_summary(summary: JobSummary) -> None:
 | tokens billed | {summary.input_tokens} in, {summary.output_tokens} out |
 | cost (batch prices) | {estimated} estimated, {billed} for the tokens billed |
 | provider budget | {summary.budget or "no limit set"} |
+| stopped | {summary.stopped or "no: every planned round was sent"} |
 
 ## Errors by kind
 

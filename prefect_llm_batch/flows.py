@@ -55,7 +55,9 @@ from .schemas import ResponseSchema
 from .shard_tasks import run_in_shards
 from .simulator import open_target
 from .spec import (
+    DEFAULT_INPUT_FILE_EXPIRY,
     DEFAULT_MAX_ERROR_RATE,
+    DEFAULT_OUTPUT_EXPIRY,
     OPENAI_MAX_BATCH_BYTES,
     OPENAI_MAX_REQUESTS_PER_BATCH,
     BatchLimits,
@@ -178,6 +180,8 @@ def enrich_table(
     max_enqueued_tokens: int | None = None,
     max_wait: float | None = None,
     keep_input_files: bool = False,
+    input_file_expiry: int | None = DEFAULT_INPUT_FILE_EXPIRY,
+    output_expiry: int | None = DEFAULT_OUTPUT_EXPIRY,
     dry_run: bool = False,
     detached: bool = False,
     mode: Mode = "batch",
@@ -189,6 +193,7 @@ def enrich_table(
     expected_output_tokens: int = DEFAULT_EXPECTED_OUTPUT_TOKENS,
     allow_empty: bool = False,
     invalid_utf8: Literal["error", "replace"] = "error",
+    cache_system_prompt: bool = False,
     engine: Literal["process", "dask"] = "process",
     dask_address: str | None = None,
     dask_workers: int = 2,
@@ -242,6 +247,10 @@ def enrich_table(
         max_enqueued_tokens: Most estimated prompt tokens of this job enqueued at once.
         max_wait: Seconds a batch may run before it is cancelled and its unrun rows retried.
         keep_input_files: Keep uploaded batch input files once their batch has ended.
+        input_file_expiry: Seconds after its upload the provider deletes a batch input file by itself
+            (OpenAI ``expires_after``, 3600 to 2592000; default 7 days; None: the provider's default).
+        output_expiry: Seconds the provider keeps a batch's output and error files (OpenAI
+            ``output_expires_after``, 3600 to 2592000; default 30 days; None: the provider's default).
         dry_run: Plan the job and return its :class:`~prefect_llm_batch.costs.Estimate` (rows,
             unique requests, cache hits, tokens, cost) without sending anything.
         detached: Submit the batches, record the job as pending and return its reference at once;
@@ -252,13 +261,17 @@ def enrich_table(
         realtime_concurrency: Most realtime requests in flight.
         realtime_rpm: Requests per minute to keep under in realtime mode.
         realtime_tpm: Tokens per minute to keep under in realtime mode.
-        max_cost_usd: Refuse to send a job whose estimated cost is higher (or unknown).
+        max_cost_usd: Refuse to send a job whose estimated cost is higher (or unknown); a retry
+            round that would take the job's spend so far (every batch sent, by its reported usage
+            when the provider gives it) over it is not sent, and the summary says why.
         prices: USD per 1M batch tokens ``{"model-prefix": (input, output)}``, over the built-in table.
         expected_output_tokens: Output tokens assumed per request when ``params`` sets no max_tokens.
         allow_empty: Send rows whose prompt renders empty or only whitespace (by default an error
             naming the rows, before anything is sent).
         invalid_utf8: Text of a CSV or JSON Lines source that is not valid UTF-8 is an ``error``
             naming the column and the first bad row (default), or ``replace``: bad bytes become U+FFFD.
+        cache_system_prompt: Mark the system prompt cacheable (Anthropic prompt caching, for one
+            system prompt shared by every row); cache reads and writes count in the input tokens.
         engine: ``process`` (default: the job in this flow run) or ``dask``: the job runs as shards
             (file and row-group ranges of a Parquet source) whose prepare, collect and write steps
             are tasks on a Dask cluster; the output is then a directory of Parquet parts with a
@@ -302,6 +315,7 @@ def enrich_table(
         limits=BatchLimits(max_requests_per_batch=max_requests_per_batch, max_batch_bytes=max_batch_bytes),
         allow_empty=allow_empty,
         invalid_utf8=invalid_utf8,
+        cache_system_prompt=cache_system_prompt,
     )
     options = RunOptions.for_provider(
         provider,
@@ -313,6 +327,10 @@ def enrich_table(
         max_enqueued_tokens=max_enqueued_tokens,
         max_wait=max_wait,
         keep_input_files=keep_input_files,
+        input_file_expiry=input_file_expiry,
+        output_expiry=output_expiry,
+        max_cost_usd=None if dry_run else max_cost_usd,
+        prices=prices,
     )  # fmt: skip
     if provider == "simulator":
         log.warning("provider 'simulator': answers come from the bundled simulator, not from a model")

@@ -82,7 +82,8 @@ def run_table(
         limit: Only the first rows.
         overwrite: Replace ``output`` if it exists.
         max_error_rate: The share of rows that may fail before the run fails (output written).
-        max_cost_usd: Refuse a job whose estimate is higher (nothing is sent).
+        max_cost_usd: Refuse a job whose estimate is higher (nothing is sent), and a retry round that
+            would take the job's spend over it (see ``RunOptions.max_cost_usd``).
         prices: Extra prices (USD per 1M tokens) over the built-in table.
         expected_output_tokens: Output tokens assumed per request without ``max_tokens``.
         detached: Submit the first round, record the job as pending and return its reference.
@@ -104,6 +105,10 @@ def run_table(
         prices=prices,
     )  # fmt: skip
     limits = dict(realtime_limits or {})
+    if max_cost_usd is not None and options.max_cost_usd is None:  # the cap bounds retry rounds too
+        options = options.model_copy(
+            update={"max_cost_usd": max_cost_usd, "prices": options.prices or prices}
+        )
     with (
         open_target(spec.provider, spec.base_url, simulator_seconds=0.6) as target,  # as enrich()
         make_provider(target, api_key=api_key, limits=spec.limits, endpoint=spec.endpoint) as client,

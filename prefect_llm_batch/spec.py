@@ -44,6 +44,15 @@ MESSAGES_ENDPOINT = "/v1/messages"
 OPENAI_MAX_REQUESTS_PER_BATCH = 50_000
 OPENAI_MAX_BATCH_BYTES = 200 * 1024 * 1024
 
+#: Bounds of OpenAI's ``expires_after`` (Files API) and ``output_expires_after`` (Batch API), in seconds.
+MIN_EXPIRY_SECONDS = 3600
+MAX_EXPIRY_SECONDS = 2_592_000
+#: Default life of an uploaded batch input file at the provider: 7 days (a batch runs 24 h at most;
+#: the rest leaves room for resuming a job). Inputs are still deleted once collected.
+DEFAULT_INPUT_FILE_EXPIRY = 7 * 24 * 3600
+#: Default life of a batch's output and error files at the provider: 30 days (OpenAI's own default).
+DEFAULT_OUTPUT_EXPIRY = 30 * 24 * 3600
+
 #: Default share of rows allowed to fail before the flow run is marked failed.
 DEFAULT_MAX_ERROR_RATE = 0.1
 
@@ -233,6 +242,9 @@ class JobSpec(BaseModel):
         invalid_utf8: Text of a CSV or JSON Lines source that is not valid UTF-8: ``"error"``
             (default; names the column and the first bad row) or ``"replace"`` (bad bytes become
             U+FFFD).
+        cache_system_prompt: Mark the system prompt cacheable (Anthropic prompt caching: the
+            system block gets ``cache_control: {"type": "ephemeral"}``); worth it when every row
+            shares one system prompt. Cache reads and writes count in ``response_input_tokens``.
 
     Examples:
         >>> JobSpec(prompt="{{ a }}", model="m", params={"temperature": 0}).params
@@ -261,6 +273,7 @@ class JobSpec(BaseModel):
     limits: BatchLimits = Field(default_factory=BatchLimits)
     allow_empty: bool = False
     invalid_utf8: Literal["error", "replace"] = "error"
+    cache_system_prompt: bool = False
 
     @field_validator("prompt")
     @classmethod
@@ -332,10 +345,24 @@ class RunOptions(BaseModel):
         max_wait: Seconds a batch may take from its creation before it is cancelled; its unrun
             requests are then retried in the next round (None: wait for the provider's own expiry).
         keep_input_files: Keep uploaded batch input files after their batch has ended.
+        input_file_expiry: Seconds after its upload the provider deletes a batch input file by
+            itself (``expires_after``, anchored at its creation; 3600 to 2592000; None: the
+            provider's default, 30 days at OpenAI), so an abandoned job does not fill the
+            organisation's file storage. Default 7 days.
+        output_expiry: Seconds after their creation the provider deletes a batch's output and error
+            files (``output_expires_after``; 3600 to 2592000; None: the provider's default). Default
+            30 days. Providers without these fields (Anthropic) ignore both.
+        max_cost_usd: The most the whole job may cost in USD, counting every batch it sent, earlier
+            rounds and retries: a retry round that would cross it is not sent (its rows keep their
+            retryable errors and the summary says why). None: no limit.
+        prices: USD per 1M batch tokens ``{"model-prefix": (input, output)}`` over the built-in
+            table, for ``max_cost_usd``.
 
     Examples:
         >>> RunOptions().max_attempts, RunOptions().cache
         (3, 'use')
+        >>> RunOptions().input_file_expiry, RunOptions().output_expiry
+        (604800, 2592000)
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
@@ -348,6 +375,12 @@ class RunOptions(BaseModel):
     max_enqueued_tokens: int | None = Field(None, ge=1)
     max_wait: float | None = Field(None, gt=0)
     keep_input_files: bool = False
+    input_file_expiry: int | None = Field(
+        DEFAULT_INPUT_FILE_EXPIRY, ge=MIN_EXPIRY_SECONDS, le=MAX_EXPIRY_SECONDS
+    )
+    output_expiry: int | None = Field(DEFAULT_OUTPUT_EXPIRY, ge=MIN_EXPIRY_SECONDS, le=MAX_EXPIRY_SECONDS)
+    max_cost_usd: float | None = Field(None, ge=0)
+    prices: dict[str, tuple[float, float]] | None = None
 
     @classmethod
     def for_provider(

@@ -164,6 +164,8 @@ class JobRecord(BaseModel):
     limits: BatchLimits | None = None
     invalid_utf8: Literal["error", "replace"] = "error"  # how the source was read (and is read again)
     shard: Shard | None = None  # a shard of a sharded job: the part and row groups it reads
+    #: Why a retry round was not sent (``max_cost_usd``); None when every planned round was.
+    stopped: str | None = None
 
     def round_chunks(self, round_: int) -> list[int]:
         """Ids of the chunks of one round."""
@@ -202,6 +204,8 @@ class ChunkState(BaseModel):
     provisional: bool = False
     #: Leases on a shared provider budget held for the running batch (see ``jobs.budget``).
     budget_leases: list[str] = Field(default_factory=list)
+    #: The batch's ``usage`` as its provider reported it (empty when it reports none).
+    usage: dict[str, Any] = Field(default_factory=dict)
 
 
 class JobStore:

@@ -22,6 +22,10 @@ PROVIDERS = ("simulator", "openai", "anthropic", "azure")
 DEFAULT_MAX_REQUESTS_PER_BATCH = 50_000
 DEFAULT_MAX_BATCH_BYTES = 200 * 1024 * 1024
 DEFAULT_MAX_ERROR_RATE = 0.1
+#: Defaults of ``--input-file-expiry`` and ``--output-expiry`` (``prefect_llm_batch.spec``'s; a test keeps
+#: them equal): 7 and 30 days.
+DEFAULT_INPUT_FILE_EXPIRY = 7 * 24 * 3600
+DEFAULT_OUTPUT_EXPIRY = 30 * 24 * 3600
 
 #: Help of the source argument of ``run`` and ``estimate``.
 SOURCE_HELP = (
@@ -72,6 +76,13 @@ MaxBytesOption = Annotated[
 ]
 AllowEmptyOption = Annotated[
     bool, typer.Option("--allow-empty", help="Send rows whose prompt renders empty (else an error).")
+]
+CacheSystemPromptOption = Annotated[
+    bool,
+    typer.Option(
+        "--cache-system-prompt",
+        help="Mark the system prompt cacheable (Anthropic prompt caching; one system prompt for all rows).",
+    ),
 ]
 InvalidUtf8Option = Annotated[
     str,
@@ -183,6 +194,7 @@ def build_spec(
     max_batch_bytes: int,
     allow_empty: bool,
     invalid_utf8: str,
+    cache_system_prompt: bool = False,
 ) -> JobSpec:
     """The job the options describe: ``run`` and ``estimate`` build it here, so that the estimate
     plans exactly what ``run`` sends.
@@ -212,6 +224,7 @@ def build_spec(
             ),
             allow_empty=allow_empty,
             invalid_utf8=cast(Literal["error", "replace"], invalid_utf8),
+            cache_system_prompt=cache_system_prompt,
         )
     except LLMBatchError as exc:
         raise fail(str(exc)) from None

@@ -13,12 +13,15 @@ import typer
 
 from .estimates import plan_estimate
 from .options import (
+    DEFAULT_INPUT_FILE_EXPIRY,
     DEFAULT_MAX_BATCH_BYTES,
     DEFAULT_MAX_ERROR_RATE,
     DEFAULT_MAX_REQUESTS_PER_BATCH,
+    DEFAULT_OUTPUT_EXPIRY,
     SOURCE_HELP,
     AllowEmptyOption,
     BaseUrlOption,
+    CacheSystemPromptOption,
     ColumnPrefixOption,
     IdColumnOption,
     InvalidUtf8Option,
@@ -156,8 +159,22 @@ def run(
     keep_input_files: Annotated[
         bool, typer.Option(help="Keep uploaded batch input files after their batch ended.")
     ] = False,
+    input_file_expiry: Annotated[
+        int | None,
+        typer.Option(
+            help="Seconds before the provider deletes an uploaded input file (3600-2592000; OpenAI)."
+        ),
+    ] = DEFAULT_INPUT_FILE_EXPIRY,
+    output_expiry: Annotated[
+        int | None,
+        typer.Option(help="Seconds the provider keeps a batch's output files (3600-2592000; OpenAI)."),
+    ] = DEFAULT_OUTPUT_EXPIRY,
     max_cost_usd: Annotated[
-        float | None, typer.Option(help="Refuse to send a job whose estimated batch cost is higher.")
+        float | None,
+        typer.Option(
+            help="Refuse to send a job whose estimated batch cost is higher; a retry round that would take "
+            "the job's spend over it is not sent."
+        ),
     ] = None,
     detached: Annotated[
         bool,
@@ -181,6 +198,7 @@ def run(
     ] = None,
     allow_empty: AllowEmptyOption = False,
     invalid_utf8: InvalidUtf8Option = "error",
+    cache_system_prompt: CacheSystemPromptOption = False,
     engine: Annotated[
         str,
         typer.Option(
@@ -218,7 +236,7 @@ def run(
         prompt=prompt, model=model, system=system, schema=schema, column_prefix=column_prefix,
         id_column=id_column, param=param, provider=provider, base_url=base_url,
         max_requests_per_batch=max_requests_per_batch, max_batch_bytes=max_batch_bytes,
-        allow_empty=allow_empty, invalid_utf8=invalid_utf8,
+        allow_empty=allow_empty, invalid_utf8=invalid_utf8, cache_system_prompt=cache_system_prompt,
     )  # fmt: skip
     from ..errors import CostLimitExceeded, LLMBatchError
     from ..jobs import JobRef, JobSummary, preflight
@@ -254,7 +272,7 @@ def run(
                 source, output, spec, schema, provider, state_dir, limit, overwrite, poll_interval,
                 max_error_rate, max_attempts, retry_backoff, cache, max_in_flight_batches,
                 max_enqueued_tokens, max_wait, keep_input_files, max_cost_usd, detached, mode, realtime,
-                shards if sharded else {},
+                shards if sharded else {}, input_file_expiry=input_file_expiry, output_expiry=output_expiry,
             )  # fmt: skip
         else:
             from ..local import run_table
@@ -264,6 +282,7 @@ def run(
                 provider, poll_interval=poll_interval, retry_backoff=retry_backoff, max_attempts=max_attempts,
                 cache=cast(Any, cache), max_in_flight_batches=max_in_flight_batches,
                 max_enqueued_tokens=max_enqueued_tokens, max_wait=max_wait, keep_input_files=keep_input_files,
+                input_file_expiry=input_file_expiry, output_expiry=output_expiry, max_cost_usd=max_cost_usd,
             )  # fmt: skip
             _log_to_stderr()
             summary = run_table(
@@ -311,6 +330,9 @@ def _run_flow(
     mode: str,
     realtime: dict[str, Any],
     shards: dict[str, Any],
+    *,
+    input_file_expiry: int | None = DEFAULT_INPUT_FILE_EXPIRY,
+    output_expiry: int | None = DEFAULT_OUTPUT_EXPIRY,
 ) -> Any:
     """Run the job as an ``enrich-table`` flow run (Prefect is imported here, and only here)."""
     _prefect_defaults()
@@ -342,6 +364,8 @@ def _run_flow(
         max_enqueued_tokens=max_enqueued_tokens,
         max_wait=max_wait,
         keep_input_files=keep_input_files,
+        input_file_expiry=input_file_expiry,
+        output_expiry=output_expiry,
         max_cost_usd=max_cost_usd,
         detached=detached,
         mode=cast(Any, mode),
@@ -350,6 +374,7 @@ def _run_flow(
         realtime_tpm=realtime["tokens_per_minute"],
         allow_empty=spec.allow_empty,
         invalid_utf8=spec.invalid_utf8,
+        cache_system_prompt=spec.cache_system_prompt,
         **shards,
     )
 

@@ -29,6 +29,8 @@ def print_summary(summary: Any) -> None:
     table.add_row("cost", cost_text(summary))
     if summary.budget:
         table.add_row("provider budget", summary.budget)
+    if getattr(summary, "stopped", ""):
+        table.add_row("stopped", summary.stopped)
     table.add_row("state", summary.state_dir)
     console = Console()
     console.print(table)

@@ -244,6 +244,8 @@ def collect_chunk(
             embeddings=embeddings,
         )
     else:
+        if info.usage:  # the batch's own count of what it billed (final once it ended)
+            state.usage = dict(info.usage)
         read = provider.read_results(info, embeddings=embeddings)
         if read.unreadable:
             logger.warning(

@@ -73,6 +73,8 @@ def compute_job_id(
     }
     if cache != "use":  # a refresh must not resume (and so reuse) the answers of a normal run
         payload["cache"] = cache
+    if spec.cache_system_prompt:  # other request bodies
+        payload["cache_system_prompt"] = True
     if spec.invalid_utf8 != "error":  # other prompts (and ids unchanged for the default)
         payload["invalid_utf8"] = spec.invalid_utf8
     return hashlib.sha256(canonical_json(payload)).hexdigest()[:32]

@@ -18,7 +18,6 @@ import pyarrow.compute as pc
 from pydantic import BaseModel, Field
 
 from .. import __version__
-from ..costs import estimate_cost
 from ..errors import StateError
 from ..files import write_parquet_batches_atomic
 from ..keys import Digests, ResultIndex, canonical_json, decode_custom_ids
@@ -38,6 +37,7 @@ from ..store import JobStore
 from ..table import SCAN_BATCH_ROWS, TableScan, dictionary_columns, fingerprint, read_ahead, scan_table
 from .estimate import estimate
 from .identity import JobRef
+from .spend import job_spend
 
 logger = logging.getLogger("prefect_llm_batch")
 
@@ -57,7 +57,9 @@ class JobSummary(BaseModel):
 
     Costs are USD at batch prices (:mod:`prefect_llm_batch.costs`), None for a model without a
     price: ``estimated_cost_usd`` is the estimate made before anything was sent (the plan, as
-    ``prefect-llm-batch estimate`` reports it), ``cost_usd`` the cost of the tokens billed.
+    ``prefect-llm-batch estimate`` reports it), ``cost_usd`` the cost of the tokens billed: every
+    batch the job sent, in every round, by the ``usage`` its provider reported for the batch when
+    it gives one (OpenAI), else by its result lines (:func:`~prefect_llm_batch.jobs.spend.job_spend`).
     """
 
     job_id: str
@@ -83,6 +85,8 @@ class JobSummary(BaseModel):
     #: How ``max_enqueued_tokens`` / ``max_in_flight_batches`` were held: shared with other jobs
     #: (a Prefect server), or this job's own limits only; empty when neither was set.
     budget: str = ""
+    #: Why the job stopped before every retry round was sent (``max_cost_usd``); empty when it did not.
+    stopped: str = ""
 
     @property
     def error_rate(self) -> float:
@@ -499,7 +503,9 @@ def assemble(
         output_tokens=answers.output_tokens,
         unreadable_lines=answers.unreadable_lines,
     )
-    summary.cost_usd = estimate_cost(summary.model, summary.input_tokens, summary.output_tokens)
+    # what the provider billed: each batch by its reported usage where it gives one, else by its lines
+    summary.cost_usd = job_spend(store).cost(summary.model)
+    summary.stopped = record.stopped or ""
     summary.estimated_cost_usd = estimate(ref, record.params).cost_usd
     store.write_summary(summary.model_dump_json(indent=1).encode())
     logger.info(

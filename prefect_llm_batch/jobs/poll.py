@@ -35,6 +35,8 @@ def apply_status(state: ChunkState, info: BatchInfo) -> bool:
     state.status = info.status.value
     state.raw_status = info.raw_status
     state.total, state.completed, state.failed = info.total, info.completed, info.failed
+    if info.usage:
+        state.usage = dict(info.usage)
     if info.errors:
         state.error = short(info.error_summary())
         state.error_code = info.first_error_code

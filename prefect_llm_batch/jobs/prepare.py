@@ -207,7 +207,8 @@ def _plan(
     schema = response_schema(spec)
 
     def build_body(prompt: str, system: str | None) -> dict[str, Any]:
-        return provider.build_body(spec.model, prompt, system, spec.params, schema)
+        body = provider.build_body(spec.model, prompt, system, spec.params, schema)
+        return provider.cache_system_prompt(body) if spec.cache_system_prompt else body
 
     encoder = RequestEncoder(
         provider=target.provider,

@@ -10,8 +10,9 @@ import pyarrow.compute as pc
 
 from ..spec import BatchLimits, ErrorKind, RunOptions
 from ..store import JobStore
-from .chunks import ChunkWriter
+from .chunks import ChunkWriter, estimate_tokens
 from .identity import JobRef
+from .spend import retry_round_within_budget
 
 logger = logging.getLogger("prefect_llm_batch")
 
@@ -20,7 +21,9 @@ def plan_retry_round(ref: JobRef, round_: int, options: RunOptions) -> list[int]
     """Plan round ``round_ + 1``: resend the requests of round ``round_`` whose error is retryable.
 
     Idempotent: when the next round is already planned (a resumed run), its chunks are returned.
-    Nothing is planned after ``options.max_attempts`` rounds or while a user's cancel applies.
+    Nothing is planned after ``options.max_attempts`` rounds or while a user's cancel applies, nor
+    when the job's spend so far plus the round's estimate is over ``options.max_cost_usd`` (the
+    reason is kept in the job record, for its summary).
 
     Returns:
         The chunk ids of the next round (empty when there is nothing to retry).
@@ -46,6 +49,20 @@ def plan_retry_round(ref: JobRef, round_: int, options: RunOptions) -> list[int]
         for line in store.read_chunk_input(chunk_id).splitlines(keepends=True)
         if line.strip() and str(orjson.loads(line)["custom_id"]) in retry_ids
     ]
+    stopped = retry_round_within_budget(
+        store,
+        round_ + 1,
+        len(lines),
+        sum(estimate_tokens(line) for line in lines),
+        options.max_cost_usd,
+        options.prices,
+    )
+    if stopped is not None:
+        if record.stopped != stopped:
+            record.stopped = stopped
+            store.write_job(record)
+        logger.warning("job %s: %s", ref.job_id, stopped)
+        return []
     first_id = max((c.chunk_id for c in record.chunks), default=-1) + 1
     writer = ChunkWriter(store, record.limits or BatchLimits(), first_id, round_ + 1)
     try:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
+from typing import Any
 
 from ..errors import AmbiguousCreate
 from ..providers.base import BatchInfo, BatchProvider, BatchStatus
@@ -195,7 +196,7 @@ def submit_chunk(
         state.budget_leases = leases
         store.write_chunk(state)
     try:
-        return _create(ref, store, state, provider, metadata, n_requests)
+        return _create(ref, store, state, provider, metadata, n_requests, options)
     except BaseException:
         if budget is not None and state.budget_leases and not state.batch_id:
             budget.release(state.budget_leases)
@@ -242,19 +243,26 @@ def _create(
     provider: BatchProvider,
     metadata: dict[str, str],
     n_requests: int,
+    options: RunOptions,
 ) -> ChunkState:
     """Upload the chunk's batch file (once), record the intent, create the batch (see
-    :func:`submit_chunk`)."""
+    :func:`submit_chunk`). Where the provider can be told (``expires_remote_files``), the input
+    file and the batch's output files expire after ``options.input_file_expiry`` and
+    ``options.output_expiry`` seconds."""
     chunk_id = state.chunk_id
     data = store.read_chunk_input(chunk_id)
+    expiring = provider.expires_remote_files
+    upload_expiry: dict[str, Any] = {"expires_after": options.input_file_expiry} if expiring else {}
+    output_expiry: dict[str, Any] = {"output_expires_after": options.output_expiry} if expiring else {}
     if state.input_file_id is None:
-        state.input_file_id = provider.upload(data, f"{ref.job_id}-chunk-{chunk_id:05d}.jsonl")
+        name = f"{ref.job_id}-chunk-{chunk_id:05d}.jsonl"
+        state.input_file_id = provider.upload(data, name, **upload_expiry)
         store.write_chunk(state)
     store.ensure_held()  # a run that lost its lease to another creates nothing more
     state.intent_at = time.time()
     store.write_chunk(state)
     try:
-        info = provider.create(data, state.input_file_id, metadata, requests=n_requests)
+        info = provider.create(data, state.input_file_id, metadata, requests=n_requests, **output_expiry)
     except AmbiguousCreate as exc:
         logger.warning("chunk %d: create had no clear answer (%s); looking for the batch", chunk_id, exc)
         found = provider.find_batch(
@@ -266,7 +274,7 @@ def _create(
         )
         if found is None:
             logger.warning("chunk %d: no batch carries its metadata; creating it", chunk_id)
-            info = provider.create(data, state.input_file_id, metadata, requests=n_requests)
+            info = provider.create(data, state.input_file_id, metadata, requests=n_requests, **output_expiry)
         else:
             return _adopt(store, state, found, provider)
     logger.info("chunk %d: batch %s has %d requests", chunk_id, info.id, n_requests)

@@ -180,6 +180,19 @@ def _int_or_none(value: Any) -> int | None:
     return value if isinstance(value, int) and not isinstance(value, bool) else None
 
 
+def _input_tokens(usage: dict[str, Any]) -> int | None:
+    """All the prompt tokens of a message: ``input_tokens`` (after the last cache breakpoint) plus
+    ``cache_creation_input_tokens`` and ``cache_read_input_tokens`` (prompt caching).
+
+    Examples:
+        >>> _input_tokens({"input_tokens": 5, "cache_read_input_tokens": 100}), _input_tokens({})
+        (105, None)
+    """
+    base = _int_or_none(usage.get("input_tokens"))
+    cached = [_int_or_none(usage.get(k)) for k in ("cache_creation_input_tokens", "cache_read_input_tokens")]
+    return None if base is None else base + sum(c for c in cached if c is not None)
+
+
 def parse_message(custom_id: str, message: Any, batch_id: str | None = None) -> RowResult:
     """Turn a Messages API response (a ``succeeded`` result's ``message``) into a :class:`RowResult`.
 
@@ -211,7 +224,7 @@ def parse_message(custom_id: str, message: Any, batch_id: str | None = None) -> 
     model = message.get("model")
     result = RowResult(
         custom_id=custom_id,
-        input_tokens=_int_or_none(usage.get("input_tokens")),
+        input_tokens=_input_tokens(usage),
         output_tokens=_int_or_none(usage.get("output_tokens")),
         finish_reason=stop if isinstance(stop, str) else None,
         model=model if isinstance(model, str) else None,
@@ -379,6 +392,21 @@ class AnthropicBatchProvider(RetryingHTTP, BatchProvider):
         if schema is not None:
             body.update(tool_for_schema(schema.schema, name=schema.name))
         return body
+
+    def cache_system_prompt(self, body: dict[str, Any]) -> dict[str, Any]:
+        """The body with its system prompt as one text block marked ``cache_control: {"type":
+        "ephemeral"}`` (a body without a system prompt is returned as is).
+
+        Examples:
+            >>> p = AnthropicBatchProvider(api_key="fake-key-doc")
+            >>> p.cache_system_prompt({"system": "Be brief."})["system"]
+            [{'type': 'text', 'text': 'Be brief.', 'cache_control': {'type': 'ephemeral'}}]
+        """
+        system = body.get("system")
+        if not isinstance(system, str) or not system:
+            return body
+        block = {"type": "text", "text": system, "cache_control": {"type": "ephemeral"}}
+        return {**body, "system": [block]}
 
     def build_line(self, custom_id: str, body: dict[str, Any]) -> dict[str, Any]:
         return {"custom_id": custom_id, "params": body}

@@ -179,6 +179,11 @@ class AzureOpenAIBatchProvider(OpenAIBatchProvider):
         ConfigError: No key, no endpoint, an endpoint that is not an http(s) URL, or an unknown endpoint.
     """
 
+    #: Azure's Files and Batch APIs document their own expiry bounds, not verified here: the job
+    #: sends no ``expires_after`` / ``output_expires_after`` to Azure (input files are still deleted
+    #: once collected).
+    expires_remote_files = False
+
     def __init__(
         self,
         *,

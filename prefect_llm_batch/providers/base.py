@@ -18,7 +18,7 @@ from typing import IO, Any
 import orjson
 import pyarrow as pa
 
-from ..errors import ProviderUnavailable
+from ..errors import ConfigError, ProviderUnavailable
 from ..results import RowResult, result_schema, results_to_table
 from ..schemas import ResponseSchema
 from ..spec import BatchLimits
@@ -145,6 +145,10 @@ class BatchProvider(ABC):
     #: so a found batch is a candidate: the caller adopts it provisionally, never cancels it,
     #: and counts it as its own only once its results carry the caller's request ids.
     proves_adoption: bool = True
+    #: True when :meth:`upload` takes ``expires_after`` and :meth:`create` ``output_expires_after``
+    #: (seconds, anchored at the file's creation): the provider deletes the job's remote files by
+    #: itself (OpenAI's Files and Batch APIs). False: the job does not pass them.
+    expires_remote_files: bool = False
 
     @property
     @abstractmethod
@@ -169,6 +173,17 @@ class BatchProvider(ABC):
 
         With a ``schema``, the body asks for structured answers in the provider's way.
         """
+
+    def cache_system_prompt(self, body: dict[str, Any]) -> dict[str, Any]:
+        """Return ``body`` with its system prompt marked cacheable (prompt caching). Pure.
+
+        Raises:
+            ConfigError: The provider has no prompt caching to ask for (the default).
+        """
+        raise ConfigError(
+            f"cache_system_prompt: provider {self.name!r} has no prompt caching to ask for in a request; "
+            "it is for 'anthropic' (nothing was sent)"
+        )
 
     @abstractmethod
     def build_line(self, custom_id: str, body: dict[str, Any]) -> dict[str, Any]:

@@ -256,30 +256,49 @@ class OpenAIBatchProvider(RetryingHTTP, BatchProvider):
     def _error_for_response(self, response: httpx.Response, what: str) -> LLMBatchError:
         return error_for_response(response, what)
 
-    def upload(self, data: bytes, filename: str) -> str | None:
+    expires_remote_files = True
+
+    def upload(self, data: bytes, filename: str, *, expires_after: int | None = None) -> str | None:
+        """Upload a batch input file (``purpose=batch``); with ``expires_after`` (seconds), the
+        provider deletes it that long after its creation (the SDK's multipart spelling
+        ``expires_after[anchor]=created_at``, ``expires_after[seconds]=N``)."""
+        form = {"purpose": "batch"}
+        if expires_after is not None:
+            form |= {"expires_after[anchor]": "created_at", "expires_after[seconds]": str(expires_after)}
+
         def call() -> httpx.Response:
             return self._send(
                 "POST",
                 "/files",
                 "upload of the batch input file",
                 files={"file": (filename, data, "application/jsonl")},
-                data={"purpose": "batch"},
+                data=form,
             )
 
         payload = self._retrying(call).json()
         return str(payload["id"])
 
     def create(
-        self, data: bytes, input_file_id: str | None, metadata: dict[str, str], *, requests: int
+        self,
+        data: bytes,
+        input_file_id: str | None,
+        metadata: dict[str, str],
+        *,
+        requests: int,
+        output_expires_after: int | None = None,
     ) -> BatchInfo:
+        """Create a batch from an uploaded file; with ``output_expires_after`` (seconds), its output
+        and error files are deleted that long after their creation."""
         if not input_file_id:
             raise ValueError("the OpenAI Batch API creates batches from an uploaded file: upload first")
-        body = {
+        body: dict[str, Any] = {
             "input_file_id": input_file_id,
             "endpoint": self.wire_endpoint,
             "completion_window": "24h",
             "metadata": metadata,
         }
+        if output_expires_after is not None:
+            body["output_expires_after"] = {"anchor": "created_at", "seconds": output_expires_after}
         # A 429 means the batch was not made: retry it. Anything that may have reached the
         # server raises AmbiguousCreate and is resolved by the caller through find_batch.
         response = self._retrying(

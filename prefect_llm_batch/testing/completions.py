@@ -282,8 +282,30 @@ def _message_params_problem(body: Mapping[str, Any], batch: bool) -> str | None:
     return None
 
 
+def cached_prefix(body: Mapping[str, Any]) -> str:
+    """The text of the system blocks up to the last one marked ``cache_control`` (empty: none).
+
+    Examples:
+        >>> cached_prefix({"system": [{"type": "text", "text": "Be brief.",
+        ...     "cache_control": {"type": "ephemeral"}}]}), cached_prefix({"system": "Be brief."})
+        ('Be brief.', '')
+    """
+    system = body.get("system")
+    if not isinstance(system, list):
+        return ""
+    blocks = [b for b in system if isinstance(b, dict)]
+    marked = [i for i, b in enumerate(blocks) if isinstance(b.get("cache_control"), dict)]
+    if not marked:
+        return ""
+    return "".join(str(b.get("text", "")) for b in blocks[: marked[-1] + 1])
+
+
 def complete_message(
-    body: dict[str, Any], answer: AnswerFunction | None, *, batch: bool = False
+    body: dict[str, Any],
+    answer: AnswerFunction | None,
+    *,
+    batch: bool = False,
+    cache: set[str] | None = None,
 ) -> tuple[int, dict[str, Any], str | None]:
     """Answer one Anthropic Messages body, honouring the ``[[fake:...]]`` markers.
 
@@ -291,6 +313,9 @@ def complete_message(
         body: The Messages API params.
         answer: Custom answer function, or ``None`` for the default.
         batch: True inside a message batch (only changes a message).
+        cache: The prompt prefixes cached so far (a system prompt marked ``cache_control``): a
+            prefix seen before is reported as ``cache_read_input_tokens``, a new one as
+            ``cache_creation_input_tokens`` and remembered (None: every one is new).
 
     Returns:
         ``(status_code, body, never_ran)``: ``body`` is a ``message`` or an Anthropic error
@@ -351,6 +376,17 @@ def complete_message(
             out_text = out_text[: min(keep, max(1, len(out_text) - 1))]
             content = [{"type": "text", "text": out_text}]
     input_tokens = prompt_tokens(body)
+    cacheable = cached_prefix(body)
+    created = read = 0
+    if cacheable:  # prompt caching: the prefix is written once, then read
+        prefix_tokens = min(estimate_tokens(cacheable), input_tokens)
+        if cache is not None and cacheable in cache:
+            read = prefix_tokens
+        else:
+            created = prefix_tokens
+            if cache is not None:
+                cache.add(cacheable)
+        input_tokens -= prefix_tokens
     reply = {
         "id": f"msg_{_hex()}",
         "type": "message",
@@ -362,8 +398,8 @@ def complete_message(
         "usage": {
             "input_tokens": input_tokens,
             "output_tokens": estimate_tokens(out_text),
-            "cache_creation_input_tokens": 0,
-            "cache_read_input_tokens": 0,
+            "cache_creation_input_tokens": created,
+            "cache_read_input_tokens": read,
         },
     }
     return 200, reply, None

@@ -126,6 +126,8 @@ class FakeServerConfig:
             ``POST /v1/messages/batches``) that passes the key check answers 400 with an error
             message quoting the request's method, URL and headers (the key included), as some
             proxies and gateways do.
+        line_usage: If ``False``, result lines carry no ``usage``; the batch object still reports
+            the batch's ``usage`` (the count a job's cost then comes from).
 
     With a realtime limit set, every realtime answer carries ``x-ratelimit-limit-requests``
     (per minute), ``x-ratelimit-remaining-requests`` (left in the current window) and
@@ -165,6 +167,7 @@ class FakeServerConfig:
     realtime_latency_s: float = 0.0
     batch_api: bool = True
     echo_request_on_create: bool = False
+    line_usage: bool = True
 
     def __post_init__(self) -> None:
         if self.stall_in is not None and self.stall_in not in _STALL_ORDER:
@@ -193,6 +196,8 @@ class ServerStats:
         creates_by_job: OpenAI batches created per ``metadata["job_id"]`` (see
             :meth:`FakeProviderServer.creates_for`).
         realtime_429: Realtime requests refused by the realtime rate limit.
+        file_expiries: The ``expires_after`` seconds each uploaded file was created with (None:
+            none asked).
 
     Examples:
         >>> ServerStats().calls["POST /v1/batches"], ServerStats().creates_by_job["job-1"]
@@ -205,3 +210,4 @@ class ServerStats:
     calls: Counter[str] = field(default_factory=Counter)
     creates_by_job: Counter[str] = field(default_factory=Counter)
     realtime_429: int = 0
+    file_expiries: dict[str, int | None] = field(default_factory=dict)

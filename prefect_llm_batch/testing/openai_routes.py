@@ -78,6 +78,35 @@ def _check_metadata(metadata: Any) -> dict[str, str] | None:
     return dict(metadata)
 
 
+def _check_expiry(value: Any, param: str) -> int | None:
+    """The seconds of an ``expires_after`` / ``output_expires_after`` object, validated as OpenAI
+    does (``anchor`` must be ``created_at``, ``seconds`` 3600..2592000); None when absent."""
+    if value is None:
+        return None
+    if not isinstance(value, dict):
+        raise _ApiError(
+            400, f"Invalid type for '{param}': expected an object.", param=param, code="invalid_type"
+        )
+    if value.get("anchor") != "created_at":
+        raise _ApiError(
+            400,
+            f"Invalid value for '{param}.anchor': expected 'created_at'.",
+            param=f"{param}.anchor",
+            code="invalid_value",
+        )
+    seconds = value.get("seconds")
+    if isinstance(seconds, str) and seconds.isdigit():
+        seconds = int(seconds)
+    if isinstance(seconds, bool) or not isinstance(seconds, int) or not 3600 <= seconds <= 2592000:
+        raise _ApiError(
+            400,
+            f"Invalid '{param}.seconds': must be an integer between 3600 and 2592000.",
+            param=f"{param}.seconds",
+            code="invalid_value",
+        )
+    return seconds
+
+
 def check_auth(state: _State, request: Request) -> None:
     """Check the Bearer key of an OpenAI route (401 with OpenAI's message otherwise)."""
     header = request.headers.get("authorization")
@@ -118,6 +147,7 @@ def openai_batch_handlers(state: _State) -> dict[str, Handler]:
             upload = form.get("file")
             purpose = form.get("purpose")
             seconds = form.get("expires_after[seconds]")
+            anchor = form.get("expires_after[anchor]")
             if not isinstance(upload, UploadFile):
                 raise _ApiError(
                     400,
@@ -146,19 +176,16 @@ def openai_batch_handlers(state: _State) -> dict[str, Handler]:
         if len(data) > state.config.max_file_bytes:
             raise _ApiError(400, "File is too large.", param="file")
         ttl = _FILE_TTL_SECONDS
-        if isinstance(seconds, str):
-            if not seconds.isdigit() or not 3600 <= int(seconds) <= 2592000:
-                raise _ApiError(
-                    400,
-                    "Invalid 'expires_after[seconds]': must be between 3600 and 2592000.",
-                    param="expires_after[seconds]",
-                )
-            ttl = int(seconds)
+        expires_after = None
+        if seconds is not None or anchor is not None:
+            expires_after = _check_expiry({"anchor": anchor, "seconds": seconds}, "expires_after")
+            ttl = expires_after or ttl
         now = int(time.time())
         stored = FakeFile(f"file-{_hex()}", data, filename, purpose, now, now + ttl)
         with state.lock:
             state.files[stored.id] = stored
             state.stats.uploads += 1
+            state.stats.file_expiries[stored.id] = expires_after
         return _json(stored.to_dict())
 
     async def list_files(request: Request) -> Response:
@@ -220,6 +247,7 @@ def openai_batch_handlers(state: _State) -> dict[str, Handler]:
                 code="invalid_value",
             )
         metadata = _check_metadata(body.get("metadata"))
+        output_expiry = _check_expiry(body.get("output_expires_after"), "output_expires_after")
         with state.lock:
             input_file = state.files.get(str(body["input_file_id"]))
             if input_file is None:
@@ -240,6 +268,7 @@ def openai_batch_handlers(state: _State) -> dict[str, Handler]:
                 created_at=int(time.time()),
                 created_clock=time.monotonic(),
                 input_data=input_file.data,
+                output_expires_after=output_expiry,
             )
             state.batches[batch.id] = batch
             state.stats.creates += 1

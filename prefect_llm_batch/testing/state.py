@@ -156,6 +156,8 @@ class FakeBatch:
     status_before_cancel: BatchStatus | None = None
     clock_shift: float = 0.0
     frozen_clock: float | None = None
+    #: Seconds its output and error files live (``output_expires_after``); None: 30 days.
+    output_expires_after: int | None = None
 
     @property
     def request_counts(self) -> dict[str, int]:
@@ -278,6 +280,8 @@ class _State:
         self.lock = threading.RLock()
         self.stopping = threading.Event()
         self.files: dict[str, FakeFile] = {}
+        #: Prompt prefixes Anthropic requests marked cacheable (prompt caching), as the fake saw them.
+        self.prompt_cache: set[str] = set()
         self.batches: dict[str, FakeBatch] = {}
         self.stats = ServerStats()
         self.message_batches: dict[str, FakeMessageBatch] = {}
@@ -500,7 +504,9 @@ class _State:
                 None,
             )
         else:
-            status, body, never_ran = complete_message(params, self.config.answer, batch=True)
+            status, body, never_ran = complete_message(
+                params, self.config.answer, batch=True, cache=self.prompt_cache
+            )
         if never_ran == "drop":
             return _MessageOutcome(custom_id, None, "succeeded")
         if never_ran is not None:
@@ -665,9 +671,11 @@ class _State:
                 "message": "The request timed out before it could be completed.",
             }
             return _Outcome(custom_id, line, succeeded=False)
+        usage = response_body.get("usage") or {}
+        if not self.config.line_usage:  # counted in the batch's usage only
+            response_body = {k: v for k, v in response_body.items() if k != "usage"}
         line["response"] = {"status_code": status, "request_id": f"req_{_hex(32)}", "body": response_body}
         line["error"] = None
-        usage = response_body.get("usage") or {}
         return _Outcome(
             custom_id,
             line,
@@ -703,22 +711,31 @@ class _State:
             rng.shuffle(output)
             rng.shuffle(failed)
         now = int(time.time())
+        ttl = batch.output_expires_after or _FILE_TTL_SECONDS
         if output:
             batch.output_file_id = self._store_result_file(
-                f"batch_{batch.id}_output.jsonl", output, now, spoil=True
+                f"batch_{batch.id}_output.jsonl", output, now, spoil=True, ttl=ttl
             ).id
         if failed:
-            batch.error_file_id = self._store_result_file(f"batch_{batch.id}_error.jsonl", failed, now).id
+            batch.error_file_id = self._store_result_file(
+                f"batch_{batch.id}_error.jsonl", failed, now, ttl=ttl
+            ).id
 
     def _store_result_file(
-        self, filename: str, lines: list[dict[str, Any]], now: int, *, spoil: bool = False
+        self,
+        filename: str,
+        lines: list[dict[str, Any]],
+        now: int,
+        *,
+        spoil: bool = False,
+        ttl: int = _FILE_TTL_SECONDS,
     ) -> FakeFile:
         data = (
             result_bytes(self.line_faults, lines)
             if spoil
             else b"".join(orjson.dumps(line) + b"\n" for line in lines)
         )
-        stored = FakeFile(f"file-{_hex()}", data, filename, "batch_output", now, now + _FILE_TTL_SECONDS)
+        stored = FakeFile(f"file-{_hex()}", data, filename, "batch_output", now, now + ttl)
         self.files[stored.id] = stored
         return stored
 

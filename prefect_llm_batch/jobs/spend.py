@@ -1,0 +1,129 @@
+"""What a job has spent so far, and the guard that keeps its retry rounds within ``max_cost_usd``.
+
+A job's spend counts every batch it sent, in every round: a batch the provider reports ``usage``
+for (OpenAI's Batch object: ``input_tokens``, ``output_tokens``) is counted by that usage; any
+other batch by the token columns of its result lines; a batch still in flight, whose usage is not
+final, by its plan's estimate. Answers from the cache cost nothing.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import pyarrow.compute as pc
+
+from ..costs import estimate_cost, output_tokens_per_request
+from ..store import ChunkPlanRecord, ChunkState, JobStore
+
+logger = logging.getLogger("prefect_llm_batch")
+
+
+@dataclass(frozen=True)
+class Spend:
+    """Tokens a job has been billed for, and how they were counted.
+
+    Examples:
+        >>> Spend(1_000_000, 0, batches=1, from_usage=1).cost("gpt-4o-mini")
+        0.075
+    """
+
+    input_tokens: int = 0
+    output_tokens: int = 0
+    batches: int = 0
+    #: Batches counted by the usage their provider reported (the rest: by their result lines).
+    from_usage: int = 0
+    #: Batches still in flight, counted by their estimate.
+    in_flight: int = 0
+
+    def cost(self, model: str, prices: Mapping[str, tuple[float, float]] | None = None) -> float | None:
+        """USD at batch prices; None for a model without a price."""
+        return estimate_cost(model, self.input_tokens, self.output_tokens, prices)
+
+    def __add__(self, other: Spend) -> Spend:
+        return Spend(
+            self.input_tokens + other.input_tokens,
+            self.output_tokens + other.output_tokens,
+            self.batches + other.batches,
+            self.from_usage + other.from_usage,
+            self.in_flight + other.in_flight,
+        )
+
+
+def _usage_tokens(state: ChunkState) -> tuple[int, int] | None:
+    input_tokens, output_tokens = state.usage.get("input_tokens"), state.usage.get("output_tokens")
+    if isinstance(input_tokens, int) and isinstance(output_tokens, int):
+        return input_tokens, output_tokens
+    return None
+
+
+def chunk_spend(store: JobStore, plan: ChunkPlanRecord, params: Mapping[str, Any]) -> Spend:
+    """What one chunk has cost (nothing when it was never sent)."""
+    state = store.read_chunk(plan.chunk_id)
+    if not state.collected:
+        if not state.batch_id:
+            return Spend()
+        output = plan.requests * output_tokens_per_request(params)
+        return Spend(plan.est_tokens, output, batches=1, in_flight=1)
+    usage = _usage_tokens(state) if state.batch_id else None
+    if usage is not None:
+        return Spend(usage[0], usage[1], batches=1, from_usage=1)
+    names = ["response_input_tokens", "response_output_tokens"]
+    results = store.read_results(plan.chunk_id, names)
+    tokens = [int(pc.sum(results.column(name)).as_py() or 0) for name in names]
+    return Spend(tokens[0], tokens[1], batches=1 if state.batch_id else 0)
+
+
+def job_spend(store: JobStore) -> Spend:
+    """What a job has spent so far: every chunk of every round (see the module docstring)."""
+    record = store.read_job()
+    total = Spend()
+    for plan in record.chunks:
+        total = total + chunk_spend(store, plan, record.params)
+    return total
+
+
+def retry_round_within_budget(
+    store: JobStore,
+    next_round: int,
+    requests: int,
+    input_tokens: int,
+    max_cost_usd: float | None,
+    prices: Mapping[str, tuple[float, float]] | None = None,
+) -> str | None:
+    """None when round ``next_round`` may be sent; else why not (the job's spend so far plus the
+    round's estimate is over ``max_cost_usd``, or has no price).
+
+    Args:
+        store: The job's state.
+        next_round: The round about to be planned.
+        requests: Its requests.
+        input_tokens: Their estimated input tokens.
+        max_cost_usd: The job's cap (None: none).
+        prices: Extra prices over the built-in table.
+
+    Returns:
+        None, or the reason the round is not sent (for logs and the job's summary).
+    """
+    if max_cost_usd is None:
+        return None
+    record = store.read_job()
+    spent = job_spend(store)
+    spent_usd = spent.cost(record.model, prices)
+    more_usd = estimate_cost(
+        record.model, input_tokens, requests * output_tokens_per_request(record.params), prices
+    )
+    if spent_usd is not None and more_usd is not None and spent_usd + more_usd <= max_cost_usd:
+        return None
+    counted = f"{spent.from_usage} of {spent.batches} batch(es) by their reported usage"
+    return (
+        f"round {next_round} ({requests} request(s), ~{_usd(more_usd)}) was not sent: the job has spent "
+        f"{_usd(spent_usd)} ({counted}) and the round would take it over max_cost_usd=${max_cost_usd:.4f}; "
+        "its rows keep their retryable errors (raise the limit and run again to send them)"
+    )
+
+
+def _usd(value: float | None) -> str:
+    return "an unknown amount (no price for the model)" if value is None else f"${value:.4f}"
