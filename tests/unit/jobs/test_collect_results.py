@@ -23,7 +23,7 @@ from prefect_llm_batch.errors import ProviderUnavailable
 from prefect_llm_batch.jobs.chunks import chunk_custom_ids
 from prefect_llm_batch.jobs.collect import select_results
 from prefect_llm_batch.keys import split_fixed_width
-from prefect_llm_batch.providers import openai as openai_module
+from prefect_llm_batch.providers import openai_results as openai_module
 from prefect_llm_batch.providers.anthropic import AnthropicBatchProvider
 from prefect_llm_batch.providers.base import BatchProvider
 from prefect_llm_batch.providers.openai import OpenAIBatchProvider
