@@ -37,6 +37,19 @@ API_KEY_ENV = {"openai": "OPENAI_API_KEY", "anthropic": "ANTHROPIC_API_KEY", "az
 API_KEY_ENV["gemini"] = "GOOGLE_API_KEY"
 GEMINI_KEY_ENVS = ("GOOGLE_API_KEY", "GEMINI_API_KEY")
 
+
+def key_env_names(provider: str) -> tuple[str, ...]:
+    """The environment variables a provider's key is read from, in order (none: no key needed).
+
+    Examples:
+        >>> key_env_names("gemini"), key_env_names("openai"), key_env_names("simulator")
+        (('GOOGLE_API_KEY', 'GEMINI_API_KEY'), ('OPENAI_API_KEY',), ())
+    """
+    if provider == "gemini":
+        return GEMINI_KEY_ENVS
+    env = API_KEY_ENV.get(provider)
+    return (env,) if env else ()
+
 #: Endpoints (the ``endpoint`` of a batch and the ``url`` of its lines); the one definition.
 CHAT_ENDPOINT = "/v1/chat/completions"
 EMBEDDINGS_ENDPOINT = "/v1/embeddings"

@@ -10,10 +10,10 @@ from ..errors import ConfigError
 from ..spec import (
     API_KEY_ENV,
     CHAT_ENDPOINT,
-    GEMINI_KEY_ENVS,
     MESSAGES_ENDPOINT,
     BatchLimits,
     ProviderTarget,
+    key_env_names,
     refuse_credentials,
 )
 from .anthropic import DEFAULT_BASE_URL as ANTHROPIC_DEFAULT_BASE_URL
@@ -141,8 +141,8 @@ def api_key_for(target: ProviderTarget, api_key: str | None = None) -> str:
     env = KEY_ENV[target.provider]
     key = api_key or os.environ.get(env) or ""
     if target.provider == "gemini":  # GOOGLE_API_KEY, else GEMINI_API_KEY (Google's SDK order)
-        key = api_key or next((v for v in map(os.environ.get, GEMINI_KEY_ENVS) if v), "")
-        env = " or ".join(GEMINI_KEY_ENVS)
+        key = api_key or next((v for v in map(os.environ.get, key_env_names("gemini")) if v), "")
+        env = " or ".join(key_env_names("gemini"))
     if not key:
         raise ConfigError(
             f"the {target.provider} provider needs an API key: set {env} (or use the default "

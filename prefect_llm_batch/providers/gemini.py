@@ -47,7 +47,9 @@ Examples:
     >>> body["model"], body["contents"], body["systemInstruction"], body["generationConfig"]
     ('models/gemini-2.5-flash', [{'role': 'user', 'parts': [{'text': 'Hi'}]}], {'parts': [{'text': 'Be brief'}]}, {'temperature': 0})
     >>> p.build_line("k1", {"contents": []})
-    {'key': 'k1', 'request': {'contents': []}}
+    {'custom_id': 'k1', 'request': {'contents': []}}
+    >>> wire_lines(b'{"custom_id":"k1","request":{}}\n')
+    b'{"key":"k1","request":{}}\n'
     >>> p.parse_line({"key": "k1", "error": {"code": 4, "message": "late"}}, "batches/1").error_kind.value
     'request_timeout'
     >>> p.close()
@@ -66,6 +68,7 @@ import httpx
 import orjson
 import pyarrow as pa
 
+from ..batchfile.lines import ID_HEAD
 from ..errors import ConfigError, InputError, LLMBatchError, ProviderRejected, ProviderUnavailable
 from ..results import RowResult, error_kind_for_status, results_to_table, short
 from ..schemas import ResponseSchema
@@ -423,7 +426,10 @@ class GeminiBatchProvider(RetryingHTTP, BatchProvider):
         return body
 
     def build_line(self, custom_id: str, body: dict[str, Any]) -> dict[str, Any]:
-        return {"key": custom_id, "request": body}
+        """The stored line ``{"custom_id", "request"}``: the job's chunk files keep ``custom_id``
+        first, as every provider's do; :meth:`upload` sends it as ``{"key", "request"}``
+        (:func:`wire_lines`)."""
+        return {"custom_id": custom_id, "request": body}
 
     def parse_line(self, line: dict[str, Any], batch_id: str | None) -> RowResult:
         key = str(line.get("key"))
@@ -528,6 +534,7 @@ class GeminiBatchProvider(RetryingHTTP, BatchProvider):
         what = f"upload of {filename}"
 
         def attempt() -> str:
+            wire = wire_lines(data)
             start = self._send(
                 "POST",
                 f"/upload/{API_VERSION}/files",
@@ -535,7 +542,7 @@ class GeminiBatchProvider(RetryingHTTP, BatchProvider):
                 headers={
                     "X-Goog-Upload-Protocol": "resumable",
                     "X-Goog-Upload-Command": "start",
-                    "X-Goog-Upload-Header-Content-Length": str(len(data)),
+                    "X-Goog-Upload-Header-Content-Length": str(len(wire)),
                     "X-Goog-Upload-Header-Content-Type": JSONL_MIME_TYPE,
                     "content-type": "application/json",
                 },
@@ -551,7 +558,7 @@ class GeminiBatchProvider(RetryingHTTP, BatchProvider):
                 url,
                 what,
                 headers={"X-Goog-Upload-Command": "upload, finalize", "X-Goog-Upload-Offset": "0"},
-                content=data,
+                content=wire,
             )
             if done.headers.get("x-goog-upload-status", "final") != "final":
                 raise ProviderUnavailable(f"{what}: the upload was not finalized")
@@ -690,6 +697,27 @@ class GeminiBatchProvider(RetryingHTTP, BatchProvider):
 
     def close(self) -> None:
         self._client.close()
+
+
+def wire_lines(data: bytes) -> bytes:
+    """Stored request lines (``{"custom_id", "request"}``, ``custom_id`` first) as Gemini's
+    ``{"key", "request"}`` lines. A line that does not start with ``{"custom_id":"`` is decoded
+    and written again.
+
+    Examples:
+        >>> wire_lines(b'{"request":{},"custom_id":"a"}\n{"custom_id":"b","request":{}}')
+        b'{"key":"a","request":{}}\n{"key":"b","request":{}}\n'
+    """
+    out: list[bytes] = []
+    for raw in data.splitlines():
+        if not raw.strip():
+            continue
+        if raw.startswith(ID_HEAD):
+            out.append(b'{"key":"' + raw[len(ID_HEAD) :] + b"\n")
+            continue
+        line = orjson.loads(raw)
+        out.append(orjson.dumps({"key": line.pop("custom_id"), **line}) + b"\n")
+    return b"".join(out)
 
 
 def decode_keyed_lines(
