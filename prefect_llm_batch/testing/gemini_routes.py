@@ -94,7 +94,10 @@ def gemini_error_response(error: _ApiError) -> Response:
 
 
 def check_gemini_auth(state: _State, request: Request) -> None:
-    """Check ``x-goog-api-key`` (403 without one; 400 for a wrong one when ``api_key`` is set)."""
+    """Check ``x-goog-api-key`` (403 without one; 400 for a wrong one when ``api_key`` is set);
+    the upload URL of an open session needs none."""
+    if request.query_params.get("upload_id") in state.gemini_uploads:
+        return  # an upload URL is authorized by its session (Google's SDK sends no key to it)
     key = request.headers.get("x-goog-api-key")
     if not key:
         raise _ApiError(403, "Method doesn't allow unregistered callers (callers without established identity).")
