@@ -50,6 +50,7 @@ def key_env_names(provider: str) -> tuple[str, ...]:
     env = API_KEY_ENV.get(provider)
     return (env,) if env else ()
 
+
 #: Endpoints (the ``endpoint`` of a batch and the ``url`` of its lines); the one definition.
 CHAT_ENDPOINT = "/v1/chat/completions"
 EMBEDDINGS_ENDPOINT = "/v1/embeddings"

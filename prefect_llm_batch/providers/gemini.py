@@ -44,8 +44,10 @@ out) is a different API and is not supported.
 Examples:
     >>> p = GeminiBatchProvider(api_key="fake-key-gemini")
     >>> body = p.build_body("gemini-2.5-flash", "Hi", "Be brief", {"temperature": 0})
-    >>> body["model"], body["contents"], body["systemInstruction"], body["generationConfig"]
-    ('models/gemini-2.5-flash', [{'role': 'user', 'parts': [{'text': 'Hi'}]}], {'parts': [{'text': 'Be brief'}]}, {'temperature': 0})
+    >>> body["model"], body["contents"]
+    ('models/gemini-2.5-flash', [{'role': 'user', 'parts': [{'text': 'Hi'}]}])
+    >>> body["systemInstruction"], body["generationConfig"]
+    ({'parts': [{'text': 'Be brief'}]}, {'temperature': 0})
     >>> p.build_line("k1", {"contents": []})
     {'custom_id': 'k1', 'request': {'contents': []}}
     >>> wire_lines(b'{"custom_id":"k1","request":{}}\n')
@@ -142,9 +144,10 @@ def gemini_schema(schema: dict[str, Any]) -> dict[str, Any]:
     ``nullable``, ``propertyOrdering``; ``additionalProperties`` and ``title`` dropped).
 
     Examples:
-        >>> gemini_schema({"type": "object", "properties": {"n": {"type": ["integer", "null"]}},
-        ...                "required": ["n"], "additionalProperties": False})
-        {'type': 'OBJECT', 'properties': {'n': {'type': 'INTEGER', 'nullable': True}}, 'required': ['n'], 'propertyOrdering': ['n']}
+        >>> out = gemini_schema({"type": "object", "properties": {"n": {"type": ["integer", "null"]}},
+        ...                      "required": ["n"], "additionalProperties": False})
+        >>> out["type"], out["properties"], out["required"], out["propertyOrdering"]
+        ('OBJECT', {'n': {'type': 'INTEGER', 'nullable': True}}, ['n'], ['n'])
     """
     out: dict[str, Any] = {}
     kind = schema.get("type")
@@ -248,7 +251,9 @@ def parse_generate_content(custom_id: str, response: Any, batch_id: str | None =
         'content_filter'
     """
     if not isinstance(response, dict):
-        return RowResult(custom_id, error_kind=ErrorKind.PARSE_ERROR, error="the line has no response", batch_id=batch_id)
+        return RowResult(
+            custom_id, error_kind=ErrorKind.PARSE_ERROR, error="the line has no response", batch_id=batch_id
+        )
     usage = _dict(response.get("usageMetadata"))
     output = _count(usage.get("candidatesTokenCount"))
     thoughts = _count(usage.get("thoughtsTokenCount"))
@@ -352,7 +357,9 @@ class GeminiBatchProvider(RetryingHTTP, BatchProvider):
         sleep: Callable[[float], None] = time.sleep,
     ) -> None:
         if not api_key:
-            raise ConfigError("no API key: set GOOGLE_API_KEY (or GEMINI_API_KEY) or pass a credentials block")
+            raise ConfigError(
+                "no API key: set GOOGLE_API_KEY (or GEMINI_API_KEY) or pass a credentials block"
+            )
         self.name = name
         self.limits = limits or BatchLimits()
         self._base_url = base_url.rstrip("/")
@@ -463,7 +470,8 @@ class GeminiBatchProvider(RetryingHTTP, BatchProvider):
         Examples:
             >>> p = GeminiBatchProvider(api_key="fake-key-gemini")
             >>> bad: list[int] = []
-            >>> t = p.parse_results(b'{"key": "k1", "error": {"code": 13}}\\n{"ke', "batches/1", unreadable=bad)
+            >>> data = b'{"key": "k1", "error": {"code": 13}}\\n{"ke'
+            >>> t = p.parse_results(data, "batches/1", unreadable=bad)
             >>> t.to_pydict()["response_error_kind"], bad
             (['server_error'], [2])
             >>> p.close()
@@ -552,7 +560,9 @@ class GeminiBatchProvider(RetryingHTTP, BatchProvider):
             if not url:
                 raise ProviderUnavailable(f"{what}: the answer to the upload start has no x-goog-upload-url")
             if _origin(url) != self._origin:
-                raise ProviderRejected(f"{what}: the upload URL is on another host; refusing to send the file")
+                raise ProviderRejected(
+                    f"{what}: the upload URL is on another host; refusing to send the file"
+                )
             done = self._send(
                 "POST",
                 url,

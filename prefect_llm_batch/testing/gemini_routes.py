@@ -100,7 +100,9 @@ def check_gemini_auth(state: _State, request: Request) -> None:
         return  # an upload URL is authorized by its session (Google's SDK sends no key to it)
     key = request.headers.get("x-goog-api-key")
     if not key:
-        raise _ApiError(403, "Method doesn't allow unregistered callers (callers without established identity).")
+        raise _ApiError(
+            403, "Method doesn't allow unregistered callers (callers without established identity)."
+        )
     if state.config.api_key is not None and key != state.config.api_key:
         raise _ApiError(400, "API key not valid. Please pass a valid API key.")
 
@@ -245,7 +247,10 @@ def answer_request(state: _State, model: str, key: str, request: Any) -> dict[st
         role = "assistant" if content.get("role") == "model" else "user"
         messages.append({"role": role, "content": _texts(content)})
     config = request.get("generationConfig") if isinstance(request.get("generationConfig"), dict) else {}
-    chat: dict[str, Any] = {"model": str(request.get("model") or model).removeprefix("models/"), "messages": messages}
+    chat: dict[str, Any] = {
+        "model": str(request.get("model") or model).removeprefix("models/"),
+        "messages": messages,
+    }
     if isinstance(config.get("maxOutputTokens"), int):
         chat["max_tokens"] = config["maxOutputTokens"]
     schema = config.get("responseJsonSchema") or json_schema_of(config.get("responseSchema"))
@@ -259,7 +264,10 @@ def answer_request(state: _State, model: str, key: str, request: Any) -> dict[st
     if never_ran == "drop":
         return None
     if never_ran is not None:
-        return {"key": key, "error": {"code": 4, "message": "Deadline expired.", "status": "DEADLINE_EXCEEDED"}}
+        return {
+            "key": key,
+            "error": {"code": 4, "message": "Deadline expired.", "status": "DEADLINE_EXCEEDED"},
+        }
     if status >= 400:
         code, name = (3, "INVALID_ARGUMENT") if status < 500 else (13, "INTERNAL")
         message = str(body.get("error", {}).get("message") or "Internal error encountered.")
@@ -296,7 +304,11 @@ def advance_gemini_batch(state: _State, batch: GeminiBatch, now: float | None = 
     if now < t_started:
         return
     if batch.error is not None or cfg.validation_error is not None:
-        batch.error = batch.error or {"code": 3, "message": cfg.validation_error, "status": cfg.validation_error}
+        batch.error = batch.error or {
+            "code": 3,
+            "message": cfg.validation_error,
+            "status": cfg.validation_error,
+        }
         end_gemini_batch(state, batch, "BATCH_STATE_FAILED", t_started)
         return
     batch.state = "BATCH_STATE_RUNNING"
@@ -319,7 +331,9 @@ def end_gemini_batch(state: _State, batch: GeminiBatch, end: GeminiState, clock:
         random.Random(f"{state.config.seed}:{batch.digest}").shuffle(lines)
     data = b"".join(orjson.dumps(line) + b"\n" for line in lines)
     name = f"files/batch-{batch.name.removeprefix('batches/')}"
-    state.gemini_files[name] = GeminiFile(name, f"responses of {batch.name}", data, time.time(), source="GENERATED")
+    state.gemini_files[name] = GeminiFile(
+        name, f"responses of {batch.name}", data, time.time(), source="GENERATED"
+    )
     batch.responses_file = name
 
 
@@ -328,13 +342,13 @@ def gemini_batch_handlers(state: _State) -> dict[str, Handler]:
 
     def lookup_file(name: str) -> GeminiFile:
         found = state.gemini_files.get(f"files/{name}")
-        if found is None:
+        if not isinstance(found, GeminiFile):
             raise _ApiError(404, f"File files/{name} not found.")
         return found
 
     def lookup_batch(name: str) -> GeminiBatch:
         batch = state.gemini_batches.get(f"batches/{name}")
-        if batch is None:
+        if not isinstance(batch, GeminiBatch):
             raise _ApiError(404, f"Batch batches/{name} not found.")
         advance_gemini_batch(state, batch)
         return batch
@@ -358,9 +372,9 @@ def gemini_batch_handlers(state: _State) -> dict[str, Handler]:
         if len(data) > state.config.max_file_bytes:
             raise _ApiError(400, "File is too large.")
         with state.lock:
-            display = state.gemini_uploads.pop(upload_id, None)
-            if display is None:
+            if upload_id not in state.gemini_uploads:
                 raise _ApiError(404, "Upload session not found.")
+            display = state.gemini_uploads.pop(upload_id)
             name = f"files/{_hex(12)}"
             stored = GeminiFile(name, display, data, time.time())
             state.gemini_files[name] = stored
@@ -404,7 +418,11 @@ def gemini_batch_handlers(state: _State) -> dict[str, Handler]:
                     line = orjson.loads(raw)
                 except orjson.JSONDecodeError:
                     line = None
-                if not isinstance(line, dict) or not isinstance(line.get("key"), str) or "request" not in line:
+                if (
+                    not isinstance(line, dict)
+                    or not isinstance(line.get("key"), str)
+                    or "request" not in line
+                ):
                     problem = problem or f"line {number} of {name} is not a {{key, request}} object"
                     continue
                 items.append((line["key"], line["request"]))

@@ -77,6 +77,9 @@ from prefect_llm_batch.testing.config import (
     EMBEDDINGS_ENDPOINT as EMBEDDINGS_ENDPOINT,
 )
 from prefect_llm_batch.testing.config import (
+    GEMINI_ROUTES as GEMINI_ROUTES,
+)
+from prefect_llm_batch.testing.config import (
     MAX_EMBEDDING_INPUTS as MAX_EMBEDDING_INPUTS,
 )
 from prefect_llm_batch.testing.config import (
@@ -117,9 +120,6 @@ from prefect_llm_batch.testing.config import (
 )
 from prefect_llm_batch.testing.config import (
     StallStatus as StallStatus,
-)
-from prefect_llm_batch.testing.config import (
-    GEMINI_ROUTES as GEMINI_ROUTES,
 )
 from prefect_llm_batch.testing.faults import _Fault, _LineFault, take_fault
 from prefect_llm_batch.testing.gemini_routes import (

@@ -33,7 +33,9 @@ def provider() -> Any:
 
 
 def wire_line(provider: GeminiBatchProvider, schema: ResponseSchema | None = None) -> dict[str, Any]:
-    body = provider.build_body("gemini-2.5-flash", "Rate: great", "Be brief", {"temperature": 0, "max_tokens": 50}, schema)
+    body = provider.build_body(
+        "gemini-2.5-flash", "Rate: great", "Be brief", {"temperature": 0, "max_tokens": 50}, schema
+    )
     data = orjson.dumps(provider.build_line("row-1", body)) + b"\n"
     line: dict[str, Any] = orjson.loads(wire_lines(data))
     return line
@@ -81,7 +83,9 @@ def test_the_sdk_client_and_our_provider_share_the_fake_servers_batches(provider
             api_key=KEY, http_options=types.HttpOptions(base_url=server.gemini_base_url, api_version="v1beta")
         )
         data = wire_lines(orjson.dumps(provider.build_line("row-1", wire_line(provider)["request"])) + b"\n")
-        uploaded = client.files.upload(file=io.BytesIO(data), config=types.UploadFileConfig(mime_type="jsonl"))
+        uploaded = client.files.upload(
+            file=io.BytesIO(data), config=types.UploadFileConfig(mime_type="jsonl")
+        )
         assert uploaded.name and uploaded.name.startswith("files/")
         job = client.batches.create(model="gemini-2.5-flash", src=uploaded.name)
         assert job.name and job.state == types.JobState.JOB_STATE_PENDING
@@ -90,7 +94,9 @@ def test_the_sdk_client_and_our_provider_share_the_fake_servers_batches(provider
         raw = client.files.download(file=done.dest.file_name)
         answer = orjson.loads(raw.splitlines()[0])
         assert answer["key"] == "row-1"
-        assert types.GenerateContentResponse.model_validate(answer["response"]).text == "[simulated] Rate: great"
+        assert (
+            types.GenerateContentResponse.model_validate(answer["response"]).text == "[simulated] Rate: great"
+        )
         with GeminiBatchProvider(api_key=KEY, base_url=server.gemini_base_url) as ours:
             info = ours.retrieve(job.name)
             table = ours.read_results(info).table
