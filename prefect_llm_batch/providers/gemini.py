@@ -50,8 +50,8 @@ Examples:
     ({'parts': [{'text': 'Be brief'}]}, {'temperature': 0})
     >>> p.build_line("k1", {"contents": []})
     {'custom_id': 'k1', 'request': {'contents': []}}
-    >>> wire_lines(b'{"custom_id":"k1","request":{}}\n')
-    b'{"key":"k1","request":{}}\n'
+    >>> wire_lines(b'{"custom_id":"k1","request":{}}\\n')
+    b'{"key":"k1","request":{}}\\n'
     >>> p.parse_line({"key": "k1", "error": {"code": 4, "message": "late"}}, "batches/1").error_kind.value
     'request_timeout'
     >>> p.close()
@@ -715,8 +715,8 @@ def wire_lines(data: bytes) -> bytes:
     and written again.
 
     Examples:
-        >>> wire_lines(b'{"request":{},"custom_id":"a"}\n{"custom_id":"b","request":{}}')
-        b'{"key":"a","request":{}}\n{"key":"b","request":{}}\n'
+        >>> wire_lines(b'{"request":{},"custom_id":"a"}\\n{"custom_id":"b","request":{}}')
+        b'{"key":"a","request":{}}\\n{"key":"b","request":{}}\\n'
     """
     out: list[bytes] = []
     for raw in data.splitlines():
