@@ -26,11 +26,11 @@ from pydantic import ConfigDict, Field, HttpUrl, SecretStr, model_validator
 
 from .errors import ConfigError, TemplateError
 from .prompts import PromptTemplate
-from .providers import anthropic_target, make_provider, openai_target
+from .providers import anthropic_target, gemini_target, make_provider, openai_target
 from .providers.base import BatchProvider
 from .spec import BatchLimits, JobSpec, ProviderName, ProviderTarget
 
-__all__ = ["AnthropicBatchCredentials", "LLMBatchJob", "OpenAIBatchCredentials"]
+__all__ = ["AnthropicBatchCredentials", "GeminiBatchCredentials", "LLMBatchJob", "OpenAIBatchCredentials"]
 
 #: OpenAI's mark as Prefect hosts it for its own prefect-openai blocks (a PNG scaled to 250 px).
 OPENAI_LOGO_URL = (
@@ -39,6 +39,8 @@ OPENAI_LOGO_URL = (
 )
 #: Anthropic's mark, on the same image host (a PNG scaled to 250 px).
 ANTHROPIC_LOGO_URL = "https://images.ctfassets.net/gm98wzqotmnx/anthropic-logo/anthropic.png?h=250"
+#: Gemini's mark, on the same image host.
+GEMINI_LOGO_URL = "https://images.ctfassets.net/gm98wzqotmnx/gemini-logo/gemini.png?h=250"
 #: The provider's guide to the API these blocks drive (until the project has a public home).
 DOCUMENTATION_URL = "https://platform.openai.com/docs/guides/batch"
 
@@ -183,6 +185,69 @@ class AnthropicBatchCredentials(CredentialsBlock):
         return _client(self, target or anthropic_target(self.base_url), limits, endpoint, options)
 
 
+class GeminiBatchCredentials(CredentialsBlock):
+    """Credentials for the Gemini API batch mode (Gemini Developer API; not Vertex AI).
+
+    The key is a ``SecretStr``: Prefect stores it encrypted, and the UI, ``repr`` and logs show
+    ``********``. ``get_client()`` returns a new client for the provider.
+
+    Attributes:
+        api_key: The API key, sent as ``x-goog-api-key``.
+        base_url: Base URL **without** a version; empty for
+            ``https://generativelanguage.googleapis.com`` (or ``GOOGLE_GEMINI_BASE_URL`` when set).
+
+    Examples:
+        >>> creds = GeminiBatchCredentials(api_key="fake-key-gemini")
+        >>> with creds.get_client() as provider:
+        ...     provider.name
+        'gemini'
+    """
+
+    _block_type_name = "LLM Batch Gemini Credentials"
+    _block_type_slug = "llm-batch-gemini-credentials"
+    _logo_url = HttpUrl(GEMINI_LOGO_URL)
+    _documentation_url = HttpUrl("https://ai.google.dev/gemini-api/docs/batch-mode")
+    _code_example = """\
+        ```python
+        from prefect_llm_batch.blocks import GeminiBatchCredentials
+
+        credentials = GeminiBatchCredentials.load("BLOCK_NAME")
+        with credentials.get_client() as provider:
+            ...
+        ```"""
+
+    model_config = ConfigDict(hide_input_in_errors=True)
+
+    api_key: SecretStr = Field(default=..., title="API Key", description="The Gemini API key.")
+    base_url: str | None = Field(
+        default=None,
+        title="Base URL",
+        description="Base URL without a version. Empty means generativelanguage.googleapis.com.",
+    )
+
+    def get_client(
+        self,
+        limits: BatchLimits | None = None,
+        *,
+        target: ProviderTarget | None = None,
+        endpoint: str | None = None,
+        **options: Any,
+    ) -> BatchProvider:
+        """Return a **new** Gemini batch provider client using these credentials.
+
+        Args:
+            limits: Batch size limits.
+            target: Where the requests go (a ``gemini`` server or the simulator); default
+                ``base_url``, else ``GOOGLE_GEMINI_BASE_URL``, else Google.
+            endpoint: The endpoint of the job's requests (chat completions, sent as GenerateContent).
+            **options: Passed to the provider (timeouts, retries, backoff).
+
+        Raises:
+            ConfigError: ``target`` is another provider's (this key is not sent there).
+        """
+        return _client(self, target or gemini_target(self.base_url), limits, endpoint, options)
+
+
 class LLMBatchJob(Block):
     """An enrichment job saved once (in the UI or from code) and reused by deployments and notebooks.
 
@@ -273,7 +338,7 @@ class LLMBatchJob(Block):
         default=None,
         description="Optional JSON Schema (an object) the answers must follow; one column per property.",
     )
-    credentials: OpenAIBatchCredentials | AnthropicBatchCredentials | None = Field(
+    credentials: OpenAIBatchCredentials | AnthropicBatchCredentials | GeminiBatchCredentials | None = Field(
         default=None,
         description=(
             "The provider's credentials: OpenAI's for openai and azure, Anthropic's for anthropic. "
@@ -321,7 +386,7 @@ class LLMBatchJob(Block):
 
 
 #: Either provider's credentials block.
-ProviderCredentials = OpenAIBatchCredentials | AnthropicBatchCredentials
+ProviderCredentials = OpenAIBatchCredentials | AnthropicBatchCredentials | GeminiBatchCredentials
 
 
 def check_credentials_fit(credentials: ProviderCredentials, provider: str) -> None:
@@ -334,9 +399,10 @@ def check_credentials_fit(credentials: ProviderCredentials, provider: str) -> No
     Raises:
         ConfigError: The block is another provider's (the message names both, never the key).
     """
-    anthropic = isinstance(credentials, AnthropicBatchCredentials)
-    if anthropic != (provider == "anthropic"):
-        right = "Anthropic" if provider == "anthropic" else "OpenAI"
+    own = "anthropic" if isinstance(credentials, AnthropicBatchCredentials) else "openai"
+    own = "gemini" if isinstance(credentials, GeminiBatchCredentials) else own
+    if own != {"anthropic": "anthropic", "gemini": "gemini"}.get(provider, "openai"):
+        right = {"anthropic": "Anthropic", "gemini": "Gemini"}.get(provider, "OpenAI")
         raise ConfigError(
             f"an {credentials.get_block_type_name()} block cannot be used with the {provider} provider "
             f"(its key is not sent there); use an LLM Batch {right} Credentials block"

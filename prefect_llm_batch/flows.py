@@ -28,7 +28,13 @@ from prefect.logging import get_logger, get_run_logger
 from pydantic import BaseModel
 
 from . import artifacts
-from .blocks import AnthropicBatchCredentials, LLMBatchJob, OpenAIBatchCredentials, ProviderCredentials
+from .blocks import (
+    AnthropicBatchCredentials,
+    GeminiBatchCredentials,
+    LLMBatchJob,
+    OpenAIBatchCredentials,
+    ProviderCredentials,
+)
 from .budgets import job_budget
 from .costs import DEFAULT_EXPECTED_OUTPUT_TOKENS, Estimate
 from .errors import ConfigError, InputError, JobLocked
@@ -133,7 +139,9 @@ def cancel_provider_batches(flow: Flow[Any, Any], flow_run: FlowRun, state: Stat
     credentials = _saved_block(flow_run.parameters.get("credentials"))
     key = (
         credentials.api_key.get_secret_value()
-        if isinstance(credentials, (OpenAIBatchCredentials, AnthropicBatchCredentials))
+        if isinstance(
+            credentials, (OpenAIBatchCredentials, AnthropicBatchCredentials, GeminiBatchCredentials)
+        )
         else None
     )
     target = target_for(record.provider, record.base_url)

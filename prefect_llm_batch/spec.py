@@ -26,13 +26,30 @@ KEY_VERSION = 1
 
 #: Provider names understood by this version. ``simulator`` is the bundled fake OpenAI server,
 #: started for the run: no network, no key, no cost, and answers that are not a model's.
-ProviderName = Literal["simulator", "openai", "anthropic", "azure"]
+ProviderName = Literal["simulator", "openai", "anthropic", "azure", "gemini"]
 
 #: Base URL written into the request keys of simulator jobs, whatever port the simulator used.
 SIMULATOR_KEY_BASE_URL = "simulator://local/v1"
 
 #: Environment variables holding each real provider's key (as the official SDKs read them).
 API_KEY_ENV = {"openai": "OPENAI_API_KEY", "anthropic": "ANTHROPIC_API_KEY", "azure": "AZURE_OPENAI_API_KEY"}
+#: Gemini: Google's SDK reads ``GOOGLE_API_KEY`` first, then ``GEMINI_API_KEY``.
+API_KEY_ENV["gemini"] = "GOOGLE_API_KEY"
+GEMINI_KEY_ENVS = ("GOOGLE_API_KEY", "GEMINI_API_KEY")
+
+
+def key_env_names(provider: str) -> tuple[str, ...]:
+    """The environment variables a provider's key is read from, in order (none: no key needed).
+
+    Examples:
+        >>> key_env_names("gemini"), key_env_names("openai"), key_env_names("simulator")
+        (('GOOGLE_API_KEY', 'GEMINI_API_KEY'), ('OPENAI_API_KEY',), ())
+    """
+    if provider == "gemini":
+        return GEMINI_KEY_ENVS
+    env = API_KEY_ENV.get(provider)
+    return (env,) if env else ()
+
 
 #: Endpoints (the ``endpoint`` of a batch and the ``url`` of its lines); the one definition.
 CHAT_ENDPOINT = "/v1/chat/completions"

@@ -16,7 +16,7 @@ if TYPE_CHECKING:
     from ..spec import JobSpec
 
 #: The providers of ``--provider`` (``prefect_llm_batch.spec.ProviderName``; a test keeps them equal).
-PROVIDERS = ("simulator", "openai", "anthropic", "azure")
+PROVIDERS = ("simulator", "openai", "anthropic", "azure", "gemini")
 
 #: Defaults of the planning options (``prefect_llm_batch.spec``'s; a test keeps them equal).
 DEFAULT_MAX_REQUESTS_PER_BATCH = 50_000
@@ -58,15 +58,16 @@ ProviderOption = Annotated[
     str,
     typer.Option(
         help="'simulator' (default: offline, free, made-up answers), or a real provider: 'openai', "
-        "'anthropic' or 'azure' (needs OPENAI_API_KEY / ANTHROPIC_API_KEY / AZURE_OPENAI_API_KEY, "
-        "costs money, a batch can take 24 h)."
+        "'anthropic', 'azure' or 'gemini' (needs OPENAI_API_KEY / ANTHROPIC_API_KEY / AZURE_OPENAI_API_KEY "
+        "/ GOOGLE_API_KEY or GEMINI_API_KEY, costs money, a batch can take 24 h; Gemini's 48 h)."
     ),
 ]
 BaseUrlOption = Annotated[
     str | None,
     typer.Option(
         help="Base URL: OpenAI-compatible including /v1 (default OPENAI_BASE_URL); "
-        "Anthropic without /v1 (default ANTHROPIC_BASE_URL)."
+        "Anthropic without /v1 (default ANTHROPIC_BASE_URL); Gemini without a version "
+        "(default GOOGLE_GEMINI_BASE_URL)."
     ),
 ]
 LimitOption = Annotated[int | None, typer.Option(help="Only the first N rows (a trial run).")]

@@ -34,7 +34,7 @@ from ..costs import estimate_cost
 from ..errors import ConfigError, CostLimitExceeded, TableError
 from ..files import exists
 from ..object_stores import object_store, shown_path
-from ..spec import API_KEY_ENV
+from ..spec import API_KEY_ENV, key_env_names
 
 __all__ = ["check_before_start", "check_output", "check_output_writable", "same_or_inside"]
 
@@ -236,7 +236,9 @@ def check_before_start(
     if detached and mode == "realtime":
         raise ConfigError(f"realtime mode cannot run {_named(where, 'detached')}: it sends as it goes")
     env = API_KEY_ENV.get(provider)
-    if env is not None and not api_key and not os.environ.get(env):
+    names = key_env_names(provider)
+    if env is not None and not api_key and not any(os.environ.get(name) for name in names):
+        env = " or ".join(names)
         option = f"--provider {provider}" if where == "cli" else f"provider={provider!r}"
         raise ConfigError(f"{option} needs an API key: " + _KEY_HINTS[where].format(env=env))
     if max_cost_usd is not None:

@@ -13,12 +13,15 @@ from ..spec import (
     MESSAGES_ENDPOINT,
     BatchLimits,
     ProviderTarget,
+    key_env_names,
     refuse_credentials,
 )
 from .anthropic import DEFAULT_BASE_URL as ANTHROPIC_DEFAULT_BASE_URL
 from .anthropic import AnthropicBatchProvider
 from .azure import AzureOpenAIBatchProvider, azure_target
 from .base import BatchInfo, BatchProvider, BatchStatus
+from .gemini import DEFAULT_BASE_URL as GEMINI_DEFAULT_BASE_URL
+from .gemini import GeminiBatchProvider
 from .openai import DEFAULT_BASE_URL, OpenAIBatchProvider
 
 __all__ = [
@@ -27,9 +30,11 @@ __all__ = [
     "BatchInfo",
     "BatchProvider",
     "BatchStatus",
+    "GeminiBatchProvider",
     "OpenAIBatchProvider",
     "anthropic_target",
     "azure_target",
+    "gemini_target",
     "make_provider",
     "openai_target",
     "target_for",
@@ -72,6 +77,19 @@ def anthropic_target(base_url: str | None = None) -> ProviderTarget:
     return ProviderTarget(provider="anthropic", base_url=url, key_base_url=url)
 
 
+def gemini_target(base_url: str | None = None) -> ProviderTarget:
+    """The target of the Gemini API: ``base_url``, else ``GOOGLE_GEMINI_BASE_URL``, else
+    ``https://generativelanguage.googleapis.com`` (no version suffix, as Google's SDK reads it).
+
+    Examples:
+        >>> gemini_target("https://proxy.example").base_url
+        'https://proxy.example'
+    """
+    url = base_url or os.environ.get("GOOGLE_GEMINI_BASE_URL") or GEMINI_DEFAULT_BASE_URL
+    refuse_credentials(url, "gemini", "base_url" if base_url else "GOOGLE_GEMINI_BASE_URL")
+    return ProviderTarget(provider="gemini", base_url=url, key_base_url=url)
+
+
 def target_for(provider: str, base_url: str | None = None) -> ProviderTarget:
     """The target of a real provider by name (``openai`` or ``anthropic``).
 
@@ -84,7 +102,9 @@ def target_for(provider: str, base_url: str | None = None) -> ProviderTarget:
         return anthropic_target(base_url)
     if provider == "azure":
         return azure_target(base_url)
-    raise ConfigError(f"unknown provider {provider!r}; use simulator, openai, anthropic or azure")
+    if provider == "gemini":
+        return gemini_target(base_url)
+    raise ConfigError(f"unknown provider {provider!r}; use simulator, openai, anthropic, azure or gemini")
 
 
 @contextlib.contextmanager
@@ -120,6 +140,9 @@ def api_key_for(target: ProviderTarget, api_key: str | None = None) -> str:
         return _SIMULATOR_KEYS.get(target.base_url) or api_key or SIMULATOR_API_KEY
     env = KEY_ENV[target.provider]
     key = api_key or os.environ.get(env) or ""
+    if target.provider == "gemini":  # GOOGLE_API_KEY, else GEMINI_API_KEY (Google's SDK order)
+        key = api_key or next((v for v in map(os.environ.get, key_env_names("gemini")) if v), "")
+        env = " or ".join(key_env_names("gemini"))
     if not key:
         raise ConfigError(
             f"the {target.provider} provider needs an API key: set {env} (or use the default "
@@ -153,6 +176,16 @@ def make_provider(
     if target.provider == "azure":
         return AzureOpenAIBatchProvider.from_target(
             target, api_key=key, limits=limits, endpoint=endpoint or CHAT_ENDPOINT, **options
+        )
+    if target.provider == "gemini":
+        if endpoint not in (None, CHAT_ENDPOINT):
+            raise ConfigError(f"the gemini provider has no {endpoint} batches; use openai for embeddings")
+        return GeminiBatchProvider(
+            api_key=key,
+            base_url=target.base_url,
+            key_base_url=target.key_base_url,
+            limits=limits,
+            **options,  # type: ignore[arg-type]
         )
     if target.provider == "anthropic":
         if endpoint not in (None, CHAT_ENDPOINT, MESSAGES_ENDPOINT):

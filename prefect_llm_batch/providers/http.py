@@ -74,7 +74,7 @@ MAX_RETRY_AFTER_S = 60.0
 #: What replaces a secret in provider text.
 REDACTED = "[redacted]"
 #: Request headers whose values are secrets (lower case).
-SECRET_HEADERS = frozenset({"authorization", "proxy-authorization", "x-api-key", "api-key"})
+SECRET_HEADERS = frozenset({"authorization", "proxy-authorization", "x-api-key", "api-key", "x-goog-api-key"})
 #: Known secrets shorter than this are not searched for (they would match ordinary words).
 MIN_SECRET_CHARS = 8
 

@@ -44,6 +44,16 @@ ROUTES: tuple[str, ...] = (
     "DELETE /v1/messages/batches/{id}",
     "GET /v1/messages/batches/{id}/results",
     "POST /v1/messages",
+    # Gemini API batch mode (the ``:download`` route before the file route it would match).
+    "POST /upload/v1beta/files",
+    "GET /v1beta/files/{name}:download",
+    "GET /v1beta/files/{name}",
+    "DELETE /v1beta/files/{name}",
+    "POST /v1beta/models/{model}:batchGenerateContent",
+    "GET /v1beta/batches",
+    "POST /v1beta/batches/{name}:cancel",
+    "GET /v1beta/batches/{name}",
+    "DELETE /v1beta/batches/{name}",
 )
 #: Realtime routes: rate limited by :attr:`FakeServerConfig.realtime_rpm` / ``realtime_tpm``.
 REALTIME_ROUTES: frozenset[str] = frozenset(
@@ -55,8 +65,10 @@ BATCH_API_ROUTES: frozenset[str] = frozenset(
 )
 #: Routes that speak the Anthropic wire format (``x-api-key`` auth, Anthropic error envelope).
 ANTHROPIC_ROUTES: frozenset[str] = frozenset(r for r in ROUTES if " /v1/messages" in r)
+#: Routes that speak the Gemini wire format (``x-goog-api-key`` auth, Google's error envelope).
+GEMINI_ROUTES: frozenset[str] = frozenset(r for r in ROUTES if "v1beta/" in r)
 #: Create routes whose answer :meth:`FakeProviderServer.stall_next_create` can delay.
-CREATE_ROUTES: tuple[str, ...] = ("/v1/batches", "/v1/messages/batches")
+CREATE_ROUTES: tuple[str, ...] = ("/v1/batches", "/v1/messages/batches", "/v1beta/batches")
 #: The ``custom_id`` pattern of Anthropic message batches.
 ANTHROPIC_CUSTOM_ID = re.compile(r"^[a-zA-Z0-9_-]{1,64}$")
 

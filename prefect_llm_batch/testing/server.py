@@ -77,6 +77,9 @@ from prefect_llm_batch.testing.config import (
     EMBEDDINGS_ENDPOINT as EMBEDDINGS_ENDPOINT,
 )
 from prefect_llm_batch.testing.config import (
+    GEMINI_ROUTES as GEMINI_ROUTES,
+)
+from prefect_llm_batch.testing.config import (
     MAX_EMBEDDING_INPUTS as MAX_EMBEDDING_INPUTS,
 )
 from prefect_llm_batch.testing.config import (
@@ -119,6 +122,11 @@ from prefect_llm_batch.testing.config import (
     StallStatus as StallStatus,
 )
 from prefect_llm_batch.testing.faults import _Fault, _LineFault, take_fault
+from prefect_llm_batch.testing.gemini_routes import (
+    check_gemini_auth,
+    gemini_batch_handlers,
+    gemini_error_response,
+)
 from prefect_llm_batch.testing.openai_routes import check_auth, openai_batch_handlers
 from prefect_llm_batch.testing.realtime import (
     openai_duration as openai_duration,
@@ -174,7 +182,12 @@ def create_app(state: _State) -> Starlette:
     another ASGI server or ``httpx.ASGITransport``.
     """
 
-    found = {**openai_batch_handlers(state), **realtime_handlers(state), **anthropic_batch_handlers(state)}
+    found = {
+        **openai_batch_handlers(state),
+        **realtime_handlers(state),
+        **anthropic_batch_handlers(state),
+        **gemini_batch_handlers(state),
+    }
     assert set(found) == set(ROUTES)
     handlers: dict[str, Handler] = {key: found[key] for key in ROUTES}
 
@@ -182,6 +195,7 @@ def create_app(state: _State) -> Starlette:
         method, path = key.split(" ", 1)
 
         anthropic = key in ANTHROPIC_ROUTES
+        gemini = key in GEMINI_ROUTES
         realtime = key in REALTIME_ROUTES
         batch_api = key in BATCH_API_ROUTES
 
@@ -194,6 +208,8 @@ def create_app(state: _State) -> Starlette:
             try:
                 if anthropic:
                     check_anthropic_auth(state, request)
+                elif gemini:
+                    check_gemini_auth(state, request)
                 else:
                     check_auth(state, request)
                 take_fault(state, key)
@@ -208,6 +224,8 @@ def create_app(state: _State) -> Starlette:
                     await asyncio.sleep(config.realtime_latency_s)
                 return await handler(request)
             except _ApiError as exc:
+                if gemini:
+                    return gemini_error_response(exc)
                 return exc.anthropic_response() if anthropic else exc.response()
 
         return Route(path, endpoint, methods=[method])
@@ -219,6 +237,8 @@ def create_app(state: _State) -> Starlette:
         else:
             message = exc.detail if isinstance(exc, HTTPException) else "Internal error."
         error = _ApiError(status, message, type=_error_type(status))
+        if request.url.path.startswith(("/v1beta/", "/upload/v1beta/")):
+            return gemini_error_response(error)
         return error.anthropic_response() if request.url.path.startswith("/v1/messages") else error.response()
 
     return Starlette(
@@ -280,6 +300,11 @@ class FakeProviderServer:
     @property
     def anthropic_base_url(self) -> str:
         """API base URL **without** ``/v1``, as ``ANTHROPIC_BASE_URL`` expects."""
+        return f"http://{self.host}:{self.port}"
+
+    @property
+    def gemini_base_url(self) -> str:
+        """API base URL **without** a version, as ``GOOGLE_GEMINI_BASE_URL`` expects."""
         return f"http://{self.host}:{self.port}"
 
     @property

@@ -285,6 +285,10 @@ class _State:
         self.batches: dict[str, FakeBatch] = {}
         self.stats = ServerStats()
         self.message_batches: dict[str, FakeMessageBatch] = {}
+        #: Gemini files, batches and open upload sessions (``testing.gemini_routes``).
+        self.gemini_files: dict[str, Any] = {}
+        self.gemini_batches: dict[str, Any] = {}
+        self.gemini_uploads: dict[str, str] = {}
         self.faults: dict[str, list[_Fault]] = {}
         self.stalls: dict[str, list[float]] = {}
         self.line_faults: list[_LineFault] = []
@@ -297,6 +301,9 @@ class _State:
             self.files.clear()
             self.batches.clear()
             self.message_batches.clear()
+            self.gemini_files.clear()
+            self.gemini_batches.clear()
+            self.gemini_uploads.clear()
             self.faults.clear()
             self.stalls.clear()
             self.line_faults.clear()

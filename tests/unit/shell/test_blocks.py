@@ -343,9 +343,11 @@ def test_prefect_block_register_registers_every_block_type() -> None:
         check=False,
     )
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "Successfully registered 3 blocks" in result.stdout, result.stdout
+    assert "Successfully registered 4 blocks" in result.stdout, result.stdout
+    slugs = ("llm-batch-openai-credentials", "llm-batch-anthropic-credentials")
+    slugs = (*slugs, "llm-batch-gemini-credentials")
     with get_client(sync_client=True) as client:
-        for slug in ("llm-batch-openai-credentials", "llm-batch-anthropic-credentials", "llm-batch-job"):
+        for slug in (*slugs, "llm-batch-job"):
             assert client.read_block_type_by_slug(slug).slug == slug
 
 
