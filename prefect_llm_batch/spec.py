@@ -52,6 +52,9 @@ def key_env_names(provider: str) -> tuple[str, ...]:
 
 
 #: Endpoints (the ``endpoint`` of a batch and the ``url`` of its lines); the one definition.
+#: How every batch line this package writes starts (the encoder puts ``custom_id`` first):
+#: providers that rename the key on the wire (Gemini's ``key``) rely on it.
+ID_HEAD = b'{"custom_id":"'
 CHAT_ENDPOINT = "/v1/chat/completions"
 EMBEDDINGS_ENDPOINT = "/v1/embeddings"
 #: Anthropic's Messages endpoint (message batches carry their requests' bodies without a URL).

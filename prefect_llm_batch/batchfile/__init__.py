@@ -22,11 +22,10 @@ from __future__ import annotations
 from prefect_llm_batch.batchfile.bodies import json_string_contents
 from prefect_llm_batch.batchfile.chunks import ChunkPacker, ChunkPlan, plan_chunks
 from prefect_llm_batch.batchfile.encoder import EncodedRequests, LaidOutRequests, RequestEncoder, Texts
-from prefect_llm_batch.batchfile.lines import ID_HEAD, encode_line, fixed_width_ids
+from prefect_llm_batch.batchfile.lines import encode_line, fixed_width_ids
 from prefect_llm_batch.batchfile.request_set import RequestSet, build_request_set
 
 __all__ = [
-    "ID_HEAD",
     "ChunkPacker",
     "ChunkPlan",
     "EncodedRequests",

@@ -10,6 +10,8 @@ import numpy as np
 import numpy.typing as npt
 import orjson
 
+from prefect_llm_batch.spec import ID_HEAD
+
 _ID_SLOT = "\x00custom_id\x00"
 
 
@@ -37,11 +39,6 @@ def encode_line(line: dict[str, Any]) -> bytes:
         b'{"custom_id":"a","body":{}}\\n'
     """
     return orjson.dumps(line) + b"\n"
-
-
-#: How every batch line this package writes starts
-#: (:class:`~prefect_llm_batch.batchfile.encoder.RequestEncoder` puts ``custom_id`` first).
-ID_HEAD = b'{"custom_id":"'
 
 
 def fixed_width_ids(data: bytes) -> npt.NDArray[np.uint8] | None:

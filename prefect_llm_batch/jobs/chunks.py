@@ -15,9 +15,9 @@ import orjson
 import pyarrow as pa
 
 from ..arrays import value_offsets
-from ..batchfile import ID_HEAD, ChunkPacker, fixed_width_ids
+from ..batchfile import ChunkPacker, fixed_width_ids
 from ..keys import split_fixed_width
-from ..spec import BatchLimits
+from ..spec import ID_HEAD, BatchLimits
 from ..store import ChunkPlanRecord, ChunkState, JobStore
 
 

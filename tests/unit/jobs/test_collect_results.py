@@ -18,7 +18,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from prefect_llm_batch.batchfile import ID_HEAD, fixed_width_ids
+from prefect_llm_batch.batchfile import fixed_width_ids
 from prefect_llm_batch.errors import ProviderUnavailable
 from prefect_llm_batch.jobs.chunks import chunk_custom_ids
 from prefect_llm_batch.jobs.collect import select_results
@@ -29,7 +29,7 @@ from prefect_llm_batch.providers.base import BatchProvider
 from prefect_llm_batch.providers.openai import OpenAIBatchProvider
 from prefect_llm_batch.providers.openai_results import parse_chat_results
 from prefect_llm_batch.results import RowResult, result_schema, results_to_table
-from prefect_llm_batch.spec import EMBEDDINGS_ENDPOINT, ErrorKind
+from prefect_llm_batch.spec import EMBEDDINGS_ENDPOINT, ID_HEAD, ErrorKind
 
 BATCH = "batch_fast"
 

@@ -13,7 +13,8 @@ from google import genai
 from google.genai import types
 from pydantic import BaseModel
 
-from prefect_llm_batch.providers.gemini import GeminiBatchProvider, wire_lines
+from prefect_llm_batch.providers.gemini import GeminiBatchProvider
+from prefect_llm_batch.providers.gemini_wire import wire_lines
 from prefect_llm_batch.schemas import ResponseSchema
 from prefect_llm_batch.testing import FakeProviderServer, FakeServerConfig
 
