@@ -92,8 +92,8 @@ def test_a_responses_job_with_a_schema_sends_input_instructions_and_text_format(
 
 
 def test_a_responses_job_runs_in_realtime_too(server: Any, tmp_path: Path) -> None:
-    table = run(server, tmp_path, ["Sentiment: awful and slow"], "live", model="gpt-4o-mini", endpoint="responses",
-                mode="realtime", cache="off")  # fmt: skip
+    table = run(server, tmp_path, ["Sentiment: awful and slow"], "live", model="gpt-4o-mini",
+                endpoint="responses", mode="realtime", cache="off")  # fmt: skip
     assert table.column("response").to_pylist() == ["negative"]
     assert server.stats.calls["POST /v1/responses"] == 1
     assert not server.batches
