@@ -26,7 +26,8 @@ def test_run_with_endpoint_moderations_writes_flagged_and_scores(tmp_path: Path)
     result = runner.invoke(
         app,
         ["run", str(source(tmp_path)), str(out), "--prompt", "{{ post }}",
-         "--model", "omni-moderation-latest", "--endpoint", "moderations", "--state-dir", str(tmp_path / "state")],
+         "--model", "omni-moderation-latest", "--endpoint", "moderations",
+         "--state-dir", str(tmp_path / "state")],
     )  # fmt: skip
     assert result.exit_code == 0, result.output
     table = pq.read_table(out)
@@ -40,7 +41,8 @@ def test_run_with_endpoint_responses_answers_through_the_responses_api(tmp_path:
     result = runner.invoke(
         app,
         ["run", str(source(tmp_path)), str(out), "--prompt", "Sentiment: {{ post }}",
-         "--model", "gpt-4o-mini", "--endpoint", "responses", "--system", "One word.", "--state-dir", str(tmp_path / "state")],
+         "--model", "gpt-4o-mini", "--endpoint", "responses", "--system", "One word.",
+         "--state-dir", str(tmp_path / "state")],
     )  # fmt: skip
     assert result.exit_code == 0, result.output
     table = pq.read_table(out)
