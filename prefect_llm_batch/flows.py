@@ -72,6 +72,7 @@ from .spec import (
     ProviderName,
     ProviderTarget,
     RunOptions,
+    endpoint_path,
 )
 from .store import JobStore, default_state_dir
 from .tasks import (
@@ -166,7 +167,7 @@ def enrich_table(
     model: str,
     system: str | None = None,
     params: dict[str, Any] | None = None,
-    endpoint: Literal["chat/completions", "embeddings"] = "chat/completions",
+    endpoint: Literal["chat/completions", "embeddings", "responses", "moderations"] = "chat/completions",
     response_format: dict[str, Any] | str | type[BaseModel] | None = None,
     column_prefix: str = "",
     parser: Callable[[str], Any] | None = None,
@@ -220,7 +221,10 @@ def enrich_table(
         params: Extra request parameters (``temperature``, ``max_tokens``; ``dimensions`` for embeddings).
         endpoint: ``chat/completions`` (default) or ``embeddings``: then ``prompt`` renders each
             row's input text and the answer is the ``response_embedding`` column (float32 vectors,
-            fixed-size when the width is known).
+            fixed-size when the width is known); ``responses`` (OpenAI's Responses API: the prompt
+            is the ``input``, the system prompt the ``instructions``, a schema goes in ``text.format``);
+            ``moderations``: ``prompt`` renders the text to classify and the answer columns are
+            ``flagged`` and one float score per category (see :mod:`prefect_llm_batch.moderations`).
         response_format: A pydantic model class, a JSON Schema as JSON text, or a JSON Schema dict
             the answers must follow; each top-level property becomes a typed column (see
             :mod:`prefect_llm_batch.schemas`). Prefect reads any dict parameter holding a ``"$ref"``
@@ -314,7 +318,7 @@ def enrich_table(
         system=system,
         model=model,
         params=params or {},
-        endpoint="/v1/embeddings" if endpoint == "embeddings" else "/v1/chat/completions",
+        endpoint=endpoint_path(endpoint),
         response_schema=schema.schema if schema is not None else None,
         column_prefix=column_prefix,
         provider=provider,

@@ -182,6 +182,103 @@ def parse_chat_completion(custom_id: str, body: dict[str, Any], batch_id: str | 
     return result
 
 
+#: ``error.code`` values of a failed Response object that are worth sending again.
+_RETRYABLE_RESPONSE_CODES: dict[str, ErrorKind] = {
+    "server_error": ErrorKind.SERVER_ERROR,
+    "rate_limit_exceeded": ErrorKind.RATE_LIMITED,
+    "vector_store_timeout": ErrorKind.SERVER_ERROR,
+}
+#: ``incomplete_details.reason`` of a Response object -> (finish reason, error kind).
+_INCOMPLETE_REASONS: dict[str, tuple[str, ErrorKind]] = {
+    "max_output_tokens": ("length", ErrorKind.LENGTH),
+    "content_filter": ("content_filter", ErrorKind.CONTENT_FILTER),
+}
+
+
+def parse_response(custom_id: str, body: dict[str, Any], batch_id: str | None = None) -> RowResult:
+    """Turn a Responses API ``response`` object into a :class:`RowResult`.
+
+    The answer is the text of every ``output_text`` part of the ``message`` items of ``output``
+    (other items, such as ``reasoning``, are skipped); a ``refusal`` part becomes ``refusal``.
+    ``status`` ``incomplete`` keeps the partial text and is marked by
+    ``incomplete_details.reason`` (``max_output_tokens`` -> ``length``, ``content_filter`` ->
+    ``content_filter``, any other reason -> ``length`` naming it); ``failed`` maps ``error.code``
+    (``server_error``, ``rate_limit_exceeded``: retryable; the rest ``invalid_request``);
+    ``cancelled`` is ``batch_cancelled``. Usage is ``usage.input_tokens`` / ``output_tokens``.
+
+    Examples:
+        >>> body = {"object": "response", "model": "m", "status": "completed", "output": [
+        ...     {"type": "reasoning", "summary": []},
+        ...     {"type": "message", "role": "assistant", "content": [{"type": "output_text", "text": "hi"}]}],
+        ...     "usage": {"input_tokens": 5, "output_tokens": 1, "total_tokens": 6}}
+        >>> r = parse_response("k", body)
+        >>> r.response, r.error_kind, r.finish_reason, r.input_tokens, r.output_tokens
+        ('hi', None, 'stop', 5, 1)
+        >>> body.update(status="incomplete", incomplete_details={"reason": "max_output_tokens"})
+        >>> parse_response("k", body).error_kind.value
+        'length'
+    """
+    usage = body.get("usage") or {}
+    result = RowResult(
+        custom_id=custom_id,
+        input_tokens=_int_or_none(usage.get("input_tokens")),
+        output_tokens=_int_or_none(usage.get("output_tokens")),
+        model=body.get("model") if isinstance(body.get("model"), str) else None,
+        batch_id=batch_id,
+    )
+    texts: list[str] = []
+    refusals: list[str] = []
+    output = body.get("output")
+    for item in output if isinstance(output, list) else []:
+        if not isinstance(item, dict) or item.get("type") != "message":
+            continue
+        content = item.get("content")
+        for part in content if isinstance(content, list) else []:
+            if not isinstance(part, dict):
+                continue
+            if part.get("type") == "output_text" and isinstance(part.get("text"), str):
+                texts.append(part["text"])
+            elif part.get("type") == "refusal" and isinstance(part.get("refusal"), str):
+                refusals.append(part["refusal"])
+    if texts:
+        result.response = "".join(texts)
+    status = body.get("status")
+    if status in (None, "completed"):
+        result.finish_reason = "stop"
+    elif status == "incomplete":
+        details = body.get("incomplete_details")
+        reason = details.get("reason") if isinstance(details, dict) else None
+        reason = reason if isinstance(reason, str) else "unknown"
+        result.finish_reason, result.error_kind = _INCOMPLETE_REASONS.get(reason, (reason, ErrorKind.LENGTH))
+        result.error = (
+            "the answer was stopped by a content filter"
+            if result.error_kind is ErrorKind.CONTENT_FILTER
+            else f"the answer is incomplete ({reason}); the partial text is kept"
+        )
+        return result
+    elif status == "failed":
+        error = body.get("error")
+        error = error if isinstance(error, dict) else {}
+        code = str(error.get("code") or "failed")
+        result.finish_reason = "failed"
+        result.error_kind = _RETRYABLE_RESPONSE_CODES.get(code, ErrorKind.INVALID_REQUEST)
+        result.error = short(f"{code}: {error.get('message') or 'the response failed'}")
+        return result
+    elif status == "cancelled":
+        result.finish_reason = "cancelled"
+        result.error_kind, result.error = ErrorKind.BATCH_CANCELLED, "the response was cancelled"
+        return result
+    else:
+        result.error_kind = ErrorKind.PARSE_ERROR
+        result.error = short(f"the response has the unexpected status {status!r}")
+        return result
+    if refusals:
+        result.error_kind, result.error = ErrorKind.REFUSAL, short(f"the model refused: {' '.join(refusals)}")
+    elif not texts:
+        result.error_kind, result.error = ErrorKind.PARSE_ERROR, "the response has no output_text"
+    return result
+
+
 def parse_embedding(custom_id: str, body: dict[str, Any], batch_id: str | None = None) -> RowResult:
     """Turn a successful embeddings response body into a :class:`RowResult` (one input per request).
 

@@ -57,8 +57,38 @@ def key_env_names(provider: str) -> tuple[str, ...]:
 ID_HEAD = b'{"custom_id":"'
 CHAT_ENDPOINT = "/v1/chat/completions"
 EMBEDDINGS_ENDPOINT = "/v1/embeddings"
+#: OpenAI's Responses endpoint (bodies with ``input`` and ``instructions``; answers are Response objects).
+RESPONSES_ENDPOINT = "/v1/responses"
+#: OpenAI's moderations endpoint (bodies ``{"model", "input"}``; answers become typed score columns).
+MODERATIONS_ENDPOINT = "/v1/moderations"
 #: Anthropic's Messages endpoint (message batches carry their requests' bodies without a URL).
 MESSAGES_ENDPOINT = "/v1/messages"
+
+#: The endpoints a job can target, by the short names ``--endpoint`` and ``enrich_table`` take.
+ENDPOINT_NAMES: dict[str, str] = {
+    "chat/completions": CHAT_ENDPOINT,
+    "embeddings": EMBEDDINGS_ENDPOINT,
+    "responses": RESPONSES_ENDPOINT,
+    "moderations": MODERATIONS_ENDPOINT,
+}
+
+
+def endpoint_path(name: str) -> str:
+    """The endpoint path of a short endpoint name (a path is returned as it is).
+
+    Raises:
+        ValueError: Not one of :data:`ENDPOINT_NAMES`; the message lists them.
+
+    Examples:
+        >>> endpoint_path("responses"), endpoint_path("/v1/moderations")
+        ('/v1/responses', '/v1/moderations')
+    """
+    if name in ENDPOINT_NAMES.values():
+        return name
+    if name not in ENDPOINT_NAMES:
+        raise ValueError(f"endpoint must be one of {', '.join(ENDPOINT_NAMES)}, not {name!r}")
+    return ENDPOINT_NAMES[name]
+
 
 #: OpenAI documents these per batch input file.
 OPENAI_MAX_REQUESTS_PER_BATCH = 50_000
@@ -286,7 +316,9 @@ class JobSpec(BaseModel):
     params: dict[str, Any] = Field(default_factory=dict)
     provider: ProviderName = "simulator"
     base_url: str | None = None
-    endpoint: Literal["/v1/chat/completions", "/v1/embeddings"] = "/v1/chat/completions"
+    endpoint: Literal["/v1/chat/completions", "/v1/embeddings", "/v1/responses", "/v1/moderations"] = (
+        "/v1/chat/completions"
+    )
     id_column: str | None = None
     response_schema: dict[str, Any] | None = None
     column_prefix: str = ""

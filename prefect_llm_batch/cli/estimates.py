@@ -13,6 +13,7 @@ from .options import (
     AllowEmptyOption,
     BaseUrlOption,
     ColumnPrefixOption,
+    EndpointOption,
     IdColumnOption,
     InvalidUtf8Option,
     LimitOption,
@@ -78,6 +79,7 @@ def estimate(
     ] = 100,
     allow_empty: AllowEmptyOption = False,
     invalid_utf8: InvalidUtf8Option = "error",
+    endpoint: EndpointOption = "chat/completions",
 ) -> None:
     """Rows, unique requests, cache hits, estimated tokens and batch cost, before anything is sent.
 
@@ -90,7 +92,7 @@ def estimate(
         prompt=prompt, model=model, system=system, schema=schema, column_prefix=column_prefix,
         id_column=id_column, param=param, provider=provider, base_url=base_url,
         max_requests_per_batch=max_requests_per_batch, max_batch_bytes=max_batch_bytes,
-        allow_empty=allow_empty, invalid_utf8=invalid_utf8,
+        allow_empty=allow_empty, invalid_utf8=invalid_utf8, endpoint=endpoint,
     )  # fmt: skip
     from ..costs import BATCH_PRICES
     from ..errors import LLMBatchError

@@ -75,6 +75,13 @@ MaxRequestsOption = Annotated[int, typer.Option(help="Most requests per batch (O
 MaxBytesOption = Annotated[
     int, typer.Option(help="Largest batch input file, in bytes (OpenAI allows 200 MB).")
 ]
+EndpointOption = Annotated[
+    str,
+    typer.Option(
+        help="chat/completions (default), responses (OpenAI's Responses API), embeddings, or moderations "
+        "(columns flagged and one score per category)."
+    ),
+]
 AllowEmptyOption = Annotated[
     bool, typer.Option("--allow-empty", help="Send rows whose prompt renders empty (else an error).")
 ]
@@ -196,6 +203,7 @@ def build_spec(
     allow_empty: bool,
     invalid_utf8: str,
     cache_system_prompt: bool = False,
+    endpoint: str = "chat/completions",
 ) -> JobSpec:
     """The job the options describe: ``run`` and ``estimate`` build it here, so that the estimate
     plans exactly what ``run`` sends.
@@ -205,9 +213,13 @@ def build_spec(
     """
     from ..errors import LLMBatchError
     from ..schemas import ResponseSchema
-    from ..spec import BatchLimits, JobSpec
+    from ..spec import BatchLimits, JobSpec, endpoint_path
 
     params = dict(parse_param(p) for p in param or [])
+    try:
+        path = endpoint_path(endpoint)
+    except ValueError as exc:
+        raise fail(f"--{exc}", 2) from None
     try:
         response_format = _read_schema(schema) if schema is not None else None
         return JobSpec(
@@ -226,6 +238,7 @@ def build_spec(
             allow_empty=allow_empty,
             invalid_utf8=cast(Literal["error", "replace"], invalid_utf8),
             cache_system_prompt=cache_system_prompt,
+            endpoint=cast(Any, path),
         )
     except LLMBatchError as exc:
         raise fail(str(exc)) from None

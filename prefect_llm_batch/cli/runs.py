@@ -23,6 +23,7 @@ from .options import (
     BaseUrlOption,
     CacheSystemPromptOption,
     ColumnPrefixOption,
+    EndpointOption,
     IdColumnOption,
     InvalidUtf8Option,
     LimitOption,
@@ -199,6 +200,7 @@ def run(
     allow_empty: AllowEmptyOption = False,
     invalid_utf8: InvalidUtf8Option = "error",
     cache_system_prompt: CacheSystemPromptOption = False,
+    endpoint: EndpointOption = "chat/completions",
     engine: Annotated[
         str,
         typer.Option(
@@ -237,6 +239,7 @@ def run(
         id_column=id_column, param=param, provider=provider, base_url=base_url,
         max_requests_per_batch=max_requests_per_batch, max_batch_bytes=max_batch_bytes,
         allow_empty=allow_empty, invalid_utf8=invalid_utf8, cache_system_prompt=cache_system_prompt,
+        endpoint=endpoint,
     )  # fmt: skip
     from ..errors import CostLimitExceeded, LLMBatchError
     from ..jobs import JobRef, JobSummary, preflight
@@ -337,6 +340,7 @@ def _run_flow(
     """Run the job as an ``enrich-table`` flow run (Prefect is imported here, and only here)."""
     _prefect_defaults()
     from ..flows import enrich_table
+    from ..spec import ENDPOINT_NAMES
 
     return enrich_table(
         source=source,
@@ -345,6 +349,7 @@ def _run_flow(
         model=spec.model,
         system=spec.system,
         params=spec.params,
+        endpoint=next(name for name, path in ENDPOINT_NAMES.items() if path == spec.endpoint),
         response_format=json.dumps(spec.response_schema) if schema is not None else None,
         column_prefix=spec.column_prefix,
         provider=cast(Any, provider),

@@ -9,10 +9,11 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from ..errors import InputError
+from ..moderations import MODERATION_SCHEMA
 from ..prompts import PromptTemplate
 from ..results import OUTPUT_COLUMNS
 from ..schemas import ResponseSchema
-from ..spec import JobSpec
+from ..spec import MODERATIONS_ENDPOINT, JobSpec
 from ..table import read_table
 
 #: Rows read by :func:`preflight`.
@@ -52,6 +53,8 @@ def check_columns(spec: JobSpec, names: list[str]) -> tuple[PromptTemplate, Prom
             f"the input already has column(s) {', '.join(clash)}, which the output adds; rename them first"
         )
     schema = response_schema(spec)
+    if schema is None and spec.endpoint == MODERATIONS_ENDPOINT:
+        schema = MODERATION_SCHEMA  # its columns must not clash either
     if schema is not None:
         for prop in schema.properties:
             name = spec.column_prefix + prop

@@ -21,6 +21,7 @@ from .. import __version__
 from ..errors import StateError
 from ..files import write_parquet_batches_atomic
 from ..keys import Digests, ResultIndex, canonical_json, decode_custom_ids
+from ..moderations import MODERATION_SCHEMA
 from ..results import (
     OUTPUT_FIELDS,
     RESULT_SCHEMA,
@@ -32,7 +33,7 @@ from ..results import (
 )
 from ..schemas import ResponseSchema
 from ..shards import shard_fingerprint
-from ..spec import EMBEDDINGS_ENDPOINT
+from ..spec import EMBEDDINGS_ENDPOINT, MODERATIONS_ENDPOINT
 from ..store import JobStore
 from ..table import SCAN_BATCH_ROWS, TableScan, dictionary_columns, fingerprint, read_ahead, scan_table
 from .estimate import estimate
@@ -440,6 +441,8 @@ def assemble(
         if record.response_schema is not None:
             schema = ResponseSchema(record.response_schema)
             results = parse_structured(results, schema, parser=parser, column_prefix=record.column_prefix)
+        elif record.endpoint == MODERATIONS_ENDPOINT:
+            results = parse_structured(results, MODERATION_SCHEMA, column_prefix=record.column_prefix)
         return results
 
     with ThreadPoolExecutor(max_workers=1) as pool:  # hashing the source overlaps matching the ids

@@ -37,6 +37,7 @@ from ..errors import (
     LLMBatchError,
     ProviderRejected,
 )
+from ..moderations import parse_moderation
 from ..results import (
     EMBEDDING_COLUMN,
     NEVER_RAN_CODES,
@@ -44,10 +45,19 @@ from ..results import (
     error_kind_for_status,
     parse_chat_completion,
     parse_embedding,
+    parse_response,
     short,
 )
 from ..schemas import ResponseSchema
-from ..spec import CHAT_ENDPOINT, EMBEDDINGS_ENDPOINT, BatchLimits, ErrorKind, normalise_base_url
+from ..spec import (
+    CHAT_ENDPOINT,
+    EMBEDDINGS_ENDPOINT,
+    MODERATIONS_ENDPOINT,
+    RESPONSES_ENDPOINT,
+    BatchLimits,
+    ErrorKind,
+    normalise_base_url,
+)
 from .base import (
     BatchInfo,
     BatchProvider,
@@ -60,7 +70,7 @@ from .openai_results import parse_chat_results
 
 DEFAULT_BASE_URL = "https://api.openai.com/v1"
 #: Endpoints this provider builds requests for.
-ENDPOINTS = frozenset({CHAT_ENDPOINT, EMBEDDINGS_ENDPOINT})
+ENDPOINTS = frozenset({CHAT_ENDPOINT, EMBEDDINGS_ENDPOINT, RESPONSES_ENDPOINT, MODERATIONS_ENDPOINT})
 
 
 def chat_body(
@@ -80,6 +90,53 @@ def chat_body(
     body: dict[str, Any] = {"model": model, "messages": messages}
     if params:
         body.update(params)
+    return body
+
+
+def responses_body(
+    model: str,
+    prompt: str,
+    system: str | None = None,
+    params: dict[str, Any] | None = None,
+    schema: ResponseSchema | None = None,
+) -> dict[str, Any]:
+    """Build a Responses API (``/v1/responses``) request body: the prompt as ``input``, the system
+    prompt as ``instructions``, a response schema as ``text.format`` (``json_schema``, strict).
+
+    Raises:
+        InputError: ``params`` sets ``input`` or ``instructions`` (they come from the templates), or
+            ``text.format`` together with a response schema.
+
+    Examples:
+        >>> responses_body("gpt-4o-mini", "Hi", system="Be brief", params={"max_output_tokens": 50})
+        {'model': 'gpt-4o-mini', 'input': 'Hi', 'instructions': 'Be brief', 'max_output_tokens': 50}
+        >>> schema = ResponseSchema({"type": "object", "properties": {"n": {"type": "integer"}}}, name="n")
+        >>> responses_body("m", "Hi", schema=schema)["text"]["format"]["name"]
+        'n'
+    """
+    params = dict(params or {})
+    taken = sorted({"input", "instructions"} & set(params))
+    if taken:
+        raise InputError(
+            f"params may not set {taken} on the responses endpoint: input is the rendered prompt and "
+            "instructions the system prompt"
+        )
+    body: dict[str, Any] = {"model": model, "input": prompt}
+    if system:
+        body["instructions"] = system
+    body.update(params)
+    if schema is not None:
+        text = params.get("text")
+        text = dict(text) if isinstance(text, dict) else {}
+        if "format" in text:
+            raise InputError("params may not set text.format together with a response schema")
+        text["format"] = {
+            "type": "json_schema",
+            "name": schema.name,
+            "schema": schema.strict(),
+            "strict": True,
+        }
+        body["text"] = text
     return body
 
 
@@ -162,6 +219,15 @@ class OpenAIBatchProvider(RetryingHTTP, BatchProvider):
             if schema is not None or system:
                 raise InputError("embeddings take one input template: no system prompt or response schema")
             return {"model": model, "input": prompt, **params}
+        if self._endpoint == MODERATIONS_ENDPOINT:
+            if schema is not None or system:
+                raise InputError(
+                    "moderations take one input template: no system prompt or response schema "
+                    "(the answer columns are flagged and one score per category)"
+                )
+            return {"model": model, "input": prompt, **params}
+        if self._endpoint == RESPONSES_ENDPOINT:
+            return responses_body(model, prompt, system, params, schema)
         body = chat_body(model, prompt, system, params)
         if schema is not None:
             body["response_format"] = schema.openai_response_format()
@@ -185,6 +251,10 @@ class OpenAIBatchProvider(RetryingHTTP, BatchProvider):
             if status == 200 and isinstance(body, dict):
                 if self._endpoint == EMBEDDINGS_ENDPOINT:
                     return parse_embedding(cid, body, batch_id)
+                if self._endpoint == RESPONSES_ENDPOINT:
+                    return parse_response(cid, body, batch_id)
+                if self._endpoint == MODERATIONS_ENDPOINT:
+                    return parse_moderation(cid, body, batch_id)
                 return parse_chat_completion(cid, body, batch_id)
             err = body.get("error") if isinstance(body, dict) else None
             err = err if isinstance(err, dict) else {}

@@ -15,9 +15,15 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 #: Endpoints a batch may target in this fake.
-SUPPORTED_ENDPOINTS = frozenset({"/v1/chat/completions", "/v1/embeddings"})
+SUPPORTED_ENDPOINTS = frozenset(
+    {"/v1/chat/completions", "/v1/embeddings", "/v1/responses", "/v1/moderations"}
+)
 #: The embeddings endpoint (batch ``endpoint`` and line ``url``).
 EMBEDDINGS_ENDPOINT = "/v1/embeddings"
+#: The Responses API endpoint (batch ``endpoint`` and line ``url``).
+RESPONSES_ENDPOINT = "/v1/responses"
+#: The moderations endpoint (batch ``endpoint`` and line ``url``).
+MODERATIONS_ENDPOINT = "/v1/moderations"
 #: Most texts in one embeddings ``input`` list (OpenAI: 2048).
 MAX_EMBEDDING_INPUTS = 2048
 #: Endpoints OpenAI accepts for batches; the others are refused with a clear message.
@@ -37,6 +43,8 @@ ROUTES: tuple[str, ...] = (
     "POST /v1/batches/{id}/cancel",
     "POST /v1/chat/completions",
     "POST /v1/embeddings",
+    "POST /v1/responses",
+    "POST /v1/moderations",
     "POST /v1/messages/batches",
     "GET /v1/messages/batches",
     "GET /v1/messages/batches/{id}",
@@ -57,7 +65,13 @@ ROUTES: tuple[str, ...] = (
 )
 #: Realtime routes: rate limited by :attr:`FakeServerConfig.realtime_rpm` / ``realtime_tpm``.
 REALTIME_ROUTES: frozenset[str] = frozenset(
-    {"POST /v1/chat/completions", "POST /v1/embeddings", "POST /v1/messages"}
+    {
+        "POST /v1/chat/completions",
+        "POST /v1/embeddings",
+        "POST /v1/responses",
+        "POST /v1/moderations",
+        "POST /v1/messages",
+    }
 )
 #: Routes that do not exist on a server without a batch API (:attr:`FakeServerConfig.batch_api`).
 BATCH_API_ROUTES: frozenset[str] = frozenset(

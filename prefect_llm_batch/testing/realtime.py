@@ -24,6 +24,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from prefect_llm_batch.testing.completions import complete_chat, complete_embeddings, complete_message
+from prefect_llm_batch.testing.responses_moderations import complete_moderation, complete_response
 from prefect_llm_batch.testing.state import _State
 from prefect_llm_batch.testing.wire import (
     _ANTHROPIC_ERROR_MESSAGES,
@@ -180,6 +181,18 @@ def realtime_handlers(state: _State) -> dict[str, Handler]:
         status, response_body, _ = complete_embeddings(body)
         return _json(response_body, status, {"x-request-id": f"req_{_hex(32)}"})
 
+    async def responses(request: Request) -> Response:
+        body = await _json_body(request)
+        if body.get("stream") is True:
+            raise _ApiError(400, "The fake provider does not stream.", param="stream")
+        status, response_body, _ = complete_response(body, state.config.answer, int(time.time()))
+        return _json(response_body, status, {"x-request-id": f"req_{_hex(32)}"})
+
+    async def moderations(request: Request) -> Response:
+        body = await _json_body(request)
+        status, response_body, _ = complete_moderation(body)
+        return _json(response_body, status, {"x-request-id": f"req_{_hex(32)}"})
+
     async def messages(request: Request) -> Response:
         body = await _json_body(request)
         status, response_body, _ = complete_message(body, state.config.answer)
@@ -189,5 +202,7 @@ def realtime_handlers(state: _State) -> dict[str, Handler]:
     return {
         "POST /v1/chat/completions": chat_completions,
         "POST /v1/embeddings": embeddings,
+        "POST /v1/responses": responses,
+        "POST /v1/moderations": moderations,
         "POST /v1/messages": messages,
     }

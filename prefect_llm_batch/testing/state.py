@@ -48,6 +48,8 @@ from prefect_llm_batch.testing.config import (
     _FILE_TTL_SECONDS,
     _STALL_ORDER,
     EMBEDDINGS_ENDPOINT,
+    MODERATIONS_ENDPOINT,
+    RESPONSES_ENDPOINT,
     TERMINAL_STATUSES,
     BatchStatus,
     FakeServerConfig,
@@ -56,6 +58,11 @@ from prefect_llm_batch.testing.config import (
     StallStatus,
 )
 from prefect_llm_batch.testing.faults import _Fault, _LineFault, result_bytes
+from prefect_llm_batch.testing.responses_moderations import (
+    complete_moderation,
+    complete_response,
+    responses_request_tokens,
+)
 from prefect_llm_batch.testing.wire import _anthropic_error_body, _ApiError, _hex, _rfc3339
 
 _LINE_CODES = frozenset({"invalid_json_line", "duplicate_custom_id", "url_mismatch", "model_mismatch"})
@@ -666,6 +673,10 @@ class _State:
         """Answer one batch request of ``endpoint``; its result line is ``None`` for a dropped one."""
         if endpoint == EMBEDDINGS_ENDPOINT:
             status, response_body, never_ran = complete_embeddings(body)
+        elif endpoint == RESPONSES_ENDPOINT:
+            status, response_body, never_ran = complete_response(body, self.config.answer, created)
+        elif endpoint == MODERATIONS_ENDPOINT:
+            status, response_body, never_ran = complete_moderation(body)
         else:
             status, response_body, never_ran = complete_chat(body, self.config.answer, created)
         line: dict[str, Any] = {"id": f"batch_req_{_hex()}", "custom_id": custom_id}
@@ -687,8 +698,8 @@ class _State:
             custom_id,
             line,
             succeeded=status < 400,
-            input_tokens=int(usage.get("prompt_tokens", 0)),
-            output_tokens=int(usage.get("completion_tokens", 0)),
+            input_tokens=int(usage.get("prompt_tokens", usage.get("input_tokens", 0))),
+            output_tokens=int(usage.get("completion_tokens", usage.get("output_tokens", 0))),
         )
 
     def _write_results(self, batch: FakeBatch, unfinished_code: str | None) -> None:
@@ -751,4 +762,8 @@ def _request_tokens(endpoint: str, body: Mapping[str, Any]) -> int:
     """Prompt tokens of one batch request body of ``endpoint``."""
     if endpoint == EMBEDDINGS_ENDPOINT:
         return sum(estimate_tokens(text) for text in embedding_inputs(body) or [])
+    if endpoint == MODERATIONS_ENDPOINT:
+        return 0
+    if endpoint == RESPONSES_ENDPOINT:
+        return responses_request_tokens(body)
     return prompt_tokens(body)
