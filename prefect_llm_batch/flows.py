@@ -236,10 +236,11 @@ def enrich_table(
             ``openai`` (real: needs ``OPENAI_API_KEY`` or ``credentials``, and costs money), or
             ``anthropic`` (real: Message Batches; needs ``ANTHROPIC_API_KEY`` or ``credentials``).
         base_url: OpenAI-compatible base URL including ``/v1`` (default ``OPENAI_BASE_URL`` or OpenAI).
-        credentials: Either provider's credentials block: an ``LLM Batch OpenAI Credentials``
-            block (OpenAI-compatible: ``openai``, ``azure``) or an ``LLM Batch Anthropic
-            Credentials`` block (``anthropic``); empty reads the provider's environment variable
-            (``OPENAI_API_KEY``, ``ANTHROPIC_API_KEY``).
+        credentials: The provider's credentials block: an ``LLM Batch OpenAI Credentials``
+            block (OpenAI-compatible: ``openai``, ``azure``), an ``LLM Batch Anthropic
+            Credentials`` block (``anthropic``) or an ``LLM Batch Gemini Credentials`` block
+            (``gemini``); empty reads the provider's environment variable (``OPENAI_API_KEY``,
+            ``ANTHROPIC_API_KEY``, ``GOOGLE_API_KEY``).
         id_column: Column that identifies rows (unique, non-null); named in error messages.
         state_dir: Where job state and the response cache live (any fsspec URL); default
             ``$PREFECT_LLM_BATCH_STATE_DIR`` or ``~/.local/state/prefect-llm-batch``.
@@ -436,9 +437,9 @@ def collect_jobs(
 
     Args:
         state_dir: The state directory the jobs were submitted with (default as ``enrich_table``'s).
-        credentials: Either provider's credentials block for the jobs' provider (``LLM Batch
-            OpenAI Credentials`` or ``LLM Batch Anthropic Credentials``); empty reads the
-            provider's environment variable.
+        credentials: The credentials block of the jobs' provider (``LLM Batch OpenAI
+            Credentials``, ``LLM Batch Anthropic Credentials`` or ``LLM Batch Gemini
+            Credentials``); empty reads the provider's environment variable.
 
     Returns:
         Summaries of the jobs finished by this run (others stay pending for the next run).

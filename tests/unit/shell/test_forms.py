@@ -56,11 +56,12 @@ def test_the_flows_still_take_python_only_parameters() -> None:
 
 
 @pytest.mark.parametrize("flow", [enrich_table, collect_jobs], ids=lambda f: f.name)
-def test_credentials_says_it_takes_either_providers_block(flow: Flow[..., Any]) -> None:
+def test_credentials_says_it_takes_every_providers_block(flow: Flow[..., Any]) -> None:
     credentials = properties(flow)["credentials"]
-    assert "LLM Batch OpenAI Credentials" in credentials["description"]
-    assert "LLM Batch Anthropic Credentials" in credentials["description"]
+    for title in ("OpenAI", "Anthropic", "Gemini"):
+        assert f"LLM Batch {title} Credentials" in credentials["description"]
     refs = {item.get("$ref") for item in credentials["anyOf"]}
     assert refs == {
-        "#/definitions/OpenAIBatchCredentials", "#/definitions/AnthropicBatchCredentials", None
+        "#/definitions/OpenAIBatchCredentials", "#/definitions/AnthropicBatchCredentials",
+        "#/definitions/GeminiBatchCredentials", None,
     }  # fmt: skip
