@@ -72,7 +72,7 @@ def claim_shared_requests(refs: list[JobRef], *, storage_options: dict[str, Any]
         ids = _unique_ids(JobStore(ref.state_dir, ref.job_id, storage_options))
         digests = decode_custom_ids(ids, what="row")
         fresh = np.zeros(len(ids), bool)
-        fresh[seen.add([row.tobytes() for row in digests])] = True
+        fresh[seen.add(digests)] = True
         borrowed.append(ids.filter(pa.array(~fresh)))
     seen.clear()
     claims = Claims(borrowed=[len(b) for b in borrowed])

@@ -72,8 +72,12 @@ class DigestSet:
         """Forget every digest."""
         self._blocks, self._starts, self._count, self._runs, self._exact = [], [], 0, [], None
 
-    def add(self, digests: Sequence[bytes]) -> npt.NDArray[np.int64]:
+    def add(self, digests: Sequence[bytes] | npt.NDArray[np.uint64]) -> npt.NDArray[np.int64]:
         """Add one slice of 32-byte digests; return the positions of those new to the set.
+
+        Args:
+            digests: The digests, as bytes, or as rows of four little-endian 64-bit words (what
+                :func:`~prefect_llm_batch.keys.decode_custom_ids` gives: no bytes object per digest).
 
         Returns:
             The increasing positions in ``digests`` of every digest neither added before nor
@@ -85,17 +89,24 @@ class DigestSet:
                 return new
             self._exact = self._as_set()  # two distinct digests share a key: exact from now on
             self._blocks, self._starts, self._count, self._runs = [], [], 0, []
+        if isinstance(digests, np.ndarray):
+            digests = [row.tobytes() for row in np.ascontiguousarray(digests, "<u8")]
         return np.asarray(first_new(digests, self._exact), np.int64)
 
-    def _add_sorted(self, digests: Sequence[bytes]) -> npt.NDArray[np.int64] | None:
+    def _add_sorted(self, digests: Sequence[bytes] | npt.NDArray[np.uint64]) -> npt.NDArray[np.int64] | None:
         """:meth:`add` on the sorted runs; None (nothing changed) when distinct digests share a key."""
         n = len(digests)
         if not n:
             return np.zeros(0, np.int64)
-        joined = b"".join(digests)
-        if len(joined) != 32 * n:
-            raise ValueError("request digests are 32 bytes each")
-        words = np.frombuffer(joined, "<u8").reshape(n, 4)
+        if isinstance(digests, np.ndarray):
+            if digests.shape != (n, 4):
+                raise ValueError("request digests are rows of four 64-bit words")
+            words = np.ascontiguousarray(digests, "<u8")
+        else:
+            joined = b"".join(digests)
+            if len(joined) != 32 * n:
+                raise ValueError("request digests are 32 bytes each")
+            words = np.frombuffer(joined, "<u8").reshape(n, 4)
         keys = words[:, 0] & self._mask
         order = np.argsort(keys)
         ordered = keys[order]

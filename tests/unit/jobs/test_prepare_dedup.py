@@ -270,3 +270,18 @@ def test_a_slice_whose_first_request_opens_a_batch(tmp_path: Path, monkeypatch: 
     assert ref.unique_requests == 30 and ref.chunks == 6
     store = JobStore(ref.state_dir, ref.job_id)
     assert [c.requests for c in store.read_job().chunks] == [5] * 6
+
+
+def test_a_digest_set_takes_decoded_words_as_it_takes_bytes() -> None:
+    import numpy as np
+
+    from prefect_llm_batch.keys import DigestSet
+
+    rng = np.random.default_rng(7)
+    pool = rng.integers(0, 2**63, size=(50, 4), dtype=np.uint64)
+    slices = [pool[rng.integers(0, 50, 40)] for _ in range(4)]
+    as_bytes, as_words = DigestSet(), DigestSet()
+    for words in slices:
+        expected = as_bytes.add([row.tobytes() for row in words]).tolist()
+        assert as_words.add(words).tolist() == expected
+    assert len(as_words) == len(as_bytes) == len({row.tobytes() for w in slices for row in w})
