@@ -122,39 +122,50 @@ def _take_out(store: JobStore, borrowed: pa.Array[Any], owner: pa.Array[Any]) ->
     ):
         return  # already sent (a job claimed and submitted before): the batch files stay as sent
     value_set = table.column("custom_id").combine_chunks()
-    taken = set(value_set.to_pylist())
     kept_chunks = []
     changed = False
     for plan in record.chunks:
+        lines: list[bytes] | None = None
         ids = store.read_chunk_ids(plan.chunk_id)
-        if ids is not None and not pc.any(pc.is_in(pa.array(ids, pa.string()), value_set=value_set)).as_py():
+        if ids is None:  # no ids file (state from before them, or damaged): the batch file has them
+            lines = _lines(store.read_chunk_input(plan.chunk_id))
+            ids = [str(orjson.loads(line)["custom_id"]) for line in lines]
+        id_array = pa.array(ids, pa.string())
+        taken = pc.is_in(id_array, value_set=value_set)
+        if not pc.any(taken).as_py():
             kept_chunks.append(plan)
             continue
-        lines = [
-            line
-            for line in store.read_chunk_input(plan.chunk_id).splitlines(keepends=True)
-            if line.strip() and str(orjson.loads(line)["custom_id"]) not in taken
-        ]
+        if lines is None:
+            lines = _lines(store.read_chunk_input(plan.chunk_id))
+        if len(lines) != len(ids):
+            raise StateError(
+                f"chunk {plan.chunk_id} of job {store.job_id}: its ids file does not match its batch file"
+            )
+        keep = np.asarray(pc.invert(taken))  # the ids file lists the batch file's lines in order
+        kept = [line for line, wanted in zip(lines, keep.tolist(), strict=True) if wanted]
         changed = True
-        if not lines:
+        if not kept:
             continue
-        data = b"".join(lines)
+        data = b"".join(kept)
         store.write_chunk_input(plan.chunk_id, data)
-        store.write_chunk_ids(
-            plan.chunk_id, pa.array([str(orjson.loads(line)["custom_id"]) for line in lines])
-        )
+        store.write_chunk_ids(plan.chunk_id, id_array.filter(pa.array(keep)))
         kept_chunks.append(
             plan.model_copy(
                 update={
-                    "requests": len(lines),
+                    "requests": len(kept),
                     "bytes": len(data),
-                    "est_tokens": sum(estimate_tokens(x) for x in lines),
+                    "est_tokens": sum(estimate_tokens(x) for x in kept),
                 }
             )
         )
     if changed:
         record.chunks = kept_chunks
         store.write_job(record)
+
+
+def _lines(data: bytes) -> list[bytes]:
+    """The request lines of a batch file (newline kept; blank lines dropped)."""
+    return [line for line in data.splitlines(keepends=True) if line.strip()]
 
 
 def read_borrowed_ids(store: JobStore) -> pa.Table | None:
