@@ -15,6 +15,7 @@ passed to the tasks as a secret value (never a flow parameter, so never stored b
 from __future__ import annotations
 
 import contextlib
+import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -283,6 +284,29 @@ def shard_steps_for(
     )
 
 
+def local_cluster_kwargs(workers: int) -> dict[str, Any]:
+    """The ``LocalCluster`` of a run: ``workers`` processes of one Dask thread each, no dashboard,
+    and Arrow's thread pool sized to the machine's share per worker.
+
+    Dask starts workers with ``OMP_NUM_THREADS=1`` (``distributed.nanny.pre-spawn-environ``), which
+    Arrow reads for its CPU thread pool: a lone worker would decode and encode Parquet on one thread
+    where the same job in one process uses every core. The cluster is the run's own, so its
+    workers get ``cpu_count // workers`` instead.
+
+    Examples:
+        >>> local_cluster_kwargs(2)["n_workers"], local_cluster_kwargs(2)["threads_per_worker"]
+        (2, 1)
+    """
+    threads = max(1, (os.cpu_count() or 1) // max(1, workers))
+    return {
+        "n_workers": workers,
+        "threads_per_worker": 1,
+        "processes": True,
+        "dashboard_address": None,
+        "env": {"OMP_NUM_THREADS": str(threads)},
+    }
+
+
 @contextlib.contextmanager
 def task_submitter(engine: str, dask_address: str | None = None, dask_workers: int = 2) -> Iterator[Submit]:
     """How shard tasks are submitted: to a Dask cluster (``engine="dask"``: the one at
@@ -296,14 +320,7 @@ def task_submitter(engine: str, dask_address: str | None = None, dask_workers: i
     runner = (
         DaskTaskRunner(address=dask_address)
         if dask_address
-        else DaskTaskRunner(
-            cluster_kwargs={
-                "n_workers": dask_workers,
-                "threads_per_worker": 1,
-                "processes": True,
-                "dashboard_address": None,
-            }
-        )
+        else DaskTaskRunner(cluster_kwargs=local_cluster_kwargs(dask_workers))
     )
     with runner:
         yield lambda task_, parameters: runner.submit(task_, parameters)
