@@ -156,13 +156,14 @@ def on_dask(source: str, work: Path, workers: int) -> dict[str, Any]:
 
     from prefect_llm_batch.jobs.claims import claim_shared_requests
     from prefect_llm_batch.jobs.sharded import identify_sharded, record_sharded_job
-    from prefect_llm_batch.shard_tasks import local_cluster_kwargs
+    from prefect_llm_batch.shard_tasks import local_cluster_kwargs, own_worker_environment
     from prefect_llm_batch.shards import plan_shards, shard_fingerprint
 
     spec, target, provider = _spec_target_provider()
     state = str(work / f"state-dask-{workers}")
     output = str(work / f"dask-{workers}")
     with (
+        own_worker_environment(),
         LocalCluster(**local_cluster_kwargs(workers)) as cluster,  # as the flow's engine="dask" builds it
         Client(cluster) as client,
     ):

@@ -284,6 +284,25 @@ def shard_steps_for(
     )
 
 
+@contextlib.contextmanager
+def own_worker_environment() -> Iterator[None]:
+    """While a run's local cluster starts: Dask's nanny neither rewrites this process' environment
+    nor gives the workers its tuning variables.
+
+    A nanny writes ``distributed.nanny.pre-spawn-environ`` (``OMP_NUM_THREADS=1``,
+    ``MALLOC_TRIM_THRESHOLD_=65536``, ...) into ``os.environ`` of the process that starts it (here, the
+    user's flow run) and its workers inherit them: Arrow then sizes its thread pool to one thread, and
+    glibc returns freed memory at once (so big arrays are paid for at first touch again and again).
+    The run's workers get the environment of the flow run instead (and ``local_cluster_kwargs``'s).
+    """
+    import dask
+    import distributed  # noqa: F401  (its configuration defaults)
+
+    quiet = {key: None for key in dask.config.get("distributed.nanny.pre-spawn-environ")}
+    with dask.config.set({"distributed.nanny.pre-spawn-environ": quiet}):
+        yield
+
+
 def local_cluster_kwargs(workers: int) -> dict[str, Any]:
     """The ``LocalCluster`` of a run: ``workers`` processes of one Dask thread each, no dashboard,
     and Arrow's thread pool sized to the machine's share per worker.
@@ -322,7 +341,10 @@ def task_submitter(engine: str, dask_address: str | None = None, dask_workers: i
         if dask_address
         else DaskTaskRunner(cluster_kwargs=local_cluster_kwargs(dask_workers))
     )
-    with runner:
+    with contextlib.ExitStack() as stack:
+        if not dask_address:
+            stack.enter_context(own_worker_environment())
+        stack.enter_context(runner)
         yield lambda task_, parameters: runner.submit(task_, parameters)
 
 
