@@ -72,7 +72,6 @@ import time
 from collections.abc import Callable, Collection, Iterator
 from datetime import datetime, timezone
 from typing import Any
-from urllib.parse import urlsplit
 
 import httpx
 import orjson
@@ -88,7 +87,7 @@ from .base import (
     ResultLines,
     decode_result_lines,
 )
-from .http import RetryingHTTP, error_fields, error_for_response, redact_json
+from .http import RetryingHTTP, error_fields, error_for_response, redact_json, url_origin
 
 DEFAULT_BASE_URL = "https://api.anthropic.com"
 #: The ``anthropic-version`` header sent with every call.
@@ -264,12 +263,6 @@ def _errored(custom_id: str, error: Any, batch_id: str | None) -> RowResult:
     )
 
 
-def _origin(url: str | httpx.URL) -> tuple[str, str, int | None]:
-    parts = urlsplit(str(url))
-    default = {"http": 80, "https": 443}.get(parts.scheme.lower())
-    return parts.scheme.lower(), (parts.hostname or "").lower(), parts.port or default
-
-
 class AnthropicBatchProvider(RetryingHTTP, BatchProvider):
     """The Anthropic Message Batches API.
 
@@ -328,7 +321,6 @@ class AnthropicBatchProvider(RetryingHTTP, BatchProvider):
         self.name = name
         self.limits = limits or BatchLimits()
         self._base_url = base_url.rstrip("/")
-        self._origin = _origin(self._base_url)
         self._open_client(
             base_url=self._base_url,
             key_base_url=normalise_base_url(key_base_url or base_url),
@@ -343,13 +335,8 @@ class AnthropicBatchProvider(RetryingHTTP, BatchProvider):
             read_timeout=read_timeout,
             transport=transport,
             sleep=sleep,
-            event_hooks={"request": [self._keep_key_at_home]},
+            home_only_header="x-api-key",
         )
-
-    def _keep_key_at_home(self, request: httpx.Request) -> None:
-        # httpx strips Authorization on cross-origin redirects, but not x-api-key.
-        if _origin(request.url) != self._origin:
-            request.headers.pop("x-api-key", None)
 
     @property
     def key_base_url(self) -> str:
@@ -595,7 +582,7 @@ class AnthropicBatchProvider(RetryingHTTP, BatchProvider):
         url = batch.output_file_id
         # Follow results_url only on the base URL's origin (a gateway's batch may name
         # api.anthropic.com): the key goes nowhere else.
-        if url and url.startswith(("http://", "https://")) and _origin(url) == self._origin:
+        if url and url.startswith(("http://", "https://")) and url_origin(url) == self._origin:
             return url
         return f"/v1/messages/batches/{batch.id}/results"
 

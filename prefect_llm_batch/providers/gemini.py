@@ -64,7 +64,6 @@ import tempfile
 import time
 from collections.abc import Callable, Collection, Iterator
 from typing import Any
-from urllib.parse import urlsplit
 
 import httpx
 import orjson
@@ -88,7 +87,7 @@ from .gemini_wire import (
     parse_generate_content,
     wire_lines,
 )
-from .http import RetryingHTTP, error_for_response, redact_json
+from .http import RetryingHTTP, error_for_response, redact_json, url_origin
 
 DEFAULT_BASE_URL = "https://generativelanguage.googleapis.com"
 #: The API version of batch mode and the Files API.
@@ -99,12 +98,6 @@ GENERATE_CONTENT_ENDPOINT = "/v1beta/models:generateContent"
 JSONL_MIME_TYPE = "application/jsonl"
 #: Batches listed per page by :meth:`GeminiBatchProvider.find_batch`.
 LIST_PAGE_SIZE = 100
-
-
-def _origin(url: str | httpx.URL) -> tuple[str, str, int | None]:
-    parts = urlsplit(str(url))
-    default = {"http": 80, "https": 443}.get(parts.scheme.lower())
-    return parts.scheme.lower(), (parts.hostname or "").lower(), parts.port or default
 
 
 def _batch_path(batch_id: str) -> str:
@@ -172,7 +165,6 @@ class GeminiBatchProvider(RetryingHTTP, BatchProvider):
         self.name = name
         self.limits = limits or BatchLimits()
         self._base_url = base_url.rstrip("/")
-        self._origin = _origin(self._base_url)
         self._open_client(
             base_url=self._base_url,
             key_base_url=normalise_base_url(key_base_url or base_url),
@@ -183,13 +175,8 @@ class GeminiBatchProvider(RetryingHTTP, BatchProvider):
             read_timeout=read_timeout,
             transport=transport,
             sleep=sleep,
-            event_hooks={"request": [self._keep_key_at_home]},
+            home_only_header="x-goog-api-key",
         )
-
-    def _keep_key_at_home(self, request: httpx.Request) -> None:
-        # The upload URL is absolute, and redirects may leave: the key goes to the base URL's origin only.
-        if _origin(request.url) != self._origin:
-            request.headers.pop("x-goog-api-key", None)
 
     @property
     def key_base_url(self) -> str:
@@ -368,7 +355,7 @@ class GeminiBatchProvider(RetryingHTTP, BatchProvider):
             url = start.headers.get("x-goog-upload-url")
             if not url:
                 raise ProviderUnavailable(f"{what}: the answer to the upload start has no x-goog-upload-url")
-            if _origin(url) != self._origin:
+            if url_origin(url) != self._origin:
                 raise ProviderRejected(
                     f"{what}: the upload URL is on another host; refusing to send the file"
                 )

@@ -49,7 +49,7 @@ import re
 import time
 from collections.abc import Callable, Iterable, Mapping
 from typing import IO, Any, TypeVar
-from urllib.parse import quote
+from urllib.parse import quote, urlsplit
 
 import httpx
 from tenacity import RetryCallState, Retrying, retry_if_exception, stop_after_attempt
@@ -282,6 +282,18 @@ def error_for_response(response: httpx.Response, what: str) -> LLMBatchError:
     return ProviderRejected(text, status_code=status, code=code)
 
 
+def url_origin(url: str | httpx.URL) -> tuple[str, str, int | None]:
+    """The origin of a URL: scheme, host (lower case) and port (the scheme's default when absent).
+
+    Examples:
+        >>> url_origin("HTTPS://API.example.com/v1/files")
+        ('https', 'api.example.com', 443)
+    """
+    parts = urlsplit(str(url))
+    default = {"http": 80, "https": 443}.get(parts.scheme.lower())
+    return parts.scheme.lower(), (parts.hostname or "").lower(), parts.port or default
+
+
 class RetryingHTTP:
     """Retried, translated HTTP calls for a provider (a mixin; see the module docstring).
 
@@ -295,6 +307,7 @@ class RetryingHTTP:
     """
 
     _client: httpx.Client
+    _origin: tuple[str, str, int | None]
     _key_base_url: str
     _max_retries: int
     _backoff: float
@@ -313,9 +326,15 @@ class RetryingHTTP:
         read_timeout: float,
         transport: httpx.BaseTransport | None,
         sleep: Callable[[float], None],
-        event_hooks: dict[str, list[Callable[..., Any]]] | None = None,
+        home_only_header: str | None = None,
     ) -> None:
-        """Set the retry attributes and build the provider's (new, unshared) httpx client."""
+        """Set the retry attributes and build the provider's (new, unshared) httpx client.
+
+        ``home_only_header`` names the header holding the key when it is not ``Authorization``
+        (which httpx already drops on cross-origin redirects): it is taken off every request that
+        leaves the base URL's origin (an absolute upload URL, a redirect).
+        """
+        self._origin = url_origin(base_url)
         self._key_base_url = key_base_url
         self._max_retries = max_retries
         self._backoff = backoff
@@ -327,8 +346,15 @@ class RetryingHTTP:
             timeout=http_timeout(read_timeout),
             transport=transport,
             follow_redirects=True,
-            event_hooks=event_hooks,
+            event_hooks={"request": [self._home_only(home_only_header)]} if home_only_header else None,
         )
+
+    def _home_only(self, header: str) -> Callable[[httpx.Request], None]:
+        def keep_at_home(request: httpx.Request) -> None:
+            if url_origin(request.url) != self._origin:
+                request.headers.pop(header, None)
+
+        return keep_at_home
 
     def _error_for_response(self, response: httpx.Response, what: str) -> LLMBatchError:
         """Translate an HTTP error response (status >= 400) of this provider's wire format."""
