@@ -1,5 +1,8 @@
 """What a job has spent so far, and the guard that keeps its retry rounds within ``max_cost_usd``.
 
+A shard of a sharded job counts the whole job: every shard's spend, read from their state in the
+job's state directory (:func:`job_wide_spend`), so the cap is the job's wherever a shard runs.
+
 A job's spend counts every batch it sent, in every round: a batch the provider reports ``usage``
 for (OpenAI's Batch object: ``input_tokens``, ``output_tokens``) is counted by that usage; any
 other batch by the token columns of its result lines; a batch still in flight, whose usage is not
@@ -114,6 +117,30 @@ def job_spend(store: JobStore) -> Spend:
     return total
 
 
+def job_wide_spend(store: JobStore) -> Spend:
+    """What the whole job has spent: :func:`job_spend` of the job, or, for a shard of a sharded
+    job, the sum over every prepared shard of that job (the shards listed in its ``shards.json``).
+
+    Only the state directory is read (chunk states and result token columns), so a shard on any
+    machine sees the same total; shards still in flight count by their estimates.
+    """
+    record = store.read_job()
+    if record.shard is None:
+        return job_spend(store)
+    from .sharded import read_sharded_job  # (sharded runs the rounds that call this guard)
+
+    parent = record.job_id.rsplit("-", 1)[0]
+    sharded = read_sharded_job(store.state_dir, parent, storage_options=store.options)
+    if sharded is None:  # (a shard planned without its job's record: count itself)
+        return job_spend(store)
+    total = Spend()
+    for shard_id in sharded.shard_job_ids:
+        sibling = store if shard_id == record.job_id else JobStore(store.state_dir, shard_id, store.options)
+        if sibling.is_prepared():
+            total = total + job_spend(sibling)
+    return total
+
+
 def retry_round_within_budget(
     store: JobStore,
     next_round: int,
@@ -139,7 +166,7 @@ def retry_round_within_budget(
     if max_cost_usd is None:
         return None
     record = store.read_job()
-    spent = job_spend(store)
+    spent = job_wide_spend(store)
     spent_usd = spent.cost(record.model, prices)
     more_usd = estimate_cost(
         record.model, input_tokens, requests * output_tokens_per_request(record.params), prices
