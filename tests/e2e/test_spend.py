@@ -290,3 +290,26 @@ def test_cache_reads_and_writes_are_in_their_columns_and_priced_at_0_1x_and_1_25
     assert plain.cost_usd is not None and cached.cost_usd < plain.cost_usd
     saved = (read * 0.9 - write * 0.25) * 0.40 / 1e6
     assert plain.cost_usd - cached.cost_usd == pytest.approx(saved)
+
+
+def test_a_cache_written_before_the_cache_token_columns_still_answers_with_null_counts(
+    server: FakeProviderServer, tmp_path: Path
+) -> None:
+    state = tmp_path / "state"
+    spec = openai_spec(server)
+    run_table(source(tmp_path), str(tmp_path / "first.parquet"), spec, RunOptions(**FAST),
+              state_dir=str(state), api_key=KEY)  # fmt: skip
+    segments = sorted((state / "cache").rglob("*.parquet"))
+    assert segments
+    for path in segments:  # as versions before the columns wrote them
+        old = pq.read_table(path)
+        pq.write_table(old.drop_columns(["response_cache_read_tokens", "response_cache_write_tokens"]), path)
+    other = tmp_path / "other.parquet"  # the same prompts in another table: another job, same requests
+    pq.write_table(pq.read_table(source(tmp_path)).append_column("x", pa.array([1] * 6)), other)
+    summary = run_table(str(other), str(tmp_path / "second.parquet"), spec, RunOptions(**FAST),
+                        state_dir=str(state), api_key=KEY)  # fmt: skip
+    assert isinstance(summary, jobs.JobSummary)
+    assert summary.cached_requests == 6 and summary.ok_rows == 6 and server.stats.creates == 1
+    table = pq.read_table(tmp_path / "second.parquet")
+    assert table.column("response_cache_read_tokens").to_pylist() == [None] * 6
+    assert table.column("response_cached").to_pylist() == [True] * 6
