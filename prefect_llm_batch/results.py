@@ -18,12 +18,12 @@ column                         type       holds
 ``response_batch_id``          string     the provider batch that carried the request
 ``response_cached``            bool       true when the answer came from the response cache
 ``response_attempts``          int64      times this job sent the request (0 when cached)
-``response_cache_read_tokens`` int64      of the input tokens, those read from the provider's
-                                          prompt cache (Anthropic ``cache_read_input_tokens``,
-                                          OpenAI ``cached_tokens``); null when not reported
-``response_cache_write_tokens`` int64     of the input tokens, those written to the prompt cache
-                                          (Anthropic ``cache_creation_input_tokens``)
 =============================  =========  ==============================================
+
+Then ``response_cache_read_tokens`` and ``response_cache_write_tokens`` (int64): of the input
+tokens, those read from and written to the provider's prompt cache (Anthropic
+``cache_read_input_tokens`` / ``cache_creation_input_tokens``; OpenAI reports reads only, as
+``cached_tokens``); null when the provider reports nothing.
 
 With a response schema, :func:`parse_structured` adds one typed column per top-level property
 (after the columns above, optionally prefixed); a row whose answer is not valid JSON
