@@ -129,3 +129,60 @@ class Estimate(BaseModel):
             f"{self.requests_to_send} to send in {self.batches} batch(es): ~{self.input_tokens} input and "
             f"~{self.output_tokens} output tokens, {cost}"
         )
+
+
+#: Prompt-cache price factors by model prefix: (cache read, cache write) as multiples of the
+#: model's (batch) input price. Anthropic: cache reads (hits) 0.1x, 5-minute cache writes 1.25x,
+#: and the batch discount applies to both (see docs/providers.md). A model without an entry pays
+#: its input price for cached tokens (OpenAI's cached-token discount in batches is not verified).
+CACHE_PRICE_FACTORS: dict[str, tuple[float, float]] = {"claude": (0.1, 1.25)}
+
+
+def cache_factors_for(
+    model: str, factors: Mapping[str, tuple[float, float]] | None = None
+) -> tuple[float, float]:
+    """(cache read, cache write) price factors of a model, by longest prefix; (1.0, 1.0) if none.
+
+    Examples:
+        >>> cache_factors_for("claude-3-5-haiku-latest"), cache_factors_for("gpt-4o-mini")
+        ((0.1, 1.25), (1.0, 1.0))
+    """
+    table = {**CACHE_PRICE_FACTORS, **(factors or {})}
+    matches = [prefix for prefix in table if model.startswith(prefix)]
+    return table[max(matches, key=len)] if matches else (1.0, 1.0)
+
+
+def estimate_cost_with_cache(
+    model: str,
+    input_tokens: int,
+    output_tokens: int,
+    cache_read_tokens: int = 0,
+    cache_write_tokens: int = 0,
+    prices: Mapping[str, tuple[float, float]] | None = None,
+) -> float | None:
+    """USD at batch prices with prompt-cache tokens priced by :func:`cache_factors_for`.
+
+    Args:
+        model: The model (its price and cache factors are found by prefix).
+        input_tokens: Every input token, the cached ones included (as ``response_input_tokens``).
+        output_tokens: Output tokens.
+        cache_read_tokens: Of ``input_tokens``, those read from the prompt cache.
+        cache_write_tokens: Of ``input_tokens``, those written to the prompt cache.
+        prices: Extra prices over the built-in table.
+
+    Returns:
+        USD, or None for a model without a price.
+
+    Examples:
+        >>> estimate_cost_with_cache("claude-3-5-haiku", 1_000_000, 0, cache_read_tokens=1_000_000)
+        0.04
+        >>> estimate_cost_with_cache("claude-3-5-haiku", 1_000_000, 0, cache_write_tokens=1_000_000)
+        0.5
+    """
+    price = price_for(model, prices)
+    if price is None:
+        return None
+    read_factor, write_factor = cache_factors_for(model)
+    plain = max(input_tokens - cache_read_tokens - cache_write_tokens, 0)
+    input_usd = (plain + cache_read_tokens * read_factor + cache_write_tokens * write_factor) * price[0]
+    return round((input_usd + output_tokens * price[1]) / 1_000_000, 10)

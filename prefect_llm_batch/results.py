@@ -20,6 +20,11 @@ column                         type       holds
 ``response_attempts``          int64      times this job sent the request (0 when cached)
 =============================  =========  ==============================================
 
+Then ``response_cache_read_tokens`` and ``response_cache_write_tokens`` (int64): of the input
+tokens, those read from and written to the provider's prompt cache (Anthropic
+``cache_read_input_tokens`` / ``cache_creation_input_tokens``; OpenAI reports reads only, as
+``cached_tokens``); null when the provider reports nothing.
+
 With a response schema, :func:`parse_structured` adds one typed column per top-level property
 (after the columns above, optionally prefixed); a row whose answer is not valid JSON
 (``parse_error``) or does not fit the schema (``schema_violation``) keeps its raw text in
@@ -64,7 +69,12 @@ OUTPUT_FIELDS: tuple[pa.Field[Any], ...] = (
     pa.field("response_batch_id", pa.string()),
     pa.field("response_cached", pa.bool_()),
     pa.field("response_attempts", pa.int64()),
+    pa.field("response_cache_read_tokens", pa.int64()),
+    pa.field("response_cache_write_tokens", pa.int64()),
 )
+#: Result columns added after the first versions: a job's state or a cache segment written before
+#: them lacks them, and reads them as nulls (:func:`with_later_columns`).
+LATER_FIELDS: tuple[pa.Field[Any], ...] = OUTPUT_FIELDS[-2:]
 OUTPUT_COLUMNS: tuple[str, ...] = tuple(f.name for f in OUTPUT_FIELDS)
 RESULT_SCHEMA = pa.schema([pa.field("custom_id", pa.string()), *OUTPUT_FIELDS])
 
@@ -85,6 +95,10 @@ class RowResult:
     cached: bool = False
     attempts: int | None = None
     embedding: list[float] | None = None
+    #: Of ``input_tokens``, those read from the provider's prompt cache.
+    cache_read_tokens: int | None = None
+    #: Of ``input_tokens``, those written to the provider's prompt cache.
+    cache_write_tokens: int | None = None
 
     @property
     def ok(self) -> bool:
@@ -133,6 +147,37 @@ NEVER_RAN_CODES: dict[str, ErrorKind] = {
 }
 
 
+def cached_tokens(usage: Any, details: str) -> int | None:
+    """OpenAI's ``usage.{details}.cached_tokens`` (the prompt tokens read from its prompt cache;
+    ``prompt_tokens_details`` in chat completions, ``input_tokens_details`` in Responses), or None.
+
+    Examples:
+        >>> cached_tokens({"prompt_tokens_details": {"cached_tokens": 7}}, "prompt_tokens_details")
+        7
+        >>> cached_tokens({"prompt_tokens": 7}, "prompt_tokens_details") is None
+        True
+    """
+    section = usage.get(details) if isinstance(usage, dict) else None
+    return _int_or_none(section.get("cached_tokens")) if isinstance(section, dict) else None
+
+
+def with_later_columns(table: pa.Table) -> pa.Table:
+    """A results table with the :data:`LATER_FIELDS` it lacks added as nulls (state and cache
+    segments written before those columns existed); any other table is returned as it is.
+
+    Examples:
+        >>> old = pa.table({"custom_id": ["k"], "response_input_tokens": pa.array([3], pa.int64())})
+        >>> with_later_columns(old).column_names[-1], with_later_columns(pa.table({"x": [1]})).num_columns
+        ('response_cache_write_tokens', 1)
+    """
+    if not any(name in table.column_names for name in OUTPUT_COLUMNS):
+        return table
+    for field in LATER_FIELDS:
+        if field.name not in table.column_names:
+            table = table.append_column(field, pa.nulls(table.num_rows, field.type))
+    return table
+
+
 def parse_chat_completion(custom_id: str, body: dict[str, Any], batch_id: str | None = None) -> RowResult:
     """Turn a successful chat-completions response body into a :class:`RowResult`.
 
@@ -142,16 +187,18 @@ def parse_chat_completion(custom_id: str, body: dict[str, Any], batch_id: str | 
 
     Examples:
         >>> body = {"model": "m", "choices": [{"message": {"content": "hi"}, "finish_reason": "stop"}],
-        ...         "usage": {"prompt_tokens": 5, "completion_tokens": 1}}
+        ...         "usage": {"prompt_tokens": 5, "completion_tokens": 1,
+        ...                   "prompt_tokens_details": {"cached_tokens": 3}}}
         >>> r = parse_chat_completion("k", body)
-        >>> r.response, r.error_kind, r.input_tokens, r.output_tokens
-        ('hi', None, 5, 1)
+        >>> r.response, r.error_kind, r.input_tokens, r.output_tokens, r.cache_read_tokens
+        ('hi', None, 5, 1, 3)
     """
     usage = body.get("usage") or {}
     result = RowResult(
         custom_id=custom_id,
         input_tokens=_int_or_none(usage.get("prompt_tokens")),
         output_tokens=_int_or_none(usage.get("completion_tokens")),
+        cache_read_tokens=cached_tokens(usage, "prompt_tokens_details"),
         model=body.get("model") if isinstance(body.get("model"), str) else None,
         batch_id=batch_id,
     )
@@ -223,6 +270,7 @@ def parse_response(custom_id: str, body: dict[str, Any], batch_id: str | None = 
         custom_id=custom_id,
         input_tokens=_int_or_none(usage.get("input_tokens")),
         output_tokens=_int_or_none(usage.get("output_tokens")),
+        cache_read_tokens=cached_tokens(usage, "input_tokens_details"),
         model=body.get("model") if isinstance(body.get("model"), str) else None,
         batch_id=batch_id,
     )
@@ -394,6 +442,8 @@ def results_to_table(results: Iterable[RowResult], *, embeddings: bool = False) 
         columns["response_batch_id"].append(r.batch_id)
         columns["response_cached"].append(r.cached)
         columns["response_attempts"].append(r.attempts)
+        columns["response_cache_read_tokens"].append(r.cache_read_tokens)
+        columns["response_cache_write_tokens"].append(r.cache_write_tokens)
     table = pa.table(columns, schema=RESULT_SCHEMA)
     if embeddings:
         table = table.append_column(EMBEDDING_COLUMN, pa.array(vectors, pa.list_(pa.float32())))

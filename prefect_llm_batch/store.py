@@ -59,6 +59,7 @@ from .keys import split_fixed_width
 from .lease import LEASE_TTL_S, Lease, check_held
 from .local_files import drop_behind
 from .object_stores import filesystem
+from .results import LATER_FIELDS, with_later_columns
 from .shards import Shard
 from .spec import BatchLimits
 from .table import parquet_bytes
@@ -448,13 +449,25 @@ class JobStore:
 
     def _read_parquet_file(self, path: str, columns: list[str] | None) -> pa.Table:
         if columns is None:
-            return pq.read_table(io.BytesIO(self._read(path)))
+            return with_later_columns(pq.read_table(io.BytesIO(self._read(path))))
+        # results written before the LATER_FIELDS existed lack them: read the rest, add them as nulls
+        later = [f for f in LATER_FIELDS if f.name in columns]
         try:  # only the columns' pages are read: a file's ids are a tenth of its bytes
             fs, fs_path = filesystem(path, self._options)
             with fs.open(fs_path, "rb") as handle:
-                return pq.read_table(handle, columns=columns)
+                file = pq.ParquetFile(handle)
+                present = set(file.schema_arrow.names)
+                table = file.read(columns=[c for c in columns if c in present or not _is_later(c)])
         except FileNotFoundError:  # read as before: the error names the file, credentials hidden
-            return pq.read_table(io.BytesIO(self._read(path)), columns=columns)
+            data = self._read(path)
+            present = set(pq.read_schema(io.BytesIO(data)).names)
+            table = pq.read_table(
+                io.BytesIO(data), columns=[c for c in columns if c in present or not _is_later(c)]
+            )
+        for field in later:
+            if field.name not in table.column_names:
+                table = table.append_column(field, pa.nulls(table.num_rows, field.type))
+        return table.select(columns) if later else table
 
     def write_partial_results(self, chunk_id: int, part: int, table: pa.Table) -> None:
         """Write one slice of a realtime chunk's results (so a crash loses at most a slice)."""
@@ -600,3 +613,8 @@ def short_error(exc: BaseException, most: int = 160) -> str:
     """
     text = str(exc).replace("\n", " ")
     return text if len(text) <= most else text[: most - 3] + "..."
+
+
+def _is_later(name: str) -> bool:
+    """True for a result column added after the first versions (see :data:`LATER_FIELDS`)."""
+    return any(field.name == name for field in LATER_FIELDS)

@@ -129,6 +129,7 @@ def combine(job: ShardedJob, output: str, summaries: list[JobSummary]) -> JobSum
         output_tokens=sum(s.output_tokens for s in summaries),
         cost_usd=None if any(c is None for c in costs) else sum(c or 0.0 for c in costs),
         unreadable_lines=sum(s.unreadable_lines for s in summaries),
+        stopped="; ".join(f"shard {i}: {s.stopped}" for i, s in enumerate(summaries) if s.stopped),
     )
 
 

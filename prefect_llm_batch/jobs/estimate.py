@@ -38,3 +38,28 @@ def estimate(
         output_tokens=output_tokens,
         cost_usd=estimate_cost(record.model, input_tokens, output_tokens, prices),
     )
+
+
+def combine_estimates(job_id: str, estimates: list[Estimate]) -> Estimate:
+    """One estimate of a job from its parts' (the shards of a sharded job): counts and tokens
+    add up; the cost is unknown when any part's is.
+
+    Examples:
+        >>> part = Estimate(job_id="j-00000", model="m", rows=2, unique_requests=2, cached_requests=0,
+        ...     requests_to_send=2, batches=1, input_tokens=10, output_tokens=20, cost_usd=0.25)
+        >>> combine_estimates("j", [part, part]).cost_usd, combine_estimates("j", [part]).rows
+        (0.5, 2)
+    """
+    costs = [e.cost_usd for e in estimates]
+    return Estimate(
+        job_id=job_id,
+        model=estimates[0].model if estimates else "",
+        rows=sum(e.rows for e in estimates),
+        unique_requests=sum(e.unique_requests for e in estimates),
+        cached_requests=sum(e.cached_requests for e in estimates),
+        requests_to_send=sum(e.requests_to_send for e in estimates),
+        batches=sum(e.batches for e in estimates),
+        input_tokens=sum(e.input_tokens for e in estimates),
+        output_tokens=sum(e.output_tokens for e in estimates),
+        cost_usd=None if any(c is None for c in costs) else round(sum(c or 0.0 for c in costs), 10),
+    )

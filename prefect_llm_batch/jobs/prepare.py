@@ -21,7 +21,7 @@ from ..errors import StateError
 from ..keys import DigestSet, canonical_json
 from ..prompts import PromptTemplate
 from ..providers.base import BatchProvider
-from ..results import EMBEDDING_COLUMN, RESULT_SCHEMA, result_schema
+from ..results import EMBEDDING_COLUMN, RESULT_SCHEMA, result_schema, with_later_columns
 from ..shards import Shard
 from ..spec import CacheMode, JobSpec, ProviderTarget, normalise_base_url
 from ..store import JobRecord, JobStore
@@ -329,7 +329,7 @@ def _plan(
 
 def _as_cached(hits: pa.Table) -> pa.Table:
     schema = result_schema(embeddings=EMBEDDING_COLUMN in hits.column_names)
-    hits = hits.select(schema.names).cast(schema)
+    hits = with_later_columns(hits).select(schema.names).cast(schema)
     n = hits.num_rows
     hits = hits.set_column(
         RESULT_SCHEMA.get_field_index("response_cached"), "response_cached", pa.array([True] * n, pa.bool_())

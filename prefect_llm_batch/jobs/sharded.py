@@ -34,6 +34,7 @@ from typing import Any, Protocol
 
 from pydantic import BaseModel
 
+from ..costs import Estimate
 from ..errors import StateError
 from ..files import exists, read_bytes, write_bytes_atomic
 from ..providers.base import BatchProvider
@@ -51,6 +52,8 @@ from .dataset import (
     write_shard,
 )
 from .driver import PlainSteps, TickSteps, advance, finish_round, submit_first_round
+from .estimate import combine_estimates, estimate
+from .guards import check_cost
 from .identity import JobIdentity, JobRef, compute_job_id, effective_limits
 from .output import JobSummary
 from .prepare import prepare
@@ -108,6 +111,33 @@ def identify_sharded(
 
 def _shards_path(state_dir: str, job_id: str) -> str:
     return f"{state_dir.rstrip('/')}/jobs/{job_id}/shards.json"
+
+
+def read_sharded_job(
+    state_dir: str, job_id: str, *, storage_options: dict[str, Any] | None = None
+) -> ShardedJob | None:
+    """The sharded job's ``shards.json`` (its plan and shards' job ids), or None when there is none."""
+    path = _shards_path(state_dir, job_id)
+    if not exists(path, storage_options=storage_options):
+        return None
+    return ShardedJob.model_validate_json(read_bytes(path, storage_options=storage_options))
+
+
+def check_sharded_cost(
+    job_id: str, refs: list[JobRef], params: dict[str, Any], options: RunOptions
+) -> Estimate:
+    """Refuse a sharded job whose shards' estimates add up to more than ``options.max_cost_usd``
+    (or have no price): the cap is the job's, not each shard's. Reads the plans only (no HTTP).
+
+    Returns:
+        The job's estimate (the sum of its shards').
+
+    Raises:
+        CostLimitExceeded: Over the cap; nothing was sent.
+    """
+    planned = combine_estimates(job_id, [estimate(ref, params, prices=options.prices) for ref in refs])
+    check_cost(planned, options.max_cost_usd)
+    return planned
 
 
 def record_sharded_job(
@@ -366,6 +396,9 @@ def run_sharded(
         logger.info("job %s: %d rows in %d shard(s) of %s", job.job_id, plan.rows, len(plan.shards), source)
         refs = steps.prepare(list(plan.shards), identity, fps)
         claim_shared_requests(refs, storage_options=storage_options)
+        if options.max_cost_usd is not None:  # the job's cap, over all its shards, before any submit
+            planned = check_sharded_cost(job.job_id, refs, spec.params, options)
+            logger.info("job %s: %s", job.job_id, planned.describe())
         run_shard_rounds(refs, steps.tick_steps, steps.collect, options, sleep=sleep, on_poll=on_poll)
         parts = f"{state_dir.rstrip('/')}/jobs/{job.job_id}/parts" if single_file else output
         summaries = steps.write(refs, parts)

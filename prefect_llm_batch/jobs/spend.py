@@ -1,9 +1,15 @@
 """What a job has spent so far, and the guard that keeps its retry rounds within ``max_cost_usd``.
 
+A shard of a sharded job counts the whole job: every shard's spend, read from their state in the
+job's state directory (:func:`job_wide_spend`), so the cap is the job's wherever a shard runs.
+
 A job's spend counts every batch it sent, in every round: a batch the provider reports ``usage``
 for (OpenAI's Batch object: ``input_tokens``, ``output_tokens``) is counted by that usage; any
 other batch by the token columns of its result lines; a batch still in flight, whose usage is not
-final, by its plan's estimate. Answers from the cache cost nothing.
+final, by its plan's estimate. Answers from the cache cost nothing. Prompt-cache tokens (reads and
+writes, from the ``response_cache_read_tokens`` / ``response_cache_write_tokens`` columns, or a
+batch usage's ``input_tokens_details.cached_tokens``) are priced by their factors
+(:func:`~prefect_llm_batch.costs.estimate_cost_with_cache`).
 """
 
 from __future__ import annotations
@@ -15,7 +21,8 @@ from typing import Any
 
 import pyarrow.compute as pc
 
-from ..costs import estimate_cost, output_tokens_per_request
+from ..costs import estimate_cost, estimate_cost_with_cache, output_tokens_per_request
+from ..results import cached_tokens
 from ..store import ChunkPlanRecord, ChunkState, JobStore
 
 logger = logging.getLogger("prefect_llm_batch")
@@ -37,10 +44,21 @@ class Spend:
     from_usage: int = 0
     #: Batches still in flight, counted by their estimate.
     in_flight: int = 0
+    #: Of ``input_tokens``, those read from the provider's prompt cache.
+    cache_read_tokens: int = 0
+    #: Of ``input_tokens``, those written to the provider's prompt cache.
+    cache_write_tokens: int = 0
 
     def cost(self, model: str, prices: Mapping[str, tuple[float, float]] | None = None) -> float | None:
-        """USD at batch prices; None for a model without a price."""
-        return estimate_cost(model, self.input_tokens, self.output_tokens, prices)
+        """USD at batch prices, prompt-cache tokens at their factors; None for a model without a price."""
+        return estimate_cost_with_cache(
+            model,
+            self.input_tokens,
+            self.output_tokens,
+            self.cache_read_tokens,
+            self.cache_write_tokens,
+            prices,
+        )
 
     def __add__(self, other: Spend) -> Spend:
         return Spend(
@@ -49,6 +67,8 @@ class Spend:
             self.batches + other.batches,
             self.from_usage + other.from_usage,
             self.in_flight + other.in_flight,
+            self.cache_read_tokens + other.cache_read_tokens,
+            self.cache_write_tokens + other.cache_write_tokens,
         )
 
 
@@ -69,11 +89,23 @@ def chunk_spend(store: JobStore, plan: ChunkPlanRecord, params: Mapping[str, Any
         return Spend(plan.est_tokens, output, batches=1, in_flight=1)
     usage = _usage_tokens(state) if state.batch_id else None
     if usage is not None:
-        return Spend(usage[0], usage[1], batches=1, from_usage=1)
-    names = ["response_input_tokens", "response_output_tokens"]
+        cached = cached_tokens(state.usage, "input_tokens_details") or 0
+        return Spend(usage[0], usage[1], batches=1, from_usage=1, cache_read_tokens=cached)
+    names = [
+        "response_input_tokens",
+        "response_output_tokens",
+        "response_cache_read_tokens",
+        "response_cache_write_tokens",
+    ]
     results = store.read_results(plan.chunk_id, names)
     tokens = [int(pc.sum(results.column(name)).as_py() or 0) for name in names]
-    return Spend(tokens[0], tokens[1], batches=1 if state.batch_id else 0)
+    return Spend(
+        tokens[0],
+        tokens[1],
+        batches=1 if state.batch_id else 0,
+        cache_read_tokens=tokens[2],
+        cache_write_tokens=tokens[3],
+    )
 
 
 def job_spend(store: JobStore) -> Spend:
@@ -82,6 +114,30 @@ def job_spend(store: JobStore) -> Spend:
     total = Spend()
     for plan in record.chunks:
         total = total + chunk_spend(store, plan, record.params)
+    return total
+
+
+def job_wide_spend(store: JobStore) -> Spend:
+    """What the whole job has spent: :func:`job_spend` of the job, or, for a shard of a sharded
+    job, the sum over every prepared shard of that job (the shards listed in its ``shards.json``).
+
+    Only the state directory is read (chunk states and result token columns), so a shard on any
+    machine sees the same total; shards still in flight count by their estimates.
+    """
+    record = store.read_job()
+    if record.shard is None:
+        return job_spend(store)
+    from .sharded import read_sharded_job  # (sharded runs the rounds that call this guard)
+
+    parent = record.job_id.rsplit("-", 1)[0]
+    sharded = read_sharded_job(store.state_dir, parent, storage_options=store.options)
+    if sharded is None:  # (a shard planned without its job's record: count itself)
+        return job_spend(store)
+    total = Spend()
+    for shard_id in sharded.shard_job_ids:
+        sibling = store if shard_id == record.job_id else JobStore(store.state_dir, shard_id, store.options)
+        if sibling.is_prepared():
+            total = total + job_spend(sibling)
     return total
 
 
@@ -110,7 +166,7 @@ def retry_round_within_budget(
     if max_cost_usd is None:
         return None
     record = store.read_job()
-    spent = job_spend(store)
+    spent = job_wide_spend(store)
     spent_usd = spent.cost(record.model, prices)
     more_usd = estimate_cost(
         record.model, input_tokens, requests * output_tokens_per_request(record.params), prices

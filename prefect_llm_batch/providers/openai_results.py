@@ -51,7 +51,16 @@ RESULT_LINE_SCHEMA = pa.schema(
                                         )
                                     ),
                                 ),
-                                ("usage", pa.struct([("prompt_tokens", _INT), ("completion_tokens", _INT)])),
+                                (
+                                    "usage",
+                                    pa.struct(
+                                        [
+                                            ("prompt_tokens", _INT),
+                                            ("completion_tokens", _INT),
+                                            ("prompt_tokens_details", pa.struct([("cached_tokens", _INT)])),
+                                        ]
+                                    ),
+                                ),
                             ]
                         ),
                     ),
@@ -204,6 +213,10 @@ def parse_chat_results(data: bytes, batch_id: str | None, parse_line: LineParser
         "response_batch_id": pa.repeat(pa.scalar(batch_id, _STR), n),
         "response_cached": pa.repeat(pa.scalar(False), n),
         "response_attempts": pa.nulls(n, _INT),
+        "response_cache_read_tokens": pc.struct_field(
+            pc.struct_field(usage, "prompt_tokens_details"), "cached_tokens"
+        ),
+        "response_cache_write_tokens": pa.nulls(n, _INT),
     }
     arrays = [columns[f.name] for f in RESULT_SCHEMA]
     if results:  # put the per-line results into their rows

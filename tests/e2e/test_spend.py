@@ -233,3 +233,83 @@ def test_cache_system_prompt_is_refused_for_a_provider_without_prompt_caching(
             state_dir=str(tmp_path / "state"), api_key=KEY,
         )  # fmt: skip
     assert server.stats.uploads == 0 and server.stats.creates == 0
+
+
+def _anthropic_job(tmp_path: Path, name: str, cache: bool) -> tuple[jobs.JobSummary, list[Any], pa.Table]:
+    """One Anthropic job of 6 rows sharing SYSTEM, on a fresh fake server: its summary, the
+    usage of each result line as the server sent it, and the output read back."""
+    with FakeProviderServer(FakeServerConfig(api_key=KEY, seed=3)) as server:
+        spec = JobSpec(
+            prompt="Summarise {{ text }}", system=SYSTEM, model="claude-3-5-haiku", provider="anthropic",
+            base_url=server.anthropic_base_url, cache_system_prompt=cache,
+        )  # fmt: skip
+        summary = run_table(
+            source(tmp_path), str(tmp_path / f"{name}.parquet"), spec, RunOptions(**FAST),
+            state_dir=str(tmp_path / f"state-{name}"), api_key=KEY,
+        )  # fmt: skip
+        (batch_id,) = server.message_batches
+        results_url = server.message_batch(batch_id)["results_url"]
+        headers = {"x-api-key": KEY, "anthropic-version": "2023-06-01"}
+        lines = [orjson.loads(line) for line in httpx.get(results_url, headers=headers).content.splitlines()]
+    assert isinstance(summary, jobs.JobSummary) and summary.ok_rows == 6
+    return summary, lines, pq.read_table(tmp_path / f"{name}.parquet")
+
+
+def test_cache_reads_and_writes_are_in_their_columns_and_priced_at_0_1x_and_1_25x_input(
+    tmp_path: Path,
+) -> None:
+    plain, plain_lines, plain_table = _anthropic_job(tmp_path, "plain", cache=False)
+    cached, lines, table = _anthropic_job(tmp_path, "cached", cache=True)
+    usages = {line["custom_id"]: line["result"]["message"]["usage"] for line in lines}
+    # the columns hold each row's reads and writes, as the provider reported them
+    got = sorted(
+        zip(
+            table.column("response_cache_read_tokens").to_pylist(),
+            table.column("response_cache_write_tokens").to_pylist(),
+            strict=True,
+        )
+    )
+    assert got == sorted(
+        (u["cache_read_input_tokens"], u["cache_creation_input_tokens"]) for u in usages.values()
+    )
+    assert sum(r for r, _ in got) > 0 and sum(w for _, w in got) > 0
+    # the cost: claude-3-5-haiku at batch prices $0.40 / $2.00 per 1M; reads 0.1x, writes 1.25x input
+    read = sum(u["cache_read_input_tokens"] for u in usages.values())
+    write = sum(u["cache_creation_input_tokens"] for u in usages.values())
+    rest = sum(u["input_tokens"] for u in usages.values())
+    out = sum(u["output_tokens"] for u in usages.values())
+    expected = (rest * 0.40 + read * 0.40 * 0.1 + write * 0.40 * 1.25 + out * 2.00) / 1e6
+    assert cached.cost_usd == pytest.approx(expected)
+    assert cached.input_tokens == rest + read + write
+    # without caching every prompt token is priced at the input rate, and the columns are zero
+    plain_usages = [line["result"]["message"]["usage"] for line in plain_lines]
+    plain_in = sum(u["input_tokens"] for u in plain_usages)
+    assert plain.cost_usd == pytest.approx((plain_in * 0.40 + out * 2.00) / 1e6)
+    assert plain_in == rest + read + write  # the same prompts
+    assert set(plain_table.column("response_cache_read_tokens").to_pylist()) == {0}
+    assert plain.cost_usd is not None and cached.cost_usd < plain.cost_usd
+    saved = (read * 0.9 - write * 0.25) * 0.40 / 1e6
+    assert plain.cost_usd - cached.cost_usd == pytest.approx(saved)
+
+
+def test_a_cache_written_before_the_cache_token_columns_still_answers_with_null_counts(
+    server: FakeProviderServer, tmp_path: Path
+) -> None:
+    state = tmp_path / "state"
+    spec = openai_spec(server)
+    run_table(source(tmp_path), str(tmp_path / "first.parquet"), spec, RunOptions(**FAST),
+              state_dir=str(state), api_key=KEY)  # fmt: skip
+    segments = sorted((state / "cache").rglob("*.parquet"))
+    assert segments
+    for path in segments:  # as versions before the columns wrote them
+        old = pq.read_table(path)
+        pq.write_table(old.drop_columns(["response_cache_read_tokens", "response_cache_write_tokens"]), path)
+    other = tmp_path / "other.parquet"  # the same prompts in another table: another job, same requests
+    pq.write_table(pq.read_table(source(tmp_path)).append_column("x", pa.array([1] * 6)), other)
+    summary = run_table(str(other), str(tmp_path / "second.parquet"), spec, RunOptions(**FAST),
+                        state_dir=str(state), api_key=KEY)  # fmt: skip
+    assert isinstance(summary, jobs.JobSummary)
+    assert summary.cached_requests == 6 and summary.ok_rows == 6 and server.stats.creates == 1
+    table = pq.read_table(tmp_path / "second.parquet")
+    assert table.column("response_cache_read_tokens").to_pylist() == [None] * 6
+    assert table.column("response_cached").to_pylist() == [True] * 6
