@@ -129,3 +129,25 @@ class Estimate(BaseModel):
             f"{self.requests_to_send} to send in {self.batches} batch(es): ~{self.input_tokens} input and "
             f"~{self.output_tokens} output tokens, {cost}"
         )
+
+
+def estimate_cost_by_model(
+    tokens: Mapping[str, tuple[int, int]], prices: Mapping[str, tuple[float, float]] | None = None
+) -> float | None:
+    """USD for several models' tokens, each at its own batch price (a job with a model per row);
+    None when any of them has no price, as :func:`estimate_cost` for one unknown model.
+
+    Args:
+        tokens: ``{model: (input_tokens, output_tokens)}``.
+        prices: Extra prices over the built-in table.
+
+    Examples:
+        >>> estimate_cost_by_model({"gpt-4o-mini": (1_000_000, 0), "gpt-4o": (1_000_000, 0)})
+        1.325
+        >>> estimate_cost_by_model({"gpt-4o-mini": (10, 10), "no-such-model": (10, 10)}) is None
+        True
+    """
+    costs = [estimate_cost(model, i, o, prices) for model, (i, o) in tokens.items()]
+    if any(cost is None for cost in costs):
+        return None
+    return round(sum(cost for cost in costs if cost is not None), 10)

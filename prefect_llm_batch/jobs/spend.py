@@ -15,7 +15,7 @@ from typing import Any
 
 import pyarrow.compute as pc
 
-from ..costs import estimate_cost, output_tokens_per_request
+from ..costs import estimate_cost, estimate_cost_by_model, output_tokens_per_request
 from ..store import ChunkPlanRecord, ChunkState, JobStore
 
 logger = logging.getLogger("prefect_llm_batch")
@@ -85,6 +85,21 @@ def job_spend(store: JobStore) -> Spend:
     return total
 
 
+def job_cost(store: JobStore, prices: Mapping[str, tuple[float, float]] | None = None) -> float | None:
+    """USD the job has spent so far (see :func:`job_spend`), each batch at its model's price (a job
+    with a model per row has one model per batch); None when a model has no price."""
+    record = store.read_job()
+    if record.model_column is None:
+        return job_spend(store).cost(record.model, prices)
+    tokens: dict[str, tuple[int, int]] = {}
+    for plan in record.chunks:
+        spend = chunk_spend(store, plan, record.params)
+        model = plan.model or record.model
+        before = tokens.get(model, (0, 0))
+        tokens[model] = (before[0] + spend.input_tokens, before[1] + spend.output_tokens)
+    return estimate_cost_by_model(tokens, prices)
+
+
 def retry_round_within_budget(
     store: JobStore,
     next_round: int,
@@ -92,6 +107,7 @@ def retry_round_within_budget(
     input_tokens: int,
     max_cost_usd: float | None,
     prices: Mapping[str, tuple[float, float]] | None = None,
+    by_model: Mapping[str, tuple[int, int]] | None = None,
 ) -> str | None:
     """None when round ``next_round`` may be sent; else why not (the job's spend so far plus the
     round's estimate is over ``max_cost_usd``, or has no price).
@@ -103,6 +119,8 @@ def retry_round_within_budget(
         input_tokens: Their estimated input tokens.
         max_cost_usd: The job's cap (None: none).
         prices: Extra prices over the built-in table.
+        by_model: For a job with a model per row: ``{model: (requests, input_tokens)}`` of the
+            round, each priced by its model.
 
     Returns:
         None, or the reason the round is not sent (for logs and the job's summary).
@@ -111,9 +129,12 @@ def retry_round_within_budget(
         return None
     record = store.read_job()
     spent = job_spend(store)
-    spent_usd = spent.cost(record.model, prices)
-    more_usd = estimate_cost(
-        record.model, input_tokens, requests * output_tokens_per_request(record.params), prices
+    spent_usd = job_cost(store, prices)
+    per_request = output_tokens_per_request(record.params)
+    more_usd = (
+        estimate_cost(record.model, input_tokens, requests * per_request, prices)
+        if by_model is None
+        else estimate_cost_by_model({m: (t, n * per_request) for m, (n, t) in by_model.items()}, prices)
     )
     if spent_usd is not None and more_usd is not None and spent_usd + more_usd <= max_cost_usd:
         return None
