@@ -56,10 +56,10 @@ def spec(server: FakeProviderServer, **extra: Any) -> JobSpec:
 
 
 def run(server: FakeProviderServer, src: str, tmp_path: Path, **options: Any) -> Any:
+    job, max_error_rate = spec(server, **options.pop("spec", {})), options.pop("max_error_rate", 0.1)
     return run_table(
-        src, str(tmp_path / "out.parquet"), spec(server, **options.pop("spec", {})),
-        RunOptions(**FAST, keep_input_files=True, **options),
-        state_dir=str(tmp_path / "state"), api_key=KEY, overwrite=True,
+        src, str(tmp_path / "out.parquet"), job, RunOptions(**FAST, keep_input_files=True, **options),
+        state_dir=str(tmp_path / "state"), api_key=KEY, overwrite=True, max_error_rate=max_error_rate,
     )  # fmt: skip
 
 
@@ -82,6 +82,16 @@ def test_three_models_on_one_table_are_one_job_with_one_batch_per_model_and_one_
     for batch_id, batch in batches.items():
         lines = input_lines(server, batch_id)
         assert {line["body"]["model"] for line in lines} == {batch.model}
+    # the job's cost prices each batch's reported usage by that batch's model
+    usage = [server.batch(batch_id)["usage"] for batch_id in batches]
+    billed = [
+        estimate_cost(b.model or "", u["input_tokens"], u["output_tokens"])
+        for b, u in zip(batches.values(), usage, strict=True)
+    ]
+    assert summary.cost_usd == pytest.approx(sum(c or 0.0 for c in billed))
+    assert summary.cost_usd != pytest.approx(
+        estimate_cost(MODELS[0], summary.input_tokens, summary.output_tokens)
+    )
 
     table = pq.read_table(tmp_path / "out.parquet")
     assert table.column("model").to_pylist() == table.column("response_model").to_pylist()
@@ -116,7 +126,11 @@ def test_a_retry_round_keeps_each_model_in_its_own_batches(tmp_path: Path) -> No
         return "fine"
 
     with FakeProviderServer(FakeServerConfig(api_key=KEY, seed=7, answer=flaky)) as server:
-        summary = run(server, comparison_table(tmp_path, MODELS), tmp_path, max_attempts=2)
+        # a spend cap: the retry round is priced per model (one price for "the job's model" would
+        # find none, and not send it)
+        summary = run(
+            server, comparison_table(tmp_path, MODELS), tmp_path, max_attempts=2, max_cost_usd=100.0
+        )
         assert isinstance(summary, jobs.JobSummary) and summary.ok_rows == 12
         batches = server.batches
         assert len(batches) == 6  # round 1: one per model; round 2: item 1 of each model, one per model
@@ -125,7 +139,13 @@ def test_a_retry_round_keeps_each_model_in_its_own_batches(tmp_path: Path) -> No
             assert {line["body"]["model"] for line in input_lines(server, batch_id)} == {batch.model}
     table = pq.read_table(tmp_path / "out.parquet")
     assert table.column("response_model").to_pylist() == table.column("model").to_pylist()
-    retried = [a for a, i in zip(table.column("response_attempts").to_pylist(), table.column("id").to_pylist(), strict=True) if i == 1]
+    retried = [
+        a
+        for a, i in zip(
+            table.column("response_attempts").to_pylist(), table.column("id").to_pylist(), strict=True
+        )
+        if i == 1
+    ]
     assert retried == [2, 2, 2]
 
 
@@ -145,7 +165,9 @@ def test_keys_resume_and_cache_are_separate_per_model(server: FakeProviderServer
     (new,) = [b for b in server.batches.values() if b.model == MODELS[2]]
     assert new.request_counts["total"] == 4
     table = pq.read_table(tmp_path / "out.parquet")
-    cached = dict(zip(table.column("model").to_pylist(), table.column("response_cached").to_pylist(), strict=False))
+    cached = dict(
+        zip(table.column("model").to_pylist(), table.column("response_cached").to_pylist(), strict=False)
+    )
     assert cached == {MODELS[0]: True, MODELS[1]: True, MODELS[2]: False}
     assert table.column("response_model").to_pylist() == table.column("model").to_pylist()
 
@@ -180,16 +202,18 @@ def test_model_and_model_column_are_one_or_the_other() -> None:
 
 def test_the_estimate_prices_each_row_by_its_own_model(tmp_path: Path) -> None:
     src = comparison_table(tmp_path, MODELS, items=6)
-    job = JobSpec(prompt="Summarise {{ text }}", model_column="model", provider="openai", params={"max_tokens": 50})
+    job = JobSpec(
+        prompt="Summarise {{ text }}", model_column="model", provider="openai", params={"max_tokens": 50}
+    )
     target = target_for("openai", "https://api.example.test/v1")
-    with make_provider(target, api_key="fake-key-not-used", limits=job.limits, endpoint=job.endpoint) as client:
+    with make_provider(
+        target, api_key="fake-key-not-used", limits=job.limits, endpoint=job.endpoint
+    ) as client:
         ref = jobs.prepare(src, job, client, target, state_dir=str(tmp_path / "state"))
     record = JobStore(ref.state_dir, ref.job_id).read_job()
     assert {c.model for c in record.chunks} == set(MODELS) and len(record.chunks) == 3
     planned = jobs.estimate(ref, job.params)
-    expected = sum(
-        estimate_cost(str(c.model), c.est_tokens, c.requests * 50) or 0.0 for c in record.chunks
-    )
+    expected = sum(estimate_cost(str(c.model), c.est_tokens, c.requests * 50) or 0.0 for c in record.chunks)
     assert planned.cost_usd == pytest.approx(expected)
     one_price = estimate_cost(MODELS[0], planned.input_tokens, planned.output_tokens)
     assert one_price is not None and planned.cost_usd != pytest.approx(one_price)
@@ -252,3 +276,22 @@ def test_gemini_creates_one_batch_per_model_in_its_url(
     rows = zip(table.column("response_batch_id").to_pylist(), table.column("model").to_pylist(), strict=True)
     assert all(url_model[batch] == model for batch, model in rows)
     assert table.column("response_model").to_pylist() == table.column("model").to_pylist()
+
+
+def test_the_spend_cap_prices_each_models_batches_by_that_model(tmp_path: Path) -> None:
+    def fails_item_1_always(body: dict[str, Any]) -> str:
+        if "number 1" in str(body["messages"][-1]["content"]):
+            raise RuntimeError("always fails")  # server_error: a retry round would send it again
+        return "fine"
+
+    # one model free, one dear: what round 1 cost is only right when each batch has its own price
+    prices = {"cheap-model": (0.0, 0.0), "dear-model": (1000.0, 1000.0)}
+    with FakeProviderServer(FakeServerConfig(api_key=KEY, seed=7, answer=fails_item_1_always)) as server:
+        summary = run(
+            server, comparison_table(tmp_path, ["cheap-model", "dear-model"]), tmp_path,
+            max_attempts=2, max_cost_usd=0.01, prices=prices, max_error_rate=1.0,
+        )  # fmt: skip
+        assert isinstance(summary, jobs.JobSummary)
+        assert server.stats.creates == 2  # round 2 was not sent: dear-model's tokens are over the cap
+    record = JobStore(str(tmp_path / "state"), summary.job_id).read_job()
+    assert record.stopped is not None and "round 2" in record.stopped
