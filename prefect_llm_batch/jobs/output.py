@@ -437,7 +437,9 @@ def assemble(
 
     def transform(results: pa.Table) -> pa.Table:
         if record.endpoint == EMBEDDINGS_ENDPOINT:
-            results = cast_embeddings(results, embedding_type(record.model, record.params))
+            # (a model per row: models of different widths, so only a ``dimensions`` fixes it)
+            model = record.model if record.model_column is None else ""
+            results = cast_embeddings(results, embedding_type(model, record.params))
         if record.response_schema is not None:
             schema = ResponseSchema(record.response_schema)
             results = parse_structured(results, schema, parser=parser, column_prefix=record.column_prefix)

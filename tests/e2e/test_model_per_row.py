@@ -295,3 +295,14 @@ def test_the_spend_cap_prices_each_models_batches_by_that_model(tmp_path: Path) 
         assert server.stats.creates == 2  # round 2 was not sent: dear-model's tokens are over the cap
     record = JobStore(str(tmp_path / "state"), summary.job_id).read_job()
     assert record.stopped is not None and "round 2" in record.stopped
+
+
+def test_embeddings_of_two_models_keep_each_models_width(server: FakeProviderServer, tmp_path: Path) -> None:
+    models = ["text-embedding-3-large", "text-embedding-3-small"]
+    summary = run(
+        server, comparison_table(tmp_path, models, items=2), tmp_path, spec={"endpoint": "/v1/embeddings"}
+    )
+    assert isinstance(summary, jobs.JobSummary) and summary.ok_rows == 4
+    table = pq.read_table(tmp_path / "out.parquet")
+    widths = [len(v) for v in table.column("response_embedding").to_pylist()]
+    assert widths == [3072, 1536, 3072, 1536]
