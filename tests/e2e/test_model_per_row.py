@@ -306,3 +306,27 @@ def test_embeddings_of_two_models_keep_each_models_width(server: FakeProviderSer
     table = pq.read_table(tmp_path / "out.parquet")
     widths = [len(v) for v in table.column("response_embedding").to_pylist()]
     assert widths == [3072, 1536, 3072, 1536]
+
+
+def test_realtime_mode_sends_each_row_to_its_model(server: FakeProviderServer, tmp_path: Path) -> None:
+    src = comparison_table(tmp_path, MODELS[:2], items=3)
+    summary = run_table(
+        src, str(tmp_path / "out.parquet"), spec(server), RunOptions(**FAST),
+        state_dir=str(tmp_path / "state"), api_key=KEY, mode="realtime",
+    )  # fmt: skip
+    assert isinstance(summary, jobs.JobSummary) and summary.ok_rows == 6 and summary.mode == "realtime"
+    assert server.stats.creates == 0 and server.stats.calls["POST /v1/chat/completions"] == 6
+    table = pq.read_table(tmp_path / "out.parquet")
+    assert table.column("response_model").to_pylist() == table.column("model").to_pylist()
+
+
+def test_enrich_takes_a_model_column_for_a_dataframe(tmp_path: Path) -> None:
+    from prefect_llm_batch.notebook import enrich
+
+    items = pd.DataFrame({"text": ["I love it", "awful"]})
+    rows = items.merge(pd.DataFrame({"model": ["gpt-4o-mini", "gpt-4o"]}), how="cross")
+    out = enrich(
+        rows, "Sentiment of: {{ text }}", model_column="model", state_dir=str(tmp_path), progress=False
+    )
+    assert out["response_model"].tolist() == rows["model"].tolist()
+    assert out["response"].notna().all()
