@@ -330,3 +330,17 @@ def test_enrich_takes_a_model_column_for_a_dataframe(tmp_path: Path) -> None:
     )
     assert out["response_model"].tolist() == rows["model"].tolist()
     assert out["response"].notna().all()
+
+
+def test_a_cost_cap_with_an_unpriced_model_in_the_column_sends_nothing(
+    server: FakeProviderServer, tmp_path: Path
+) -> None:
+    from prefect_llm_batch.errors import CostLimitExceeded
+
+    src = comparison_table(tmp_path, ["gpt-4o-mini", "my-own-model"])
+    with pytest.raises(CostLimitExceeded, match="my-own-model"):
+        run_table(
+            src, str(tmp_path / "out.parquet"), spec(server), RunOptions(**FAST),
+            state_dir=str(tmp_path / "state"), api_key=KEY, max_cost_usd=5.0,
+        )  # fmt: skip
+    assert server.stats.uploads == 0 and server.stats.creates == 0
