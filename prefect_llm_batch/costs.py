@@ -186,3 +186,25 @@ def estimate_cost_with_cache(
     plain = max(input_tokens - cache_read_tokens - cache_write_tokens, 0)
     input_usd = (plain + cache_read_tokens * read_factor + cache_write_tokens * write_factor) * price[0]
     return round((input_usd + output_tokens * price[1]) / 1_000_000, 10)
+
+
+def estimate_cost_by_model(
+    tokens: Mapping[str, tuple[int, int]], prices: Mapping[str, tuple[float, float]] | None = None
+) -> float | None:
+    """USD for several models' tokens, each at its own batch price (a job with a model per row);
+    None when any of them has no price, as :func:`estimate_cost` for one unknown model.
+
+    Args:
+        tokens: ``{model: (input_tokens, output_tokens)}``.
+        prices: Extra prices over the built-in table.
+
+    Examples:
+        >>> estimate_cost_by_model({"gpt-4o-mini": (1_000_000, 0), "gpt-4o": (1_000_000, 0)})
+        1.325
+        >>> estimate_cost_by_model({"gpt-4o-mini": (10, 10), "no-such-model": (10, 10)}) is None
+        True
+    """
+    costs = [estimate_cost(model, i, o, prices) for model, (i, o) in tokens.items()]
+    if any(cost is None for cost in costs):
+        return None
+    return round(sum(cost for cost in costs if cost is not None), 10)

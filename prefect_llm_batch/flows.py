@@ -164,7 +164,7 @@ def enrich_table(
     source: str,
     output: str,
     prompt: str,
-    model: str,
+    model: str = "",
     system: str | None = None,
     params: dict[str, Any] | None = None,
     endpoint: Literal["chat/completions", "embeddings", "responses", "moderations"] = "chat/completions",
@@ -208,6 +208,7 @@ def enrich_table(
     dask_workers: int = 2,
     rows_per_shard: int | None = None,
     single_file: bool = False,
+    model_column: str | None = None,
 ) -> JobSummary | Estimate | JobRef:
     """Enrich a table with one LLM answer per row, through a provider batch API.
 
@@ -216,7 +217,7 @@ def enrich_table(
             an fsspec URL.
         output: Parquet file to write (local path or fsspec URL).
         prompt: Jinja2 template over the row's columns, e.g. ``"Summarise: {{ review }}"``.
-        model: Model name.
+        model: Model name (or ``model_column``).
         system: Optional system prompt (also a template).
         params: Extra request parameters (``temperature``, ``max_tokens``; ``dimensions`` for embeddings).
         endpoint: ``chat/completions`` (default) or ``embeddings``: then ``prompt`` renders each
@@ -295,6 +296,9 @@ def enrich_table(
         rows_per_shard: Rows per shard (default 1,000,000); set without ``engine="dask"``, the
             shards run in this flow run's threads.
         single_file: With shards, write one Parquet file at ``output`` instead of a dataset.
+        model_column: Column naming each row's model, instead of ``model``: rows go in one batch per
+            model, and ``response_model`` says which answered. To compare models, give the table one
+            row per (item, model). A null or empty cell is an error naming the row (nothing sent).
 
     Returns:
         The job summary (with ``dry_run``, the estimate; with ``detached``, the job reference).
@@ -329,6 +333,7 @@ def enrich_table(
         allow_empty=allow_empty,
         invalid_utf8=invalid_utf8,
         cache_system_prompt=cache_system_prompt,
+        model_column=model_column,
     )
     options = RunOptions.for_provider(
         provider,

@@ -129,8 +129,9 @@ class _Text(str):
 def enrich(
     df: pd.DataFrame,
     prompt: str,
-    model: str,
+    model: str = "",
     *,
+    model_column: str | None = None,
     system: str | None = None,
     params: dict[str, Any] | None = None,
     response_format: dict[str, Any] | str | type[BaseModel] | None = None,
@@ -153,7 +154,10 @@ def enrich(
     Args:
         df: The rows to enrich; its index is kept.
         prompt: Jinja2 template over the columns, e.g. ``"Summarise: {{ review }}"``.
-        model: Model name.
+        model: Model name (or ``model_column``).
+        model_column: Column naming each row's model, instead of ``model`` (one batch per model;
+            ``response_model`` says which answered). To compare models, give ``df`` one row per
+            (item, model), e.g. ``df.merge(pd.DataFrame({"model": models}), how="cross")``.
         system: Optional system prompt (a template too).
         params: Extra request parameters.
         response_format: A pydantic model, JSON Schema (dict or JSON text): typed answer columns.
@@ -194,6 +198,7 @@ def enrich(
         prompt=prompt,
         system=system,
         model=model,
+        model_column=model_column,
         params=params or {},
         provider=provider,
         base_url=base_url,

@@ -17,7 +17,7 @@ import enum
 from typing import Any, Literal
 from urllib.parse import urlsplit, urlunsplit
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
 from .errors import ConfigError
 
@@ -272,7 +272,11 @@ class JobSpec(BaseModel):
         prompt: Jinja2 template rendered once per row; the row's columns are its variables
             (``{{ review }}``), and ``row`` holds them all (``{{ row["odd name"] }}``).
         system: Optional system prompt, also a template over the row.
-        model: Model name (for Azure: the deployment name).
+        model: Model name (for Azure: the deployment name); leave it empty with ``model_column``.
+        model_column: Column naming each row's model (instead of ``model``): each row is sent to
+            the model in its cell, in batches of one model each, and ``response_model`` says which
+            answered. A null or empty cell is an error naming the row, before anything is sent.
+            To ask several models the same prompt, give the table one row per (item, model).
         params: Extra body parameters passed through as given (``temperature``, ``max_tokens``...).
         provider: Where requests go: ``simulator`` (default; the bundled offline fake, which
             costs nothing and answers with made-up text) or ``openai`` (the real OpenAI Batch API, or
@@ -312,7 +316,7 @@ class JobSpec(BaseModel):
 
     prompt: str
     system: str | None = None
-    model: str = Field(min_length=1)
+    model: str = ""
     params: dict[str, Any] = Field(default_factory=dict)
     provider: ProviderName = "simulator"
     base_url: str | None = None
@@ -326,6 +330,18 @@ class JobSpec(BaseModel):
     allow_empty: bool = False
     invalid_utf8: Literal["error", "replace"] = "error"
     cache_system_prompt: bool = False
+    model_column: str | None = Field(None, min_length=1)
+
+    @model_validator(mode="after")
+    def _one_model_source(self) -> JobSpec:
+        if not self.model and self.model_column is None:
+            raise ValueError("a model is needed: give model (one for every row) or model_column")
+        if self.model and self.model_column is not None:
+            raise ValueError(
+                f"give model ({self.model!r}) or model_column ({self.model_column!r}), not both: "
+                "with model_column each row names its model"
+            )
+        return self
 
     @field_validator("prompt")
     @classmethod

@@ -139,6 +139,9 @@ class ChunkPlanRecord(BaseModel):
     bytes: int
     round: int = 1
     est_tokens: int = 0
+    #: The model every request of the batch goes to, for a job with a model per row
+    #: (``JobSpec.model_column``); None: the job's one model.
+    model: str | None = None
 
 
 class JobRecord(BaseModel):
@@ -165,6 +168,9 @@ class JobRecord(BaseModel):
     limits: BatchLimits | None = None
     invalid_utf8: Literal["error", "replace"] = "error"  # how the source was read (and is read again)
     shard: Shard | None = None  # a shard of a sharded job: the part and row groups it reads
+    #: The column naming each row's model (``JobSpec.model_column``; ``model`` then lists the
+    #: models, and each chunk's plan has its own); None: one model for the job.
+    model_column: str | None = None
     #: Why a retry round was not sent (``max_cost_usd``); None when every planned round was.
     stopped: str | None = None
 

@@ -19,6 +19,7 @@ from .options import (
     LimitOption,
     MaxBytesOption,
     MaxRequestsOption,
+    ModelColumnOption,
     ModelOption,
     ParamOption,
     PromptOption,
@@ -62,7 +63,7 @@ def plan_estimate(
 def estimate(
     source: Annotated[str, typer.Argument(help=SOURCE_HELP)],
     prompt: PromptOption,
-    model: ModelOption,
+    model: ModelOption = "",
     system: SystemOption = None,
     schema: SchemaOption = None,
     column_prefix: ColumnPrefixOption = "",
@@ -79,6 +80,7 @@ def estimate(
     ] = 100,
     allow_empty: AllowEmptyOption = False,
     invalid_utf8: InvalidUtf8Option = "error",
+    model_column: ModelColumnOption = None,
     endpoint: EndpointOption = "chat/completions",
 ) -> None:
     """Rows, unique requests, cache hits, estimated tokens and batch cost, before anything is sent.
@@ -92,7 +94,7 @@ def estimate(
         prompt=prompt, model=model, system=system, schema=schema, column_prefix=column_prefix,
         id_column=id_column, param=param, provider=provider, base_url=base_url,
         max_requests_per_batch=max_requests_per_batch, max_batch_bytes=max_batch_bytes,
-        allow_empty=allow_empty, invalid_utf8=invalid_utf8, endpoint=endpoint,
+        allow_empty=allow_empty, invalid_utf8=invalid_utf8, endpoint=endpoint, model_column=model_column,
     )  # fmt: skip
     from ..costs import BATCH_PRICES
     from ..errors import LLMBatchError

@@ -42,7 +42,14 @@ StateDirOption = Annotated[
 PromptOption = Annotated[
     str, typer.Option(help="Jinja2 template over the row's columns, e.g. 'Summarise: {{ text }}'.")
 ]
-ModelOption = Annotated[str, typer.Option(help="Model name, e.g. gpt-4o-mini.")]
+ModelOption = Annotated[str, typer.Option(help="Model name, e.g. gpt-4o-mini (or --model-column).")]
+ModelColumnOption = Annotated[
+    str | None,
+    typer.Option(
+        help="Column naming each row's model, instead of --model: one batch per model, and "
+        "response_model says which answered (compare models: one row per item and model)."
+    ),
+]
 SystemOption = Annotated[str | None, typer.Option(help="System prompt (also a template).")]
 SchemaOption = Annotated[
     Path | None,
@@ -204,6 +211,7 @@ def build_spec(
     invalid_utf8: str,
     cache_system_prompt: bool = False,
     endpoint: str = "chat/completions",
+    model_column: str | None = None,
 ) -> JobSpec:
     """The job the options describe: ``run`` and ``estimate`` build it here, so that the estimate
     plans exactly what ``run`` sends.
@@ -239,6 +247,7 @@ def build_spec(
             invalid_utf8=cast(Literal["error", "replace"], invalid_utf8),
             cache_system_prompt=cache_system_prompt,
             endpoint=cast(Any, path),
+            model_column=model_column,
         )
     except LLMBatchError as exc:
         raise fail(str(exc)) from None

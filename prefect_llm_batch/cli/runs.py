@@ -29,6 +29,7 @@ from .options import (
     LimitOption,
     MaxBytesOption,
     MaxRequestsOption,
+    ModelColumnOption,
     ModelOption,
     ParamOption,
     PromptOption,
@@ -111,7 +112,7 @@ def run(
     source: Annotated[str, typer.Argument(help=SOURCE_HELP)],
     output: Annotated[str, typer.Argument(help="Parquet file to write (path or fsspec URL).")],
     prompt: PromptOption,
-    model: ModelOption,
+    model: ModelOption = "",
     system: SystemOption = None,
     schema: SchemaOption = None,
     column_prefix: ColumnPrefixOption = "",
@@ -200,6 +201,7 @@ def run(
     allow_empty: AllowEmptyOption = False,
     invalid_utf8: InvalidUtf8Option = "error",
     cache_system_prompt: CacheSystemPromptOption = False,
+    model_column: ModelColumnOption = None,
     endpoint: EndpointOption = "chat/completions",
     engine: Annotated[
         str,
@@ -239,7 +241,7 @@ def run(
         id_column=id_column, param=param, provider=provider, base_url=base_url,
         max_requests_per_batch=max_requests_per_batch, max_batch_bytes=max_batch_bytes,
         allow_empty=allow_empty, invalid_utf8=invalid_utf8, cache_system_prompt=cache_system_prompt,
-        endpoint=endpoint,
+        endpoint=endpoint, model_column=model_column,
     )  # fmt: skip
     from ..errors import CostLimitExceeded, LLMBatchError
     from ..jobs import JobRef, JobSummary, preflight
@@ -347,6 +349,7 @@ def _run_flow(
         output=output,
         prompt=spec.prompt,
         model=spec.model,
+        model_column=spec.model_column,
         system=spec.system,
         params=spec.params,
         endpoint=next(name for name, path in ENDPOINT_NAMES.items() if path == spec.endpoint),

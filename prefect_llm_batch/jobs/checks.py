@@ -203,7 +203,7 @@ def check_before_start(
         where: Who starts the job (``cli``, ``flow``, ``python``): the messages name what the user
             can change there (``--provider``, ``credentials=``, ``enrich(api_key=...)``).
         provider: The provider's name.
-        model: The model (its price, when ``max_cost_usd`` is set).
+        model: The model (its price, when ``max_cost_usd`` is set); empty for a model per row.
         api_key: The key given explicitly (a block's or ``api_key=``); never shown.
         overwrite: An existing output may be replaced.
         detached: The job is submitted and collected later.
@@ -245,7 +245,8 @@ def check_before_start(
         cap = _named(where, "max_cost_usd")
         if max_cost_usd < 0:
             raise ConfigError(f"{cap} must be 0 or more, not {max_cost_usd}")
-        if estimate_cost(model, 1, 1, prices) is None:
+        # (no model: a model per row, each priced once the table is planned, by the estimate)
+        if model and estimate_cost(model, 1, 1, prices) is None:
             raise CostLimitExceeded(
                 f"{cap} is set but there is no price for model {model!r}, so the cost cannot be "
                 "checked; nothing was sent" + ("" if where == "cli" else "; pass prices= for the model")

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import collections
 import itertools
+from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
@@ -37,14 +38,35 @@ WRITES_IN_FLIGHT = 2
 
 
 class ChunkWriter:
-    """Packs request lines into batch input files as they come and writes each one when full."""
+    """Packs request lines into batch input files as they come and writes each one when full.
 
-    def __init__(self, store: JobStore, limits: BatchLimits, first_id: int, round_: int) -> None:
+    Args:
+        store: The job's state.
+        limits: The batch limits.
+        first_id: The id of the first batch file written.
+        round_: The round the batches belong to.
+        model: The one model of every line added (a job with a model per row has one writer per
+            model, so that no batch holds two models); recorded in each chunk's plan.
+        chunk_ids: Where batch ids come from instead of ``first_id`` on (the writers of one job's
+            models share one counter).
+    """
+
+    def __init__(
+        self,
+        store: JobStore,
+        limits: BatchLimits,
+        first_id: int,
+        round_: int,
+        *,
+        model: str | None = None,
+        chunk_ids: Iterator[int] | None = None,
+    ) -> None:
         self.store = store
         self.round = round_
+        self.model = model
         self.records: list[ChunkPlanRecord] = []
         self._packer = ChunkPacker(limits)
-        self._next_id = first_id
+        self._chunk_ids = chunk_ids if chunk_ids is not None else itertools.count(first_id)
         self._parts: list[memoryview] = []  # the open batch's lines, as views into Arrow buffers
         self._ids: list[pa.Array[Any]] | None = []  # their custom_ids (None: not all known)
         self._count = 0
@@ -120,7 +142,7 @@ class ChunkWriter:
             self.store.write_chunk(ChunkState(chunk_id=chunk_id))
 
     def _flush(self) -> None:
-        chunk_id = self._next_id
+        chunk_id = next(self._chunk_ids)
         # Written by other threads (I/O, outside the GIL) while the next lines are built, as
         # views of the lines (never joined in memory): one file's sync overlaps with the next
         # file's write. At most WRITES_IN_FLIGHT writes at once, so at most one more batch
@@ -135,9 +157,9 @@ class ChunkWriter:
                 bytes=self._bytes,
                 round=self.round,
                 est_tokens=self._tokens,
+                model=self.model,
             )
         )
-        self._next_id += 1
         self._parts, self._ids, self._count, self._bytes, self._tokens = [], [], 0, 0, 0
 
     def _wait(self, left: int = 0) -> None:

@@ -75,6 +75,8 @@ def compute_job_id(
         payload["cache"] = cache
     if spec.cache_system_prompt:  # other request bodies
         payload["cache_system_prompt"] = True
+    if spec.model_column is not None:  # each row's model comes from this column
+        payload["model_column"] = spec.model_column
     if spec.invalid_utf8 != "error":  # other prompts (and ids unchanged for the default)
         payload["invalid_utf8"] = spec.invalid_utf8
     return hashlib.sha256(canonical_json(payload)).hexdigest()[:32]

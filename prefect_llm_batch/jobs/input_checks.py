@@ -73,7 +73,57 @@ def check_columns(spec: JobSpec, names: list[str]) -> tuple[PromptTemplate, Prom
         raise InputError(
             f"id column {spec.id_column!r} is not in the table; available columns: {', '.join(names)}"
         )
+    if spec.model_column is not None and spec.model_column not in names:
+        raise InputError(
+            f"model column {spec.model_column!r} is not in the table; available columns: {', '.join(names)}"
+        )
     return template, system_template
+
+
+def row_models(
+    table: pa.Table, model_column: str, first_row: int = 0, id_column: str | None = None
+) -> pa.Array[Any]:
+    """The model of every row of ``table`` (a slice starting at input row ``first_row``), from its
+    model column: text, neither null nor blank.
+
+    Raises:
+        InputError: The column is missing or not text, or a cell is null or blank (names the row,
+            its id when there is an id column, and the column).
+
+    Examples:
+        >>> t = pa.table({"model": ["gpt-4o", " gpt-4o-mini "]})
+        >>> row_models(t, "model").to_pylist()
+        ['gpt-4o', 'gpt-4o-mini']
+        >>> try:
+        ...     row_models(pa.table({"model": ["gpt-4o", None]}), "model", first_row=10)
+        ... except InputError as error:
+        ...     print(str(error)[:42])
+        model column 'model' is null in row 11 (ea
+    """
+    if model_column not in table.column_names:
+        raise InputError(
+            f"model column {model_column!r} is not in the table; available columns: "
+            f"{', '.join(table.column_names)}"
+        )
+    column = table.column(model_column)
+    if pa.types.is_dictionary(column.type):
+        column = column.cast(column.type.value_type)
+    if not (pa.types.is_string(column.type) or pa.types.is_large_string(column.type)):
+        raise InputError(f"model column {model_column!r} must hold text (model names), not {column.type}")
+    models: Any = pc.utf8_trim_whitespace(column.combine_chunks().cast(pa.string()))
+    bad: Any = pc.or_kleene(pc.is_null(models), pc.equal(pc.utf8_length(models), pa.scalar(0, pa.int32())))
+    if pc.any(bad).as_py():
+        position = pc.index(bad, pa.scalar(True)).as_py()
+        what = "null" if models[position].as_py() is None else "empty"
+        where = f"row {first_row + position}"
+        if id_column is not None:
+            where += f" (id {table.column(id_column)[position].as_py()!r})"
+        raise InputError(
+            f"model column {model_column!r} is {what} in {where} (each row names its model); "
+            "fill it in or drop the row (nothing was sent)"
+        )
+    result: pa.Array[Any] = models
+    return result
 
 
 def check_and_render(spec: JobSpec, table: pa.Table) -> tuple[list[str], list[str | None] | None]:
@@ -144,3 +194,5 @@ def preflight(source: str, spec: JobSpec, *, storage_options: dict[str, Any] | N
     )
     check_id_column(table, spec.id_column)
     check_and_render(spec, table)
+    if spec.model_column is not None:
+        row_models(table, spec.model_column, 0, spec.id_column)

@@ -38,7 +38,7 @@ from ..store import JobStore
 from ..table import SCAN_BATCH_ROWS, TableScan, dictionary_columns, fingerprint, read_ahead, scan_table
 from .estimate import estimate
 from .identity import JobRef
-from .spend import job_spend
+from .spend import job_cost
 
 logger = logging.getLogger("prefect_llm_batch")
 
@@ -437,7 +437,9 @@ def assemble(
 
     def transform(results: pa.Table) -> pa.Table:
         if record.endpoint == EMBEDDINGS_ENDPOINT:
-            results = cast_embeddings(results, embedding_type(record.model, record.params))
+            # (a model per row: models of different widths, so only a ``dimensions`` fixes it)
+            model = record.model if record.model_column is None else ""
+            results = cast_embeddings(results, embedding_type(model, record.params))
         if record.response_schema is not None:
             schema = ResponseSchema(record.response_schema)
             results = parse_structured(results, schema, parser=parser, column_prefix=record.column_prefix)
@@ -507,7 +509,7 @@ def assemble(
         unreadable_lines=answers.unreadable_lines,
     )
     # what the provider billed: each batch by its reported usage where it gives one, else by its lines
-    summary.cost_usd = job_spend(store).cost(summary.model)
+    summary.cost_usd = job_cost(store)
     summary.stopped = record.stopped or ""
     summary.estimated_cost_usd = estimate(ref, record.params).cost_usd
     store.write_summary(summary.model_dump_json(indent=1).encode())

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import itertools
 import logging
 import time
 from collections.abc import Callable, Iterator
@@ -14,6 +15,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from ..batchfile import EncodedRequests, LaidOutRequests, RequestEncoder, Texts
 from ..cache import ResponseCache
@@ -24,11 +26,11 @@ from ..providers.base import BatchProvider
 from ..results import EMBEDDING_COLUMN, RESULT_SCHEMA, result_schema, with_later_columns
 from ..shards import Shard
 from ..spec import CacheMode, JobSpec, ProviderTarget, normalise_base_url
-from ..store import JobRecord, JobStore
+from ..store import ChunkPlanRecord, JobRecord, JobStore
 from ..table import TableScan, read_ahead, scan_table
 from .chunks import ChunkWriter
 from .identity import JobIdentity, JobRef, identify, job_ref
-from .input_checks import BlankPrompts, check_columns, check_id_column, response_schema
+from .input_checks import BlankPrompts, check_columns, check_id_column, response_schema, row_models
 
 logger = logging.getLogger("prefect_llm_batch")
 
@@ -63,6 +65,30 @@ def _add_lines(
 ) -> None:
     """Add a slice's new requests (their rows in the input, their positions in the slice)."""
     writer.add(encoded.lines_array(), rows, new, encoded.custom_id_array)
+
+
+#: The requests of one slice for one model: the model (None: the job's one model), the rows of the
+#: slice they are (None: all, in order) and the requests laid out.
+ModelGroup = tuple[str | None, npt.NDArray[np.int64] | None, LaidOutRequests]
+
+
+def _take(texts: Texts, positions: npt.NDArray[np.int64]) -> Texts:
+    if isinstance(texts, pa.Array):
+        return texts.take(pa.array(positions, pa.int64()))
+    return [texts[i] for i in positions.tolist()]
+
+
+def model_groups(models: pa.Array[Any]) -> list[tuple[str, npt.NDArray[np.int64]]]:
+    """Each model of a slice (in the order it first appears) and the positions of its rows.
+
+    Examples:
+        >>> [(m, p.tolist()) for m, p in model_groups(pa.array(["b", "a", "b"]))]
+        [('b', [0, 2]), ('a', [1])]
+    """
+    encoded: Any = pc.dictionary_encode(models)
+    codes = np.asarray(encoded.indices.to_numpy(zero_copy_only=False), dtype=np.int64)
+    names = [str(name) for name in encoded.dictionary.to_pylist()]
+    return [(name, np.flatnonzero(codes == code).astype(np.int64)) for code, name in enumerate(names)]
 
 
 def render_slice(
@@ -199,6 +225,8 @@ def _plan(
     _check_id_column_scan(source, scan, spec, limit, storage_options, shard)
     read = columns_read(scan.schema, spec.id_column, template, system_template)
     names = scan.schema.names
+    if spec.model_column is not None and spec.model_column not in read:
+        read = [name for name in names if name in {*read, spec.model_column}]
     if scan.whole is None and len(read) < len(names) == len(set(names)):  # Parquet: read by column
         scan = scan_table(
             source, limit=limit, columns=read, storage_options=storage_options,
@@ -206,28 +234,48 @@ def _plan(
         )  # fmt: skip
     schema = response_schema(spec)
 
-    def build_body(prompt: str, system: str | None) -> dict[str, Any]:
-        body = provider.build_body(spec.model, prompt, system, spec.params, schema)
-        return provider.cache_system_prompt(body) if spec.cache_system_prompt else body
+    def body_builder(model: str) -> Callable[[str, str | None], dict[str, Any]]:
+        def build_body(prompt: str, system: str | None) -> dict[str, Any]:
+            body = provider.build_body(model, prompt, system, spec.params, schema)
+            return provider.cache_system_prompt(body) if spec.cache_system_prompt else body
 
-    encoder = RequestEncoder(
-        provider=target.provider,
-        base_url=target.key_base_url,
-        endpoint=provider.endpoint,
-        build_body=build_body,
-        build_line=provider.build_line,
-    )
+        return build_body
+
+    encoders: dict[str | None, RequestEncoder] = {}
+
+    def encoder_for(model: str | None) -> RequestEncoder:
+        # One per model: a model per row (spec.model_column) puts each row's model in its body,
+        # and so in its request key.
+        if model not in encoders:
+            encoders[model] = RequestEncoder(
+                provider=target.provider,
+                base_url=target.key_base_url,
+                endpoint=provider.endpoint,
+                build_body=body_builder(spec.model if model is None else model),
+                build_line=provider.build_line,
+            )
+        return encoders[model]
+
     cached: set[str] = set()
     if cache == "use":
         cached = {str(cid) for cid in ResponseCache(state_dir, storage_options).ids().to_pylist()}
-    writer = ChunkWriter(store, limits, 0, 1)
+    chunk_ids = itertools.count(0)  # shared by the writers of a job's models
+    writers: dict[str | None, ChunkWriter] = {}
+
+    def writer_for(model: str | None) -> ChunkWriter:
+        # A batch holds one model (OpenAI's and Gemini's rule): one writer, and so its own
+        # batches, per model.
+        if model not in writers:
+            writers[model] = ChunkWriter(store, limits, 0, 1, model=model, chunk_ids=chunk_ids)
+        return writers[model]
+
     seen = DigestSet()
     hit_ids: list[str] = []
     rows = unique = 0
 
     blank = BlankPrompts(spec.id_column)
 
-    def laid_out() -> Iterator[tuple[int, LaidOutRequests]]:
+    def laid_out() -> Iterator[tuple[int, list[ModelGroup]]]:
         first = 0
         for batch in scan.batches:
             table = pa.Table.from_batches([batch], schema=scan.schema)
@@ -236,7 +284,18 @@ def _plan(
             systems = (
                 render_slice(system_template, table, spec.id_column, first)[0] if system_template else None
             )
-            yield table.num_rows, encoder.lay_out(prompts, systems)
+            if spec.model_column is None:
+                yield table.num_rows, [(None, None, encoder_for(None).lay_out(prompts, systems))]
+            else:
+                groups: list[ModelGroup] = []
+                for model, positions in model_groups(
+                    row_models(table, spec.model_column, first, spec.id_column)
+                ):
+                    laid = encoder_for(model).lay_out(
+                        _take(prompts, positions), _take(systems, positions) if systems is not None else None
+                    )
+                    groups.append((model, positions, laid))
+                yield table.num_rows, groups
             first += table.num_rows
         if not spec.allow_empty:
             blank.check()  # every row counted: before the plan is written, and so before anything is sent
@@ -251,20 +310,31 @@ def _plan(
                 lines.wait()  # a failure of an earlier slice's lines comes first, as it did
                 raise
 
-    def _key_slices(slices: Iterator[tuple[int, LaidOutRequests]]) -> Iterator[pa.Array[Any]]:
+    def _key_slices(slices: Iterator[tuple[int, list[ModelGroup]]]) -> Iterator[pa.Array[Any]]:
         nonlocal rows
-        for count, laid in slices:
-            encoded = encoder.key(laid)
-            del laid  # its key bytes: not kept while the next slice is keyed
-            # De-duplicated, looked up in the cache, packed and handed to the file writers in
-            # another thread (mostly numpy and Arrow work, outside the GIL) while the next slice
-            # is keyed.
-            lines.submit(add_slice, encoded, rows)
+        for count, groups in slices:
+            ids: list[pa.Array[Any]] = []
+            places: list[npt.NDArray[np.int64] | None] = []
+            while groups:
+                model, positions, laid = groups.pop(0)  # its key bytes: not kept once keyed
+                encoded = encoder_for(model).key(laid)
+                del laid
+                # De-duplicated, looked up in the cache, packed and handed to the file writers
+                # in another thread (mostly numpy and Arrow work, outside the GIL) while the next
+                # slice is keyed.
+                lines.submit(add_slice, encoded, rows, model, positions)
+                ids.append(encoded.custom_id_array)
+                places.append(positions)
             rows += count
-            yield encoded.custom_id_array
+            yield _in_row_order(ids, places)
         lines.wait()
 
-    def add_slice(encoded: EncodedRequests, first_row: int) -> None:
+    def add_slice(
+        encoded: EncodedRequests,
+        first_row: int,
+        model: str | None = None,
+        positions: npt.NDArray[np.int64] | None = None,
+    ) -> None:
         # In the lines thread, one slice at a time in order: each request's first row in the
         # slice, for those not seen in earlier slices (nor in the cache), in row order.
         nonlocal unique
@@ -275,17 +345,30 @@ def _plan(
             hit = np.fromiter((cid in cached for cid in ids), bool, len(ids))
             hit_ids.extend(cid for cid, is_hit in zip(ids, hit.tolist(), strict=True) if is_hit)
             new = new[~hit]
-        _add_lines(writer, encoded, first_row + new, new)
+        if model is not None:
+            models.add(model)
+        in_slice = new if positions is None else positions[new]
+        _add_lines(writer_for(model), encoded, first_row + in_slice, new)
 
+    models: set[str] = set()
     lines = _InOrder("prefect-llm-batch-lines")
     try:
         store.write_row_ids(row_ids())
     except BaseException:
         lines.close()
-        writer.abandon()
+        for writer in writers.values():
+            writer.abandon()
         raise
     lines.close()
-    chunks = writer.close()
+    chunks: list[ChunkPlanRecord] = []
+    try:
+        for writer in writers.values():
+            chunks += writer.close()
+    except BaseException:
+        for writer in writers.values():
+            writer.abandon()
+        raise
+    chunks.sort(key=lambda chunk: chunk.chunk_id)
     seen.clear()
     if hit_ids:
         hits = ResponseCache(state_dir, storage_options).lookup(hit_ids)
@@ -303,7 +386,8 @@ def _plan(
         provider=target.provider,
         base_url=normalise_base_url(target.key_base_url),
         endpoint=provider.endpoint,
-        model=spec.model,
+        model=spec.model or ", ".join(sorted(models)),
+        model_column=spec.model_column,
         template_sha256=hashlib.sha256(
             canonical_json({"prompt": spec.prompt, "system": spec.system})
         ).hexdigest(),
@@ -325,6 +409,16 @@ def _plan(
         sum(c.requests for c in chunks), len(chunks),
     )  # fmt: skip
     return job_ref(record, state_dir)
+
+
+def _in_row_order(ids: list[pa.Array[Any]], places: list[npt.NDArray[np.int64] | None]) -> pa.Array[Any]:
+    """A slice's ``custom_id`` s in row order, from those of its model groups (at ``places``)."""
+    if len(ids) == 1 and places[0] is None:
+        return ids[0]
+    if not ids:
+        return pa.array([], pa.string())
+    where = np.concatenate([p for p in places if p is not None])
+    return pa.concat_arrays(ids).take(pa.array(np.argsort(where, kind="stable"), pa.int64()))
 
 
 def _as_cached(hits: pa.Table) -> pa.Table:

@@ -9,7 +9,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from ..spec import BatchLimits, ErrorKind, RunOptions
-from ..store import JobStore
+from ..store import ChunkPlanRecord, JobStore
 from .chunks import ChunkWriter, estimate_tokens
 from .identity import JobRef
 from .spend import retry_round_within_budget
@@ -43,12 +43,16 @@ def plan_retry_round(ref: JobRef, round_: int, options: RunOptions) -> list[int]
         retry_ids.update(str(cid) for cid in failed.column("custom_id").to_pylist())
     if not retry_ids:
         return []
-    lines = [
-        line
-        for chunk_id in record.round_chunks(round_)
-        for line in store.read_chunk_input(chunk_id).splitlines(keepends=True)
-        if line.strip() and str(orjson.loads(line)["custom_id"]) in retry_ids
-    ]
+    # Per model (a job with a model per row): a batch holds one model.
+    by_model: dict[str | None, list[bytes]] = {}
+    for plan in record.chunks:
+        if plan.round == round_:
+            by_model.setdefault(plan.model, []).extend(
+                line
+                for line in store.read_chunk_input(plan.chunk_id).splitlines(keepends=True)
+                if line.strip() and str(orjson.loads(line)["custom_id"]) in retry_ids
+            )
+    lines = [line for group in by_model.values() for line in group]
     stopped = retry_round_within_budget(
         store,
         round_ + 1,
@@ -56,6 +60,12 @@ def plan_retry_round(ref: JobRef, round_: int, options: RunOptions) -> list[int]
         sum(estimate_tokens(line) for line in lines),
         options.max_cost_usd,
         options.prices,
+        by_model=None
+        if record.model_column is None
+        else {
+            model or record.model: (len(group), sum(estimate_tokens(line) for line in group))
+            for model, group in by_model.items()
+        },
     )
     if stopped is not None:
         if record.stopped != stopped:
@@ -64,13 +74,19 @@ def plan_retry_round(ref: JobRef, round_: int, options: RunOptions) -> list[int]
         logger.warning("job %s: %s", ref.job_id, stopped)
         return []
     first_id = max((c.chunk_id for c in record.chunks), default=-1) + 1
-    writer = ChunkWriter(store, record.limits or BatchLimits(), first_id, round_ + 1)
-    try:
-        writer.add(lines, None)
-    except BaseException:
-        writer.abandon()
-        raise
-    chunks = writer.close()
+    chunks: list[ChunkPlanRecord] = []
+    for model, group in by_model.items():
+        if not group:
+            continue
+        writer = ChunkWriter(
+            store, record.limits or BatchLimits(), first_id + len(chunks), round_ + 1, model=model
+        )
+        try:
+            writer.add(group, None)
+        except BaseException:
+            writer.abandon()
+            raise
+        chunks += writer.close()
     record.chunks.extend(chunks)
     store.write_job(record)
     logger.info(

@@ -1,7 +1,7 @@
 """What a job has spent so far, and the guard that keeps its retry rounds within ``max_cost_usd``.
 
 A shard of a sharded job counts the whole job: every shard's spend, read from their state in the
-job's state directory (:func:`job_wide_spend`), so the cap is the job's wherever a shard runs.
+job's state directory (:func:`job_wide_spend_by_model`), so the cap is the job's wherever a shard runs.
 
 A job's spend counts every batch it sent, in every round: a batch the provider reports ``usage``
 for (OpenAI's Batch object: ``input_tokens``, ``output_tokens``) is counted by that usage; any
@@ -21,7 +21,7 @@ from typing import Any
 
 import pyarrow.compute as pc
 
-from ..costs import estimate_cost, estimate_cost_with_cache, output_tokens_per_request
+from ..costs import estimate_cost, estimate_cost_by_model, estimate_cost_with_cache, output_tokens_per_request
 from ..results import cached_tokens
 from ..store import ChunkPlanRecord, ChunkState, JobStore
 
@@ -117,28 +117,61 @@ def job_spend(store: JobStore) -> Spend:
     return total
 
 
-def job_wide_spend(store: JobStore) -> Spend:
-    """What the whole job has spent: :func:`job_spend` of the job, or, for a shard of a sharded
-    job, the sum over every prepared shard of that job (the shards listed in its ``shards.json``).
+def spend_by_model(store: JobStore) -> dict[str, Spend]:
+    """What a job has spent so far, by model (a job with a model per row has one model per batch)."""
+    record = store.read_job()
+    spent: dict[str, Spend] = {}
+    for plan in record.chunks:
+        model = plan.model or record.model
+        spent[model] = spent.get(model, Spend()) + chunk_spend(store, plan, record.params)
+    return spent
+
+
+def job_wide_spend_by_model(store: JobStore) -> dict[str, Spend]:
+    """What the whole job has spent, by model: :func:`spend_by_model` of the job, or, for a shard of
+    a sharded job, the sum over every prepared shard of that job (the shards listed in its
+    ``shards.json``).
 
     Only the state directory is read (chunk states and result token columns), so a shard on any
     machine sees the same total; shards still in flight count by their estimates.
     """
     record = store.read_job()
     if record.shard is None:
-        return job_spend(store)
+        return spend_by_model(store)
     from .sharded import read_sharded_job  # (sharded runs the rounds that call this guard)
 
     parent = record.job_id.rsplit("-", 1)[0]
     sharded = read_sharded_job(store.state_dir, parent, storage_options=store.options)
     if sharded is None:  # (a shard planned without its job's record: count itself)
-        return job_spend(store)
-    total = Spend()
+        return spend_by_model(store)
+    total: dict[str, Spend] = {}
     for shard_id in sharded.shard_job_ids:
         sibling = store if shard_id == record.job_id else JobStore(store.state_dir, shard_id, store.options)
         if sibling.is_prepared():
-            total = total + job_spend(sibling)
+            for model, spend in spend_by_model(sibling).items():
+                total[model] = total.get(model, Spend()) + spend
     return total
+
+
+def priced(
+    spent: Mapping[str, Spend], prices: Mapping[str, tuple[float, float]] | None = None
+) -> float | None:
+    """USD of spend by model, each model's tokens at its price and prompt-cache factors; None when
+    a model has no price.
+
+    Examples:
+        >>> priced({"gpt-4o-mini": Spend(1_000_000, 0), "gpt-4o": Spend(1_000_000, 0)})
+        1.325
+    """
+    costs = [spend.cost(model, prices) for model, spend in spent.items()]
+    if any(cost is None for cost in costs):
+        return None
+    return round(sum(cost for cost in costs if cost is not None), 10)
+
+
+def job_cost(store: JobStore, prices: Mapping[str, tuple[float, float]] | None = None) -> float | None:
+    """USD this job (or this shard) has spent so far (see :func:`spend_by_model`)."""
+    return priced(spend_by_model(store), prices)
 
 
 def retry_round_within_budget(
@@ -148,6 +181,7 @@ def retry_round_within_budget(
     input_tokens: int,
     max_cost_usd: float | None,
     prices: Mapping[str, tuple[float, float]] | None = None,
+    by_model: Mapping[str, tuple[int, int]] | None = None,
 ) -> str | None:
     """None when round ``next_round`` may be sent; else why not (the job's spend so far plus the
     round's estimate is over ``max_cost_usd``, or has no price).
@@ -159,6 +193,8 @@ def retry_round_within_budget(
         input_tokens: Their estimated input tokens.
         max_cost_usd: The job's cap (None: none).
         prices: Extra prices over the built-in table.
+        by_model: For a job with a model per row: ``{model: (requests, input_tokens)}`` of the
+            round, each priced by its model.
 
     Returns:
         None, or the reason the round is not sent (for logs and the job's summary).
@@ -166,10 +202,14 @@ def retry_round_within_budget(
     if max_cost_usd is None:
         return None
     record = store.read_job()
-    spent = job_wide_spend(store)
-    spent_usd = spent.cost(record.model, prices)
-    more_usd = estimate_cost(
-        record.model, input_tokens, requests * output_tokens_per_request(record.params), prices
+    by_model_spent = job_wide_spend_by_model(store)
+    spent = sum(by_model_spent.values(), Spend())
+    spent_usd = priced(by_model_spent, prices)
+    per_request = output_tokens_per_request(record.params)
+    more_usd = (
+        estimate_cost(record.model, input_tokens, requests * per_request, prices)
+        if by_model is None
+        else estimate_cost_by_model({m: (t, n * per_request) for m, (n, t) in by_model.items()}, prices)
     )
     if spent_usd is not None and more_usd is not None and spent_usd + more_usd <= max_cost_usd:
         return None
