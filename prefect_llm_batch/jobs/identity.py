@@ -75,6 +75,9 @@ def compute_job_id(
         payload["cache"] = cache
     if spec.cache_system_prompt:  # other request bodies
         payload["cache_system_prompt"] = True
+    if spec.image_columns:  # other request bodies (the images' bytes are in the request keys)
+        payload["image_columns"] = spec.image_columns
+        payload["allow_missing_images"] = spec.allow_missing_images
     if spec.invalid_utf8 != "error":  # other prompts (and ids unchanged for the default)
         payload["invalid_utf8"] = spec.invalid_utf8
     return hashlib.sha256(canonical_json(payload)).hexdigest()[:32]

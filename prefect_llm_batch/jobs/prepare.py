@@ -4,6 +4,7 @@ response cache answered, write the batch input files and the plan (no HTTP: bad 
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import logging
 import time
@@ -18,6 +19,7 @@ import pyarrow as pa
 from ..batchfile import EncodedRequests, LaidOutRequests, RequestEncoder, Texts
 from ..cache import ResponseCache
 from ..errors import StateError
+from ..images import Image
 from ..keys import DigestSet, canonical_json
 from ..prompts import PromptTemplate
 from ..providers.base import BatchProvider
@@ -28,6 +30,7 @@ from ..store import JobRecord, JobStore
 from ..table import TableScan, read_ahead, scan_table
 from .chunks import ChunkWriter
 from .identity import JobIdentity, JobRef, identify, job_ref
+from .images import IMAGE_SLICE_ROWS, ImageLoader, check_image_columns
 from .input_checks import BlankPrompts, check_columns, check_id_column, response_schema
 
 logger = logging.getLogger("prefect_llm_batch")
@@ -198,6 +201,9 @@ def _plan(
     template, system_template = check_columns(spec, scan.schema.names)
     _check_id_column_scan(source, scan, spec, limit, storage_options, shard)
     read = columns_read(scan.schema, spec.id_column, template, system_template)
+    if spec.image_columns:
+        check_image_columns(spec.image_columns, scan.schema.names)
+        read = [name for name in scan.schema.names if name in {*read, *spec.image_columns}]
     names = scan.schema.names
     if scan.whole is None and len(read) < len(names) == len(set(names)):  # Parquet: read by column
         scan = scan_table(
@@ -226,16 +232,39 @@ def _plan(
     rows = unique = 0
 
     blank = BlankPrompts(spec.id_column)
+    images = (
+        ImageLoader(
+            spec.image_columns, source, allow_missing=spec.allow_missing_images,
+            max_image_bytes=provider.max_image_bytes, accepts_urls=provider.accepts_image_urls,
+            provider=provider.name, id_column=spec.id_column, storage_options=storage_options,
+        )
+        if spec.image_columns
+        else None
+    )  # fmt: skip
+
+    def slices() -> Iterator[pa.Table]:
+        for batch in scan.batches:
+            table = pa.Table.from_batches([batch], schema=scan.schema)
+            if images is None:
+                yield table
+            else:  # a slice's images are in memory at once: fewer rows per slice
+                for start in range(0, table.num_rows, IMAGE_SLICE_ROWS):
+                    yield table.slice(start, IMAGE_SLICE_ROWS)
 
     def laid_out() -> Iterator[tuple[int, LaidOutRequests]]:
         first = 0
-        for batch in scan.batches:
-            table = pa.Table.from_batches([batch], schema=scan.schema)
+        for table in slices():
             prompts, blank_rows = render_slice(template, table, spec.id_column, first)
             blank.add(table, blank_rows, first)
             systems = (
                 render_slice(system_template, table, spec.id_column, first)[0] if system_template else None
             )
+            if images is not None:
+                row_images = images.load(table, first)
+                extend = functools.partial(_with_images, provider, row_images)
+                yield table.num_rows, encoder.lay_out(prompts, systems, extend=extend)
+                first += table.num_rows
+                continue
             yield table.num_rows, encoder.lay_out(prompts, systems)
             first += table.num_rows
         if not spec.allow_empty:
@@ -325,6 +354,12 @@ def _plan(
         sum(c.requests for c in chunks), len(chunks),
     )  # fmt: skip
     return job_ref(record, state_dir)
+
+
+def _with_images(
+    provider: BatchProvider, images: list[list[Image]], row: int, body: dict[str, Any]
+) -> dict[str, Any]:
+    return provider.add_images(body, images[row])
 
 
 def _as_cached(hits: pa.Table) -> pa.Table:
