@@ -32,7 +32,6 @@ from ..files import read_bytes
 from ..images import Image, is_public_url
 from ..object_stores import shown_path
 
-
 #: Rows whose images are read at once while a job is prepared (a slice's images are in memory).
 IMAGE_SLICE_ROWS = 256
 

@@ -76,8 +76,8 @@ from typing import Any
 import httpx
 import orjson
 
-from ..images import Image
 from ..errors import ConfigError, InputError, LLMBatchError, ProviderRejected, ProviderUnavailable
+from ..images import Image
 from ..results import RowResult, short
 from ..schemas import ResponseSchema
 from ..spec import MESSAGES_ENDPOINT, BatchLimits, ErrorKind, normalise_base_url
@@ -184,7 +184,10 @@ def image_block(image: Image) -> dict[str, Any]:
     """
     if image.url is not None:
         return {"type": "image", "source": {"type": "url", "url": image.url}}
-    return {"type": "image", "source": {"type": "base64", "media_type": image.media_type, "data": image.base64()}}
+    return {
+        "type": "image",
+        "source": {"type": "base64", "media_type": image.media_type, "data": image.base64()},
+    }
 
 
 def _int(value: Any) -> int:

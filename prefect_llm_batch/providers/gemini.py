@@ -69,8 +69,8 @@ import httpx
 import orjson
 import pyarrow as pa
 
-from ..images import Image
 from ..errors import ConfigError, InputError, LLMBatchError, ProviderRejected, ProviderUnavailable
+from ..images import Image
 from ..results import RowResult, results_to_table, short
 from ..schemas import ResponseSchema
 from ..spec import BatchLimits, ErrorKind, normalise_base_url

@@ -36,7 +36,12 @@ def png(width: int, height: int, rgb: tuple[int, int, int]) -> bytes:
 
     header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
     rows = b"".join(b"\x00" + bytes(rgb) * width for _ in range(height))
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(rows)) + chunk(b"IEND", b"")
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", header)
+        + chunk(b"IDAT", zlib.compress(rows))
+        + chunk(b"IEND", b"")
+    )
 
 
 def data_url(media_type: str, data: bytes) -> str:
@@ -164,7 +169,9 @@ def test_anthropic_bodies_carry_base64_image_blocks_and_url_sources(
     assert table.column("response_error_kind").to_pylist() == [None, None]
 
 
-def test_gemini_requests_carry_inline_data_parts(server: Any, tmp_path: Path, folder: dict[str, bytes]) -> None:
+def test_gemini_requests_carry_inline_data_parts(
+    server: Any, tmp_path: Path, folder: dict[str, bytes]
+) -> None:
     table = run(server, tmp_path, provider="gemini", model="gemini-2.5-flash")
     requests = [r for batch in server.gemini_batches.values() for r in batch.requests]
     square = by_text(requests, "a red square", lambda b: b["contents"])
@@ -187,7 +194,8 @@ def test_gemini_requests_carry_inline_data_parts(server: Any, tmp_path: Path, fo
 
 def test_gemini_refuses_image_urls_before_sending(server: Any, tmp_path: Path) -> None:
     pq.write_table(
-        pa.table({"id": [1], "text": ["cat"], "img": ["https://images.example/cat.png"]}), tmp_path / "in.parquet"
+        pa.table({"id": [1], "text": ["cat"], "img": ["https://images.example/cat.png"]}),
+        tmp_path / "in.parquet",
     )
     with pytest.raises(InputError, match=r"row 0 \(id 1\), image column 'img'.*takes no image URLs"):
         run(server, tmp_path, provider="gemini", model="gemini-2.5-flash")
@@ -198,7 +206,10 @@ def test_gemini_refuses_image_urls_before_sending(server: Any, tmp_path: Path) -
     ("cell", "expected"),
     [
         ("imgs/missing.png", r"row 1 \(id 2\), image column 'img' \('.*imgs/missing.png'\).*no such file"),
-        ("imgs/notes.txt", r"row 1 \(id 2\), image column 'img' \('.*notes.txt'\): not a PNG, JPEG, GIF or WEBP"),
+        (
+            "imgs/notes.txt",
+            r"row 1 \(id 2\), image column 'img' \('.*notes.txt'\): not a PNG, JPEG, GIF or WEBP",
+        ),
         (None, r"row 1 \(id 2\), image column 'img' is null.*allow_missing_images"),
     ],
 )
@@ -234,7 +245,9 @@ def test_allow_missing_images_sends_a_null_cell_without_an_image(
 def test_an_image_over_the_providers_limit_is_an_error_before_sending(server: Any, tmp_path: Path) -> None:
     big = png(1, 1, (0, 0, 0)) + b"\x00" * (4 * 1024 * 1024)  # over Anthropic's 5 MB of base64
     pq.write_table(pa.table({"id": [1], "text": ["big"], "img": [big]}), tmp_path / "in.parquet")
-    with pytest.raises(InputError, match=r"row 0 \(id 1\), image column 'img': the image is \d+ bytes, more than"):
+    with pytest.raises(
+        InputError, match=r"row 0 \(id 1\), image column 'img': the image is \d+ bytes, more than"
+    ):
         run(server, tmp_path, provider="anthropic", model="claude-3-5-haiku-latest")
     assert server.stats.creates == server.stats.requests_received == 0
 
@@ -245,7 +258,9 @@ def test_image_bytes_are_in_the_request_key(server: Any, tmp_path: Path) -> None
     first = [png(1, 1, (1, 2, 3)), png(1, 1, (4, 5, 6))]
     pq.write_table(pa.table({"id": [1, 2], "text": ["x", "y"], "img": first}), tmp_path / "in.parquet")
     run(server, tmp_path, name="first")
-    sent_first = {orjson.loads(raw)["custom_id"] for b in server.batches.values() for raw in b.input_data.splitlines()}
+    sent_first = {
+        orjson.loads(raw)["custom_id"] for b in server.batches.values() for raw in b.input_data.splitlines()
+    }
     assert len(sent_first) == 2
 
     changed = [first[0], png(1, 1, (7, 8, 9))]
@@ -254,13 +269,17 @@ def test_image_bytes_are_in_the_request_key(server: Any, tmp_path: Path) -> None
     sent = [orjson.loads(raw) for b in server.batches.values() for raw in b.input_data.splitlines()]
     new = [line for line in sent if line["custom_id"] not in sent_first]
     assert len(sent) == 3 and len(new) == 1
-    assert new[0]["body"]["messages"][0]["content"][1]["image_url"]["url"] == data_url("image/png", changed[1])
+    assert new[0]["body"]["messages"][0]["content"][1]["image_url"]["url"] == data_url(
+        "image/png", changed[1]
+    )
     assert table.column("response_cached").to_pylist() == [True, False]
 
 
 def test_image_bytes_count_toward_the_batch_byte_limit(server: Any, tmp_path: Path) -> None:
     images = [png(1, 1, (i, i, i)) + b"\x00" * 600 for i in range(3)]  # each line > half of 2048 bytes
-    pq.write_table(pa.table({"id": [1, 2, 3], "text": ["a", "b", "c"], "img": images}), tmp_path / "in.parquet")
+    pq.write_table(
+        pa.table({"id": [1, 2, 3], "text": ["a", "b", "c"], "img": images}), tmp_path / "in.parquet"
+    )
     table = run(server, tmp_path, max_batch_bytes=2048)
     assert len(server.batches) == 3
     assert all(len(batch.input_data) <= 2048 for batch in server.batches.values())
