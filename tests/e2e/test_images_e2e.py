@@ -284,3 +284,37 @@ def test_image_bytes_count_toward_the_batch_byte_limit(server: Any, tmp_path: Pa
     assert len(server.batches) == 3
     assert all(len(batch.input_data) <= 2048 for batch in server.batches.values())
     assert table.column("response_error_kind").to_pylist() == [None, None, None]
+
+
+def test_cli_image_column_sends_the_images_and_names_a_missing_one(
+    server: Any, tmp_path: Path, folder: dict[str, bytes]
+) -> None:
+    from typer.testing import CliRunner
+
+    from prefect_llm_batch.cli import app
+
+    def invoke(out: str, *more: str) -> Any:
+        return CliRunner().invoke(
+            app,
+            ["run", str(tmp_path / "in.parquet"), str(tmp_path / out), "--prompt", "Describe {{ text }}",
+             "--model", "vision-model", "--provider", "openai", "--base-url", server.base_url,
+             "--image-column", "img", "--state-dir", str(tmp_path / "state"), "--poll-interval", "0.05",
+             *more],
+        )  # fmt: skip
+
+    result = invoke("cli.parquet")
+    assert result.exit_code == 0, result.output
+    urls = sorted(body["messages"][0]["content"][1]["image_url"]["url"] for body in openai_bodies(server))
+    assert urls == sorted(data_url(kind, folder[name]) for kind, name in
+                          (("image/png", "imgs/red.png"), ("image/gif", "imgs/dot.gif")))  # fmt: skip
+
+    (tmp_path / "imgs" / "dot.gif").unlink()
+    pq.write_table(
+        pa.table({"id": [1, 2], "text": ["a", "b"], "img": ["imgs/red.png", "imgs/dot.gif"]}),
+        tmp_path / "in.parquet",
+    )
+    before = server.stats.requests_received
+    result = invoke("cli2.parquet")
+    assert result.exit_code == 1, result.output
+    assert "row 1, image column 'img'" in " ".join(result.output.split())
+    assert server.stats.requests_received == before
