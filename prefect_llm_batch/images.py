@@ -20,10 +20,36 @@ from __future__ import annotations
 
 import base64
 import binascii
+import re
 from dataclasses import dataclass
 
 #: The media types every supported provider accepts (OpenAI, Anthropic, Gemini).
 MEDIA_TYPES = ("image/png", "image/jpeg", "image/gif", "image/webp")
+
+#: Prompt tokens counted per image in estimates, whatever its size: providers price images by
+#: their pixels (tiles or patches), not their bytes, and a large image costs about this much
+#: (Anthropic: about width x height / 750, near 1,600 for the largest that is not scaled down;
+#: OpenAI: 85 to about 1,500 by detail and size; Gemini: 258 per 768 px tile).
+IMAGE_TOKENS = 1600
+
+#: Base64 image data as request lines carry it: after ``;base64,`` (a data URL) or as the value
+#: of ``"data"`` (Anthropic's base64 source, Gemini's ``inlineData``).
+_BASE64_IMAGE = re.compile(rb'(?:;base64,|"data":")([A-Za-z0-9+/]{64,}={0,2})')
+
+
+def image_token_adjustment(line: bytes | memoryview) -> int:
+    """What to add to a request line's ``bytes / 4`` token estimate for the images it carries:
+    each one's base64 text counts :data:`IMAGE_TOKENS` instead of its length / 4 (0 without images).
+
+    Examples:
+        >>> line = b'{"url":"data:image/png;base64,' + b"A" * 8000 + b'"}'
+        >>> image_token_adjustment(line), image_token_adjustment(b'{"text":"hi"}')
+        (-400, 0)
+    """
+    adjustment = 0
+    for match in _BASE64_IMAGE.finditer(line):
+        adjustment += IMAGE_TOKENS - len(match.group(1)) // 4
+    return adjustment
 
 
 def sniff_media_type(data: bytes) -> str | None:

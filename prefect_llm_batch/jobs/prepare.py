@@ -226,7 +226,7 @@ def _plan(
     cached: set[str] = set()
     if cache == "use":
         cached = {str(cid) for cid in ResponseCache(state_dir, storage_options).ids().to_pylist()}
-    writer = ChunkWriter(store, limits, 0, 1)
+    writer = ChunkWriter(store, limits, 0, 1, images=bool(spec.image_columns))
     seen = DigestSet()
     hit_ids: list[str] = []
     rows = unique = 0

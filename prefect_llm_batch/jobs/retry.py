@@ -64,7 +64,7 @@ def plan_retry_round(ref: JobRef, round_: int, options: RunOptions) -> list[int]
         logger.warning("job %s: %s", ref.job_id, stopped)
         return []
     first_id = max((c.chunk_id for c in record.chunks), default=-1) + 1
-    writer = ChunkWriter(store, record.limits or BatchLimits(), first_id, round_ + 1)
+    writer = ChunkWriter(store, record.limits or BatchLimits(), first_id, round_ + 1, images=True)
     try:
         writer.add(lines, None)
     except BaseException:

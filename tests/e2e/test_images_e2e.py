@@ -318,3 +318,25 @@ def test_cli_image_column_sends_the_images_and_names_a_missing_one(
     assert result.exit_code == 1, result.output
     assert "row 1, image column 'img'" in " ".join(result.output.split())
     assert server.stats.requests_received == before
+
+
+def test_an_image_counts_a_fixed_number_of_tokens_in_the_estimate_not_its_base64_length(
+    server: Any, tmp_path: Path
+) -> None:
+    from prefect_llm_batch.images import IMAGE_TOKENS
+
+    big = png(1, 1, (0, 0, 0)) + b"\x00" * 60_000  # 80,000 characters of base64: 20,000 tokens by length
+    pq.write_table(
+        pa.table({"id": [1, 2], "text": ["a", "b"], "img": [big, big[:-1]]}), tmp_path / "in.parquet"
+    )
+    options: dict[str, Any] = {
+        "image_columns": ["img"],
+        "state_dir": str(tmp_path / "state"),
+        "dry_run": True,
+    }
+    estimate = enrich_table(
+        source=str(tmp_path / "in.parquet"), output=str(tmp_path / "o.parquet"), prompt="Describe {{ text }}",
+        model="gpt-4o-mini", provider="openai", base_url=server.base_url, **options,
+    )  # fmt: skip
+    assert 2 * IMAGE_TOKENS <= estimate.input_tokens < 2 * IMAGE_TOKENS + 200
+    assert server.stats.requests_received == 0
