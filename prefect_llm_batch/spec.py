@@ -355,6 +355,14 @@ class JobSpec(BaseModel):
             )
         return value
 
+    @field_validator("image_columns")
+    @classmethod
+    def _image_columns_named_once(cls, value: list[str]) -> list[str]:
+        repeated = sorted({name for name in value if value.count(name) > 1})
+        if repeated or not all(value):
+            raise ValueError(f"image_columns must name each column once: {value!r}")
+        return value
+
     @field_validator("base_url")
     @classmethod
     def _base_url_without_credentials(cls, value: str | None, info: ValidationInfo) -> str | None:
