@@ -20,6 +20,7 @@ Bytes must be PNG, JPEG, GIF or WEBP (read from their magic number) and at most 
 
 from __future__ import annotations
 
+import hashlib
 import os
 import posixpath
 from collections.abc import Sequence
@@ -28,9 +29,10 @@ from typing import Any
 import pyarrow as pa
 
 from ..errors import InputError, TableError
-from ..files import read_bytes
+from ..files import modified_time, read_bytes
 from ..images import Image, is_public_url
-from ..object_stores import shown_path
+from ..object_stores import filesystem, shown_path
+from ..table import scan_table
 
 #: Rows whose images are read at once while a job is prepared (a slice's images are in memory).
 IMAGE_SLICE_ROWS = 256
@@ -161,7 +163,8 @@ class ImageLoader:
             elif cell.startswith("data:"):
                 image = Image.from_data_url(cell)
             else:
-                path = cell if "://" in cell or os.path.isabs(cell) else posixpath.join(self.base, cell)
+                path = image_path(cell, self.base)
+                assert path is not None
                 image = Image.from_bytes(read_bytes(path, storage_options=self.storage_options))
         except (ValueError, TableError) as exc:
             shown = f" ({shown_path(path)})" if path is not None else ""
@@ -174,3 +177,61 @@ class ImageLoader:
                 f"{self.provider!r} takes ({self.max_image_bytes} bytes per image); make it smaller"
             )
         return image
+
+
+def image_path(cell: str, base: str) -> str | None:
+    """The file a text cell of an image column names (relative to ``base``), or None for a URL or
+    a ``data:`` URL (their text is the image's identity).
+
+    Examples:
+        >>> image_path("imgs/a.png", "/data"), image_path("https://x/a.png", "/data")
+        ('/data/imgs/a.png', None)
+    """
+    if not cell.strip() or is_public_url(cell) or cell.startswith("data:"):
+        return None
+    return cell if "://" in cell or os.path.isabs(cell) else posixpath.join(base, cell)
+
+
+def images_fingerprint(
+    source: str,
+    columns: Sequence[str],
+    *,
+    limit: int | None = None,
+    storage_options: dict[str, Any] | None = None,
+    invalid_utf8: Any = "error",
+) -> str | None:
+    """A digest of the image files a table's image columns name: each file's path, size and
+    modification time (not its bytes). Part of the job's identity, so a job whose image files
+    changed in place is a new job (planned again, its changed images sent under new keys), not
+    the old plan resumed. Bytes and URL cells are covered by the table's own fingerprint.
+
+    Returns:
+        None when the table has no such column (preparing the job names the error).
+    """
+    scan = scan_table(source, limit=limit, storage_options=storage_options, invalid_utf8=invalid_utf8)
+    if any(column not in scan.schema.names for column in columns):
+        return None
+    if scan.whole is None:
+        scan = scan_table(
+            source,
+            limit=limit,
+            columns=list(columns),
+            storage_options=storage_options,
+            invalid_utf8=invalid_utf8,
+        )
+    base = image_base(source)
+    paths: set[str] = set()
+    for batch in scan.batches:
+        for column in columns:
+            values = batch.column(batch.schema.get_field_index(column))
+            if pa.types.is_string(values.type) or pa.types.is_large_string(values.type):
+                paths.update(p for cell in values.to_pylist() if cell and (p := image_path(cell, base)))
+    digest = hashlib.sha256(b"prefect-llm-batch images\n")
+    for path in sorted(paths):
+        try:
+            fs, where = filesystem(path, storage_options)
+            stamp = f"{fs.size(where)} {modified_time(fs, where, 0.0)}"
+        except (OSError, ValueError):
+            stamp = "unreadable"  # preparing the job names the error
+        digest.update(f"{path}\t{stamp}\n".encode())
+    return digest.hexdigest()

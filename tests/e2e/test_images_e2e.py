@@ -340,3 +340,22 @@ def test_an_image_counts_a_fixed_number_of_tokens_in_the_estimate_not_its_base64
     )  # fmt: skip
     assert 2 * IMAGE_TOKENS <= estimate.input_tokens < 2 * IMAGE_TOKENS + 200
     assert server.stats.requests_received == 0
+
+
+def test_an_image_file_changed_in_place_is_sent_again_under_a_new_key(
+    server: Any, tmp_path: Path, folder: dict[str, bytes]
+) -> None:
+    """The job's identity covers the image files (size, time): a rerun after one file changed is a
+    new job, which sends that row alone (its new bytes) and takes the other from the cache."""
+    run(server, tmp_path, name="first")
+    sent_first = {
+        orjson.loads(raw)["custom_id"] for b in server.batches.values() for raw in b.input_data.splitlines()
+    }
+    blue = png(3, 3, (0, 0, 255))
+    (tmp_path / "imgs" / "red.png").write_bytes(blue)
+    table = run(server, tmp_path, name="second")
+    sent = [orjson.loads(raw) for b in server.batches.values() for raw in b.input_data.splitlines()]
+    new = [line for line in sent if line["custom_id"] not in sent_first]
+    assert len(new) == 1
+    assert new[0]["body"]["messages"][0]["content"][1]["image_url"]["url"] == data_url("image/png", blue)
+    assert table.column("response_cached").to_pylist() == [False, True]
