@@ -203,6 +203,8 @@ def enrich_table(
     allow_empty: bool = False,
     invalid_utf8: Literal["error", "replace"] = "error",
     cache_system_prompt: bool = False,
+    image_columns: list[str] | None = None,
+    allow_missing_images: bool = False,
     engine: Literal["process", "dask"] = "process",
     dask_address: str | None = None,
     dask_workers: int = 2,
@@ -286,6 +288,13 @@ def enrich_table(
             naming the column and the first bad row (default), or ``replace``: bad bytes become U+FFFD.
         cache_system_prompt: Mark the system prompt cacheable (Anthropic prompt caching, for one
             system prompt shared by every row); cache reads and writes count in the input tokens.
+        image_columns: Columns holding one image per row each, sent after the prompt's text:
+            ``http(s)`` URLs (passed as they are), local paths or fsspec URLs (relative paths are
+            relative to the source's directory), ``data:`` URLs, or bytes (PNG, JPEG, GIF, WEBP).
+            A missing, unreadable or too large image is an error naming its row, before anything is
+            sent (see :mod:`prefect_llm_batch.jobs.images`).
+        allow_missing_images: A null image cell means no image from that column for that row
+            (by default it is an error naming the row and column).
         engine: ``process`` (default: the job in this flow run) or ``dask``: the job runs as shards
             (file and row-group ranges of a Parquet source) whose prepare, collect and write steps
             are tasks on a Dask cluster; the output is then a directory of Parquet parts with a
@@ -334,6 +343,8 @@ def enrich_table(
         invalid_utf8=invalid_utf8,
         cache_system_prompt=cache_system_prompt,
         model_column=model_column,
+        image_columns=image_columns or [],
+        allow_missing_images=allow_missing_images,
     )
     options = RunOptions.for_provider(
         provider,

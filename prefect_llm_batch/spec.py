@@ -299,6 +299,14 @@ class JobSpec(BaseModel):
         cache_system_prompt: Mark the system prompt cacheable (Anthropic prompt caching: the
             system block gets ``cache_control: {"type": "ephemeral"}``); worth it when every row
             shares one system prompt. Cache reads and writes count in ``response_input_tokens``.
+        image_columns: Columns whose cells are images to send with each row's prompt (after its
+            text, in this order): ``http(s)`` URLs (passed as they are, never fetched), local paths
+            or fsspec URLs (relative paths: relative to the source table's directory), ``data:``
+            URLs, or bytes (a binary column). Bytes must be PNG, JPEG, GIF or WEBP and go as base64,
+            so the request key covers them (for a URL: the URL string). See
+            :mod:`prefect_llm_batch.jobs.images`.
+        allow_missing_images: A null cell of an image column means no image from it for that row
+            (by default it is an error naming the row and column, before anything is sent).
 
     Examples:
         >>> JobSpec(prompt="{{ a }}", model="m", params={"temperature": 0}).params
@@ -331,6 +339,8 @@ class JobSpec(BaseModel):
     invalid_utf8: Literal["error", "replace"] = "error"
     cache_system_prompt: bool = False
     model_column: str | None = Field(None, min_length=1)
+    image_columns: list[str] = Field(default_factory=list)
+    allow_missing_images: bool = False
 
     @model_validator(mode="after")
     def _one_model_source(self) -> JobSpec:
@@ -359,6 +369,14 @@ class JobSpec(BaseModel):
                 f"params may not set {sorted(reserved)}: model, messages and the response format come "
                 "from the job (use response_schema), and batch requests cannot stream"
             )
+        return value
+
+    @field_validator("image_columns")
+    @classmethod
+    def _image_columns_named_once(cls, value: list[str]) -> list[str]:
+        repeated = sorted({name for name in value if value.count(name) > 1})
+        if repeated or not all(value):
+            raise ValueError(f"image_columns must name each column once: {value!r}")
         return value
 
     @field_validator("base_url")

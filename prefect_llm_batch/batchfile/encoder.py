@@ -129,12 +129,21 @@ class RequestEncoder:
         """
         return self.key(self.lay_out(prompts, systems))
 
-    def lay_out(self, prompts: Texts, systems: Texts | None = None) -> LaidOutRequests:
+    def lay_out(
+        self,
+        prompts: Texts,
+        systems: Texts | None = None,
+        *,
+        extend: Callable[[int, dict[str, Any]], dict[str, Any]] | None = None,
+    ) -> LaidOutRequests:
         """Everything :meth:`encode` does but hashing: each row's body and the bytes its key hashes.
 
         Args:
             prompts: As :meth:`encode`.
             systems: As :meth:`encode`.
+            extend: From (row of this call, its built body) to the body sent, for bodies that
+                hold more of their row than its texts (images); every body is then built one by
+                one (:meth:`lay_out_rows`).
 
         Raises:
             InputError: As :meth:`encode`.
@@ -143,6 +152,8 @@ class RequestEncoder:
         n = len(prompts)
         if systems is not None and len(systems) != n:
             raise ValueError(f"{len(systems)} system prompts for {n} prompts")
+        if extend is not None:
+            return self.lay_out_rows(prompts, systems, extend)
         prompt_contents = _contents(prompts)
         system_contents = _contents(systems) if systems is not None else None
         for name, texts in (("prompt", prompt_contents), ("system prompt", system_contents)):
@@ -175,6 +186,29 @@ class RequestEncoder:
             payload = self._lay_out_group(with_system, group_prompts, group_systems, rows, laid.encoded)
             if payload is not None:
                 laid.payloads.append((rows, *payload))
+        return laid
+
+    def lay_out_rows(
+        self,
+        prompts: Texts,
+        systems: Texts | None,
+        extend: Callable[[int, dict[str, Any]], dict[str, Any]],
+    ) -> LaidOutRequests:
+        """Lay out every row's body built one by one: ``extend(row, build_body(prompt, system))``
+        (an empty system prompt is none). Slower than the shapes :meth:`lay_out` fills, for bodies
+        that hold more than their row's texts."""
+        n = len(prompts)
+        bodies = []
+        for row in range(n):
+            system = _text(systems, row) if systems is not None else None
+            body = self._build_body(_text(prompts, row), system or None)
+            bodies.append(canonical_json(extend(row, body)))
+        laid = LaidOutRequests(EncodedRequests(self, n), n)
+        if not n:
+            return laid
+        body_array = pa.array(bodies, pa.large_binary())
+        laid.encoded.add_group(None, BodyShape(parts=(b"", b""), slots=("body",)), [body_array])
+        laid.payloads.append((None, hashlib.sha256(self._key_head), _join([body_array, self._key_tail])))
         return laid
 
     def key(self, laid: LaidOutRequests) -> EncodedRequests:

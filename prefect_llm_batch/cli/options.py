@@ -99,6 +99,20 @@ CacheSystemPromptOption = Annotated[
         help="Mark the system prompt cacheable (Anthropic prompt caching; one system prompt for all rows).",
     ),
 ]
+ImageColumnOption = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--image-column",
+        help="A column of images sent with each row's prompt (repeatable): http(s) URLs, paths (relative "
+        "to SOURCE's directory), fsspec URLs, data: URLs or bytes; PNG, JPEG, GIF or WEBP.",
+    ),
+]
+AllowMissingImagesOption = Annotated[
+    bool,
+    typer.Option(
+        "--allow-missing-images", help="A null image cell sends the row without it (else an error)."
+    ),
+]
 InvalidUtf8Option = Annotated[
     str,
     typer.Option(help="Text that is not UTF-8 in a CSV/JSONL source: error (default) or replace (U+FFFD)."),
@@ -212,6 +226,8 @@ def build_spec(
     cache_system_prompt: bool = False,
     endpoint: str = "chat/completions",
     model_column: str | None = None,
+    image_columns: list[str] | None = None,
+    allow_missing_images: bool = False,
 ) -> JobSpec:
     """The job the options describe: ``run`` and ``estimate`` build it here, so that the estimate
     plans exactly what ``run`` sends.
@@ -248,6 +264,8 @@ def build_spec(
             cache_system_prompt=cache_system_prompt,
             endpoint=cast(Any, path),
             model_column=model_column,
+            image_columns=image_columns or [],
+            allow_missing_images=allow_missing_images,
         )
     except LLMBatchError as exc:
         raise fail(str(exc)) from None

@@ -20,11 +20,13 @@ from .options import (
     DEFAULT_OUTPUT_EXPIRY,
     SOURCE_HELP,
     AllowEmptyOption,
+    AllowMissingImagesOption,
     BaseUrlOption,
     CacheSystemPromptOption,
     ColumnPrefixOption,
     EndpointOption,
     IdColumnOption,
+    ImageColumnOption,
     InvalidUtf8Option,
     LimitOption,
     MaxBytesOption,
@@ -203,6 +205,8 @@ def run(
     cache_system_prompt: CacheSystemPromptOption = False,
     model_column: ModelColumnOption = None,
     endpoint: EndpointOption = "chat/completions",
+    image_column: ImageColumnOption = None,
+    allow_missing_images: AllowMissingImagesOption = False,
     engine: Annotated[
         str,
         typer.Option(
@@ -241,7 +245,8 @@ def run(
         id_column=id_column, param=param, provider=provider, base_url=base_url,
         max_requests_per_batch=max_requests_per_batch, max_batch_bytes=max_batch_bytes,
         allow_empty=allow_empty, invalid_utf8=invalid_utf8, cache_system_prompt=cache_system_prompt,
-        endpoint=endpoint, model_column=model_column,
+        endpoint=endpoint, model_column=model_column, image_columns=image_column,
+        allow_missing_images=allow_missing_images,
     )  # fmt: skip
     from ..errors import CostLimitExceeded, LLMBatchError
     from ..jobs import JobRef, JobSummary, preflight
@@ -383,6 +388,8 @@ def _run_flow(
         allow_empty=spec.allow_empty,
         invalid_utf8=spec.invalid_utf8,
         cache_system_prompt=spec.cache_system_prompt,
+        image_columns=spec.image_columns,
+        allow_missing_images=spec.allow_missing_images,
         **shards,
     )
 

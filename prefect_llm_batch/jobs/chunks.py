@@ -17,19 +17,21 @@ import pyarrow as pa
 
 from ..arrays import value_offsets
 from ..batchfile import ChunkPacker, fixed_width_ids
+from ..images import image_token_adjustment
 from ..keys import split_fixed_width
 from ..spec import ID_HEAD, BatchLimits
 from ..store import ChunkPlanRecord, ChunkState, JobStore
 
 
 def estimate_tokens(line: bytes) -> int:
-    """Heuristic prompt tokens of one request line: UTF-8 bytes / 4 (documented in RunOptions).
+    """Heuristic prompt tokens of one request line: UTF-8 bytes / 4 (documented in RunOptions);
+    an image's base64 counts :data:`~prefect_llm_batch.images.IMAGE_TOKENS` instead.
 
     Examples:
         >>> estimate_tokens(b"x" * 400)
         100
     """
-    return max(1, len(line) // 4)
+    return max(1, len(line) // 4 + image_token_adjustment(line))
 
 
 #: Batch files being written at once while a job is prepared (each one's sync overlaps with the
@@ -60,8 +62,10 @@ class ChunkWriter:
         *,
         model: str | None = None,
         chunk_ids: Iterator[int] | None = None,
+        images: bool = False,
     ) -> None:
         self.store = store
+        self.images = images  # lines may carry base64 images: their tokens are counted per image
         self.round = round_
         self.model = model
         self.records: list[ChunkPlanRecord] = []
@@ -129,6 +133,8 @@ class ChunkWriter:
                 np.concatenate(([0], breaks)), np.concatenate((breaks, [len(segment)])), strict=True
             ):
                 self._parts.append(data[offsets[segment[first]] : offsets[segment[last - 1] + 1]])
+                if self.images:
+                    self._tokens += image_token_adjustment(self._parts[-1])
             self._bytes += int(sizes[start:stop].sum())
             # estimate_tokens per line (every line is far longer than 4 bytes, so never 0)
             self._tokens += int((sizes[start:stop] // 4).sum())

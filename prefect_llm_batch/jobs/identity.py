@@ -14,6 +14,7 @@ from ..providers.base import BatchProvider
 from ..spec import BatchLimits, CacheMode, JobSpec, ProviderTarget, normalise_base_url
 from ..store import JobRecord
 from ..table import fingerprint
+from .images import images_fingerprint
 
 
 class JobRef(BaseModel):
@@ -44,6 +45,7 @@ def compute_job_id(
     limit: int | None,
     limits: BatchLimits,
     cache: CacheMode = "use",
+    images: str | None = None,
 ) -> str:
     """Hash everything that determines a job's requests and batches into its id (32 hex digits).
 
@@ -77,6 +79,10 @@ def compute_job_id(
         payload["cache_system_prompt"] = True
     if spec.model_column is not None:  # each row's model comes from this column
         payload["model_column"] = spec.model_column
+    if spec.image_columns:  # other request bodies (the images' bytes are in the request keys)
+        payload["image_columns"] = spec.image_columns
+        payload["allow_missing_images"] = spec.allow_missing_images
+        payload["images"] = images  # the image files' sizes and times (jobs.images.images_fingerprint)
     if spec.invalid_utf8 != "error":  # other prompts (and ids unchanged for the default)
         payload["invalid_utf8"] = spec.invalid_utf8
     return hashlib.sha256(canonical_json(payload)).hexdigest()[:32]
@@ -113,7 +119,13 @@ def identify(
         raise InputError(f"limit must be at least 1, not {limit}")
     source_fp = fingerprint(source, storage_options=storage_options)
     limits = effective_limits(spec, provider)
-    job_id = compute_job_id(spec, target, source_fp, limit, limits, cache)
+    images = None
+    if spec.image_columns:
+        images = images_fingerprint(
+            source, spec.image_columns, limit=limit, storage_options=storage_options,
+            invalid_utf8=spec.invalid_utf8,
+        )  # fmt: skip
+    job_id = compute_job_id(spec, target, source_fp, limit, limits, cache, images=images)
     return JobIdentity(job_id=job_id, source_fingerprint=source_fp, limits=limits)
 
 

@@ -4,6 +4,7 @@ response cache answered, write the batch input files and the plan (no HTTP: bad 
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import itertools
 import logging
@@ -20,6 +21,7 @@ import pyarrow.compute as pc
 from ..batchfile import EncodedRequests, LaidOutRequests, RequestEncoder, Texts
 from ..cache import ResponseCache
 from ..errors import StateError
+from ..images import Image
 from ..keys import DigestSet, canonical_json
 from ..prompts import PromptTemplate
 from ..providers.base import BatchProvider
@@ -30,6 +32,7 @@ from ..store import ChunkPlanRecord, JobRecord, JobStore
 from ..table import TableScan, read_ahead, scan_table
 from .chunks import ChunkWriter
 from .identity import JobIdentity, JobRef, identify, job_ref
+from .images import IMAGE_SLICE_ROWS, ImageLoader, check_image_columns
 from .input_checks import BlankPrompts, check_columns, check_id_column, response_schema, row_models
 
 logger = logging.getLogger("prefect_llm_batch")
@@ -224,6 +227,9 @@ def _plan(
     template, system_template = check_columns(spec, scan.schema.names)
     _check_id_column_scan(source, scan, spec, limit, storage_options, shard)
     read = columns_read(scan.schema, spec.id_column, template, system_template)
+    if spec.image_columns:
+        check_image_columns(spec.image_columns, scan.schema.names)
+        read = [name for name in scan.schema.names if name in {*read, *spec.image_columns}]
     names = scan.schema.names
     if spec.model_column is not None and spec.model_column not in read:
         read = [name for name in names if name in {*read, spec.model_column}]
@@ -266,7 +272,9 @@ def _plan(
         # A batch holds one model (OpenAI's and Gemini's rule): one writer, and so its own
         # batches, per model.
         if model not in writers:
-            writers[model] = ChunkWriter(store, limits, 0, 1, model=model, chunk_ids=chunk_ids)
+            writers[model] = ChunkWriter(
+                store, limits, 0, 1, model=model, chunk_ids=chunk_ids, images=bool(spec.image_columns)
+            )
         return writers[model]
 
     seen = DigestSet()
@@ -274,25 +282,48 @@ def _plan(
     rows = unique = 0
 
     blank = BlankPrompts(spec.id_column)
+    images = (
+        ImageLoader(
+            spec.image_columns, source, allow_missing=spec.allow_missing_images,
+            max_image_bytes=provider.max_image_bytes, accepts_urls=provider.accepts_image_urls,
+            provider=provider.name, id_column=spec.id_column, storage_options=storage_options,
+        )
+        if spec.image_columns
+        else None
+    )  # fmt: skip
+
+    def slices() -> Iterator[pa.Table]:
+        for batch in scan.batches:
+            table = pa.Table.from_batches([batch], schema=scan.schema)
+            if images is None:
+                yield table
+            else:  # a slice's images are in memory at once: fewer rows per slice
+                for start in range(0, table.num_rows, IMAGE_SLICE_ROWS):
+                    yield table.slice(start, IMAGE_SLICE_ROWS)
 
     def laid_out() -> Iterator[tuple[int, list[ModelGroup]]]:
         first = 0
-        for batch in scan.batches:
-            table = pa.Table.from_batches([batch], schema=scan.schema)
+        for table in slices():
             prompts, blank_rows = render_slice(template, table, spec.id_column, first)
             blank.add(table, blank_rows, first)
             systems = (
                 render_slice(system_template, table, spec.id_column, first)[0] if system_template else None
             )
+            row_images = images.load(table, first) if images is not None else None
             if spec.model_column is None:
-                yield table.num_rows, [(None, None, encoder_for(None).lay_out(prompts, systems))]
+                laid = encoder_for(None).lay_out(
+                    prompts, systems, extend=_image_parts(provider, row_images, None)
+                )
+                yield table.num_rows, [(None, None, laid)]
             else:
                 groups: list[ModelGroup] = []
                 for model, positions in model_groups(
                     row_models(table, spec.model_column, first, spec.id_column)
                 ):
                     laid = encoder_for(model).lay_out(
-                        _take(prompts, positions), _take(systems, positions) if systems is not None else None
+                        _take(prompts, positions),
+                        _take(systems, positions) if systems is not None else None,
+                        extend=_image_parts(provider, row_images, positions),
                     )
                     groups.append((model, positions, laid))
                 yield table.num_rows, groups
@@ -419,6 +450,23 @@ def _in_row_order(ids: list[pa.Array[Any]], places: list[npt.NDArray[np.int64] |
         return pa.array([], pa.string())
     where = np.concatenate([p for p in places if p is not None])
     return pa.concat_arrays(ids).take(pa.array(np.argsort(where, kind="stable"), pa.int64()))
+
+
+def _image_parts(
+    provider: BatchProvider, row_images: list[list[Image]] | None, positions: npt.NDArray[np.int64] | None
+) -> Callable[[int, dict[str, Any]], dict[str, Any]] | None:
+    """What adds each laid-out row's images to its body (None: no images): the slice's rows, or
+    those of one model's group (at ``positions``)."""
+    if row_images is None:
+        return None
+    chosen = row_images if positions is None else [row_images[i] for i in positions.tolist()]
+    return functools.partial(_with_images, provider, chosen)
+
+
+def _with_images(
+    provider: BatchProvider, images: list[list[Image]], row: int, body: dict[str, Any]
+) -> dict[str, Any]:
+    return provider.add_images(body, images[row])
 
 
 def _as_cached(hits: pa.Table) -> pa.Table:

@@ -78,9 +78,8 @@ def plan_retry_round(ref: JobRef, round_: int, options: RunOptions) -> list[int]
     for model, group in by_model.items():
         if not group:
             continue
-        writer = ChunkWriter(
-            store, record.limits or BatchLimits(), first_id + len(chunks), round_ + 1, model=model
-        )
+        limits = record.limits or BatchLimits()
+        writer = ChunkWriter(store, limits, first_id + len(chunks), round_ + 1, model=model, images=True)
         try:
             writer.add(group, None)
         except BaseException:

@@ -19,6 +19,7 @@ import orjson
 import pyarrow as pa
 
 from ..errors import ConfigError, ProviderUnavailable
+from ..images import Image
 from ..results import RowResult, result_schema, results_to_table
 from ..schemas import ResponseSchema
 from ..spec import BatchLimits
@@ -183,6 +184,21 @@ class BatchProvider(ABC):
         raise ConfigError(
             f"cache_system_prompt: provider {self.name!r} has no prompt caching to ask for in a request; "
             "it is for 'anthropic' (nothing was sent)"
+        )
+
+    #: The largest image in bytes a request may carry (checked before anything is sent); None: no limit known.
+    max_image_bytes: int | None = None
+    #: True when ``http(s)`` image URLs may be passed to the provider as they are.
+    accepts_image_urls: bool = True
+
+    def add_images(self, body: dict[str, Any], images: list[Image]) -> dict[str, Any]:
+        """Return ``body`` with ``images`` as image parts of its user message, after its text. Pure.
+
+        Raises:
+            ConfigError: The provider or endpoint takes no images (the default).
+        """
+        raise ConfigError(
+            f"image_columns: provider {self.name!r} takes no images on {self.endpoint} (nothing was sent)"
         )
 
     @abstractmethod

@@ -37,6 +37,7 @@ from ..errors import (
     LLMBatchError,
     ProviderRejected,
 )
+from ..images import Image
 from ..moderations import parse_moderation
 from ..results import (
     EMBEDDING_COLUMN,
@@ -140,6 +141,57 @@ def responses_body(
     return body
 
 
+#: OpenAI's largest image: 20 MB per image (vision guide, "Image input requirements").
+OPENAI_MAX_IMAGE_BYTES = 20 * 1024 * 1024
+
+
+def chat_image_part(image: Image) -> dict[str, Any]:
+    """A chat-completions content part of an image: its URL, or its bytes as a base64 data URL.
+
+    Examples:
+        >>> chat_image_part(Image(url="https://x/cat.png"))
+        {'type': 'image_url', 'image_url': {'url': 'https://x/cat.png'}}
+    """
+    return {"type": "image_url", "image_url": {"url": image.data_url()}}
+
+
+def responses_image_part(image: Image) -> dict[str, Any]:
+    """A Responses API ``input_image`` content part (``detail`` ``auto``, the API's default).
+
+    Examples:
+        >>> responses_image_part(Image(url="https://x/cat.png"))
+        {'type': 'input_image', 'image_url': 'https://x/cat.png', 'detail': 'auto'}
+    """
+    return {"type": "input_image", "image_url": image.data_url(), "detail": "auto"}
+
+
+def chat_body_with_images(body: dict[str, Any], images: list[Image]) -> dict[str, Any]:
+    """A chat-completions body whose last user message is its text then one part per image.
+
+    Examples:
+        >>> body = chat_body("m", "What is it?")
+        >>> chat_body_with_images(body, [Image(url="https://x/a.png")])["messages"][0]["content"]
+        [{'type': 'text', 'text': 'What is it?'}, {'type': 'image_url', 'image_url': {'url': 'https://x/a.png'}}]
+    """
+    messages = [dict(m) for m in body["messages"]]
+    user = messages[-1]
+    user["content"] = [{"type": "text", "text": user["content"]}, *(chat_image_part(i) for i in images)]
+    return {**body, "messages": messages}
+
+
+def responses_body_with_images(body: dict[str, Any], images: list[Image]) -> dict[str, Any]:
+    """A Responses API body whose ``input`` is one user message: the prompt (``input_text``) then
+    one ``input_image`` per image.
+
+    Examples:
+        >>> body = responses_body("m", "What is it?")
+        >>> responses_body_with_images(body, [Image(url="https://x/a.png")])["input"][0]["content"][0]
+        {'type': 'input_text', 'text': 'What is it?'}
+    """
+    content = [{"type": "input_text", "text": body["input"]}, *(responses_image_part(i) for i in images)]
+    return {**body, "input": [{"role": "user", "content": content}]}
+
+
 _STATUSES = {s.value: s for s in BatchStatus}
 
 
@@ -232,6 +284,23 @@ class OpenAIBatchProvider(RetryingHTTP, BatchProvider):
         if schema is not None:
             body["response_format"] = schema.openai_response_format()
         return body
+
+    max_image_bytes = OPENAI_MAX_IMAGE_BYTES
+
+    def add_images(self, body: dict[str, Any], images: list[Image]) -> dict[str, Any]:
+        """The body with the images after the prompt: ``image_url`` parts (chat completions) or
+        ``input_image`` parts (Responses); URLs as they are, bytes as base64 data URLs.
+
+        Raises:
+            ConfigError: The endpoint is embeddings or moderations (text only here).
+        """
+        if not images:
+            return body
+        if self._endpoint == CHAT_ENDPOINT:
+            return chat_body_with_images(body, images)
+        if self._endpoint == RESPONSES_ENDPOINT:
+            return responses_body_with_images(body, images)
+        return super().add_images(body, images)
 
     @property
     def wire_endpoint(self) -> str:

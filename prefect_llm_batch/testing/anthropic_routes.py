@@ -122,6 +122,7 @@ def anthropic_batch_handlers(state: _State) -> dict[str, Handler]:
                 created_clock=time.monotonic(),
                 digest=hashlib.sha256(raw).hexdigest(),
                 run_limit=len(outcomes) if expire is None else min(max(expire, 0), len(outcomes)),
+                requests=list(items),
             )
             state.message_batches[batch.id] = batch
             state.stats.creates += 1

@@ -155,6 +155,8 @@ class GeminiBatch:
     error: dict[str, Any] | None = None
     responses_file: str | None = None
     digest: str = ""
+    #: The GenerateContentRequests as received, in input order (for tests to read the bodies).
+    requests: list[Any] = field(default_factory=list)
 
     def stats(self) -> dict[str, str]:
         done = self.lines[: self.finished]
@@ -447,6 +449,7 @@ def gemini_batch_handlers(state: _State) -> dict[str, Handler]:
                 keys=[key for key, _ in items],
                 run_limit=len(lines) if expire is None else min(max(expire, 0), len(lines)),
                 digest=hashlib.sha256(orjson.dumps(body)).hexdigest(),
+                requests=[req for _, req in items],
             )
             if problem is not None:
                 batch.error = {"code": 3, "message": problem, "status": "INVALID_ARGUMENT"}

@@ -401,6 +401,12 @@ class FakeProviderServer:
                 self._state.advance_message_batch(batch)
             return dict(self._state.message_batches)
 
+    @property
+    def gemini_batches(self) -> dict[str, Any]:
+        """A snapshot of the Gemini batches by name, oldest first (their ``requests`` as received)."""
+        with self._state.lock:
+            return dict(self._state.gemini_batches)
+
     def message_batch(self, batch_id: str) -> dict[str, Any]:
         """Return the wire object of one Anthropic message batch, advanced to the present.
 

@@ -248,6 +248,8 @@ class FakeMessageBatch:
     results: bytes = b""
     clock_shift: float = 0.0
     frozen_clock: float | None = None
+    #: The requests as received (``{"custom_id", "params"}`` each), for tests to read the bodies.
+    requests: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def request_counts(self) -> dict[str, int]:

@@ -14,7 +14,7 @@ import prefect_llm_batch
 PACKAGE = Path(prefect_llm_batch.__file__).parent
 
 #: The core's modules (a package counts with every module in it).
-CORE = {"arrays", "costs", "errors", "moderations", "prompts", "results", "schemas", "spec"}
+CORE = {"arrays", "costs", "errors", "images", "moderations", "prompts", "results", "schemas", "spec"}
 
 #: What the core may import besides itself and the standard library.
 CORE_LIBRARIES = {"jinja2", "jsonschema", "numpy", "orjson", "pyarrow", "pydantic"}
