@@ -359,3 +359,33 @@ def test_an_image_file_changed_in_place_is_sent_again_under_a_new_key(
     assert len(new) == 1
     assert new[0]["body"]["messages"][0]["content"][1]["image_url"]["url"] == data_url("image/png", blue)
     assert table.column("response_cached").to_pylist() == [False, True]
+
+
+def test_with_a_model_per_row_each_models_batch_carries_its_own_rows_images(
+    server: Any, tmp_path: Path
+) -> None:
+    # Rows of two models interleaved: each model's group is laid out from its rows' positions, so
+    # each body must carry the image of its own row, not of the row at the same place in the slice.
+    colours = [(255, 0, 0), (0, 255, 0), (0, 0, 255), (9, 9, 9)]
+    names = []
+    for i, rgb in enumerate(colours):
+        (tmp_path / f"{i}.png").write_bytes(png(1, 1, rgb))
+        names.append(f"{i}.png")
+    pq.write_table(
+        pa.table({
+            "id": [0, 1, 2, 3], "text": ["r0", "r1", "r2", "r3"], "img": names,
+            "model": ["model-a", "model-b", "model-b", "model-a"],
+        }),
+        tmp_path / "in.parquet",
+    )  # fmt: skip
+    table = run(server, tmp_path, model="", model_column="model")
+    assert len(server.batches) == 2
+    for batch in server.batches.values():
+        lines = [orjson.loads(raw) for raw in batch.input_data.splitlines() if raw.strip()]
+        assert len({line["body"]["model"] for line in lines}) == 1
+        for line in lines:
+            text, image = line["body"]["messages"][0]["content"]
+            row = int(text["text"].removeprefix("Describe r"))
+            assert image["image_url"]["url"] == data_url("image/png", png(1, 1, colours[row]))
+            assert line["body"]["model"] == ["model-a", "model-b", "model-b", "model-a"][row]
+    assert table.column("response_error_kind").to_pylist() == [None] * 4
