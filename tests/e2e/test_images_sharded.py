@@ -66,7 +66,11 @@ def target(server: FakeProviderServer) -> ProviderTarget:
 
 
 SPEC = JobSpec(
-    prompt="Describe {{ text }}", model="vision-model", provider="openai", image_columns=["img"], id_column="id"
+    prompt="Describe {{ text }}",
+    model="vision-model",
+    provider="openai",
+    image_columns=["img"],
+    id_column="id",
 )
 
 

@@ -161,7 +161,9 @@ def test_a_saved_job_block_keeps_its_model_column_and_image_columns(
     for i, rgb in enumerate(colours):
         (tmp_path / f"{i}.png").write_bytes(png(1, 1, rgb))
     pq.write_table(
-        pa.table({"id": [0, 1], "text": ["r0", "r1"], "img": ["0.png", None], "model": ["model-a", "model-b"]}),
+        pa.table(
+            {"id": [0, 1], "text": ["r0", "r1"], "img": ["0.png", None], "model": ["model-a", "model-b"]}
+        ),
         tmp_path / "in.parquet",
     )
     name = f"job-{uuid.uuid4().hex[:12]}"
