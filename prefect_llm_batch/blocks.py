@@ -258,7 +258,12 @@ class LLMBatchJob(Block):
     Attributes:
         prompt: Jinja2 template rendered per row, e.g. ``"Classify: {{ review }}"``.
         system: Optional system prompt (also a template).
-        model: Model name.
+        model: Model name (empty with ``model_column``).
+        model_column: Column naming each row's model, instead of ``model`` (one batch per model).
+        image_columns: Columns holding one image per row each (a URL, a path relative to the
+            table's directory, an fsspec URL or bytes), sent after the prompt's text.
+        allow_missing_images: A null image cell means no image from that column for that row
+            (else an error naming the row, before anything is sent).
         params: Extra request parameters (``temperature``, ``max_tokens``...).
         provider: ``simulator`` (offline fake, free), ``openai``, ``anthropic`` or ``azure`` (real,
             costs money).
@@ -311,7 +316,24 @@ class LLMBatchJob(Block):
         description="Jinja2 template rendered once per row; the row's columns are its variables.",
     )
     system: str | None = Field(default=None, description="Optional system prompt, also a template.")
-    model: str = Field(default=..., description="Model name, e.g. gpt-4o-mini.")
+    model: str = Field(
+        default="", description="Model name, e.g. gpt-4o-mini (empty when a model column names each row's)."
+    )
+    model_column: str | None = Field(
+        default=None,
+        description="Column naming each row's model, instead of Model (one batch per model).",
+    )
+    image_columns: list[str] = Field(
+        default_factory=list,
+        description=(
+            "Columns holding one image per row each (a URL, a path relative to the table's folder, "
+            "an fsspec URL or bytes), sent after the prompt's text."
+        ),
+    )
+    allow_missing_images: bool = Field(
+        default=False,
+        description="Send a row whose image cell is empty without that image (else an error naming the row).",
+    )
     params: dict[str, Any] = Field(
         default_factory=dict,
         description="Extra request parameters passed through as given (temperature, max_tokens...).",
@@ -376,6 +398,9 @@ class LLMBatchJob(Block):
             prompt=self.prompt,
             system=self.system,
             model=self.model,
+            model_column=self.model_column,
+            image_columns=self.image_columns,
+            allow_missing_images=self.allow_missing_images,
             params=self.params,
             provider=self.provider,
             base_url=base_url,

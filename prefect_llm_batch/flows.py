@@ -591,6 +591,19 @@ def run_llm_batch_job(
     if taken:
         raise ConfigError(f"options {taken} are set by the job block or by this flow's own parameters")
     spec = job.to_spec()
+    # What the block sets of these is its own; what it leaves unset, ``options`` may set.
+    from_block = {
+        name: value
+        for name, value in (
+            ("model_column", spec.model_column), ("image_columns", spec.image_columns or None),
+            ("allow_missing_images", spec.allow_missing_images or None),
+        )
+        if value is not None
+    }  # fmt: skip
+    taken = sorted(set(from_block) & set(extra))
+    if taken:
+        raise ConfigError(f"options {taken} are set by the job block or by this flow's own parameters")
+    extra.update(from_block)
     result: JobSummary | Estimate | JobRef = enrich_table.fn(
         source=source, output=output, prompt=spec.prompt, system=spec.system, model=spec.model,
         params=spec.params, response_format=spec.response_schema, provider=spec.provider,

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import importlib.util
+import os
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -26,6 +27,7 @@ from .files import exists, write_parquet_atomic
 from .jobs import JobSummary, Progress
 from .jobs.checks import check_before_start, check_output
 from .jobs.driver import run_job
+from .jobs.images import image_path
 from .providers import make_provider
 from .schemas import ResponseSchema
 from .simulator import open_target
@@ -126,12 +128,40 @@ class _Text(str):
         return str(self)
 
 
+def absolute_image_paths(table: pa.Table, columns: list[str], base: str) -> pa.Table:
+    """``table`` with the relative local paths of its text image columns joined to ``base``
+    (URLs, ``data:`` URLs, absolute paths, bytes and nulls as they are; a column that is missing
+    is left for the job to name).
+
+    Examples:
+        >>> t = absolute_image_paths(pa.table({"img": ["a.png", "/x/b.png", "https://h/c.png", None]}),
+        ...                          ["img"], "/work")
+        >>> t.column("img").to_pylist()
+        ['/work/a.png', '/x/b.png', 'https://h/c.png', None]
+    """
+    for column in columns:
+        if column not in table.column_names:
+            continue
+        index = table.column_names.index(column)
+        values = table.column(index)
+        if not (pa.types.is_string(values.type) or pa.types.is_large_string(values.type)):
+            continue
+        cells = [
+            cell if not isinstance(cell, str) else (image_path(cell, base) or cell)
+            for cell in values.to_pylist()
+        ]
+        table = table.set_column(index, table.field(index), pa.array(cells, type=values.type))
+    return table
+
+
 def enrich(
     df: pd.DataFrame,
     prompt: str,
     model: str = "",
     *,
     model_column: str | None = None,
+    image_columns: list[str] | None = None,
+    allow_missing_images: bool = False,
     system: str | None = None,
     params: dict[str, Any] | None = None,
     response_format: dict[str, Any] | str | type[BaseModel] | None = None,
@@ -158,6 +188,14 @@ def enrich(
         model_column: Column naming each row's model, instead of ``model`` (one batch per model;
             ``response_model`` says which answered). To compare models, give ``df`` one row per
             (item, model), e.g. ``df.merge(pd.DataFrame({"model": models}), how="cross")``.
+        image_columns: Columns whose cells are images sent with each row's prompt: an
+            ``http(s)`` URL (passed as is), a ``data:`` URL, bytes, an fsspec URL, or a local
+            path. A relative local path is relative to the current directory when ``enrich``
+            is called (``df`` is saved in the state directory, so it is made absolute first;
+            the returned DataFrame keeps the paths as given). Images are part of the job:
+            a file changed in place is sent again.
+        allow_missing_images: A null image cell means the row has no image from that column
+            (else it is an error naming the row, before anything is sent).
         system: Optional system prompt (a template too).
         params: Extra request parameters.
         response_format: A pydantic model, JSON Schema (dict or JSON text): typed answer columns.
@@ -199,6 +237,8 @@ def enrich(
         system=system,
         model=model,
         model_column=model_column,
+        image_columns=list(image_columns or []),
+        allow_missing_images=allow_missing_images,
         params=params or {},
         provider=provider,
         base_url=base_url,
@@ -213,6 +253,10 @@ def enrich(
     table = pa.Table.from_pandas(df.reset_index(drop=True), preserve_index=False)
     # The input is written under its content hash, so a rerun finds the same source and job.
     hashed = pd.util.hash_pandas_object(df, index=False).to_numpy().tobytes()
+    if spec.image_columns:  # relative image paths are the caller's, not the state directory's
+        here = os.getcwd()
+        table = absolute_image_paths(table, spec.image_columns, here)
+        hashed += f"\nimages relative to {here}".encode()
     digest = hashlib.sha256(hashed + ",".join(map(str, df.columns)).encode()).hexdigest()[:24]
     source = f"{state.rstrip('/')}/inputs/{digest}.parquet"
     if not exists(source):

@@ -32,9 +32,9 @@ from .budgets import job_budget
 from .jobs import JobSummary, collect_chunks
 from .jobs.budget import Budget, own_limits
 from .jobs.dataset import write_shard
-from .jobs.sharded import ShardSteps, prepare_shard, run_sharded
+from .jobs.sharded import ShardSteps, prepare_shard, run_sharded, shard_content_fingerprint
 from .providers import api_key_for, simulator_key
-from .shards import DEFAULT_SHARD_ROWS, Shard, shard_fingerprint
+from .shards import DEFAULT_SHARD_ROWS, Shard
 from .spec import JobSpec, ProviderTarget, RunOptions
 from .store import JobStore
 from .tasks import _RETRIED, provider_for
@@ -55,9 +55,12 @@ def _provider(
 
 
 @task(name="fingerprint-shard", task_run_name="fingerprint-shard-{shard.index}", cache_policy=NONE)
-def fingerprint_shard(shard: Shard, storage_options: dict[str, Any] | None = None) -> str:
-    """Hash the bytes of a shard's row groups (see :func:`~prefect_llm_batch.shards.shard_fingerprint`)."""
-    return shard_fingerprint(shard, storage_options)
+def fingerprint_shard(
+    shard: Shard, storage_options: dict[str, Any] | None = None, spec: JobSpec | None = None
+) -> str:
+    """Hash the bytes of a shard's row groups, and its image files' sizes and times when ``spec``
+    has image columns (see :func:`~prefect_llm_batch.jobs.sharded.shard_content_fingerprint`)."""
+    return shard_content_fingerprint(shard, spec, storage_options)
 
 
 @task(name="prepare-shard", task_run_name="prepare-shard-{shard.index}", cache_policy=NONE)
@@ -160,7 +163,10 @@ class TaskShardSteps:
         """``fingerprint-shard-N`` of every shard."""
         return self._all(
             [
-                self.submit(fingerprint_shard, {"shard": s, "storage_options": self.storage_options})
+                self.submit(
+                    fingerprint_shard,
+                    {"shard": s, "storage_options": self.storage_options, "spec": self.spec},
+                )
                 for s in shards
             ]
         )

@@ -32,14 +32,23 @@ from ..errors import InputError, TableError
 from ..files import modified_time, read_bytes
 from ..images import Image, is_public_url
 from ..object_stores import filesystem, shown_path
+from ..shards import Shard
 from ..table import scan_table
+from ..table.formats import EXTENSIONS, path_part
 
 #: Rows whose images are read at once while a job is prepared (a slice's images are in memory).
 IMAGE_SLICE_ROWS = 256
 
 
-def image_base(source: str) -> str:
-    """The directory relative image paths of ``source``'s table are read from.
+def image_base(source: str, storage_options: dict[str, Any] | None = None) -> str:
+    """The directory relative image paths of ``source``'s table are read from: the directory of
+    a file source, a directory source itself (a dataset of parts, local or an fsspec URL: its
+    root, whichever part a row is in).
+
+    Args:
+        source: The source the user gave.
+        storage_options: fsspec options (to ask an object store whether ``source`` is a
+            directory; a name with a table file's extension is taken for a file unasked).
 
     Examples:
         >>> image_base("s3://bucket/tables/reviews.parquet")
@@ -47,10 +56,18 @@ def image_base(source: str) -> str:
         >>> image_base("reviews.csv")
         '.'
     """
-    if "://" not in source and os.path.isdir(source):
-        return source
-    base = posixpath.dirname(source.rstrip("/")) if "://" in source else os.path.dirname(source)
-    return base or "."
+    if "://" not in source:
+        return source if os.path.isdir(source) else os.path.dirname(source) or "."
+    trimmed = path_part(source).rstrip("/")
+    name = trimmed.rsplit("/", 1)[-1].lower()
+    if not is_public_url(trimmed) and os.path.splitext(name)[1] not in (*EXTENSIONS, ".gz"):
+        try:
+            fs, path = filesystem(trimmed, storage_options)
+            if fs.isdir(path):
+                return trimmed
+        except (OSError, ValueError):
+            pass  # reading the table names the error
+    return posixpath.dirname(trimmed) or "."
 
 
 def check_image_columns(columns: Sequence[str], names: Sequence[str]) -> None:
@@ -94,7 +111,7 @@ class ImageLoader:
         storage_options: dict[str, Any] | None = None,
     ) -> None:
         self.columns = list(columns)
-        self.base = image_base(source)
+        self.base = image_base(source, storage_options)
         self.allow_missing = allow_missing
         self.max_image_bytes = max_image_bytes
         self.accepts_urls = accepts_urls
@@ -199,16 +216,28 @@ def images_fingerprint(
     limit: int | None = None,
     storage_options: dict[str, Any] | None = None,
     invalid_utf8: Any = "error",
+    shard: Shard | None = None,
 ) -> str | None:
     """A digest of the image files a table's image columns name: each file's path, size and
     modification time (not its bytes). Part of the job's identity, so a job whose image files
     changed in place is a new job (planned again, its changed images sent under new keys), not
     the old plan resumed. Bytes and URL cells are covered by the table's own fingerprint.
 
+    Args:
+        source: The source the user gave (relative paths are read from :func:`image_base`).
+        columns: The image columns.
+        limit: Only the first ``limit`` rows.
+        storage_options: fsspec options of the source and the image files.
+        invalid_utf8: As the job's.
+        shard: Only this shard of ``source`` (a sharded job's shard: see
+            :func:`~prefect_llm_batch.jobs.sharded.shard_content_fingerprint`).
+
     Returns:
         None when the table has no such column (preparing the job names the error).
     """
-    scan = scan_table(source, limit=limit, storage_options=storage_options, invalid_utf8=invalid_utf8)
+    scan = scan_table(
+        source, limit=limit, storage_options=storage_options, invalid_utf8=invalid_utf8, shard=shard
+    )
     if any(column not in scan.schema.names for column in columns):
         return None
     if scan.whole is None:
@@ -218,8 +247,9 @@ def images_fingerprint(
             columns=list(columns),
             storage_options=storage_options,
             invalid_utf8=invalid_utf8,
+            shard=shard,
         )
-    base = image_base(source)
+    base = image_base(source, storage_options)
     paths: set[str] = set()
     for batch in scan.batches:
         for column in columns:

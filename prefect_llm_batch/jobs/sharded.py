@@ -3,7 +3,8 @@
 A sharded job is planned from a :class:`~prefect_llm_batch.shards.ShardPlan`::
 
     plan        the shards (file and row-group ranges), from the Parquet footers only
-    identify    each shard's content fingerprint (its row groups' bytes), then the job's id from
+    identify    each shard's content fingerprint (its row groups' bytes, and its image files'
+                sizes and times when the job has image columns), then the job's id from
                 them; the run takes the job's lease (one runner per sharded job)
     prepare     per shard, anywhere: render, key and plan the shard as a job of its own
                 (``{job_id}-{index:05d}``) in the same state directory and response cache
@@ -55,6 +56,7 @@ from .driver import PlainSteps, TickSteps, advance, finish_round, submit_first_r
 from .estimate import combine_estimates, estimate
 from .guards import check_cost
 from .identity import JobIdentity, JobRef, compute_job_id, effective_limits
+from .images import images_fingerprint
 from .output import JobSummary
 from .prepare import prepare
 
@@ -82,6 +84,41 @@ def shard_job_id(job_id: str, index: int) -> str:
     return f"{job_id}-{index:05d}"
 
 
+def shard_content_fingerprint(
+    shard: Shard, spec: JobSpec | None = None, storage_options: dict[str, Any] | None = None
+) -> str:
+    """A shard's fingerprint: its rows' (:func:`~prefect_llm_batch.shards.shard_fingerprint`) and,
+    when the job has image columns, ``+`` and the digest of the image files its rows name (their
+    paths, sizes and times: :func:`~prefect_llm_batch.jobs.images.images_fingerprint`), so a job
+    whose images changed in place is a new job, as a single job is. The job's id hashes the
+    whole; the shard's job records the rows' part (:func:`rows_fingerprint`), which writing the
+    shard checks again.
+
+    Args:
+        shard: The shard.
+        spec: The job (None, or no ``image_columns``: the rows' fingerprint alone).
+        storage_options: fsspec options of the source and the image files.
+    """
+    rows = shard_fingerprint(shard, storage_options)
+    if spec is None or not spec.image_columns:
+        return rows
+    images = images_fingerprint(
+        shard.source, spec.image_columns, storage_options=storage_options,
+        invalid_utf8=spec.invalid_utf8, shard=shard,
+    )  # fmt: skip
+    return f"{rows}+{hashlib.sha256(f'images {images}'.encode()).hexdigest()}"
+
+
+def rows_fingerprint(fingerprint: str) -> str:
+    """The rows' part of a :func:`shard_content_fingerprint` (without its images' digest).
+
+    Examples:
+        >>> rows_fingerprint("ab12+cd34"), rows_fingerprint("ab12")
+        ('ab12', 'ab12')
+    """
+    return fingerprint.partition("+")[0]
+
+
 def identify_sharded(
     plan: ShardPlan,
     fingerprints: list[str],
@@ -95,7 +132,7 @@ def identify_sharded(
 
     Args:
         plan: The shards.
-        fingerprints: Each shard's :func:`~prefect_llm_batch.shards.shard_fingerprint`, in order.
+        fingerprints: Each shard's :func:`shard_content_fingerprint`, in order.
     """
     if len(fingerprints) != len(plan.shards):
         raise ValueError("one fingerprint per shard")
@@ -187,7 +224,9 @@ def prepare_shard(
 ) -> JobRef:
     """Plan one shard as a job of its own (idempotent: a planned shard is resumed as planned)."""
     identity = JobIdentity(
-        job_id=shard_job_id(job.job_id, shard.index), source_fingerprint=fingerprint, limits=job.limits
+        job_id=shard_job_id(job.job_id, shard.index),
+        source_fingerprint=rows_fingerprint(fingerprint),
+        limits=job.limits,
     )
     return prepare(
         shard.source,
@@ -255,7 +294,7 @@ class ShardSteps(Protocol):
     """
 
     def fingerprint(self, shards: list[Shard]) -> list[str]:
-        """Each shard's :func:`~prefect_llm_batch.shards.shard_fingerprint`."""
+        """Each shard's :func:`shard_content_fingerprint`."""
 
     def prepare(self, shards: list[Shard], job: JobIdentity, fingerprints: list[str]) -> list[JobRef]:
         """:func:`prepare_shard` of each shard."""
@@ -295,8 +334,8 @@ class PlainShardSteps:
     sleep: Callable[[float], None] = time.sleep
 
     def fingerprint(self, shards: list[Shard]) -> list[str]:
-        """:func:`~prefect_llm_batch.shards.shard_fingerprint` of each shard."""
-        return [shard_fingerprint(s, self.storage_options) for s in shards]
+        """:func:`shard_content_fingerprint` of each shard."""
+        return [shard_content_fingerprint(s, self.spec, self.storage_options) for s in shards]
 
     def prepare(self, shards: list[Shard], job: JobIdentity, fingerprints: list[str]) -> list[JobRef]:
         """:func:`prepare_shard` of each shard."""

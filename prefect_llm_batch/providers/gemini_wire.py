@@ -165,7 +165,9 @@ def parse_generate_content(custom_id: str, response: Any, batch_id: str | None =
 
     The answer is the first candidate's text parts joined (thought parts left out); the token
     columns are ``usageMetadata.promptTokenCount`` and ``candidatesTokenCount`` (plus
-    ``thoughtsTokenCount``, billed as output). ``MAX_TOKENS`` is ``length`` (text kept); a
+    ``thoughtsTokenCount``, billed as output); ``cachedContentTokenCount`` (the prompt's tokens
+    read from a context cache, counted in ``promptTokenCount`` too) is the cache-read count.
+    ``MAX_TOKENS`` is ``length`` (text kept); a
     filter's reason (``SAFETY``...) or a blocked prompt is ``content_filter``; no text otherwise
     is a ``parse_error``.
 
@@ -193,6 +195,9 @@ def parse_generate_content(custom_id: str, response: Any, batch_id: str | None =
         custom_id=custom_id,
         input_tokens=count_value(usage.get("promptTokenCount")),
         output_tokens=output,
+        # of promptTokenCount (which includes them), those read from a cache; Gemini reports no
+        # cache writes (response_cache_write_tokens stays null)
+        cache_read_tokens=count_value(usage.get("cachedContentTokenCount")),
         model=model if isinstance(model, str) else None,
         batch_id=batch_id,
     )

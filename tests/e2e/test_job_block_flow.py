@@ -150,3 +150,41 @@ def test_cancelling_an_enrich_table_run_uses_its_saved_credentials_block(tmp_pat
         assert isinstance(flow_run.parameters["credentials"], dict)
         cancel_provider_batches(enrich_table, flow_run, Cancelled())
         assert server.stats.calls["POST /v1/messages/batches/{id}/cancel"] == 3
+
+
+def test_a_saved_job_block_keeps_its_model_column_and_image_columns(
+    server: FakeProviderServer, tmp_path: Path
+) -> None:
+    from tests.e2e.test_images_e2e import data_url, openai_bodies, png
+
+    colours = [(255, 0, 0), (0, 0, 255)]
+    for i, rgb in enumerate(colours):
+        (tmp_path / f"{i}.png").write_bytes(png(1, 1, rgb))
+    pq.write_table(
+        pa.table(
+            {"id": [0, 1], "text": ["r0", "r1"], "img": ["0.png", None], "model": ["model-a", "model-b"]}
+        ),
+        tmp_path / "in.parquet",
+    )
+    name = f"job-{uuid.uuid4().hex[:12]}"
+    LLMBatchJob(
+        prompt="Describe {{ text }}", model_column="model", image_columns=["img"], allow_missing_images=True,
+        provider="openai", id_column="id",
+        credentials=OpenAIBatchCredentials(api_key=KEY, base_url=server.base_url),
+    ).save(name)  # fmt: skip
+    job = LLMBatchJob.load(name)
+    assert isinstance(job, LLMBatchJob)
+    assert (job.model_column, job.image_columns, job.allow_missing_images) == ("model", ["img"], True)
+
+    with pytest.raises(ConfigError, match=r"\['model_column'\] are set by the job block"):
+        run_llm_batch_job(job, str(tmp_path / "in.parquet"), str(tmp_path / "x.parquet"),
+                          options={"model_column": "other"})  # fmt: skip
+    run_llm_batch_job(
+        job, str(tmp_path / "in.parquet"), str(tmp_path / "out.parquet"), state_dir=str(tmp_path / "state"),
+        options={"poll_interval": 0.05, "retry_backoff": 0},
+    )  # fmt: skip
+    bodies = {body["model"]: body["messages"][0]["content"] for body in openai_bodies(server)}
+    assert bodies["model-a"][1]["image_url"]["url"] == data_url("image/png", png(1, 1, colours[0]))
+    assert bodies["model-b"] == "Describe r1"  # a null image cell: the text alone
+    table = pq.read_table(tmp_path / "out.parquet")
+    assert table.column("response_model").to_pylist() == ["model-a", "model-b"]

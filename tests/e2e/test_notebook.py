@@ -11,7 +11,9 @@ import pandas as pd
 import pytest
 
 from prefect_llm_batch import enrich
+from prefect_llm_batch.errors import InputError
 from prefect_llm_batch.jobs import JobSummary
+from prefect_llm_batch.testing import FakeProviderServer, FakeServerConfig
 from tests.paths import EXAMPLES
 
 
@@ -86,3 +88,61 @@ def test_example_notebook_is_saved_with_its_outputs() -> None:
     assert not [o for o in outputs if o.output_type == "error" or "Warning" in str(o)]
     assert any("20/20" in str(o.get("data", {}).get("text/plain", "")) for o in outputs)
     assert not re.search(r"/(tmp|home|root|work|Users)/", str(outputs))
+
+
+def test_enrich_sends_images_with_relative_paths_read_from_the_callers_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from tests.e2e.test_images_e2e import data_url, openai_bodies, png
+
+    key = "fake-key-notebook-images"
+    work = tmp_path / "work"
+    (work / "imgs").mkdir(parents=True)
+    red, blue = png(1, 1, (255, 0, 0)), png(2, 2, (0, 0, 255))
+    (work / "imgs" / "red.png").write_bytes(red)
+    (tmp_path / "blue.png").write_bytes(blue)
+    monkeypatch.chdir(work)
+    df = pd.DataFrame(
+        {"text": ["red", "blue", "none"], "img": ["imgs/red.png", str(tmp_path / "blue.png"), None]},
+        index=[7, 8, 9],
+    )
+    with FakeProviderServer(FakeServerConfig(api_key=key, validating_seconds=0)) as server:
+        out = enrich(
+            df, "Describe {{ text }}", "vision-model", image_columns=["img"], allow_missing_images=True,
+            provider="openai", base_url=server.base_url, api_key=key, state_dir=str(tmp_path / "state"),
+            poll_interval=0.02, progress=False,
+        )  # fmt: skip
+        bodies = openai_bodies(server)
+    assert isinstance(out, pd.DataFrame)
+    images = {}
+    for body in bodies:
+        content = body["messages"][0]["content"]
+        if isinstance(content, str):  # a row without an image: text alone
+            images[content] = None
+        else:
+            text, image = content
+            images[text["text"]] = image["image_url"]["url"]
+    assert images == {
+        "Describe red": data_url("image/png", red),
+        "Describe blue": data_url("image/png", blue),
+        "Describe none": None,
+    }
+    assert out["img"].tolist() == df["img"].tolist()  # the paths as given
+    assert list(out.index) == [7, 8, 9] and out["response_error_kind"].isna().all()
+
+
+def test_enrich_names_the_row_of_a_missing_image_before_sending(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    key = "fake-key-notebook-images"
+    monkeypatch.chdir(tmp_path)
+    df = pd.DataFrame({"text": ["a"], "img": ["imgs/missing.png"]})
+    with (
+        FakeProviderServer(FakeServerConfig(api_key=key)) as server,
+        pytest.raises(InputError, match=r"row 0, image column 'img' .*missing\.png"),
+    ):
+        enrich(
+            df, "Describe {{ text }}", "vision-model", image_columns=["img"], provider="openai",
+            base_url=server.base_url, api_key=key, state_dir=str(tmp_path / "state"), progress=False,
+        )  # fmt: skip
+    assert server.stats.requests_received == 0 and server.stats.uploads == 0

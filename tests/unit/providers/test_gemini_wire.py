@@ -15,6 +15,7 @@ from pydantic import BaseModel
 
 from prefect_llm_batch.providers.gemini import GeminiBatchProvider
 from prefect_llm_batch.providers.gemini_wire import wire_lines
+from prefect_llm_batch.results import results_to_table
 from prefect_llm_batch.schemas import ResponseSchema
 from prefect_llm_batch.testing import FakeProviderServer, FakeServerConfig
 
@@ -76,6 +77,32 @@ def test_a_response_built_by_the_sdk_is_read_with_its_tokens_and_finish_reason(p
     result = provider.parse_line({"key": "row-1", "response": response}, "batches/b1")
     assert (result.custom_id, result.response, result.error_kind.value) == ("row-1", "Hello", "length")
     assert (result.input_tokens, result.output_tokens, result.model) == (7, 5, "gemini-2.5-flash-001")
+
+    assert result.cache_read_tokens is None and result.cache_write_tokens is None
+
+
+def test_cached_content_tokens_fill_the_cache_read_column_and_stay_in_the_input_tokens(
+    provider: Any,
+) -> None:
+    # Gemini's promptTokenCount includes the cachedContentTokenCount tokens (google-genai's
+    # UsageMetadata docs); it reports no cache writes.
+    response = types.GenerateContentResponse(
+        candidates=[
+            types.Candidate(
+                content=types.Content(role="model", parts=[types.Part(text="ok")]),
+                finish_reason=types.FinishReason.STOP,
+            )
+        ],
+        usage_metadata=types.GenerateContentResponseUsageMetadata(
+            prompt_token_count=1200, cached_content_token_count=1024, candidates_token_count=1
+        ),
+    ).model_dump(mode="json", by_alias=True, exclude_none=True)
+    assert response["usageMetadata"]["cachedContentTokenCount"] == 1024
+    result = provider.parse_line({"key": "row-1", "response": response}, "batches/b1")
+    assert (result.input_tokens, result.cache_read_tokens, result.cache_write_tokens) == (1200, 1024, None)
+    table = results_to_table([result])
+    assert table.column("response_cache_read_tokens").to_pylist() == [1024]
+    assert table.column("response_cache_write_tokens").to_pylist() == [None]
 
 
 def test_the_sdk_client_and_our_provider_share_the_fake_servers_batches(provider: Any) -> None:
