@@ -27,6 +27,7 @@ from .options import (
     IdColumnOption,
     InvalidUtf8Option,
     LimitOption,
+    LocalModelOption,
     MaxBytesOption,
     MaxRequestsOption,
     ModelOption,
@@ -34,6 +35,7 @@ from .options import (
     PromptOption,
     ProviderOption,
     SchemaOption,
+    SchemaStyleOption,
     StateDirOption,
     SystemOption,
     before_work,
@@ -190,7 +192,10 @@ def run(
             "(realtime for <= 100 requests or when the server has no batch API)."
         ),
     ] = "batch",
-    realtime_concurrency: Annotated[int, typer.Option(help="Most realtime requests in flight.")] = 16,
+    realtime_concurrency: Annotated[
+        int | None,
+        typer.Option(help="Most realtime requests in flight (default 16; 2 for --provider local)."),
+    ] = None,
     realtime_rpm: Annotated[
         float | None, typer.Option(help="Realtime requests per minute to keep under.")
     ] = None,
@@ -218,6 +223,8 @@ def run(
     single_file: Annotated[
         bool, typer.Option(help="With shards, write one Parquet file at OUTPUT instead of a dataset.")
     ] = False,
+    local_model: LocalModelOption = None,
+    schema_style: SchemaStyleOption = None,
 ) -> None:
     """Enrich SOURCE with one answer per row and write OUTPUT (Parquet).
 
@@ -231,6 +238,12 @@ def run(
     sharded = engine == "dask" or rows_per_shard is not None
     if sharded and (limit is not None or detached or mode != "batch"):
         raise fail("shards run whole and in batch mode: --limit, --detached and --mode are not for them", 2)
+    if schema_style not in (None, "openai", "json_object_schema"):
+        raise fail(f"--schema-style must be openai or json_object_schema, not {schema_style!r}", 2)
+    if local_model is not None and provider != "local":
+        raise fail("--local-model is for --provider local", 2)
+    if sharded and provider == "local":
+        raise fail("--provider local runs in realtime mode, in one process: not in shards", 2)
     before_work()
     if no_cache and refresh_cache:
         raise typer.BadParameter("--no-cache and --refresh-cache exclude each other")
@@ -252,6 +265,12 @@ def run(
             source, output, root, where="cli", provider=provider, model=model, overwrite=overwrite,
             detached=detached, mode=mode, max_cost_usd=max_cost_usd,
         )  # fmt: skip
+    except LLMBatchError as exc:
+        raise fail(str(exc), 2) from None
+    try:  # the local model's server and file, before a row is read
+        from ..local_model import check_local
+
+        check_local(provider, local_model)
     except LLMBatchError as exc:
         raise fail(str(exc), 2) from None
     try:
@@ -276,6 +295,7 @@ def run(
                 max_error_rate, max_attempts, retry_backoff, cache, max_in_flight_batches,
                 max_enqueued_tokens, max_wait, keep_input_files, max_cost_usd, detached, mode, realtime,
                 shards if sharded else {}, input_file_expiry=input_file_expiry, output_expiry=output_expiry,
+                local_model=local_model, schema_style=schema_style,
             )  # fmt: skip
         else:
             from ..local import run_table
@@ -293,6 +313,7 @@ def run(
                 max_error_rate=max_error_rate, max_cost_usd=max_cost_usd, detached=detached,
                 mode=cast(Mode, mode), realtime_limits=realtime,
                 on_change=lambda p: typer.echo(f"  {p.describe()}", err=True), where="cli",
+                local_model=local_model, schema_style=schema_style,
             )  # fmt: skip
     except CostLimitExceeded as exc:
         raise fail(str(exc), 2) from None
@@ -336,6 +357,8 @@ def _run_flow(
     *,
     input_file_expiry: int | None = DEFAULT_INPUT_FILE_EXPIRY,
     output_expiry: int | None = DEFAULT_OUTPUT_EXPIRY,
+    local_model: str | None = None,
+    schema_style: str | None = None,
 ) -> Any:
     """Run the job as an ``enrich-table`` flow run (Prefect is imported here, and only here)."""
     _prefect_defaults()
@@ -380,6 +403,8 @@ def _run_flow(
         allow_empty=spec.allow_empty,
         invalid_utf8=spec.invalid_utf8,
         cache_system_prompt=spec.cache_system_prompt,
+        local_model=local_model,
+        schema_style=cast(Any, schema_style),
         **shards,
     )
 
