@@ -591,9 +591,17 @@ def schema_limitation(status: int, body: Mapping[str, Any], error_text: str) -> 
     lowered = error_text.lower()
     if not any(word in lowered for word in _SCHEMA_WORDS):
         return None
+    try:
+        payload = orjson.loads(error_text)
+    except orjson.JSONDecodeError:
+        payload = None
+    said = (
+        openai_error_body(payload, error_text)["error"].get("message") if isinstance(payload, dict) else None
+    )
+    said = " ".join(str(said or error_text).split())
     return (
         f"the server does not take response_format type json_schema (HTTP {status}: "
-        f"{' '.join(error_text.split())[:160]}); for llama.cpp servers use schema_style='json_object_schema' "
+        f"{said[:300]}); for llama.cpp servers use schema_style='json_object_schema' "
         '(--schema-style json_object_schema), which sends {"type": "json_object", "schema": ...}'
     )
 
