@@ -243,7 +243,11 @@ class LocalModelServer:
         # (stop() closes it)
         self._log = open(kept, "ab+") if kept else tempfile.TemporaryFile(prefix="llama-server-")  # noqa: SIM115
         self._process = subprocess.Popen(
-            self.command(port), stdin=subprocess.DEVNULL, stdout=self._log, stderr=subprocess.STDOUT
+            self.command(port),
+            stdin=subprocess.DEVNULL,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},  # its log as it happens
         )
         self.pid = self._process.pid
         self.base_url = f"http://127.0.0.1:{port}/v1"

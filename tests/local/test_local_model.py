@@ -37,6 +37,8 @@ SCHEMA = {
     "required": ["label"],
     "additionalProperties": False,
 }
+#: One line of the server's access log per chat request (its error tracebacks also name the route).
+ACCESS_LINE = '"POST /v1/chat/completions HTTP/1.1"'
 NEW_COLUMNS = {"response", "response_error_kind", "response_error", "response_input_tokens",
                "response_output_tokens"}  # fmt: skip
 
@@ -79,10 +81,13 @@ def alive(pid: int) -> bool:
     return stat.exists() and stat.read_text().rpartition(")")[2].split()[0] != "Z"
 
 
-def assert_answers(table: pa.Table, n: int) -> None:
+def assert_answers(table: pa.Table, n: int, *, cut_allowed: bool = True) -> None:
+    """Every row has a non-empty answer; a plain answer may be cut at ``max_tokens`` (``length``, text
+    kept: this small model often talks on), nothing else may go wrong."""
     assert table.num_rows == n
     assert set(table.column_names) >= NEW_COLUMNS
-    assert table.column("response_error_kind").null_count == n, table.column("response_error").to_pylist()
+    kinds = set(table.column("response_error_kind").to_pylist())
+    assert kinds <= ({None, "length"} if cut_allowed else {None}), table.column("response_error").to_pylist()
     assert all(isinstance(text, str) and text.strip() for text in table.column("response").to_pylist())
 
 
@@ -90,7 +95,7 @@ def test_cli_answers_20_rows_with_the_real_model_and_stops_its_server(tmp_path: 
     out = tmp_path / "out.parquet"
     proc = cli(
         str(rows(tmp_path, 20)), str(out), "--prompt", PROMPT, "--model", "smollm2",
-        "--provider", "local", "--id-column", "id", "--param", "max_tokens=8",
+        "--provider", "local", "--id-column", "id", "--param", "max_tokens=16", "--max-error-rate", "1",
         "--state-dir", str(tmp_path / "state"),
     )  # fmt: skip
     output, _ = proc.communicate(timeout=600)
@@ -110,9 +115,9 @@ def test_flow_answers_20_rows_with_the_real_model(tmp_path: Path) -> None:
     out = tmp_path / "flow.parquet"
     summary: Any = enrich_table(
         source=str(rows(tmp_path, 20)), output=str(out), prompt=PROMPT, model="smollm2", provider="local",
-        params={"max_tokens": 8}, id_column="id", state_dir=str(tmp_path / "state"),
+        params={"max_tokens": 16}, id_column="id", state_dir=str(tmp_path / "state"), max_error_rate=1.0,
     )  # fmt: skip
-    assert summary.mode == "realtime" and summary.ok_rows == 20
+    assert summary.mode == "realtime"
     assert_answers(pq.read_table(out), 20)
 
 
@@ -127,7 +132,7 @@ def test_every_answer_of_a_schema_job_validates(tmp_path: Path) -> None:
     output, _ = proc.communicate(timeout=600)
     assert proc.returncode == 0, output.decode()[-3000:]
     table = pq.read_table(out)
-    assert_answers(table, 20)
+    assert_answers(table, 20, cut_allowed=False)
     for answer in table.column("response").to_pylist():
         jsonschema.validate(json.loads(answer), SCHEMA)
     assert set(table.column("label").to_pylist()) <= {"positive", "negative"}
@@ -139,7 +144,7 @@ def test_resume_after_sigkill_sends_no_answered_row_again(tmp_path: Path) -> Non
     out = tmp_path / "resumed.parquet"
     args = [
         str(rows(tmp_path, 40)), str(out), "--prompt", PROMPT, "--model", "smollm2", "--provider", "local",
-        "--param", "max_tokens=8", "--state-dir", str(state),
+        "--param", "max_tokens=16", "--max-error-rate", "1", "--state-dir", str(state),
     ]  # fmt: skip
     first = cli(*args, env={LOG_ENV: str(log)})
     deadline = time.monotonic() + 300
@@ -157,12 +162,12 @@ def test_resume_after_sigkill_sends_no_answered_row_again(tmp_path: Path) -> Non
     while any(alive(pid) for pid in servers) and time.monotonic() < deadline:
         time.sleep(0.2)
     assert servers and not any(alive(pid) for pid in servers), "the killed run's model server lives on"
-    sent_before = log.read_text().count("POST /v1/chat/completions")
+    sent_before = log.read_text().count(ACCESS_LINE)
 
     second = cli(*args, env={LOG_ENV: str(log)})
     output, _ = second.communicate(timeout=600)
     assert second.returncode == 0, output.decode()[-3000:]
-    sent_after = log.read_text().count("POST /v1/chat/completions") - sent_before
+    sent_after = log.read_text().count(ACCESS_LINE) - sent_before
     assert sent_after == 40 - len(answered)  # exactly the rows without a stored answer
     assert_answers(pq.read_table(out), 40)
 
@@ -206,7 +211,7 @@ def users_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalMode
 def posts(server: LocalModelServer) -> int:
     """Chat requests the server has answered so far (its access log)."""
     log: Path = server.log_file  # type: ignore[attr-defined]
-    return log.read_text().count("POST /v1/chat/completions")
+    return log.read_text().count(ACCESS_LINE)
 
 
 def test_a_users_llama_cpp_server_runs_in_auto_mode_through_openai(
@@ -216,7 +221,8 @@ def test_a_users_llama_cpp_server_runs_in_auto_mode_through_openai(
     out = tmp_path / "auto.parquet"
     proc = cli(
         str(rows(tmp_path, 20)), str(out), "--prompt", PROMPT, "--model", "smollm2", "--provider", "openai",
-        "--base-url", users_server.base_url, "--mode", "auto", "--param", "max_tokens=8",
+        "--base-url", users_server.base_url, "--mode", "auto", "--param", "max_tokens=16",
+        "--max-error-rate", "1",
         "--state-dir", str(tmp_path / "state"),
         env={"OPENAI_API_KEY": users_server.api_key},
     )  # fmt: skip
@@ -255,6 +261,6 @@ def test_a_users_llama_cpp_server_refuses_json_schema_once_and_takes_json_object
     output, _ = styled.communicate(timeout=600)
     assert styled.returncode == 0, output.decode()[-3000:]
     answers = pq.read_table(out)
-    assert_answers(answers, 10)
+    assert_answers(answers, 10, cut_allowed=False)
     for answer in answers.column("response").to_pylist():
         jsonschema.validate(json.loads(answer), SCHEMA)
