@@ -226,12 +226,13 @@ class LocalModelServer:
         self._log: IO[bytes] | None = None
 
     def command(self, port: int) -> list[str]:
-        """The command line that starts the server on ``port``."""
+        """The command line that starts the server on ``port`` (its key goes in its environment:
+        ``API_KEY``, which llama.cpp's server settings read; a command line is visible to every user)."""
         return [
             sys.executable, "-m", __name__, "--parent", str(os.getpid()), "--",
             "--model", str(self.model), "--host", "127.0.0.1", "--port", str(port),
             "--n_ctx", str(self.n_ctx), "--n_threads", str(self.n_threads),
-            "--api_key", self.api_key, "--verbose", "False",
+            "--verbose", "False",
         ]  # fmt: skip
 
     def start(self) -> LocalModelServer:
@@ -247,7 +248,8 @@ class LocalModelServer:
             stdin=subprocess.DEVNULL,
             stdout=self._log,
             stderr=subprocess.STDOUT,
-            env={**os.environ, "PYTHONUNBUFFERED": "1"},  # its log as it happens
+            # Its log as it happens; the key through the environment (owner-only), not the command line.
+            env={**os.environ, "PYTHONUNBUFFERED": "1", "API_KEY": self.api_key},
         )
         self.pid = self._process.pid
         self.base_url = f"http://127.0.0.1:{port}/v1"

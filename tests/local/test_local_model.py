@@ -17,6 +17,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import jsonschema
 import pyarrow as pa
 import pyarrow.csv as pacsv
@@ -218,6 +219,8 @@ def test_a_users_llama_cpp_server_runs_in_auto_mode_through_openai(
     users_server: LocalModelServer, tmp_path: Path
 ) -> None:
     assert not has_batch_api(users_server.base_url, users_server.api_key)  # what auto mode asks
+    assert httpx.get(f"{users_server.base_url}/models").status_code == 401  # the run's key is needed
+    assert users_server.api_key not in Path(f"/proc/{users_server.pid}/cmdline").read_text()  # not in `ps`
     out = tmp_path / "auto.parquet"
     proc = cli(
         str(rows(tmp_path, 20)), str(out), "--prompt", PROMPT, "--model", "smollm2", "--provider", "openai",
