@@ -120,7 +120,8 @@ def cli_case(model: str | None, rows: int) -> dict[str, float]:
         command = [
             sys.executable, "-m", "prefect_llm_batch.cli", "run", str(SENTIMENT), str(out),
             "--prompt", PROMPT.replace("{review}", "{{ review }}"), "--model", "smollm2", "--provider",
-            "local", "--param", "max_tokens=16", "--param", "temperature=0", "--max-error-rate", "1", "--limit", str(rows),
+            "local", "--param", "max_tokens=16", "--param", "temperature=0", "--max-error-rate", "1",
+            "--limit", str(rows),
             "--state-dir", str(Path(scratch) / "state"),
         ] + (["--local-model", model] if model else [])  # fmt: skip
         before = resource.getrusage(resource.RUSAGE_CHILDREN)

@@ -285,7 +285,7 @@ def enrich_table(
         mode: ``batch`` (default), ``realtime`` (request by request: for servers without a batch
             API, or small urgent jobs; same rows, keys, cache and resume) or ``auto`` (realtime for
             at most 100 requests to send, or when the server answers 404 to ``GET /batches``).
-        realtime_concurrency: Most realtime requests in flight (default 16; 2 for ``local``).
+        realtime_concurrency: Most realtime requests in flight (default 16; 1 for ``local``).
         realtime_rpm: Requests per minute to keep under in realtime mode.
         realtime_tpm: Tokens per minute to keep under in realtime mode.
         max_cost_usd: Refuse to send a job whose estimated cost is higher (or unknown); a retry

@@ -59,8 +59,9 @@ GGUF_MAGIC = b"GGUF"
 #: own limit is 8192, and memory grows with it.
 DEFAULT_N_CTX = 2048
 #: Realtime requests in flight against the local server. llama-cpp-python's server answers one
-#: request at a time; a second one waiting hides the HTTP turnaround (see benchmarks/RESULTS.md).
-DEFAULT_CONCURRENCY = 2
+#: request at a time: more in flight only queue there (measured: no more rows per second, see
+#: benchmarks/RESULTS.md), with their timeouts running.
+DEFAULT_CONCURRENCY = 1
 #: Seconds the server may take to load its model and answer ``GET /v1/models``.
 START_TIMEOUT_S = 120.0
 #: When set, the server's output (its access log: one line per request) is appended to this file.

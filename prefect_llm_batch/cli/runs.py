@@ -194,7 +194,7 @@ def run(
     ] = "batch",
     realtime_concurrency: Annotated[
         int | None,
-        typer.Option(help="Most realtime requests in flight (default 16; 2 for --provider local)."),
+        typer.Option(help="Most realtime requests in flight (default 16; 1 for --provider local)."),
     ] = None,
     realtime_rpm: Annotated[
         float | None, typer.Option(help="Realtime requests per minute to keep under.")

@@ -28,7 +28,7 @@ from .identity import JobRef
 
 #: Realtime requests in flight against the ``local`` provider's server (``local_model.DEFAULT_CONCURRENCY``,
 #: repeated here so that planning does not import the server module; a test keeps them equal).
-LOCAL_CONCURRENCY = 2
+LOCAL_CONCURRENCY = 1
 
 logger = logging.getLogger("prefect_llm_batch")
 

@@ -14,8 +14,8 @@ import orjson
 import pytest
 
 from prefect_llm_batch.errors import ConfigError
-from prefect_llm_batch.jobs.realtime import choose_mode, pick_mode, realtime_client
-from prefect_llm_batch.local_model import check_gguf, local_key_base_url
+from prefect_llm_batch.jobs.realtime import LOCAL_CONCURRENCY, choose_mode, pick_mode, realtime_client
+from prefect_llm_batch.local_model import DEFAULT_CONCURRENCY, check_gguf, local_key_base_url
 from prefect_llm_batch.providers import make_provider
 from prefect_llm_batch.providers.openai import OpenAIBatchProvider
 from prefect_llm_batch.providers.realtime import RealtimeClient
@@ -175,7 +175,7 @@ def test_the_local_provider_always_runs_in_realtime_with_few_requests_in_flight(
     assert pick_mode("batch", target, 10, KEY, detached=False)[0] == "realtime"
     with OpenAIBatchProvider(api_key=KEY) as made:
         local = realtime_client(made, target, KEY, max_concurrency=None)
-        assert local.max_concurrency == 2 and local.store_each
+        assert local.max_concurrency == LOCAL_CONCURRENCY == DEFAULT_CONCURRENCY and local.store_each
         other = ProviderTarget(provider="openai", base_url="http://h/v1", key_base_url="http://h/v1")
         remote = realtime_client(made, other, KEY, max_concurrency=None)
         assert remote.max_concurrency == 16 and not remote.store_each
