@@ -93,20 +93,40 @@ def assert_answers(table: pa.Table, n: int, *, cut_allowed: bool = True) -> None
 
 
 def test_cli_answers_20_rows_with_the_real_model_and_stops_its_server(tmp_path: Path) -> None:
-    out = tmp_path / "out.parquet"
-    proc = cli(
-        str(rows(tmp_path, 20)), str(out), "--prompt", PROMPT, "--model", "smollm2",
-        "--provider", "local", "--id-column", "id", "--param", "max_tokens=16", "--max-error-rate", "1",
-        "--state-dir", str(tmp_path / "state"),
+    src, state, log = rows(tmp_path, 20), tmp_path / "state", tmp_path / "server.log"
+    options = ["--prompt", PROMPT, "--model", "smollm2", "--provider", "local", "--id-column", "id",
+               "--param", "max_tokens=16", "--state-dir", str(state)]  # fmt: skip
+    estimate = subprocess.run(
+        [sys.executable, "-m", "prefect_llm_batch.cli", "estimate", str(src), *options],
+        capture_output=True, text=True, timeout=300,
     )  # fmt: skip
+    assert estimate.returncode == 0, estimate.stdout + estimate.stderr
+    planned_job = estimate.stdout.split()[1].rstrip(":")
+    proc = cli(str(src), str(tmp_path / "out.parquet"), *options, "--max-error-rate", "1",
+               env={LOG_ENV: str(log)})  # fmt: skip
+    servers: list[int] = []
+    while not servers and proc.poll() is None:
+        servers = children(proc.pid)
+        time.sleep(0.05)
     output, _ = proc.communicate(timeout=600)
     text = output.decode()
     assert proc.returncode == 0, text[-3000:]
     assert "realtime" in text and "no batch API" in text  # the summary says how it ran, and why
-    table = pq.read_table(out)
+    assert f"job {planned_job}" in text  # the run is the job the estimate planned
+    table = pq.read_table(tmp_path / "out.parquet")
     assert_answers(table, 20)
     assert table.column("id").to_pylist() == list(range(1, 21))  # every row, in input order
-    assert children(proc.pid) == []  # (the process is gone; nothing it started is left)
+    assert servers and not any(alive(pid) for pid in servers)  # its server was stopped with it
+
+    sent = log.read_text().count(ACCESS_LINE)
+    cut = table.num_rows - table.column("response_error_kind").null_count  # errors are not cached
+    again = cli(str(src), str(tmp_path / "again.parquet"), *options, "--max-error-rate", "1",
+                env={LOG_ENV: str(log)})  # fmt: skip
+    output, _ = again.communicate(timeout=600)
+    assert again.returncode == 0, output.decode()[-3000:]
+    assert log.read_text().count(ACCESS_LINE) - sent == cut  # every answer came from the cache
+    cached = pq.read_table(tmp_path / "again.parquet").column("response_cached").to_pylist()
+    assert cached == [kind is None for kind in table.column("response_error_kind").to_pylist()]
 
 
 @pytest.mark.usefixtures("prefect_harness")
