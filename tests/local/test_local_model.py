@@ -142,6 +142,18 @@ def test_flow_answers_20_rows_with_the_real_model(tmp_path: Path) -> None:
     assert_answers(pq.read_table(out), 20)
 
 
+def test_enrich_in_a_notebook_answers_with_the_real_model(tmp_path: Path) -> None:
+    from prefect_llm_batch.notebook import enrich
+
+    frame = pacsv.read_csv(SENTIMENT).slice(0, 5).to_pandas().set_index("id")
+    out: Any = enrich(
+        frame, PROMPT, "smollm2", provider="local", response_format=SCHEMA, params={"max_tokens": 24},
+        progress=False, state_dir=str(tmp_path / "state"),
+    )  # fmt: skip
+    assert list(out.index) == list(frame.index) and out["response_error_kind"].isna().all()
+    assert set(out["label"]) <= {"positive", "negative"}
+
+
 def test_every_answer_of_a_schema_job_validates(tmp_path: Path) -> None:
     schema_file = tmp_path / "schema.json"
     schema_file.write_text(json.dumps(SCHEMA))
