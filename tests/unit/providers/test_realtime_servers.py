@@ -13,6 +13,7 @@ import httpx
 import orjson
 import pytest
 
+from prefect_llm_batch import local_model
 from prefect_llm_batch.errors import ConfigError
 from prefect_llm_batch.jobs.realtime import LOCAL_CONCURRENCY, choose_mode, pick_mode, realtime_client
 from prefect_llm_batch.local_model import DEFAULT_CONCURRENCY, check_gguf, local_key_base_url
@@ -203,3 +204,12 @@ def test_two_models_never_share_request_keys_and_a_moved_model_keeps_its_own(tmp
     moved = tmp_path / "renamed.gguf"
     moved.write_bytes(first.read_bytes())
     assert local_key_base_url(moved) == local_key_base_url(first)
+
+
+def test_without_the_local_extra_the_error_says_how_to_install_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(local_model, "_SERVER_MODULES", ("llama_cpp_not_installed_here",))
+    with pytest.raises(ConfigError, match=r"make install-local.*prefect-llm-batch\[local\]"):
+        local_model.check_local("local", None)
+    with pytest.raises(ConfigError, match="make install-local"):
+        local_model.LocalModelServer(Path("model.gguf")).start()
+    assert local_model.check_local("openai", None) is None  # other providers need nothing of it
