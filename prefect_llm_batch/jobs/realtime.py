@@ -144,7 +144,8 @@ def run_chunk_realtime(ref: JobRef, chunk_id: int, client: RealtimeClient, optio
 
     for start in range(0, len(remaining), REALTIME_SLICE):
         store.ensure_held()  # a run that lost its lease to another sends nothing more
-        results = client.run(remaining[start : start + REALTIME_SLICE], keep if client.store_each else None)
+        batch = remaining[start : start + REALTIME_SLICE]
+        results = client.run(batch, keep) if client.store_each else client.run(batch)
         results = [result for result in results if result.custom_id not in stored]
         for result in results:
             result.attempts = round_
