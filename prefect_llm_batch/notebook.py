@@ -28,7 +28,8 @@ from .jobs import JobSummary, Progress
 from .jobs.checks import check_before_start, check_output
 from .jobs.driver import run_job
 from .jobs.images import image_path
-from .providers import make_provider
+from .jobs.realtime import realtime_client
+from .providers import api_key_for, make_provider
 from .schemas import ResponseSchema
 from .simulator import open_target
 from .spec import (
@@ -178,6 +179,7 @@ def enrich(
     progress: bool = True,
     return_summary: bool = False,
     allow_empty: bool = False,
+    local_model: str | None = None,
 ) -> pd.DataFrame | tuple[pd.DataFrame, JobSummary]:
     """Enrich a DataFrame with one answer per row through a provider batch API.
 
@@ -201,13 +203,15 @@ def enrich(
         response_format: A pydantic model, JSON Schema (dict or JSON text): typed answer columns.
         column_prefix: Prefix of the typed columns.
         parser: Optional function from answer text to a dict.
-        provider: ``simulator`` (default, offline, made-up answers), ``openai`` or ``anthropic``.
+        provider: ``simulator`` (default, offline, made-up answers), ``local`` (a small real model
+            on this machine, in realtime; ``make install-local``), ``openai`` or ``anthropic``.
         base_url: Provider base URL (see the flow).
         api_key: The key; default ``OPENAI_API_KEY`` / ``ANTHROPIC_API_KEY``.
         state_dir: Job state and response cache (default as the flow's).
         poll_interval: Seconds between status checks (default 30; 0.5 for the simulator).
         max_attempts: Rounds a request is sent in at most.
         cache: ``use``, ``refresh`` or ``off``.
+        local_model: With ``provider="local"``: the GGUF model file (default: the bundled SmolLM2).
         max_requests_per_batch: Most requests per batch.
         progress: Show a progress bar.
         return_summary: Also return the :class:`~prefect_llm_batch.jobs.JobSummary`.
@@ -263,7 +267,7 @@ def enrich(
         write_parquet_atomic(table, source, overwrite=True, private=True)  # state: owner-only
     with (
         tempfile.TemporaryDirectory() as scratch,
-        open_target(provider, base_url, simulator_seconds=0.6) as target,
+        open_target(provider, base_url, simulator_seconds=0.6, local_model=local_model) as target,
         make_provider(target, api_key=api_key) as client,
         _Bar(progress) as bar,
     ):
@@ -274,6 +278,11 @@ def enrich(
         summary = run_job(
             source, spec, client, target, options, state_dir=state, output=output, parser=parser,
             on_change=bar.update,
+            realtime_client=(  # the local model's server has no batch API
+                realtime_client(client, target, api_key_for(target, api_key), max_concurrency=None)
+                if target.provider == "local"
+                else None
+            ),
         )  # fmt: skip
         result = pq.read_table(output).to_pandas()
     answers = result.drop(columns=list(df.columns))

@@ -239,6 +239,24 @@ class ResponseSchema:
             "json_schema": {"name": self.name, "strict": True, "schema": self.strict()},
         }
 
+    def response_format(self, style: str = "openai") -> dict[str, Any]:
+        """The ``response_format`` body parameter in a server's style (``spec.SchemaStyle``).
+
+        ``openai``: :meth:`openai_response_format`. ``json_object_schema``: ``{"type":
+        "json_object", "schema": ...}``, the shape llama.cpp's servers constrain answers with (never
+        ``json_object`` without a schema: it lets a small model loop until ``max_tokens``).
+
+        Examples:
+            >>> s = ResponseSchema({"type": "object", "properties": {"n": {"type": "integer"}}}, name="n")
+            >>> s.response_format("json_object_schema")["type"], sorted(s.response_format("openai"))
+            ('json_object', ['json_schema', 'type'])
+        """
+        if style == "json_object_schema":
+            return {"type": "json_object", "schema": self.strict()}
+        if style != "openai":
+            raise ValueError(f"schema_style must be openai or json_object_schema, not {style!r}")
+        return self.openai_response_format()
+
     def convert(self, answer: Any) -> dict[str, Any]:
         """Validate one parsed answer and return its top-level values (missing optional ones as None).
 

@@ -26,7 +26,13 @@ KEY_VERSION = 1
 
 #: Provider names understood by this version. ``simulator`` is the bundled fake OpenAI server,
 #: started for the run: no network, no key, no cost, and answers that are not a model's.
-ProviderName = Literal["simulator", "openai", "anthropic", "azure", "gemini"]
+ProviderName = Literal["simulator", "openai", "anthropic", "azure", "gemini", "local"]
+
+#: How a chat request asks for an answer following a JSON Schema (``response_format``):
+#: ``openai`` sends ``{"type": "json_schema", "json_schema": {...}}`` (OpenAI, vLLM, Ollama);
+#: ``json_object_schema`` sends ``{"type": "json_object", "schema": {...}}``, the shape llama.cpp's
+#: servers take (they answer ``json_schema`` with HTTP 500). The ``local`` provider uses the latter.
+SchemaStyle = Literal["openai", "json_object_schema"]
 
 #: Base URL written into the request keys of simulator jobs, whatever port the simulator used.
 SIMULATOR_KEY_BASE_URL = "simulator://local/v1"
@@ -391,7 +397,10 @@ class ProviderTarget(BaseModel):
     Attributes:
         provider: The provider identity in request keys.
         base_url: Where HTTP requests go (includes ``/v1``).
-        key_base_url: The base URL written into request keys (the simulator uses a fixed one).
+        key_base_url: The base URL written into request keys (the simulator uses a fixed one; the
+            local provider one naming its model file's digest).
+        schema_style: How a response schema is sent (:data:`SchemaStyle`): a property of the
+            server, not of the job. It changes the request bodies, and so their keys.
 
     Neither URL may hold credentials (``user:password@``): the target is stored with detached jobs.
     """
@@ -401,6 +410,7 @@ class ProviderTarget(BaseModel):
     provider: ProviderName
     base_url: str
     key_base_url: str
+    schema_style: SchemaStyle = "openai"
 
     @field_validator("base_url", "key_base_url")
     @classmethod
@@ -478,13 +488,14 @@ class RunOptions(BaseModel):
         **rest: Any,
     ) -> RunOptions:
         """Options with the provider's defaults where none is given: real providers poll every 30 s
-        and wait 60 s before a retry round; the simulator, whose batches end in seconds, 0.5 s and 0.
+        and wait 60 s before a retry round; the simulator, whose batches end in seconds, and the local
+        model's server, 0.5 s and 0.
 
         Examples:
             >>> [RunOptions.for_provider(p).poll_interval for p in ("simulator", "openai")]
             [0.5, 30.0]
         """
-        simulated = provider == "simulator"
+        simulated = provider in ("simulator", "local")  # servers of this run: nothing to wait for
         return cls(
             poll_interval=poll_interval if poll_interval is not None else (0.5 if simulated else 30.0),
             retry_backoff=retry_backoff if retry_backoff is not None else (0.0 if simulated else 60.0),

@@ -294,7 +294,7 @@ def realtime_chunk(
     target: ProviderTarget,
     options: RunOptions,
     credentials: ProviderCredentials | None = None,
-    concurrency: int = 16,
+    concurrency: int | None = None,
     requests_per_minute: float | None = None,
     tokens_per_minute: float | None = None,
 ) -> int:

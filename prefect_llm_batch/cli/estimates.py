@@ -17,6 +17,7 @@ from .options import (
     IdColumnOption,
     InvalidUtf8Option,
     LimitOption,
+    LocalModelOption,
     MaxBytesOption,
     MaxRequestsOption,
     ModelColumnOption,
@@ -25,6 +26,7 @@ from .options import (
     PromptOption,
     ProviderOption,
     SchemaOption,
+    SchemaStyleOption,
     StateDirOption,
     SystemOption,
     before_work,
@@ -39,9 +41,17 @@ if TYPE_CHECKING:
 
 
 def plan_estimate(
-    source: str, spec: JobSpec, state_dir: str, limit: int | None, expected_output_tokens: int = 100
+    source: str,
+    spec: JobSpec,
+    state_dir: str,
+    limit: int | None,
+    expected_output_tokens: int = 100,
+    *,
+    local_model: str | None = None,
+    schema_style: str | None = None,
 ) -> Any:
-    """Plan the job in the state directory, as ``run`` plans it, and estimate it (no HTTP, no key)."""
+    """Plan the job in the state directory, as ``run`` plans it, and estimate it (no HTTP, no key;
+    for ``local``, no server: its model file is only read for its digest)."""
     from ..jobs import estimate as estimate_job
     from ..jobs import prepare
     from ..providers import make_provider, target_for
@@ -51,8 +61,20 @@ def plan_estimate(
         target = ProviderTarget(
             provider="simulator", base_url=SIMULATOR_KEY_BASE_URL, key_base_url=SIMULATOR_KEY_BASE_URL
         )
+    elif spec.provider == "local":  # keyed by the model file's digest, as open_target keys it
+        from ..local_model import check_gguf, local_key_base_url
+
+        key_base_url = local_key_base_url(check_gguf(local_model))
+        target = ProviderTarget(
+            provider="local",
+            base_url=key_base_url,
+            key_base_url=key_base_url,
+            schema_style="json_object_schema",
+        )
     else:
         target = target_for(spec.provider, spec.base_url)
+    if schema_style is not None:
+        target = ProviderTarget(**{**target.model_dump(), "schema_style": schema_style})
     with make_provider(  # builds bodies only
         target, api_key="not-used-for-estimates", limits=spec.limits, endpoint=spec.endpoint
     ) as client:
@@ -82,6 +104,8 @@ def estimate(
     invalid_utf8: InvalidUtf8Option = "error",
     model_column: ModelColumnOption = None,
     endpoint: EndpointOption = "chat/completions",
+    local_model: LocalModelOption = None,
+    schema_style: SchemaStyleOption = None,
 ) -> None:
     """Rows, unique requests, cache hits, estimated tokens and batch cost, before anything is sent.
 
@@ -100,7 +124,10 @@ def estimate(
     from ..errors import LLMBatchError
 
     try:
-        result = plan_estimate(source, spec, resolve_state_dir(state_dir), limit, expected_output_tokens)
+        result = plan_estimate(
+            source, spec, resolve_state_dir(state_dir), limit, expected_output_tokens,
+            local_model=local_model, schema_style=schema_style,
+        )  # fmt: skip
     except LLMBatchError as exc:
         raise fail(str(exc)) from None
     typer.echo(f"job {result.job_id}: {result.describe()}")

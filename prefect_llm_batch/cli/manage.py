@@ -186,8 +186,8 @@ def cancel(
     store = JobStore(root, resolve_job_id(root, job_id))
     try:
         record = store.read_job()
-        if record.provider == "simulator":
-            typer.echo("simulator jobs end with their run; nothing to cancel")
+        if record.provider in ("simulator", "local"):
+            typer.echo(f"{record.provider} jobs end with their run; nothing to cancel")
             return
         with make_provider(target_for(record.provider, record.base_url)) as provider:
             cancelled = cancel_job(job_ref(record, root), provider)

@@ -16,7 +16,7 @@ if TYPE_CHECKING:
     from ..spec import JobSpec
 
 #: The providers of ``--provider`` (``prefect_llm_batch.spec.ProviderName``; a test keeps them equal).
-PROVIDERS = ("simulator", "openai", "anthropic", "azure", "gemini")
+PROVIDERS = ("simulator", "openai", "anthropic", "azure", "gemini", "local")
 
 #: Defaults of the planning options (``prefect_llm_batch.spec``'s; a test keeps them equal).
 DEFAULT_MAX_REQUESTS_PER_BATCH = 50_000
@@ -64,7 +64,8 @@ ParamOption = Annotated[
 ProviderOption = Annotated[
     str,
     typer.Option(
-        help="'simulator' (default: offline, free, made-up answers), or a real provider: 'openai', "
+        help="'simulator' (default: offline, free, made-up answers), 'local' (a real small model on this "
+        "machine through llama.cpp, offline; `make install-local`), or a real provider: 'openai', "
         "'anthropic', 'azure' or 'gemini' (needs OPENAI_API_KEY / ANTHROPIC_API_KEY / AZURE_OPENAI_API_KEY "
         "/ GOOGLE_API_KEY or GEMINI_API_KEY, costs money, a batch can take 24 h; Gemini's 48 h)."
     ),
@@ -75,6 +76,17 @@ BaseUrlOption = Annotated[
         help="Base URL: OpenAI-compatible including /v1 (default OPENAI_BASE_URL); "
         "Anthropic without /v1 (default ANTHROPIC_BASE_URL); Gemini without a version "
         "(default GOOGLE_GEMINI_BASE_URL)."
+    ),
+]
+LocalModelOption = Annotated[
+    str | None,
+    typer.Option(help="With --provider local: the GGUF model file to serve (default: the bundled SmolLM2)."),
+]
+SchemaStyleOption = Annotated[
+    str | None,
+    typer.Option(
+        help="How --schema is sent: openai (response_format json_schema; the default) or json_object_schema "
+        "(json_object plus schema, what llama.cpp servers take; the default of --provider local)."
     ),
 ]
 LimitOption = Annotated[int | None, typer.Option(help="Only the first N rows (a trial run).")]

@@ -29,6 +29,7 @@ from .options import (
     ImageColumnOption,
     InvalidUtf8Option,
     LimitOption,
+    LocalModelOption,
     MaxBytesOption,
     MaxRequestsOption,
     ModelColumnOption,
@@ -37,6 +38,7 @@ from .options import (
     PromptOption,
     ProviderOption,
     SchemaOption,
+    SchemaStyleOption,
     StateDirOption,
     SystemOption,
     before_work,
@@ -193,7 +195,10 @@ def run(
             "(realtime for <= 100 requests or when the server has no batch API)."
         ),
     ] = "batch",
-    realtime_concurrency: Annotated[int, typer.Option(help="Most realtime requests in flight.")] = 16,
+    realtime_concurrency: Annotated[
+        int | None,
+        typer.Option(help="Most realtime requests in flight (default 16; 1 for --provider local)."),
+    ] = None,
     realtime_rpm: Annotated[
         float | None, typer.Option(help="Realtime requests per minute to keep under.")
     ] = None,
@@ -224,6 +229,8 @@ def run(
     single_file: Annotated[
         bool, typer.Option(help="With shards, write one Parquet file at OUTPUT instead of a dataset.")
     ] = False,
+    local_model: LocalModelOption = None,
+    schema_style: SchemaStyleOption = None,
 ) -> None:
     """Enrich SOURCE with one answer per row and write OUTPUT (Parquet).
 
@@ -237,6 +244,12 @@ def run(
     sharded = engine == "dask" or rows_per_shard is not None
     if sharded and (limit is not None or detached or mode != "batch"):
         raise fail("shards run whole and in batch mode: --limit, --detached and --mode are not for them", 2)
+    if schema_style not in (None, "openai", "json_object_schema"):
+        raise fail(f"--schema-style must be openai or json_object_schema, not {schema_style!r}", 2)
+    if local_model is not None and provider != "local":
+        raise fail("--local-model is for --provider local", 2)
+    if sharded and provider == "local":
+        raise fail("--provider local runs in realtime mode, in one process: not in shards", 2)
     before_work()
     if no_cache and refresh_cache:
         raise typer.BadParameter("--no-cache and --refresh-cache exclude each other")
@@ -261,6 +274,12 @@ def run(
         )  # fmt: skip
     except LLMBatchError as exc:
         raise fail(str(exc), 2) from None
+    try:  # the local model's server and file, before a row is read
+        from ..local_model import check_local
+
+        check_local(provider, local_model)
+    except LLMBatchError as exc:
+        raise fail(str(exc), 2) from None
     try:
         preflight(source, spec)
     except LLMBatchError as exc:
@@ -283,6 +302,7 @@ def run(
                 max_error_rate, max_attempts, retry_backoff, cache, max_in_flight_batches,
                 max_enqueued_tokens, max_wait, keep_input_files, max_cost_usd, detached, mode, realtime,
                 shards if sharded else {}, input_file_expiry=input_file_expiry, output_expiry=output_expiry,
+                local_model=local_model, schema_style=schema_style,
             )  # fmt: skip
         else:
             from ..local import run_table
@@ -300,6 +320,7 @@ def run(
                 max_error_rate=max_error_rate, max_cost_usd=max_cost_usd, detached=detached,
                 mode=cast(Mode, mode), realtime_limits=realtime,
                 on_change=lambda p: typer.echo(f"  {p.describe()}", err=True), where="cli",
+                local_model=local_model, schema_style=schema_style,
             )  # fmt: skip
     except CostLimitExceeded as exc:
         raise fail(str(exc), 2) from None
@@ -343,6 +364,8 @@ def _run_flow(
     *,
     input_file_expiry: int | None = DEFAULT_INPUT_FILE_EXPIRY,
     output_expiry: int | None = DEFAULT_OUTPUT_EXPIRY,
+    local_model: str | None = None,
+    schema_style: str | None = None,
 ) -> Any:
     """Run the job as an ``enrich-table`` flow run (Prefect is imported here, and only here)."""
     _prefect_defaults()
@@ -390,6 +413,8 @@ def _run_flow(
         cache_system_prompt=spec.cache_system_prompt,
         image_columns=spec.image_columns,
         allow_missing_images=spec.allow_missing_images,
+        local_model=local_model,
+        schema_style=cast(Any, schema_style),
         **shards,
     )
 

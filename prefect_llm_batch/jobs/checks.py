@@ -228,9 +228,10 @@ def check_before_start(
     """
     if output is not None:
         check_output(source, output, state_dir, overwrite=overwrite, storage_options=storage_options)
-    if detached and provider == "simulator":
+    if detached and provider in ("simulator", "local"):
         raise ConfigError(
-            f"{_named(where, 'detached')} needs a provider that outlives the run; the simulator stops "
+            f"{_named(where, 'detached')} needs a provider that outlives the run; the "
+            f"{'simulator' if provider == 'simulator' else 'local model server'} stops "
             "with it (use --provider openai or anthropic, or run without detaching)"
         )
     if detached and mode == "realtime":

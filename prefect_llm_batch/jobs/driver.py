@@ -293,6 +293,7 @@ def run_job(
     parser: Callable[[str], Any] | None = None,
     on_change: Callable[[Progress], None] | None = None,
     sleep: Callable[[float], None] = time.sleep,
+    realtime_client: RealtimeClient | None = None,
 ) -> JobSummary:
     """Plan (or resume), run every round of and write the output of a job in this process (no
     Prefect), holding its lease throughout: a second run of the same job meanwhile fails with
@@ -311,6 +312,7 @@ def run_job(
         parser: Parses answers for a response schema (see :func:`~prefect_llm_batch.jobs.assemble`).
         on_change: Called with the progress when it changes.
         sleep: How to wait (tests pass a fake).
+        realtime_client: Send the job in realtime mode through this client (else in batches).
 
     Returns:
         The job's summary.
@@ -321,7 +323,7 @@ def run_job(
             source, spec, provider, target, state_dir=state_dir, limit=limit, cache=options.cache,
             identity=identity,
         )  # fmt: skip
-        run_batches(ref, provider, options, on_change=on_change, sleep=sleep)
+        run_batches(ref, provider, options, on_change=on_change, sleep=sleep, realtime_client=realtime_client)
         return assemble(ref, output=output, overwrite=overwrite, parser=parser)
 
 
@@ -332,7 +334,11 @@ def run_batches(
     *,
     on_change: Callable[[Progress], None] | None = None,
     sleep: Callable[[float], None] = time.sleep,
+    realtime_client: RealtimeClient | None = None,
 ) -> None:
-    """:func:`run_rounds` of a prepared job with :class:`PlainSteps`, holding its lease."""
-    steps = PlainSteps(ref, provider, options, on_change=on_change, sleep=sleep)
-    run_rounds(ref, steps, options, sleep=sleep)
+    """:func:`run_rounds` of a prepared job with :class:`PlainSteps`, holding its lease (in
+    realtime mode when a ``realtime_client`` is given)."""
+    steps = PlainSteps(
+        ref, provider, options, on_change=on_change, sleep=sleep, realtime_client=realtime_client
+    )
+    run_rounds(ref, steps, options, sleep=sleep, realtime=realtime_client is not None)

@@ -68,7 +68,11 @@ def compute_job_id(
         "base_url": normalise_base_url(target.key_base_url),
         # Where HTTP goes too: each simulator run is its own server, so its jobs never resume
         # batches that lived in another one. (Request keys, and so cached answers, ignore it.)
-        "http_base_url": normalise_base_url(target.base_url),
+        # The local provider's server holds no batches (realtime only) and gets a new port each run:
+        # its jobs are the same job across runs, so a killed run resumes from its stored answers.
+        "http_base_url": normalise_base_url(
+            target.key_base_url if target.provider == "local" else target.base_url
+        ),
         "id_column": spec.id_column,
         "response_schema": spec.response_schema,
         "limits": limits.model_dump(),

@@ -20,11 +20,15 @@ from ..errors import ConfigError
 from ..providers.base import BatchProvider
 from ..providers.http import redact
 from ..providers.realtime import RealtimeClient, has_batch_api
-from ..results import results_to_table
+from ..results import RowResult, results_to_table
 from ..spec import EMBEDDINGS_ENDPOINT, ProviderTarget, RunOptions
 from ..store import JobStore
 from .collect import store_collected
 from .identity import JobRef
+
+#: Realtime requests in flight against the ``local`` provider's server (``local_model.DEFAULT_CONCURRENCY``,
+#: repeated here so that planning does not import the server module; a test keeps them equal).
+LOCAL_CONCURRENCY = 1
 
 logger = logging.getLogger("prefect_llm_batch")
 
@@ -52,6 +56,8 @@ def choose_mode(
         >>> choose_mode("batch", t, 12, None)
         ('batch', 'asked for')
     """
+    if target.provider == "local":  # llama.cpp's server has no batch API, whatever was asked
+        return "realtime", "local model server (llama.cpp): no batch API, so realtime"
     if mode != "auto":
         return mode, "asked for"
     if requests_to_send <= AUTO_REALTIME_MAX_REQUESTS:
@@ -84,17 +90,26 @@ def realtime_client(
     target: ProviderTarget,
     api_key: str,
     *,
-    max_concurrency: int = 16,
+    max_concurrency: int | None = 16,
     requests_per_minute: float | None = None,
     tokens_per_minute: float | None = None,
 ) -> RealtimeClient:
-    """A realtime client for a job's target (OpenAI-compatible or Anthropic wire)."""
+    """A realtime client for a job's target (OpenAI-compatible or Anthropic wire).
+
+    ``max_concurrency`` ``None`` takes the target's default: 16, or
+    :data:`~prefect_llm_batch.local_model.DEFAULT_CONCURRENCY` for the ``local`` provider, whose
+    answers are also stored one by one as they come (a killed run sends none of them again).
+    """
+    local = target.provider == "local"
+    if max_concurrency is None:
+        max_concurrency = LOCAL_CONCURRENCY if local else 16
     return RealtimeClient(
         provider,
         api_key=api_key,
         base_url=target.base_url,
         wire="anthropic" if target.provider == "anthropic" else "openai",
         max_concurrency=max_concurrency,
+        store_each=local,
         requests_per_minute=requests_per_minute,
         tokens_per_minute=tokens_per_minute,
     )
@@ -118,14 +133,26 @@ def run_chunk_realtime(ref: JobRef, chunk_id: int, client: RealtimeClient, optio
     remaining = [line for line in lines if str(line["custom_id"]) not in answered]
     if answered:
         logger.info("chunk %d: %d requests already answered by an earlier run", chunk_id, len(answered))
-    for start in range(0, len(remaining), REALTIME_SLICE):
-        store.ensure_held()  # a run that lost its lease to another sends nothing more
-        results = client.run(remaining[start : start + REALTIME_SLICE])
-        for result in results:
-            result.attempts = round_
-        part = results_to_table(results, embeddings=embeddings)
+    stored: set[str] = set()
+
+    def keep(result: RowResult) -> None:  # client.store_each: each answer stored as it comes
+        result.attempts = round_
+        part = results_to_table([result], embeddings=embeddings)
         store.write_partial_results(chunk_id, len(parts), part)
         parts.append(part)
+        stored.add(result.custom_id)
+
+    for start in range(0, len(remaining), REALTIME_SLICE):
+        store.ensure_held()  # a run that lost its lease to another sends nothing more
+        batch = remaining[start : start + REALTIME_SLICE]
+        results = client.run(batch, keep) if client.store_each else client.run(batch)
+        results = [result for result in results if result.custom_id not in stored]
+        for result in results:
+            result.attempts = round_
+        if results or not client.store_each:
+            part = results_to_table(results, embeddings=embeddings)
+            store.write_partial_results(chunk_id, len(parts), part)
+            parts.append(part)
     by_id = pa.concat_tables(parts) if parts else results_to_table([], embeddings=embeddings)
     order = pa.array([str(line["custom_id"]) for line in lines], pa.string())
     table = by_id.take(pc.index_in(order, value_set=by_id.column("custom_id")))

@@ -109,8 +109,9 @@ def target_for(provider: str, base_url: str | None = None) -> ProviderTarget:
 
 @contextlib.contextmanager
 def simulator_key(base_url: str, key: str) -> Iterator[None]:
-    """While the block runs, :func:`api_key_for` gives ``key`` for the simulator at ``base_url``
-    (:func:`prefect_llm_batch.simulator.open_target` runs one with a key generated per run).
+    """While the block runs, :func:`api_key_for` gives ``key`` for the simulator (or local model
+    server) at ``base_url`` (:func:`prefect_llm_batch.simulator.open_target` runs one with a key
+    generated per run).
 
     Examples:
         >>> target = ProviderTarget(provider="simulator", base_url="http://127.0.0.1:1/v1",
@@ -136,7 +137,7 @@ def api_key_for(target: ProviderTarget, api_key: str | None = None) -> str:
     Raises:
         ConfigError: A real provider and no key (the message names the variable).
     """
-    if target.provider == "simulator":
+    if target.provider in ("simulator", "local"):  # both are servers this process started
         return _SIMULATOR_KEYS.get(target.base_url) or api_key or SIMULATOR_API_KEY
     env = KEY_ENV[target.provider]
     key = api_key or os.environ.get(env) or ""
@@ -204,5 +205,6 @@ def make_provider(
         key_base_url=target.key_base_url,
         limits=limits,
         endpoint=endpoint or CHAT_ENDPOINT,
+        schema_style=target.schema_style,
         **options,  # type: ignore[arg-type]
     )

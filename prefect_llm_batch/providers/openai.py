@@ -211,6 +211,8 @@ class OpenAIBatchProvider(RetryingHTTP, BatchProvider):
         read_timeout: Read timeout of ordinary calls in seconds.
         transport: Optional httpx transport (tests pass ``httpx.MockTransport``).
         sleep: Sleep function used between retries (tests may pass a fake).
+        schema_style: How chat requests carry a response schema (``spec.SchemaStyle``):
+            ``openai`` (``json_schema``) or ``json_object_schema`` (llama.cpp's servers).
     """
 
     def __init__(
@@ -228,10 +230,14 @@ class OpenAIBatchProvider(RetryingHTTP, BatchProvider):
         read_timeout: float = 120.0,
         transport: httpx.BaseTransport | None = None,
         sleep: Callable[[float], None] = time.sleep,
+        schema_style: str = "openai",
     ) -> None:
         if not api_key:
             raise ConfigError("no API key: set OPENAI_API_KEY or pass a credentials block")
+        if schema_style not in ("openai", "json_object_schema"):
+            raise ConfigError(f"schema_style must be openai or json_object_schema, not {schema_style!r}")
         self.name = name
+        self.schema_style = schema_style
         if endpoint not in ENDPOINTS:
             raise ConfigError(f"endpoint {endpoint!r} is not supported; use one of {sorted(ENDPOINTS)}")
         self._endpoint = endpoint
@@ -282,7 +288,7 @@ class OpenAIBatchProvider(RetryingHTTP, BatchProvider):
             return responses_body(model, prompt, system, params, schema)
         body = chat_body(model, prompt, system, params)
         if schema is not None:
-            body["response_format"] = schema.openai_response_format()
+            body["response_format"] = schema.response_format(self.schema_style)
         return body
 
     max_image_bytes = OPENAI_MAX_IMAGE_BYTES

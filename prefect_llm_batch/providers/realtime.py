@@ -41,7 +41,7 @@ import random
 import re
 import ssl
 import time
-from collections.abc import Awaitable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -56,7 +56,15 @@ from .anthropic import ANTHROPIC_VERSION, parse_rfc3339
 from .base import BatchProvider
 from .http import MAX_RETRY_AFTER_S, parse_retry_after, redact, redact_chain, redacted_response, secrets_of
 
-__all__ = ["RealtimeClient", "RealtimeStats", "estimate_tokens", "has_batch_api", "parse_duration"]
+__all__ = [
+    "RealtimeClient",
+    "RealtimeStats",
+    "estimate_tokens",
+    "has_batch_api",
+    "openai_error_body",
+    "parse_duration",
+    "schema_limitation",
+]
 
 Wire = Literal["openai", "anthropic"]
 
@@ -156,6 +164,7 @@ class _Run:
         self.stop = asyncio.Event()
         self.pause_until = 0.0  # loop time
         self.quota_message: str | None = None
+        self.unsupported_message: str | None = None  # the server cannot take the requests' shape
 
     async def wait(self, awaitable: Awaitable[Any]) -> bool:
         """Await ``awaitable`` unless the run stops first (it is then cancelled); True if it finished."""
@@ -204,6 +213,9 @@ class RealtimeClient:
         max_retries: Retries of one request after its first attempt.
         timeout: Read timeout of one request in seconds.
         transport: Optional async httpx transport (tests).
+        store_each: Ask the caller to store every answer as it comes (``on_result`` of
+            :meth:`run`), not per slice: for slow servers (a local model), where a killed run
+            would otherwise send minutes of answered requests again.
 
     Attributes:
         stats: :class:`RealtimeStats` of the last run.
@@ -238,6 +250,7 @@ class RealtimeClient:
         max_retries: int = 8,
         timeout: float = 120.0,
         transport: httpx.AsyncBaseTransport | None = None,
+        store_each: bool = False,
     ) -> None:
         if wire not in ("openai", "anthropic"):
             raise ConfigError(f"wire must be 'openai' or 'anthropic', not {wire!r}")
@@ -256,6 +269,7 @@ class RealtimeClient:
         self.max_retries = max_retries
         self.timeout = timeout
         self.stats = RealtimeStats()
+        self.store_each = store_each
         self._api_key = api_key
         self._secrets = (api_key, *secrets_of({}, base_url))
         self._base_url = base_url.rstrip("/")
@@ -264,7 +278,9 @@ class RealtimeClient:
 
     # ---- public -------------------------------------------------------------------------
 
-    def run(self, lines: list[dict[str, Any]]) -> list[RowResult]:
+    def run(
+        self, lines: list[dict[str, Any]], on_result: Callable[[RowResult], None] | None = None
+    ) -> list[RowResult]:
         """Send every line and return one result per line, in input order.
 
         Works from plain code and from code already inside an event loop (a notebook): the
@@ -272,6 +288,8 @@ class RealtimeClient:
 
         Args:
             lines: Batch input lines made by the provider's ``build_line``.
+            on_result: Called with each final answer as it arrives (on the requests' loop), in
+                the order they arrive; rows never sent because the run stopped are not passed.
 
         Returns:
             One :class:`RowResult` per line, in the order of ``lines``.
@@ -279,11 +297,13 @@ class RealtimeClient:
         try:
             asyncio.get_running_loop()
         except RuntimeError:
-            return asyncio.run(self.arun(lines))
+            return asyncio.run(self.arun(lines, on_result))
         with concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="llm-realtime") as pool:
-            return pool.submit(asyncio.run, self.arun(lines)).result()
+            return pool.submit(asyncio.run, self.arun(lines, on_result)).result()
 
-    async def arun(self, lines: list[dict[str, Any]]) -> list[RowResult]:
+    async def arun(
+        self, lines: list[dict[str, Any]], on_result: Callable[[RowResult], None] | None = None
+    ) -> list[RowResult]:
         """The coroutine behind :meth:`run`, for callers that are async themselves."""
         self.stats = RealtimeStats()
         started = time.monotonic()
@@ -310,17 +330,20 @@ class RealtimeClient:
                 for index in pending:
                     if state.stop.is_set():
                         return
-                    results[index] = await self._one(client, state, lines[index], requests, tokens)
+                    result = results[index] = await self._one(client, state, lines[index], requests, tokens)
+                    if result is not None and on_result is not None:
+                        on_result(result)
 
             await asyncio.gather(*(worker() for _ in range(min(self.max_concurrency, len(lines)))))
         self.stats.elapsed_s = time.monotonic() - started
         message = short(f"insufficient_quota: not sent: {state.quota_message or 'the quota is exhausted'}")
+        kind = ErrorKind.INSUFFICIENT_QUOTA
+        if state.unsupported_message is not None and state.quota_message is None:
+            message, kind = short(f"not sent: {state.unsupported_message}"), ErrorKind.INVALID_REQUEST
         return [
             result
             if result is not None
-            else RowResult(
-                custom_id=str(line.get("custom_id")), error_kind=ErrorKind.INSUFFICIENT_QUOTA, error=message
-            )
+            else RowResult(custom_id=str(line.get("custom_id")), error_kind=kind, error=message)
             for line, result in zip(lines, results, strict=True)
         ]
 
@@ -387,6 +410,15 @@ class RealtimeClient:
                 self.stats.responses_429 += 1
             result = self._parse(line, response)
             result.attempts = attempts
+            limitation = schema_limitation(
+                status, body, redact(response.text, self._secrets) if status >= 400 else ""
+            )
+            if limitation is not None:  # the same for every row: report it, send nothing more
+                result.error_kind, result.error = ErrorKind.INVALID_REQUEST, short(limitation)
+                if state.unsupported_message is None:
+                    state.unsupported_message = limitation
+                state.stop.set()
+                return result
             if result.error_kind is ErrorKind.INSUFFICIENT_QUOTA:
                 if state.quota_message is None:
                     state.quota_message = result.error
@@ -463,6 +495,8 @@ class RealtimeClient:
         if self.wire == "openai":
             if not isinstance(payload, dict):
                 payload = {"error": {"message": text}}
+            elif not 200 <= status < 300:
+                payload = openai_error_body(payload, text)
             wrapped: dict[str, Any] = {
                 "custom_id": cid,
                 "response": {"status_code": status, "body": payload},
@@ -491,6 +525,85 @@ class RealtimeClient:
             ),
             attempts=attempts,
         )
+
+
+def openai_error_body(payload: dict[str, Any], text: str) -> dict[str, Any]:
+    """An error answer of an OpenAI-compatible server in OpenAI's shape ``{"error": {"message"...}}``.
+
+    Servers differ: OpenAI and llama.cpp nest an object under ``error``; Ollama puts a string there
+    (``{"error": "model not found"}``); vLLM answers ``{"object": "error", "message": ...}``;
+    FastAPI-based servers ``{"detail": ...}``. Without any of these the body's text is the message.
+
+    Examples:
+        >>> openai_error_body({"error": "model 'x' not found"}, "")
+        {'error': {'message': "model 'x' not found"}}
+        >>> openai_error_body({"object": "error", "message": "bad", "type": "BadRequestError"}, "")
+        {'error': {'message': 'bad', 'type': 'BadRequestError'}}
+        >>> openai_error_body({"detail": "Not Found"}, "")["error"]["message"]
+        'Not Found'
+        >>> openai_error_body({"error": {"message": "m", "code": "c"}}, "")["error"]["code"]
+        'c'
+    """
+    error = payload.get("error")
+    if isinstance(error, dict):
+        return payload
+    if isinstance(error, str) and error:
+        return {"error": {"message": error}}
+    for field in ("message", "detail"):
+        value = payload.get(field)
+        if isinstance(value, str) and value:
+            found: dict[str, Any] = {"message": value}
+            if isinstance(payload.get("type"), str):
+                found["type"] = payload["type"]
+            return {"error": found}
+    return {"error": {"message": text}}
+
+
+#: Words in an error answer that say the server refused the response schema's shape.
+_SCHEMA_WORDS = ("response_format", "json_schema")
+
+
+def schema_limitation(status: int, body: Mapping[str, Any], error_text: str) -> str | None:
+    """The message for a server that cannot take ``response_format.type = "json_schema"``, else None.
+
+    llama.cpp's servers answer such a request with HTTP 500 (others with a 400 or 422) whose text
+    names ``response_format`` or ``json_schema``. Sending it again cannot help, so it is not a
+    ``server_error`` to retry: the row gets ``invalid_request`` with this message, which names the
+    option that sends the shape those servers take.
+
+    Args:
+        status: The HTTP status of the answer.
+        body: The request body that was sent.
+        error_text: The answer's text (redacted).
+
+    Examples:
+        >>> body = {"response_format": {"type": "json_schema", "json_schema": {}}}
+        >>> schema_limitation(500, body, '{"error": {"message": "Unsupported response_format"}}')[:54]
+        'the server does not take response_format type json_sch'
+        >>> schema_limitation(500, body, "out of memory") is None, schema_limitation(200, body, "") is None
+        (True, True)
+    """
+    if status < 400 or status in (401, 403, 408, 429):
+        return None
+    response_format = body.get("response_format")
+    if not isinstance(response_format, dict) or response_format.get("type") != "json_schema":
+        return None
+    lowered = error_text.lower()
+    if not any(word in lowered for word in _SCHEMA_WORDS):
+        return None
+    try:
+        payload = orjson.loads(error_text)
+    except orjson.JSONDecodeError:
+        payload = None
+    said = (
+        openai_error_body(payload, error_text)["error"].get("message") if isinstance(payload, dict) else None
+    )
+    said = " ".join(str(said or error_text).split())
+    return (
+        f"the server does not take response_format type json_schema (HTTP {status}: "
+        f"{said[:300]}); for llama.cpp servers use schema_style='json_object_schema' "
+        '(--schema-style json_object_schema), which sends {"type": "json_object", "schema": ...}'
+    )
 
 
 def _number(value: str) -> float | None:
