@@ -293,19 +293,25 @@ def shard_steps_for(
 @contextlib.contextmanager
 def own_worker_environment() -> Iterator[None]:
     """While a run's local cluster starts: Dask's nanny neither rewrites this process' environment
-    nor gives the workers its tuning variables.
+    nor gives the workers its tuning variables, and the workers do not profile.
 
     A nanny writes ``distributed.nanny.pre-spawn-environ`` (``OMP_NUM_THREADS=1``,
     ``MALLOC_TRIM_THRESHOLD_=65536``, ...) into ``os.environ`` of the process that starts it (here, the
     user's flow run) and its workers inherit them: Arrow then sizes its thread pool to one thread, and
     glibc returns freed memory at once (so big arrays are paid for at first touch again and again).
     The run's workers get the environment of the flow run instead (and ``local_cluster_kwargs``'s).
+
+    Its workers also run without Dask's statistical profiler (``distributed.worker.profile``), which
+    samples the running task's stack every 10 ms for a dashboard the run's cluster does not have:
+    measured, it is ~10% of a worker's CPU on prepare and write (``benchmarks/shards.py``).
     """
     import dask
     import distributed  # noqa: F401  (its configuration defaults)
 
     quiet = {key: None for key in dask.config.get("distributed.nanny.pre-spawn-environ")}
-    with dask.config.set({"distributed.nanny.pre-spawn-environ": quiet}):
+    with dask.config.set(
+        {"distributed.nanny.pre-spawn-environ": quiet, "distributed.worker.profile.enabled": False}
+    ):
         yield
 
 
