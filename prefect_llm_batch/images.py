@@ -37,6 +37,16 @@ IMAGE_TOKENS = 1600
 _BASE64_IMAGE = re.compile(rb'(?:;base64,|"data":")([A-Za-z0-9+/]{64,}={0,2})')
 
 
+def may_carry_images(data: bytes) -> bool:
+    """Whether request lines (one or many, joined) may carry base64 image data: False means none does.
+
+    Examples:
+        >>> may_carry_images(b'{"url":"data:image/png;base64,AAAA"}'), may_carry_images(b'{"text":"hi"}')
+        (True, False)
+    """
+    return b";base64," in data or b'"data":"' in data
+
+
 def image_token_adjustment(line: bytes | memoryview) -> int:
     """What to add to a request line's ``bytes / 4`` token estimate for the images it carries:
     each one's base64 text counts :data:`IMAGE_TOKENS` instead of its length / 4 (0 without images).
@@ -46,6 +56,8 @@ def image_token_adjustment(line: bytes | memoryview) -> int:
         >>> image_token_adjustment(line), image_token_adjustment(b'{"text":"hi"}')
         (-400, 0)
     """
+    if isinstance(line, bytes) and not may_carry_images(line):
+        return 0  # most lines: two substring searches instead of the pattern's scan (~5x faster)
     adjustment = 0
     for match in _BASE64_IMAGE.finditer(line):
         adjustment += IMAGE_TOKENS - len(match.group(1)) // 4

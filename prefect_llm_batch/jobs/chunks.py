@@ -17,7 +17,7 @@ import pyarrow as pa
 
 from ..arrays import value_offsets
 from ..batchfile import ChunkPacker, fixed_width_ids
-from ..images import image_token_adjustment
+from ..images import image_token_adjustment, may_carry_images
 from ..keys import split_fixed_width
 from ..spec import ID_HEAD, BatchLimits
 from ..store import ChunkPlanRecord, ChunkState, JobStore
@@ -32,6 +32,25 @@ def estimate_tokens(line: bytes) -> int:
         100
     """
     return max(1, len(line) // 4 + image_token_adjustment(line))
+
+
+def estimate_tokens_of(lines: list[bytes], joined: bytes | None = None) -> int:
+    """The sum of :func:`estimate_tokens` over request lines, without a Python call per line when
+    none carries an image (millions of lines when a sharded job's claim rewrites its batch files).
+
+    Args:
+        lines: Request lines.
+        joined: The lines joined, when the caller has them (else they are joined here).
+
+    Examples:
+        >>> lines = [b"x" * 400, b"y" * 8]
+        >>> estimate_tokens_of(lines) == sum(estimate_tokens(line) for line in lines) == 102
+        True
+    """
+    if may_carry_images(b"".join(lines) if joined is None else joined):
+        return sum(estimate_tokens(line) for line in lines)
+    sizes = np.fromiter(map(len, lines), dtype=np.int64, count=len(lines))
+    return int(np.maximum(sizes // 4, 1).sum())
 
 
 #: Batch files being written at once while a job is prepared (each one's sync overlaps with the

@@ -24,7 +24,7 @@ from ..files import exists, read_bytes, write_bytes_atomic
 from ..keys import DigestSet, decode_custom_ids
 from ..store import JobStore
 from ..table import parquet_bytes
-from .chunks import estimate_tokens
+from .chunks import estimate_tokens_of
 from .identity import JobRef
 from .output import latest_results
 
@@ -154,7 +154,7 @@ def _take_out(store: JobStore, borrowed: pa.Array[Any], owner: pa.Array[Any]) ->
                 update={
                     "requests": len(kept),
                     "bytes": len(data),
-                    "est_tokens": sum(estimate_tokens(x) for x in kept),
+                    "est_tokens": estimate_tokens_of(kept, data),
                 }
             )
         )

@@ -10,7 +10,7 @@ import pyarrow.compute as pc
 
 from ..spec import BatchLimits, ErrorKind, RunOptions
 from ..store import ChunkPlanRecord, JobStore
-from .chunks import ChunkWriter, estimate_tokens
+from .chunks import ChunkWriter, estimate_tokens_of
 from .identity import JobRef
 from .spend import retry_round_within_budget
 
@@ -57,13 +57,13 @@ def plan_retry_round(ref: JobRef, round_: int, options: RunOptions) -> list[int]
         store,
         round_ + 1,
         len(lines),
-        sum(estimate_tokens(line) for line in lines),
+        estimate_tokens_of(lines),
         options.max_cost_usd,
         options.prices,
         by_model=None
         if record.model_column is None
         else {
-            model or record.model: (len(group), sum(estimate_tokens(line) for line in group))
+            model or record.model: (len(group), estimate_tokens_of(group))
             for model, group in by_model.items()
         },
     )
