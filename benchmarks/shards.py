@@ -206,10 +206,16 @@ def on_dask(source: str, work: Path, workers: int) -> dict[str, Any]:
     }  # fmt: skip
 
 
-def measure(name: str, run: Callable[[], dict[str, Any]], repeat: int) -> dict[str, Any]:
+def measure(name: str, run: Callable[[Path], dict[str, Any]], repeat: int, work: Path) -> dict[str, Any]:
+    """The fastest of ``repeat`` runs, each in a fresh directory under ``work`` (a repeat never
+    resumes the state of the one before), removed after it."""
     best: dict[str, Any] | None = None
     for _ in range(repeat):
-        result = run()
+        fresh = Path(tempfile.mkdtemp(dir=work))
+        try:
+            result = run(fresh)
+        finally:
+            shutil.rmtree(fresh, ignore_errors=True)
         result["total_s"] = result["prepare_s"] + result["write_s"]
         print(f"  {name}: prepare {result['prepare_s']:.2f} s, write {result['write_s']:.2f} s, "
               f"CPU {result['cpu_s']:.1f} s", flush=True)  # fmt: skip
@@ -235,11 +241,13 @@ def main(argv: list[str] | None = None) -> int:
     work = Path(tempfile.mkdtemp(prefix="plb-bench-shards-"))
     try:
         results = {
-            "single process": measure("single process", lambda: single_process(source, work), args.repeat),
-            "dask, 1 worker": measure("dask, 1 worker", lambda: on_dask(source, work, 1), args.repeat),
-            "dask, 2 workers": measure("dask, 2 workers", lambda: on_dask(source, work, 2), args.repeat),
+            "single process": measure(
+                "single process", lambda d: single_process(source, d), args.repeat, work
+            ),
+            "dask, 1 worker": measure("dask, 1 worker", lambda d: on_dask(source, d, 1), args.repeat, work),
+            "dask, 2 workers": measure("dask, 2 workers", lambda d: on_dask(source, d, 2), args.repeat, work),
         }
-        small_run = measure("dask, 2 workers, 1/4 rows", lambda: on_dask(small_source, work, 2), 1)
+        small_run = measure("dask, 2 workers, 1/4 rows", lambda d: on_dask(small_source, d, 2), 1, work)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     base = results["single process"]["total_s"]
