@@ -74,7 +74,7 @@ from ..images import Image
 from ..results import RowResult, results_to_table, short
 from ..schemas import ResponseSchema
 from ..spec import BatchLimits, ErrorKind, normalise_base_url
-from .anthropic import parse_rfc3339
+from .anthropic_wire import parse_rfc3339
 from .base import BatchInfo, BatchProvider, ResultLines
 from .gemini_wire import (
     DISPLAY_NAME_PREFIX,

@@ -52,7 +52,8 @@ from aiolimiter import AsyncLimiter
 from ..errors import ConfigError, ProviderRejected, ProviderUnavailable
 from ..results import RowResult, short
 from ..spec import ErrorKind
-from .anthropic import ANTHROPIC_VERSION, parse_rfc3339
+from .anthropic import ANTHROPIC_VERSION
+from .anthropic_wire import parse_rfc3339
 from .base import BatchProvider
 from .compatible_servers import openai_error_body, schema_limitation
 from .http import MAX_RETRY_AFTER_S, parse_retry_after, redact, redact_chain, redacted_response, secrets_of

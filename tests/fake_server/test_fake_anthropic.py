@@ -12,7 +12,8 @@ import pytest
 
 from prefect_llm_batch.batchfile import encode_line
 from prefect_llm_batch.errors import AmbiguousCreate, ProviderRejected
-from prefect_llm_batch.providers.anthropic import AnthropicBatchProvider, parse_rfc3339
+from prefect_llm_batch.providers.anthropic import AnthropicBatchProvider
+from prefect_llm_batch.providers.anthropic_wire import parse_rfc3339
 from prefect_llm_batch.providers.base import BatchInfo, BatchProvider, BatchStatus
 from prefect_llm_batch.results import RowResult
 from prefect_llm_batch.schemas import ResponseSchema

@@ -11,7 +11,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from prefect_llm_batch.costs import estimate_cost, estimate_cost_with_cache
-from prefect_llm_batch.providers.anthropic import parse_message
+from prefect_llm_batch.providers.anthropic_wire import parse_message
 from prefect_llm_batch.providers.openai import OpenAIBatchProvider
 from prefect_llm_batch.providers.openai_results import parse_chat_results
 from prefect_llm_batch.results import LATER_FIELDS, RowResult, parse_response, results_to_table

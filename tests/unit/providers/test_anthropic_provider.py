@@ -18,12 +18,8 @@ from prefect_llm_batch.errors import (
     ProviderUnavailable,
     Terminal,
 )
-from prefect_llm_batch.providers.anthropic import (
-    DEFAULT_MAX_TOKENS,
-    AnthropicBatchProvider,
-    parse_rfc3339,
-    tool_for_schema,
-)
+from prefect_llm_batch.providers.anthropic import DEFAULT_MAX_TOKENS, AnthropicBatchProvider
+from prefect_llm_batch.providers.anthropic_wire import parse_rfc3339, tool_for_schema
 from prefect_llm_batch.providers.base import BatchInfo, BatchStatus
 from prefect_llm_batch.schemas import ResponseSchema
 from prefect_llm_batch.spec import BatchLimits, ErrorKind
