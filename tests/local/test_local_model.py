@@ -92,6 +92,15 @@ def assert_answers(table: pa.Table, n: int, *, cut_allowed: bool = True) -> None
     assert all(isinstance(text, str) and text.strip() for text in table.column("response").to_pylist())
 
 
+def assert_schema_answers(path: Path, n: int) -> pa.Table:
+    """Every one of the ``n`` rows answered, uncut, with JSON valid in :data:`SCHEMA`."""
+    table = pq.read_table(path)
+    assert_answers(table, n, cut_allowed=False)
+    for answer in table.column("response").to_pylist():
+        jsonschema.validate(json.loads(answer), SCHEMA)
+    return table
+
+
 def test_cli_answers_20_rows_with_the_real_model_and_stops_its_server(tmp_path: Path) -> None:
     src, state, log = rows(tmp_path, 20), tmp_path / "state", tmp_path / "server.log"
     options = ["--prompt", PROMPT, "--model", "smollm2", "--provider", "local", "--id-column", "id",
@@ -168,10 +177,7 @@ def test_every_answer_of_a_schema_job_validates(tmp_path: Path) -> None:
     )  # fmt: skip
     output, _ = proc.communicate(timeout=600)
     assert proc.returncode == 0, output.decode()[-3000:]
-    table = pq.read_table(out)
-    assert_answers(table, 20, cut_allowed=False)
-    for answer in table.column("response").to_pylist():
-        jsonschema.validate(json.loads(answer), SCHEMA)
+    table = assert_schema_answers(out, 20)
     assert set(table.column("label").to_pylist()) <= {"positive", "negative"}
 
 
@@ -299,7 +305,4 @@ def test_a_users_llama_cpp_server_refuses_json_schema_once_and_takes_json_object
                  "--state-dir", str(tmp_path / "s2"), env=env)  # fmt: skip
     output, _ = styled.communicate(timeout=600)
     assert styled.returncode == 0, output.decode()[-3000:]
-    answers = pq.read_table(out)
-    assert_answers(answers, 10, cut_allowed=False)
-    for answer in answers.column("response").to_pylist():
-        jsonschema.validate(json.loads(answer), SCHEMA)
+    assert_schema_answers(out, 10)
